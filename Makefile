@@ -1,0 +1,85 @@
+# gpushell: `make demo` shows the real thing, `make test` runs every test.
+# Both install what they need (Debian packages, a virtualenv) by themselves.
+
+SHELL        := /bin/bash
+PYTHON       := /usr/bin/python3
+VENV         := .venv
+PREFIX       := /usr/local
+BINDIR       := $(PREFIX)/bin
+MANDIR       := $(PREFIX)/share/man
+APT_PACKAGES := lxc lxc-templates python3-lxc lxc-dev iptables openssh-server openssh-client \
+                debootstrap uidmap tmux sudo python3-yaml python3-psutil python3-colorama \
+                python3-venv python3-pip python3-setuptools iproute2 groff-base man-db
+DEV_PACKAGES := pytest pexpect hypothesis ruff mypy types-PyYAML types-psutil
+STAMP        := .make
+
+.PHONY: all deps install uninstall venv test unit integration lint demo demo-clean bench clean
+
+all: install
+
+$(STAMP):
+	mkdir -p $(STAMP)
+
+# Debian packages: checked each time (cheap), installed only when one is missing.
+deps: | $(STAMP)
+	@missing=$$(dpkg-query -W -f='$${Package} $${Status}\n' $(APT_PACKAGES) 2>/dev/null \
+	    | awk '$$NF != "installed" {print $$1}'; \
+	    for p in $(APT_PACKAGES); do dpkg-query -W $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages:" $$missing; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+# System-wide for Debian's python3, so the login shell runs as `python3 -I`
+# for every user; the entry points get that shebang.
+install: deps
+	$(PYTHON) -m pip install --quiet --no-deps --no-build-isolation --break-system-packages \
+	    --root-user-action=ignore --no-warn-script-location .
+	for s in gpushell gpushell-admin gpushell-helper; do \
+	    sed -i '1s|^#!.*|#!$(PYTHON) -I|' $(BINDIR)/$$s; chmod 0755 $(BINDIR)/$$s; done
+	install -d $(MANDIR)/man1 $(MANDIR)/man5 $(MANDIR)/man8
+	install -m 0644 man/gpushell.1 $(MANDIR)/man1/
+	install -m 0644 man/gpushell.yaml.5 $(MANDIR)/man5/
+	install -m 0644 man/gpushell-admin.8 $(MANDIR)/man8/
+	rm -rf build gpushell.egg-info
+
+uninstall:
+	$(PYTHON) -m pip uninstall --yes --break-system-packages --root-user-action=ignore gpushell
+	rm -f $(MANDIR)/man1/gpushell.1 $(MANDIR)/man5/gpushell.yaml.5 $(MANDIR)/man8/gpushell-admin.8
+
+$(VENV)/.ready: Makefile | deps
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+	$(VENV)/bin/pip install --quiet $(DEV_PACKAGES)
+	touch $@
+
+venv: $(VENV)/.ready
+
+# Unit tests first (seconds), then the integration tests on real LXC,
+# iptables and sshd.  `pytest` exits 5 when it collected nothing: that fails.
+test: install venv
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/unit
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/integration
+
+unit: venv
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/unit
+
+integration: install venv
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/integration
+
+lint: venv
+	$(VENV)/bin/ruff check gpushell tests bench
+	$(VENV)/bin/ruff format --check gpushell tests bench
+	$(VENV)/bin/mypy
+
+demo: install
+	$(PYTHON) -I -m gpushell.demo
+
+demo-clean:
+	$(PYTHON) -I -m gpushell.demo --clean
+
+bench: install venv
+	$(VENV)/bin/python bench/run.py
+
+clean:
+	rm -rf $(VENV) $(STAMP) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,177 @@
+"""gpushell-admin: the administrator's tool (runs as root)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import os
+import sys
+from collections.abc import Sequence
+
+from . import (
+    __version__, accounts, allocate, hostsetup, provision, registry, registry_edit,
+    registry_file, services, template,
+)  # fmt: skip
+from .containers import LxcDriver
+from .errors import ExitStatus, GpushellError
+from .lock import locked
+from .paths import DEFAULT, Paths
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def cmd_init(paths: Paths, args: argparse.Namespace) -> int:
+    reg = hostsetup.init(paths, say)
+    say(f"host ready: bridge {reg.bridge} {reg.gateway}/{reg.subnet.prefixlen}, chain {reg.chain}, "
+        f"group {paths.group}")
+    return ExitStatus.OK
+
+
+def cmd_template_build(paths: Paths, args: argparse.Namespace) -> int:
+    reg = registry_file.load(paths.registry)
+    directory = provision.container_dir(reg, reg.template)
+    if os.path.exists(directory) and not args.force:
+        say(f"template {reg.template} is already built ({directory}); --force rebuilds it")
+        return ExitStatus.OK
+    extra = tuple(p for p in (args.packages or "").split(",") if p)
+    tarball = template.ensure_cached(paths.template_cache, args.suite, extra, args.mirror)
+    if os.path.exists(directory):
+        provision.destroy(reg, reg.template)
+    template.install(tarball, reg.lxcpath, reg.template)
+    say(f"template {reg.template} built from {tarball}")
+    return ExitStatus.OK
+
+
+def read_keys(args: argparse.Namespace) -> str:
+    if args.key is None:
+        return accounts.existing_keys(args.user)
+    try:
+        with open(args.key, encoding="utf-8") as stream:
+            return accounts.validate_keys(stream.read(), args.key)
+    except OSError as exc:
+        raise GpushellError(f"cannot read {args.key}: {exc.strerror}") from None
+
+
+def cmd_add(paths: Paths, args: argparse.Namespace) -> int:
+    name = args.user
+    if not registry.USER_NAME.fullmatch(name) or name in registry.RESERVED_USERS:
+        raise GpushellError(f"{name!r} is not an allowed user name", status=ExitStatus.USAGE)
+    keys = read_keys(args)
+    # The whole add holds the registry lock: parallel adds get distinct ports,
+    # IPs and id ranges, and the entry is written last, so a failure (or a
+    # kill) leaves the registry as it was.
+    with locked(paths.registry_lock), contextlib.ExitStack() as undo:
+        old_text = registry_file.read_text(paths.registry)
+        reg = registry.parse(old_text, paths.registry)
+        if name in reg.users:
+            raise GpushellError(f"{name} is already registered (port {reg.users[name].port})")
+        alloc = allocate.allocate(reg, args.port)
+        new_text = registry_edit.add_user(old_text, name, alloc)
+        new_reg = registry.parse(new_text, paths.registry)
+        user = new_reg.users[name]
+
+        account = accounts.ensure_account(name, paths.shell, paths.group)
+        undo.callback(accounts.undo_account, account, paths.group)
+        if keys:
+            accounts.install_host_keys(name, keys)
+        provision.create(new_reg, user, keys)
+        undo.callback(provision.destroy, new_reg, user.container)
+        ctx = services.Context(paths, new_reg, LxcDriver(new_reg.lxcpath))
+        services.ensure_forward(ctx, user)
+        undo.callback(services.remove_forward, ctx, name)
+        registry_file.write_atomically(paths.registry, new_text)
+        undo.pop_all()
+    say(f"added {name}: port {user.port}, container {user.container} at {user.ip}, "
+        f"ids {user.idmap}-{user.idmap + reg.idmap_size - 1}, "
+        f"{'key installed' if keys else 'no key yet (use --key FILE)'}")
+    say(f"student logs in with: ssh {name}@{reg.hostname}   container: ssh -p {user.port} {name}@{reg.hostname}")
+    return ExitStatus.OK
+
+
+def cmd_remove(paths: Paths, args: argparse.Namespace) -> int:
+    name = args.user
+    with locked(paths.registry_lock):
+        old_text = registry_file.read_text(paths.registry)
+        reg = registry.parse(old_text, paths.registry)
+        if name not in reg.users:
+            raise GpushellError(f"{name} is not registered in {paths.registry}", status=ExitStatus.NOT_REGISTERED)
+        user = reg.users[name]
+        ctx = services.Context(paths, reg, LxcDriver(reg.lxcpath))
+        with locked(paths.user_lock(name)):
+            ctx.driver.stop(user.container)
+            services.remove_forward(ctx, name)
+            provision.destroy(reg, user.container)
+            new_text = registry_edit.remove_user(old_text, name)
+            registry.parse(new_text, paths.registry)
+            registry_file.write_atomically(paths.registry, new_text)
+    if args.purge:
+        accounts.remove_account(name)
+    say(f"removed {name}: container {user.container} destroyed, port {user.port} freed"
+        + (", host account deleted" if args.purge else ", host account kept"))
+    return ExitStatus.OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpushell-admin",
+        description="Manage gpushell: students' containers, ports and the host set-up.",
+        epilog="See gpushell-admin(8) and gpushell.yaml(5).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--registry", metavar="PATH", help="registry file (default: /etc/gpushell.yaml)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    init = commands.add_parser("init", help="prepare the host (idempotent)",
+                               description="Create the registry if missing, the bridge, IP forwarding, "
+                               "the nat chain, the gpushell group, the sudoers and sshd drop-ins, and "
+                               "root's subordinate ids.  Safe to run again.")
+    init.set_defaults(run=cmd_init)
+
+    tpl = commands.add_parser("template", help="build the container template",
+                              description="Manage the template that new students' containers copy.")
+    tpl_commands = tpl.add_subparsers(dest="template_command", required=True, metavar="ACTION")
+    build = tpl_commands.add_parser("build", help="build the Debian template (cached)",
+                                    description="Build the template with debootstrap from the Debian "
+                                    "mirror apt uses on this host; cached, so a rebuild takes seconds.")
+    build.add_argument("--suite", default=template.SUITE, help="Debian suite (default: %(default)s)")
+    build.add_argument("--mirror", metavar="URL", help="Debian mirror (default: the one in apt's sources)")
+    build.add_argument("--packages", metavar="LIST", help="extra packages, comma separated")
+    build.add_argument("--force", action="store_true", help="rebuild even if the template exists")
+    build.set_defaults(run=cmd_template_build)
+
+    add = commands.add_parser("add", help="register a student and make their container",
+                              description="Create the host account (login shell gpushell), allocate a "
+                              "port, IP and id range, copy the template into the student's container "
+                              "and write the registry entry.  A failure undoes every step.")
+    add.add_argument("user", metavar="USER", help="the student's user name")
+    add.add_argument("--key", metavar="FILE", help="authorized_keys file for the student "
+                     "(default: the host account's existing keys, if any)")
+    add.add_argument("--port", type=int, metavar="N", help="host port to forward (default: lowest free)")
+    add.set_defaults(run=cmd_add)
+
+    remove = commands.add_parser("remove", help="remove a student's container, forward and entry",
+                                 description="Stop and destroy the container, remove the forward and "
+                                 "the registry entry.  The host account stays unless --purge.")
+    remove.add_argument("user", metavar="USER", help="the student's user name")
+    remove.add_argument("--purge", action="store_true", help="also delete the host account and its home")
+    remove.set_defaults(run=cmd_remove)
+    return parser
+
+
+def main(paths: Paths = DEFAULT, argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.registry:
+        paths = dataclasses.replace(paths, registry=os.path.abspath(args.registry))
+    if os.geteuid() != 0:
+        print("gpushell-admin: must be run as root", file=sys.stderr)
+        return ExitStatus.USAGE
+    try:
+        return int(args.run(paths, args))
+    except GpushellError as exc:
+        print(f"gpushell-admin: {exc.user_message}", file=sys.stderr)
+        return int(exc.status)
+    except KeyboardInterrupt:
+        return ExitStatus.INTERRUPTED

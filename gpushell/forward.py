@@ -1,0 +1,125 @@
+"""Port forwards as iptables rules (pure).
+
+One nat chain (GPUSHELL by default) holds one DNAT rule per student, tagged
+``gpushell:NAME``.  PREROUTING and OUTPUT jump to it for local destinations
+only, so traffic passing through the host to other machines is never touched.
+Every function here turns data into rule text; iptables.py runs it.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterable, Sequence
+
+from .registry import Registry, User
+
+TAG = "gpushell:"
+JUMP_CHAINS = ("PREROUTING", "OUTPUT")
+
+
+def jump_rule(parent: str, chain: str) -> list[str]:
+    return ["-A", parent, "-m", "addrtype", "--dst-type", "LOCAL", "-j", chain]
+
+
+def user_rule(chain: str, user: User) -> list[str]:
+    """The DNAT rule for one user, exactly as iptables-save prints it."""
+    return [
+        "-A", chain, "-p", "tcp", "-m", "tcp", "--dport", str(user.port),
+        "-m", "comment", "--comment", f"{TAG}{user.name}",
+        "-j", "DNAT", "--to-destination", f"{user.ip}:22",
+    ]  # fmt: skip
+
+
+def masquerade_rule(reg: Registry) -> list[str]:
+    subnet = str(reg.subnet)
+    return ["-A", "POSTROUTING", "-s", subnet, "!", "-d", subnet,
+            "-m", "comment", "--comment", f"{TAG}{reg.bridge}", "-j", "MASQUERADE"]  # fmt: skip
+
+
+class NatTable:
+    """The nat table as iptables-save printed it: chains and rules as token lists."""
+
+    def __init__(self, save_output: str) -> None:
+        self.chains: set[str] = set()
+        self.rules: list[list[str]] = []
+        in_nat = False
+        for line in save_output.splitlines():
+            if line.startswith("*"):
+                in_nat = line == "*nat"
+            elif in_nat and line.startswith(":"):
+                self.chains.add(line[1:].split()[0])
+            elif in_nat and line.startswith("-A "):
+                self.rules.append(shlex.split(line))
+
+    def rules_of(self, chain: str) -> list[list[str]]:
+        return [rule for rule in self.rules if rule[1] == chain]
+
+    def has(self, rule: Sequence[str]) -> bool:
+        return list(rule) in self.rules
+
+
+def comment_of(rule: Sequence[str]) -> str | None:
+    for index, token in enumerate(rule[:-1]):
+        if token == "--comment":
+            return rule[index + 1]
+    return None
+
+
+def dport_of(rule: Sequence[str]) -> str | None:
+    for index, token in enumerate(rule[:-1]):
+        if token == "--dport":
+            return rule[index + 1]
+    return None
+
+
+def _line(rule: Sequence[str]) -> str:
+    return shlex.join(rule)
+
+
+def _delete(rule: Sequence[str]) -> str:
+    return _line(["-D", *rule[1:]])
+
+
+def chain_lines(table: NatTable, chain: str) -> list[str]:
+    """Lines creating the chain and its jumps where they are missing."""
+    lines = [] if chain in table.chains else [f":{chain} - [0:0]"]
+    lines += [_line(jump_rule(parent, chain)) for parent in JUMP_CHAINS
+              if not table.has(jump_rule(parent, chain))]  # fmt: skip
+    return lines
+
+
+def ensure_user_lines(table: NatTable, chain: str, user: User) -> list[str]:
+    """Lines that leave exactly one correct rule for user, nothing if it is there.
+
+    A rule tagged with the user's name but pointing elsewhere (an old IP or
+    port) goes, and so does any rule for the same port: an earlier rule for
+    the port would shadow the right one.
+    """
+    wanted = user_rule(chain, user)
+    mine = [
+        rule for rule in table.rules_of(chain)
+        if comment_of(rule) == f"{TAG}{user.name}" or dport_of(rule) == str(user.port)
+    ]  # fmt: skip
+    if mine == [wanted]:
+        return chain_lines(table, chain)
+    return chain_lines(table, chain) + [_delete(rule) for rule in mine] + [_line(wanted)]
+
+
+def remove_user_lines(table: NatTable, chain: str, name: str) -> list[str]:
+    return [_delete(rule) for rule in table.rules_of(chain) if comment_of(rule) == f"{TAG}{name}"]
+
+
+def rebuild_lines(table: NatTable, reg: Registry, users: Iterable[User]) -> list[str]:
+    """Lines that make the chain hold exactly the users' rules, in one pass."""
+    lines = chain_lines(table, reg.chain)
+    if reg.chain in table.chains:
+        lines.append(f"-F {reg.chain}")
+    lines += [_line(user_rule(reg.chain, user)) for user in sorted(users, key=lambda u: u.port)]
+    if reg.masquerade and not table.has(masquerade_rule(reg)):
+        lines.append(_line(masquerade_rule(reg)))
+    return lines
+
+
+def restore_script(lines: Sequence[str]) -> str:
+    """An iptables-restore --noflush input applying lines to the nat table atomically."""
+    return "*nat\n" + "".join(f"{line}\n" for line in lines) + "COMMIT\n"

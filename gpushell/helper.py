@@ -1,0 +1,107 @@
+"""The root helper: the only privileged code a student can reach.
+
+Run as `sudo -n gpushell-helper VERB`; the sudoers drop-in lists each verb.
+The user is whoever sudo says called it (SUDO_UID), never an argument, and
+only that user's registry entry is ever acted on.  The answer is one JSON
+object on stdout, rendered by the login shell.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from . import audit, registry_file, services
+from .containers import LxcDriver
+from .errors import CONTACT_ADMIN, ExitStatus, GpushellError
+from .lock import locked
+from .paths import DEFAULT, Paths
+from .registry import User
+
+Action = Callable[[services.Context, User], dict[str, Any]]
+
+
+def _login(ctx: services.Context, user: User) -> dict[str, Any]:
+    started = services.ensure_running(ctx, user)
+    forward_changed = services.ensure_forward(ctx, user)
+    return services.describe(ctx, user, started=started, forward_changed=forward_changed)
+
+
+def _status(ctx: services.Context, user: User) -> dict[str, Any]:
+    return services.describe(ctx, user)
+
+
+def _stop(ctx: services.Context, user: User) -> dict[str, Any]:
+    ctx.driver.stop(user.container)
+    return services.describe(ctx, user)
+
+
+def _restart(ctx: services.Context, user: User) -> dict[str, Any]:
+    ctx.driver.stop(user.container)
+    return _login(ctx, user)
+
+
+ACTIONS: dict[str, Action] = {
+    "login": _login,
+    "status": _status,
+    "start": _login,
+    "stop": _stop,
+    "restart": _restart,
+}
+
+
+def caller_name(environ: dict[str, str]) -> str:
+    """The invoking user's name, from SUDO_UID only."""
+    if os.geteuid() != 0:
+        raise GpushellError("the helper must run through sudo", "helper run without root")
+    uid_text = environ.get("SUDO_UID", "")
+    if not uid_text.isdigit() or int(uid_text) == 0:
+        raise GpushellError("the helper must be run by a student through sudo",
+                            f"helper called with SUDO_UID={uid_text!r}", ExitStatus.USAGE)
+    try:
+        return pwd.getpwuid(int(uid_text)).pw_name
+    except KeyError:
+        raise GpushellError(CONTACT_ADMIN, f"SUDO_UID {uid_text} has no account") from None
+
+
+def run_action(paths: Paths, name: str, verb: str) -> dict[str, Any]:
+    reg = registry_file.load(paths.registry)
+    user = reg.user(name)
+    ctx = services.Context(paths, reg, LxcDriver(reg.lxcpath))
+    # One action per user at a time: two logins at once start the container
+    # once and leave one forward rule.
+    with locked(paths.user_lock(name)):
+        return ACTIONS[verb](ctx, user)
+
+
+def main(paths: Paths = DEFAULT, argv: list[str] | None = None) -> int:
+    argv = sys.argv if argv is None else argv
+    # Finish what was begun even if the student hangs up or presses Ctrl-C.
+    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGTSTP):
+        signal.signal(signum, signal.SIG_IGN)
+    audit.open_log(f"{paths.syslog_ident}-helper")
+    name = "?"
+    verb = argv[1] if len(argv) == 2 else " ".join(argv[1:])
+    try:
+        if len(argv) != 2 or verb not in ACTIONS:
+            raise GpushellError("unknown helper request", f"refused helper argv {argv[1:]!r}",
+                                ExitStatus.USAGE)
+        name = caller_name(dict(os.environ))
+        answer = run_action(paths, name, verb)
+    except GpushellError as exc:
+        audit.record(name, verb, "failed", exc.log_message, warning=True)
+        message = exc.user_message if exc.status in (ExitStatus.ERROR, ExitStatus.TIMEOUT) else CONTACT_ADMIN
+        print(json.dumps({"error": message, "status": int(exc.status)}))
+        return int(exc.status)
+    except Exception as exc:  # fail closed: the student sees one line, the log the rest
+        audit.record(name, verb, "crashed", f"{type(exc).__name__}: {exc}", warning=True)
+        print(json.dumps({"error": CONTACT_ADMIN, "status": int(ExitStatus.HELPER)}))
+        return int(ExitStatus.HELPER)
+    audit.record(name, verb, "ok", f"state={answer['state']} port={answer['port']}")
+    print(json.dumps(answer))
+    return 0

@@ -1,0 +1,126 @@
+"""`gpushell-admin init`: prepare the host.  Every step is idempotent."""
+
+from __future__ import annotations
+
+import grp
+import os
+import socket
+from collections.abc import Callable
+
+from . import dropins, forward, iptables, registry_file
+from .paths import Paths
+from .registry import Registry
+from .runner import run
+
+Report = Callable[[str], None]
+
+
+def ensure_registry(paths: Paths, report: Report) -> None:
+    if os.path.exists(paths.registry):
+        return
+    registry_file.write_atomically(paths.registry, dropins.starter_registry(socket.getfqdn()))
+    report(f"wrote a starter registry to {paths.registry}")
+
+
+def ensure_bridge(reg: Registry, report: Report) -> None:
+    if not os.path.exists(f"/sys/class/net/{reg.bridge}"):
+        run(["ip", "link", "add", reg.bridge, "type", "bridge"])
+        report(f"created bridge {reg.bridge}")
+    address = f"{reg.gateway}/{reg.subnet.prefixlen}"
+    shown = run(["ip", "-o", "-4", "addr", "show", "dev", reg.bridge]).stdout
+    if f" {address} " not in shown:
+        run(["ip", "addr", "add", address, "dev", reg.bridge])
+        report(f"gave {reg.bridge} the address {address}")
+    run(["ip", "link", "set", reg.bridge, "up"])
+
+
+def ensure_ip_forwarding(report: Report) -> None:
+    path = "/proc/sys/net/ipv4/ip_forward"
+    with open(path, encoding="ascii") as stream:
+        if stream.read().strip() == "1":
+            return
+    with open(path, "w", encoding="ascii") as stream:
+        stream.write("1\n")
+    report("turned on IPv4 forwarding")
+
+
+def ensure_forwards(reg: Registry, report: Report) -> None:
+    table = iptables.read_nat()
+    lines = forward.rebuild_lines(table, reg, reg.users.values())
+    iptables.apply(lines)
+    report(f"nat chain {reg.chain}: {len(reg.users)} forward(s)")
+
+
+def ensure_group(paths: Paths, report: Report) -> None:
+    try:
+        grp.getgrnam(paths.group)
+    except KeyError:
+        run(["groupadd", "--system", paths.group])
+        report(f"created group {paths.group}")
+
+
+def ensure_file(path: str, text: str, mode: int, report: Report, check: list[str] | None = None) -> None:
+    try:
+        with open(path, encoding="utf-8") as stream:
+            if stream.read() == text:
+                return
+    except FileNotFoundError:
+        pass
+    if check is not None:  # validate a copy before it can take effect
+        candidate = f"{path}.gpushell-new"
+        registry_file.write_atomically(candidate, text, mode)
+        try:
+            run([*check, candidate])
+        except BaseException:
+            os.unlink(candidate)
+            raise
+        os.rename(candidate, path)
+    else:
+        registry_file.write_atomically(path, text, mode)
+    report(f"installed {path}")
+
+
+def ensure_subordinate_ids(reg: Registry, report: Report) -> None:
+    """A root: line in /etc/subuid and /etc/subgid covering the students' ranges."""
+    count = 2**32 - reg.idmap_start - 2  # everything above the start, short of -1
+    for path in ("/etc/subuid", "/etc/subgid"):
+        try:
+            with open(path, encoding="utf-8") as stream:
+                lines = stream.read().splitlines()
+        except FileNotFoundError:
+            lines = []
+        if any(_covers(line, reg.idmap_start) for line in lines):
+            continue
+        lines.append(f"root:{reg.idmap_start}:{count}")
+        registry_file.write_atomically(path, "\n".join(lines) + "\n")
+        report(f"added root:{reg.idmap_start}:{count} to {path}")
+
+
+def _covers(line: str, start: int) -> bool:
+    parts = line.split(":")
+    return len(parts) == 3 and parts[0] == "root" and parts[1].isdigit() and int(parts[1]) <= start < int(parts[1]) + int(parts[2] or 0)
+
+
+def ensure_login_shell_listed(paths: Paths, report: Report) -> None:
+    with open("/etc/shells", encoding="utf-8") as stream:
+        if paths.shell in stream.read().split():
+            return
+    with open("/etc/shells", "a", encoding="utf-8") as stream:
+        stream.write(paths.shell + "\n")
+    report(f"added {paths.shell} to /etc/shells")
+
+
+def init(paths: Paths, report: Report) -> Registry:
+    ensure_registry(paths, report)
+    reg = registry_file.load(paths.registry)
+    os.makedirs(paths.run_dir, mode=0o755, exist_ok=True)
+    ensure_group(paths, report)
+    ensure_bridge(reg, report)
+    ensure_ip_forwarding(report)
+    ensure_forwards(reg, report)
+    ensure_subordinate_ids(reg, report)
+    ensure_login_shell_listed(paths, report)
+    ensure_file(paths.sudoers_dropin, dropins.sudoers(paths), 0o440, report, check=["visudo", "-cqf"])
+    os.makedirs(os.path.dirname(paths.sshd_dropin), mode=0o755, exist_ok=True)
+    ensure_file(paths.sshd_dropin, dropins.sshd(paths), 0o644, report)
+    return reg

@@ -1,0 +1,24 @@
+"""Reading and changing the nat table: one iptables-save, one iptables-restore."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from . import forward
+from .runner import run
+
+IPTABLES_SAVE = "/usr/sbin/iptables-save"
+IPTABLES_RESTORE = "/usr/sbin/iptables-restore"
+
+
+def read_nat() -> forward.NatTable:
+    return forward.NatTable(run([IPTABLES_SAVE, "-t", "nat"]).stdout)
+
+
+def apply(lines: Sequence[str]) -> bool:
+    """Apply lines in one atomic iptables-restore; False when there was nothing to do."""
+    if not lines:
+        return False
+    # -w: wait for the xtables lock instead of failing next to another writer.
+    run([IPTABLES_RESTORE, "-w", "--noflush"], stdin=forward.restore_script(lines))
+    return True

@@ -1,0 +1,58 @@
+"""What a student may ask for (pure decisions, like lshell's policy).
+
+Both the interactive menu and `ssh host WORD` (which reaches the shell as
+`-c WORD`) go through here.  Nothing a student types ever reaches a shell
+or a path: a request is one of a fixed set of words, or it is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+# (word, what it does); the menu numbers them in this order.
+MENU: tuple[tuple[str, str], ...] = (
+    ("status", "show your container's state and how to reach it"),
+    ("start", "start your container"),
+    ("stop", "stop your container"),
+    ("restart", "restart your container"),
+    ("help", "how to connect and copy files"),
+    ("quit", "log out"),
+)
+MENU_WORDS = tuple(word for word, _ in MENU)
+REMOTE_WORDS = ("status", "start", "stop", "restart", "help")
+MAX_COMMAND = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    action: str | None
+    reason: str = ""
+
+    @property
+    def allowed(self) -> bool:
+        return self.action is not None
+
+
+def decide_command(command: str) -> Decision:
+    """Decide a `-c` command string: exactly one allowed word, nothing else."""
+    if command in REMOTE_WORDS:
+        return Decision(command)
+    if not command.strip():
+        return Decision(None, "an empty command is not allowed")
+    shown = command if len(command) <= MAX_COMMAND and command.isprintable() else repr(command[:MAX_COMMAND])
+    if "sftp-server" in command or command.startswith(("scp ", "rsync ", "internal-sftp")):
+        return Decision(None, f"file transfer to this host is not allowed ({shown}); "
+                              "copy files to your container's port instead")
+    return Decision(None, f"{shown!s}: not an allowed command (allowed: {', '.join(REMOTE_WORDS)})")
+
+
+def decide_choice(line: str) -> Decision:
+    """Decide a menu line: a number or a word from the menu, surrounding blanks ignored."""
+    choice = line.strip().lower()
+    if choice.isdigit() and 1 <= int(choice) <= len(MENU):
+        return Decision(MENU_WORDS[int(choice) - 1])
+    if choice in MENU_WORDS:
+        return Decision(choice)
+    if choice in ("exit", "logout", "q"):
+        return Decision("quit")
+    return Decision(None, f"please choose 1-{len(MENU)} or one of: {', '.join(MENU_WORDS)}")

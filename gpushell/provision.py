@@ -1,0 +1,97 @@
+"""Making and destroying a student's container.
+
+A container is a full copy of the template's rootfs (plain ids on disk)
+mounted id-mapped into the student's own id range; see the README for why
+this beats an overlay clone with a shared range.  Everything written into
+the copy goes through rootfs.write_file, which never follows a link.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+
+from . import lxcconfig, rootfs
+from .errors import GpushellError
+from .registry import Registry, User
+from .runner import run
+
+STUDENT_UID = 1000  # the student's uid inside their own container
+
+
+def container_dir(reg: Registry, name: str) -> str:
+    return os.path.join(reg.lxcpath, name)
+
+
+def apparmor_profile() -> str:
+    # "generated" needs AppArmor in the kernel; without it LXC refuses to start.
+    return "generated" if os.path.isdir("/sys/kernel/security/apparmor") else "unconfined"
+
+
+def create(reg: Registry, user: User, keys: str) -> str:
+    """Copy the template into a new container for user; return its directory."""
+    template_root = os.path.join(container_dir(reg, reg.template), "rootfs")
+    if not os.path.isdir(template_root):
+        raise GpushellError(f"template {reg.template} is missing; run: gpushell-admin template build")
+    directory = container_dir(reg, user.container)
+    if os.path.lexists(directory):
+        raise GpushellError(f"container {user.container} already exists in {reg.lxcpath}")
+    staging = tempfile.mkdtemp(prefix=f".{user.container}-", dir=reg.lxcpath)
+    try:
+        # Only root may enter: the rootfs holds files with plain ids on disk.
+        os.chmod(staging, 0o700)
+        root = os.path.join(staging, "rootfs")
+        run(["cp", "-a", "--reflink=auto", template_root, root], timeout=900)
+        give_identity(root, user)
+        create_account(root, user.name, keys)
+        final_root = os.path.join(directory, "rootfs")
+        with open(os.path.join(staging, "config"), "w", encoding="utf-8") as config:
+            config.write(lxcconfig.container_config(reg, user, final_root, apparmor_profile()))
+        os.rename(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory
+
+
+def give_identity(root: str, user: User) -> None:
+    """Hostname, hosts, machine id and SSH host keys of the clone's own."""
+    rootfs.write_file(root, "etc/hostname", f"{user.container}\n")
+    rootfs.write_file(root, "etc/hosts", lxcconfig.hosts_file(user.container))
+    rootfs.write_file(root, "etc/machine-id", secrets.token_hex(16) + "\n", mode=0o444)
+    rootfs.write_file(root, "etc/network/interfaces", lxcconfig.INTERFACES)
+    with tempfile.TemporaryDirectory() as keydir:
+        for kind in ("ed25519", "rsa", "ecdsa"):
+            key = os.path.join(keydir, f"ssh_host_{kind}_key")
+            run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", f"root@{user.container}", "-f", key])
+            for path, mode in ((key, 0o600), (key + ".pub", 0o644)):
+                with open(path, "rb") as stream:
+                    rootfs.write_file(root, f"etc/ssh/{os.path.basename(path)}", stream.read(), mode)
+
+
+def create_account(root: str, name: str, keys: str) -> None:
+    """The student's account inside: sudo without password, key login."""
+    # --prefix edits the copy's own passwd/group files, no chroot: nothing
+    # from the rootfs runs on the host.  The copy has never been started,
+    # so no path in it is the container's doing yet.
+    run(["useradd", "--prefix", root, "--create-home", "--uid", str(STUDENT_UID),
+         "--user-group", "--shell", "/bin/bash", "--password", "*", name])
+    owner = (STUDENT_UID, STUDENT_UID)
+    rootfs.write_file(root, f"etc/sudoers.d/gpushell-{name}", f"{name} ALL=(ALL:ALL) NOPASSWD: ALL\n", 0o440)
+    install_keys(root, f"home/{name}", keys, owner)
+
+
+def install_keys(root: str, home: str, keys: str, owner: tuple[int, int]) -> None:
+    rootfs.make_dir(root, f"{home}/.ssh", 0o700, owner)
+    rootfs.write_file(root, f"{home}/.ssh/authorized_keys", keys, 0o600, owner)
+
+
+def destroy(reg: Registry, name: str) -> bool:
+    """Remove a (stopped) container's directory; False if there was none."""
+    directory = container_dir(reg, name)
+    if not os.path.lexists(directory):
+        return False
+    shutil.rmtree(directory)
+    return True

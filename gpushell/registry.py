@@ -1,0 +1,414 @@
+"""The registry, /etc/gpushell.yaml: parse and validate, nothing else.
+
+Pure: text in, `Registry` out, or a `RegistryError` whose lines each name the
+file, the line and the field (``/etc/gpushell.yaml:14: users.bob.port: 22001
+is already used by alice``).  Reading the file safely lives in registry_file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+from collections.abc import Callable
+from typing import Any, Union
+
+import yaml
+
+from .errors import ExitStatus, GpushellError
+
+try:  # the C loader is several times faster, and this runs on every login
+    _Loader: Any = yaml.CSafeLoader
+except AttributeError:  # pragma: no cover - libyaml missing
+    _Loader = yaml.SafeLoader
+
+USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+CONTAINER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+BRIDGE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+CHAIN_NAME = re.compile(r"[A-Z][A-Z0-9_-]{0,27}")
+HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+PORT_RANGE = re.compile(r"(\d{1,5})-(\d{1,5})")
+RESERVED_USERS = frozenset({"root", "daemon", "bin", "sys", "sync", "nobody", "sshd"})
+MIN_IDMAP_SIZE = 65536  # a Debian userland needs uid 65534 (nobody)
+
+GpuSpec = Union[str, tuple[int, ...]]  # "all", "none" or GPU indices
+
+
+@dataclasses.dataclass(frozen=True)
+class Mount:
+    source: str
+    target: str
+    readonly: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class User:
+    name: str
+    port: int
+    ip: ipaddress.IPv4Address
+    idmap: int
+    container: str
+    gpus: GpuSpec
+    mounts: tuple[Mount, ...]
+    autostart: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Registry:
+    path: str
+    hostname: str
+    bridge: str
+    subnet: ipaddress.IPv4Network
+    ports: tuple[int, int]
+    template: str
+    lxcpath: str
+    chain: str
+    idmap_start: int
+    idmap_size: int
+    gpus: GpuSpec
+    mounts: tuple[Mount, ...]
+    start_timeout: float
+    idle_timeout: int
+    masquerade: bool
+    users: dict[str, User]
+
+    @property
+    def gateway(self) -> ipaddress.IPv4Address:
+        """The bridge's own address: the first host of the subnet."""
+        return next(self.subnet.hosts())
+
+    def user(self, name: str) -> User:
+        try:
+            return self.users[name]
+        except KeyError:
+            raise GpushellError(
+                f"{name} is not registered in {self.path}",
+                f"user {name!r} has no entry in {self.path}",
+                ExitStatus.NOT_REGISTERED,
+            ) from None
+
+
+class RegistryError(GpushellError):
+    """One or more problems, each a `file:line: field: message` line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        text = "\n".join(problems)
+        super().__init__(text, text, ExitStatus.CONFIG)
+        self.problems = problems
+
+
+SETTINGS_DEFAULTS: dict[str, Any] = {
+    "hostname": "localhost",
+    "bridge": "lxcbr0",
+    "subnet": "10.0.3.0/24",
+    "ports": "22001-22999",
+    "template": "gpushell-bookworm",
+    "lxcpath": "/var/lib/lxc",
+    "chain": "GPUSHELL",
+    "idmap": {"start": 1000000, "size": MIN_IDMAP_SIZE},
+    "gpus": "none",
+    "mounts": [],
+    "start_timeout": 60,
+    "idle_timeout": 3600,
+    "masquerade": True,
+    "users": {},
+}
+USER_KEYS = frozenset({"port", "ip", "idmap", "container", "gpus", "mounts", "autostart"})
+MOUNT_KEYS = frozenset({"source", "target", "mode"})
+
+
+class _Parser:
+    """Walks the YAML node tree so every value keeps its line number."""
+
+    def __init__(self, path: str, text: str) -> None:
+        self.path = path
+        self.problems: list[str] = []
+        self.loader = _Loader(text)
+
+    def problem(self, node: yaml.Node | None, field: str, message: str) -> None:
+        line = node.start_mark.line + 1 if node is not None else 1
+        self.problems.append(f"{self.path}:{line}: {field}: {message}")
+
+    def value(self, node: yaml.Node) -> Any:
+        return self.loader.construct_object(node, deep=True)
+
+    def mapping(
+        self, node: yaml.Node, field: str, allowed: frozenset[str]
+    ) -> dict[str, yaml.Node]:
+        """The keys of a mapping node, rejecting duplicates and unknown keys."""
+        if not isinstance(node, yaml.MappingNode):
+            self.problem(node, field, "must be a mapping")
+            return {}
+        items: dict[str, yaml.Node] = {}
+        for key_node, value_node in node.value:
+            key = str(self.value(key_node))
+            where = f"{field}.{key}" if field else key
+            if key in items:
+                self.problem(key_node, where, "appears twice")
+            elif allowed and key not in allowed:
+                self.problem(key_node, where, "unknown key")
+            else:
+                items[key] = value_node
+        return items
+
+    def typed(
+        self,
+        node: yaml.Node,
+        field: str,
+        convert: Callable[[Any], Any],
+        default: Any,
+    ) -> Any:
+        try:
+            return convert(self.value(node))
+        except (ValueError, TypeError) as exc:
+            self.problem(node, field, str(exc))
+            return default
+
+
+def _integer(low: int, high: int) -> Callable[[Any], int]:
+    def convert(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{value!r} is not a whole number")
+        if not low <= value <= high:
+            raise ValueError(f"{value} is outside {low}..{high}")
+        return value
+
+    return convert
+
+
+def _matching(pattern: re.Pattern[str], what: str) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        if not isinstance(value, str) or not pattern.fullmatch(value):
+            raise ValueError(f"{value!r} is not a valid {what}")
+        return value
+
+    return convert
+
+
+def _absolute_path(value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or "\n" in value:
+        raise ValueError(f"{value!r} is not an absolute path")
+    if any(part == ".." for part in value.split("/")):
+        raise ValueError(f"{value!r} must not contain '..'")
+    return value
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{value!r} is not true or false")
+    return value
+
+
+def _positive_number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"{value!r} is not a positive number of seconds")
+    return float(value)
+
+
+def _port_range(value: Any) -> tuple[int, int]:
+    match = PORT_RANGE.fullmatch(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a range like 22001-22999")
+    first, last = int(match[1]), int(match[2])
+    if not 1024 <= first <= last <= 65535:
+        raise ValueError(f"{value!r} must lie within 1024-65535, low end first")
+    return first, last
+
+
+def _subnet(value: Any) -> ipaddress.IPv4Network:
+    try:
+        net = ipaddress.IPv4Network(str(value), strict=True)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not an IPv4 subnet ({exc})") from None
+    if net.num_addresses < 4:
+        raise ValueError(f"{value} is too small for a bridge and containers")
+    return net
+
+
+def _ipv4(value: Any) -> ipaddress.IPv4Address:
+    try:
+        return ipaddress.IPv4Address(str(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IPv4 address") from None
+
+
+def _gpus(value: Any) -> GpuSpec:
+    if value in ("all", "none"):
+        return str(value)
+    if isinstance(value, list) and all(
+        isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 1024 for i in value
+    ):
+        if len(set(value)) != len(value):
+            raise ValueError("lists a GPU twice")
+        return tuple(sorted(value))
+    raise ValueError(f"{value!r} must be all, none or a list of GPU numbers")
+
+
+def parse(text: str, path: str) -> Registry:
+    """Parse and validate registry text; raise RegistryError listing every problem."""
+    try:
+        parser = _Parser(path, text)
+        root = parser.loader.get_single_node()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise RegistryError([f"{path}:{line}: not valid YAML: {reason}"]) from None
+    if root is None:
+        raise RegistryError([f"{path}:1: the registry is empty"])
+    registry = _Validator(parser).registry(root)
+    if parser.problems or registry is None:
+        raise RegistryError(parser.problems)
+    return registry
+
+
+class _Validator:
+    def __init__(self, parser: _Parser) -> None:
+        self.p = parser
+
+    def registry(self, root: yaml.Node) -> Registry | None:
+        p = self.p
+        nodes = p.mapping(root, "", frozenset(SETTINGS_DEFAULTS))
+        if p.problems:
+            return None
+
+        def setting(key: str, convert: Callable[[Any], Any]) -> Any:
+            default = SETTINGS_DEFAULTS[key]
+            if key not in nodes:
+                return convert(default)
+            return p.typed(nodes[key], key, convert, convert(default))
+
+        idmap_start, idmap_size = self.idmap_settings(nodes.get("idmap"))
+        settings = {
+            "hostname": setting("hostname", _matching(HOST_NAME, "host name")),
+            "bridge": setting("bridge", _matching(BRIDGE_NAME, "bridge name")),
+            "subnet": setting("subnet", _subnet),
+            "ports": setting("ports", _port_range),
+            "template": setting("template", _matching(CONTAINER_NAME, "container name")),
+            "lxcpath": setting("lxcpath", _absolute_path),
+            "chain": setting("chain", _matching(CHAIN_NAME, "iptables chain name")),
+            "gpus": setting("gpus", _gpus),
+            "start_timeout": setting("start_timeout", _positive_number),
+            "idle_timeout": setting("idle_timeout", _integer(0, 7 * 86400)),
+            "masquerade": setting("masquerade", _boolean),
+        }
+        mounts = self.mounts(nodes["mounts"], "mounts") if "mounts" in nodes else ()
+        defaults = Registry(
+            path=p.path,
+            idmap_start=idmap_start,
+            idmap_size=idmap_size,
+            mounts=mounts,
+            users={},
+            **settings,
+        )
+        users = self.users(nodes.get("users"), defaults)
+        return dataclasses.replace(defaults, users=users)
+
+    def idmap_settings(self, node: yaml.Node | None) -> tuple[int, int]:
+        default = SETTINGS_DEFAULTS["idmap"]
+        if node is None:
+            return default["start"], default["size"]
+        items = self.p.mapping(node, "idmap", frozenset({"start", "size"}))
+        start = default["start"]
+        size = default["size"]
+        if "start" in items:
+            start = self.p.typed(items["start"], "idmap.start", _integer(1, 2**31), start)
+        if "size" in items:
+            size = self.p.typed(
+                items["size"], "idmap.size", _integer(MIN_IDMAP_SIZE, 2**31), size
+            )
+        return start, size
+
+    def mounts(self, node: yaml.Node, field: str) -> tuple[Mount, ...]:
+        if not isinstance(node, yaml.SequenceNode):
+            self.p.problem(node, field, "must be a list of mounts")
+            return ()
+        result = []
+        for index, item in enumerate(node.value):
+            where = f"{field}[{index}]"
+            keys = self.p.mapping(item, where, MOUNT_KEYS)
+            missing = {"source", "target"} - set(keys)
+            if missing:
+                self.p.problem(item, where, f"needs {' and '.join(sorted(missing))}")
+                continue
+            source = self.p.typed(keys["source"], f"{where}.source", _absolute_path, "/")
+            target = self.p.typed(keys["target"], f"{where}.target", _absolute_path, "/")
+            mode = self.p.value(keys["mode"]) if "mode" in keys else "ro"
+            if mode not in ("ro", "rw"):
+                self.p.problem(keys["mode"], f"{where}.mode", f"{mode!r} must be ro or rw")
+            result.append(Mount(source, target, readonly=mode != "rw"))
+        return tuple(result)
+
+    def users(self, node: yaml.Node | None, reg: Registry) -> dict[str, User]:
+        p = self.p
+        if node is None or (isinstance(node, yaml.ScalarNode) and p.value(node) is None):
+            return {}
+        entries = p.mapping(node, "users", frozenset())
+        users: dict[str, User] = {}
+        owner_of_port: dict[int, str] = {}
+        owner_of_ip: dict[ipaddress.IPv4Address, str] = {}
+        owner_of_container: dict[str, str] = {}
+        idmaps: list[tuple[int, str]] = []
+        for name, entry in entries.items():
+            field = f"users.{name}"
+            if not USER_NAME.fullmatch(name) or name in RESERVED_USERS:
+                p.problem(entry, field, f"{name!r} is not an allowed user name")
+                continue
+            before = len(p.problems)
+            keys = p.mapping(entry, field, USER_KEYS)
+            user = None if len(p.problems) > before else self.user(name, entry, keys, reg)
+            if user is None:
+                continue
+            owners: dict[Any, str]
+            for value, owners, key in (
+                (user.port, owner_of_port, "port"),
+                (user.ip, owner_of_ip, "ip"),
+                (user.container, owner_of_container, "container"),
+            ):
+                other = owners.setdefault(value, name)
+                if other != name:
+                    at = keys.get(key, entry)
+                    p.problem(at, f"{field}.{key}", f"{value} is already used by {other}")
+            for start, other in idmaps:
+                if abs(start - user.idmap) < reg.idmap_size:
+                    at = keys.get("idmap", entry)
+                    p.problem(at, f"{field}.idmap", f"{user.idmap} overlaps the range of {other}")
+            idmaps.append((user.idmap, name))
+            users[name] = user
+        return users
+
+    def user(
+        self, name: str, entry: yaml.Node, keys: dict[str, yaml.Node], reg: Registry
+    ) -> User | None:
+        p = self.p
+        field = f"users.{name}"
+        before = len(p.problems)
+        missing = sorted({"port", "ip", "idmap"} - set(keys))
+        if missing:
+            p.problem(entry, field, f"needs {', '.join(missing)}")
+            return None
+        first, last = reg.ports
+        port = p.typed(keys["port"], f"{field}.port", _integer(first, last), None)
+        ip = p.typed(keys["ip"], f"{field}.ip", _ipv4, None)
+        if ip is not None and (ip not in reg.subnet or ip in _reserved_addresses(reg)):
+            p.problem(keys["ip"], f"{field}.ip", f"{ip} is not a free host address of {reg.subnet}")
+        idmap = p.typed(
+            keys["idmap"], f"{field}.idmap", _integer(reg.idmap_start, 2**32 - reg.idmap_size), None
+        )
+        container = name
+        if "container" in keys:
+            container = p.typed(
+                keys["container"], f"{field}.container", _matching(CONTAINER_NAME, "container name"), name
+            )
+        if container == reg.template:
+            p.problem(keys.get("container", entry), f"{field}.container", "is the template's name")
+        gpus = p.typed(keys["gpus"], f"{field}.gpus", _gpus, reg.gpus) if "gpus" in keys else reg.gpus
+        mounts = reg.mounts + (self.mounts(keys["mounts"], f"{field}.mounts") if "mounts" in keys else ())
+        autostart = p.typed(keys["autostart"], f"{field}.autostart", _boolean, False) if "autostart" in keys else False
+        if len(p.problems) > before or port is None or ip is None or idmap is None:
+            return None
+        return User(name, port, ip, idmap, container, gpus, mounts, autostart)
+
+
+def _reserved_addresses(reg: Registry) -> set[ipaddress.IPv4Address]:
+    return {reg.subnet.network_address, reg.subnet.broadcast_address, reg.gateway}

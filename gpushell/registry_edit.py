@@ -1,0 +1,103 @@
+"""Adding and removing a user in the registry's text (pure).
+
+Edits the text in place rather than re-dumping the parsed data, so the
+administrator's comments, key order and layout survive every `add` and
+`remove`.  The caller re-parses the result before writing it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from .allocate import Allocation
+from .errors import GpushellError
+
+
+def _users_node(text: str) -> tuple[yaml.Node | None, yaml.Node | None]:
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if not isinstance(root, yaml.MappingNode):
+        raise GpushellError("the registry is not a mapping")
+    for key, value in root.value:
+        if key.value == "users":
+            return key, value
+    return None, None
+
+
+def user_block(name: str, alloc: Allocation, extra: dict[str, Any] | None = None) -> list[str]:
+    lines = [f"  {name}:", f"    port: {alloc.port}", f"    ip: {alloc.ip}", f"    idmap: {alloc.idmap}"]
+    for key, value in (extra or {}).items():
+        lines.append(f"    {key}: {yaml.safe_dump(value, default_flow_style=True).strip()}")
+    return lines
+
+
+def add_user(text: str, name: str, alloc: Allocation, extra: dict[str, Any] | None = None) -> str:
+    """Text with a block for `name` appended to the `users:` mapping."""
+    lines = text.splitlines()
+    block = user_block(name, alloc, extra)
+    key, users = _users_node(text)
+    if key is None or users is None:
+        body = lines + ["users:"] + block
+    elif isinstance(users, yaml.MappingNode) and users.value and users.flow_style is False:
+        # Indent like the existing entries; insert after the last entry's last line.
+        indent = users.value[0][0].start_mark.column
+        block = [_reindent(line, indent) for line in block]
+        end = _last_content_line(lines, users.end_mark.line, users.end_mark.column)
+        body = lines[: end + 1] + block + lines[end + 1 :]
+    elif _is_empty(users):
+        # `users:` or `users: {}`: replace that line with a block mapping.
+        line = key.start_mark.line
+        comment = lines[line].split("#", 1)[1] if "#" in lines[line] else None
+        head = "users:" + (f"  #{comment}" if comment else "")
+        body = lines[:line] + [head] + block + lines[line + 1 :]
+    else:
+        raise GpushellError("cannot edit `users:` written in flow style; please use a block mapping")
+    return "\n".join(body) + "\n"
+
+
+def _is_empty(node: yaml.Node) -> bool:
+    if isinstance(node, yaml.ScalarNode):
+        return node.value in ("", "~", "null")
+    return isinstance(node, yaml.MappingNode) and not node.value
+
+
+def _reindent(line: str, indent: int) -> str:
+    stripped = line.lstrip(" ")
+    depth = len(line) - len(stripped)  # 2 for the name line, 4 for its keys
+    return " " * (indent + depth - 2) + stripped
+
+
+def _last_content_line(lines: list[str], end_line: int, end_column: int) -> int:
+    """Index of the last line that belongs to a block ending at (end_line, end_column).
+
+    PyYAML's end mark of a block mapping points at the start of the next
+    token, after trailing comments and blank lines; walk back over those.
+    """
+    index = end_line if end_column > 0 else end_line - 1
+    index = min(index, len(lines) - 1)
+    while index > 0 and (not lines[index].strip() or lines[index].lstrip().startswith("#")):
+        index -= 1
+    return index
+
+
+def remove_user(text: str, name: str) -> str:
+    """Text without the `name` entry (its lines and nothing else)."""
+    lines = text.splitlines()
+    _, users = _users_node(text)
+    if not isinstance(users, yaml.MappingNode):
+        raise GpushellError(f"{name} is not registered")
+    for index, (key, value) in enumerate(users.value):
+        if key.value != name:
+            continue
+        if users.flow_style:
+            raise GpushellError("cannot edit `users:` written in flow style; please use a block mapping")
+        first = key.start_mark.line
+        if index + 1 < len(users.value):
+            stop = users.value[index + 1][0].start_mark.line  # the next user's name line
+            last = _last_content_line(lines, stop, 0)
+        else:
+            last = _last_content_line(lines, value.end_mark.line, value.end_mark.column)
+        remaining = lines[:first] + lines[last + 1 :]
+        return "\n".join(remaining) + "\n"
+    raise GpushellError(f"{name} is not registered")

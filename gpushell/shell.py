@@ -1,0 +1,204 @@
+"""gpushell, the students' login shell: banner, menu, and `-c WORD`.
+
+Runs as the student, never as root.  It reads no registry and imports no
+YAML: everything privileged, and everything it shows, comes from one call
+of the root helper per action.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, TextIO
+
+from . import audit, banner, menu
+from .errors import CONTACT_ADMIN, ExitStatus, GpushellError
+from .ownership import check_owned_by_root, check_tree_owned_by_root
+from .paths import DEFAULT, Paths
+from .runner import SAFE_ENV
+
+SPINNER = "|/-\\"
+MAX_LINE = 1024
+
+
+class SessionEnd(Exception):
+    """Hang-up, Ctrl-Z, Ctrl-\\, terminate or idle timeout: leave cleanly."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+def _end_session(signum: int, _frame: object) -> None:
+    why = "idle timeout" if signum == signal.SIGALRM else signal.Signals(signum).name
+    raise SessionEnd(why)
+
+
+class Terminal:
+    """The streams and whether to colour them (tests pass their own)."""
+
+    def __init__(self, stdin: TextIO, stdout: TextIO, stderr: TextIO, environ: dict[str, str]) -> None:
+        self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
+        self.interactive = stdout.isatty()
+        term = environ.get("TERM", "")
+        colour = self.interactive and "NO_COLOR" not in environ and term not in ("", "dumb")
+        self.palette = banner.Palette.ansi() if colour else banner.PLAIN
+
+    def write(self, text: str) -> None:
+        self.stdout.write(text)
+        self.stdout.flush()
+
+    def error(self, text: str) -> None:
+        self.stderr.write(f"gpushell: {text}\n")
+        self.stderr.flush()
+
+
+class Session:
+    def __init__(self, paths: Paths, user: str, term: Terminal) -> None:
+        self.paths, self.user, self.term = paths, user, term
+
+    def helper(self, verb: str, progress: str = "") -> dict[str, Any]:
+        """Ask the root helper for verb; show a spinner on a terminal while it works."""
+        argv = [self.paths.sudo, "-n", self.paths.helper, verb]
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, env=SAFE_ENV, text=True)
+        except OSError as exc:
+            raise GpushellError(CONTACT_ADMIN, f"cannot run {argv}: {exc}", ExitStatus.HELPER) from None
+        self._spin_until_done(proc, progress)
+        out, err = proc.communicate()
+        try:
+            answer = json.loads(out.strip().splitlines()[-1])
+            if not isinstance(answer, dict):
+                raise ValueError(answer)
+        except (ValueError, IndexError):
+            raise GpushellError(CONTACT_ADMIN, f"helper {verb} exited {proc.returncode}: "
+                                f"{audit.clean(err.strip(), 300)}", ExitStatus.HELPER) from None
+        if "error" in answer:
+            raise GpushellError(str(answer["error"]), f"helper {verb}: {answer['error']}",
+                                ExitStatus(answer.get("status", ExitStatus.ERROR)))
+        return answer
+
+    def _spin_until_done(self, proc: subprocess.Popen[str], progress: str) -> None:
+        shown, began, frame = False, time.monotonic(), 0
+        while True:
+            try:
+                proc.wait(timeout=0.1)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if progress and self.term.interactive and time.monotonic() - began > 0.3:
+                seconds = time.monotonic() - began
+                self.term.write(f"\r{progress} {SPINNER[frame % 4]} {seconds:4.1f} s")
+                shown, frame = True, frame + 1
+        if shown:
+            self.term.write("\r\033[K")
+
+    def act(self, action: str) -> None:
+        """Run one allowed action and print its result."""
+        p = self.term.palette
+        progress = {"start": "Starting your container", "restart": "Restarting your container",
+                    "stop": "Stopping your container"}.get(action, "")
+        info = self.helper(action, progress)
+        if action == "help":
+            self.term.write(f"Connect:         {banner.connect_command(info)}\n" + banner.help_text(info, p))
+        else:
+            self.term.write(banner.status(info, p))
+        audit.record(self.user, action, "ok")
+
+    def interactive(self) -> int:
+        term, p = self.term, self.term.palette
+        info = self.helper("login", progress="Starting your container")
+        audit.record(self.user, "login", "ok", f"started={info.get('started')}")
+        term.write(banner.banner(info, p))
+        idle = int(info.get("idle_timeout", 0))
+        while True:
+            term.write(banner.menu(p) + f"{p.bold}gpushell>{p.reset} ")
+            line = self._read_line(idle)
+            if line is None:
+                term.write("\n")
+                return ExitStatus.OK
+            decision = menu.decide_choice(line)
+            if decision.action is None:
+                term.write(decision.reason + "\n")
+            elif decision.action == "quit":
+                return ExitStatus.OK
+            else:
+                try:
+                    self.act(decision.action)
+                except GpushellError as exc:
+                    audit.record(self.user, decision.action, "failed", exc.log_message, warning=True)
+                    term.error(exc.user_message)
+
+    def _read_line(self, idle_timeout: int) -> str | None:
+        """One menu line, or None at end of input; overlong lines are cut."""
+        signal.alarm(idle_timeout)
+        try:
+            line = self.term.stdin.readline(MAX_LINE)
+        finally:
+            signal.alarm(0)
+        if not line:
+            return None
+        if not line.endswith("\n") and len(line) >= MAX_LINE:
+            while True:  # drain the rest of the overlong line
+                rest = self.term.stdin.readline(MAX_LINE)
+                if not rest or rest.endswith("\n"):
+                    break
+            return "\0"  # never a valid choice
+        return line
+
+
+def check_installation() -> None:
+    """Refuse to run code that a non-root user could have changed."""
+    check_tree_owned_by_root(os.path.dirname(os.path.abspath(__file__)))
+    check_owned_by_root(os.path.abspath(sys.argv[0]))
+
+
+def main(paths: Paths = DEFAULT, argv: list[str] | None = None, term: Terminal | None = None) -> int:
+    argv = sys.argv if argv is None else argv
+    term = term or Terminal(sys.stdin, sys.stdout, sys.stderr, dict(os.environ))
+    for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGTSTP, signal.SIGQUIT, signal.SIGALRM):
+        signal.signal(signum, _end_session)
+    audit.open_log(paths.syslog_ident)
+    user = "?"
+    try:
+        user = pwd.getpwuid(os.getuid()).pw_name
+        args = argv[1:]
+        if not args:
+            check_installation()
+            return Session(paths, user, term).interactive()
+        if len(args) == 2 and args[0] == "-c":
+            decision = menu.decide_command(args[1])
+            if decision.action is None:
+                audit.record(user, "command", "refused", args[1], warning=True)
+                term.error(decision.reason)
+                return ExitStatus.USAGE
+            check_installation()
+            Session(paths, user, term).act(decision.action)
+            return ExitStatus.OK
+        audit.record(user, "arguments", "refused", " ".join(args), warning=True)
+        term.error("this account only offers the gpushell menu; try: ssh HOST help")
+        return ExitStatus.USAGE
+    except GpushellError as exc:
+        audit.record(user, "session", "failed", exc.log_message, warning=True)
+        term.error(exc.user_message)
+        return exc.status
+    except KeyboardInterrupt:
+        term.write("\n")
+        return ExitStatus.INTERRUPTED
+    except SessionEnd as end:
+        audit.record(user, "session", "ended", end.why)
+        with contextlib.suppress(OSError):  # the terminal may be gone (hang-up)
+            term.write(f"\nSession ended ({end.why}).\n")
+        return ExitStatus.OK
+    except Exception as exc:  # fail closed: never a traceback
+        audit.record(user, "session", "crashed", f"{type(exc).__name__}: {exc}", warning=True)
+        term.error(CONTACT_ADMIN)
+        return ExitStatus.HELPER
+
