@@ -11,7 +11,14 @@ from . import rootfs
 from .errors import GpushellError
 from .runner import run
 
-KEY_LINE = re.compile(r"(?:[a-z0-9-]+(?:=\"[^\"]*\")?,?)*\s*(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp\d+|sk-\S+)\s+[A-Za-z0-9+/=]+(\s.*)?")
+# Options (unquoted characters or whole "quoted strings", the two never
+# overlap, so matching stays linear on hostile input), then the key type
+# and its base64 blob, then an optional comment.
+KEY_LINE = re.compile(
+    r'(?:(?:[^\s"]|"[^"]*")+\s+)?'
+    r"(?:ssh-(?:ed25519|rsa|dss)|ecdsa-sha2-nistp(?:256|384|521)|sk-[a-z0-9@.-]+)"
+    r"\s+[A-Za-z0-9+/]+={0,3}(?:\s.*)?"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,8 +57,21 @@ def ensure_account(name: str, shell: str, group: str) -> HostAccount:
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
-        run(["useradd", "--create-home", "--shell", shell, "--groups", group,
-             "--password", "*", "--comment", "gpushell student", name])
+        run(
+            [
+                "useradd",
+                "--create-home",
+                "--shell",
+                shell,
+                "--groups",
+                group,
+                "--password",
+                "*",
+                "--comment",
+                "gpushell student",
+                name,
+            ]
+        )
         return HostAccount(name, created=True)
     if entry.pw_uid < 1000:
         raise GpushellError(f"{name} is a system account (uid {entry.pw_uid}); refusing to make it a student")

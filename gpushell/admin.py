@@ -10,8 +10,16 @@ import sys
 from collections.abc import Sequence
 
 from . import (
-    __version__, accounts, allocate, hostsetup, provision, registry, registry_edit,
-    registry_file, services, template,
+    __version__,
+    accounts,
+    allocate,
+    hostsetup,
+    provision,
+    registry,
+    registry_edit,
+    registry_file,
+    services,
+    template,
 )  # fmt: skip
 from .containers import LxcDriver
 from .errors import ExitStatus, GpushellError
@@ -25,8 +33,10 @@ def say(text: str) -> None:
 
 def cmd_init(paths: Paths, args: argparse.Namespace) -> int:
     reg = hostsetup.init(paths, say)
-    say(f"host ready: bridge {reg.bridge} {reg.gateway}/{reg.subnet.prefixlen}, chain {reg.chain}, "
-        f"group {paths.group}")
+    say(
+        f"host ready: bridge {reg.bridge} {reg.gateway}/{reg.subnet.prefixlen}, chain {reg.chain}, "
+        f"group {paths.group}"
+    )
     return ExitStatus.OK
 
 
@@ -84,10 +94,12 @@ def cmd_add(paths: Paths, args: argparse.Namespace) -> int:
         undo.callback(services.remove_forward, ctx, name)
         registry_file.write_atomically(paths.registry, new_text)
         undo.pop_all()
-    say(f"added {name}: port {user.port}, container {user.container} at {user.ip}, "
+    say(
+        f"added {name}: port {user.port}, container {user.container} at {user.ip}, "
         f"ids {user.idmap}-{user.idmap + reg.idmap_size - 1}, "
-        f"{'key installed' if keys else 'no key yet (use --key FILE)'}")
-    say(f"student logs in with: ssh {name}@{reg.hostname}   container: ssh -p {user.port} {name}@{reg.hostname}")
+        f"{'key installed' if keys else 'no key yet (use --key FILE)'}"
+    )
+    say(f"menu: ssh {name}@{reg.hostname}    container: ssh -p {user.port} {name}@{reg.hostname}")
     return ExitStatus.OK
 
 
@@ -97,7 +109,9 @@ def cmd_remove(paths: Paths, args: argparse.Namespace) -> int:
         old_text = registry_file.read_text(paths.registry)
         reg = registry.parse(old_text, paths.registry)
         if name not in reg.users:
-            raise GpushellError(f"{name} is not registered in {paths.registry}", status=ExitStatus.NOT_REGISTERED)
+            raise GpushellError(
+                f"{name} is not registered in {paths.registry}", status=ExitStatus.NOT_REGISTERED
+            )
         user = reg.users[name]
         ctx = services.Context(paths, reg, LxcDriver(reg.lxcpath))
         with locked(paths.user_lock(name)):
@@ -109,8 +123,10 @@ def cmd_remove(paths: Paths, args: argparse.Namespace) -> int:
             registry_file.write_atomically(paths.registry, new_text)
     if args.purge:
         accounts.remove_account(name)
-    say(f"removed {name}: container {user.container} destroyed, port {user.port} freed"
-        + (", host account deleted" if args.purge else ", host account kept"))
+    say(
+        f"removed {name}: container {user.container} destroyed, port {user.port} freed"
+        + (", host account deleted" if args.purge else ", host account kept")
+    )
     return ExitStatus.OK
 
 
@@ -124,37 +140,55 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--registry", metavar="PATH", help="registry file (default: /etc/gpushell.yaml)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    init = commands.add_parser("init", help="prepare the host (idempotent)",
-                               description="Create the registry if missing, the bridge, IP forwarding, "
-                               "the nat chain, the gpushell group, the sudoers and sshd drop-ins, and "
-                               "root's subordinate ids.  Safe to run again.")
+    init = commands.add_parser(
+        "init",
+        help="prepare the host (idempotent)",
+        description="Create the registry if missing, the bridge, IP forwarding, "
+        "the nat chain, the gpushell group, the sudoers and sshd drop-ins, and "
+        "root's subordinate ids.  Safe to run again.",
+    )
     init.set_defaults(run=cmd_init)
 
-    tpl = commands.add_parser("template", help="build the container template",
-                              description="Manage the template that new students' containers copy.")
+    tpl = commands.add_parser(
+        "template",
+        help="build the container template",
+        description="Manage the template that new students' containers copy.",
+    )
     tpl_commands = tpl.add_subparsers(dest="template_command", required=True, metavar="ACTION")
-    build = tpl_commands.add_parser("build", help="build the Debian template (cached)",
-                                    description="Build the template with debootstrap from the Debian "
-                                    "mirror apt uses on this host; cached, so a rebuild takes seconds.")
+    build = tpl_commands.add_parser(
+        "build",
+        help="build the Debian template (cached)",
+        description="Build the template with debootstrap from the Debian "
+        "mirror apt uses on this host; cached, so a rebuild takes seconds.",
+    )
     build.add_argument("--suite", default=template.SUITE, help="Debian suite (default: %(default)s)")
     build.add_argument("--mirror", metavar="URL", help="Debian mirror (default: the one in apt's sources)")
     build.add_argument("--packages", metavar="LIST", help="extra packages, comma separated")
     build.add_argument("--force", action="store_true", help="rebuild even if the template exists")
     build.set_defaults(run=cmd_template_build)
 
-    add = commands.add_parser("add", help="register a student and make their container",
-                              description="Create the host account (login shell gpushell), allocate a "
-                              "port, IP and id range, copy the template into the student's container "
-                              "and write the registry entry.  A failure undoes every step.")
+    add = commands.add_parser(
+        "add",
+        help="register a student and make their container",
+        description="Create the host account (login shell gpushell), allocate a "
+        "port, IP and id range, copy the template into the student's container "
+        "and write the registry entry.  A failure undoes every step.",
+    )
     add.add_argument("user", metavar="USER", help="the student's user name")
-    add.add_argument("--key", metavar="FILE", help="authorized_keys file for the student "
-                     "(default: the host account's existing keys, if any)")
+    add.add_argument(
+        "--key",
+        metavar="FILE",
+        help="authorized_keys file for the student (default: the host account's existing keys, if any)",
+    )
     add.add_argument("--port", type=int, metavar="N", help="host port to forward (default: lowest free)")
     add.set_defaults(run=cmd_add)
 
-    remove = commands.add_parser("remove", help="remove a student's container, forward and entry",
-                                 description="Stop and destroy the container, remove the forward and "
-                                 "the registry entry.  The host account stays unless --purge.")
+    remove = commands.add_parser(
+        "remove",
+        help="remove a student's container, forward and entry",
+        description="Stop and destroy the container, remove the forward and "
+        "the registry entry.  The host account stays unless --purge.",
+    )
     remove.add_argument("user", metavar="USER", help="the student's user name")
     remove.add_argument("--purge", action="store_true", help="also delete the host account and its home")
     remove.set_defaults(run=cmd_remove)

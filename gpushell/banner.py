@@ -77,5 +77,7 @@ def help_text(info: dict[str, Any], p: Palette = PLAIN, brief: bool = False) -> 
 
 
 def menu(p: Palette = PLAIN) -> str:
-    rows = [f"  {p.bold}{n}{p.reset}) {word:<8} {p.dim}{what}{p.reset}" for n, (word, what) in enumerate(MENU, 1)]
+    rows = [
+        f"  {p.bold}{n}{p.reset}) {word:<8} {p.dim}{what}{p.reset}" for n, (word, what) in enumerate(MENU, 1)
+    ]
     return "\n" + "\n".join(rows) + "\n"

@@ -20,13 +20,13 @@ def sudoers(paths: Paths) -> str:
 def sshd(paths: Paths) -> str:
     """sshd settings for students: the menu, and no way around it."""
     return (
-        "# Installed by gpushell-admin init.  Students (group %s) get the gpushell\n"
+        "# Installed by gpushell-admin init.  Students (group {group}) get the gpushell\n"
         "# menu and nothing else: no forwarding of any kind, no ~/.ssh/rc, no\n"
         "# environment from the client's files.  Keep `Subsystem sftp` pointing at\n"
         "# the sftp-server program, never internal-sftp: the external one runs\n"
         "# through the login shell, which refuses it.\n"
         "PermitUserEnvironment no\n"
-        "Match Group %s\n"
+        "Match Group {group}\n"
         "    DisableForwarding yes\n"
         "    AllowTcpForwarding no\n"
         "    AllowAgentForwarding no\n"
@@ -39,7 +39,7 @@ def sshd(paths: Paths) -> str:
         "    PermitUserRC no\n"
         "    PermitTTY yes\n"
         "Match all\n"
-    ) % (paths.group, paths.group)
+    ).replace("{group}", paths.group)
 
 
 def starter_registry(hostname: str) -> str:

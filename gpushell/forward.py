@@ -8,6 +8,7 @@ Every function here turns data into rule text; iptables.py runs it.
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Iterable, Sequence
 
@@ -72,8 +73,14 @@ def dport_of(rule: Sequence[str]) -> str | None:
     return None
 
 
+_PLAIN_TOKEN = re.compile(r"[\w.:/!@%+=,-]+")
+
+
 def _line(rule: Sequence[str]) -> str:
-    return shlex.join(rule)
+    """One rule in iptables-restore syntax, which knows double quotes only."""
+    return " ".join(
+        token if _PLAIN_TOKEN.fullmatch(token) else '"' + token.replace('"', '\\"') + '"' for token in rule
+    )
 
 
 def _delete(rule: Sequence[str]) -> str:

@@ -49,6 +49,7 @@ def _restart(ctx: services.Context, user: User) -> dict[str, Any]:
 ACTIONS: dict[str, Action] = {
     "login": _login,
     "status": _status,
+    "help": _status,  # help shows the student's own port and host
     "start": _login,
     "stop": _stop,
     "restart": _restart,
@@ -61,8 +62,11 @@ def caller_name(environ: dict[str, str]) -> str:
         raise GpushellError("the helper must run through sudo", "helper run without root")
     uid_text = environ.get("SUDO_UID", "")
     if not uid_text.isdigit() or int(uid_text) == 0:
-        raise GpushellError("the helper must be run by a student through sudo",
-                            f"helper called with SUDO_UID={uid_text!r}", ExitStatus.USAGE)
+        raise GpushellError(
+            "the helper must be run by a student through sudo",
+            f"helper called with SUDO_UID={uid_text!r}",
+            ExitStatus.USAGE,
+        )
     try:
         return pwd.getpwuid(int(uid_text)).pw_name
     except KeyError:
@@ -89,8 +93,9 @@ def main(paths: Paths = DEFAULT, argv: list[str] | None = None) -> int:
     verb = argv[1] if len(argv) == 2 else " ".join(argv[1:])
     try:
         if len(argv) != 2 or verb not in ACTIONS:
-            raise GpushellError("unknown helper request", f"refused helper argv {argv[1:]!r}",
-                                ExitStatus.USAGE)
+            raise GpushellError(
+                "unknown helper request", f"refused helper argv {argv[1:]!r}", ExitStatus.USAGE
+            )
         name = caller_name(dict(os.environ))
         answer = run_action(paths, name, verb)
     except GpushellError as exc:
@@ -102,6 +107,7 @@ def main(paths: Paths = DEFAULT, argv: list[str] | None = None) -> int:
         audit.record(name, verb, "crashed", f"{type(exc).__name__}: {exc}", warning=True)
         print(json.dumps({"error": CONTACT_ADMIN, "status": int(ExitStatus.HELPER)}))
         return int(ExitStatus.HELPER)
-    audit.record(name, verb, "ok", f"state={answer['state']} port={answer['port']}")
+    detail = " ".join(f"{key}={answer[key]}" for key in ("state", "port", "started") if key in answer)
+    audit.record(name, verb, "ok", detail)
     print(json.dumps(answer))
     return 0

@@ -98,7 +98,12 @@ def ensure_subordinate_ids(reg: Registry, report: Report) -> None:
 
 def _covers(line: str, start: int) -> bool:
     parts = line.split(":")
-    return len(parts) == 3 and parts[0] == "root" and parts[1].isdigit() and int(parts[1]) <= start < int(parts[1]) + int(parts[2] or 0)
+    return (
+        len(parts) == 3
+        and parts[0] == "root"
+        and parts[1].isdigit()
+        and int(parts[1]) <= start < int(parts[1]) + int(parts[2] or 0)
+    )
 
 
 def ensure_login_shell_listed(paths: Paths, report: Report) -> None:

@@ -41,15 +41,18 @@ def decide_command(command: str) -> Decision:
         return Decision(None, "an empty command is not allowed")
     shown = command if len(command) <= MAX_COMMAND and command.isprintable() else repr(command[:MAX_COMMAND])
     if "sftp-server" in command or command.startswith(("scp ", "rsync ", "internal-sftp")):
-        return Decision(None, f"file transfer to this host is not allowed ({shown}); "
-                              "copy files to your container's port instead")
-    return Decision(None, f"{shown!s}: not an allowed command (allowed: {', '.join(REMOTE_WORDS)})")
+        return Decision(
+            None,
+            f"file transfer to this host is not allowed ({shown}); "
+            "copy files to your container's port instead",
+        )
+    return Decision(None, f"{shown}: not allowed here (allowed commands: {', '.join(REMOTE_WORDS)})")
 
 
 def decide_choice(line: str) -> Decision:
     """Decide a menu line: a number or a word from the menu, surrounding blanks ignored."""
     choice = line.strip().lower()
-    if choice.isdigit() and 1 <= int(choice) <= len(MENU):
+    if choice.isascii() and choice.isdigit() and 1 <= int(choice) <= len(MENU):
         return Decision(MENU_WORDS[int(choice) - 1])
     if choice in MENU_WORDS:
         return Decision(choice)

@@ -76,8 +76,22 @@ def create_account(root: str, name: str, keys: str) -> None:
     # --prefix edits the copy's own passwd/group files, no chroot: nothing
     # from the rootfs runs on the host.  The copy has never been started,
     # so no path in it is the container's doing yet.
-    run(["useradd", "--prefix", root, "--create-home", "--uid", str(STUDENT_UID),
-         "--user-group", "--shell", "/bin/bash", "--password", "*", name])
+    run(
+        [
+            "useradd",
+            "--prefix",
+            root,
+            "--create-home",
+            "--uid",
+            str(STUDENT_UID),
+            "--user-group",
+            "--shell",
+            "/bin/bash",
+            "--password",
+            "*",
+            name,
+        ]
+    )
     owner = (STUDENT_UID, STUDENT_UID)
     rootfs.write_file(root, f"etc/sudoers.d/gpushell-{name}", f"{name} ALL=(ALL:ALL) NOPASSWD: ALL\n", 0o440)
     install_keys(root, f"home/{name}", keys, owner)

@@ -11,7 +11,7 @@ import dataclasses
 import ipaddress
 import re
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any
 
 import yaml
 
@@ -31,7 +31,7 @@ PORT_RANGE = re.compile(r"(\d{1,5})-(\d{1,5})")
 RESERVED_USERS = frozenset({"root", "daemon", "bin", "sys", "sync", "nobody", "sshd"})
 MIN_IDMAP_SIZE = 65536  # a Debian userland needs uid 65534 (nobody)
 
-GpuSpec = Union[str, tuple[int, ...]]  # "all", "none" or GPU indices
+GpuSpec = str | tuple[int, ...]  # "all", "none" or GPU indices
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,21 +127,22 @@ class _Parser:
 
     def problem(self, node: yaml.Node | None, field: str, message: str) -> None:
         line = node.start_mark.line + 1 if node is not None else 1
-        self.problems.append(f"{self.path}:{line}: {field}: {message}")
+        where = f"{field}: " if field else ""
+        self.problems.append(f"{self.path}:{line}: {where}{message}")
 
     def value(self, node: yaml.Node) -> Any:
         return self.loader.construct_object(node, deep=True)
 
-    def mapping(
-        self, node: yaml.Node, field: str, allowed: frozenset[str]
-    ) -> dict[str, yaml.Node]:
+    def mapping(self, node: yaml.Node, field: str, allowed: frozenset[str]) -> dict[str, yaml.Node]:
         """The keys of a mapping node, rejecting duplicates and unknown keys."""
         if not isinstance(node, yaml.MappingNode):
             self.problem(node, field, "must be a mapping")
             return {}
         items: dict[str, yaml.Node] = {}
         for key_node, value_node in node.value:
-            key = str(self.value(key_node))
+            # The key as written: a user named `no` or `null` stays that name
+            # instead of becoming YAML 1.1's False or None.
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(self.value(key_node))
             where = f"{field}.{key}" if field else key
             if key in items:
                 self.problem(key_node, where, "appears twice")
@@ -186,8 +187,9 @@ def _matching(pattern: re.Pattern[str], what: str) -> Callable[[Any], str]:
 
 
 def _absolute_path(value: Any) -> str:
-    if not isinstance(value, str) or not value.startswith("/") or "\n" in value:
-        raise ValueError(f"{value!r} is not an absolute path")
+    # No blanks: paths end up in fstab-style lxc.mount.entry lines.
+    if not isinstance(value, str) or not value.startswith("/") or any(c.isspace() for c in value):
+        raise ValueError(f"{value!r} is not an absolute path without blanks")
     if any(part == ".." for part in value.split("/")):
         raise ValueError(f"{value!r} must not contain '..'")
     return value
@@ -200,8 +202,8 @@ def _boolean(value: Any) -> bool:
 
 
 def _positive_number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValueError(f"{value!r} is not a positive number of seconds")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 86400:
+        raise ValueError(f"{value!r} is not a number of seconds between 0 and 86400")
     return float(value)
 
 
@@ -256,7 +258,12 @@ def parse(text: str, path: str) -> Registry:
         raise RegistryError([f"{path}:{line}: not valid YAML: {reason}"]) from None
     if root is None:
         raise RegistryError([f"{path}:1: the registry is empty"])
-    registry = _Validator(parser).registry(root)
+    try:
+        registry = _Validator(parser).registry(root)
+    except yaml.YAMLError as exc:  # e.g. an unknown !tag, found while constructing a value
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        raise RegistryError([f"{path}:{line}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
     if parser.problems or registry is None:
         raise RegistryError(parser.problems)
     return registry
@@ -314,9 +321,7 @@ class _Validator:
         if "start" in items:
             start = self.p.typed(items["start"], "idmap.start", _integer(1, 2**31), start)
         if "size" in items:
-            size = self.p.typed(
-                items["size"], "idmap.size", _integer(MIN_IDMAP_SIZE, 2**31), size
-            )
+            size = self.p.typed(items["size"], "idmap.size", _integer(MIN_IDMAP_SIZE, 2**31), size)
         return start, size
 
     def mounts(self, node: yaml.Node, field: str) -> tuple[Mount, ...]:
@@ -345,9 +350,10 @@ class _Validator:
             return {}
         entries = p.mapping(node, "users", frozenset())
         users: dict[str, User] = {}
-        owner_of_port: dict[int, str] = {}
-        owner_of_ip: dict[ipaddress.IPv4Address, str] = {}
-        owner_of_container: dict[str, str] = {}
+        # One owner table per unique field; keys are ports, IPs or names.
+        owner_of_port: dict[Any, str] = {}
+        owner_of_ip: dict[Any, str] = {}
+        owner_of_container: dict[Any, str] = {}
         idmaps: list[tuple[int, str]] = []
         for name, entry in entries.items():
             field = f"users.{name}"
@@ -359,7 +365,6 @@ class _Validator:
             user = None if len(p.problems) > before else self.user(name, entry, keys, reg)
             if user is None:
                 continue
-            owners: dict[Any, str]
             for value, owners, key in (
                 (user.port, owner_of_port, "port"),
                 (user.ip, owner_of_ip, "ip"),
@@ -377,9 +382,7 @@ class _Validator:
             users[name] = user
         return users
 
-    def user(
-        self, name: str, entry: yaml.Node, keys: dict[str, yaml.Node], reg: Registry
-    ) -> User | None:
+    def user(self, name: str, entry: yaml.Node, keys: dict[str, yaml.Node], reg: Registry) -> User | None:
         p = self.p
         field = f"users.{name}"
         before = len(p.problems)
@@ -404,7 +407,11 @@ class _Validator:
             p.problem(keys.get("container", entry), f"{field}.container", "is the template's name")
         gpus = p.typed(keys["gpus"], f"{field}.gpus", _gpus, reg.gpus) if "gpus" in keys else reg.gpus
         mounts = reg.mounts + (self.mounts(keys["mounts"], f"{field}.mounts") if "mounts" in keys else ())
-        autostart = p.typed(keys["autostart"], f"{field}.autostart", _boolean, False) if "autostart" in keys else False
+        autostart = (
+            p.typed(keys["autostart"], f"{field}.autostart", _boolean, False)
+            if "autostart" in keys
+            else False
+        )
         if len(p.problems) > before or port is None or ip is None or idmap is None:
             return None
         return User(name, port, ip, idmap, container, gpus, mounts, autostart)

@@ -28,7 +28,9 @@ def _users_node(text: str) -> tuple[yaml.Node | None, yaml.Node | None]:
 def user_block(name: str, alloc: Allocation, extra: dict[str, Any] | None = None) -> list[str]:
     lines = [f"  {name}:", f"    port: {alloc.port}", f"    ip: {alloc.ip}", f"    idmap: {alloc.idmap}"]
     for key, value in (extra or {}).items():
-        lines.append(f"    {key}: {yaml.safe_dump(value, default_flow_style=True).strip()}")
+        # Dumped inside a list so a scalar gets no end-of-document marker.
+        flow = yaml.safe_dump([value], default_flow_style=True).strip()[1:-1]
+        lines.append(f"    {key}: {flow}")
     return lines
 
 
@@ -38,7 +40,7 @@ def add_user(text: str, name: str, alloc: Allocation, extra: dict[str, Any] | No
     block = user_block(name, alloc, extra)
     key, users = _users_node(text)
     if key is None or users is None:
-        body = lines + ["users:"] + block
+        body = [*lines, "users:", *block]
     elif isinstance(users, yaml.MappingNode) and users.value and users.flow_style is False:
         # Indent like the existing entries; insert after the last entry's last line.
         indent = users.value[0][0].start_mark.column
@@ -50,7 +52,7 @@ def add_user(text: str, name: str, alloc: Allocation, extra: dict[str, Any] | No
         line = key.start_mark.line
         comment = lines[line].split("#", 1)[1] if "#" in lines[line] else None
         head = "users:" + (f"  #{comment}" if comment else "")
-        body = lines[:line] + [head] + block + lines[line + 1 :]
+        body = [*lines[:line], head, *block, *lines[line + 1 :]]
     else:
         raise GpushellError("cannot edit `users:` written in flow style; please use a block mapping")
     return "\n".join(body) + "\n"

@@ -30,9 +30,7 @@ def read_text(path: str) -> str:
         try:
             return stream.read()
         except UnicodeDecodeError as exc:
-            raise GpushellError(
-                f"{path}: not UTF-8 text", f"{path}: {exc}", ExitStatus.CONFIG
-            ) from None
+            raise GpushellError(f"{path}: not UTF-8 text", f"{path}: {exc}", ExitStatus.CONFIG) from None
 
 
 def load(path: str) -> registry.Registry:

@@ -45,8 +45,12 @@ def _directory(rootfs: str, relative_dir: str, create_mode: int | None) -> Itera
 
 
 def write_file(
-    rootfs: str, path: str, content: str | bytes, mode: int = 0o644,
-    owner: tuple[int, int] = (0, 0), create_dirs: int | None = None,
+    rootfs: str,
+    path: str,
+    content: str | bytes,
+    mode: int = 0o644,
+    owner: tuple[int, int] = (0, 0),
+    create_dirs: int | None = None,
 ) -> None:
     """Write rootfs/path atomically, owned by owner (ids as the container sees them).
 

@@ -43,9 +43,7 @@ def run(
             check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise GpushellError(
-            f"could not run {argv[0]}", f"running {list(argv)} failed: {exc}"
-        ) from exc
+        raise GpushellError(f"could not run {argv[0]}", f"running {list(argv)} failed: {exc}") from exc
     if check and result.returncode != 0:
         detail = (result.stderr or result.stdout).strip().splitlines()
         last = detail[-1] if detail else f"exit status {result.returncode}"

@@ -67,8 +67,14 @@ class Session:
         """Ask the root helper for verb; show a spinner on a terminal while it works."""
         argv = [self.paths.sudo, "-n", self.paths.helper, verb]
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, env=SAFE_ENV, text=True)
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=SAFE_ENV,
+                text=True,
+            )
         except OSError as exc:
             raise GpushellError(CONTACT_ADMIN, f"cannot run {argv}: {exc}", ExitStatus.HELPER) from None
         self._spin_until_done(proc, progress)
@@ -78,11 +84,17 @@ class Session:
             if not isinstance(answer, dict):
                 raise ValueError(answer)
         except (ValueError, IndexError):
-            raise GpushellError(CONTACT_ADMIN, f"helper {verb} exited {proc.returncode}: "
-                                f"{audit.clean(err.strip(), 300)}", ExitStatus.HELPER) from None
+            raise GpushellError(
+                CONTACT_ADMIN,
+                f"helper {verb} exited {proc.returncode}: {audit.clean(err.strip(), 300)}",
+                ExitStatus.HELPER,
+            ) from None
         if "error" in answer:
-            raise GpushellError(str(answer["error"]), f"helper {verb}: {answer['error']}",
-                                ExitStatus(answer.get("status", ExitStatus.ERROR)))
+            raise GpushellError(
+                str(answer["error"]),
+                f"helper {verb}: {answer['error']}",
+                ExitStatus(answer.get("status", ExitStatus.ERROR)),
+            )
         return answer
 
     def _spin_until_done(self, proc: subprocess.Popen[str], progress: str) -> None:
@@ -103,8 +115,11 @@ class Session:
     def act(self, action: str) -> None:
         """Run one allowed action and print its result."""
         p = self.term.palette
-        progress = {"start": "Starting your container", "restart": "Restarting your container",
-                    "stop": "Stopping your container"}.get(action, "")
+        progress = {
+            "start": "Starting your container",
+            "restart": "Restarting your container",
+            "stop": "Stopping your container",
+        }.get(action, "")
         info = self.helper(action, progress)
         if action == "help":
             self.term.write(f"Connect:         {banner.connect_command(info)}\n" + banner.help_text(info, p))
@@ -201,4 +216,3 @@ def main(paths: Paths = DEFAULT, argv: list[str] | None = None, term: Terminal |
         audit.record(user, "session", "crashed", f"{type(exc).__name__}: {exc}", warning=True)
         term.error(CONTACT_ADMIN)
         return ExitStatus.HELPER
-

@@ -44,12 +44,24 @@ def mirror_from_apt_sources(texts: list[str]) -> str | None:
         for line in text.splitlines():
             words = line.split("#", 1)[0].split()
             if len(words) >= 3 and words[0] == "deb":
-                uri = next((w for w in words[1:] if not w.startswith("[")), None)
+                uri = _first_uri(words[1:])
                 if uri and not uri.rstrip("/").endswith(("-security", "security")):
                     return uri
-            if len(words) >= 2 and words[0] == "URIs:":
-                if not words[1].rstrip("/").endswith("-security"):
-                    return words[1]
+            if len(words) >= 2 and words[0] == "URIs:" and not words[1].rstrip("/").endswith("-security"):
+                return words[1]
+    return None
+
+
+def _first_uri(words: list[str]) -> str | None:
+    """The first word after an optional `[opt=x opt=y]` block."""
+    in_options = False
+    for word in words:
+        if word.startswith("["):
+            in_options = True
+        if in_options:
+            in_options = not word.endswith("]")
+            continue
+        return word
     return None
 
 
@@ -86,8 +98,9 @@ def customise(root: str) -> None:
         os.unlink(key)
 
 
-def ensure_cached(cache_dir: str, suite: str = SUITE, extra: tuple[str, ...] = (),
-                  mirror: str | None = None) -> str:
+def ensure_cached(
+    cache_dir: str, suite: str = SUITE, extra: tuple[str, ...] = (), mirror: str | None = None
+) -> str:
     """Path of the cached rootfs tarball, building it first if needed."""
     packages = tuple(sorted(set(PACKAGES + extra)))
     tarball = os.path.join(cache_dir, f"{cache_key(suite, packages)}.tar")
@@ -97,8 +110,17 @@ def ensure_cached(cache_dir: str, suite: str = SUITE, extra: tuple[str, ...] = (
     work = tempfile.mkdtemp(prefix=".build-", dir=cache_dir)
     try:
         root = os.path.join(work, "rootfs")
-        run(["debootstrap", "--variant=minbase", f"--include={','.join(packages)}",
-             suite, root, mirror or host_mirror()], timeout=1800)
+        run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                f"--include={','.join(packages)}",
+                suite,
+                root,
+                mirror or host_mirror(),
+            ],
+            timeout=1800,
+        )
         customise(root)
         partial = tarball + ".partial"
         run(["tar", "--numeric-owner", "--xattrs", "-C", root, "-cf", partial, "."], timeout=600)
@@ -118,11 +140,15 @@ def install(tarball: str, lxcpath: str, name: str) -> str:
     try:
         os.chmod(staging, 0o700)
         os.mkdir(os.path.join(staging, "rootfs"), 0o755)
-        run(["tar", "--numeric-owner", "--xattrs", "-C", os.path.join(staging, "rootfs"), "-xf", tarball],
-            timeout=600)
+        run(
+            ["tar", "--numeric-owner", "--xattrs", "-C", os.path.join(staging, "rootfs"), "-xf", tarball],
+            timeout=600,
+        )
         with open(os.path.join(staging, "config"), "w", encoding="utf-8") as config:
-            config.write(f"# gpushell template: copied for each student, never started\n"
-                         f"lxc.rootfs.path = dir:{directory}/rootfs\nlxc.uts.name = {name}\n")
+            config.write(
+                f"# gpushell template: copied for each student, never started\n"
+                f"lxc.rootfs.path = dir:{directory}/rootfs\nlxc.uts.name = {name}\n"
+            )
         os.rename(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

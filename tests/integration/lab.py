@@ -1,0 +1,295 @@
+"""A throw-away gpushell installation on this machine, for the integration tests.
+
+Everything it makes carries one random prefix (gptXXXX): the bridge, the
+nat chain, the group, the students, the lxcpath, the client network
+namespace, the sudoers drop-in.  Entry points are root-owned wrapper
+scripts, like the installed ones, that pass the test's `Paths` to the
+installed gpushell package: the registry path stays out of the environment.
+`Lab.destroy` removes all of it and nothing else, even after a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import grp
+import ipaddress
+import os
+import pwd
+import random
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+
+ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+WRAPPER = """#!/usr/bin/python3 -I
+import sys
+from gpushell.paths import Paths
+from gpushell.{module} import main
+sys.exit(main(Paths({paths})))
+"""
+SSH_OPTIONS = (
+    "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+    "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "IdentitiesOnly=yes",
+)  # fmt: skip
+SAVED_FILES = ("/etc/subuid", "/etc/subgid", "/etc/shells")
+
+
+def sh(argv: Sequence[str], check: bool = True, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # type: ignore[call-overload, no-any-return]
+        list(argv), check=check, capture_output=True, text=True, env=ENV, **kwargs
+    )
+
+
+def free_subnets(count: int) -> list[ipaddress.IPv4Network]:
+    """/24s in 10.200-249.x.0 that no interface here uses."""
+    used = sh(["ip", "-4", "-o", "addr"]).stdout + sh(["ip", "-4", "route"]).stdout
+    chosen: list[ipaddress.IPv4Network] = []
+    while len(chosen) < count:
+        net = ipaddress.IPv4Network(f"10.{random.randint(200, 249)}.{random.randint(0, 255)}.0/24")
+        prefix = ".".join(str(net.network_address).split(".")[:3]) + "."
+        if prefix not in used and net not in chosen:
+            chosen.append(net)
+    return chosen
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("0.0.0.0", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclasses.dataclass
+class Student:
+    name: str
+    key: str
+    port: int
+    ip: str
+    container: str
+
+
+class Lab:
+    def __init__(self) -> None:
+        self.prefix = "gpt" + secrets.token_hex(2)
+        self.root = f"/run/gpushell-test-{self.prefix}"
+        self.lxcpath = f"/var/lib/gpushell-test-{self.prefix}"
+        self.bridge = f"{self.prefix}br"
+        self.chain = self.prefix.upper()
+        self.group = self.prefix
+        self.template = f"{self.prefix}-tpl"
+        self.netns = f"{self.prefix}-cli"
+        self.subnet, self.client_net = free_subnets(2)
+        hosts = list(self.client_net.hosts())
+        self.host_ip, self.client_ip = str(hosts[0]), str(hosts[1])
+        self.sshd_port = free_port()
+        self.sshd: subprocess.Popen[bytes] | None = None
+        self.students: list[str] = []
+        self.saved: dict[str, str | None] = {}
+        self.paths = {
+            "registry": f"{self.root}/gpushell.yaml",
+            "helper": f"{self.root}/bin/gpushell-helper",
+            "shell": f"{self.root}/bin/gpushell",
+            "run_dir": f"{self.root}/run",
+            "group": self.group,
+            "sudoers_dropin": f"/etc/sudoers.d/{self.prefix}",
+            "sshd_dropin": f"{self.root}/sshd-gpushell.conf",
+        }
+        self.registry = self.paths["registry"]
+        self.admin_path = f"{self.root}/bin/gpushell-admin"
+
+    # --- set-up ---------------------------------------------------------
+
+    def create(self) -> None:
+        for path in SAVED_FILES:
+            try:
+                with open(path, encoding="utf-8") as stream:
+                    self.saved[path] = stream.read()
+            except FileNotFoundError:
+                self.saved[path] = None
+        os.makedirs(f"{self.root}/bin", mode=0o755)
+        os.chmod(self.root, 0o755)
+        arguments = ", ".join(f"{key}={value!r}" for key, value in self.paths.items())
+        for module, name in (("shell", "gpushell"), ("helper", "gpushell-helper"), ("admin", "gpushell-admin")):
+            with open(f"{self.root}/bin/{name}", "w", encoding="utf-8") as script:
+                script.write(WRAPPER.format(module=module, paths=arguments))
+            os.chmod(f"{self.root}/bin/{name}", 0o755)
+        self.write_registry(self.registry_text())
+        self.admin("init")
+        self.admin("template", "build")
+        self.start_client_namespace()
+        self.start_sshd()
+
+    def registry_text(self, idle_timeout: int = 600) -> str:
+        return (
+            f"# test registry for {self.prefix}\n"
+            f"hostname: {self.host_ip}\n"
+            f"bridge: {self.bridge}\n"
+            f"subnet: {self.subnet}\n"
+            "ports: 22001-22999\n"
+            f"template: {self.template}\n"
+            f"lxcpath: {self.lxcpath}\n"
+            f"chain: {self.chain}\n"
+            "idmap:\n  start: 2000000000\n  size: 65536\n"
+            "masquerade: false\n"
+            "start_timeout: 60\n"
+            f"idle_timeout: {idle_timeout}\n"
+            "users:\n"
+        )
+
+    def write_registry(self, text: str, mode: int = 0o644) -> None:
+        temporary = self.registry + ".new"
+        with open(temporary, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.chmod(temporary, mode)
+        os.rename(temporary, self.registry)
+
+    def read_registry(self) -> str:
+        with open(self.registry, encoding="utf-8") as stream:
+            return stream.read()
+
+    def start_client_namespace(self) -> None:
+        host_if, ns_if = f"{self.prefix}h", f"{self.prefix}c"
+        sh(["ip", "netns", "add", self.netns])
+        sh(["ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if, "netns", self.netns])
+        sh(["ip", "addr", "add", f"{self.host_ip}/24", "dev", host_if])
+        sh(["ip", "link", "set", host_if, "up"])
+        inside = ["ip", "netns", "exec", self.netns]
+        sh([*inside, "ip", "link", "set", "lo", "up"])
+        sh([*inside, "ip", "addr", "add", f"{self.client_ip}/24", "dev", ns_if])
+        sh([*inside, "ip", "link", "set", ns_if, "up"])
+        sh([*inside, "ip", "route", "add", "default", "via", self.host_ip])
+
+    def start_sshd(self) -> None:
+        """A real sshd on its own port, with the shipped drop-in, for the students."""
+        key = f"{self.root}/ssh_host_ed25519_key"
+        sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key])
+        config = f"{self.root}/sshd_config"
+        with open(config, "w", encoding="utf-8") as stream:
+            stream.write(
+                f"Include {self.paths['sshd_dropin']}\n"
+                f"Port {self.sshd_port}\nListenAddress {self.host_ip}\nHostKey {key}\n"
+                f"PidFile {self.root}/sshd.pid\nUsePAM yes\nPasswordAuthentication no\n"
+                "KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nAcceptEnv LANG LC_*\n"
+                "Subsystem sftp /usr/lib/openssh/sftp-server\n"
+            )
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+        self.sshd = subprocess.Popen(
+            ["/usr/sbin/sshd", "-D", "-e", "-f", config],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=open(f"{self.root}/sshd.log", "wb"),  # noqa: SIM115 - lives as long as sshd
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection((self.host_ip, self.sshd_port), 1):
+                return
+            time.sleep(0.05)
+        raise RuntimeError("test sshd did not start; see " + f"{self.root}/sshd.log")
+
+    # --- acting -----------------------------------------------------------
+
+    def admin(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = sh([self.admin_path, *args], check=False, timeout=900)
+        if check and result.returncode != 0:
+            raise AssertionError(f"gpushell-admin {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    def add_student(self, suffix: str, *extra: str) -> Student:
+        name = f"{self.prefix}{suffix}"
+        key = f"{self.root}/{name}_key"
+        if not os.path.exists(key):
+            sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", key])
+        self.students.append(name)
+        self.admin("add", name, "--key", key + ".pub", *extra)
+        from gpushell import registry
+
+        user = registry.parse(self.read_registry(), self.registry).users[name]
+        return Student(name, key, user.port, str(user.ip), user.container)
+
+    def ssh(
+        self, student: Student, *command: str, port: int | None = None, options: Sequence[str] = (),
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess[str]:  # fmt: skip
+        """Run the OpenSSH client from the client namespace, as the student."""
+        argv = [
+            "ip", "netns", "exec", self.netns, "ssh", *SSH_OPTIONS, *options, "-i", student.key,
+            "-p", str(port or self.sshd_port), f"{student.name}@{self.host_ip}", *command,
+        ]  # fmt: skip
+        return sh(argv, check=False, timeout=timeout)
+
+    def ssh_argv(self, student: Student, *options: str) -> list[str]:
+        return [
+            "ip", "netns", "exec", self.netns, "ssh", *SSH_OPTIONS, *options, "-i", student.key,
+            "-p", str(self.sshd_port), f"{student.name}@{self.host_ip}",
+        ]  # fmt: skip
+
+    def state(self, student: Student) -> str:
+        out = sh(["lxc-info", "-P", self.lxcpath, "-n", student.container, "-sH"], check=False).stdout
+        return out.strip() or "MISSING"
+
+    def init_pid(self, student: Student) -> int:
+        return int(sh(["lxc-info", "-P", self.lxcpath, "-n", student.container, "-pH"]).stdout)
+
+    def rules_for(self, name: str) -> list[str]:
+        save = sh(["iptables-save", "-t", "nat"]).stdout
+        return [line for line in save.splitlines() if f'"gpushell:{name}"' in line]
+
+    @contextlib.contextmanager
+    def registry_replaced(self, text: str, mode: int = 0o644) -> Iterator[None]:
+        original = self.read_registry()
+        self.write_registry(text, mode)
+        try:
+            yield
+        finally:
+            self.write_registry(original)
+
+    # --- tear-down: only what this lab made ------------------------------
+
+    def destroy(self) -> None:
+        errors: list[str] = []
+
+        def attempt(argv: Sequence[str]) -> None:
+            result = sh(argv, check=False)
+            if result.returncode != 0 and "does not exist" not in result.stderr:
+                errors.append(f"{' '.join(argv)}: {result.stderr.strip()}")
+
+        if self.sshd is not None:
+            self.sshd.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.sshd.wait(5)
+            if self.sshd.poll() is None:
+                self.sshd.kill()
+        if os.path.isdir(self.lxcpath):
+            for name in sh(["lxc-ls", "-P", self.lxcpath, "-1"], check=False).stdout.split():
+                sh(["lxc-stop", "-P", self.lxcpath, "-n", name, "-k"], check=False)
+            shutil.rmtree(self.lxcpath, ignore_errors=True)
+        for name in self.students_on_host():
+            attempt(["userdel", "--remove", name])
+        with contextlib.suppress(KeyError):
+            grp.getgrnam(self.group)
+            attempt(["groupdel", self.group])
+        save = sh(["iptables-save", "-t", "nat"]).stdout
+        for line in save.splitlines():
+            if line.startswith("-A ") and (f"-j {self.chain}" in line) and not line.startswith(f"-A {self.chain} "):
+                attempt(["iptables", "-t", "nat", "-D", *line.split()[1:]])
+        if f":{self.chain} " in save:
+            attempt(["iptables", "-t", "nat", "-F", self.chain])
+            attempt(["iptables", "-t", "nat", "-X", self.chain])
+        if os.path.exists(f"/sys/class/net/{self.bridge}"):
+            attempt(["ip", "link", "del", self.bridge])
+        if os.path.exists(f"/run/netns/{self.netns}"):
+            attempt(["ip", "netns", "del", self.netns])
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.paths["sudoers_dropin"])
+        for path, text in self.saved.items():
+            if text is not None:
+                with open(path, "w", encoding="utf-8") as stream:
+                    stream.write(text)
+        shutil.rmtree(self.root, ignore_errors=True)
+        if errors:
+            raise RuntimeError("lab clean-up left things behind:\n" + "\n".join(errors))
+
+    def students_on_host(self) -> list[str]:
+        return [entry.pw_name for entry in pwd.getpwall() if entry.pw_name.startswith(self.prefix)]

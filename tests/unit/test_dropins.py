@@ -1,0 +1,89 @@
+"""dropins: the sudoers and sshd drop-ins."""
+
+from __future__ import annotations
+
+from gpushell.dropins import sshd, starter_registry, sudoers
+from gpushell.helper import ACTIONS
+from gpushell.paths import DEFAULT, Paths
+from gpushell.registry import parse
+
+OTHER = Paths(helper="/opt/gp/bin/gp-helper", group="students")
+
+
+def sudoers_commands(text: str) -> list[str]:
+    [rule] = [line for line in text.splitlines() if line.startswith("%")]
+    _, _, commands = rule.partition(" NOPASSWD: ")
+    return commands.split(", ")
+
+
+def test_sudoers_lists_each_verb_once():
+    text = sudoers(DEFAULT)
+    commands = sudoers_commands(text)
+    assert sorted(commands) == sorted(f"/usr/local/bin/gpushell-helper {verb}" for verb in ACTIONS)
+    assert len(commands) == len(set(commands)) == len(ACTIONS)
+    assert sorted(ACTIONS) == ["login", "restart", "start", "status", "stop"]
+
+
+def test_sudoers_exact():
+    assert sudoers(DEFAULT) == (
+        "# Installed by gpushell-admin init.  Students run the root helper with\n"
+        "# one fixed verb; sudo resets the environment and sets SUDO_UID.\n"
+        "Defaults!/usr/local/bin/gpushell-helper env_reset, !requiretty, !lecture\n"
+        "%gpushell ALL=(root) NOPASSWD: /usr/local/bin/gpushell-helper login, "
+        "/usr/local/bin/gpushell-helper restart, /usr/local/bin/gpushell-helper start, "
+        "/usr/local/bin/gpushell-helper status, /usr/local/bin/gpushell-helper stop\n"
+    )
+
+
+def test_sudoers_has_no_wildcards():
+    for text in (sudoers(DEFAULT), sudoers(OTHER)):
+        assert not any(ch in text for ch in "*?[]\\")
+        assert "ALL, " not in text
+        for command in sudoers_commands(text):
+            assert len(command.split(" ")) == 2
+
+
+def test_sudoers_other_paths():
+    text = sudoers(OTHER)
+    assert "Defaults!/opt/gp/bin/gp-helper env_reset, !requiretty, !lecture\n" in text
+    assert sudoers_commands(text) == [f"/opt/gp/bin/gp-helper {verb}" for verb in sorted(ACTIONS)]
+    assert next(line for line in text.splitlines() if line.startswith("%")).startswith(
+        "%students ALL=(root) NOPASSWD: "
+    )
+
+
+def test_sshd():
+    lines = sshd(DEFAULT).splitlines()
+    settings = [line for line in lines if not line.startswith("#")]
+    assert settings == [
+        "PermitUserEnvironment no",
+        "Match Group gpushell",
+        "    DisableForwarding yes",
+        "    AllowTcpForwarding no",
+        "    AllowAgentForwarding no",
+        "    AllowStreamLocalForwarding no",
+        "    X11Forwarding no",
+        "    PermitTunnel no",
+        "    PermitOpen none",
+        "    PermitListen none",
+        "    GatewayPorts no",
+        "    PermitUserRC no",
+        "    PermitTTY yes",
+        "Match all",
+    ]
+    assert sshd(DEFAULT).endswith("Match all\n")
+
+
+def test_sshd_other_group():
+    text = sshd(OTHER)
+    assert "Match Group students\n" in text
+    assert "(group students)" in text
+    assert "gpushell\n" not in text.replace("(group students) get the gpushell\n", "")
+
+
+def test_starter_registry_parses():
+    reg = parse(starter_registry("gpu1"), "/etc/gpushell.yaml")
+    assert reg.hostname == "gpu1"
+    assert reg.users == {}
+    assert reg.mounts == ()
+    assert reg.gpus == "none"

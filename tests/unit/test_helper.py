@@ -1,0 +1,68 @@
+"""helper.caller_name: who called the root helper, from SUDO_UID only."""
+
+from __future__ import annotations
+
+import os
+import pwd
+
+import pytest
+
+from gpushell import helper
+from gpushell.errors import CONTACT_ADMIN, ExitStatus, GpushellError
+
+
+@pytest.fixture
+def as_root(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+
+
+def test_refused_without_root(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(GpushellError) as info:
+        helper.caller_name({"SUDO_UID": "65534"})
+    assert info.value.user_message == "the helper must run through sudo"
+    assert info.value.log_message == "helper run without root"
+    assert info.value.status == ExitStatus.ERROR
+
+
+@pytest.mark.parametrize(
+    ("environ", "shown"),
+    [
+        ({}, "''"),
+        ({"SUDO_UID": ""}, "''"),
+        ({"SUDO_UID": "0"}, "'0'"),
+        ({"SUDO_UID": "00"}, "'00'"),
+        ({"SUDO_UID": "abc"}, "'abc'"),
+        ({"SUDO_UID": "-1"}, "'-1'"),
+        ({"SUDO_UID": " 1000"}, "' 1000'"),
+        ({"SUDO_UID": "1000\n"}, "'1000\\n'"),
+        ({"SUDO_UID": "1e3"}, "'1e3'"),
+        ({"SUDO_USER": "alice"}, "''"),
+    ],
+)
+def test_refused_sudo_uid(as_root, environ, shown):
+    with pytest.raises(GpushellError) as info:
+        helper.caller_name(environ)
+    assert info.value.user_message == "the helper must be run by a student through sudo"
+    assert info.value.log_message == f"helper called with SUDO_UID={shown}"
+    assert info.value.status == ExitStatus.USAGE
+
+
+def test_unknown_uid(as_root):
+    uid = 3999999999
+    with pytest.raises(KeyError):
+        pwd.getpwuid(uid)
+    with pytest.raises(GpushellError) as info:
+        helper.caller_name({"SUDO_UID": str(uid)})
+    assert info.value.user_message == CONTACT_ADMIN
+    assert info.value.log_message == f"SUDO_UID {uid} has no account"
+
+
+def test_known_uid(as_root):
+    expected = pwd.getpwuid(65534).pw_name
+    assert helper.caller_name({"SUDO_UID": "65534", "SUDO_USER": "root", "USER": "root"}) == expected
+
+
+def test_actions():
+    assert sorted(helper.ACTIONS) == ["login", "restart", "start", "status", "stop"]
+    assert helper.ACTIONS["start"] is helper.ACTIONS["login"]
