@@ -112,7 +112,11 @@ class Lab:
         os.makedirs(f"{self.root}/bin", mode=0o755)
         os.chmod(self.root, 0o755)
         arguments = ", ".join(f"{key}={value!r}" for key, value in self.paths.items())
-        for module, name in (("shell", "gpushell"), ("helper", "gpushell-helper"), ("admin", "gpushell-admin")):
+        for module, name in (
+            ("shell", "gpushell"),
+            ("helper", "gpushell-helper"),
+            ("admin", "gpushell-admin"),
+        ):
             with open(f"{self.root}/bin/{name}", "w", encoding="utf-8") as script:
                 script.write(WRAPPER.format(module=module, paths=arguments))
             os.chmod(f"{self.root}/bin/{name}", 0o755)
@@ -272,7 +276,11 @@ class Lab:
             attempt(["groupdel", self.group])
         save = sh(["iptables-save", "-t", "nat"]).stdout
         for line in save.splitlines():
-            if line.startswith("-A ") and (f"-j {self.chain}" in line) and not line.startswith(f"-A {self.chain} "):
+            if (
+                line.startswith("-A ")
+                and (f"-j {self.chain}" in line)
+                and not line.startswith(f"-A {self.chain} ")
+            ):
                 attempt(["iptables", "-t", "nat", "-D", *line.split()[1:]])
         if f":{self.chain} " in save:
             attempt(["iptables", "-t", "nat", "-F", self.chain])

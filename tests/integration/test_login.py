@@ -172,7 +172,7 @@ def test_two_simultaneous_logins_start_once_and_leave_one_rule(
         thread.join()
     assert [r.returncode for r in results] == [0, 0], [r.stderr for r in results]
     assert lab.rules_for(student.name) == [
-        f'-A {lab.chain} -p tcp -m tcp --dport {student.port} -m comment --comment '
+        f"-A {lab.chain} -p tcp -m tcp --dport {student.port} -m comment --comment "
         f'"gpushell:{student.name}" -j DNAT --to-destination {student.ip}:22'
     ]
     starts = syslog.matching("gpushell-helper[", f"user={student.name}", "action=start", "result=ok")

@@ -470,7 +470,9 @@ def test_user_mount_validation():
         + user_yaml("alice", 22001, "10.0.3.2", 1000000)
         + "    mounts:\n      - {source: /a, target: rel}\n"
     )
-    assert problems(text) == [f"{PATH}:7: users.alice.mounts[0].target: 'rel' is not an absolute path without blanks"]
+    assert problems(text) == [
+        f"{PATH}:7: users.alice.mounts[0].target: 'rel' is not an absolute path without blanks"
+    ]
     text = "users:\n" + user_yaml("alice", 22001, "10.0.3.2", 1000000) + "    mounts: {source: /a}\n"
     assert problems(text) == [f"{PATH}:6: users.alice.mounts: must be a list of mounts"]
 
@@ -490,7 +492,9 @@ def test_path_in_messages_is_the_given_one():
 
 
 def test_unknown_tag_is_a_registry_error():
-    assert problems("hostname: !foo gpu1\n") == [f"{PATH}:1: not valid YAML: could not determine a constructor for the tag '!foo'"]
+    assert problems("hostname: !foo gpu1\n") == [
+        f"{PATH}:1: not valid YAML: could not determine a constructor for the tag '!foo'"
+    ]
 
 
 def test_nan_start_timeout_refused():

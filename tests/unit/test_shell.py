@@ -120,7 +120,10 @@ def test_main_refuses_command(no_processes):
             "copy files to your container's port instead",
         ),
         ("", "an empty command is not allowed"),
-        ("status\nid", "'status\\nid': not allowed here (allowed commands: status, start, stop, restart, help)"),
+        (
+            "status\nid",
+            "'status\\nid': not allowed here (allowed commands: status, start, stop, restart, help)",
+        ),
     ],
 )
 def test_main_refuses_other_commands(no_processes, command, message):
