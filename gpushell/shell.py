@@ -131,10 +131,10 @@ class Session:
         term, p = self.term, self.term.palette
         info = self.helper("login", progress="Starting your container")
         audit.record(self.user, "login", "ok", f"started={info.get('started')}")
-        term.write(banner.banner(info, p))
+        term.write(banner.banner(info, p) + banner.menu(p))
         idle = int(info.get("idle_timeout", 0))
         while True:
-            term.write(banner.menu(p) + f"{p.bold}gpushell>{p.reset} ")
+            term.write(f"{p.bold}gpushell>{p.reset} ")
             line = self._read_line(idle)
             if line is None:
                 term.write("\n")

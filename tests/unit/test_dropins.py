@@ -21,7 +21,7 @@ def test_sudoers_lists_each_verb_once():
     commands = sudoers_commands(text)
     assert sorted(commands) == sorted(f"/usr/local/bin/gpushell-helper {verb}" for verb in ACTIONS)
     assert len(commands) == len(set(commands)) == len(ACTIONS)
-    assert sorted(ACTIONS) == ["login", "restart", "start", "status", "stop"]
+    assert sorted(ACTIONS) == ["help", "login", "restart", "start", "status", "stop"]
 
 
 def test_sudoers_exact():
@@ -29,7 +29,8 @@ def test_sudoers_exact():
         "# Installed by gpushell-admin init.  Students run the root helper with\n"
         "# one fixed verb; sudo resets the environment and sets SUDO_UID.\n"
         "Defaults!/usr/local/bin/gpushell-helper env_reset, !requiretty, !lecture\n"
-        "%gpushell ALL=(root) NOPASSWD: /usr/local/bin/gpushell-helper login, "
+        "%gpushell ALL=(root) NOPASSWD: /usr/local/bin/gpushell-helper help, "
+        "/usr/local/bin/gpushell-helper login, "
         "/usr/local/bin/gpushell-helper restart, /usr/local/bin/gpushell-helper start, "
         "/usr/local/bin/gpushell-helper status, /usr/local/bin/gpushell-helper stop\n"
     )
