@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -13,8 +12,11 @@ from . import (
     __version__,
     accounts,
     allocate,
+    doctor,
     hostsetup,
+    inventory,
     provision,
+    reconcile,
     registry,
     registry_edit,
     registry_file,
@@ -130,6 +132,54 @@ def cmd_remove(paths: Paths, args: argparse.Namespace) -> int:
     return ExitStatus.OK
 
 
+def cmd_list(paths: Paths, args: argparse.Namespace) -> int:
+    reg = registry_file.load(paths.registry)
+    found = inventory.gather(reg)
+    if args.json:
+        say(inventory.to_json(found))
+    else:
+        sys.stdout.write(inventory.render_table(found.rows))
+        for warning in found.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+    return ExitStatus.OK
+
+
+def cmd_apply(paths: Paths, args: argparse.Namespace) -> int:
+    if args.dry_run:
+        reg = registry_file.load(paths.registry)
+        plan = reconcile.plan(reg, paths, reconcile.observe(reg, paths))
+        for warning in plan.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        for line in reconcile.render_dry_run(plan):
+            say(line)
+        return ExitStatus.OK
+    # Under the registry lock: an `add` running meanwhile would otherwise
+    # lose its new forward to this rebuild of the chain.
+    with locked(paths.registry_lock):
+        reg = registry_file.load(paths.registry)
+        plan = reconcile.plan(reg, paths, reconcile.observe(reg, paths))
+        for warning in plan.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        if not plan.changes:
+            say(reconcile.NOTHING_TO_DO)
+            return ExitStatus.OK
+        failures = reconcile.execute(
+            plan, reg, paths, say, lambda line: print(f"gpushell-admin: {line}", file=sys.stderr)
+        )
+    made = len(plan.changes) - failures
+    say(f"{made} change(s) made" + (f", {failures} failed" if failures else ""))
+    return ExitStatus.ERROR if failures else ExitStatus.OK
+
+
+def cmd_doctor(paths: Paths, args: argparse.Namespace) -> int:
+    findings = doctor.examine(paths)
+    for item in findings:
+        say(item.line())
+    failed = sum(1 for item in findings if not item.ok)
+    say(f"{len(findings)} checks, {failed} failed" if failed else f"{len(findings)} checks, all ok")
+    return ExitStatus.ERROR if failed else ExitStatus.OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpushell-admin",
@@ -192,13 +242,53 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("user", metavar="USER", help="the student's user name")
     remove.add_argument("--purge", action="store_true", help="also delete the host account and its home")
     remove.set_defaults(run=cmd_remove)
+
+    listing = commands.add_parser(
+        "list",
+        help="show every student's container, port and resource use",
+        description="One row per student: user, port, container IP, state, GPUs "
+        "(from the registry), CPU% (sampled over 0.2 s) and memory (from the "
+        "container's cgroup) and uptime.  Containers in the lxcpath that are "
+        "not registered and stray or wrong forward rules are warnings "
+        "(on standard error).",
+    )
+    listing.add_argument(
+        "--json", action="store_true", help="print JSON (users and warnings) instead of a table"
+    )
+    listing.set_defaults(run=cmd_list)
+
+    apply = commands.add_parser(
+        "apply",
+        help="make the host match the registry (idempotent)",
+        description="In one pass: bring up the bridge and IP forwarding if needed, "
+        "rebuild the nat chain in one iptables-restore if it differs from the "
+        "registry, regenerate students' LXC configs that differ, fix students' "
+        "login shells and group, and start containers marked autostart.  "
+        "Prints each change; a second run has nothing to do.",
+    )
+    apply.add_argument(
+        "--dry-run", action="store_true", help="print the changes it would make and change nothing"
+    )
+    apply.set_defaults(run=cmd_apply)
+
+    check = commands.add_parser(
+        "doctor",
+        help="check the host and say how to fix each problem",
+        description="Check the bridge, IP forwarding, the nat chain and every "
+        "student's forward, the drop-ins, the registry's permissions, root's "
+        "subordinate ids, the template, each container's config, port clashes "
+        "with host services and the students' host accounts.  One line per "
+        "check: 'ok: ...' or 'FAIL: ... — fix: ...'.  Exit status 0 only when "
+        "every check passes.",
+    )
+    check.set_defaults(run=cmd_doctor)
     return parser
 
 
 def main(paths: Paths = DEFAULT, argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.registry:
-        paths = dataclasses.replace(paths, registry=os.path.abspath(args.registry))
+        paths = paths.replace(registry=os.path.abspath(args.registry))
     if os.geteuid() != 0:
         print("gpushell-admin: must be run as root", file=sys.stderr)
         return ExitStatus.USAGE

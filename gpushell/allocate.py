@@ -6,7 +6,7 @@ import dataclasses
 import ipaddress
 
 from .errors import GpushellError
-from .registry import Registry
+from .model import Registry
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
-
 from .menu import MENU
+from .protocol import Answer
 
 
-@dataclasses.dataclass(frozen=True)
 class Palette:
     """Escape sequences for emphasis; all empty when colour is off."""
 
-    bold: str = ""
-    good: str = ""
-    bad: str = ""
-    dim: str = ""
-    reset: str = ""
+    __slots__ = ("bad", "bold", "dim", "good", "reset")
+
+    def __init__(self, bold: str = "", good: str = "", bad: str = "", dim: str = "", reset: str = "") -> None:
+        self.bold, self.good, self.bad, self.dim, self.reset = bold, good, bad, dim, reset
+
+    def _values(self) -> tuple[str, ...]:
+        return (self.bold, self.good, self.bad, self.dim, self.reset)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Palette) and self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
 
     @classmethod
     def ansi(cls) -> Palette:
@@ -28,24 +33,24 @@ class Palette:
 PLAIN = Palette()
 
 
-def state_text(info: dict[str, Any], p: Palette) -> str:
+def state_text(info: Answer, p: Palette) -> str:
     state = str(info.get("state", "UNKNOWN"))
     colour = p.good if state == "RUNNING" else p.bad
     return f"{colour}{state.lower()}{p.reset}"
 
 
-def connect_command(info: dict[str, Any]) -> str:
+def connect_command(info: Answer) -> str:
     return f"ssh -p {info['port']} {info['user']}@{info['host']}"
 
 
-def status(info: dict[str, Any], p: Palette = PLAIN) -> str:
+def status(info: Answer, p: Palette = PLAIN) -> str:
     return (
         f"Container {p.bold}{info['container']}{p.reset}: {state_text(info, p)}, "
         f"IP {info['ip']}, port {info['port']}\n"
     )
 
 
-def banner(info: dict[str, Any], p: Palette = PLAIN) -> str:
+def banner(info: Answer, p: Palette = PLAIN) -> str:
     return (
         f"\n{p.bold}Welcome, {info['user']}.{p.reset} This host gives you your own container.\n"
         + status(info, p)
@@ -54,7 +59,7 @@ def banner(info: dict[str, Any], p: Palette = PLAIN) -> str:
     )
 
 
-def help_text(info: dict[str, Any], p: Palette = PLAIN, brief: bool = False) -> str:
+def help_text(info: Answer, p: Palette = PLAIN, brief: bool = False) -> str:
     port, user, host = info["port"], info["user"], info["host"]
     text = (
         f"Copy files:      scp -P {port} FILE {user}@{host}:\n"

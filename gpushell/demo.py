@@ -18,8 +18,9 @@ import sys
 import time
 
 from . import admin, registry_file
+from .environment import SAFE_ENV
 from .paths import DEFAULT
-from .runner import SAFE_ENV, run
+from .runner import run
 
 STUDENT = "demo"
 KEY = "/root/.ssh/gpushell-demo"

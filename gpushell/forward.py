@@ -12,7 +12,7 @@ import re
 import shlex
 from collections.abc import Iterable, Sequence
 
-from .registry import Registry, User
+from .model import Registry, User
 
 TAG = "gpushell:"
 JUMP_CHAINS = ("PREROUTING", "OUTPUT")

@@ -2,13 +2,12 @@
 
 Run as `sudo -n gpushell-helper VERB`; the sudoers drop-in lists each verb.
 The user is whoever sudo says called it (SUDO_UID), never an argument, and
-only that user's registry entry is ever acted on.  The answer is one JSON
-object on stdout, rendered by the login shell.
+only that user's registry entry is ever acted on.  The answer is a few
+`key=value` lines on stdout (see protocol.py), rendered by the login shell.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
 import signal
@@ -16,12 +15,12 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from . import audit, registry_file, services
+from . import audit, protocol, registry_cache, services
 from .containers import LxcDriver
 from .errors import CONTACT_ADMIN, ExitStatus, GpushellError
 from .lock import locked
+from .model import User
 from .paths import DEFAULT, Paths
-from .registry import User
 
 Action = Callable[[services.Context, User], dict[str, Any]]
 
@@ -74,8 +73,7 @@ def caller_name(environ: dict[str, str]) -> str:
 
 
 def run_action(paths: Paths, name: str, verb: str) -> dict[str, Any]:
-    reg = registry_file.load(paths.registry)
-    user = reg.user(name)
+    reg, user = registry_cache.load_user(paths, name)
     ctx = services.Context(paths, reg, LxcDriver(reg.lxcpath))
     # One action per user at a time: two logins at once start the container
     # once and leave one forward rule.
@@ -101,13 +99,13 @@ def main(paths: Paths = DEFAULT, argv: list[str] | None = None) -> int:
     except GpushellError as exc:
         audit.record(name, verb, "failed", exc.log_message, warning=True)
         message = exc.user_message if exc.status in (ExitStatus.ERROR, ExitStatus.TIMEOUT) else CONTACT_ADMIN
-        print(json.dumps({"error": message, "status": int(exc.status)}))
+        print(protocol.encode({"error": message, "status": int(exc.status)}), end="")
         return int(exc.status)
     except Exception as exc:  # fail closed: the student sees one line, the log the rest
         audit.record(name, verb, "crashed", f"{type(exc).__name__}: {exc}", warning=True)
-        print(json.dumps({"error": CONTACT_ADMIN, "status": int(ExitStatus.HELPER)}))
+        print(protocol.encode({"error": CONTACT_ADMIN, "status": int(ExitStatus.HELPER)}), end="")
         return int(ExitStatus.HELPER)
     detail = " ".join(f"{key}={answer[key]}" for key in ("state", "port", "started") if key in answer)
     audit.record(name, verb, "ok", detail)
-    print(json.dumps(answer))
+    print(protocol.encode(answer), end="")
     return 0

@@ -8,8 +8,8 @@ import socket
 from collections.abc import Callable
 
 from . import dropins, forward, iptables, registry_file
+from .model import Registry
 from .paths import Paths
-from .registry import Registry
 from .runner import run
 
 Report = Callable[[str], None]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from .registry import Registry, User
+from .model import Registry, User
 
 COMMON_INCLUDES = (
     "/usr/share/lxc/config/common.conf",

@@ -7,8 +7,6 @@ or a path: a request is one of a fixed set of words, or it is refused.
 
 from __future__ import annotations
 
-import dataclasses
-
 # (word, what it does); the menu numbers them in this order.
 MENU: tuple[tuple[str, str], ...] = (
     ("status", "show your container's state and how to reach it"),
@@ -23,10 +21,22 @@ REMOTE_WORDS = ("status", "start", "stop", "restart", "help")
 MAX_COMMAND = 64
 
 
-@dataclasses.dataclass(frozen=True)
 class Decision:
-    action: str | None
-    reason: str = ""
+    """An allowed action, or None and the reason to show."""
+
+    __slots__ = ("action", "reason")
+
+    def __init__(self, action: str | None, reason: str = "") -> None:
+        self.action, self.reason = action, reason
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Decision) and (self.action, self.reason) == (other.action, other.reason)
+
+    def __hash__(self) -> int:
+        return hash((self.action, self.reason))
+
+    def __repr__(self) -> str:
+        return f"Decision({self.action!r}, {self.reason!r})"
 
     @property
     def allowed(self) -> bool:

@@ -8,21 +8,48 @@ entry-point scripts that pass another `Paths` (root-owned, like the real ones).
 
 from __future__ import annotations
 
-import dataclasses
 
-
-@dataclasses.dataclass(frozen=True)
 class Paths:
-    registry: str = "/etc/gpushell.yaml"
-    helper: str = "/usr/local/bin/gpushell-helper"
-    shell: str = "/usr/local/bin/gpushell"
-    sudo: str = "/usr/bin/sudo"
-    run_dir: str = "/run/gpushell"  # per-user and registry locks
-    template_cache: str = "/var/cache/gpushell/templates"
-    sudoers_dropin: str = "/etc/sudoers.d/gpushell"
-    sshd_dropin: str = "/etc/ssh/sshd_config.d/gpushell.conf"
-    group: str = "gpushell"
-    syslog_ident: str = "gpushell"
+    """The install-time locations; keyword arguments override the defaults.
+
+    A plain class rather than a dataclass: the login shell imports this, and
+    `dataclasses` would add its imports to every login.
+    """
+
+    __slots__ = (
+        "group",
+        "helper",
+        "registry",
+        "run_dir",
+        "shell",
+        "sshd_dropin",
+        "sudo",
+        "sudoers_dropin",
+        "syslog_ident",
+        "template_cache",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        registry: str = "/etc/gpushell.yaml",
+        helper: str = "/usr/local/bin/gpushell-helper",
+        shell: str = "/usr/local/bin/gpushell",
+        sudo: str = "/usr/bin/sudo",
+        run_dir: str = "/run/gpushell",  # per-user, forward and registry locks; the registry cache
+        template_cache: str = "/var/cache/gpushell/templates",
+        sudoers_dropin: str = "/etc/sudoers.d/gpushell",
+        sshd_dropin: str = "/etc/ssh/sshd_config.d/gpushell.conf",
+        group: str = "gpushell",
+        syslog_ident: str = "gpushell",
+    ) -> None:
+        self.registry, self.helper, self.shell, self.sudo = registry, helper, shell, sudo
+        self.run_dir, self.template_cache = run_dir, template_cache
+        self.sudoers_dropin, self.sshd_dropin = sudoers_dropin, sshd_dropin
+        self.group, self.syslog_ident = group, syslog_ident
+
+    def replace(self, **changes: str) -> Paths:
+        values = {name: getattr(self, name) for name in self.__slots__}
+        return Paths(**{**values, **changes})
 
     @property
     def registry_lock(self) -> str:

@@ -15,7 +15,7 @@ import tempfile
 
 from . import lxcconfig, rootfs
 from .errors import GpushellError
-from .registry import Registry, User
+from .model import Registry, User
 from .runner import run
 
 STUDENT_UID = 1000  # the student's uid inside their own container

@@ -16,6 +16,9 @@ from typing import Any
 import yaml
 
 from .errors import ExitStatus, GpushellError
+from .model import GpuSpec, Mount, Registry, User
+
+__all__ = ["GpuSpec", "Mount", "Registry", "RegistryError", "User", "parse"]
 
 try:  # the C loader is several times faster, and this runs on every login
     _Loader: Any = yaml.CSafeLoader
@@ -30,62 +33,6 @@ HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 PORT_RANGE = re.compile(r"(\d{1,5})-(\d{1,5})")
 RESERVED_USERS = frozenset({"root", "daemon", "bin", "sys", "sync", "nobody", "sshd"})
 MIN_IDMAP_SIZE = 65536  # a Debian userland needs uid 65534 (nobody)
-
-GpuSpec = str | tuple[int, ...]  # "all", "none" or GPU indices
-
-
-@dataclasses.dataclass(frozen=True)
-class Mount:
-    source: str
-    target: str
-    readonly: bool = True
-
-
-@dataclasses.dataclass(frozen=True)
-class User:
-    name: str
-    port: int
-    ip: ipaddress.IPv4Address
-    idmap: int
-    container: str
-    gpus: GpuSpec
-    mounts: tuple[Mount, ...]
-    autostart: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class Registry:
-    path: str
-    hostname: str
-    bridge: str
-    subnet: ipaddress.IPv4Network
-    ports: tuple[int, int]
-    template: str
-    lxcpath: str
-    chain: str
-    idmap_start: int
-    idmap_size: int
-    gpus: GpuSpec
-    mounts: tuple[Mount, ...]
-    start_timeout: float
-    idle_timeout: int
-    masquerade: bool
-    users: dict[str, User]
-
-    @property
-    def gateway(self) -> ipaddress.IPv4Address:
-        """The bridge's own address: the first host of the subnet."""
-        return next(self.subnet.hosts())
-
-    def user(self, name: str) -> User:
-        try:
-            return self.users[name]
-        except KeyError:
-            raise GpushellError(
-                f"{name} is not registered in {self.path}",
-                f"user {name!r} has no entry in {self.path}",
-                ExitStatus.NOT_REGISTERED,
-            ) from None
 
 
 class RegistryError(GpushellError):

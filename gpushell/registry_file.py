@@ -19,6 +19,11 @@ from .paths import Paths
 
 
 def read_text(path: str) -> str:
+    return read_text_and_stat(path)[0]
+
+
+def read_text_and_stat(path: str) -> tuple[str, os.stat_result]:
+    """The text and the identity of the very file it was read from (fstat, no race)."""
     check_owned_by_root(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -28,7 +33,7 @@ def read_text(path: str) -> str:
         ) from None
     with os.fdopen(fd, encoding="utf-8") as stream:
         try:
-            return stream.read()
+            return stream.read(), os.fstat(stream.fileno())
         except UnicodeDecodeError as exc:
             raise GpushellError(f"{path}: not UTF-8 text", f"{path}: {exc}", ExitStatus.CONFIG) from None
 

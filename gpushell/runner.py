@@ -10,12 +10,8 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Callable, Sequence
 
+from .environment import SAFE_ENV
 from .errors import GpushellError
-
-SAFE_ENV = {
-    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    "LANG": "C.UTF-8",
-}
 
 # Called with every argv before it runs; tests append to a list here.
 observers: list[Callable[[Sequence[str]], None]] = []

@@ -12,8 +12,8 @@ from typing import Any
 from . import forward, iptables
 from .containers import RUNNING, ContainerDriver, wait_for_sshd
 from .lock import locked
+from .model import Registry, User
 from .paths import Paths
-from .registry import Registry, User
 
 
 @dataclasses.dataclass

@@ -7,21 +7,24 @@ of the root helper per action.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import pwd
 import signal
-import subprocess
 import sys
-import time
-from typing import Any, TextIO
 
-from . import audit, banner, menu
+from . import audit, banner, menu, protocol, spawn
+from .environment import SAFE_ENV
 from .errors import CONTACT_ADMIN, ExitStatus, GpushellError
 from .ownership import check_owned_by_root, check_tree_owned_by_root
 from .paths import DEFAULT, Paths
-from .runner import SAFE_ENV
+from .protocol import Answer
+
+# Keep `typing` (and what it imports) off the login path: names for mypy only.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TextIO
+
+_STATUSES = frozenset(int(status) for status in ExitStatus)
 
 SPINNER = "|/-\\"
 MAX_LINE = 1024
@@ -59,58 +62,51 @@ class Terminal:
         self.stderr.flush()
 
 
+class Spinner:
+    """A progress line on a terminal while the helper works longer than 0.3 s."""
+
+    def __init__(self, term: Terminal, text: str) -> None:
+        self.term, self.text, self.frame = term, text, 0
+
+    def tick(self, seconds: float) -> None:
+        if self.text and self.term.interactive and seconds > 0.3:
+            self.term.write(f"\r{self.text} {SPINNER[self.frame % 4]} {seconds:4.1f} s")
+            self.frame += 1
+
+    def clear(self) -> None:
+        if self.frame:
+            self.term.write("\r\033[K")
+
+
 class Session:
     def __init__(self, paths: Paths, user: str, term: Terminal) -> None:
         self.paths, self.user, self.term = paths, user, term
 
-    def helper(self, verb: str, progress: str = "") -> dict[str, Any]:
+    def helper(self, verb: str, progress: str = "") -> Answer:
         """Ask the root helper for verb; show a spinner on a terminal while it works."""
         argv = [self.paths.sudo, "-n", self.paths.helper, verb]
+        spinner = Spinner(self.term, progress)
         try:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=SAFE_ENV,
-                text=True,
-            )
+            status, out, err = spawn.run(argv, SAFE_ENV, spinner.tick)
         except OSError as exc:
             raise GpushellError(CONTACT_ADMIN, f"cannot run {argv}: {exc}", ExitStatus.HELPER) from None
-        self._spin_until_done(proc, progress)
-        out, err = proc.communicate()
-        try:
-            answer = json.loads(out.strip().splitlines()[-1])
-            if not isinstance(answer, dict):
-                raise ValueError(answer)
-        except (ValueError, IndexError):
+        finally:
+            spinner.clear()
+        answer = protocol.decode(out)
+        if "error" in answer:
+            code = answer.get("status", "")
+            raise GpushellError(
+                answer["error"],
+                f"helper {verb}: {answer['error']}",
+                ExitStatus(int(code)) if code.isdigit() and int(code) in _STATUSES else ExitStatus.ERROR,
+            )
+        if status != 0 or "state" not in answer:
             raise GpushellError(
                 CONTACT_ADMIN,
-                f"helper {verb} exited {proc.returncode}: {audit.clean(err.strip(), 300)}",
+                f"helper {verb} exited {status}: {audit.clean(err.strip(), 300)}",
                 ExitStatus.HELPER,
-            ) from None
-        if "error" in answer:
-            raise GpushellError(
-                str(answer["error"]),
-                f"helper {verb}: {answer['error']}",
-                ExitStatus(answer.get("status", ExitStatus.ERROR)),
             )
         return answer
-
-    def _spin_until_done(self, proc: subprocess.Popen[str], progress: str) -> None:
-        shown, began, frame = False, time.monotonic(), 0
-        while True:
-            try:
-                proc.wait(timeout=0.1)
-                break
-            except subprocess.TimeoutExpired:
-                pass
-            if progress and self.term.interactive and time.monotonic() - began > 0.3:
-                seconds = time.monotonic() - began
-                self.term.write(f"\r{progress} {SPINNER[frame % 4]} {seconds:4.1f} s")
-                shown, frame = True, frame + 1
-        if shown:
-            self.term.write("\r\033[K")
 
     def act(self, action: str) -> None:
         """Run one allowed action and print its result."""
@@ -209,8 +205,11 @@ def main(paths: Paths = DEFAULT, argv: list[str] | None = None, term: Terminal |
         return ExitStatus.INTERRUPTED
     except SessionEnd as end:
         audit.record(user, "session", "ended", end.why)
-        with contextlib.suppress(OSError):  # the terminal may be gone (hang-up)
+        # The terminal may be gone (hang-up); contextlib.suppress would cost logins an import.
+        try:  # noqa: SIM105
             term.write(f"\nSession ended ({end.why}).\n")
+        except OSError:
+            pass
         return ExitStatus.OK
     except Exception as exc:  # fail closed: never a traceback
         audit.record(user, "session", "crashed", f"{type(exc).__name__}: {exc}", warning=True)

@@ -85,6 +85,10 @@ class Lab:
         hosts = list(self.client_net.hosts())
         self.host_ip, self.client_ip = str(hosts[0]), str(hosts[1])
         self.sshd_port = free_port()
+        # Each lab its own port range: labs running side by side (the bench
+        # beside the tests) must not catch each other's forwards.
+        base = random.randrange(30000, 60000, 1000)
+        self.ports = (base + 1, base + 999)
         self.sshd: subprocess.Popen[bytes] | None = None
         self.students: list[str] = []
         self.saved: dict[str, str | None] = {}
@@ -132,7 +136,7 @@ class Lab:
             f"hostname: {self.host_ip}\n"
             f"bridge: {self.bridge}\n"
             f"subnet: {self.subnet}\n"
-            "ports: 22001-22999\n"
+            f"ports: {self.ports[0]}-{self.ports[1]}\n"
             f"template: {self.template}\n"
             f"lxcpath: {self.lxcpath}\n"
             f"chain: {self.chain}\n"
@@ -291,13 +295,36 @@ class Lab:
             attempt(["ip", "netns", "del", self.netns])
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.paths["sudoers_dropin"])
-        for path, text in self.saved.items():
-            if text is not None:
-                with open(path, "w", encoding="utf-8") as stream:
-                    stream.write(text)
+        self.restore_shared_files()
         shutil.rmtree(self.root, ignore_errors=True)
         if errors:
             raise RuntimeError("lab clean-up left things behind:\n" + "\n".join(errors))
+
+    def restore_shared_files(self) -> None:
+        """Take out the lines this lab's init added, and only those.
+
+        Another lab running beside this one may rely on the same root: line
+        in /etc/subuid; it stays until the last lab goes.
+        """
+        others = [
+            d
+            for d in os.listdir("/run")
+            if d.startswith("gpushell-test-") and d != os.path.basename(self.root)
+        ]
+        for path, text in self.saved.items():
+            before = set((text or "").splitlines())
+            with open(path, encoding="utf-8") as stream:
+                lines = stream.read().splitlines()
+            ours = {line for line in lines if line not in before}
+            if path != "/etc/shells" and others:
+                continue
+            kept = [
+                line
+                for line in lines
+                if line not in ours or (path == "/etc/shells" and self.root not in line)
+            ]
+            with open(path, "w", encoding="utf-8") as stream:
+                stream.write("".join(f"{line}\n" for line in kept))
 
     def students_on_host(self) -> list[str]:
         return [entry.pw_name for entry in pwd.getpwall() if entry.pw_name.startswith(self.prefix)]

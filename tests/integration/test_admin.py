@@ -160,4 +160,7 @@ def test_admin_refuses_a_broken_registry_with_file_and_line(lab: Lab) -> None:
         result = lab.admin("add", f"{lab.prefix}x", check=False)
     assert result.returncode == 3
     line = broken.splitlines().index("    port: 80") + 1
-    assert f"{lab.registry}:{line}: users.ghost.port: 80 is outside 22001..22999" in result.stderr
+    assert (
+        f"{lab.registry}:{line}: users.ghost.port: 80 is outside {lab.ports[0]}..{lab.ports[1]}"
+        in result.stderr
+    )

@@ -41,14 +41,15 @@ def all_options(parser: argparse.ArgumentParser) -> set[str]:
 
 def test_admin_man_page_lists_exactly_the_argparse_options() -> None:
     page = (TOP / "man/gpushell-admin.8").read_text()
-    documented = {"--" + name for name in re.findall(r"\\fB\\-\\-([a-z][a-z-]*)", page)}
+    names = re.findall(r"\\fB\\-\\-([a-z](?:[a-z]|\\?-)*)", page)
+    documented = {"--" + name.replace("\\", "") for name in names}
     assert documented == all_options(admin.build_parser())
 
 
 def test_admin_man_page_has_a_section_per_command() -> None:
     page = (TOP / "man/gpushell-admin.8").read_text()
     sections = re.findall(r"^\.SS (\S+(?: build)?)", page, flags=re.MULTILINE)
-    assert sections == ["init", "template build", "add", "remove"]
+    assert sections == ["init", "template build", "add", "remove", "list", "apply", "doctor"]
 
 
 @pytest.mark.parametrize("page", ["man/gpushell.1", "man/gpushell-admin.8", "man/gpushell.yaml.5"])

@@ -1,0 +1,311 @@
+"""gpushell benchmarks: each figure beside a baseline measured in the same run.
+
+Run as root with `make bench`.  It builds a throw-away lab (the integration
+tests' Lab: own bridge, chain, group, lxcpath, client namespace, sshd),
+measures, prints a table of medians (min..max) and ratios against their
+baselines and targets, and removes the lab again.  Nothing here asserts:
+the table is the verdict.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import pwd
+import select
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from gpushell import registry
+from tests.integration.lab import Lab, Student, sh
+
+REPEAT = int(os.environ.get("BENCH_REPEAT", "21"))
+ROWS: list[str] = []
+
+
+def timed(action: Callable[[], object]) -> float:
+    began = time.perf_counter()
+    action()
+    return (time.perf_counter() - began) * 1000
+
+
+def samples(
+    action: Callable[[], object], count: int = REPEAT, setup: Callable[[], object] | None = None
+) -> list[float]:
+    result = []
+    for _ in range(count):
+        if setup is not None:
+            setup()
+        result.append(timed(action))
+    return result
+
+
+def summary(values: list[float], unit: str = "ms") -> str:
+    return f"{statistics.median(values):8.1f} {unit} ({min(values):.1f}..{max(values):.1f})"
+
+
+def report(name: str, values: list[float], baseline_name: str, baseline: list[float], target: str,
+           ratio_ok: Callable[[float], bool], unit: str = "ms") -> None:  # fmt: skip
+    ratio = statistics.median(values) / statistics.median(baseline)
+    verdict = "ok" if ratio_ok(ratio) else "MISSED"
+    ROWS.append(
+        f"| {name} | {summary(values, unit)} | {baseline_name} | {summary(baseline, unit)} "
+        f"| {ratio:.2f} | {target} | {verdict} |"
+    )
+    print(ROWS[-1], flush=True)
+
+
+def as_student(student: Student) -> dict[str, object]:
+    entry = pwd.getpwnam(student.name)
+    groups = os.getgrouplist(student.name, entry.pw_gid)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": groups,
+            "env": {"PATH": "/usr/bin:/bin", "HOME": entry.pw_dir, "LOGNAME": student.name},
+            "cwd": entry.pw_dir}  # fmt: skip
+
+
+def login_to_prompt(lab: Lab, student: Student, keep: list[subprocess.Popen[bytes]] | None = None) -> None:
+    """The student's gpushell from exec to the menu prompt (what sshd would start)."""
+    proc = subprocess.Popen(
+        [lab.paths["shell"]], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        **as_student(student),  # type: ignore[arg-type]
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stdin is not None
+    seen = b""
+    deadline = time.monotonic() + 60
+    while b"gpushell>" not in seen:
+        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        chunk = os.read(proc.stdout.fileno(), 65536) if ready else b""
+        if not chunk:
+            raise RuntimeError(f"no menu prompt: {seen[-300:]!r} {proc.stderr.read() if proc.stderr else ''}")
+        seen += chunk
+    if keep is not None:
+        keep.append(proc)
+        return
+    proc.stdin.write(b"quit\n")
+    proc.stdin.close()
+    proc.wait(10)
+
+
+def seed_login(lab: Lab, student: Student) -> None:
+    """What a bash login script of the kind gpushell replaces would do."""
+    script = (
+        f"lxc-info -P {lab.lxcpath} -n {student.container} -s >/dev/null; "
+        f"iptables -t nat -C {lab.chain} -p tcp -m tcp --dport {student.port} -m comment "
+        f"--comment gpushell:{student.name} -j DNAT --to-destination {student.ip}:22; "
+        f"printf 'Welcome %s\\n' {student.name}"
+    )
+    subprocess.run(["bash", "-c", script], check=True, capture_output=True)
+
+
+def ssh_handshake(lab: Lab, student: Student) -> None:
+    result = lab.ssh(student, "true", port=student.port)
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr)
+
+
+def greets(ip: str, port: int) -> bool:
+    try:
+        with socket.create_connection((ip, port), timeout=0.5) as conn:
+            conn.settimeout(1)
+            return conn.recv(4).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+def poll_greeting(ip: str, port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not greets(ip, port):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{ip}:{port} never answered")
+        time.sleep(0.01)
+
+
+def bench_login(lab: Lab, student: Student) -> list[float]:
+    lab.ssh(student, "start")
+    login = samples(lambda: login_to_prompt(lab, student))
+    seed = samples(lambda: seed_login(lab, student))
+    handshake = samples(lambda: ssh_handshake(lab, student), count=max(5, REPEAT // 2))
+    report("1. login to menu, container running", login, "ssh key login", handshake,
+           "<= 0.25", lambda r: r <= 0.25)  # fmt: skip
+    report("1. login to menu, container running", login, "bash seed login", seed, "(report)", lambda r: True)
+    return login
+
+
+def bench_cold_start(lab: Lab, student: Student) -> None:
+    stop = lambda: lab.ssh(student, "stop")  # noqa: E731
+    kwargs = as_student(student)
+
+    def gpushell_start() -> None:
+        subprocess.run([lab.paths["shell"], "-c", "start"], check=True, capture_output=True, **kwargs)  # type: ignore[call-overload]
+        poll_greeting(lab.host_ip, student.port)  # through the forward, as the student would
+
+    def raw_start() -> None:
+        sh(["lxc-start", "-P", lab.lxcpath, "-n", student.container])
+        poll_greeting(student.ip, 22)
+
+    count = max(3, REPEAT // 4)
+    ours = samples(gpushell_start, count, setup=stop)
+    raw = samples(raw_start, count, setup=stop)
+    report("2. cold start to sshd answering", ours, "lxc-start + poll :22", raw, "<= 1.2", lambda r: r <= 1.2)
+
+
+def with_synthetic_students(text: str, lab: Lab, count: int) -> str:
+    """The registry text plus `count` students that have no container (only entries and forwards)."""
+    reg = registry.parse(text, lab.registry)
+    used_ips = {u.ip for u in reg.users.values()} | {reg.gateway}
+    used_ports = {u.port for u in reg.users.values()}
+    hosts = (ip for ip in reg.subnet.hosts() if ip not in used_ips)
+    ports = (p for p in range(reg.ports[0], reg.ports[1] + 1) if p not in used_ports)
+    top = max([u.idmap for u in reg.users.values()] + [reg.idmap_start])
+    lines = [
+        f"  {lab.prefix}x{i}:\n    port: {next(ports)}\n    ip: {next(hosts)}\n"
+        f"    idmap: {top + (i + 1) * reg.idmap_size}"
+        for i in range(count)
+    ]
+    return text.rstrip("\n") + "\n" + "\n".join(lines) + "\n"
+
+
+def registered(lab: Lab, text: str, count: int) -> int:
+    """Register `count` students in all (one real), rebuild the forwards; return the rule count."""
+    lab.write_registry(with_synthetic_students(text, lab, count - 1))
+    lab.admin(*rebuild_command(lab))
+    save = sh(["iptables-save", "-t", "nat"]).stdout
+    return sum(line.startswith(f"-A {lab.chain} ") for line in save.splitlines())
+
+
+def bench_growth(lab: Lab, student: Student, small: list[float], original: str) -> None:
+    try:
+        rules = registered(lab, original, 1000)
+        large = samples(lambda: login_to_prompt(lab, student))
+        report(f"3. login with {rules} forwards", large, "with 10", small, "<= 1.2", lambda r: r <= 1.2)
+        apply = samples(lambda: lab.admin(*rebuild_command(lab)), count=max(3, REPEAT // 4))
+        save = sh(["iptables-save", "-t", "nat"]).stdout.splitlines()
+        lines = [line for line in save if line.startswith(f"-A {lab.chain} ")]
+        singles = samples(lambda: single_iptables_calls(lab, lines), count=1)
+        report(f"3. rebuild {rules} forwards ({rebuild_command(lab)[0]})", apply, f"{rules} x iptables -A",
+               singles, ">= 50x faster", lambda r: r <= 1 / 50)  # fmt: skip
+    finally:
+        registered(lab, original, 10)
+
+
+def rebuild_command(lab: Lab) -> list[str]:
+    help_text = sh([lab.admin_path, "--help"]).stdout
+    return ["apply"] if " apply" in help_text else ["init"]
+
+
+def single_iptables_calls(lab: Lab, rules: list[str]) -> None:
+    chain = f"{lab.chain}B"
+    sh(["iptables", "-t", "nat", "-N", chain])
+    try:
+        for rule in rules:
+            parts = rule.split()
+            parts[1] = chain
+            sh(["iptables", "-t", "nat", *[p.strip('"') for p in parts]])
+    finally:
+        sh(["iptables", "-t", "nat", "-F", chain])
+        sh(["iptables", "-t", "nat", "-X", chain])
+
+
+def bench_add(lab: Lab) -> None:
+    names = [f"{lab.prefix}add{i}" for i in range(max(3, REPEAT // 5))]
+    adds = []
+    for name in names:
+        adds.append(timed(lambda n=name: lab.admin("add", n)))  # type: ignore[misc]
+    template = f"{lab.lxcpath}/{lab.template}/rootfs"
+    target = f"{lab.lxcpath}/.bench-copy"
+    copies = []
+    for _ in names:
+        copies.append(timed(lambda: sh(["cp", "-a", template, target])))
+        sh(["rm", "-rf", target])
+    disk = int(sh(["du", "-sm", f"{lab.lxcpath}/{names[0]}"]).stdout.split()[0])
+    template_mb = int(sh(["du", "-sm", template]).stdout.split()[0])
+    report("4. gpushell-admin add", adds, "cp -a of the template", copies, "<= 1.5", lambda r: r <= 1.5)
+    report(
+        "4. disk per student",
+        [float(disk)],
+        "template",
+        [float(template_mb)],
+        "(report)",
+        lambda r: True,
+        "MB",
+    )
+    for name in names:
+        lab.admin("remove", name, "--purge")
+
+
+def bench_memory(lab: Lab, student: Student) -> None:
+    waiting: list[subprocess.Popen[bytes]] = []
+    sizes = []
+    for _ in range(5):
+        login_to_prompt(lab, student, keep=waiting)
+    for proc in waiting:
+        with open(f"/proc/{proc.pid}/status") as status:
+            rss = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+        sizes.append(rss / 1024)
+        assert proc.stdin is not None
+        proc.stdin.write(b"quit\n")
+        proc.stdin.close()
+        proc.wait(10)
+    baseline = []
+    for _ in range(5):
+        idle = subprocess.Popen(
+            ["/usr/bin/python3", "-I", "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+        )
+        time.sleep(0.3)
+        with open(f"/proc/{idle.pid}/status") as status:
+            baseline.append(next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024)
+        idle.communicate(b"")
+    report("5. RSS of gpushell at the menu", sizes, "idle python3 -I", baseline, "<= 16 MB abs.",
+           lambda r: max(sizes) <= 16, "MB")  # fmt: skip
+
+
+def bench_overhead(lab: Lab, student: Student) -> None:
+    lab.ssh(student, "start")
+    inside = ["lxc-attach", "-P", lab.lxcpath, "-n", student.container, "--clear-env", "--"]
+    cpu = ["sh", "-c", "head -c 400M /dev/zero | sha256sum >/dev/null"]
+    mem = ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=200", "status=none"]
+    for label, work in (("CPU-bound (sha256)", cpu), ("memory-bound (dd 64M blocks)", mem)):
+        host = samples(lambda w=work: sh(w), count=5)  # type: ignore[misc]
+        guest = samples(lambda w=work: sh([*inside, *w]), count=5)  # type: ignore[misc]
+        # Throughput ratio container/host = host time / container time.
+        report(f"6. {label} in container", guest, "on the host", host, "time <= 1/0.98",
+               lambda r: 1 / r >= 0.98)  # fmt: skip
+
+
+def main() -> int:
+    if os.geteuid() != 0:
+        print("bench: run as root (make bench)", file=sys.stderr)
+        return 2
+    lab = Lab()
+    # 1000 students need more than a /24 and a 999-port range.
+    lab.subnet = ipaddress.IPv4Network(f"{lab.subnet.network_address}/22", strict=False)
+    lab.ports = (22001, 23999)
+    began = time.monotonic()
+    try:
+        print(f"setting up lab {lab.prefix} ...", flush=True)
+        lab.create()
+        student = lab.add_student("bench")
+        original = lab.read_registry()
+        registered(lab, original, 10)
+        print("| figure | median (min..max) | baseline | median (min..max) | ratio | target | |")
+        print("|---|---|---|---|---|---|---|")
+        small = bench_login(lab, student)
+        bench_cold_start(lab, student)
+        bench_growth(lab, student, small, original)
+        bench_add(lab)
+        bench_memory(lab, student)
+        bench_overhead(lab, student)
+    finally:
+        lab.destroy()
+    print(f"\n{len(ROWS)} figures in {time.monotonic() - began:.0f} s, repeat={REPEAT}; lab removed.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

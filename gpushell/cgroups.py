@@ -1,0 +1,80 @@
+"""A container's cgroup v1 counters: memory in use and CPU time used.
+
+This host kind runs cgroup v1 (hybrid): each controller is its own
+hierarchy under /sys/fs/cgroup/CONTROLLER.  A container's cgroup is found
+from its init process's /proc/PID/cgroup; LXC puts the whole container in
+`lxc.payload.NAME`, and anything below that (a systemd scope made inside
+the container) is only part of it, so the path is cut after that level.
+"""
+
+from __future__ import annotations
+
+import os
+
+ROOT = "/sys/fs/cgroup"
+PAYLOAD_PREFIX = "lxc.payload."
+
+
+def controller_path(proc_cgroup: str, controller: str) -> str | None:
+    """The path of `controller` in a /proc/PID/cgroup text, or None (pure).
+
+    Lines look like `4:memory:/lxc.payload.alice`; one hierarchy may carry
+    several controllers (`2:cpu,cpuacct:/...`).
+    """
+    for line in proc_cgroup.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3 and controller in parts[1].split(","):
+            return parts[2]
+    return None
+
+
+def container_level(path: str) -> str:
+    """Cut a cgroup path after its `lxc.payload.*` level, if it has one (pure)."""
+    parts = path.split("/")
+    for index, part in enumerate(parts):
+        if part.startswith(PAYLOAD_PREFIX):
+            return "/".join(parts[: index + 1])
+    return path
+
+
+def controller_dir(pid: int, controller: str, root: str = ROOT) -> str | None:
+    """The cgroup directory of pid's container for controller, or None if unknown."""
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="ascii") as stream:
+            text = stream.read()
+    except OSError:
+        return None
+    path = controller_path(text, controller)
+    if path is None:
+        return None
+    # The hierarchy may be mounted on its own or joined with another one.
+    for mount in (controller, "cpu,cpuacct" if controller in ("cpu", "cpuacct") else None):
+        if mount and os.path.isdir(f"{root}/{mount}"):
+            return f"{root}/{mount}{container_level(path)}".rstrip("/")
+    return None
+
+
+def read_counter(directory: str, name: str) -> int | None:
+    """An integer file such as memory.usage_in_bytes, or None when unreadable."""
+    try:
+        with open(os.path.join(directory, name), encoding="ascii") as stream:
+            return int(stream.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def memory_bytes(pid: int) -> int | None:
+    directory = controller_dir(pid, "memory")
+    return None if directory is None else read_counter(directory, "memory.usage_in_bytes")
+
+
+def cpu_nanoseconds(pid: int) -> int | None:
+    directory = controller_dir(pid, "cpuacct")
+    return None if directory is None else read_counter(directory, "cpuacct.usage")
+
+
+def cpu_percent(before_ns: int | None, after_ns: int | None, elapsed_s: float) -> float | None:
+    """CPU use over a sample as a percentage of one CPU, like top (pure)."""
+    if before_ns is None or after_ns is None or elapsed_s <= 0:
+        return None
+    return max(0.0, (after_ns - before_ns) / (elapsed_s * 1e9) * 100.0)

@@ -1,0 +1,75 @@
+"""What is wrong with the nat chain, compared with the registry (pure).
+
+`list` shows these as warnings, `doctor` as findings, and `apply` uses them
+to decide whether the chain needs rebuilding at all: a chain that already
+holds exactly the right rules (in any order) is left alone, so a second
+`apply` has nothing to do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+from collections.abc import Sequence
+
+from .forward import JUMP_CHAINS, TAG, NatTable, comment_of, jump_rule, masquerade_rule, user_rule
+from .registry import Registry
+
+# Kinds of problem, in the order they are reported.
+NO_CHAIN, NO_JUMP, MISSING, WRONG, DUPLICATE, ORPHAN, UNTAGGED, NO_MASQUERADE = (
+    "no-chain", "no-jump", "missing", "wrong", "duplicate", "orphan", "untagged", "no-masquerade",
+)  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    kind: str
+    message: str
+    user: str | None = None  # the registered user it concerns, if any
+
+
+def rule_text(rule: Sequence[str]) -> str:
+    """A rule as a person would type it after `iptables -t nat`."""
+    return shlex.join(rule)
+
+
+def problems(table: NatTable, reg: Registry) -> list[Problem]:
+    """Everything that keeps the chain from matching the registry; [] when it does."""
+    chain = reg.chain
+    found: list[Problem] = []
+    if chain not in table.chains:
+        found.append(Problem(NO_CHAIN, f"nat chain {chain} does not exist"))
+    for parent in JUMP_CHAINS:
+        if not table.has(jump_rule(parent, chain)):
+            found.append(Problem(NO_JUMP, f"no jump from {parent} to {chain} for local destinations"))
+    rules = table.rules_of(chain)
+    by_tag = {f"{TAG}{name}": name for name in reg.users}
+    for name, user in sorted(reg.users.items(), key=lambda item: item[1].port):
+        wanted = user_rule(chain, user)
+        count = sum(1 for rule in rules if rule == wanted)
+        if count == 0:
+            found.append(Problem(MISSING, f"no forward for {name} (port {user.port} -> {user.ip}:22)", name))
+        elif count > 1:
+            found.append(Problem(DUPLICATE, f"{count} copies of the forward for {name}", name))
+        for rule in rules:
+            if comment_of(rule) == f"{TAG}{name}" and rule != wanted:
+                found.append(Problem(WRONG, f"wrong rule for {name}: {rule_text(rule)}", name))
+    for rule in rules:
+        comment = comment_of(rule)
+        if comment is not None and comment.startswith(TAG):
+            if comment not in by_tag:
+                found.append(Problem(ORPHAN, f"orphan rule for unregistered {comment}: {rule_text(rule)}"))
+        else:
+            found.append(Problem(UNTAGGED, f"rule not made by gpushell: {rule_text(rule)}"))
+    if reg.masquerade and not table.has(masquerade_rule(reg)):
+        found.append(Problem(NO_MASQUERADE, f"no MASQUERADE rule for {reg.subnet}"))
+    return found
+
+
+def chain_matches(table: NatTable, reg: Registry) -> bool:
+    """True when the chain holds exactly the registry's rules (any order) and its jumps.
+
+    With no problem found, every rule in the chain is one registered user's
+    correct rule, and every user has exactly one.
+    """
+    return not problems(table, reg)

@@ -1,0 +1,375 @@
+"""`gpushell-admin doctor`: check the host against the registry and say how to fix it.
+
+`gather` reads the host into plain `Facts`; each check is a pure function
+of the registry, the paths and the facts, returning `Finding`s (ok, what,
+fix).  GPU checks belong to the GPU work and are not here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+from collections.abc import Callable, Iterable
+
+from . import chaincheck, dropins, iptables, provision, reconcile, registry
+from .errors import GpushellError
+from .forward import JUMP_CHAINS, TAG, NatTable, comment_of, jump_rule, user_rule
+from .ownership import check_owned_by_root
+from .paths import Paths
+from .registry import Registry
+from .runner import run
+
+APPLY = "gpushell-admin apply"
+INIT = "gpushell-admin init"
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    ok: bool
+    what: str
+    fix: str = ""
+
+    def line(self) -> str:
+        return f"ok: {self.what}" if self.ok else f"FAIL: {self.what} — fix: {self.fix}"
+
+
+def finding(ok: bool, good: str, bad: str, fix: str) -> Finding:
+    return Finding(True, good) if ok else Finding(False, bad, fix)
+
+
+@dataclasses.dataclass(frozen=True)
+class InstalledFile:
+    text: str | None  # None: missing
+    mode: int = 0
+    uid: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Facts:
+    bridge_exists: bool
+    bridge_addresses: list[str]  # "10.0.3.1/24", ...
+    forwarding_on: bool
+    table: NatTable
+    sudoers: InstalledFile
+    sshd: InstalledFile
+    subids: dict[str, list[str] | None]  # /etc/subuid and /etc/subgid lines; None: missing
+    template_exists: bool
+    configs: dict[str, str | None]  # container -> config text; None: no container directory
+    listeners: dict[int, str]  # TCP port a host process listens on -> who
+    accounts: dict[str, reconcile.Account | None]
+    apparmor_profile: str = "generated"
+
+
+# --- checks (pure) -----------------------------------------------------------
+
+
+def check_bridge(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
+    address = f"{reg.gateway}/{reg.subnet.prefixlen}"
+    if not facts.bridge_exists:
+        return [Finding(False, f"bridge {reg.bridge} does not exist", INIT)]
+    return [
+        finding(
+            address in facts.bridge_addresses,
+            f"bridge {reg.bridge} has {address}",
+            f"bridge {reg.bridge} lacks the gateway address {address}",
+            INIT,
+        )
+    ]
+
+
+def check_forwarding(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
+    return [
+        finding(
+            facts.forwarding_on,
+            "IPv4 forwarding is on",
+            "IPv4 forwarding is off",
+            f"{INIT} (or: sysctl -w net.ipv4.ip_forward=1)",
+        )
+    ]
+
+
+def check_chain(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
+    found = [
+        finding(
+            reg.chain in facts.table.chains,
+            f"nat chain {reg.chain} exists",
+            f"nat chain {reg.chain} is missing",
+            APPLY,
+        )
+    ]
+    for parent in JUMP_CHAINS:
+        found.append(
+            finding(
+                facts.table.has(jump_rule(parent, reg.chain)),
+                f"{parent} jumps to {reg.chain}",
+                f"no jump from {parent} to {reg.chain}",
+                APPLY,
+            )
+        )
+    return found
+
+
+def check_forwards(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
+    rules = facts.table.rules_of(reg.chain)
+    found = []
+    for user in sorted(reg.users.values(), key=lambda u: u.port):
+        wanted = user_rule(reg.chain, user)
+        tagged = [rule for rule in rules if comment_of(rule) == f"{TAG}{user.name}"]
+        found.append(
+            finding(
+                tagged == [wanted],
+                f"{user.name}: one forward, port {user.port} -> {user.ip}:22",
+                f"{user.name}: {len(tagged)} rule(s) tagged {TAG}{user.name}, "
+                f"{tagged.count(wanted)} of them right (port {user.port} -> {user.ip}:22)",
+                APPLY,
+            )
+        )
+    strays = [
+        problem.message
+        for problem in chaincheck.problems(facts.table, reg)
+        if problem.kind in (chaincheck.ORPHAN, chaincheck.UNTAGGED)
+    ]
+    found.append(
+        finding(
+            not strays,
+            f"no stray rules in {reg.chain}",
+            f"{len(strays)} stray rule(s) in {reg.chain}: " + "; ".join(strays),
+            APPLY,
+        )
+    )
+    return found
+
+
+def _check_dropin(name: str, path: str, installed: InstalledFile, wanted: str, mode: int) -> Finding:
+    if installed.text is None:
+        return Finding(False, f"{name} drop-in {path} is missing", INIT)
+    if installed.text != wanted:
+        return Finding(False, f"{name} drop-in {path} differs from what gpushell installs", INIT)
+    if installed.uid != 0 or installed.mode != mode:
+        return Finding(
+            False,
+            f"{name} drop-in {path} has owner {installed.uid}, mode {installed.mode:04o}",
+            f"chown root:root {path} && chmod {mode:04o} {path}",
+        )
+    return Finding(True, f"{name} drop-in {path} is installed")
+
+
+def check_dropins(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
+    return [
+        _check_dropin("sudoers", paths.sudoers_dropin, facts.sudoers, dropins.sudoers(paths), 0o440),
+        _check_dropin("sshd", paths.sshd_dropin, facts.sshd, dropins.sshd(paths), 0o644),
+    ]
+
+
+def covers(line: str, first: int, last: int) -> bool:
+    """True when a subordinate id line `root:START:COUNT` covers ids first..last."""
+    parts = line.strip().split(":")
+    if len(parts) != 3 or parts[0] != "root" or not parts[1].isdigit() or not parts[2].isdigit():
+        return False
+    start, count = int(parts[1]), int(parts[2])
+    return start <= first and last < start + count
+
+
+def check_subids(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
+    last = max([user.idmap for user in reg.users.values()] + [reg.idmap_start]) + reg.idmap_size - 1
+    found = []
+    for path, lines in sorted(facts.subids.items()):
+        ok = lines is not None and any(covers(line, reg.idmap_start, last) for line in lines)
+        found.append(
+            finding(
+                ok,
+                f"{path} gives root ids {reg.idmap_start}-{last}",
+                f"{path} has no root: line covering ids {reg.idmap_start}-{last}",
+                INIT,
+            )
+        )
+    return found
+
+
+def check_template(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
+    return [
+        finding(
+            facts.template_exists,
+            f"template {reg.template} is built",
+            f"template {reg.template} is missing from {reg.lxcpath}",
+            "gpushell-admin template build",
+        )
+    ]
+
+
+def check_containers(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
+    found = []
+    for user in sorted(reg.users.values(), key=lambda u: u.port):
+        current = facts.configs.get(user.container)
+        if current is None:
+            found.append(
+                Finding(
+                    False,
+                    f"{user.name}: container {user.container} does not exist in {reg.lxcpath}",
+                    f"gpushell-admin remove {user.name} && gpushell-admin add {user.name}",
+                )
+            )
+            continue
+        found.append(
+            finding(
+                current == reconcile.wanted_config(reg, user, facts.apparmor_profile),
+                f"{user.name}: container {user.container} config matches the registry",
+                f"{user.name}: {reconcile.config_path(reg, user.container)} differs from the registry's",
+                APPLY,
+            )
+        )
+    return found
+
+
+def check_ports(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
+    clashes = [
+        Finding(
+            False,
+            f"{user.name}: port {user.port} is also a listening host service ({facts.listeners[user.port]})",
+            f"move that service, or give {user.name} another port in {reg.path} and run {APPLY}",
+        )
+        for user in sorted(reg.users.values(), key=lambda u: u.port)
+        if user.port in facts.listeners
+    ]
+    return clashes or [Finding(True, "no host service listens on a student's port")]
+
+
+def check_accounts(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
+    found = []
+    for name in sorted(reg.users):
+        account = facts.accounts.get(name)
+        if account is None:
+            found.append(
+                Finding(
+                    False,
+                    f"{name}: no host account",
+                    f"useradd --create-home --shell {paths.shell} --groups {paths.group} {name}, "
+                    f"then install the student's key in ~{name}/.ssh/authorized_keys",
+                )
+            )
+        elif account.shell != paths.shell or not account.in_group:
+            found.append(
+                Finding(
+                    False,
+                    f"{name}: host account has shell {account.shell or '(none)'}"
+                    + ("" if account.in_group else f" and is not in group {paths.group}"),
+                    APPLY,
+                )
+            )
+        else:
+            found.append(Finding(True, f"{name}: host account with shell {paths.shell}"))
+    return found
+
+
+Check = Callable[[Registry, Paths, Facts], list[Finding]]
+CHECKS: tuple[Check, ...] = (
+    check_bridge,
+    check_forwarding,
+    check_chain,
+    check_forwards,
+    check_dropins,
+    check_subids,
+    check_template,
+    check_containers,
+    check_ports,
+    check_accounts,
+)
+
+
+def run_checks(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
+    return [item for check in CHECKS for item in check(reg, paths, facts)]
+
+
+def all_ok(findings: Iterable[Finding]) -> bool:
+    return all(item.ok for item in findings)
+
+
+# --- reading the host ----------------------------------------------------------
+
+
+def installed_file(path: str) -> InstalledFile:
+    try:
+        info = os.lstat(path)
+        with open(path, encoding="utf-8", errors="replace") as stream:
+            return InstalledFile(stream.read(), stat.S_IMODE(info.st_mode), info.st_uid)
+    except OSError:
+        return InstalledFile(None)
+
+
+def read_lines(path: str) -> list[str] | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as stream:
+            return stream.read().splitlines()
+    except OSError:
+        return None
+
+
+def bridge_addresses(bridge: str) -> list[str]:
+    shown = run(["ip", "-o", "-4", "addr", "show", "dev", bridge], check=False).stdout
+    # `4: br0    inet 10.0.3.1/24 brd ... scope global br0`
+    return [words[words.index("inet") + 1] for words in map(str.split, shown.splitlines()) if "inet" in words]
+
+
+def listeners() -> dict[int, str]:
+    import psutil
+
+    found: dict[int, str] = {}
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status != psutil.CONN_LISTEN or not conn.laddr:
+            continue
+        who = "unknown process"
+        if conn.pid:
+            try:
+                who = f"{psutil.Process(conn.pid).name()}, pid {conn.pid}"
+            except psutil.Error:
+                who = f"pid {conn.pid}"
+        found.setdefault(conn.laddr.port, who)
+    return found
+
+
+def gather(reg: Registry, paths: Paths) -> Facts:
+    exists = os.path.exists(f"/sys/class/net/{reg.bridge}")
+    return Facts(
+        bridge_exists=exists,
+        bridge_addresses=bridge_addresses(reg.bridge) if exists else [],
+        forwarding_on=reconcile.forwarding_on(),
+        table=iptables.read_nat(),
+        sudoers=installed_file(paths.sudoers_dropin),
+        sshd=installed_file(paths.sshd_dropin),
+        subids={path: read_lines(path) for path in ("/etc/subuid", "/etc/subgid")},
+        template_exists=os.path.isdir(os.path.join(provision.container_dir(reg, reg.template), "rootfs")),
+        configs=reconcile.container_configs(reg),
+        listeners=listeners(),
+        accounts={name: reconcile.host_account(name, paths.group) for name in reg.users},
+        apparmor_profile=provision.apparmor_profile(),
+    )
+
+
+def examine(paths: Paths) -> list[Finding]:
+    """Every finding for this host; stops after the registry if it cannot be used."""
+    try:
+        check_owned_by_root(paths.registry)
+        safe = Finding(True, f"registry {paths.registry} is root's and safe")
+    except GpushellError as exc:
+        safe = Finding(
+            False,
+            exc.user_message,
+            f"chown root:root {paths.registry} && chmod 0644 {paths.registry}"
+            " (and make every directory above it root's, not writable by others)",
+        )
+    try:
+        reg = registry.parse(_read_registry(paths.registry), paths.registry)
+    except GpushellError as exc:
+        first = exc.user_message.splitlines()[0] if exc.user_message else "cannot be read"
+        return [safe, Finding(False, f"registry does not load: {first}", f"correct {paths.registry}")]
+    return [safe, *run_checks(reg, paths, gather(reg, paths))]
+
+
+def _read_registry(path: str) -> str:
+    """The registry text even when it is unsafe: doctor reports, it does not act."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            return stream.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GpushellError(f"cannot read {path}: {exc}") from None

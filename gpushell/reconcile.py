@@ -1,0 +1,257 @@
+"""`gpushell-admin apply`: make the host match the registry, in one idempotent pass.
+
+`observe` reads the host into a `HostState`; `plan` (pure) compares it with
+the registry and returns the changes; `execute` makes them.  `--dry-run`
+stops after `plan`.  A host that already matches gives an empty plan, so a
+second apply has nothing to do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import grp
+import os
+import pwd
+from collections.abc import Callable
+
+from . import chaincheck, forward, hostsetup, iptables, lxcconfig, provision, registry_file, services
+from .containers import RUNNING, LxcDriver
+from .errors import GpushellError
+from .forward import NatTable
+from .lock import locked
+from .paths import Paths
+from .registry import Registry, User
+from .runner import run
+
+Report = Callable[[str], None]
+UNKNOWN = "UNKNOWN"
+
+# Kinds of change, in the order they are made: the network first, so a
+# container started at the end finds its bridge and its forward.
+BRIDGE, FORWARDING, FORWARDS, CONFIG, ACCOUNT, START = (
+    "bridge", "forwarding", "forwards", "config", "account", "start",
+)  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class Account:
+    shell: str
+    in_group: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class HostState:
+    table: NatTable
+    bridge_ready: bool  # exists and has the gateway address
+    forwarding_on: bool
+    configs: dict[str, str | None]  # container -> its config text; None: no container
+    accounts: dict[str, Account | None]  # user -> host account; None: no account
+    states: dict[str, str]  # container -> LXC state, for autostart users
+    apparmor_profile: str = "generated"
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+    kind: str
+    subject: str  # the user, container, chain or bridge it is about
+    text: str  # what it does, for the administrator
+    config: str = ""  # CONFIG: the new config text
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    changes: list[Change]
+    warnings: list[str]
+
+
+# --- pure ------------------------------------------------------------------
+
+
+def config_path(reg: Registry, container: str) -> str:
+    return os.path.join(provision.container_dir(reg, container), "config")
+
+
+def wanted_config(reg: Registry, user: User, apparmor_profile: str) -> str:
+    rootfs = os.path.join(provision.container_dir(reg, user.container), "rootfs")
+    return lxcconfig.container_config(reg, user, rootfs, apparmor_profile)
+
+
+def plan(reg: Registry, paths: Paths, state: HostState) -> Plan:
+    changes: list[Change] = []
+    warnings: list[str] = []
+    if not state.bridge_ready:
+        address = f"{reg.gateway}/{reg.subnet.prefixlen}"
+        changes.append(Change(BRIDGE, reg.bridge, f"set up bridge {reg.bridge} with {address}"))
+    if not state.forwarding_on:
+        changes.append(Change(FORWARDING, "ipv4", "turn on IPv4 forwarding"))
+    found = chaincheck.problems(state.table, reg)
+    if found:
+        why = "; ".join(problem.message for problem in found)
+        changes.append(
+            Change(FORWARDS, reg.chain, f"rebuild nat chain {reg.chain} ({len(reg.users)} forwards): {why}")
+        )
+    users = sorted(reg.users.values(), key=lambda user: user.port)
+    for user in users:
+        current = state.configs.get(user.container)
+        if current is None:
+            warnings.append(
+                f"{user.name}: container {user.container} does not exist; "
+                f"recreate it with: gpushell-admin remove {user.name} && gpushell-admin add {user.name}"
+            )
+            continue
+        config = wanted_config(reg, user, state.apparmor_profile)
+        if current != config:
+            note = " (takes effect at its next start)" if state.states.get(user.container) == RUNNING else ""
+            changes.append(
+                Change(
+                    CONFIG,
+                    user.container,
+                    f"regenerate {config_path(reg, user.container)} from the registry{note}",
+                    config,
+                )
+            )
+    for user in users:
+        account = state.accounts.get(user.name)
+        if account is None:
+            warnings.append(f"{user.name}: no host account; gpushell-admin add {user.name} makes one")
+            continue
+        fixes = []
+        if account.shell != paths.shell:
+            fixes.append(f"login shell {account.shell or '(none)'} -> {paths.shell}")
+        if not account.in_group:
+            fixes.append(f"add to group {paths.group}")
+        if fixes:
+            changes.append(Change(ACCOUNT, user.name, f"fix account {user.name}: " + ", ".join(fixes)))
+    for user in users:
+        if (
+            user.autostart
+            and state.configs.get(user.container) is not None
+            and state.states.get(user.container) != RUNNING
+        ):
+            changes.append(Change(START, user.name, f"start container {user.container} (autostart)"))
+    return Plan(changes, warnings)
+
+
+NOTHING_TO_DO = "nothing to do: the host matches the registry"
+
+
+def render_dry_run(result: Plan) -> list[str]:
+    """What apply --dry-run prints: each change it would make, then a summary."""
+    if not result.changes:
+        return [NOTHING_TO_DO]
+    return [f"would {change.text}" for change in result.changes] + [
+        f"dry run: {len(result.changes)} change(s) planned, nothing changed"
+    ]
+
+
+# --- reading the host ----------------------------------------------------------
+
+
+def bridge_ready(reg: Registry) -> bool:
+    if not os.path.exists(f"/sys/class/net/{reg.bridge}"):
+        return False
+    shown = run(["ip", "-o", "-4", "addr", "show", "dev", reg.bridge]).stdout
+    return f" {reg.gateway}/{reg.subnet.prefixlen} " in shown
+
+
+def forwarding_on() -> bool:
+    with open("/proc/sys/net/ipv4/ip_forward", encoding="ascii") as stream:
+        return stream.read().strip() == "1"
+
+
+def read_config(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as stream:
+            return stream.read()
+    except FileNotFoundError:
+        return None
+
+
+def host_account(name: str, group: str) -> Account | None:
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        return None
+    try:
+        members = grp.getgrnam(group).gr_mem
+    except KeyError:
+        members = []
+    return Account(entry.pw_shell, name in members)
+
+
+def container_configs(reg: Registry) -> dict[str, str | None]:
+    """Each student's container config text; None where there is no container."""
+    configs: dict[str, str | None] = {}
+    for user in reg.users.values():
+        if os.path.isdir(provision.container_dir(reg, user.container)):
+            # A container without a config is broken: "" makes apply write one.
+            configs[user.container] = read_config(config_path(reg, user.container)) or ""
+        else:
+            configs[user.container] = None
+    return configs
+
+
+def container_state(driver: LxcDriver, name: str) -> str:
+    """The LXC state; UNKNOWN when LXC cannot even load the config (apply rewrites it)."""
+    try:
+        return driver.state(name)
+    except (RuntimeError, GpushellError):
+        return UNKNOWN
+
+
+def observe(reg: Registry, paths: Paths) -> HostState:
+    driver = LxcDriver(reg.lxcpath)
+    return HostState(
+        table=iptables.read_nat(),
+        bridge_ready=bridge_ready(reg),
+        forwarding_on=forwarding_on(),
+        configs=container_configs(reg),
+        accounts={name: host_account(name, paths.group) for name in reg.users},
+        states={user.container: container_state(driver, user.container) for user in reg.users.values()},
+        apparmor_profile=provision.apparmor_profile(),
+    )
+
+
+# --- changing the host -----------------------------------------------------------
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def execute_change(change: Change, reg: Registry, paths: Paths) -> None:
+    if change.kind == BRIDGE:
+        hostsetup.ensure_bridge(reg, _quiet)
+    elif change.kind == FORWARDING:
+        hostsetup.ensure_ip_forwarding(_quiet)
+    elif change.kind == FORWARDS:
+        # The whole chain in one iptables-restore, from a fresh read under
+        # the forward lock; the jumps into the chain stay.
+        with locked(f"{paths.run_dir}/forward.lock"):
+            table = iptables.read_nat()
+            iptables.apply(forward.rebuild_lines(table, reg, reg.users.values()))
+    elif change.kind == CONFIG:
+        registry_file.write_atomically(config_path(reg, change.subject), change.config, 0o644)
+    elif change.kind == ACCOUNT:
+        run(["usermod", "--shell", paths.shell, "--append", "--groups", paths.group, change.subject])
+    elif change.kind == START:
+        user = reg.users[change.subject]
+        ctx = services.Context(paths, reg, LxcDriver(reg.lxcpath))
+        with locked(paths.user_lock(user.name)):
+            services.ensure_running(ctx, user)
+    else:  # pragma: no cover - plan makes only the kinds above
+        raise AssertionError(change.kind)
+
+
+def execute(result: Plan, reg: Registry, paths: Paths, report: Report, fail: Report) -> int:
+    """Make every change, going on past a failed one; return how many failed."""
+    failures = 0
+    for change in result.changes:
+        try:
+            execute_change(change, reg, paths)
+        except GpushellError as exc:
+            failures += 1
+            fail(f"failed to {change.text}: {exc.user_message}")
+            continue
+        report(f"done: {change.text}")
+    return failures

@@ -1,0 +1,120 @@
+"""A compiled copy of the registry for the helper's hot path.
+
+Importing PyYAML and parsing the registry would be most of a login's cost,
+and grow with every student.  After a full parse and validation the helper
+keeps the result (plain values, `marshal`) in the run directory, keyed by
+the registry file's identity: device, inode, size, mtime and ctime.  Any
+write, rename or chmod of the registry changes the key and the next helper
+call parses again, so the copy can never be staler than the file.  The copy
+is root's, mode 0600, in a root-only directory, and checked like the
+registry itself before it is read.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import marshal
+import os
+from typing import Any
+
+from .errors import ExitStatus, GpushellError
+from .model import Mount, Registry, User
+from .ownership import check_owned_by_root
+from .paths import Paths
+
+FORMAT = 1
+Identity = tuple[int, int, int, int, int]
+
+
+def identity(info: os.stat_result) -> Identity:
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def cache_path(paths: Paths) -> str:
+    return f"{paths.run_dir}/registry.cache"
+
+
+def _mounts(mounts: tuple[Mount, ...]) -> tuple[tuple[str, str, bool], ...]:
+    return tuple((m.source, m.target, m.readonly) for m in mounts)
+
+
+# Registry's fields but `users`, in the order the cache stores them.
+SETTINGS = (
+    "path", "hostname", "bridge", "subnet", "ports", "template", "lxcpath", "chain", "idmap_start",
+    "idmap_size", "gpus", "mounts", "start_timeout", "idle_timeout", "masquerade",
+)  # fmt: skip
+
+
+def to_plain(reg: Registry) -> dict[str, object]:
+    """The registry as marshal-able values (str, int, float, bool, tuple, dict)."""
+    plain = {"subnet": str(reg.subnet), "mounts": _mounts(reg.mounts)}
+    settings = tuple(plain.get(field, getattr(reg, field)) for field in SETTINGS)
+    users = {
+        u.name: (u.port, str(u.ip), u.idmap, u.container, u.gpus, _mounts(u.mounts), u.autostart)
+        for u in reg.users.values()
+    }
+    return {"format": FORMAT, "settings": settings, "users": users}
+
+
+def from_plain(plain: dict[str, Any], name: str) -> tuple[Registry, User]:
+    """The settings and one user's entry (the registry's other users are not built)."""
+    settings = list(plain["settings"])
+    path = settings[0]
+    users: dict[str, tuple[Any, ...]] = plain["users"]
+    if name not in users:
+        raise GpushellError(
+            f"{name} is not registered in {path}",
+            f"user {name!r} has no entry in {path}",
+            ExitStatus.NOT_REGISTERED,
+        )
+    port, ip, idmap, container, gpus, mounts, autostart = users[name]
+    user = User(name, port, ipaddress.IPv4Address(ip), idmap, container, gpus,
+                tuple(Mount(*m) for m in mounts), autostart)  # fmt: skip
+    settings[3] = ipaddress.IPv4Network(settings[3])
+    settings[11] = tuple(Mount(*m) for m in settings[11])
+    fields = dict(zip(SETTINGS, settings, strict=True))
+    return Registry(**fields, users={name: user}), user
+
+
+def _read(path: str, key: Identity) -> dict[str, Any] | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as stream:
+        info = os.fstat(stream.fileno())
+        if info.st_uid != 0 or info.st_mode & 0o077:
+            return None
+        try:
+            cached = marshal.loads(stream.read())
+        except (EOFError, ValueError, TypeError):
+            return None
+    if not isinstance(cached, dict) or cached.get("format") != FORMAT or cached.get("key") != key:
+        return None
+    return cached
+
+
+def _write(path: str, key: Identity, reg: Registry) -> None:
+    plain = {**to_plain(reg), "key": key}
+    temporary = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as stream:
+        stream.write(marshal.dumps(plain))
+    os.rename(temporary, path)
+
+
+def load_user(paths: Paths, name: str) -> tuple[Registry, User]:
+    """The registry's settings and `name`'s entry, from the cache when it is current."""
+    check_owned_by_root(paths.registry)
+    key = identity(os.stat(paths.registry))
+    cached = _read(cache_path(paths), key)
+    if cached is not None:
+        return from_plain(cached, name)
+    from . import registry, registry_file  # the slow path: PyYAML, full validation
+
+    text, info = registry_file.read_text_and_stat(paths.registry)
+    reg = registry.parse(text, paths.registry)
+    os.makedirs(paths.run_dir, mode=0o755, exist_ok=True)
+    check_owned_by_root(paths.run_dir)
+    _write(cache_path(paths), identity(info), reg)
+    return reg, reg.user(name)

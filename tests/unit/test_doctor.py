@@ -1,0 +1,162 @@
+"""doctor: each check, on facts built by hand, and the line it prints."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from gpushell import doctor, dropins, reconcile
+from gpushell.doctor import Facts, Finding, InstalledFile
+from gpushell.forward import NatTable, jump_rule, user_rule
+from gpushell.paths import Paths
+from gpushell.reconcile import Account
+from gpushell.registry import parse
+
+PATHS = Paths()
+REG = parse(
+    "chain: GPUSHELL\nmasquerade: false\nlxcpath: /var/lib/lxc\ntemplate: tpl\n"
+    "idmap:\n  start: 1000000\n  size: 65536\nusers:\n"
+    "  alice:\n    port: 22001\n    ip: 10.0.3.2\n    idmap: 1000000\n"
+    "  bob:\n    port: 22002\n    ip: 10.0.3.3\n    idmap: 1065536\n",
+    "/etc/gpushell.yaml",
+)
+
+
+def nat(*rules: list[str], jumps: tuple[str, ...] = ("PREROUTING", "OUTPUT")) -> NatTable:
+    all_rules = [jump_rule(parent, "GPUSHELL") for parent in jumps] + list(rules)
+    return NatTable("*nat\n:GPUSHELL - [0:0]\n" + "".join(" ".join(r) + "\n" for r in all_rules) + "COMMIT\n")
+
+
+ALICE = user_rule("GPUSHELL", REG.users["alice"])
+BOB = user_rule("GPUSHELL", REG.users["bob"])
+
+
+def healthy() -> Facts:
+    return Facts(
+        bridge_exists=True,
+        bridge_addresses=["10.0.3.1/24"],
+        forwarding_on=True,
+        table=nat(ALICE, BOB),
+        sudoers=InstalledFile(dropins.sudoers(PATHS), 0o440, 0),
+        sshd=InstalledFile(dropins.sshd(PATHS), 0o644, 0),
+        subids={"/etc/subgid": ["root:1000000:4293967294"], "/etc/subuid": ["x:1:2", "root:1000000:131072"]},
+        template_exists=True,
+        configs={name: reconcile.wanted_config(REG, user, "generated") for name, user in REG.users.items()},
+        listeners={22: "sshd, pid 1"},
+        accounts={name: Account(PATHS.shell, True) for name in REG.users},
+    )
+
+
+def failures(facts: Facts) -> list[str]:
+    return [item.line() for item in doctor.run_checks(REG, PATHS, facts) if not item.ok]
+
+
+def test_a_healthy_host_passes_every_check() -> None:
+    findings = doctor.run_checks(REG, PATHS, healthy())
+    assert doctor.all_ok(findings)
+    assert "ok: alice: one forward, port 22001 -> 10.0.3.2:22" in [item.line() for item in findings]
+    assert len(findings) == 18
+
+
+def test_finding_lines() -> None:
+    assert Finding(True, "bridge up").line() == "ok: bridge up"
+    assert Finding(False, "bridge down", "gpushell-admin init").line() == (
+        "FAIL: bridge down — fix: gpushell-admin init"
+    )
+    assert not doctor.all_ok([Finding(True, "a"), Finding(False, "b", "c")])
+
+
+def test_bridge_missing_or_without_gateway() -> None:
+    assert failures(dataclasses.replace(healthy(), bridge_exists=False, bridge_addresses=[])) == [
+        "FAIL: bridge lxcbr0 does not exist — fix: gpushell-admin init"
+    ]
+    assert failures(dataclasses.replace(healthy(), bridge_addresses=["10.0.3.7/24"])) == [
+        "FAIL: bridge lxcbr0 lacks the gateway address 10.0.3.1/24 — fix: gpushell-admin init"
+    ]
+
+
+def test_forwarding_off() -> None:
+    assert failures(dataclasses.replace(healthy(), forwarding_on=False)) == [
+        "FAIL: IPv4 forwarding is off — fix: gpushell-admin init (or: sysctl -w net.ipv4.ip_forward=1)"
+    ]
+
+
+def test_missing_jump_and_missing_or_doubled_rules() -> None:
+    facts = dataclasses.replace(healthy(), table=nat(ALICE, ALICE, jumps=("PREROUTING",)))
+    assert failures(facts) == [
+        "FAIL: no jump from OUTPUT to GPUSHELL — fix: gpushell-admin apply",
+        "FAIL: alice: 2 rule(s) tagged gpushell:alice, 2 of them right (port 22001 -> 10.0.3.2:22)"
+        " — fix: gpushell-admin apply",
+        "FAIL: bob: 0 rule(s) tagged gpushell:bob, 0 of them right (port 22002 -> 10.0.3.3:22)"
+        " — fix: gpushell-admin apply",
+    ]
+
+
+def test_stray_rules() -> None:
+    ghost = ["-A", "GPUSHELL", "-p", "tcp", "-m", "tcp", "--dport", "22500", "-m", "comment",
+             "--comment", "gpushell:ghost", "-j", "DNAT", "--to-destination", "10.0.3.50:22"]  # fmt: skip
+    (line,) = failures(dataclasses.replace(healthy(), table=nat(ALICE, BOB, ghost)))
+    assert line.startswith("FAIL: 1 stray rule(s) in GPUSHELL: orphan rule for unregistered gpushell:ghost")
+    assert line.endswith(" — fix: gpushell-admin apply")
+
+
+def test_dropins_missing_different_or_loose() -> None:
+    facts = dataclasses.replace(
+        healthy(), sudoers=InstalledFile(None), sshd=InstalledFile(dropins.sshd(PATHS), 0o666, 0)
+    )
+    assert failures(facts) == [
+        "FAIL: sudoers drop-in /etc/sudoers.d/gpushell is missing — fix: gpushell-admin init",
+        "FAIL: sshd drop-in /etc/ssh/sshd_config.d/gpushell.conf has owner 0, mode 0666"
+        " — fix: chown root:root /etc/ssh/sshd_config.d/gpushell.conf"
+        " && chmod 0644 /etc/ssh/sshd_config.d/gpushell.conf",
+    ]
+    edited = dataclasses.replace(healthy(), sudoers=InstalledFile("ALL ALL=(ALL) ALL\n", 0o440, 0))
+    assert failures(edited) == [
+        "FAIL: sudoers drop-in /etc/sudoers.d/gpushell differs from what gpushell installs"
+        " — fix: gpushell-admin init"
+    ]
+
+
+def test_subordinate_ids_must_cover_every_range() -> None:
+    assert doctor.covers("root:1000000:131072", 1000000, 1131071)
+    assert not doctor.covers("root:1000000:131071", 1000000, 1131071)
+    assert not doctor.covers("lxd:0:4294967295", 1000000, 1131071)
+    assert not doctor.covers("root:1000001:9999999", 1000000, 1131071)
+    subids = {"/etc/subuid": None, "/etc/subgid": ["root:1000000:65536"]}
+    facts = dataclasses.replace(healthy(), subids=subids)
+    assert failures(facts) == [
+        "FAIL: /etc/subgid has no root: line covering ids 1000000-1131071 — fix: gpushell-admin init",
+        "FAIL: /etc/subuid has no root: line covering ids 1000000-1131071 — fix: gpushell-admin init",
+    ]
+
+
+def test_template_and_containers() -> None:
+    facts = healthy()
+    facts.configs["alice"] = None
+    facts.configs["bob"] = facts.configs["bob"] + "lxc.extra = 1\n"  # type: ignore[operator]
+    assert failures(dataclasses.replace(facts, template_exists=False)) == [
+        "FAIL: template tpl is missing from /var/lib/lxc — fix: gpushell-admin template build",
+        "FAIL: alice: container alice does not exist in /var/lib/lxc"
+        " — fix: gpushell-admin remove alice && gpushell-admin add alice",
+        "FAIL: bob: /var/lib/lxc/bob/config differs from the registry's — fix: gpushell-admin apply",
+    ]
+
+
+def test_a_host_service_on_a_students_port() -> None:
+    (line,) = failures(dataclasses.replace(healthy(), listeners={22002: "nginx, pid 42"}))
+    assert line == (
+        "FAIL: bob: port 22002 is also a listening host service (nginx, pid 42)"
+        " — fix: move that service, or give bob another port in /etc/gpushell.yaml"
+        " and run gpushell-admin apply"
+    )
+
+
+def test_accounts() -> None:
+    facts = healthy()
+    facts.accounts["alice"] = None
+    facts.accounts["bob"] = Account("/bin/bash", False)
+    assert failures(facts) == [
+        "FAIL: alice: no host account — fix: useradd --create-home --shell /usr/local/bin/gpushell"
+        " --groups gpushell alice, then install the student's key in ~alice/.ssh/authorized_keys",
+        "FAIL: bob: host account has shell /bin/bash and is not in group gpushell"
+        " — fix: gpushell-admin apply",
+    ]

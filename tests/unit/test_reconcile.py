@@ -1,0 +1,152 @@
+"""reconcile: the plan `gpushell-admin apply` makes from the registry and the host's state."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+import pytest
+
+from gpushell import reconcile
+from gpushell.forward import NatTable, jump_rule, user_rule
+from gpushell.paths import Paths
+from gpushell.reconcile import Account, HostState
+from gpushell.registry import parse
+
+TOP = pathlib.Path(__file__).resolve().parents[2]
+PATHS = Paths()
+REG = parse(
+    "chain: GPUSHELL\nmasquerade: false\nlxcpath: /var/lib/lxc\nusers:\n"
+    "  alice:\n    port: 22001\n    ip: 10.0.3.2\n    idmap: 1000000\n"
+    "  bob:\n    port: 22002\n    ip: 10.0.3.3\n    idmap: 1065536\n    autostart: true\n",
+    "/etc/gpushell.yaml",
+)
+ALICE, BOB = REG.users["alice"], REG.users["bob"]
+
+
+def nat(*users: str) -> NatTable:
+    rules = [jump_rule("PREROUTING", "GPUSHELL"), jump_rule("OUTPUT", "GPUSHELL")]
+    rules += [user_rule("GPUSHELL", REG.users[name]) for name in users]
+    return NatTable("*nat\n:GPUSHELL - [0:0]\n" + "".join(" ".join(r) + "\n" for r in rules) + "COMMIT\n")
+
+
+def healthy() -> HostState:
+    return HostState(
+        table=nat("bob", "alice"),
+        bridge_ready=True,
+        forwarding_on=True,
+        configs={name: reconcile.wanted_config(REG, user, "generated") for name, user in REG.users.items()},
+        accounts={name: Account(PATHS.shell, True) for name in REG.users},
+        states={"alice": "STOPPED", "bob": "RUNNING"},
+    )
+
+
+def texts(state: HostState) -> list[str]:
+    return [change.text for change in reconcile.plan(REG, PATHS, state).changes]
+
+
+def test_a_matching_host_needs_nothing() -> None:
+    result = reconcile.plan(REG, PATHS, healthy())
+    assert result.changes == [] and result.warnings == []
+    assert reconcile.render_dry_run(result) == ["nothing to do: the host matches the registry"]
+
+
+def test_a_flushed_chain_is_rebuilt() -> None:
+    state = dataclasses.replace(healthy(), table=nat())
+    (change,) = reconcile.plan(REG, PATHS, state).changes
+    assert change.kind == reconcile.FORWARDS and change.subject == "GPUSHELL"
+    assert change.text.startswith("rebuild nat chain GPUSHELL (2 forwards): no forward for alice (port 22001")
+
+
+def test_network_changes_come_first() -> None:
+    state = dataclasses.replace(healthy(), bridge_ready=False, forwarding_on=False, table=nat("alice"))
+    kinds = [change.kind for change in reconcile.plan(REG, PATHS, state).changes]
+    assert kinds == [reconcile.BRIDGE, reconcile.FORWARDING, reconcile.FORWARDS]
+    assert texts(state)[0] == "set up bridge lxcbr0 with 10.0.3.1/24"
+
+
+def test_a_changed_config_is_regenerated_with_the_registry_text() -> None:
+    state = healthy()
+    state.configs["bob"] = "lxc.uts.name = hacked\n"
+    (change,) = reconcile.plan(REG, PATHS, state).changes
+    assert change.kind == reconcile.CONFIG and change.subject == "bob"
+    assert change.config == reconcile.wanted_config(REG, BOB, "generated")
+    assert "lxc.start.auto = 1" in change.config
+    assert change.text == (
+        "regenerate /var/lib/lxc/bob/config from the registry (takes effect at its next start)"
+    )
+
+
+def test_the_apparmor_profile_is_part_of_the_wanted_config() -> None:
+    state = dataclasses.replace(healthy(), apparmor_profile="unconfined")
+    assert [change.subject for change in reconcile.plan(REG, PATHS, state).changes] == ["alice", "bob"]
+
+
+def test_a_missing_container_is_a_warning_not_a_change() -> None:
+    state = healthy()
+    state.configs["alice"] = None
+    result = reconcile.plan(REG, PATHS, state)
+    assert result.changes == []
+    assert result.warnings == [
+        "alice: container alice does not exist; "
+        "recreate it with: gpushell-admin remove alice && gpushell-admin add alice"
+    ]
+
+
+def test_wrong_shell_and_group_are_fixed_and_a_missing_account_is_a_warning() -> None:
+    state = healthy()
+    state.accounts["alice"] = Account("/bin/bash", False)
+    state.accounts["bob"] = None
+    result = reconcile.plan(REG, PATHS, state)
+    assert [change.text for change in result.changes] == [
+        "fix account alice: login shell /bin/bash -> /usr/local/bin/gpushell, add to group gpushell"
+    ]
+    assert result.warnings == ["bob: no host account; gpushell-admin add bob makes one"]
+
+
+@pytest.mark.parametrize(("state", "starts"), [("STOPPED", True), ("UNKNOWN", True), ("RUNNING", False)])
+def test_autostart_containers_are_started_unless_running(state: str, starts: bool) -> None:
+    host = dataclasses.replace(healthy(), states={"alice": "STOPPED", "bob": state})
+    expected = ["start container bob (autostart)"] if starts else []
+    assert texts(host) == expected  # alice is stopped but not autostart
+
+
+def test_dry_run_lists_each_change_and_a_summary() -> None:
+    state = dataclasses.replace(healthy(), forwarding_on=False, table=nat("alice"))
+    lines = reconcile.render_dry_run(reconcile.plan(REG, PATHS, state))
+    assert lines[0] == "would turn on IPv4 forwarding"
+    assert lines[1].startswith("would rebuild nat chain GPUSHELL")
+    assert lines[2] == "dry run: 2 change(s) planned, nothing changed"
+
+
+def test_execute_goes_on_after_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gpushell.errors import GpushellError
+
+    made: list[str] = []
+
+    def execute_change(change: reconcile.Change, reg: object, paths: object) -> None:
+        if change.kind == reconcile.FORWARDING:
+            raise GpushellError("permission denied")
+        made.append(change.kind)
+
+    monkeypatch.setattr(reconcile, "execute_change", execute_change)
+    state = dataclasses.replace(healthy(), bridge_ready=False, forwarding_on=False, table=nat())
+    reported: list[str] = []
+    failed: list[str] = []
+    count = reconcile.execute(reconcile.plan(REG, PATHS, state), REG, PATHS, reported.append, failed.append)
+    assert count == 1 and made == [reconcile.BRIDGE, reconcile.FORWARDS]
+    assert failed == ["failed to turn on IPv4 forwarding: permission denied"]
+    assert reported[0] == "done: set up bridge lxcbr0 with 10.0.3.1/24"
+
+
+def test_shipped_apply_unit_runs_apply_at_boot_before_sshd() -> None:
+    unit = (TOP / "etc/gpushell-apply.service").read_text()
+    lines = set(unit.splitlines())
+    assert "Type=oneshot" in lines
+    assert "ExecStart=/usr/local/bin/gpushell-admin apply" in lines
+    assert "WantedBy=multi-user.target" in lines
+    assert "Wants=network-online.target" in lines
+    after = next(line for line in lines if line.startswith("After="))
+    before = next(line for line in lines if line.startswith("Before="))
+    assert "network-online.target" in after.split("=", 1)[1].split()
+    assert {"ssh.service", "sshd.service"} <= set(before.split("=", 1)[1].split())

@@ -1,0 +1,77 @@
+"""registry_cache: the helper's compiled copy gives the same data as a full parse."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from gpushell import registry_cache
+from gpushell.errors import ExitStatus, GpushellError
+from gpushell.registry import parse
+
+TEXT = """
+hostname: gpu1
+subnet: 10.0.3.0/24
+mounts:
+  - {source: /nas/lab, target: /nas, mode: ro}
+users:
+  alice:
+    port: 22001
+    ip: 10.0.3.2
+    idmap: 1000000
+    gpus: [0, 2]
+    autostart: true
+  bob:
+    port: 22002
+    ip: 10.0.3.3
+    idmap: 1065536
+    mounts:
+      - {source: /scratch/bob, target: /scratch, mode: rw}
+"""
+
+
+@pytest.mark.parametrize("name", ["alice", "bob"])
+def test_round_trip_equals_the_full_parse(name: str) -> None:
+    full = parse(TEXT, "/etc/gpushell.yaml")
+    reg, user = registry_cache.from_plain(registry_cache.to_plain(full), name)
+    assert user == full.users[name]
+    assert reg.users == {name: full.users[name]}
+    for field in ("path", "hostname", "subnet", "ports", "chain", "lxcpath", "mounts", "idle_timeout"):
+        assert getattr(reg, field) == getattr(full, field)
+    assert reg.gateway == full.gateway
+
+
+def test_unknown_user_is_not_registered() -> None:
+    plain = registry_cache.to_plain(parse(TEXT, "/etc/gpushell.yaml"))
+    with pytest.raises(GpushellError) as info:
+        registry_cache.from_plain(plain, "mallory")
+    assert info.value.status == ExitStatus.NOT_REGISTERED
+
+
+def test_identity_changes_with_content_and_mode(tmp_path: os.PathLike[str]) -> None:
+    path = os.path.join(tmp_path, "r.yaml")
+    with open(path, "w") as stream:
+        stream.write("a")
+    first = registry_cache.identity(os.stat(path))
+    os.chmod(path, 0o600)
+    second = registry_cache.identity(os.stat(path))
+    with open(path, "w") as stream:
+        stream.write("ab")
+    third = registry_cache.identity(os.stat(path))
+    assert len({first, second, third}) == 3
+
+
+def test_a_stale_or_foreign_cache_is_ignored(tmp_path: os.PathLike[str]) -> None:
+    full = parse(TEXT, "/etc/gpushell.yaml")
+    path = os.path.join(tmp_path, "registry.cache")
+    key = (1, 2, 3, 4, 5)
+    registry_cache._write(path, key, full)
+    assert registry_cache._read(path, key) is not None
+    assert registry_cache._read(path, (1, 2, 3, 4, 6)) is None  # registry changed since
+    os.chmod(path, 0o644)
+    assert registry_cache._read(path, key) is None  # readable by others: not ours
+    with open(path, "wb") as stream:
+        stream.write(b"\x00garbage")
+    os.chmod(path, 0o600)
+    assert registry_cache._read(path, key) is None
