@@ -35,8 +35,7 @@ deps: | $(STAMP)
 install: deps
 	$(PYTHON) -m pip install --quiet --no-deps --no-build-isolation --break-system-packages \
 	    --root-user-action=ignore --no-warn-script-location .
-	for s in gpushell gpushell-admin gpushell-helper; do \
-	    sed -i '1s|^#!.*|#!$(PYTHON) -I|' $(BINDIR)/$$s; chmod 0755 $(BINDIR)/$$s; done
+	$(PYTHON) -I -m gpushell.entrypoints $(BINDIR)
 	install -d $(MANDIR)/man1 $(MANDIR)/man5 $(MANDIR)/man8
 	install -m 0644 man/gpushell.1 $(MANDIR)/man1/
 	install -m 0644 man/gpushell.yaml.5 $(MANDIR)/man5/

@@ -285,7 +285,7 @@ def main() -> int:
     lab = Lab()
     # 1000 students need more than a /24 and a 999-port range.
     lab.subnet = ipaddress.IPv4Network(f"{lab.subnet.network_address}/22", strict=False)
-    lab.ports = (22001, 23999)
+    lab.ports = (lab.ports[0], lab.ports[0] + 1998)
     began = time.monotonic()
     try:
         print(f"setting up lab {lab.prefix} ...", flush=True)

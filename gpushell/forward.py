@@ -38,11 +38,16 @@ def masquerade_rule(reg: Registry) -> list[str]:
 
 
 class NatTable:
-    """The nat table as iptables-save printed it: chains and rules as token lists."""
+    """The nat table as iptables-save printed it: chains, and rules as token lists.
+
+    Rules are tokenised (shlex, slow) only when asked for, and only those
+    of the chain asked about: a login looks at one student's rule among
+    maybe a thousand.
+    """
 
     def __init__(self, save_output: str) -> None:
         self.chains: set[str] = set()
-        self.rules: list[list[str]] = []
+        self._lines: list[str] = []
         in_nat = False
         for line in save_output.splitlines():
             if line.startswith("*"):
@@ -50,13 +55,23 @@ class NatTable:
             elif in_nat and line.startswith(":"):
                 self.chains.add(line[1:].split()[0])
             elif in_nat and line.startswith("-A "):
-                self.rules.append(shlex.split(line))
+                self._lines.append(line)
 
-    def rules_of(self, chain: str) -> list[list[str]]:
-        return [rule for rule in self.rules if rule[1] == chain]
+    @property
+    def rules(self) -> list[list[str]]:
+        return [shlex.split(line) for line in self._lines]
+
+    def rules_of(self, chain: str, *needles: str) -> list[list[str]]:
+        """The chain's rules; with needles, only rules whose text contains one of them."""
+        head = f"-A {chain} "
+        return [
+            shlex.split(line)
+            for line in self._lines
+            if line.startswith(head) and (not needles or any(needle in line for needle in needles))
+        ]
 
     def has(self, rule: Sequence[str]) -> bool:
-        return list(rule) in self.rules
+        return list(rule) in self.rules_of(rule[1])
 
 
 def comment_of(rule: Sequence[str]) -> str | None:
@@ -103,8 +118,9 @@ def ensure_user_lines(table: NatTable, chain: str, user: User) -> list[str]:
     the port would shadow the right one.
     """
     wanted = user_rule(chain, user)
+    candidates = table.rules_of(chain, f"{TAG}{user.name}", f"--dport {user.port}")
     mine = [
-        rule for rule in table.rules_of(chain)
+        rule for rule in candidates
         if comment_of(rule) == f"{TAG}{user.name}" or dport_of(rule) == str(user.port)
     ]  # fmt: skip
     if mine == [wanted]:

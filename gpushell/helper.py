@@ -12,35 +12,39 @@ import os
 import pwd
 import signal
 import sys
-from collections.abc import Callable
-from typing import Any
 
 from . import audit, protocol, registry_cache, services
-from .containers import LxcDriver
+from .containers import RUNNING, LxcDriver
 from .errors import CONTACT_ADMIN, ExitStatus, GpushellError
 from .lock import locked
-from .model import User
 from .paths import DEFAULT, Paths
 
-Action = Callable[[services.Context, User], dict[str, Any]]
+TYPE_CHECKING = False  # `typing` stays off the login path
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .model import User
+
+    Answer = dict[str, object]
+    Action = Callable[[services.Context, User], Answer]
 
 
-def _login(ctx: services.Context, user: User) -> dict[str, Any]:
+def _login(ctx: services.Context, user: User) -> Answer:
     started = services.ensure_running(ctx, user)
     forward_changed = services.ensure_forward(ctx, user)
-    return services.describe(ctx, user, started=started, forward_changed=forward_changed)
+    return services.describe(ctx, user, RUNNING, started=started, forward_changed=forward_changed)
 
 
-def _status(ctx: services.Context, user: User) -> dict[str, Any]:
+def _status(ctx: services.Context, user: User) -> Answer:
     return services.describe(ctx, user)
 
 
-def _stop(ctx: services.Context, user: User) -> dict[str, Any]:
+def _stop(ctx: services.Context, user: User) -> Answer:
     ctx.driver.stop(user.container)
     return services.describe(ctx, user)
 
 
-def _restart(ctx: services.Context, user: User) -> dict[str, Any]:
+def _restart(ctx: services.Context, user: User) -> Answer:
     ctx.driver.stop(user.container)
     return _login(ctx, user)
 
@@ -72,7 +76,15 @@ def caller_name(environ: dict[str, str]) -> str:
         raise GpushellError(CONTACT_ADMIN, f"SUDO_UID {uid_text} has no account") from None
 
 
-def run_action(paths: Paths, name: str, verb: str) -> dict[str, Any]:
+def _real_user() -> str:
+    """Who ran the helper when SUDO_UID could not say: the real uid."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return f"uid {os.getuid()}"
+
+
+def run_action(paths: Paths, name: str, verb: str) -> Answer:
     reg, user = registry_cache.load_user(paths, name)
     ctx = services.Context(paths, reg, LxcDriver(reg.lxcpath))
     # One action per user at a time: two logins at once start the container
@@ -97,6 +109,8 @@ def main(paths: Paths = DEFAULT, argv: list[str] | None = None) -> int:
         name = caller_name(dict(os.environ))
         answer = run_action(paths, name, verb)
     except GpushellError as exc:
+        if name == "?":  # refused before SUDO_UID named anyone: log who really ran it
+            name = _real_user()
         audit.record(name, verb, "failed", exc.log_message, warning=True)
         message = exc.user_message if exc.status in (ExitStatus.ERROR, ExitStatus.TIMEOUT) else CONTACT_ADMIN
         print(protocol.encode({"error": message, "status": int(exc.status)}), end="")

@@ -6,7 +6,6 @@ helper reading its cached copy) never imports PyYAML.
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 
 from .errors import ExitStatus, GpushellError
@@ -14,43 +13,92 @@ from .errors import ExitStatus, GpushellError
 GpuSpec = str | tuple[int, ...]  # "all", "none" or GPU indices
 
 
-@dataclasses.dataclass(frozen=True)
-class Mount:
-    source: str
-    target: str
-    readonly: bool = True
+class _Value:
+    """Equality, hash, repr and replace() from __slots__.
+
+    Hand-written rather than dataclasses: the root helper builds these on
+    every login, and importing `dataclasses` (with `inspect`) cost ~6 ms.
+    Treat instances as immutable.
+    """
+
+    __slots__: tuple[str, ...] = ()
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self._values() == other._values()  # type: ignore[attr-defined, unused-ignore]
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"{type(self).__name__}({fields})"
 
 
-@dataclasses.dataclass(frozen=True)
-class User:
-    name: str
-    port: int
-    ip: ipaddress.IPv4Address
-    idmap: int
-    container: str
-    gpus: GpuSpec
-    mounts: tuple[Mount, ...]
-    autostart: bool = False
+class Mount(_Value):
+    __slots__ = ("readonly", "source", "target")
+
+    def __init__(self, source: str, target: str, readonly: bool = True) -> None:
+        self.source, self.target, self.readonly = source, target, readonly
 
 
-@dataclasses.dataclass(frozen=True)
-class Registry:
-    path: str
-    hostname: str
-    bridge: str
-    subnet: ipaddress.IPv4Network
-    ports: tuple[int, int]
-    template: str
-    lxcpath: str
-    chain: str
-    idmap_start: int
-    idmap_size: int
-    gpus: GpuSpec
-    mounts: tuple[Mount, ...]
-    start_timeout: float
-    idle_timeout: int
-    masquerade: bool
-    users: dict[str, User]
+class User(_Value):
+    __slots__ = ("autostart", "container", "gpus", "idmap", "ip", "mounts", "name", "port")
+
+    def __init__(
+        self,
+        name: str,
+        port: int,
+        ip: ipaddress.IPv4Address,
+        idmap: int,
+        container: str,
+        gpus: GpuSpec,
+        mounts: tuple[Mount, ...],
+        autostart: bool = False,
+    ) -> None:
+        self.name, self.port, self.ip, self.idmap = name, port, ip, idmap
+        self.container, self.gpus, self.mounts, self.autostart = container, gpus, mounts, autostart
+
+
+class Registry(_Value):
+    __slots__ = (
+        "bridge", "chain", "gpus", "hostname", "idle_timeout", "idmap_size", "idmap_start", "lxcpath",
+        "masquerade", "mounts", "path", "ports", "start_timeout", "subnet", "template", "users",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        path: str,
+        hostname: str,
+        bridge: str,
+        subnet: ipaddress.IPv4Network,
+        ports: tuple[int, int],
+        template: str,
+        lxcpath: str,
+        chain: str,
+        idmap_start: int,
+        idmap_size: int,
+        gpus: GpuSpec,
+        mounts: tuple[Mount, ...],
+        start_timeout: float,
+        idle_timeout: int,
+        masquerade: bool,
+        users: dict[str, User],
+    ) -> None:
+        self.path, self.hostname, self.bridge, self.subnet = path, hostname, bridge, subnet
+        self.ports, self.template, self.lxcpath, self.chain = ports, template, lxcpath, chain
+        self.idmap_start, self.idmap_size, self.gpus, self.mounts = idmap_start, idmap_size, gpus, mounts
+        self.start_timeout, self.idle_timeout, self.masquerade = start_timeout, idle_timeout, masquerade
+        self.users = users
+
+    def __hash__(self) -> int:
+        return hash((self.path, self.hostname))  # users is a dict
+
+    def with_users(self, users: dict[str, User]) -> Registry:
+        values = {name: getattr(self, name) for name in self.__slots__}
+        return Registry(**{**values, "users": users})
 
     @property
     def gateway(self) -> ipaddress.IPv4Address:

@@ -7,7 +7,6 @@ is already used by alice``).  Reading the file safely lives in registry_file.
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import re
 from collections.abc import Callable
@@ -256,7 +255,7 @@ class _Validator:
             **settings,
         )
         users = self.users(nodes.get("users"), defaults)
-        return dataclasses.replace(defaults, users=users)
+        return defaults.with_users(users)
 
     def idmap_settings(self, node: yaml.Node | None) -> tuple[int, int]:
         default = SETTINGS_DEFAULTS["idmap"]

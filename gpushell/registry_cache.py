@@ -15,12 +15,15 @@ from __future__ import annotations
 import ipaddress
 import marshal
 import os
-from typing import Any
 
 from .errors import ExitStatus, GpushellError
 from .model import Mount, Registry, User
 from .ownership import check_owned_by_root
 from .paths import Paths
+
+TYPE_CHECKING = False  # `typing` stays off the login path
+if TYPE_CHECKING:
+    from typing import Any
 
 FORMAT = 1
 Identity = tuple[int, int, int, int, int]

@@ -18,6 +18,19 @@ from .errors import GpushellError
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+def _open_dir(name: str, dir_fd: int, rootfs: str, path: str) -> int:
+    """Open a directory entry that must be a real directory, never a link."""
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise GpushellError(
+                "refusing to follow a link inside the container",
+                f"{rootfs}/{path}: {name} is a link or not a directory",
+            ) from None
+        raise
+
+
 @contextlib.contextmanager
 def _directory(rootfs: str, relative_dir: str, create_mode: int | None) -> Iterator[int]:
     fd = os.open(rootfs, _DIR_FLAGS)
@@ -28,15 +41,7 @@ def _directory(rootfs: str, relative_dir: str, create_mode: int | None) -> Itera
             if create_mode is not None:
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(part, create_mode, dir_fd=fd)
-            try:
-                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise GpushellError(
-                        "refusing to follow a link inside the container",
-                        f"{rootfs}/{relative_dir}: {part} is a link or not a directory",
-                    ) from None
-                raise
+            child = _open_dir(part, fd, rootfs, relative_dir)
             os.close(fd)
             fd = child
         yield fd
@@ -80,7 +85,7 @@ def make_dir(rootfs: str, path: str, mode: int, owner: tuple[int, int]) -> None:
     with _directory(rootfs, parent, None) as dir_fd:
         with contextlib.suppress(FileExistsError):
             os.mkdir(name, mode, dir_fd=dir_fd)
-        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        fd = _open_dir(name, dir_fd, rootfs, path)
         try:
             os.fchown(fd, *owner)
             os.fchmod(fd, mode)

@@ -7,11 +7,23 @@ program.  Tests check exact argv lists through `record` hooks.
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Callable, Sequence
-
+from . import spawn
 from .environment import SAFE_ENV
 from .errors import GpushellError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+
+class Result:
+    """What a command did: its exit status and its output."""
+
+    __slots__ = ("returncode", "stderr", "stdout")
+
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
 
 # Called with every argv before it runs; tests append to a list here.
 observers: list[Callable[[Sequence[str]], None]] = []
@@ -23,23 +35,17 @@ def run(
     stdin: str | None = None,
     check: bool = True,
     timeout: float = 120.0,
-) -> subprocess.CompletedProcess[str]:
+) -> Result:
     """Run argv and return its result; raise GpushellError when check fails."""
     for observe in observers:
         observe(argv)
     try:
-        result = subprocess.run(
-            list(argv),
-            input=stdin,
-            stdin=None if stdin is not None else subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            env=SAFE_ENV,
-            timeout=timeout,
-            check=False,
+        status, out, err = spawn.run(
+            argv, SAFE_ENV, stdin=None if stdin is None else stdin.encode(), timeout=timeout
         )
-    except (OSError, subprocess.TimeoutExpired) as exc:
+    except (OSError, spawn.Timeout) as exc:
         raise GpushellError(f"could not run {argv[0]}", f"running {list(argv)} failed: {exc}") from exc
+    result = Result(status, out, err)
     if check and result.returncode != 0:
         detail = (result.stderr or result.stdout).strip().splitlines()
         last = detail[-1] if detail else f"exit status {result.returncode}"

@@ -6,21 +6,24 @@ helper (for the student) and gpushell-admin (for the admin) call these.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
-
 from . import forward, iptables
-from .containers import RUNNING, ContainerDriver, wait_for_sshd
+from .containers import RUNNING, sshd_answers, wait_for_sshd
 from .lock import locked
-from .model import Registry, User
-from .paths import Paths
+
+TYPE_CHECKING = False  # `typing` stays off the login path
+if TYPE_CHECKING:
+    from .containers import ContainerDriver
+    from .model import Registry, User
+    from .paths import Paths
 
 
-@dataclasses.dataclass
 class Context:
-    paths: Paths
-    registry: Registry
-    driver: ContainerDriver
+    """Where an action happens: install paths, the registry, the container backend."""
+
+    __slots__ = ("driver", "paths", "registry")
+
+    def __init__(self, paths: Paths, registry: Registry, driver: ContainerDriver) -> None:
+        self.paths, self.registry, self.driver = paths, registry, driver
 
 
 def ensure_forward(ctx: Context, user: User) -> bool:
@@ -39,7 +42,13 @@ def remove_forward(ctx: Context, name: str) -> bool:
 
 
 def ensure_running(ctx: Context, user: User) -> bool:
-    """Start the container if needed and wait for its sshd; True when it was started."""
+    """Start the container if needed and wait for its sshd; True when it was started.
+
+    The common case, a running container, is settled by one connect to its
+    sshd, without asking LXC.
+    """
+    if sshd_answers(str(user.ip), timeout=0.2):
+        return False
     started = ctx.driver.state(user.container) != RUNNING
     if started:
         ctx.driver.start(user.container)
@@ -47,7 +56,7 @@ def ensure_running(ctx: Context, user: User) -> bool:
     return started
 
 
-def describe(ctx: Context, user: User, **extra: Any) -> dict[str, Any]:
+def describe(ctx: Context, user: User, state: str | None = None, **extra: object) -> dict[str, object]:
     """What the student's side shows: plain data, rendered there."""
     return {
         "user": user.name,
@@ -55,7 +64,7 @@ def describe(ctx: Context, user: User, **extra: Any) -> dict[str, Any]:
         "port": user.port,
         "container": user.container,
         "ip": str(user.ip),
-        "state": ctx.driver.state(user.container),
+        "state": state or ctx.driver.state(user.container),
         "idle_timeout": ctx.registry.idle_timeout,
         **extra,
     }

@@ -1,14 +1,17 @@
-"""Running the helper from the login shell: posix_spawn, two pipes, select.
+"""Running a program: posix_spawn, pipes and select, nothing more.
 
-The `subprocess` module would cost every login its import; this is the
-little of it the shell needs.  A tick callback runs while the child works,
-so the shell can draw a spinner.
+`subprocess` would add its imports (threading, selectors, ...) to every
+login, for both the student's shell and the root helper; this is the
+little of it gpushell needs.  A tick callback runs while the child works,
+so the shell can draw a spinner.  The program is found by absolute path or
+on the PATH of the environment given, never the caller's.
 """
 
 from __future__ import annotations
 
 import os
 import select
+import signal
 import time
 
 TYPE_CHECKING = False
@@ -16,45 +19,85 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
 
+class Timeout(Exception):
+    pass
+
+
+def _no_tick(_seconds: float) -> None:
+    pass
+
+
+def _resolve(program: str, env: dict[str, str]) -> str:
+    if "/" in program:
+        return program
+    for directory in env.get("PATH", "").split(":"):
+        candidate = os.path.join(directory, program)
+        if os.access(candidate, os.X_OK):
+            return candidate
+    raise FileNotFoundError(f"{program} not found on {env.get('PATH', '')}")
+
+
 def run(
-    argv: Sequence[str], env: dict[str, str], tick: Callable[[float], None], interval: float = 0.1
+    argv: Sequence[str],
+    env: dict[str, str],
+    tick: Callable[[float], None] = _no_tick,
+    stdin: bytes | None = None,
+    timeout: float | None = None,
+    interval: float = 0.1,
 ) -> tuple[int, str, str]:
-    """Run argv with stdin from /dev/null; return (exit status, stdout, stderr)."""
+    """Run argv; return (exit status, stdout, stderr).  stdin is /dev/null unless given."""
     out_read, out_write = os.pipe()
     err_read, err_write = os.pipe()
-    devnull = os.open(os.devnull, os.O_RDONLY)
+    in_read, in_write = os.pipe() if stdin is not None else (os.open(os.devnull, os.O_RDONLY), -1)
     try:
         pid = os.posix_spawn(
-            argv[0], list(argv), env,
+            _resolve(argv[0], env), list(argv), env,
             file_actions=[
-                (os.POSIX_SPAWN_DUP2, devnull, 0),
+                (os.POSIX_SPAWN_DUP2, in_read, 0),
                 (os.POSIX_SPAWN_DUP2, out_write, 1),
                 (os.POSIX_SPAWN_DUP2, err_write, 2),
             ],
         )  # fmt: skip
     except OSError:
-        for fd in (out_read, err_read):
-            os.close(fd)
+        for fd in (out_read, err_read, in_write):
+            if fd >= 0:
+                os.close(fd)
         raise
     finally:
-        for fd in (out_write, err_write, devnull):
+        for fd in (out_write, err_write, in_read):
             os.close(fd)
     chunks: dict[int, list[bytes]] = {out_read: [], err_read: []}
     pending = [out_read, err_read]
+    to_write = memoryview(stdin or b"")
+    writers = [in_write] if in_write >= 0 else []
     began = time.monotonic()
     try:
-        while pending:
-            ready, _, _ = select.select(pending, [], [], interval)
+        while pending or writers:
+            ready, writable, _ = select.select(pending, writers, [], interval)
+            if writable:
+                try:
+                    sent = os.write(in_write, to_write[:65536])
+                except BrokenPipeError:
+                    sent = len(to_write)
+                to_write = to_write[sent:]
+                if not to_write:
+                    os.close(in_write)
+                    writers = []
             for fd in ready:
                 data = os.read(fd, 65536)
                 if data:
                     chunks[fd].append(data)
                 else:
                     pending.remove(fd)
-            if not ready:
-                tick(time.monotonic() - began)
+            elapsed = time.monotonic() - began
+            if timeout is not None and elapsed > timeout:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise Timeout(f"{argv[0]} ran longer than {timeout} s")
+            if not ready and not writable:
+                tick(elapsed)
     finally:
-        for fd in (out_read, err_read):
+        for fd in (out_read, err_read, *writers):
             os.close(fd)
     _, status = os.waitpid(pid, 0)
     out, err = (b"".join(chunks[fd]).decode(errors="replace") for fd in (out_read, err_read))

@@ -24,13 +24,17 @@ import subprocess
 import time
 from collections.abc import Iterator, Sequence
 
+
+def installed_script(module: str, paths_arguments: str) -> str:
+    """The entry point `make install` writes, with the lab's paths, from the installed package."""
+    code = (
+        "import sys; from gpushell import entrypoints; "
+        f"sys.stdout.write(entrypoints.script({module!r}, {paths_arguments!r}))"
+    )
+    return sh(["/usr/bin/python3", "-I", "-c", code]).stdout
+
+
 ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
-WRAPPER = """#!/usr/bin/python3 -I
-import sys
-from gpushell.paths import Paths
-from gpushell.{module} import main
-sys.exit(main(Paths({paths})))
-"""
 SSH_OPTIONS = (
     "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
     "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "IdentitiesOnly=yes",
@@ -122,7 +126,7 @@ class Lab:
             ("admin", "gpushell-admin"),
         ):
             with open(f"{self.root}/bin/{name}", "w", encoding="utf-8") as script:
-                script.write(WRAPPER.format(module=module, paths=arguments))
+                script.write(installed_script(module, arguments))
             os.chmod(f"{self.root}/bin/{name}", 0o755)
         self.write_registry(self.registry_text())
         self.admin("init")

@@ -167,7 +167,7 @@ def test_make_dir_existing_fixes_mode_and_owner(root):
 def test_make_dir_refuses_link(root, outside):
     (root / "home" / "alice" / ".ssh").symlink_to(outside)
     mode = stat.S_IMODE(outside.stat().st_mode)
-    with pytest.raises(OSError):
+    with pytest.raises(GpushellError):
         make_dir(str(root), "home/alice/.ssh", 0o777, (1000, 1000))
     assert stat.S_IMODE(outside.stat().st_mode) == mode
     assert outside.stat().st_uid == 0
