@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gpushell import registry
+from gpushell import forward, iptables, registry
 from tests.integration.lab import Lab, Student, sh
 
 REPEAT = int(os.environ.get("BENCH_REPEAT", "21"))
@@ -184,11 +184,20 @@ def bench_growth(lab: Lab, student: Student, small: list[float], original: str) 
         rules = registered(lab, original, 1000)
         large = samples(lambda: login_to_prompt(lab, student))
         report(f"3. login with {rules} forwards", large, "with 10", small, "<= 1.2", lambda r: r <= 1.2)
+        reg = registry.parse(lab.read_registry(), lab.registry)
+
+        def rebuild() -> None:  # what apply does to the chain: one read, one iptables-restore
+            table = iptables.read_nat()
+            iptables.apply(forward.rebuild_lines(table, reg, reg.users.values()))
+
+        rebuilds = samples(rebuild, count=max(5, REPEAT // 2))
         apply = samples(lambda: lab.admin(*rebuild_command(lab)), count=max(3, REPEAT // 4))
         save = sh(["iptables-save", "-t", "nat"]).stdout.splitlines()
         lines = [line for line in save if line.startswith(f"-A {lab.chain} ")]
         singles = samples(lambda: single_iptables_calls(lab, lines), count=1)
-        report(f"3. rebuild {rules} forwards ({rebuild_command(lab)[0]})", apply, f"{rules} x iptables -A",
+        report(f"3. rebuild {rules} forwards (the chain step of apply)", rebuilds, f"{rules} x iptables -A",
+               singles, ">= 50x faster", lambda r: r <= 1 / 50)  # fmt: skip
+        report(f"3. gpushell-admin {rebuild_command(lab)[0]}, whole command", apply, f"{rules} x iptables -A",
                singles, ">= 50x faster", lambda r: r <= 1 / 50)  # fmt: skip
     finally:
         registered(lab, original, 10)
@@ -266,15 +275,23 @@ def bench_memory(lab: Lab, student: Student) -> None:
 
 
 def bench_overhead(lab: Lab, student: Student) -> None:
+    """The same workload timed from inside (date +%s%N around it) in the container and on the host."""
     lab.ssh(student, "start")
     inside = ["lxc-attach", "-P", lab.lxcpath, "-n", student.container, "--clear-env", "--"]
-    cpu = ["sh", "-c", "head -c 400M /dev/zero | sha256sum >/dev/null"]
-    mem = ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=200", "status=none"]
-    for label, work in (("CPU-bound (sha256)", cpu), ("memory-bound (dd 64M blocks)", mem)):
-        host = samples(lambda w=work: sh(w), count=5)  # type: ignore[misc]
-        guest = samples(lambda w=work: sh([*inside, *w]), count=5)  # type: ignore[misc]
+    workloads = {
+        "CPU-bound (sha256 of 400 MB)": "head -c 400M /dev/zero | sha256sum >/dev/null",
+        "memory-bound (dd, 64 MB blocks)": "dd if=/dev/zero of=/dev/null bs=64M count=200 status=none",
+    }
+    for label, work in workloads.items():
+        script = f"a=$(date +%s%N); {work}; b=$(date +%s%N); echo $(( (b - a) / 1000 ))"
+
+        def run_on(prefix: list[str], script: str = script) -> float:
+            return int(sh([*prefix, "sh", "-c", script]).stdout) / 1000
+
+        host = [run_on([]) for _ in range(5)]
+        guest = [run_on(inside) for _ in range(5)]
         # Throughput ratio container/host = host time / container time.
-        report(f"6. {label} in container", guest, "on the host", host, "time <= 1/0.98",
+        report(f"6. {label}, in container", guest, "on the host", host, "throughput >= 0.98",
                lambda r: 1 / r >= 0.98)  # fmt: skip
 
 
@@ -298,9 +315,9 @@ def main() -> int:
         small = bench_login(lab, student)
         bench_cold_start(lab, student)
         bench_growth(lab, student, small, original)
-        bench_add(lab)
         bench_memory(lab, student)
         bench_overhead(lab, student)
+        bench_add(lab)  # last: its copies leave the disk busy writing back
     finally:
         lab.destroy()
     print(f"\n{len(ROWS)} figures in {time.monotonic() - began:.0f} s, repeat={REPEAT}; lab removed.")

@@ -77,8 +77,13 @@ class LxcDriver(ContainerDriver):
             raise GpushellError("your container failed to stop", f"lxc-stop {name}: {result.stderr.strip()}")
 
 
-def sshd_answers(ip: str, port: int = 22, timeout: float = 1.0) -> bool:
-    """True when something accepts a TCP connection at ip:port (an IP literal: no DNS)."""
+def sshd_answers(ip: str, port: int = 22, timeout: float = 0.01) -> bool:
+    """True when something accepts a TCP connection at ip:port (an IP literal: no DNS).
+
+    A container on the local bridge answers in well under a millisecond; the
+    short timeout only bounds the wait for an address that is not up yet
+    (no ARP reply), so a poll never stalls for long.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.settimeout(timeout)
         try:

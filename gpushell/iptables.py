@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
-from . import forward
+from . import forward, nftgen
 from .runner import run
 
 IPTABLES_SAVE = "/usr/sbin/iptables-save"
@@ -22,3 +23,14 @@ def apply(lines: Sequence[str]) -> bool:
     # -w: wait for the xtables lock instead of failing next to another writer.
     run([IPTABLES_RESTORE, "-w", "--noflush"], stdin=forward.restore_script(lines))
     return True
+
+
+def generation() -> int | None:
+    """nf_tables' ruleset generation, when iptables is its front end here.
+
+    With the legacy iptables backend nf_tables never sees the rules, so
+    its counter proves nothing: None, and callers read the rules instead.
+    """
+    if not os.path.realpath(IPTABLES_SAVE).endswith("xtables-nft-multi"):
+        return None
+    return nftgen.generation()

@@ -6,6 +6,8 @@ helper (for the student) and gpushell-admin (for the admin) call these.
 
 from __future__ import annotations
 
+import os
+
 from . import forward, iptables
 from .containers import RUNNING, sshd_answers, wait_for_sshd
 from .lock import locked
@@ -27,16 +29,51 @@ class Context:
 
 
 def ensure_forward(ctx: Context, user: User) -> bool:
-    """Make the user's DNAT rule exist and be right; True when it had to change."""
+    """Make the user's DNAT rule exist and be right; True when it had to change.
+
+    The rules are read only when the ruleset changed since this user's rule
+    was last verified (nf_tables' generation counter, kept in a stamp):
+    a login then costs the same with ten students or a thousand.
+    """
+    wanted = " ".join(forward.user_rule(ctx.registry.chain, user))
+    stamp = f"{ctx.paths.run_dir}/forward-{user.name}.stamp"
     # One writer at a time: two users' first logins after a reboot would
     # otherwise both create the chain.
     with locked(f"{ctx.paths.run_dir}/forward.lock"):
+        before = iptables.generation()
+        if before is not None and read_stamp(stamp) == f"{before} {wanted}":
+            return False
         table = iptables.read_nat()
-        return iptables.apply(forward.ensure_user_lines(table, ctx.registry.chain, user))
+        changed = iptables.apply(forward.ensure_user_lines(table, ctx.registry.chain, user))
+        after = iptables.generation()
+        # Stamp only if nobody else changed the ruleset between our read and now.
+        if before is not None and after == before + int(changed):
+            write_stamp(stamp, f"{after} {wanted}")
+        else:
+            write_stamp(stamp, "")
+        return changed
+
+
+def read_stamp(path: str) -> str:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return ""
+    with os.fdopen(fd, encoding="utf-8") as stream:
+        return stream.read()
+
+
+def write_stamp(path: str, text: str) -> None:
+    temporary = f"{path}.{os.getpid()}"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as stream:
+        stream.write(text)
+    os.rename(temporary, path)
 
 
 def remove_forward(ctx: Context, name: str) -> bool:
     with locked(f"{ctx.paths.run_dir}/forward.lock"):
+        write_stamp(f"{ctx.paths.run_dir}/forward-{name}.stamp", "")
         table = iptables.read_nat()
         return iptables.apply(forward.remove_user_lines(table, ctx.registry.chain, name))
 
@@ -47,7 +84,7 @@ def ensure_running(ctx: Context, user: User) -> bool:
     The common case, a running container, is settled by one connect to its
     sshd, without asking LXC.
     """
-    if sshd_answers(str(user.ip), timeout=0.2):
+    if sshd_answers(str(user.ip)):
         return False
     started = ctx.driver.state(user.container) != RUNNING
     if started:

@@ -181,6 +181,19 @@ def test_two_simultaneous_logins_start_once_and_leave_one_rule(
     assert lab.ssh(student, "hostname", port=student.port).stdout.strip() == student.container
 
 
+def test_login_restores_a_forward_removed_behind_its_back(lab: Lab, student: Student) -> None:
+    """The login's shortcut (ruleset unchanged since last check) must notice a flush."""
+    assert lab.ssh(student, "start").returncode == 0
+    assert lab.ssh(student, "start").returncode == 0  # second time: the shortcut path
+    assert len(lab.rules_for(student.name)) == 1
+    subprocess.run(["iptables", "-t", "nat", "-F", lab.chain], check=True)
+    assert lab.rules_for(student.name) == []
+    assert lab.ssh(student, "start").returncode == 0
+    assert len(lab.rules_for(student.name)) == 1
+    inside = lab.ssh(student, "hostname", port=student.port)
+    assert inside.stdout.strip() == student.container
+
+
 def test_every_action_leaves_an_audit_line(lab: Lab, student: Student, syslog: Syslog) -> None:
     lab.ssh(student, "status")
     lab.ssh(student, "bash -i")
