@@ -34,21 +34,6 @@ PYTHON = "/usr/bin/python3"
 # --- helpers --------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def syslog() -> Iterator[Syslog]:
-    """Like conftest's, but waits (bounded) while another lab run holds /dev/log."""
-    deadline = time.monotonic() + 900
-    while os.path.exists("/dev/log") and time.monotonic() < deadline:
-        time.sleep(1)
-    if os.path.exists("/dev/log"):
-        pytest.skip("a syslog daemon or another lab run owns /dev/log; the audit lines go there")
-    log = Syslog()
-    try:
-        yield log
-    finally:
-        log.close()
-
-
 @pytest.fixture(scope="module")
 def attacker(lab: Lab) -> Iterator[Student]:
     """One student for the many refusal cases; its container stays stopped throughout."""
