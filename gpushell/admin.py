@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import os
 import sys
 from collections.abc import Sequence
@@ -11,10 +12,13 @@ from collections.abc import Sequence
 from . import (
     __version__,
     accounts,
+    admin_extra,
     allocate,
+    archive,
     doctor,
     hostsetup,
     inventory,
+    leftovers,
     provision,
     reconcile,
     registry,
@@ -44,16 +48,25 @@ def cmd_init(paths: Paths, args: argparse.Namespace) -> int:
 
 def cmd_template_build(paths: Paths, args: argparse.Namespace) -> int:
     reg = registry_file.load(paths.registry)
-    directory = provision.container_dir(reg, reg.template)
+    name = args.name or reg.template
+    if not registry.CONTAINER_NAME.fullmatch(name):
+        raise GpushellError(f"{name!r} is not a valid template name", status=ExitStatus.USAGE)
+    if any(user.container == name for user in reg.users.values()):
+        raise GpushellError(f"{name} is a student's container, not a template", status=ExitStatus.USAGE)
+    directory = provision.container_dir(reg, name)
     if os.path.exists(directory) and not args.force:
-        say(f"template {reg.template} is already built ({directory}); --force rebuilds it")
+        say(f"template {name} is already built ({directory}); --force rebuilds it")
         return ExitStatus.OK
     extra = tuple(p for p in (args.packages or "").split(",") if p)
     tarball = template.ensure_cached(paths.template_cache, args.suite, extra, args.mirror)
-    if os.path.exists(directory):
-        provision.destroy(reg, reg.template)
-    template.install(tarball, reg.lxcpath, reg.template)
-    say(f"template {reg.template} built from {tarball}")
+    # Under the registry lock: an add copying this template meanwhile must
+    # not see it half-replaced, and apply must not take the staging
+    # directory for a leftover.
+    with locked(paths.registry_lock):
+        if os.path.exists(directory):
+            provision.destroy(reg, name)
+        template.install(tarball, reg.lxcpath, name, args.suite)
+    say(f"template {name} built from {tarball}")
     return ExitStatus.OK
 
 
@@ -65,6 +78,19 @@ def read_keys(args: argparse.Namespace) -> str:
             return accounts.validate_keys(stream.read(), args.key)
     except OSError as exc:
         raise GpushellError(f"cannot read {args.key}: {exc.strerror}") from None
+
+
+def gpus_option(text: str) -> str | list[int]:
+    """--gpus: all, none, or GPU numbers separated by commas (0,2)."""
+    if text in ("all", "none"):
+        return text
+    parts = text.split(",")
+    if not all(part.strip().isdigit() for part in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: use all, none or GPU numbers like 0,2")
+    numbers = [int(part) for part in parts]
+    if len(set(numbers)) != len(numbers):
+        raise argparse.ArgumentTypeError(f"{text!r} lists a GPU twice")
+    return sorted(numbers)
 
 
 def cmd_add(paths: Paths, args: argparse.Namespace) -> int:
@@ -81,10 +107,17 @@ def cmd_add(paths: Paths, args: argparse.Namespace) -> int:
         if name in reg.users:
             raise GpushellError(f"{name} is already registered (port {reg.users[name].port})")
         alloc = allocate.allocate(reg, args.port)
-        new_text = registry_edit.add_user(old_text, name, alloc)
+        extra = {"gpus": args.gpus} if args.gpus is not None else None
+        new_text = registry_edit.add_user(old_text, name, alloc, extra)
         new_reg = registry.parse(new_text, paths.registry)
         user = new_reg.users[name]
 
+        # Noted before the first change: if this process dies, apply knows
+        # what to undo (see leftovers.py).
+        journal = leftovers.journal_path(new_reg.lxcpath, name)
+        os.makedirs(new_reg.lxcpath, mode=0o755, exist_ok=True)
+        registry_file.write_atomically(journal, leftovers.journal_now(name, user.container).dumps(), 0o600)
+        undo.callback(leftovers.forget, journal)
         account = accounts.ensure_account(name, paths.shell, paths.group)
         undo.callback(accounts.undo_account, account, paths.group)
         if keys:
@@ -96,6 +129,7 @@ def cmd_add(paths: Paths, args: argparse.Namespace) -> int:
         undo.callback(services.remove_forward, ctx, name)
         registry_file.write_atomically(paths.registry, new_text)
         undo.pop_all()
+        leftovers.forget(journal)
     say(
         f"added {name}: port {user.port}, container {user.container} at {user.ip}, "
         f"ids {user.idmap}-{user.idmap + reg.idmap_size - 1}, "
@@ -118,6 +152,11 @@ def cmd_remove(paths: Paths, args: argparse.Namespace) -> int:
         ctx = services.Context(paths, reg, LxcDriver(reg.lxcpath))
         with locked(paths.user_lock(name)):
             ctx.driver.stop(user.container)
+            kept = ""
+            if args.archive:
+                # Before anything is destroyed; a failure here aborts the remove.
+                rootfs = os.path.join(provision.container_dir(reg, user.container), "rootfs")
+                kept = archive.archive_rootfs(rootfs, args.archive, name, datetime.datetime.now(datetime.UTC))
             services.remove_forward(ctx, name)
             provision.destroy(reg, user.container)
             new_text = registry_edit.remove_user(old_text, name)
@@ -129,6 +168,8 @@ def cmd_remove(paths: Paths, args: argparse.Namespace) -> int:
         f"removed {name}: container {user.container} destroyed, port {user.port} freed"
         + (", host account deleted" if args.purge else ", host account kept")
     )
+    if kept:
+        say(f"rootfs kept in {kept}")
     return ExitStatus.OK
 
 
@@ -211,11 +252,30 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build the template with debootstrap from the Debian "
         "mirror apt uses on this host; cached, so a rebuild takes seconds.",
     )
+    build.add_argument(
+        "--name", metavar="NAME", help="the template's name (default: the registry's template)"
+    )
     build.add_argument("--suite", default=template.SUITE, help="Debian suite (default: %(default)s)")
     build.add_argument("--mirror", metavar="URL", help="Debian mirror (default: the one in apt's sources)")
     build.add_argument("--packages", metavar="LIST", help="extra packages, comma separated")
     build.add_argument("--force", action="store_true", help="rebuild even if the template exists")
     build.set_defaults(run=cmd_template_build)
+    tpl_list = tpl_commands.add_parser(
+        "list",
+        help="show the built templates",
+        description="One row per template in the lxcpath: name, suite, size, the "
+        "students whose containers were copied from it, and which one new students get.",
+    )
+    tpl_list.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    tpl_list.set_defaults(run=lambda paths, args: admin_extra.cmd_template_list(paths, args, say))
+    tpl_use = tpl_commands.add_parser(
+        "use",
+        help="make new students get another (built) template",
+        description="Set the registry's template: key, keeping its comments.  "
+        "Existing containers are full copies and do not change.",
+    )
+    tpl_use.add_argument("name", metavar="NAME", help="a built template")
+    tpl_use.set_defaults(run=lambda paths, args: admin_extra.cmd_template_use(paths, args, say))
 
     add = commands.add_parser(
         "add",
@@ -231,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="authorized_keys file for the student (default: the host account's existing keys, if any)",
     )
     add.add_argument("--port", type=int, metavar="N", help="host port to forward (default: lowest free)")
+    add.add_argument(
+        "--gpus",
+        type=gpus_option,
+        metavar="LIST",
+        help="GPUs for the container: all, none or numbers like 0,2 (default: the registry's gpus)",
+    )
     add.set_defaults(run=cmd_add)
 
     remove = commands.add_parser(
@@ -241,7 +307,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     remove.add_argument("user", metavar="USER", help="the student's user name")
     remove.add_argument("--purge", action="store_true", help="also delete the host account and its home")
+    remove.add_argument(
+        "--archive",
+        metavar="DIR",
+        help="first keep the container's rootfs as DIR/USER-TIME.tar (numeric owners); "
+        "if that fails, nothing is removed",
+    )
     remove.set_defaults(run=cmd_remove)
+
+    setting = commands.add_parser(
+        "set",
+        help="change a student's gpus, port or autostart",
+        description="Edit the student's registry entry in place (comments kept), "
+        "then apply it: a new port replaces the forward at once, autostart and "
+        "gpus regenerate the container's config (gpus take effect at its next start).",
+    )
+    setting.add_argument("user", metavar="USER", help="the student's user name")
+    setting.add_argument(
+        "assignments",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="gpus=all|none|0,2  port=N  autostart=true|false",
+    )
+    setting.set_defaults(run=lambda paths, args: admin_extra.cmd_set(paths, args, say))
 
     listing = commands.add_parser(
         "list",

@@ -12,7 +12,7 @@ import os
 import stat
 from collections.abc import Callable, Iterable
 
-from . import chaincheck, dropins, iptables, provision, reconcile, registry
+from . import chaincheck, dropins, gpudevices, iptables, leftovers, provision, reconcile, registry
 from .errors import GpushellError
 from .forward import JUMP_CHAINS, TAG, NatTable, comment_of, jump_rule, user_rule
 from .ownership import check_owned_by_root
@@ -59,6 +59,10 @@ class Facts:
     listeners: dict[int, str]  # TCP port a host process listens on -> who
     accounts: dict[str, reconcile.Account | None]
     apparmor_profile: str = "generated"
+    gpu: gpudevices.GpuHost = gpudevices.NO_DRIVER
+    student_ids: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
+    leftovers: tuple[leftovers.Leftover, ...] = ()  # of interrupted adds (leftovers.find)
+    kept_accounts: tuple[str, ...] = ()  # in the group, no entry: kept by remove without --purge
 
 
 # --- checks (pure) -----------------------------------------------------------
@@ -213,7 +217,10 @@ def check_containers(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]
             continue
         found.append(
             finding(
-                current == reconcile.wanted_config(reg, user, facts.apparmor_profile),
+                current
+                == reconcile.wanted_config(
+                    reg, user, facts.apparmor_profile, facts.gpu.nodes, facts.student_ids.get(user.name)
+                ),
                 f"{user.name}: container {user.container} config matches the registry",
                 f"{user.name}: {reconcile.config_path(reg, user.container)} differs from the registry's",
                 APPLY,
@@ -262,6 +269,51 @@ def check_accounts(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
     return found
 
 
+def check_gpu_nodes(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
+    """Nodes the loaded NVIDIA modules call for (/proc/devices) but that are missing or stale."""
+    host = facts.gpu
+    found = [
+        Finding(
+            False,
+            f"{os.path.join(host.dev_dir, node.name)} is missing "
+            f"(the driver offers c {node.major}:{node.minor})",
+            f"{APPLY} (or: {gpudevices.mknod_command(host.dev_dir, node)})",
+        )
+        for node in gpudevices.missing(host)
+    ]
+    found += [
+        Finding(
+            False,
+            f"{os.path.join(host.dev_dir, have.name)} is c {have.major}:{have.minor}, "
+            f"the driver says c {want.major}:{want.minor}",
+            f"rm {os.path.join(host.dev_dir, have.name)} && {APPLY}",
+        )
+        for have, want in gpudevices.wrong(host)
+    ]
+    if found or not gpudevices.expected(host):
+        return found  # no NVIDIA driver loaded: nothing to say
+    return [Finding(True, f"NVIDIA device nodes in {host.dev_dir} match the loaded driver")]
+
+
+def check_leftovers(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
+    found = [
+        Finding(False, item.what, APPLY if item.action != leftovers.REPORT else item.fix)
+        for item in facts.leftovers
+    ]
+    if not found:
+        found.append(Finding(True, f"no leftovers of interrupted adds in {reg.lxcpath}"))
+    if facts.kept_accounts:
+        found.append(
+            Finding(
+                True,
+                f"host accounts in group {paths.group} kept without a registry entry: "
+                + ", ".join(facts.kept_accounts)
+                + " (gpushell-admin add NAME registers one again)",
+            )
+        )
+    return found
+
+
 Check = Callable[[Registry, Paths, Facts], list[Finding]]
 CHECKS: tuple[Check, ...] = (
     check_bridge,
@@ -271,9 +323,11 @@ CHECKS: tuple[Check, ...] = (
     check_dropins,
     check_subids,
     check_template,
+    check_gpu_nodes,
     check_containers,
     check_ports,
     check_accounts,
+    check_leftovers,
 )
 
 
@@ -329,6 +383,7 @@ def listeners() -> dict[int, str]:
 
 
 def gather(reg: Registry, paths: Paths) -> Facts:
+    scan = leftovers.scan(reg, paths)
     exists = os.path.exists(f"/sys/class/net/{reg.bridge}")
     return Facts(
         bridge_exists=exists,
@@ -343,6 +398,10 @@ def gather(reg: Registry, paths: Paths) -> Facts:
         listeners=listeners(),
         accounts={name: reconcile.host_account(name, paths.group) for name in reg.users},
         apparmor_profile=provision.apparmor_profile(),
+        gpu=gpudevices.read_host(reg.gpu_devices),
+        student_ids=reconcile.host_ids(reg),
+        leftovers=tuple(leftovers.find(reg, paths, scan)),
+        kept_accounts=tuple(leftovers.unregistered_members(reg, scan)),
     )
 
 

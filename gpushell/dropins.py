@@ -11,8 +11,9 @@ def sudoers(paths: Paths) -> str:
     commands = ", ".join(f"{paths.helper} {verb}" for verb in sorted(ACTIONS))
     return (
         "# Installed by gpushell-admin init.  Students run the root helper with\n"
-        "# one fixed verb; sudo resets the environment and sets SUDO_UID.\n"
-        f"Defaults!{paths.helper} env_reset, !requiretty, !lecture\n"
+        "# one fixed verb; sudo resets the environment and sets SUDO_UID.  No PAM\n"
+        "# session or credentials for it: it runs on every login, and sudo still logs.\n"
+        f"Defaults!{paths.helper} env_reset, !requiretty, !lecture, !pam_session, !pam_setcred\n"
         f"%{paths.group} ALL=(root) NOPASSWD: {commands}\n"
     )
 

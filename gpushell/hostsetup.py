@@ -96,6 +96,28 @@ def ensure_subordinate_ids(reg: Registry, report: Report) -> None:
         report(f"added root:{reg.idmap_start}:{count} to {path}")
 
 
+def ensure_student_ids(uid: int, gid: int) -> bool:
+    """root:UID:1 in /etc/subuid and root:GID:1 in /etc/subgid; True when a line was added.
+
+    A container whose student id maps to the host account (lxcconfig.id_map_lines)
+    is started through newuidmap/newgidmap, which allow root only the ids
+    these files give it.
+    """
+    added = False
+    for path, value in (("/etc/subuid", uid), ("/etc/subgid", gid)):
+        try:
+            with open(path, encoding="utf-8") as stream:
+                lines = stream.read().splitlines()
+        except FileNotFoundError:
+            lines = []
+        if any(_covers(line, value) for line in lines):
+            continue
+        lines.append(f"root:{value}:1")
+        registry_file.write_atomically(path, "\n".join(lines) + "\n")
+        added = True
+    return added
+
+
 def _covers(line: str, start: int) -> bool:
     parts = line.split(":")
     return (

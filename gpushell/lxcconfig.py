@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 
+from .gpudevices import Node
 from .model import Registry, User
 
 COMMON_INCLUDES = (
@@ -17,21 +19,81 @@ def mac_address(ip: ipaddress.IPv4Address) -> str:
     return "02:00:" + ":".join(f"{byte:02x}" for byte in ip.packed)
 
 
-def container_config(reg: Registry, user: User, rootfs: str, apparmor_profile: str = "generated") -> str:
-    """The container's LXC config: unprivileged, id-mapped rootfs, static IP.
+STUDENT_ID = 1000  # the student's uid and gid inside their own container
+
+
+def id_map_lines(kind: str, base: int, size: int, student_host_id: int | None) -> list[str]:
+    """The container's id map; with student_host_id, the student's own id goes to that host id.
+
+    Container id 1000 (the student) is then the student's host uid/gid, and
+    the rest of the range stays the student's own: so on a bind-mounted NAS
+    the files the student owns on the host are theirs inside, and what they
+    write there is owned by their host account, as from any other machine.
+    """
+    if student_host_id is None:
+        return [f"lxc.idmap = {kind} 0 {base} {size}"]
+    after = STUDENT_ID + 1
+    return [
+        f"lxc.idmap = {kind} 0 {base} {STUDENT_ID}",
+        f"lxc.idmap = {kind} {STUDENT_ID} {student_host_id} 1",
+        f"lxc.idmap = {kind} {after} {base + after} {size - after}",
+    ]
+
+
+# LXC's own default device list (common.conf), which userns.conf empties
+# for unprivileged containers: mknod of anything (the kernel refuses it in
+# a user namespace anyway), the standard character devices, ptys and fuse.
+BASE_DEVICE_RULES = (
+    "c *:* m", "b *:* m", "c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 5:0 rwm", "c 5:1 rwm",
+    "c 5:2 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 136:* rwm", "c 10:229 rwm",
+)  # fmt: skip
+
+
+def device_lines(gpu_nodes: Sequence[Node], dev_dir: str = "/dev") -> list[str]:
+    """The devices cgroup (v1 and v2 keys: LXC uses the one the host has) and the GPU nodes.
+
+    Everything not listed is denied, so a container can open exactly the
+    GPUs assigned to it even if a node for another one shows up inside.
+    """
+    rules = [*BASE_DEVICE_RULES, *(node.rule() for node in gpu_nodes)]
+    lines = []
+    for key in ("lxc.cgroup.devices", "lxc.cgroup2.devices"):
+        lines.append(f"{key}.deny = a")
+        lines += [f"{key}.allow = {rule}" for rule in rules]
+    source = dev_dir.rstrip("/")
+    lines += [
+        f"lxc.mount.entry = {source}/{node.name} dev/{node.name} none bind,optional,create=file 0 0"
+        for node in gpu_nodes
+    ]
+    return lines
+
+
+def container_config(
+    reg: Registry,
+    user: User,
+    rootfs: str,
+    apparmor_profile: str = "generated",
+    gpu_nodes: Sequence[Node] = (),
+    student_ids: tuple[int, int] | None = None,
+) -> str:
+    """The container's LXC config: unprivileged, id-mapped rootfs, static IP, its GPUs.
 
     The rootfs on disk keeps the template's plain ids; `idmap=container`
     shows it to the container through the user's own id range, so every
     student gets a disjoint range without a chown of the whole tree.
+    `gpu_nodes` are the nodes this user gets (gpudevices.select).
+    `student_ids` (the student's host uid and gid) map the student's own
+    ids to the host account's when the user has mounts (id_map_lines).
+    Mounts are plain bind mounts, not id-mapped ones: see the README.
     """
-    ids = f"0 {user.idmap} {reg.idmap_size}"
+    uid, gid = student_ids if (student_ids and user.mounts) else (None, None)
     lines = [f"lxc.include = {path}" for path in COMMON_INCLUDES]
     lines += [
         f"lxc.uts.name = {user.container}",
         f"lxc.rootfs.path = dir:{rootfs}",
         "lxc.rootfs.options = idmap=container",
-        f"lxc.idmap = u {ids}",
-        f"lxc.idmap = g {ids}",
+        *id_map_lines("u", user.idmap, reg.idmap_size, uid),
+        *id_map_lines("g", user.idmap, reg.idmap_size, gid),
         f"lxc.apparmor.profile = {apparmor_profile}",
         "lxc.net.0.type = veth",
         f"lxc.net.0.link = {reg.bridge}",
@@ -41,6 +103,7 @@ def container_config(reg: Registry, user: User, rootfs: str, apparmor_profile: s
         f"lxc.net.0.ipv4.gateway = {reg.gateway}",
         f"lxc.start.auto = {int(user.autostart)}",
     ]
+    lines += device_lines(gpu_nodes, reg.gpu_devices)
     for mount in user.mounts:
         options = "bind,create=dir," + ("ro" if mount.readonly else "rw")
         lines.append(f"lxc.mount.entry = {mount.source} {mount.target.lstrip('/')} none {options} 0 0")

@@ -64,8 +64,8 @@ class User(_Value):
 
 class Registry(_Value):
     __slots__ = (
-        "bridge", "chain", "gpus", "hostname", "idle_timeout", "idmap_size", "idmap_start", "lxcpath",
-        "masquerade", "mounts", "path", "ports", "start_timeout", "subnet", "template", "users",
+        "bridge", "chain", "gpu_devices", "gpus", "hostname", "idle_timeout", "idmap_size", "idmap_start",
+        "lxcpath", "masquerade", "mounts", "path", "ports", "start_timeout", "subnet", "template", "users",
     )  # fmt: skip
 
     def __init__(
@@ -86,12 +86,13 @@ class Registry(_Value):
         idle_timeout: int,
         masquerade: bool,
         users: dict[str, User],
+        gpu_devices: str = "/dev",
     ) -> None:
         self.path, self.hostname, self.bridge, self.subnet = path, hostname, bridge, subnet
         self.ports, self.template, self.lxcpath, self.chain = ports, template, lxcpath, chain
         self.idmap_start, self.idmap_size, self.gpus, self.mounts = idmap_start, idmap_size, gpus, mounts
         self.start_timeout, self.idle_timeout, self.masquerade = start_timeout, idle_timeout, masquerade
-        self.users = users
+        self.users, self.gpu_devices = users, gpu_devices
 
     def __hash__(self) -> int:
         return hash((self.path, self.hostname))  # users is a dict

@@ -9,16 +9,18 @@ the copy goes through rootfs.write_file, which never follows a link.
 from __future__ import annotations
 
 import os
+import pwd
 import secrets
 import shutil
 import tempfile
 
-from . import lxcconfig, rootfs
+from . import gpudevices, hostsetup, lxcconfig, rootfs
 from .errors import GpushellError
 from .model import Registry, User
 from .runner import run
 
-STUDENT_UID = 1000  # the student's uid inside their own container
+STUDENT_UID = lxcconfig.STUDENT_ID  # the student's uid inside their own container
+ORIGIN_FILE = "gpushell-template"  # in the container's directory, beside config and rootfs
 
 
 def container_dir(reg: Registry, name: str) -> str:
@@ -48,12 +50,33 @@ def create(reg: Registry, user: User, keys: str) -> str:
         create_account(root, user.name, keys)
         final_root = os.path.join(directory, "rootfs")
         with open(os.path.join(staging, "config"), "w", encoding="utf-8") as config:
-            config.write(lxcconfig.container_config(reg, user, final_root, apparmor_profile()))
+            nodes = gpudevices.select(gpudevices.scan(reg.gpu_devices), user.gpus)
+            ids = student_ids(user)
+            config.write(lxcconfig.container_config(reg, user, final_root, apparmor_profile(), nodes, ids))
+        # Which template it was copied from, for `gpushell-admin template list`.
+        with open(os.path.join(staging, ORIGIN_FILE), "w", encoding="utf-8") as origin_file:
+            origin_file.write(f"{reg.template}\n")
         os.rename(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return directory
+
+
+def student_ids(user: User) -> tuple[int, int] | None:
+    """The host account's uid and gid, for a user with mounts (see lxcconfig.id_map_lines).
+
+    Also gives root those two ids in /etc/subuid and /etc/subgid, which
+    LXC's newuidmap needs to map them.
+    """
+    if not user.mounts:
+        return None
+    try:
+        entry = pwd.getpwnam(user.name)
+    except KeyError:
+        return None
+    hostsetup.ensure_student_ids(entry.pw_uid, entry.pw_gid)
+    return entry.pw_uid, entry.pw_gid
 
 
 def give_identity(root: str, user: User) -> None:
@@ -109,3 +132,12 @@ def destroy(reg: Registry, name: str) -> bool:
         return False
     shutil.rmtree(directory)
     return True
+
+
+def origin(reg: Registry, name: str) -> str | None:
+    """The template a container was copied from; None if it does not say."""
+    try:
+        with open(os.path.join(container_dir(reg, name), ORIGIN_FILE), encoding="utf-8") as stream:
+            return stream.read().strip() or None
+    except OSError:
+        return None

@@ -14,10 +14,22 @@ import os
 import pwd
 from collections.abc import Callable
 
-from . import chaincheck, forward, hostsetup, iptables, lxcconfig, provision, registry_file, services
+from . import (
+    chaincheck,
+    forward,
+    gpudevices,
+    hostsetup,
+    iptables,
+    leftovers,
+    lxcconfig,
+    provision,
+    registry_file,
+    services,
+)
 from .containers import RUNNING, LxcDriver
 from .errors import GpushellError
 from .forward import NatTable
+from .leftovers import Leftover
 from .lock import locked
 from .paths import Paths
 from .registry import Registry, User
@@ -31,6 +43,8 @@ UNKNOWN = "UNKNOWN"
 BRIDGE, FORWARDING, FORWARDS, CONFIG, ACCOUNT, START = (
     "bridge", "forwarding", "forwards", "config", "account", "start",
 )  # fmt: skip
+GPU_NODES = "gpu-nodes"  # before CONFIG: the configs bind the nodes it makes
+LEFTOVER = "leftover"  # last: what an interrupted add left (leftovers.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +62,10 @@ class HostState:
     accounts: dict[str, Account | None]  # user -> host account; None: no account
     states: dict[str, str]  # container -> LXC state, for autostart users
     apparmor_profile: str = "generated"
+    gpu: gpudevices.GpuHost = gpudevices.NO_DRIVER
+    # user -> host uid and gid, for users with mounts (lxcconfig.id_map_lines)
+    student_ids: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
+    leftovers: tuple[Leftover, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +74,7 @@ class Change:
     subject: str  # the user, container, chain or bridge it is about
     text: str  # what it does, for the administrator
     config: str = ""  # CONFIG: the new config text
+    leftover: Leftover | None = None  # LEFTOVER: what to undo
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,9 +90,17 @@ def config_path(reg: Registry, container: str) -> str:
     return os.path.join(provision.container_dir(reg, container), "config")
 
 
-def wanted_config(reg: Registry, user: User, apparmor_profile: str) -> str:
+def wanted_config(
+    reg: Registry,
+    user: User,
+    apparmor_profile: str,
+    gpu_nodes: tuple[gpudevices.Node, ...] = (),
+    student_ids: tuple[int, int] | None = None,
+) -> str:
+    """The config for user; gpu_nodes: every NVIDIA node on the host (the user's are picked here)."""
     rootfs = os.path.join(provision.container_dir(reg, user.container), "rootfs")
-    return lxcconfig.container_config(reg, user, rootfs, apparmor_profile)
+    nodes = gpudevices.select(gpu_nodes, user.gpus)
+    return lxcconfig.container_config(reg, user, rootfs, apparmor_profile, nodes, student_ids)
 
 
 def plan(reg: Registry, paths: Paths, state: HostState) -> Plan:
@@ -90,6 +117,10 @@ def plan(reg: Registry, paths: Paths, state: HostState) -> Plan:
         changes.append(
             Change(FORWARDS, reg.chain, f"rebuild nat chain {reg.chain} ({len(reg.users)} forwards): {why}")
         )
+    missing_nodes = gpudevices.missing(state.gpu)
+    if missing_nodes:
+        names = ", ".join(f"{state.gpu.dev_dir.rstrip('/')}/{node.name}" for node in missing_nodes)
+        changes.append(Change(GPU_NODES, state.gpu.dev_dir, f"create missing NVIDIA device nodes {names}"))
     users = sorted(reg.users.values(), key=lambda user: user.port)
     for user in users:
         current = state.configs.get(user.container)
@@ -99,7 +130,13 @@ def plan(reg: Registry, paths: Paths, state: HostState) -> Plan:
                 f"recreate it with: gpushell-admin remove {user.name} && gpushell-admin add {user.name}"
             )
             continue
-        config = wanted_config(reg, user, state.apparmor_profile)
+        config = wanted_config(
+            reg,
+            user,
+            state.apparmor_profile,
+            gpudevices.after_repair(state.gpu),
+            state.student_ids.get(user.name),
+        )
         if current != config:
             note = " (takes effect at its next start)" if state.states.get(user.container) == RUNNING else ""
             changes.append(
@@ -129,6 +166,11 @@ def plan(reg: Registry, paths: Paths, state: HostState) -> Plan:
             and state.states.get(user.container) != RUNNING
         ):
             changes.append(Change(START, user.name, f"start container {user.container} (autostart)"))
+    for item in state.leftovers:
+        if item.action == leftovers.REPORT:
+            warnings.append(f"{item.what}; {item.fix}")
+        else:
+            changes.append(Change(LEFTOVER, item.subject, f"remove leftover: {item.what}", leftover=item))
     return Plan(changes, warnings)
 
 
@@ -191,6 +233,19 @@ def container_configs(reg: Registry) -> dict[str, str | None]:
     return configs
 
 
+def host_ids(reg: Registry) -> dict[str, tuple[int, int]]:
+    """Host uid and gid of each user with mounts and a host account."""
+    found = {}
+    for user in reg.users.values():
+        if user.mounts:
+            try:
+                entry = pwd.getpwnam(user.name)
+            except KeyError:
+                continue
+            found[user.name] = (entry.pw_uid, entry.pw_gid)
+    return found
+
+
 def container_state(driver: LxcDriver, name: str) -> str:
     """The LXC state; UNKNOWN when LXC cannot even load the config (apply rewrites it)."""
     try:
@@ -209,6 +264,9 @@ def observe(reg: Registry, paths: Paths) -> HostState:
         accounts={name: host_account(name, paths.group) for name in reg.users},
         states={user.container: container_state(driver, user.container) for user in reg.users.values()},
         apparmor_profile=provision.apparmor_profile(),
+        gpu=gpudevices.read_host(reg.gpu_devices),
+        student_ids=host_ids(reg),
+        leftovers=tuple(leftovers.find(reg, paths, leftovers.scan(reg, paths))),
     )
 
 
@@ -230,7 +288,15 @@ def execute_change(change: Change, reg: Registry, paths: Paths) -> None:
         with locked(f"{paths.run_dir}/forward.lock"):
             table = iptables.read_nat()
             iptables.apply(forward.rebuild_lines(table, reg, reg.users.values()))
+    elif change.kind == GPU_NODES:
+        # From a fresh look: make only what is still missing.
+        host = gpudevices.read_host(change.subject)
+        for node in gpudevices.missing(host):
+            gpudevices.make_node(host.dev_dir, node)
     elif change.kind == CONFIG:
+        for user in reg.users.values():
+            if user.container == change.subject:
+                provision.student_ids(user)  # root's subordinate ids for the student's own
         registry_file.write_atomically(config_path(reg, change.subject), change.config, 0o644)
     elif change.kind == ACCOUNT:
         run(["usermod", "--shell", paths.shell, "--append", "--groups", paths.group, change.subject])
@@ -239,6 +305,8 @@ def execute_change(change: Change, reg: Registry, paths: Paths) -> None:
         ctx = services.Context(paths, reg, LxcDriver(reg.lxcpath))
         with locked(paths.user_lock(user.name)):
             services.ensure_running(ctx, user)
+    elif change.kind == LEFTOVER and change.leftover is not None:
+        leftovers.remove(change.leftover, reg, paths)
     else:  # pragma: no cover - plan makes only the kinds above
         raise AssertionError(change.kind)
 

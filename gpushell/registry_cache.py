@@ -25,7 +25,7 @@ TYPE_CHECKING = False  # `typing` stays off the login path
 if TYPE_CHECKING:
     from typing import Any
 
-FORMAT = 1
+FORMAT = 2
 Identity = tuple[int, int, int, int, int]
 
 
@@ -44,7 +44,7 @@ def _mounts(mounts: tuple[Mount, ...]) -> tuple[tuple[str, str, bool], ...]:
 # Registry's fields but `users`, in the order the cache stores them.
 SETTINGS = (
     "path", "hostname", "bridge", "subnet", "ports", "template", "lxcpath", "chain", "idmap_start",
-    "idmap_size", "gpus", "mounts", "start_timeout", "idle_timeout", "masquerade",
+    "idmap_size", "gpus", "mounts", "start_timeout", "idle_timeout", "masquerade", "gpu_devices",
 )  # fmt: skip
 
 

@@ -103,3 +103,93 @@ def remove_user(text: str, name: str) -> str:
         remaining = lines[:first] + lines[last + 1 :]
         return "\n".join(remaining) + "\n"
     raise GpushellError(f"{name} is not registered")
+
+
+def flow_value(value: Any) -> str:
+    """One YAML value on one line: `[0, 2]`, `all`, `true`, `22005`."""
+    # Dumped inside a list so a scalar gets no end-of-document marker.
+    return str(yaml.safe_dump([value], default_flow_style=True, width=10**6).strip()[1:-1])
+
+
+def set_user_key(text: str, name: str, key: str, value: Any) -> str:
+    """Text with `key: value` set in user `name`'s block: replaced if present, else added."""
+    _, users = _users_node(text)
+    if isinstance(users, yaml.MappingNode):
+        for user_key, entry in users.value:
+            if user_key.value == name:
+                if users.flow_style or not isinstance(entry, yaml.MappingNode) or entry.flow_style:
+                    raise GpushellError(
+                        f"cannot edit {name}'s entry in flow style; please use a block mapping"
+                    )
+                return _set_in_mapping(text, entry, key, value)
+    raise GpushellError(f"{name} is not registered")
+
+
+def set_setting(text: str, key: str, value: Any) -> str:
+    """Text with the top-level `key: value` replaced, or added before `users:` (or at the end)."""
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if not isinstance(root, yaml.MappingNode) or root.flow_style:
+        raise GpushellError("the registry is not a block mapping")
+    return _set_in_mapping(text, root, key, value)
+
+
+def _set_in_mapping(text: str, mapping: yaml.MappingNode, key: str, value: Any) -> str:
+    lines = text.splitlines()
+    flow = flow_value(value)
+    for key_node, value_node in mapping.value:
+        if key_node.value != key:
+            continue
+        line = key_node.start_mark.line
+        if isinstance(value_node, yaml.ScalarNode) and value_node.value == "" and not value_node.style:
+            # `key:` with no value: write it after the colon, keep any comment.
+            head, sep, comment = lines[line].partition("#")
+            lines[line] = f"{head.rstrip()} {flow}" + (f"  {sep}{comment}" if sep else "")
+            return "\n".join(lines) + "\n"
+        if isinstance(value_node, yaml.ScalarNode) or value_node.flow_style:
+            # The value's exact span: a comment after it on the line stays.
+            start, end = value_node.start_mark.index, value_node.end_mark.index
+            return text[:start] + flow + text[end:]
+        # A block list or mapping: one line replaces it; its comment lines stay below.
+        last = _block_end(lines, line, key_node.start_mark.column)
+        comments = [_comment_of(c) for c in lines[line + 1 : last + 1] if "#" in c]
+        indent = " " * key_node.start_mark.column
+        body = [*lines[:line], f"{indent}{key}: {flow}", *comments, *lines[last + 1 :]]
+        return "\n".join(body) + "\n"
+    # Not there: add it after the mapping's last entry, indented like the others.
+    if not mapping.value:
+        raise GpushellError(f"cannot add {key}: the mapping is empty")
+    first_key = mapping.value[0][0]
+    indent = " " * first_key.start_mark.column
+    if first_key.start_mark.column == 0:
+        # Top level: before `users:` so the setting stays with the others.
+        for key_node, _ in mapping.value:
+            if key_node.value == "users":
+                at = key_node.start_mark.line
+                return "\n".join([*lines[:at], f"{key}: {flow}", *lines[at:]]) + "\n"
+    end = _block_end(lines, mapping.value[-1][0].start_mark.line, first_key.start_mark.column)
+    return "\n".join([*lines[: end + 1], f"{indent}{key}: {flow}", *lines[end + 1 :]]) + "\n"
+
+
+def _block_end(lines: list[str], line: int, column: int) -> int:
+    """Index of the last content line of the entry whose key is at (line, column).
+
+    The entry goes on while lines are indented deeper than its key (or are
+    blank or comments); trailing blank and comment lines belong to what follows.
+    """
+    last = line
+    for index in range(line + 1, len(lines)):
+        stripped = lines[index].strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if len(lines[index]) - len(lines[index].lstrip(" ")) <= column:
+            break
+        last = index
+    return last
+
+
+def _comment_of(line: str) -> str:
+    """A line that will be replaced, reduced to its comment (kept, as a comment line)."""
+    if line.lstrip().startswith("#"):
+        return line
+    indent = line[: len(line) - len(line.lstrip(" "))]
+    return indent + "#" + line.split("#", 1)[1]

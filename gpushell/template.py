@@ -130,7 +130,18 @@ def ensure_cached(
     return tarball
 
 
-def install(tarball: str, lxcpath: str, name: str) -> str:
+SUITE_MARK = "# gpushell suite: "
+
+
+def suite_of(config: str) -> str | None:
+    """The suite an installed template's config records, if any."""
+    for line in config.splitlines():
+        if line.startswith(SUITE_MARK):
+            return line[len(SUITE_MARK) :].strip() or None
+    return None
+
+
+def install(tarball: str, lxcpath: str, name: str, suite: str | None = None) -> str:
     """Unpack the tarball as container `name` (never started: only copied)."""
     directory = os.path.join(lxcpath, name)
     if os.path.exists(directory):
@@ -146,8 +157,9 @@ def install(tarball: str, lxcpath: str, name: str) -> str:
         )
         with open(os.path.join(staging, "config"), "w", encoding="utf-8") as config:
             config.write(
-                f"# gpushell template: copied for each student, never started\n"
-                f"lxc.rootfs.path = dir:{directory}/rootfs\nlxc.uts.name = {name}\n"
+                "# gpushell template: copied for each student, never started\n"
+                + (f"{SUITE_MARK}{suite}\n" if suite else "")
+                + f"lxc.rootfs.path = dir:{directory}/rootfs\nlxc.uts.name = {name}\n"
             )
         os.rename(staging, directory)
     except BaseException:

@@ -27,8 +27,10 @@ def test_sudoers_lists_each_verb_once():
 def test_sudoers_exact():
     assert sudoers(DEFAULT) == (
         "# Installed by gpushell-admin init.  Students run the root helper with\n"
-        "# one fixed verb; sudo resets the environment and sets SUDO_UID.\n"
-        "Defaults!/usr/local/bin/gpushell-helper env_reset, !requiretty, !lecture\n"
+        "# one fixed verb; sudo resets the environment and sets SUDO_UID.  No PAM\n"
+        "# session or credentials for it: it runs on every login, and sudo still logs.\n"
+        "Defaults!/usr/local/bin/gpushell-helper env_reset, !requiretty, !lecture, "
+        "!pam_session, !pam_setcred\n"
         "%gpushell ALL=(root) NOPASSWD: /usr/local/bin/gpushell-helper help, "
         "/usr/local/bin/gpushell-helper login, "
         "/usr/local/bin/gpushell-helper restart, /usr/local/bin/gpushell-helper start, "
@@ -46,7 +48,10 @@ def test_sudoers_has_no_wildcards():
 
 def test_sudoers_other_paths():
     text = sudoers(OTHER)
-    assert "Defaults!/opt/gp/bin/gp-helper env_reset, !requiretty, !lecture\n" in text
+    assert (
+        "Defaults!/opt/gp/bin/gp-helper env_reset, !requiretty, !lecture, !pam_session, !pam_setcred\n"
+        in text
+    )
     assert sudoers_commands(text) == [f"/opt/gp/bin/gp-helper {verb}" for verb in sorted(ACTIONS)]
     assert next(line for line in text.splitlines() if line.startswith("%")).startswith(
         "%students ALL=(root) NOPASSWD: "

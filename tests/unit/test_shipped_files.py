@@ -48,8 +48,11 @@ def test_admin_man_page_lists_exactly_the_argparse_options() -> None:
 
 def test_admin_man_page_has_a_section_per_command() -> None:
     page = (TOP / "man/gpushell-admin.8").read_text()
-    sections = re.findall(r"^\.SS (\S+(?: build)?)", page, flags=re.MULTILINE)
-    assert sections == ["init", "template build", "add", "remove", "list", "apply", "doctor"]
+    sections = re.findall(r"^\.SS (\S+(?: build| list| use)?)", page, flags=re.MULTILINE)
+    assert sections == [
+        "init", "template build", "template list", "template use", "add", "remove", "set", "list",
+        "apply", "doctor",
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("page", ["man/gpushell.1", "man/gpushell-admin.8", "man/gpushell.yaml.5"])

@@ -1,0 +1,71 @@
+"""`gpushell-admin set USER key=value ...`: which keys, which values (pure).
+
+Each value is turned into what the registry holds (a list of GPU numbers,
+a port, a boolean); the registry's own validation (port range, clashes)
+runs afterwards on the edited text.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .errors import ExitStatus, GpushellError
+
+SETTABLE = ("gpus", "port", "autostart")
+GPU_LIST = re.compile(r"\d{1,4}(,\d{1,4})*")
+
+
+def _usage(message: str) -> GpushellError:
+    return GpushellError(message, status=ExitStatus.USAGE)
+
+
+def gpus_value(text: str) -> str | list[int]:
+    if text in ("all", "none"):
+        return text
+    if not GPU_LIST.fullmatch(text):
+        raise _usage(f"gpus={text}: use all, none or GPU numbers like 0,2")
+    numbers = [int(part) for part in text.split(",")]
+    if len(set(numbers)) != len(numbers):
+        raise _usage(f"gpus={text}: lists a GPU twice")
+    return sorted(numbers)
+
+
+def port_value(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise _usage(f"port={text}: not a port number")
+    return int(text)
+
+
+def autostart_value(text: str) -> bool:
+    if text not in ("true", "false"):
+        raise _usage(f"autostart={text}: use true or false")
+    return text == "true"
+
+
+CONVERTERS = {"gpus": gpus_value, "port": port_value, "autostart": autostart_value}
+
+
+def parse_assignments(words: list[str]) -> dict[str, Any]:
+    """{"port": 22005, ...} from ["port=22005", ...]; one clear error for anything else."""
+    if not words:
+        raise _usage(f"nothing to set; give key=value with key one of {', '.join(SETTABLE)}")
+    result: dict[str, Any] = {}
+    for word in words:
+        key, sep, text = word.partition("=")
+        if not sep:
+            raise _usage(f"{word!r} is not key=value")
+        if key not in CONVERTERS:
+            raise _usage(f"unknown key {key!r}; settable: {', '.join(SETTABLE)}")
+        if key in result:
+            raise _usage(f"{key} is given twice")
+        result[key] = CONVERTERS[key](text)
+    return result
+
+
+def describe(key: str, value: Any) -> str:
+    if key == "gpus" and isinstance(value, list):
+        return f"gpus={','.join(map(str, value))}"
+    if isinstance(value, bool):
+        return f"{key}={'true' if value else 'false'}"
+    return f"{key}={value}"
