@@ -36,6 +36,10 @@ install: deps
 	$(PYTHON) -m pip install --quiet --no-deps --no-build-isolation --break-system-packages \
 	    --root-user-action=ignore --no-warn-script-location .
 	$(PYTHON) -I -m gpushell.entrypoints $(BINDIR)
+	@# Optional: NVML's Python bindings for `gpus` and `kill-gpu-process`; without
+	@# them (or without a driver) those say so and everything else works.
+	$(PYTHON) -m pip install --quiet --break-system-packages --root-user-action=ignore nvidia-ml-py \
+	    || echo "warning: nvidia-ml-py not installed; gpushell gpus will report no NVIDIA driver"
 	install -d $(MANDIR)/man1 $(MANDIR)/man5 $(MANDIR)/man8
 	install -m 0644 man/gpushell.1 $(MANDIR)/man1/
 	install -m 0644 man/gpushell.yaml.5 $(MANDIR)/man5/

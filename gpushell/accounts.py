@@ -57,9 +57,16 @@ def ensure_account(name: str, shell: str, group: str) -> HostAccount:
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
+        # -K ..._COUNT=0: no subordinate ids for the host account (its
+        # container is root's); useradd would otherwise take 65536 of them
+        # per student and run out once root's range covers the free space.
         run(
             [
                 "useradd",
+                "-K",
+                "SUB_UID_COUNT=0",
+                "-K",
+                "SUB_GID_COUNT=0",
                 "--create-home",
                 "--shell",
                 shell,

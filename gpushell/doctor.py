@@ -12,9 +12,20 @@ import os
 import stat
 from collections.abc import Callable, Iterable
 
-from . import chaincheck, dropins, gpudevices, iptables, leftovers, provision, reconcile, registry
+from . import (
+    chaincheck,
+    driverfiles,
+    dropins,
+    gpudevices,
+    iptables,
+    leftovers,
+    provision,
+    reconcile,
+    registry,
+)
 from .errors import GpushellError
 from .forward import JUMP_CHAINS, TAG, NatTable, comment_of, jump_rule, user_rule
+from .model import User
 from .ownership import check_owned_by_root
 from .paths import Paths
 from .registry import Registry
@@ -63,6 +74,8 @@ class Facts:
     student_ids: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
     leftovers: tuple[leftovers.Leftover, ...] = ()  # of interrupted adds (leftovers.find)
     kept_accounts: tuple[str, ...] = ()  # in the group, no entry: kept by remove without --purge
+    # container -> driver versions its own libraries carry (driver: container, GPU users only)
+    driver_versions: dict[str, frozenset[str]] = dataclasses.field(default_factory=dict)
 
 
 # --- checks (pure) -----------------------------------------------------------
@@ -219,7 +232,12 @@ def check_containers(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]
             finding(
                 current
                 == reconcile.wanted_config(
-                    reg, user, facts.apparmor_profile, facts.gpu.nodes, facts.student_ids.get(user.name)
+                    reg,
+                    user,
+                    facts.apparmor_profile,
+                    facts.gpu.nodes,
+                    facts.student_ids.get(user.name),
+                    facts.gpu.driver_files,
                 ),
                 f"{user.name}: container {user.container} config matches the registry",
                 f"{user.name}: {reconcile.config_path(reg, user.container)} differs from the registry's",
@@ -295,6 +313,32 @@ def check_gpu_nodes(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
     return [Finding(True, f"NVIDIA device nodes in {host.dev_dir} match the loaded driver")]
 
 
+def gpu_users(reg: Registry) -> list[User]:
+    return [user for user in reg.users.values() if user.gpus != "none"]
+
+
+def check_drivers(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
+    """driver: container: each GPU container's libcuda/libnvidia-ml must be the host module's version."""
+    host = facts.gpu.driver_version
+    if reg.driver != "container" or host is None:
+        return []
+    found = []
+    for user in gpu_users(reg):
+        versions = facts.driver_versions.get(user.container, frozenset())
+        problem = driverfiles.mismatch(host, versions)
+        found.append(
+            Finding(
+                problem is None,
+                f"{user.name}: container {user.container} "
+                + (problem or f"has the host's NVIDIA driver {host}"),
+                f"install NVIDIA driver {host}'s user-space files in {user.container} "
+                f"(e.g. the .run installer with --no-kernel-module inside it), or set "
+                f"`driver: host` in {reg.path} and run: {APPLY}",
+            )
+        )
+    return found
+
+
 def check_leftovers(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
     found = [
         Finding(False, item.what, APPLY if item.action != leftovers.REPORT else item.fix)
@@ -324,6 +368,7 @@ CHECKS: tuple[Check, ...] = (
     check_subids,
     check_template,
     check_gpu_nodes,
+    check_drivers,
     check_containers,
     check_ports,
     check_accounts,
@@ -398,10 +443,18 @@ def gather(reg: Registry, paths: Paths) -> Facts:
         listeners=listeners(),
         accounts={name: reconcile.host_account(name, paths.group) for name in reg.users},
         apparmor_profile=provision.apparmor_profile(),
-        gpu=gpudevices.read_host(reg.gpu_devices),
+        gpu=gpudevices.read_host(reg.gpu_devices, reg.driver_root),
         student_ids=reconcile.host_ids(reg),
         leftovers=tuple(leftovers.find(reg, paths, scan)),
         kept_accounts=tuple(leftovers.unregistered_members(reg, scan)),
+        driver_versions={
+            user.container: driverfiles.read_container_versions(
+                os.path.join(provision.container_dir(reg, user.container), "rootfs")
+            )
+            for user in gpu_users(reg)
+        }
+        if reg.driver == "container"
+        else {},
     )
 
 

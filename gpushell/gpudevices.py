@@ -52,6 +52,8 @@ class GpuHost:
     proc_devices: str = ""  # /proc/devices
     gpu_minors: tuple[int, ...] = ()  # from /proc/driver/nvidia/gpus/*/information
     modeset_loaded: bool = False  # /sys/module/nvidia_modeset exists
+    driver_version: str | None = None  # driverfiles.read_host, under the registry's driver_root
+    driver_files: tuple[tuple[str, str], ...] = ()
 
 
 NO_DRIVER = GpuHost()  # a host without NVIDIA nodes or driver
@@ -191,8 +193,13 @@ def gpu_minors(proc_gpus: str = "/proc/driver/nvidia/gpus") -> tuple[int, ...]:
     return tuple(sorted(minors))
 
 
-def read_host(dev_dir: str) -> GpuHost:
+def read_host(dev_dir: str, driver_root: str = "/") -> GpuHost:
+    from . import driverfiles
+
+    version, files = driverfiles.read_host(driver_root)
     return GpuHost(
+        driver_version=version,
+        driver_files=files,
         dev_dir=dev_dir,
         nodes=scan(dev_dir),
         proc_devices=_read("/proc/devices"),

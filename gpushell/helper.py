@@ -49,6 +49,31 @@ def _restart(ctx: services.Context, user: User) -> Answer:
     return _login(ctx, user)
 
 
+def _owners(paths: Paths) -> dict[str, str]:
+    """Container name -> registry user, for every user (the full registry: not the login path)."""
+    from . import registry, registry_file
+
+    text, _info = registry_file.read_text_and_stat(paths.registry)
+    reg = registry.parse(text, paths.registry)
+    return {entry.container: entry.name for entry in reg.users.values()}
+
+
+def _gpus(ctx: services.Context, user: User) -> Answer:
+    from . import gpustatus
+
+    nvml = gpustatus.load_nvml()
+    owners = _owners(ctx.paths) if nvml is not None else {}
+    return gpustatus.status_answer(nvml, user.name, owners)
+
+
+def _gpu_kill(ctx: services.Context, user: User) -> Answer:
+    """SIGTERM one of the caller's GPU processes; its PID is the one line on stdin."""
+    from . import gpustatus
+
+    pid = gpustatus.parse_pid(sys.stdin.readline(gpustatus.MAX_PID_TEXT + 2))
+    return gpustatus.kill(pid, user.container)
+
+
 ACTIONS: dict[str, Action] = {
     "login": _login,
     "status": _status,
@@ -56,6 +81,8 @@ ACTIONS: dict[str, Action] = {
     "start": _login,
     "stop": _stop,
     "restart": _restart,
+    "gpus": _gpus,
+    "gpu-kill": _gpu_kill,
 }
 
 
@@ -119,7 +146,9 @@ def main(paths: Paths = DEFAULT, argv: list[str] | None = None) -> int:
         audit.record(name, verb, "crashed", f"{type(exc).__name__}: {exc}", warning=True)
         print(protocol.encode({"error": CONTACT_ADMIN, "status": int(ExitStatus.HELPER)}), end="")
         return int(ExitStatus.HELPER)
-    detail = " ".join(f"{key}={answer[key]}" for key in ("state", "port", "started") if key in answer)
+    detail = " ".join(
+        f"{key}={answer[key]}" for key in ("state", "port", "started", "gpus", "killed") if key in answer
+    )
     audit.record(name, verb, "ok", detail)
     print(protocol.encode(answer), end="")
     return 0

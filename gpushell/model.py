@@ -64,8 +64,9 @@ class User(_Value):
 
 class Registry(_Value):
     __slots__ = (
-        "bridge", "chain", "gpu_devices", "gpus", "hostname", "idle_timeout", "idmap_size", "idmap_start",
-        "lxcpath", "masquerade", "mounts", "path", "ports", "start_timeout", "subnet", "template", "users",
+        "bridge", "chain", "driver", "driver_root", "gpu_devices", "gpus", "hostname", "idle_timeout",
+        "idmap_size", "idmap_start", "lxcpath", "masquerade", "mounts", "path", "ports", "start_timeout",
+        "subnet", "template", "users",
     )  # fmt: skip
 
     def __init__(
@@ -87,12 +88,16 @@ class Registry(_Value):
         masquerade: bool,
         users: dict[str, User],
         gpu_devices: str = "/dev",
+        driver: str = "host",
+        driver_root: str = "/",
     ) -> None:
         self.path, self.hostname, self.bridge, self.subnet = path, hostname, bridge, subnet
         self.ports, self.template, self.lxcpath, self.chain = ports, template, lxcpath, chain
         self.idmap_start, self.idmap_size, self.gpus, self.mounts = idmap_start, idmap_size, gpus, mounts
         self.start_timeout, self.idle_timeout, self.masquerade = start_timeout, idle_timeout, masquerade
         self.users, self.gpu_devices = users, gpu_devices
+        # driver: `host` (its files bind-mounted) or `container` (the template's, checked by doctor)
+        self.driver, self.driver_root = driver, driver_root
 
     def __hash__(self) -> int:
         return hash((self.path, self.hostname))  # users is a dict

@@ -96,11 +96,12 @@ def wanted_config(
     apparmor_profile: str,
     gpu_nodes: tuple[gpudevices.Node, ...] = (),
     student_ids: tuple[int, int] | None = None,
+    driver_files: tuple[tuple[str, str], ...] = (),
 ) -> str:
     """The config for user; gpu_nodes: every NVIDIA node on the host (the user's are picked here)."""
     rootfs = os.path.join(provision.container_dir(reg, user.container), "rootfs")
     nodes = gpudevices.select(gpu_nodes, user.gpus)
-    return lxcconfig.container_config(reg, user, rootfs, apparmor_profile, nodes, student_ids)
+    return lxcconfig.container_config(reg, user, rootfs, apparmor_profile, nodes, student_ids, driver_files)
 
 
 def plan(reg: Registry, paths: Paths, state: HostState) -> Plan:
@@ -136,6 +137,7 @@ def plan(reg: Registry, paths: Paths, state: HostState) -> Plan:
             state.apparmor_profile,
             gpudevices.after_repair(state.gpu),
             state.student_ids.get(user.name),
+            state.gpu.driver_files,
         )
         if current != config:
             note = " (takes effect at its next start)" if state.states.get(user.container) == RUNNING else ""
@@ -264,7 +266,7 @@ def observe(reg: Registry, paths: Paths) -> HostState:
         accounts={name: host_account(name, paths.group) for name in reg.users},
         states={user.container: container_state(driver, user.container) for user in reg.users.values()},
         apparmor_profile=provision.apparmor_profile(),
-        gpu=gpudevices.read_host(reg.gpu_devices),
+        gpu=gpudevices.read_host(reg.gpu_devices, reg.driver_root),
         student_ids=host_ids(reg),
         leftovers=tuple(leftovers.find(reg, paths, leftovers.scan(reg, paths))),
     )

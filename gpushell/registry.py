@@ -31,6 +31,7 @@ CHAIN_NAME = re.compile(r"[A-Z][A-Z0-9_-]{0,27}")
 HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 PORT_RANGE = re.compile(r"(\d{1,5})-(\d{1,5})")
 RESERVED_USERS = frozenset({"root", "daemon", "bin", "sys", "sync", "nobody", "sshd"})
+DRIVER_MODE = re.compile(r"host|container")
 MIN_IDMAP_SIZE = 65536  # a Debian userland needs uid 65534 (nobody)
 
 
@@ -54,6 +55,8 @@ SETTINGS_DEFAULTS: dict[str, Any] = {
     "idmap": {"start": 1000000, "size": MIN_IDMAP_SIZE},
     "gpus": "none",
     "gpu_devices": "/dev",
+    "driver": "host",
+    "driver_root": "/",
     "mounts": [],
     "start_timeout": 60,
     "idle_timeout": 3600,
@@ -243,6 +246,8 @@ class _Validator:
             "chain": setting("chain", _matching(CHAIN_NAME, "iptables chain name")),
             "gpus": setting("gpus", _gpus),
             "gpu_devices": setting("gpu_devices", _absolute_path),
+            "driver": setting("driver", _matching(DRIVER_MODE, "driver mode (host or container)")),
+            "driver_root": setting("driver_root", _absolute_path),
             "start_timeout": setting("start_timeout", _positive_number),
             "idle_timeout": setting("idle_timeout", _integer(0, 7 * 86400)),
             "masquerade": setting("masquerade", _boolean),

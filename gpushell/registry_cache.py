@@ -25,7 +25,7 @@ TYPE_CHECKING = False  # `typing` stays off the login path
 if TYPE_CHECKING:
     from typing import Any
 
-FORMAT = 2
+FORMAT = 3
 Identity = tuple[int, int, int, int, int]
 
 
@@ -45,6 +45,7 @@ def _mounts(mounts: tuple[Mount, ...]) -> tuple[tuple[str, str, bool], ...]:
 SETTINGS = (
     "path", "hostname", "bridge", "subnet", "ports", "template", "lxcpath", "chain", "idmap_start",
     "idmap_size", "gpus", "mounts", "start_timeout", "idle_timeout", "masquerade", "gpu_devices",
+    "driver", "driver_root",
 )  # fmt: skip
 
 

@@ -52,6 +52,8 @@ def add_user(text: str, name: str, alloc: Allocation, extra: dict[str, Any] | No
         line = key.start_mark.line
         comment = lines[line].split("#", 1)[1] if "#" in lines[line] else None
         head = "users:" + (f"  #{comment}" if comment else "")
+        if isinstance(users, yaml.ScalarNode) and not users.value:
+            head = lines[line]  # bare `users:`: the line stays exactly as written
         body = [*lines[:line], head, *block, *lines[line + 1 :]]
     else:
         raise GpushellError("cannot edit `users:` written in flow style; please use a block mapping")

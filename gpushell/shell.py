@@ -12,7 +12,7 @@ import pwd
 import signal
 import sys
 
-from . import audit, banner, menu, protocol, spawn
+from . import audit, banner, gputable, menu, protocol, spawn
 from .environment import SAFE_ENV
 from .errors import CONTACT_ADMIN, ExitStatus, GpushellError
 from .ownership import check_owned_by_root, check_tree_owned_by_root
@@ -82,12 +82,13 @@ class Session:
     def __init__(self, paths: Paths, user: str, term: Terminal) -> None:
         self.paths, self.user, self.term = paths, user, term
 
-    def helper(self, verb: str, progress: str = "") -> Answer:
+    def helper(self, verb: str, progress: str = "", stdin: str | None = None) -> Answer:
         """Ask the root helper for verb; show a spinner on a terminal while it works."""
         argv = [self.paths.sudo, "-n", self.paths.helper, verb]
         spinner = Spinner(self.term, progress)
         try:
-            status, out, err = spawn.run(argv, SAFE_ENV, spinner.tick)
+            data = None if stdin is None else stdin.encode()
+            status, out, err = spawn.run(argv, SAFE_ENV, spinner.tick, stdin=data)
         except OSError as exc:
             raise GpushellError(CONTACT_ADMIN, f"cannot run {argv}: {exc}", ExitStatus.HELPER) from None
         finally:
@@ -108,9 +109,15 @@ class Session:
             )
         return answer
 
-    def act(self, action: str) -> None:
+    def act(self, action: str, argument: str = "") -> None:
         """Run one allowed action and print its result."""
         p = self.term.palette
+        if action == menu.KILL_COMMAND:
+            self.kill_gpu_process(int(argument))
+            return
+        if action == "gpus":
+            self.gpus()
+            return
         progress = {
             "start": "Starting your container",
             "restart": "Restarting your container",
@@ -122,6 +129,35 @@ class Session:
         else:
             self.term.write(banner.status(info, p))
         audit.record(self.user, action, "ok")
+
+    def gpus(self) -> list[int]:
+        """Show the GPU table; return the PIDs of the student's own GPU processes, numbered from 1."""
+        info = self.helper("gpus", "Asking the GPUs")
+        self.term.write(gputable.render(info, self.term.palette))
+        audit.record(self.user, "gpus", "ok", info.get("state", ""))
+        return gputable.own_pids(gputable.decode(info))
+
+    def kill_gpu_process(self, pid: int) -> None:
+        """Ask the helper to end one GPU process; it checks, as root, that it is the student's."""
+        info = self.helper("gpu-kill", stdin=f"{pid}\n")
+        self.term.write(f"Sent SIGTERM to your process {info.get('killed', pid)}.\n")
+        audit.record(self.user, "gpu-kill", "ok", str(pid))
+
+    def offer_kill(self, pids: list[int], idle: int) -> None:
+        """After the table: end one of the student's own processes, chosen by its number."""
+        if not pids:
+            return
+        self.term.write(
+            f"End one of YOUR processes: enter its number (1-{len(pids)}) from the list, "
+            "or press Enter to go back: "
+        )
+        line = self._read_line(idle)
+        number = menu.decide_kill_choice(line or "", len(pids))
+        if number is None:
+            if line and line.strip():
+                self.term.write("Nothing ended.\n")
+            return
+        self.kill_gpu_process(pids[number - 1])
 
     def interactive(self) -> int:
         term, p = self.term, self.term.palette
@@ -142,7 +178,10 @@ class Session:
                 return ExitStatus.OK
             else:
                 try:
-                    self.act(decision.action)
+                    if decision.action == "gpus":
+                        self.offer_kill(self.gpus(), idle)
+                    else:
+                        self.act(decision.action)
                 except GpushellError as exc:
                     audit.record(self.user, decision.action, "failed", exc.log_message, warning=True)
                     term.error(exc.user_message)
@@ -191,7 +230,7 @@ def main(paths: Paths = DEFAULT, argv: list[str] | None = None, term: Terminal |
                 term.error(decision.reason)
                 return ExitStatus.USAGE
             check_installation()
-            Session(paths, user, term).act(decision.action)
+            Session(paths, user, term).act(decision.action, decision.argument)
             return ExitStatus.OK
         audit.record(user, "arguments", "refused", " ".join(args), warning=True)
         term.error("this account only offers the gpushell menu; try: ssh HOST help")

@@ -57,7 +57,7 @@ def test_login_starts_container_and_shows_banner_and_menu(lab: Lab, student: Stu
     assert f"ssh -p {student.port} {student.name}@{lab.host_ip}" in banner
     assert f"scp -P {student.port}" in banner and f"sshfs -p {student.port}" in banner
     assert student.ip in banner
-    for number, word in enumerate(("status", "start", "stop", "restart", "help", "quit"), 1):
+    for number, word in enumerate(("status", "start", "stop", "restart", "gpus", "help", "quit"), 1):
         assert f"{number}) {word}" in banner.replace("\x1b[1m", "").replace("\x1b[0m", "")
     # The banner never says ready before the container's sshd answers:
     # connecting now must work at once.
@@ -242,9 +242,9 @@ def test_student_missing_from_registry_is_refused(lab: Lab, student: Student) ->
 
 def test_menu_reprompts_on_bad_input_and_ends_cleanly(lab: Lab, student: Student) -> None:
     child = login(lab, student)
-    for bad in ("7", "bash", "status; id", "\x1b[31mred"):
+    for bad in ("8", "bash", "status; id", "\x1b[31mred"):
         child.sendline(bad)
-        child.expect("please choose 1-6")
+        child.expect("please choose 1-7")
         child.expect(PROMPT)
     child.sendline("3")  # stop
     child.expect(PROMPT)

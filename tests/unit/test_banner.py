@@ -100,15 +100,16 @@ def test_menu_plain():
         "  2) start    start your container\n"
         "  3) stop     stop your container\n"
         "  4) restart  restart your container\n"
-        "  5) help     how to connect and copy files\n"
-        "  6) quit     log out\n"
+        "  5) gpus     the GPUs, who uses them; end your GPU processes\n"
+        "  6) help     how to connect and copy files\n"
+        "  7) quit     log out\n"
     )
 
 
 def test_menu_with_markers():
     lines = menu(MARKS).splitlines()
     assert lines[1] == "  <B>1</>) status   <D>show your container's state and how to reach it</>"
-    assert lines[6] == "  <B>6</>) quit     <D>log out</>"
+    assert lines[7] == "  <B>7</>) quit     <D>log out</>"
 
 
 @pytest.mark.parametrize("render", [banner, status, help_text, lambda info, p: menu(p)])

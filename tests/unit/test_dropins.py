@@ -21,7 +21,7 @@ def test_sudoers_lists_each_verb_once():
     commands = sudoers_commands(text)
     assert sorted(commands) == sorted(f"/usr/local/bin/gpushell-helper {verb}" for verb in ACTIONS)
     assert len(commands) == len(set(commands)) == len(ACTIONS)
-    assert sorted(ACTIONS) == ["help", "login", "restart", "start", "status", "stop"]
+    assert sorted(ACTIONS) == ["gpu-kill", "gpus", "help", "login", "restart", "start", "status", "stop"]
 
 
 def test_sudoers_exact():
@@ -31,7 +31,8 @@ def test_sudoers_exact():
         "# session or credentials for it: it runs on every login, and sudo still logs.\n"
         "Defaults!/usr/local/bin/gpushell-helper env_reset, !requiretty, !lecture, "
         "!pam_session, !pam_setcred\n"
-        "%gpushell ALL=(root) NOPASSWD: /usr/local/bin/gpushell-helper help, "
+        "%gpushell ALL=(root) NOPASSWD: /usr/local/bin/gpushell-helper gpu-kill, "
+        "/usr/local/bin/gpushell-helper gpus, /usr/local/bin/gpushell-helper help, "
         "/usr/local/bin/gpushell-helper login, "
         "/usr/local/bin/gpushell-helper restart, /usr/local/bin/gpushell-helper start, "
         "/usr/local/bin/gpushell-helper status, /usr/local/bin/gpushell-helper stop\n"

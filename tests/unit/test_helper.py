@@ -64,5 +64,14 @@ def test_known_uid(as_root):
 
 
 def test_actions():
-    assert sorted(helper.ACTIONS) == ["help", "login", "restart", "start", "status", "stop"]
+    assert sorted(helper.ACTIONS) == [
+        "gpu-kill",
+        "gpus",
+        "help",
+        "login",
+        "restart",
+        "start",
+        "status",
+        "stop",
+    ]
     assert helper.ACTIONS["start"] is helper.ACTIONS["login"]

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpushell.menu import MENU, REMOTE_WORDS, Decision, decide_choice, decide_command
+from gpushell.menu import (
+    MENU,
+    REMOTE_WORDS,
+    Decision,
+    decide_choice,
+    decide_command,
+    decide_kill_choice,
+)
 
-ALLOWED = "(allowed commands: status, start, stop, restart, help)"
+ALLOWED = "(allowed commands: status, start, stop, restart, gpus, help)"
 TRANSFER = "copy files to your container's port instead"
 
 
-@pytest.mark.parametrize("word", ["status", "start", "stop", "restart", "help"])
+@pytest.mark.parametrize("word", ["status", "start", "stop", "restart", "gpus", "help"])
 def test_command_allowed(word):
     decision = decide_command(word)
     assert decision == Decision(word)
@@ -21,7 +30,7 @@ def test_command_allowed(word):
 
 
 def test_remote_words():
-    assert REMOTE_WORDS == ("status", "start", "stop", "restart", "help")
+    assert REMOTE_WORDS == ("status", "start", "stop", "restart", "gpus", "help")
 
 
 @pytest.mark.parametrize(
@@ -81,10 +90,13 @@ def test_control_characters_never_reach_the_message():
 
 @settings(database=None)
 @given(st.text())
-def test_only_the_five_words_are_allowed(command):
+def test_only_the_six_words_and_kill_with_a_pid_are_allowed(command):
     decision = decide_command(command)
     if command in REMOTE_WORDS:
         assert decision.action == command
+        assert decision.argument == ""
+    elif re.fullmatch(r"kill-gpu-process [0-9]{1,7}", command) and int(command.split()[1]) > 0:
+        assert decision == Decision("kill-gpu-process", argument=command.split()[1])
     else:
         assert decision.action is None
         assert decision.reason
@@ -99,8 +111,10 @@ def test_only_the_five_words_are_allowed(command):
         ("2", "start"),
         ("3", "stop"),
         ("4", "restart"),
-        ("5", "help"),
-        ("6", "quit"),
+        ("5", "gpus"),
+        ("6", "help"),
+        ("7", "quit"),
+        ("gpus", "gpus"),
         ("status", "status"),
         ("START\n", "start"),
         ("  Stop  ", "stop"),
@@ -119,21 +133,52 @@ def test_choice_allowed(line, action):
     assert decide_choice(line) == Decision(action)
 
 
-REFUSAL = "please choose 1-6 or one of: status, start, stop, restart, help, quit"
+REFUSAL = "please choose 1-7 or one of: status, start, stop, restart, gpus, help, quit"
 
 
 @pytest.mark.parametrize(
-    "line", ["0", "7", "-1", "sh", "", "\n", "1 2", "status;id", "01x", "+1", "1.0", "\x00"]
+    "line", ["0", "8", "-1", "sh", "", "\n", "1 2", "status;id", "01x", "+1", "1.0", "\x00"]
 )
 def test_choice_refused(line):
     assert decide_choice(line) == Decision(None, REFUSAL)
 
 
 def test_menu_numbering():
-    assert [word for word, _ in MENU] == ["status", "start", "stop", "restart", "help", "quit"]
+    assert [word for word, _ in MENU] == ["status", "start", "stop", "restart", "gpus", "help", "quit"]
     for number, (word, _) in enumerate(MENU, 1):
         assert decide_choice(str(number)).action == word
 
 
 def test_choice_superscript_digit_refused():
     assert decide_choice("\u00b2") == Decision(None, REFUSAL)
+
+
+KILL_USAGE = "usage: kill-gpu-process PID (a process number that `gpus` shows as yours)"
+
+
+@pytest.mark.parametrize("pid", ["1", "4242", "9999999"])
+def test_kill_gpu_process_takes_one_pid(pid):
+    assert decide_command(f"kill-gpu-process {pid}") == Decision("kill-gpu-process", argument=pid)
+
+
+@pytest.mark.parametrize(
+    "argument",
+    ["", "0", "00", "10000000", "-1", "+1", "1 2", "12;id", "1\n", "\u0663", "$(id)", " 1", "1 ", "0x10"],
+)
+def test_kill_gpu_process_refuses_anything_but_a_pid(argument):
+    assert decide_command(f"kill-gpu-process {argument}") == Decision(None, KILL_USAGE)
+
+
+def test_kill_gpu_process_alone_is_not_a_word():
+    decision = decide_command("kill-gpu-process")
+    assert decision.action is None
+    assert decision.reason == f"kill-gpu-process: not allowed here {ALLOWED}"
+
+
+@pytest.mark.parametrize(
+    ("line", "own", "chosen"),
+    [("1", 2, 1), (" 2\n", 2, 2), ("3", 2, None), ("0", 2, None), ("", 2, None), ("1", 0, None),
+     ("x", 2, None), ("\u00b2", 2, None), ("4242", 2, None)],
+)  # fmt: skip
+def test_kill_choice_is_a_number_from_the_list(line, own, chosen):
+    assert decide_kill_choice(line, own) == chosen

@@ -22,8 +22,8 @@ from gpushell.errors import ExitStatus
 from gpushell.paths import Paths
 from gpushell.shell import MAX_LINE, Session, Terminal
 
-ALLOWED_VERBS = {"login", "status", "start", "stop", "restart", "help"}
-NUMBERED = ("status", "start", "stop", "restart", "help", "quit")
+ALLOWED_VERBS = {"login", "status", "start", "stop", "restart", "gpus", "help"}
+NUMBERED = ("status", "start", "stop", "restart", "gpus", "help", "quit")
 STATUS = {
     "user": "alice",
     "host": "gpu1.example",

@@ -110,7 +110,8 @@ def test_add_to_empty_users_keeps_comment():
 def test_add_to_null_users_keeps_comment():
     text = "users:   # students below\n"
     out = add_user(text, "carol", CAROL)
-    assert out == "users:  # students below\n" + "\n".join(CAROL_LINES) + "\n"
+    # The `users:` line stays exactly as written, spacing included.
+    assert out == "users:   # students below\n" + "\n".join(CAROL_LINES) + "\n"
     assert ports(out) == {"carol": 22003}
 
 

@@ -94,7 +94,7 @@ def test_terminal_write_and_error():
     assert err.getvalue() == "gpushell: something failed\n"
 
 
-REFUSED = "gpushell: bash: not allowed here (allowed commands: status, start, stop, restart, help)\n"
+REFUSED = "gpushell: bash: not allowed here (allowed commands: status, start, stop, restart, gpus, help)\n"
 
 
 def test_main_refuses_command(no_processes):
@@ -108,7 +108,10 @@ def test_main_refuses_command(no_processes):
 @pytest.mark.parametrize(
     ("command", "message"),
     [
-        ("status; id", "status; id: not allowed here (allowed commands: status, start, stop, restart, help)"),
+        (
+            "status; id",
+            "status; id: not allowed here (allowed commands: status, start, stop, restart, gpus, help)",
+        ),
         (
             "/usr/lib/openssh/sftp-server",
             "file transfer to this host is not allowed (/usr/lib/openssh/sftp-server); "
@@ -122,7 +125,7 @@ def test_main_refuses_command(no_processes):
         ("", "an empty command is not allowed"),
         (
             "status\nid",
-            "'status\\nid': not allowed here (allowed commands: status, start, stop, restart, help)",
+            "'status\\nid': not allowed here (allowed commands: status, start, stop, restart, gpus, help)",
         ),
     ],
 )

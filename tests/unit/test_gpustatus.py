@@ -1,0 +1,239 @@
+"""The GPU table: NVML readings -> classified rows -> answer lines -> what a student reads.
+
+There is no NVIDIA driver or GPU on the machines these tests run on, so
+pynvml cannot answer here.  `FakeNvml` stands in for the pynvml module:
+it has the same function names, constant and exception class, and
+replays the recorded readings in data/nvml_readings.json (two GPUs with
+processes of two students and one host process, a third GPU that raises
+an NVML error).  The gathering functions take the NVML object as an
+argument precisely so that this stand-in can be passed.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import types
+from typing import Any
+
+import pytest
+
+from gpushell import gpustatus, gputable, protocol
+from gpushell.banner import PLAIN, Palette
+from gpushell.errors import GpushellError
+
+DATA = json.loads((pathlib.Path(__file__).parent / "data/nvml_readings.json").read_text())
+OWNERS = {"gpushell-alice": "alice", "gpushell-bob": "bob"}
+GIB = 1024**3
+
+
+class FakeNvml:
+    """The part of pynvml that gpustatus uses, answering from recorded readings."""
+
+    NVML_TEMPERATURE_GPU = 0
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, recorded: dict[str, Any]) -> None:
+        self.gpus = recorded["gpus"]
+        self.shut_down = False
+
+    def nvmlDeviceGetCount(self) -> int:
+        return len(self.gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> dict[str, Any]:
+        gpu = self.gpus[index]
+        if "handle_error" in gpu:
+            raise self.NVMLError(gpu["handle_error"])
+        return gpu
+
+    def nvmlDeviceGetName(self, handle: dict[str, Any]) -> bytes:
+        return handle["name"].encode()  # older pynvml returns bytes
+
+    def nvmlDeviceGetMemoryInfo(self, handle: dict[str, Any]) -> types.SimpleNamespace:
+        return types.SimpleNamespace(**handle["memory"])
+
+    def nvmlDeviceGetUtilizationRates(self, handle: dict[str, Any]) -> types.SimpleNamespace:
+        if "error" in handle["utilization"]:
+            raise self.NVMLError(handle["utilization"]["error"])
+        return types.SimpleNamespace(**handle["utilization"])
+
+    def nvmlDeviceGetTemperature(self, handle: dict[str, Any], sensor: int) -> int:
+        assert sensor == self.NVML_TEMPERATURE_GPU
+        return int(handle["temperature"])
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: dict[str, Any]) -> list[types.SimpleNamespace]:
+        return [types.SimpleNamespace(**proc) for proc in handle["compute_processes"]]
+
+    def nvmlDeviceGetGraphicsRunningProcesses(self, handle: dict[str, Any]) -> list[types.SimpleNamespace]:
+        return [types.SimpleNamespace(**proc) for proc in handle["graphics_processes"]]
+
+    def nvmlShutdown(self) -> None:
+        self.shut_down = True
+
+
+def fake_proc(tmp_path: pathlib.Path) -> str:
+    """A /proc stand-in holding the recorded cgroup and comm files."""
+    for pid, text in DATA["cgroups"].items():
+        (tmp_path / pid).mkdir()
+        (tmp_path / pid / "cgroup").write_text(text)
+        (tmp_path / pid / "comm").write_text(DATA["comms"][pid] + "\n")
+    return str(tmp_path)
+
+
+def answer_for(caller: str, tmp_path: pathlib.Path) -> dict[str, str]:
+    proc = fake_proc(tmp_path)
+    readings = gpustatus.gather(FakeNvml(DATA))
+    table = gpustatus.classify(
+        readings,
+        caller,
+        lambda pid: gpustatus.pid_owner(pid, OWNERS, proc),
+        lambda pid: gpustatus.pid_command(pid, proc),
+    )
+    # Through the real wire format, as the shell gets it.
+    return protocol.decode(protocol.encode(gputable.encode(table)))
+
+
+def test_gather_reads_each_gpu_and_turns_a_failing_one_into_an_error_reading():
+    nvml = FakeNvml(DATA)
+    readings = gpustatus.gather(nvml)
+    assert readings[0] == {
+        "index": 0, "name": "NVIDIA A100-SXM4-40GB", "util": 87, "mem_used": 12 * GIB,
+        "mem_total": 40 * GIB, "temp": 61, "procs": [(777, GIB), (4242, 8 * GIB), (5151, 3 * GIB)],
+        "error": None,
+    }  # fmt: skip
+    # Utilisation not supported: unknown, not an error; a PID in both lists once, with its memory.
+    assert readings[1]["util"] is None
+    assert readings[1]["procs"] == [(5152, 2 * GIB)]
+    assert readings[2] == {"index": 2, "error": "GPU is lost"}
+
+
+def test_status_answer_shuts_nvml_down_and_without_nvml_says_no_driver():
+    nvml = FakeNvml(DATA)
+    answer = gpustatus.status_answer(nvml, "alice", OWNERS)
+    assert nvml.shut_down
+    assert answer["gpus"] == 3
+    assert gpustatus.status_answer(None, "alice", OWNERS) == {"state": "no-driver"}
+
+
+def test_count_failure_is_one_error():
+    nvml = FakeNvml(DATA)
+    nvml.nvmlDeviceGetCount = lambda: (_ for _ in ()).throw(FakeNvml.NVMLError("Unknown Error"))  # type: ignore[method-assign]
+    with pytest.raises(GpushellError) as info:
+        gpustatus.gather(nvml)
+    assert info.value.user_message == "the GPUs did not answer"
+
+
+def test_the_wire_form_for_alice(tmp_path):
+    answer = answer_for("alice", tmp_path)
+    assert answer == {
+        "state": "ok",
+        "gpus": "3",
+        "gpu0": "0|NVIDIA A100-SXM4-40GB|87|12288|40960|61",
+        "gpu0.procs": "3",
+        "gpu0.proc0": "other|||1024",
+        "gpu0.proc1": "you|4242|python3|8192",
+        "gpu0.proc2": "student||bob|3072",
+        "gpu1": "1|NVIDIA A100-SXM4-40GB||2048|40960|38",
+        "gpu1.procs": "1",
+        "gpu1.proc0": "student||bob|2048",
+        "gpu2.error": "2|GPU is lost",
+    }
+
+
+def test_another_students_process_never_shows_its_pid_or_command(tmp_path):
+    answer = answer_for("alice", tmp_path)
+    text = "".join(f"{key}={value}\n" for key, value in answer.items())
+    for secret in ("5151", "5152", "jupyter", "evil", "train.py", "777", "ollama"):
+        assert secret not in text
+
+
+def test_the_wire_form_for_bob_cleans_his_command_name(tmp_path):
+    answer = answer_for("bob", tmp_path)
+    assert answer["gpu0.proc1"] == "student||alice|8192"
+    # His own command name had the separator and an escape sequence: both replaced.
+    assert answer["gpu0.proc2"] == "you|5151|python?evil?[2J|3072"
+    assert answer["gpu1.proc0"] == "you|5152|train.py|2048"
+
+
+def test_render_for_alice(tmp_path):
+    text = gputable.render(answer_for("alice", tmp_path), PLAIN)
+    assert text.splitlines() == [
+        "GPU Name                      Util            Memory  Temp  Processes",
+        "0   NVIDIA A100-SXM4-40GB     87 %   12288/40960 MiB  61 C  other 1024 MiB; "
+        "[1] you: pid 4242 python3 8192 MiB; bob 3072 MiB",
+        "1   NVIDIA A100-SXM4-40GB        ?    2048/40960 MiB  38 C  bob 2048 MiB",
+        "2   did not answer: GPU is lost",
+    ]
+
+
+def test_render_numbers_own_processes_in_order(tmp_path):
+    answer = answer_for("bob", tmp_path)
+    rows = gputable.decode(answer)
+    assert gputable.own_pids(rows) == [5151, 5152]
+    text = gputable.render(answer, Palette(bold="<B>", good="<G>", bad="<R>", dim="<D>", reset="</>"))
+    assert "<G>[1] you: pid 5151 python?evil?[2J 3072 MiB</>" in text
+    assert "<G>[2] you: pid 5152 train.py 2048 MiB</>" in text
+    assert "<R>did not answer: GPU is lost</>" in text
+
+
+def test_render_without_a_driver_is_one_line():
+    assert gputable.render({"state": "no-driver"}, PLAIN) == "no NVIDIA driver/GPU on this host\n"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"state": "ok", "gpus": "1"},
+        {"state": "ok", "gpus": "1", "gpu0": "0|x|1"},
+        {"state": "ok", "gpus": "2", "gpu0": "0|A|1|2|3|4", "gpu0.procs": "9", "gpu0.proc0": "root|1|2|3"},
+        {"state": "ok", "gpus": "99999999999"},
+        {"state": "ok", "gpus": "-1"},
+    ],
+)
+def test_malformed_answers_render_without_a_crash(answer):
+    text = gputable.render(answer, PLAIN)
+    assert text.endswith("\n")
+    assert "Traceback" not in text
+
+
+def test_field_never_carries_a_separator_or_control_character():
+    assert gputable.field("a|b\nc\x1b") == "a?b?c?"
+    assert gputable.field(None) == ""
+    assert len(gputable.field("x" * 500)) == gputable.MAX_FIELD
+
+
+def test_encode_refuses_an_unknown_kind():
+    with pytest.raises(ValueError):
+        gputable.encode([{"index": 0, "name": "x", "procs": [("root", 1, "sh", 0)]}])
+
+
+@pytest.mark.parametrize(
+    ("text", "container"),
+    [
+        ("4:memory:/lxc.payload.gpushell-alice\n", "gpushell-alice"),
+        ("0::/lxc.payload.c1/system.slice/x.service\n", "c1"),
+        ("4:memory:/lxc.monitor.c1\n", None),
+        ("4:memory:/user.slice\n0::/\n", None),
+        ("0::/lxc.payload.\n", None),
+        ("", None),
+    ],
+)
+def test_container_of(text, container):
+    assert gpustatus.container_of(text) == container
+
+
+@pytest.mark.parametrize("text", ["1", "4242\n", "9999999"])
+def test_parse_pid_accepts(text):
+    assert gpustatus.parse_pid(text) == int(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "\n", "0", "0\n", "12345678", "-1", "+1", "1 ", " 1", "1\n\n", "12;id", "\u0663", "1\r\n", "0x1"],
+)
+def test_parse_pid_refuses(text):
+    with pytest.raises(GpushellError) as info:
+        gpustatus.parse_pid(text)
+    assert info.value.user_message == "not a process number"
