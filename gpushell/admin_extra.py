@@ -12,6 +12,7 @@ from typing import Any
 from . import provision, reconcile, registry, registry_edit, registry_file, services, template, usersettings
 from .containers import RUNNING, LxcDriver
 from .errors import ExitStatus, GpushellError
+from .files import read_text_or_none
 from .lock import locked
 from .paths import Paths
 
@@ -176,19 +177,11 @@ def built_templates(reg: registry.Registry) -> dict[str, tuple[str | None, int]]
         return found
     for name in sorted(names):
         directory = provision.container_dir(reg, name)
-        config = _read(os.path.join(directory, "config"))
+        config = read_text_or_none(os.path.join(directory, "config"))
         if name.startswith(".") or config is None or not config.startswith("# gpushell template"):
             continue
         found[name] = (template.suite_of(config), tree_size(directory))
     return found
-
-
-def _read(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as stream:
-            return stream.read()
-    except OSError:
-        return None
 
 
 def tree_size(directory: str) -> int:
@@ -252,7 +245,7 @@ def built_templates_names(reg: registry.Registry) -> set[str]:
     except FileNotFoundError:
         return names
     for name in entries:
-        config = _read(os.path.join(provision.container_dir(reg, name), "config"))
+        config = read_text_or_none(os.path.join(provision.container_dir(reg, name), "config"))
         if config is not None and config.startswith("# gpushell template"):
             names.add(name)
     return names

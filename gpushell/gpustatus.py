@@ -21,6 +21,7 @@ import signal
 from . import gputable
 from .cgroups import PAYLOAD_PREFIX
 from .errors import GpushellError
+from .files import read_text_or_none
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -156,16 +157,8 @@ def gpu_pids(nvml: Any) -> set[int]:
 # --- reading and signalling processes ----------------------------------------------
 
 
-def _read(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as stream:
-            return stream.read()
-    except OSError:
-        return None
-
-
 def pid_container(pid: int, proc: str = "/proc") -> str | None:
-    text = _read(f"{proc}/{pid}/cgroup")
+    text = read_text_or_none(f"{proc}/{pid}/cgroup")
     return None if text is None else container_of(text)
 
 
@@ -176,7 +169,7 @@ def pid_owner(pid: int, owners: dict[str, str], proc: str = "/proc") -> str | No
 
 
 def pid_command(pid: int, proc: str = "/proc") -> str:
-    return (_read(f"{proc}/{pid}/comm") or "").strip()
+    return (read_text_or_none(f"{proc}/{pid}/comm") or "").strip()
 
 
 def status_answer(nvml: Any | None, caller: str, owners: dict[str, str]) -> dict[str, object]:

@@ -28,6 +28,7 @@ from . import (
 )
 from .containers import RUNNING, LxcDriver
 from .errors import GpushellError
+from .files import read_text_or_none
 from .forward import NatTable
 from .leftovers import Leftover
 from .lock import locked
@@ -203,14 +204,6 @@ def forwarding_on() -> bool:
         return stream.read().strip() == "1"
 
 
-def read_config(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as stream:
-            return stream.read()
-    except FileNotFoundError:
-        return None
-
-
 def host_account(name: str, group: str) -> Account | None:
     try:
         entry = pwd.getpwnam(name)
@@ -229,7 +222,7 @@ def container_configs(reg: Registry) -> dict[str, str | None]:
     for user in reg.users.values():
         if os.path.isdir(provision.container_dir(reg, user.container)):
             # A container without a config is broken: "" makes apply write one.
-            configs[user.container] = read_config(config_path(reg, user.container)) or ""
+            configs[user.container] = read_text_or_none(config_path(reg, user.container)) or ""
         else:
             configs[user.container] = None
     return configs

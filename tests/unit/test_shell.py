@@ -153,3 +153,21 @@ def test_main_refuses_other_arguments(no_processes, argv):
     assert main(argv=argv, term=term) == ExitStatus.USAGE
     assert err.getvalue() == "gpushell: this account only offers the gpushell menu; try: ssh HOST help\n"
     assert out.getvalue() == ""
+
+
+@pytest.mark.parametrize(
+    ("typed", "ended"), [("2\n", [222]), ("1\n", [111]), ("3\n", []), ("x\n", []), ("\n", [])]
+)
+def test_offer_kill_ends_only_the_chosen_listed_process(monkeypatch, typed, ended):
+    """The number typed picks from the student's own list; anything else ends nothing."""
+    from gpushell.paths import Paths
+    from gpushell.shell import Session
+
+    out = PipeIO()
+    term = Terminal(PipeIO(typed), out, PipeIO(), {})
+    session = Session(Paths(), "alice", term)
+    calls: list[int] = []
+    monkeypatch.setattr(session, "kill_gpu_process", calls.append)
+    session.offer_kill([111, 222], idle=0)
+    assert calls == ended
+    assert "enter its number (1-2)" in out.getvalue()
