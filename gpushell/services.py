@@ -84,7 +84,9 @@ def ensure_running(ctx: Context, user: User) -> bool:
     The common case, a running container, is settled by one connect to its
     sshd, without asking LXC.
     """
-    if sshd_answers(str(user.ip)):
+    # 3 ms: a running container answers a connect on the bridge in well under
+    # one; a stopped one never does, and a miss costs only an lxc-info.
+    if sshd_answers(str(user.ip), timeout=0.003):
         return False
     started = ctx.driver.state(user.container) != RUNNING
     if started:
