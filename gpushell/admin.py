@@ -16,6 +16,7 @@ from . import (
     allocate,
     archive,
     doctor,
+    driversync,
     hostsetup,
     inventory,
     leftovers,
@@ -221,6 +222,12 @@ def cmd_doctor(paths: Paths, args: argparse.Namespace) -> int:
     return ExitStatus.ERROR if failed else ExitStatus.OK
 
 
+def cmd_driver_sync(paths: Paths, args: argparse.Namespace) -> int:
+    reg = registry_file.load(paths.registry)
+    failures = driversync.sync(reg, paths, args.users, args.installer, say)
+    return ExitStatus.ERROR if failures else ExitStatus.OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpushell-admin",
@@ -370,6 +377,28 @@ def build_parser() -> argparse.ArgumentParser:
         "every check passes.",
     )
     check.set_defaults(run=cmd_doctor)
+
+    drv = commands.add_parser(
+        "driver",
+        help="the NVIDIA user-space driver in containers (driver: container)",
+        description="Keep containers that carry their own NVIDIA user-space driver at the host's version.",
+    )
+    drv_commands = drv.add_subparsers(dest="driver_command", required=True, metavar="ACTION")
+    drv_sync = drv_commands.add_parser(
+        "sync",
+        help="run NVIDIA's installer in containers whose driver differs from the host's",
+        description="For each GPU student's container (or each one named) whose libcuda or "
+        "libnvidia-ml version differs from the loaded kernel module's, copy the installer "
+        "into it and run it there with --no-kernel-module --silent --no-questions, "
+        "starting the container for it if needed; one line per container.",
+    )
+    drv_sync.add_argument(
+        "--installer",
+        metavar="PATH",
+        help="NVIDIA's .run installer (default: the registry's driver_installer)",
+    )
+    drv_sync.add_argument("users", nargs="*", metavar="USER", help="only these students")
+    drv_sync.set_defaults(run=cmd_driver_sync)
     return parser
 
 

@@ -237,7 +237,6 @@ def check_containers(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]
                     facts.apparmor_profile,
                     facts.gpu.nodes,
                     facts.student_ids.get(user.name),
-                    facts.gpu.driver_files,
                 ),
                 f"{user.name}: container {user.container} config matches the registry",
                 f"{user.name}: {reconcile.config_path(reg, user.container)} differs from the registry's",
@@ -331,8 +330,8 @@ def check_drivers(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
                 problem is None,
                 f"{user.name}: container {user.container} "
                 + (problem or f"has the host's NVIDIA driver {host}"),
-                f"install NVIDIA driver {host}'s user-space files in {user.container} "
-                f"(e.g. the .run installer with --no-kernel-module inside it), or set "
+                f"gpushell-admin driver sync {user.name} (NVIDIA's {host} installer with "
+                f"--no-kernel-module inside the container), or set "
                 f"`driver: host` in {reg.path} and run: {APPLY}",
             )
         )

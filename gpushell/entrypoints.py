@@ -13,7 +13,12 @@ import os
 import site
 import sys
 
-PROGRAMS = {"gpushell": "shell", "gpushell-helper": "helper", "gpushell-admin": "admin"}
+PROGRAMS = {
+    "gpushell": "shell",
+    "gpushell-helper": "helper",
+    "gpushell-admin": "admin",
+    "gpushell-driver-hook": "driverhook",  # paths.DRIVER_HOOK
+}
 
 
 def script(module: str, paths_arguments: str = "", site_dirs: list[str] | None = None) -> str:

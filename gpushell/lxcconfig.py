@@ -5,9 +5,10 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 
-from .driverfiles import mount_lines
+from .driverfiles import hook_line
 from .gpudevices import Node
 from .model import Registry, User
+from .paths import DRIVER_HOOK
 
 COMMON_INCLUDES = (
     "/usr/share/lxc/config/common.conf",
@@ -76,7 +77,6 @@ def container_config(
     apparmor_profile: str = "generated",
     gpu_nodes: Sequence[Node] = (),
     student_ids: tuple[int, int] | None = None,
-    driver_files: Sequence[tuple[str, str]] = (),
 ) -> str:
     """The container's LXC config: unprivileged, id-mapped rootfs, static IP, its GPUs.
 
@@ -84,8 +84,9 @@ def container_config(
     shows it to the container through the user's own id range, so every
     student gets a disjoint range without a chown of the whole tree.
     `gpu_nodes` are the nodes this user gets (gpudevices.select).
-    `driver_files` (driverfiles.driver_files) are bind-mounted read-only
-    when the registry's driver is `host` and the user gets a GPU.
+    When the registry's driver is `host` and the user gets a GPU, LXC runs
+    the driver hook at each start, which binds the host driver's files of
+    that moment read-only (driverhook.py): nothing here names a version.
     `student_ids` (the student's host uid and gid) map the student's own
     ids to the host account's when the user has mounts (id_map_lines).
     Mounts are plain bind mounts, not id-mapped ones: see the README.
@@ -109,7 +110,7 @@ def container_config(
     ]
     lines += device_lines(gpu_nodes, reg.gpu_devices)
     if reg.driver == "host" and gpu_nodes:
-        lines += mount_lines(reg.driver_root, tuple(driver_files))
+        lines.append(hook_line(DRIVER_HOOK, reg.driver_root))
     for mount in user.mounts:
         options = "bind,create=dir," + ("ro" if mount.readonly else "rw")
         lines.append(f"lxc.mount.entry = {mount.source} {mount.target.lstrip('/')} none {options} 0 0")

@@ -64,9 +64,9 @@ class User(_Value):
 
 class Registry(_Value):
     __slots__ = (
-        "bridge", "chain", "driver", "driver_root", "gpu_devices", "gpus", "hostname", "idle_timeout",
-        "idmap_size", "idmap_start", "lxcpath", "masquerade", "mounts", "path", "ports", "start_timeout",
-        "subnet", "template", "users",
+        "bridge", "chain", "driver", "driver_installer", "driver_root", "gpu_devices", "gpus", "hostname",
+        "idle_timeout", "idmap_size", "idmap_start", "lxcpath", "masquerade", "mounts", "path", "ports",
+        "start_timeout", "subnet", "template", "users",
     )  # fmt: skip
 
     def __init__(
@@ -90,6 +90,7 @@ class Registry(_Value):
         gpu_devices: str = "/dev",
         driver: str = "host",
         driver_root: str = "/",
+        driver_installer: str = "",
     ) -> None:
         self.path, self.hostname, self.bridge, self.subnet = path, hostname, bridge, subnet
         self.ports, self.template, self.lxcpath, self.chain = ports, template, lxcpath, chain
@@ -98,6 +99,7 @@ class Registry(_Value):
         self.users, self.gpu_devices = users, gpu_devices
         # driver: `host` (its files bind-mounted) or `container` (the template's, checked by doctor)
         self.driver, self.driver_root = driver, driver_root
+        self.driver_installer = driver_installer  # NVIDIA's .run for `driver sync`; "" when unset
 
     def __hash__(self) -> int:
         return hash((self.path, self.hostname))  # users is a dict

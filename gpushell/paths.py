@@ -60,3 +60,6 @@ class Paths:
 
 
 DEFAULT = Paths()
+# Run by LXC (lxc.hook.mount) at each GPU container's start: written into
+# container configs, so fixed at install like the entry points, not per Paths.
+DRIVER_HOOK = "/usr/local/bin/gpushell-driver-hook"

@@ -53,11 +53,7 @@ def create(reg: Registry, user: User, keys: str) -> str:
             host = gpudevices.read_host(reg.gpu_devices, reg.driver_root)
             nodes = gpudevices.select(host.nodes, user.gpus)
             ids = student_ids(user)
-            config.write(
-                lxcconfig.container_config(
-                    reg, user, final_root, apparmor_profile(), nodes, ids, host.driver_files
-                )
-            )
+            config.write(lxcconfig.container_config(reg, user, final_root, apparmor_profile(), nodes, ids))
         # Which template it was copied from, for `gpushell-admin template list`.
         with open(os.path.join(staging, ORIGIN_FILE), "w", encoding="utf-8") as origin_file:
             origin_file.write(f"{reg.template}\n")

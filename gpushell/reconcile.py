@@ -97,12 +97,11 @@ def wanted_config(
     apparmor_profile: str,
     gpu_nodes: tuple[gpudevices.Node, ...] = (),
     student_ids: tuple[int, int] | None = None,
-    driver_files: tuple[tuple[str, str], ...] = (),
 ) -> str:
     """The config for user; gpu_nodes: every NVIDIA node on the host (the user's are picked here)."""
     rootfs = os.path.join(provision.container_dir(reg, user.container), "rootfs")
     nodes = gpudevices.select(gpu_nodes, user.gpus)
-    return lxcconfig.container_config(reg, user, rootfs, apparmor_profile, nodes, student_ids, driver_files)
+    return lxcconfig.container_config(reg, user, rootfs, apparmor_profile, nodes, student_ids)
 
 
 def plan(reg: Registry, paths: Paths, state: HostState) -> Plan:
@@ -138,7 +137,6 @@ def plan(reg: Registry, paths: Paths, state: HostState) -> Plan:
             state.apparmor_profile,
             gpudevices.after_repair(state.gpu),
             state.student_ids.get(user.name),
-            state.gpu.driver_files,
         )
         if current != config:
             note = " (takes effect at its next start)" if state.states.get(user.container) == RUNNING else ""

@@ -57,6 +57,7 @@ SETTINGS_DEFAULTS: dict[str, Any] = {
     "gpu_devices": "/dev",
     "driver": "host",
     "driver_root": "/",
+    "driver_installer": "",
     "mounts": [],
     "start_timeout": 60,
     "idle_timeout": 3600,
@@ -143,6 +144,10 @@ def _absolute_path(value: Any) -> str:
     if any(part == ".." for part in value.split("/")):
         raise ValueError(f"{value!r} must not contain '..'")
     return value
+
+
+def _optional_path(value: Any) -> str:
+    return "" if value in ("", None) else _absolute_path(value)
 
 
 def _boolean(value: Any) -> bool:
@@ -248,6 +253,7 @@ class _Validator:
             "gpu_devices": setting("gpu_devices", _absolute_path),
             "driver": setting("driver", _matching(DRIVER_MODE, "driver mode (host or container)")),
             "driver_root": setting("driver_root", _absolute_path),
+            "driver_installer": setting("driver_installer", _optional_path),
             "start_timeout": setting("start_timeout", _positive_number),
             "idle_timeout": setting("idle_timeout", _integer(0, 7 * 86400)),
             "masquerade": setting("masquerade", _boolean),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 from collections.abc import Iterator
 
 from .errors import GpushellError
@@ -91,6 +92,45 @@ def make_dir(rootfs: str, path: str, mode: int, owner: tuple[int, int]) -> None:
             os.fchmod(fd, mode)
         finally:
             os.close(fd)
+
+
+@contextlib.contextmanager
+def regular_file(rootfs: str, path: str, dir_mode: int = 0o755) -> Iterator[tuple[int, str]]:
+    """(directory fd, name) of rootfs/path, made empty if missing; never through a link.
+
+    Missing directories are made with dir_mode.  A link (or anything but a
+    regular file) at any component is refused, so the caller can mount onto
+    the name from the directory fd without the container choosing where.
+    """
+    directory, _, name = path.strip("/").rpartition("/")
+    if name in ("", ".", ".."):
+        raise GpushellError(f"refusing path {path!r}")
+    with _directory(rootfs, directory, dir_mode) as dir_fd:
+        with contextlib.suppress(FileExistsError):
+            os.close(
+                os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=dir_fd)
+            )
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if not stat.S_ISREG(info.st_mode):
+            raise GpushellError(
+                "refusing to follow a link inside the container",
+                f"{rootfs}/{path.strip('/')} is a link or not a regular file",
+            )
+        yield dir_fd, name
+
+
+def file_sizes(rootfs: str, directory: str) -> dict[str, int]:
+    """Regular files in rootfs/directory and their sizes; {} when it is missing or a link."""
+    try:
+        with _directory(rootfs, directory, None) as dir_fd:
+            found = {}
+            for entry in os.scandir(dir_fd):
+                with contextlib.suppress(OSError):
+                    if entry.is_file(follow_symlinks=False):
+                        found[entry.name] = entry.stat(follow_symlinks=False).st_size
+            return found
+    except (OSError, GpushellError):
+        return {}
 
 
 def remove_file(rootfs: str, path: str) -> None:

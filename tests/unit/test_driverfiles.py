@@ -111,15 +111,29 @@ def test_no_driver_no_files(tmp_path):
     assert driverfiles.read_host(str(tmp_path / "absent")) == (None, ())
 
 
-def test_mount_lines_are_read_only_optional_files():
-    lines = driverfiles.mount_lines("/srv/drv/", ((f"{LIB}/libcuda.so.550.54.14", f"{LIB}/libcuda.so.1"),))
-    assert lines == [
-        f"lxc.mount.entry = /srv/drv{LIB}/libcuda.so.550.54.14 {LIB.lstrip('/')}/libcuda.so.1 "
-        "none bind,ro,optional,create=file 0 0"
-    ]
-    assert driverfiles.mount_lines("/", ((f"{LIB}/x.so.1", f"{LIB}/x.so.1"),))[0].startswith(
-        f"lxc.mount.entry = {LIB}/x.so.1 usr/"
+def test_stale_placeholders_are_only_empty_driver_named_files_not_mounted_now():
+    present = {
+        LIB: {
+            "libcuda.so.1": 0,  # mounted on now
+            "libcuda.so.535.183.01": 0,  # an older driver's placeholder
+            "libnvidia-ml.so.535.183.01": 0,
+            "libnvidia-ml.so.535.183.02": 12,  # a real file: never taken
+            "libc.so.6": 0,  # not a driver name
+            "libcuda.so.old": 0,  # nor this
+        },
+        "/usr/bin": {"nvidia-smi": 0, "nvidia-debugdump": 0, "true": 0},
+        "/usr/lib64": {},
+    }
+    files = (
+        (f"{LIB}/libcuda.so.550.54.14", f"{LIB}/libcuda.so.1"),
+        ("/usr/bin/nvidia-smi", "/usr/bin/nvidia-smi"),
     )
+    assert driverfiles.stale_placeholders(present, files) == [
+        "/usr/bin/nvidia-debugdump",
+        f"{LIB}/libcuda.so.535.183.01",
+        f"{LIB}/libnvidia-ml.so.535.183.01",
+    ]
+    assert driverfiles.stale_placeholders({}, files) == []
 
 
 def registry(driver: str, gpus: object = (0,)) -> tuple[Registry, User]:
@@ -132,17 +146,18 @@ def registry(driver: str, gpus: object = (0,)) -> tuple[Registry, User]:
     return reg, user
 
 
-FILES = ((f"{LIB}/libcuda.so.550.54.14", f"{LIB}/libcuda.so.1"),)
 NODES = (gpudevices.Node("nvidia0", 195, 0), gpudevices.Node("nvidiactl", 195, 255))
 
 
-def test_config_binds_the_driver_only_for_host_mode_and_gpu_users():
+def test_config_runs_the_driver_hook_only_for_host_mode_and_gpu_users():
+    hook = "lxc.hook.mount = /usr/local/bin/gpushell-driver-hook /srv/drv\n"
     reg, user = registry("host")
-    config = lxcconfig.container_config(reg, user, "/r", gpu_nodes=NODES, driver_files=FILES)
-    assert driverfiles.mount_lines("/srv/drv", FILES)[0] + "\n" in config
-    assert "libcuda" not in lxcconfig.container_config(reg, user, "/r", gpu_nodes=(), driver_files=FILES)
+    config = lxcconfig.container_config(reg, user, "/r", gpu_nodes=NODES)
+    assert hook in config
+    assert "libcuda" not in config  # no version is frozen into the config
+    assert "lxc.hook" not in lxcconfig.container_config(reg, user, "/r", gpu_nodes=())
     reg, user = registry("container")
-    assert "libcuda" not in lxcconfig.container_config(reg, user, "/r", gpu_nodes=NODES, driver_files=FILES)
+    assert "lxc.hook" not in lxcconfig.container_config(reg, user, "/r", gpu_nodes=NODES)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,73 @@
+"""driver sync: which containers it picks (pure), and when it refuses."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from gpushell import driversync
+from gpushell.errors import GpushellError
+from gpushell.model import Registry, User
+
+HOST = "550.54.14"
+
+
+def registry(driver: str = "container", installer: str = "") -> Registry:
+    def user(name: str, index: int, gpus: object) -> User:
+        ip = ipaddress.IPv4Address(f"10.0.3.{index + 2}")
+        return User(name, 22001 + index, ip, 1065536 * (index + 1), f"c-{name}", gpus, ())  # type: ignore[arg-type]
+
+    users = {"ann": user("ann", 0, "all"), "bob": user("bob", 1, (0,)), "cat": user("cat", 2, "none")}
+    users["dan"] = user("dan", 3, "all")
+    return Registry(
+        "/etc/gpushell.yaml", "gpu1", "lxcbr0", ipaddress.IPv4Network("10.0.3.0/24"), (22001, 22999),
+        "tpl", "/var/lib/lxc", "GPUSHELL", 1000000, 65536, "none", (), 60.0, 3600, True,
+        users, driver=driver, driver_installer=installer,
+    )  # fmt: skip
+
+
+VERSIONS = {
+    "c-ann": frozenset({HOST}),  # matches
+    "c-bob": frozenset({"535.183.01"}),  # older
+    "c-cat": frozenset(),  # no GPU: never
+    # c-dan: no driver at all
+}
+
+
+def names(users):
+    return [user.name for user in users]
+
+
+def test_sync_picks_only_gpu_containers_whose_driver_differs():
+    assert names(driversync.select(registry(), HOST, VERSIONS, [])) == ["bob", "dan"]
+    assert names(driversync.select(registry(), HOST, VERSIONS, ["dan"])) == ["dan"]
+    assert names(driversync.select(registry(), HOST, VERSIONS, ["ann", "cat"])) == []
+    both = {**VERSIONS, "c-bob": frozenset({HOST}), "c-dan": frozenset({HOST})}
+    assert driversync.select(registry(), HOST, both, []) == []
+
+
+@pytest.mark.parametrize(
+    ("reg", "host", "wanted", "message"),
+    [
+        (registry("host"), HOST, [], "driver: container"),
+        (registry(), None, [], "no NVIDIA driver"),
+        (registry(), HOST, ["bob", "zed"], "not registered: zed"),
+    ],
+)
+def test_sync_refuses(reg, host, wanted, message):
+    with pytest.raises(GpushellError) as caught:
+        driversync.select(reg, host, VERSIONS, wanted)
+    assert message in caught.value.user_message
+    assert "\n" not in caught.value.user_message
+
+
+def test_installer_comes_from_the_option_or_the_registry(tmp_path):
+    run = tmp_path / "NVIDIA.run"
+    run.write_text("#!/bin/sh\n")
+    assert driversync.installer_path(registry(installer=str(run)), None) == str(run)
+    assert driversync.installer_path(registry(installer="/nonexistent"), str(run)) == str(run)
+    with pytest.raises(GpushellError, match="driver_installer"):
+        driversync.installer_path(registry(), None)
+    with pytest.raises(GpushellError, match="not a file"):
+        driversync.installer_path(registry(installer=str(tmp_path / "missing.run")), None)
