@@ -52,8 +52,7 @@ class GpuHost:
     proc_devices: str = ""  # /proc/devices
     gpu_minors: tuple[int, ...] = ()  # from /proc/driver/nvidia/gpus/*/information
     modeset_loaded: bool = False  # /sys/module/nvidia_modeset exists
-    driver_version: str | None = None  # driverfiles.read_host, under the registry's driver_root
-    driver_files: tuple[tuple[str, str], ...] = ()
+    driver_version: str | None = None  # driverfiles.read_version, under the registry's driver_root
 
 
 NO_DRIVER = GpuHost()  # a host without NVIDIA nodes or driver
@@ -196,10 +195,8 @@ def gpu_minors(proc_gpus: str = "/proc/driver/nvidia/gpus") -> tuple[int, ...]:
 def read_host(dev_dir: str, driver_root: str = "/") -> GpuHost:
     from . import driverfiles
 
-    version, files = driverfiles.read_host(driver_root)
     return GpuHost(
-        driver_version=version,
-        driver_files=files,
+        driver_version=driverfiles.read_version(driver_root),
         dev_dir=dev_dir,
         nodes=scan(dev_dir),
         proc_devices=_read("/proc/devices"),
