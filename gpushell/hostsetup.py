@@ -7,7 +7,7 @@ import os
 import socket
 from collections.abc import Callable
 
-from . import dropins, forward, iptables, registry_file
+from . import chaincheck, dropins, forward, iptables, registry_file
 from .model import Registry
 from .paths import Paths
 from .runner import run
@@ -46,8 +46,10 @@ def ensure_ip_forwarding(report: Report) -> None:
 
 def ensure_forwards(reg: Registry, report: Report) -> None:
     table = iptables.read_nat()
-    lines = forward.rebuild_lines(table, reg, reg.users.values())
-    iptables.apply(lines)
+    # Rebuilding a right chain would still move nf_tables' generation and so
+    # send every student's next login through the full forward check.
+    if not chaincheck.chain_matches(table, reg):
+        iptables.apply(forward.rebuild_lines(table, reg, reg.users.values()))
     report(f"nat chain {reg.chain}: {len(reg.users)} forward(s)")
 
 
