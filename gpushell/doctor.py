@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
+import time
 from collections.abc import Callable, Iterable
 
 from . import (
@@ -22,6 +23,7 @@ from . import (
     provision,
     reconcile,
     registry,
+    sshdcheck,
 )
 from .errors import GpushellError
 from .forward import JUMP_CHAINS, TAG, NatTable, comment_of, jump_rule, user_rule
@@ -76,6 +78,7 @@ class Facts:
     kept_accounts: tuple[str, ...] = ()  # in the group, no entry: kept by remove without --purge
     # container -> driver versions its own libraries carry (driver: container, GPU users only)
     driver_versions: dict[str, frozenset[str]] = dataclasses.field(default_factory=dict)
+    sshd_effect: sshdcheck.SshdFacts | None = None  # None: not examined
 
 
 # --- checks (pure) -----------------------------------------------------------
@@ -177,6 +180,191 @@ def check_dropins(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
         _check_dropin("sudoers", paths.sudoers_dropin, facts.sudoers, dropins.sudoers(paths), 0o440),
         _check_dropin("sshd", paths.sshd_dropin, facts.sshd, dropins.sshd(paths), 0o644),
     ]
+
+
+# What sshd must apply to every student (`sshd -T` keyword, value): the
+# drop-in's settings, and no ForceCommand (internal-sftp there would bypass
+# the login shell as well).
+SSHD_WANTED: tuple[tuple[str, str], ...] = (
+    ("disableforwarding", "yes"),
+    ("allowtcpforwarding", "no"),
+    ("allowagentforwarding", "no"),
+    ("allowstreamlocalforwarding", "no"),
+    ("x11forwarding", "no"),
+    ("permittunnel", "no"),
+    ("permitopen", "none"),
+    ("permitlisten", "none"),
+    ("gatewayports", "no"),
+    ("permituserrc", "no"),
+    ("permituserenvironment", "no"),
+    ("forcecommand", "none"),
+)
+SFTP_SERVER = "/usr/lib/openssh/sftp-server"
+
+
+def _names(users: list[str]) -> str:
+    return ", ".join(users) if len(users) <= 3 else f"{', '.join(users[:3])} and {len(users) - 3} more"
+
+
+def _when(nanoseconds: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(nanoseconds // sshdcheck.SECOND))
+
+
+def _reload(sshd: sshdcheck.SshdFacts) -> str:
+    pids = " ".join(str(listener.pid) for listener in sshd.listeners)
+    return f"reload sshd: kill -HUP {pids}" if pids else "start sshd"
+
+
+def _override_fix(sshd: sshdcheck.SshdFacts, paths: Paths, where: list[str], include: str) -> str:
+    if sshd.dropin_read is False:
+        return include
+    if where:
+        return (
+            f"take out the line that sets it at {', '.join(where)} (sshd keeps the first value "
+            f"it reads, and a matching Match block overrides a global line), then {_reload(sshd)}"
+        )
+    return (
+        f"make {paths.sshd_dropin} what gpushell installs ({INIT}) and include it before "
+        f"any other setting in {sshd.config}, then {_reload(sshd)}"
+    )
+
+
+def check_sshd_settings(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
+    """What `sshd -T` says sshd applies to the students, from the files on disk."""
+    sshd = facts.sshd_effect
+    if sshd is None:
+        return []
+    config, dropin = sshd.config, paths.sshd_dropin
+    if sshd.base.returncode != 0:
+        return [
+            Finding(
+                False,
+                f"sshd -T -f {config} fails: {sshdcheck.error_line(sshd.base)}",
+                f"correct {config} or what it includes (a reload with it now would stop sshd)",
+            )
+        ]
+    include = (
+        f"add `Include {os.path.dirname(dropin)}/*.conf` as the first line of {config}, then {_reload(sshd)}"
+    )
+    found = []
+    if sshd.dropin_read is not None:
+        found.append(
+            finding(
+                sshd.dropin_read,
+                f"sshd reads {dropin} through {config}",
+                f"sshd never reads {dropin}: {config} does not include it",
+                include,
+            )
+        )
+    if not sshd.probes:
+        found.append(
+            Finding(
+                True,
+                f"no account in group {paths.group} yet: what sshd applies to students is not checked "
+                "(sshd matches `Match Group` only for an existing account)",
+            )
+        )
+        return found
+    broken = [probe for probe in sshd.probes if probe.returncode != 0]
+    if broken:
+        found.append(
+            Finding(
+                False,
+                f"sshd -T -f {config} -C user={broken[0].user} fails: {sshdcheck.error_line(broken[0])}",
+                f"correct {config} or what it includes",
+            )
+        )
+        return found
+    wrong: list[Finding] = []
+    for keyword, wanted in SSHD_WANTED:
+        by_value: dict[str, list[sshdcheck.Probe]] = {}
+        for probe in sshd.probes:
+            got = sshdcheck.value(probe.dump, keyword)
+            if got != wanted:
+                by_value.setdefault("(not shown)" if got is None else got, []).append(probe)
+        for got, probes in by_value.items():
+            where = sshdcheck.origins(probes[0].debug, keyword, got, config)
+            wrong.append(
+                Finding(
+                    False,
+                    f"sshd would give {_names([str(p.user) for p in probes])} "
+                    f"`{keyword} {got}`, not `{keyword} {wanted}`",
+                    _override_fix(sshd, paths, where, include),
+                )
+            )
+    internal: dict[str, list[sshdcheck.Probe]] = {}
+    for probe in sshd.probes:
+        for line in sshdcheck.settings(probe.dump).get("subsystem", []):
+            if line.split()[1:2] == ["internal-sftp"]:
+                internal.setdefault(line, []).append(probe)
+    for line, probes in internal.items():
+        name = line.split()[0]
+        where = sshdcheck.origins(probes[0].debug, "subsystem", line, config)
+        fixed = f"make it `Subsystem {name} {SFTP_SERVER}`"
+        wrong.append(
+            Finding(
+                False,
+                f"sshd would run subsystem {name} for {_names([str(p.user) for p in probes])} "
+                "as internal-sftp, which bypasses the login shell",
+                f"{fixed} at {', '.join(where)}, then {_reload(sshd)}"
+                if where
+                else f"{fixed} in {config}, then {_reload(sshd)}",
+            )
+        )
+    users = _names([str(probe.user) for probe in sshd.probes])
+    return found + (
+        wrong
+        or [
+            Finding(
+                True,
+                f"sshd gives {users} (group {paths.group}): no forwarding of any kind, no ~/.ssh/rc, "
+                "no client environment, no ForceCommand, no internal-sftp",
+            )
+        ]
+    )
+
+
+def check_sshd_running(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
+    """Has the running sshd read its configuration files since they last changed?"""
+    sshd = facts.sshd_effect
+    if sshd is None:
+        return []
+    if not sshd.listeners:
+        start = "systemctl start ssh" if sshd.config == sshdcheck.DEFAULT_CONFIG else f"sshd -f {sshd.config}"
+        return [Finding(False, f"no running sshd was started with {sshd.config}", f"start sshd: {start}")]
+    if sshd.base.returncode != 0:
+        return []  # which PidFile, which files: unknown while the configuration does not load
+    changes = [(seconds, path) for path, seconds in sshd.changed.items() if seconds is not None]
+    if not changes:
+        return [
+            Finding(True, f"sshd PID {listener.pid} runs with {sshd.config}") for listener in sshd.listeners
+        ]
+    last, path = max(changes)
+    found = []
+    for listener in sshd.listeners:
+        pid = listener.pid
+        if listener.loaded is not None:
+            found.append(
+                finding(
+                    listener.loaded >= last,
+                    f"sshd PID {pid} has read its configuration since {path} last changed",
+                    f"sshd PID {pid} last read its configuration at {_when(listener.loaded)}, "
+                    f"before {path} changed at {_when(last)}",
+                    f"reload sshd: kill -HUP {pid}",
+                )
+            )
+        elif listener.started > last + sshdcheck.SECOND:  # /proc's start time is good to a second
+            found.append(Finding(True, f"sshd PID {pid} started after {path} last changed"))
+        else:
+            found.append(
+                Finding(
+                    False,
+                    f"sshd PID {pid} started at {_when(listener.started)}, before {path} changed at "
+                    f"{_when(last)}, and has no PidFile naming it that would show a reload",
+                    "restart sshd (without a PidFile a reload leaves no trace to check)",
+                )
+            )
+    return found
 
 
 def covers(line: str, first: int, last: int) -> bool:
@@ -364,6 +552,8 @@ CHECKS: tuple[Check, ...] = (
     check_chain,
     check_forwards,
     check_dropins,
+    check_sshd_settings,
+    check_sshd_running,
     check_subids,
     check_template,
     check_gpu_nodes,
@@ -426,9 +616,17 @@ def listeners() -> dict[int, str]:
     return found
 
 
+def sshd_users(accounts: dict[str, reconcile.Account | None], kept: Iterable[str]) -> list[str]:
+    """Whom to ask sshd about: the students whose account is in the group, else one kept member."""
+    students = [name for name, account in sorted(accounts.items()) if account and account.in_group]
+    return students or list(kept)[:1]
+
+
 def gather(reg: Registry, paths: Paths) -> Facts:
     scan = leftovers.scan(reg, paths)
     exists = os.path.exists(f"/sys/class/net/{reg.bridge}")
+    accounts = {name: reconcile.host_account(name, paths.group) for name in reg.users}
+    kept = tuple(leftovers.unregistered_members(reg, scan))
     return Facts(
         bridge_exists=exists,
         bridge_addresses=bridge_addresses(reg.bridge) if exists else [],
@@ -440,12 +638,12 @@ def gather(reg: Registry, paths: Paths) -> Facts:
         template_exists=os.path.isdir(os.path.join(provision.container_dir(reg, reg.template), "rootfs")),
         configs=reconcile.container_configs(reg),
         listeners=listeners(),
-        accounts={name: reconcile.host_account(name, paths.group) for name in reg.users},
+        accounts=accounts,
         apparmor_profile=provision.apparmor_profile(),
         gpu=gpudevices.read_host(reg.gpu_devices, reg.driver_root),
         student_ids=reconcile.host_ids(reg),
         leftovers=tuple(leftovers.find(reg, paths, scan)),
-        kept_accounts=tuple(leftovers.unregistered_members(reg, scan)),
+        kept_accounts=kept,
         driver_versions={
             user.container: driverfiles.read_container_versions(
                 os.path.join(provision.container_dir(reg, user.container), "rootfs")
@@ -454,6 +652,7 @@ def gather(reg: Registry, paths: Paths) -> Facts:
         }
         if reg.driver == "container"
         else {},
+        sshd_effect=sshdcheck.gather(paths.sshd_config, paths.sshd_dropin, sshd_users(accounts, kept)),
     )
 
 

@@ -22,6 +22,7 @@ class Paths:
         "registry",
         "run_dir",
         "shell",
+        "sshd_config",
         "sshd_dropin",
         "sudo",
         "sudoers_dropin",
@@ -39,12 +40,14 @@ class Paths:
         template_cache: str = "/var/cache/gpushell/templates",
         sudoers_dropin: str = "/etc/sudoers.d/gpushell",
         sshd_dropin: str = "/etc/ssh/sshd_config.d/gpushell.conf",
+        sshd_config: str = "/etc/ssh/sshd_config",  # doctor asks sshd what it applies
         group: str = "gpushell",
         syslog_ident: str = "gpushell",
     ) -> None:
         self.registry, self.helper, self.shell, self.sudo = registry, helper, shell, sudo
         self.run_dir, self.template_cache = run_dir, template_cache
         self.sudoers_dropin, self.sshd_dropin = sudoers_dropin, sshd_dropin
+        self.sshd_config = sshd_config
         self.group, self.syslog_ident = group, syslog_ident
 
     def replace(self, **changes: str) -> Paths:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from gpushell import doctor, dropins, reconcile
+from gpushell import doctor, dropins, reconcile, sshdcheck
 from gpushell.doctor import Facts, Finding, InstalledFile
 from gpushell.forward import NatTable, jump_rule, user_rule
 from gpushell.paths import Paths
@@ -30,6 +30,25 @@ ALICE = user_rule("GPUSHELL", REG.users["alice"])
 BOB = user_rule("GPUSHELL", REG.users["bob"])
 
 
+SECOND = sshdcheck.SECOND
+# The lines of `sshd -T` that doctor reads, as OpenSSH 9.2 prints them for a
+# student with the drop-in in effect (tests/unit/test_sshdcheck.py has whole runs).
+SSHD_T = (
+    "x11forwarding no\npermituserrc no\ngatewayports no\nallowtcpforwarding no\n"
+    "allowagentforwarding no\ndisableforwarding yes\nallowstreamlocalforwarding no\n"
+    "pidfile /run/sshd.pid\nforcecommand none\nsubsystem sftp /usr/lib/openssh/sftp-server\n"
+    "permittunnel no\npermitopen none\npermitlisten none\npermituserenvironment no\n"
+)
+SSHD = sshdcheck.SshdFacts(
+    config="/etc/ssh/sshd_config",
+    base=sshdcheck.Probe(None, 0, SSHD_T, ""),
+    probes=(sshdcheck.Probe("alice", 0, SSHD_T, ""), sshdcheck.Probe("bob", 0, SSHD_T, "")),
+    listeners=(sshdcheck.Listener(4242, 1795901172 * SECOND, 1795901175 * SECOND),),
+    changed={"/etc/ssh/sshd_config": 1795901000 * SECOND, PATHS.sshd_dropin: 1795901100 * SECOND},
+    dropin_read=True,
+)
+
+
 def healthy() -> Facts:
     return Facts(
         bridge_exists=True,
@@ -43,6 +62,7 @@ def healthy() -> Facts:
         configs={name: reconcile.wanted_config(REG, user, "generated") for name, user in REG.users.items()},
         listeners={22: "sshd, pid 1"},
         accounts={name: Account(PATHS.shell, True) for name in REG.users},
+        sshd_effect=SSHD,
     )
 
 
@@ -54,7 +74,9 @@ def test_a_healthy_host_passes_every_check() -> None:
     findings = doctor.run_checks(REG, PATHS, healthy())
     assert doctor.all_ok(findings)
     assert "ok: alice: one forward, port 22001 -> 10.0.3.2:22" in [item.line() for item in findings]
-    assert len(findings) == 19  # 18 + "no leftovers of interrupted adds"
+    assert len(findings) == 22  # 18 + "no leftovers of interrupted adds" + 3 for sshd
+    reloaded = "ok: sshd PID 4242 has read its configuration since /etc/ssh/sshd_config.d/gpushell.conf"
+    assert f"{reloaded} last changed" in [item.line() for item in findings]
 
 
 def test_finding_lines() -> None:
@@ -97,6 +119,21 @@ def test_stray_rules() -> None:
     (line,) = failures(dataclasses.replace(healthy(), table=nat(ALICE, BOB, ghost)))
     assert line.startswith("FAIL: 1 stray rule(s) in GPUSHELL: orphan rule for unregistered gpushell:ghost")
     assert line.endswith(" — fix: gpushell-admin apply")
+
+
+def test_sshd_would_allow_forwarding_and_has_not_reloaded() -> None:
+    loose = sshdcheck.Probe("bob", 0, SSHD_T.replace("allowtcpforwarding no", "allowtcpforwarding yes"), "")
+    stale = dataclasses.replace(
+        SSHD, probes=(SSHD.probes[0], loose), changed={PATHS.sshd_dropin: 1795901300 * SECOND}
+    )
+    assert failures(dataclasses.replace(healthy(), sshd_effect=stale)) == [
+        "FAIL: sshd would give bob `allowtcpforwarding yes`, not `allowtcpforwarding no`"
+        " — fix: make /etc/ssh/sshd_config.d/gpushell.conf what gpushell installs (gpushell-admin init)"
+        " and include it before any other setting in /etc/ssh/sshd_config, then reload sshd: kill -HUP 4242",
+        "FAIL: sshd PID 4242 last read its configuration at 2026-11-28 21:26:15 UTC, before"
+        " /etc/ssh/sshd_config.d/gpushell.conf changed at 2026-11-28 21:28:20 UTC"
+        " — fix: reload sshd: kill -HUP 4242",
+    ]
 
 
 def test_dropins_missing_different_or_loose() -> None:
