@@ -2,7 +2,7 @@
 
 For `driver: container`.  `select` (pure) picks the GPU containers whose
 libcuda/libnvidia-ml version differs from the loaded module's (doctor's
-comparison, driverfiles.mismatch).  `sync_one` copies the installer into
+comparison, driverfiles.mismatch).  `sync_one` streams the installer into
 the container through the link-refusing rootfs writer, runs it there with
 `--no-kernel-module --silent --no-questions` through lxc-attach (starting
 the container for it, and stopping it again if it was stopped), removes
@@ -67,15 +67,23 @@ def container_root(reg: Registry, user: User) -> str:
     return os.path.join(provision.container_dir(reg, user.container), "rootfs")
 
 
+def copy_installer(root: str, installer: str) -> None:
+    """The installer into the container's rootfs at INSIDE, streamed (it is hundreds of MB).
+
+    rootfs.write_file copies it chunk by chunk and never follows a link the
+    container planted on the way.
+    """
+    with open(installer, "rb") as stream:
+        rootfs.write_file(root, INSIDE, stream, mode=0o700)
+
+
 def sync_one(reg: Registry, paths: Paths, user: User, installer: str, host_version: str) -> str:
     """Run the installer in user's container; a one-line report, or GpushellError."""
     driver = LxcDriver(reg.lxcpath)
     root = container_root(reg, user)
     with locked(paths.user_lock(user.name)):
         was_running = driver.state(user.container) == RUNNING
-        with open(installer, "rb") as stream:
-            data = stream.read()
-        rootfs.write_file(root, INSIDE, data, mode=0o700)
+        copy_installer(root, installer)
         try:
             driver.start(user.container)
             result = run(

@@ -172,16 +172,24 @@ def pid_command(pid: int, proc: str = "/proc") -> str:
     return (read_text_or_none(f"{proc}/{pid}/comm") or "").strip()
 
 
-def status_answer(nvml: Any | None, caller: str, owners: dict[str, str]) -> dict[str, object]:
-    """The helper's answer to `gpus`."""
-    if nvml is None:
-        return {"state": gputable.NO_DRIVER}
+def classified(nvml: Any, caller: str, owners: Callable[[], dict[str, str]]) -> list[Reading]:
+    """Every GPU's reading, classified for caller (gputable.encode's input); NVML shut down after.
+
+    owners (container -> registry user) is asked only once NVML has answered.
+    """
     try:
         readings = gather(nvml)
     finally:
         _shutdown(nvml)
-    table = classify(readings, caller, lambda pid: pid_owner(pid, owners), pid_command)
-    return gputable.encode(table)
+    known = owners()
+    return classify(readings, caller, lambda pid: pid_owner(pid, known), pid_command)
+
+
+def status_answer(nvml: Any | None, caller: str, owners: dict[str, str]) -> dict[str, object]:
+    """The helper's answer to `gpus`."""
+    if nvml is None:
+        return {"state": gputable.NO_DRIVER}
+    return gputable.encode(classified(nvml, caller, lambda: owners))
 
 
 def _shutdown(nvml: Any) -> None:

@@ -15,18 +15,23 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import subprocess
 import time
 import types
 from collections.abc import Iterator
 
+import pexpect
 import pytest
 
-from gpushell import gpustatus
+from gpushell import gpucache, gpustatus, registry
 from gpushell.errors import GpushellError
+from gpushell.paths import Paths
 
 from .conftest import Syslog
 from .lab import ENV, Lab, Student, sh
+from .test_gpus import stand_in_devices
+from .test_login import login
 
 NO_DRIVER_LINE = "no NVIDIA driver/GPU on this host\n"
 
@@ -224,3 +229,104 @@ def test_gpu_kill_allowed_only_for_a_gpu_process_in_the_callers_container(
             assert alive(theirs)
     finally:
         stop(lab, student, other)
+
+
+# --- the login banner's GPU lines, from the snapshot the helper keeps ---------------
+
+
+class SharedGpuNvml(OneGpuNvml):
+    """Stands in for pynvml: one GPU with a compute process for each of `pids`."""
+
+    def __init__(self, pids: list[int]) -> None:
+        super().__init__(pids[0])
+        self.pids = pids
+
+    def nvmlDeviceGetComputeRunningProcesses(self, _handle: int) -> list[types.SimpleNamespace]:
+        return [types.SimpleNamespace(pid=pid, usedGpuMemory=1 << 28) for pid in self.pids]
+
+
+@pytest.fixture
+def gpu_user(lab: Lab) -> Iterator[Student]:
+    """A student with GPU 0 (a stand-in device node: no GPU here), removed afterwards."""
+    with stand_in_devices(lab):
+        made = lab.add_student("gb", "--gpus", "0")
+        try:
+            yield made
+        finally:
+            stop(lab, made)
+            lab.admin("remove", made.name, "--purge", check=False)
+
+
+def lab_paths(lab: Lab) -> Paths:
+    return Paths(run_dir=lab.paths["run_dir"], registry=lab.registry)
+
+
+def remove_snapshot(lab: Lab) -> str:
+    path = gpucache.snapshot_path(lab_paths(lab))
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    return path
+
+
+def banner_of(lab: Lab, student: Student) -> str:
+    """What an interactive ssh login prints before the first prompt (no colour), then quit."""
+    child = login(lab, student, term="dumb")
+    text = (child.before or "").replace("\r", "")
+    child.sendline("quit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    return text
+
+
+def gpu_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(("GPU ", "GPUs:", "GPU status"))]
+
+
+def test_the_gpus_action_rewrites_the_banner_snapshot(lab: Lab, student: Student) -> None:
+    path = remove_snapshot(lab)
+    result = lab.ssh(student, "gpus")
+    assert (result.returncode, result.stdout) == (0, NO_DRIVER_LINE)
+    info = os.lstat(path)
+    assert stat.S_ISREG(info.st_mode) and (info.st_uid, stat.S_IMODE(info.st_mode)) == (0, 0o600)
+    lines = gpucache.read(path)
+    assert lines is not None and lines["gpu_state"] == "no-driver" and lines["taken"].isdigit()
+
+
+def test_login_banner_shows_the_gpus_from_the_snapshot_and_refreshes_it_behind_the_login(
+    lab: Lab, gpu_user: Student, other: Student
+) -> None:
+    path = remove_snapshot(lab)
+    # First login: nothing known yet, so one line pointing at `gpus`...
+    assert gpu_lines(banner_of(lab, gpu_user)) == ["GPU status: run `gpus`"]
+    # ...and the login refreshed the snapshot after answering: NVML is absent here.
+    deadline = time.monotonic() + 30
+    while (lines := gpucache.read(path)) is None:
+        assert time.monotonic() < deadline, "the login never refreshed the GPU snapshot"
+        time.sleep(0.05)
+    assert lines["gpu_state"] == "no-driver"
+    assert gpu_lines(banner_of(lab, gpu_user)) == ["GPUs: none on this host (no NVIDIA driver)"]
+    # A student without GPUs (gpus: none) gets no GPU line at all.
+    assert gpu_lines(banner_of(lab, other)) == []
+
+    # With NVML answering (a stand-in, as there is no GPU) for REAL processes in both
+    # containers and one on the host: the cgroup mapping that counts students is real.
+    with sleeper(lab, gpu_user, "4711.7") as mine, sleeper(lab, other, "4711.8") as theirs:
+        nvml = SharedGpuNvml([mine, theirs, os.getpid()])
+
+        def owners() -> dict[str, str]:
+            reg = registry.parse(lab.read_registry(), lab.registry)
+            return {entry.container: entry.name for entry in reg.users.values()}
+
+        deadline = time.monotonic() + 30  # a login's refresh may still hold the lock for a moment
+        while not gpucache.refresh(lab_paths(lab), owners, lambda: nvml):
+            assert time.monotonic() < deadline, "the GPU snapshot lock was never free"
+            time.sleep(0.05)
+        text = banner_of(lab, gpu_user)
+    shown = gpu_lines(text)
+    assert len(shown) == 1
+    # Counts only: 2 students (the host's process is nobody's); no names, no PIDs.
+    assert shown[0].startswith("GPU 0   50%     1.0/16.0 GiB  40 C  2 students")
+    assert other.name not in text
+    for pid in (mine, theirs):
+        assert str(pid) not in text

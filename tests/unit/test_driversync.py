@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import stat
+import tracemalloc
 
 import pytest
 
-from gpushell import driversync
+from gpushell import driversync, rootfs
 from gpushell.errors import GpushellError
 from gpushell.model import Registry, User
 
@@ -71,3 +74,53 @@ def test_installer_comes_from_the_option_or_the_registry(tmp_path):
         driversync.installer_path(registry(), None)
     with pytest.raises(GpushellError, match="not a file"):
         driversync.installer_path(registry(installer=str(tmp_path / "missing.run")), None)
+
+
+INSTALLER_SIZE = 48 << 20  # sparse: costs no disk to make, 48 MiB to read whole
+
+
+def sparse_installer(path):
+    """A large installer with known bytes at its start, middle and end, and holes between."""
+    marks = {0: b"#!/bin/sh\n", INSTALLER_SIZE // 2: b"middle", INSTALLER_SIZE - 3: b"end"}
+    with open(path, "wb") as stream:
+        stream.truncate(INSTALLER_SIZE)
+        for offset, data in marks.items():
+            stream.seek(offset)
+            stream.write(data)
+    return marks
+
+
+def test_the_installer_is_streamed_into_the_container_never_read_whole(tmp_path):
+    installer = tmp_path / "NVIDIA.run"
+    marks = sparse_installer(installer)
+    root = tmp_path / "rootfs"
+    (root / "root").mkdir(parents=True)
+    tracemalloc.start()
+    try:
+        driversync.copy_installer(str(root), str(installer))
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Reading it whole would allocate all 48 MiB at once; a chunked copy, one chunk or so.
+    assert peak < 4 * rootfs.CHUNK < INSTALLER_SIZE
+    copy = root / driversync.INSIDE.lstrip("/")
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o700
+    assert copy.stat().st_size == INSTALLER_SIZE
+    with open(copy, "rb") as stream:
+        for offset, data in marks.items():
+            stream.seek(offset)
+            assert stream.read(len(data)) == data
+    assert sorted(os.listdir(root / "root")) == [os.path.basename(driversync.INSIDE)]
+
+
+def test_the_installer_copy_never_follows_a_link_the_container_planted(tmp_path):
+    installer = tmp_path / "NVIDIA.run"
+    installer.write_bytes(b"#!/bin/sh\n")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    root = tmp_path / "rootfs"
+    root.mkdir()
+    (root / "root").symlink_to(outside)  # container root pointed its /root at the host
+    with pytest.raises(GpushellError, match="link"):
+        driversync.copy_installer(str(root), str(installer))
+    assert os.listdir(outside) == []

@@ -12,15 +12,18 @@ argument precisely so that this stand-in can be passed.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import stat
 import types
 from typing import Any
 
 import pytest
 
-from gpushell import gpustatus, gputable, protocol
+from gpushell import gpucache, gpustatus, gputable, protocol
 from gpushell.banner import PLAIN, Palette
 from gpushell.errors import GpushellError
+from gpushell.paths import Paths
 
 DATA = json.loads((pathlib.Path(__file__).parent / "data/nvml_readings.json").read_text())
 OWNERS = {"gpushell-alice": "alice", "gpushell-bob": "bob"}
@@ -237,3 +240,73 @@ def test_parse_pid_refuses(text):
     with pytest.raises(GpushellError) as info:
         gpustatus.parse_pid(text)
     assert info.value.user_message == "not a process number"
+
+
+# --- the snapshot behind the login banner (gpucache), from the same readings ------
+
+
+def table_for(caller: str, tmp_path: pathlib.Path) -> list[dict[str, object]]:
+    proc = fake_proc(tmp_path)
+    return gpustatus.classify(
+        gpustatus.gather(FakeNvml(DATA)),
+        caller,
+        lambda pid: gpustatus.pid_owner(pid, OWNERS, proc),
+        lambda pid: gpustatus.pid_command(pid, proc),
+    )
+
+
+@pytest.mark.parametrize("caller", ["alice", "bob", ""])  # "": the background refresh, nobody's view
+def test_snapshot_counts_students_per_gpu_whoever_asked(caller, tmp_path):
+    lines = gpucache.snapshot(table_for(caller, tmp_path), 1712345678)
+    assert lines == {
+        "taken": 1712345678,
+        "gpu_state": "ok",
+        "gpu_count": 3,
+        "gpu.0": "0|87|12288|40960|61|2",  # alice and bob; the host's ollama is nobody's
+        "gpu.1": "1||2048|40960|38|1",  # bob
+        "gpu.2.error": "2|GPU is lost",
+    }
+    text = protocol.encode(lines)
+    for private in ("alice", "bob", "4242", "5151", "5152", "777", "python", "train.py", "ollama", "jupyter"):
+        assert private not in text
+
+
+def test_gpus_answer_writes_the_snapshot_from_the_same_reading(tmp_path):
+    paths = Paths(run_dir=str(tmp_path))
+    nvml = FakeNvml(DATA)
+    asked: list[str] = []
+
+    def owners() -> dict[str, str]:
+        asked.append("owners")
+        return OWNERS
+
+    answer = gpucache.gpus_answer(paths, "alice", owners, lambda: nvml)
+    assert nvml.shut_down and asked == ["owners"]
+    assert answer["state"] == "ok" and answer["gpus"] == 3 and answer["gpu2.error"] == "2|GPU is lost"
+    snapshot = tmp_path / "gpus.snapshot"
+    info = snapshot.stat()
+    assert stat.S_IMODE(info.st_mode) == 0o600 and info.st_uid == os.geteuid()
+    lines = protocol.decode(snapshot.read_text())
+    assert (lines["gpu_state"], lines["gpu_count"], lines["gpu.2.error"]) == ("ok", "3", "2|GPU is lost")
+    assert lines["gpu.0"].startswith("0|87|12288|40960|61|")
+    assert os.listdir(tmp_path) == ["gpus.snapshot"]
+
+
+def test_gpus_answer_without_a_driver_or_with_nvml_failing_records_so(tmp_path):
+    paths = Paths(run_dir=str(tmp_path))
+    snapshot = tmp_path / "gpus.snapshot"
+    never = lambda: pytest.fail("owners asked without NVML")  # noqa: E731
+    assert gpucache.gpus_answer(paths, "alice", never, lambda: None) == {"state": "no-driver"}
+    assert protocol.decode(snapshot.read_text())["gpu_state"] == "no-driver"
+
+    nvml = FakeNvml(DATA)
+    nvml.nvmlDeviceGetCount = lambda: (_ for _ in ()).throw(FakeNvml.NVMLError("Unknown Error"))  # type: ignore[method-assign]
+    with pytest.raises(GpushellError):
+        gpucache.gpus_answer(paths, "alice", never, lambda: nvml)
+    assert protocol.decode(snapshot.read_text())["gpu_state"] == "error"
+    assert nvml.shut_down
+
+
+def test_gpus_answers_even_when_the_snapshot_cannot_be_written(tmp_path):
+    paths = Paths(run_dir=str(tmp_path / "missing"))
+    assert gpucache.gpus_answer(paths, "alice", dict, lambda: None) == {"state": "no-driver"}
