@@ -324,17 +324,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     setting = commands.add_parser(
         "set",
-        help="change a student's gpus, port or autostart",
+        help="change a student's gpus, port, autostart or snapshot_limit",
         description="Edit the student's registry entry in place (comments kept), "
         "then apply it: a new port replaces the forward at once, autostart and "
-        "gpus regenerate the container's config (gpus take effect at its next start).",
+        "gpus regenerate the container's config (gpus take effect at its next start), "
+        "snapshot_limit counts from the student's next snapshot.",
     )
     setting.add_argument("user", metavar="USER", help="the student's user name")
     setting.add_argument(
         "assignments",
         nargs="*",
         metavar="KEY=VALUE",
-        help="gpus=all|none|0,2  port=N  autostart=true|false",
+        help="gpus=all|none|0,2  port=N  autostart=true|false  snapshot_limit=0..100",
     )
     setting.set_defaults(run=lambda paths, args: admin_extra.cmd_set(paths, args, say))
 
@@ -370,7 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
         "doctor",
         help="check the host and say how to fix each problem",
         description="Check the bridge, IP forwarding, the nat chain and every "
-        "student's forward, the drop-ins, the registry's permissions, root's "
+        "student's forward, the drop-ins and whether sshd applies them (sshd -T for "
+        "each student, and a reload since they last changed), the registry's permissions, root's "
         "subordinate ids, the template, each container's config, port clashes "
         "with host services and the students' host accounts.  One line per "
         "check: 'ok: ...' or 'FAIL: ... — fix: ...'.  Exit status 0 only when "

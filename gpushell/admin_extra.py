@@ -51,6 +51,11 @@ def set_effects(old: registry.User, new: registry.User, running: bool) -> list[s
     if old.gpus != new.gpus:
         when = "at the container's next start" if running else "when the container next starts"
         notes.append(f"gpus {_gpus(old.gpus)} -> {_gpus(new.gpus)}: config regenerated, takes effect {when}")
+    if old.snapshot_limit != new.snapshot_limit:
+        notes.append(
+            f"snapshot_limit {old.snapshot_limit} -> {new.snapshot_limit}: "
+            "from the next snapshot (existing snapshots are kept)"
+        )
     return notes or ["nothing changed"]
 
 

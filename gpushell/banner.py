@@ -46,17 +46,119 @@ def connect_command(info: Answer) -> str:
 def status(info: Answer, p: Palette = PLAIN) -> str:
     return (
         f"Container {p.bold}{info['container']}{p.reset}: {state_text(info, p)}, "
-        f"IP {info['ip']}, port {info['port']}\n"
+        f"IP {info['ip']}, port {info['port']}\n" + usage(info)
     )
+
+
+def _count(info: Answer, key: str) -> int | None:
+    text = info.get(key, "")
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def usage(info: Answer) -> str:
+    """The container's own CPU time, memory and disk, where the helper measured them."""
+    parts = []
+    cpu_ns, memory, disk = _count(info, "cpu_ns"), _count(info, "memory_bytes"), _count(info, "disk_bytes")
+    if cpu_ns is not None:
+        parts.append(f"CPU time {cpu_ns / 1e9:.1f} s")
+    if memory is not None:
+        parts.append(f"memory {memory / 2**20:.0f} MiB")
+    if disk is not None:
+        parts.append(f"disk {disk / 2**30:.2f} GiB")
+    return f"Using:           {', '.join(parts)}\n" if parts else ""
+
+
+def repaired(info: Answer) -> str:
+    """What `keys` repaired, one line each."""
+    lines = [info.get(f"repaired{index}", "") for index in range(min(_count(info, "repaired") or 0, 50))]
+    done = "".join(f"  {line}\n" for line in lines if line)
+    return (done or "  nothing needed repair\n") + "Try again: " + connect_command(info) + "\n"
 
 
 def banner(info: Answer, p: Palette = PLAIN) -> str:
     return (
         f"\n{p.bold}Welcome, {info['user']}.{p.reset} This host gives you your own container.\n"
         + status(info, p)
+        + gpu_lines(info, p)
         + f"\nConnect to it:   {p.bold}{connect_command(info)}{p.reset}\n"
         + help_text(info, p, brief=True)
     )
+
+
+# --- the banner's GPU lines: the login answer's gpu_* keys (gpucache.py writes them) ---
+
+GPU_FRESH_FOR = 5  # seconds; an older reading says how old it is
+MAX_BANNER_GPUS = 64
+
+
+def gpu_lines(info: Answer, p: Palette = PLAIN) -> str:
+    """One line per GPU (load, memory, temperature, how many students use it); '' without gpu keys.
+
+    No gpu_state: the student has no GPUs (or an older helper answered), so
+    nothing.  Counts only: who the students are is the `gpus` action's.
+    """
+    state = info.get("gpu_state")
+    if state is None:
+        return ""
+    if state == "none":
+        return f"GPU status: {p.dim}run `gpus`{p.reset}\n"
+    if state == "no-driver":
+        return "GPUs: none on this host (no NVIDIA driver)\n"
+    age = _whole(info.get("gpu_age", "")) or 0
+    note = f"  {p.dim}(as of {_age_text(age)} ago){p.reset}" if age > GPU_FRESH_FOR else ""
+    if state == "error":
+        return f"GPU status: {p.bad}the GPUs did not answer{p.reset}{note}\n"
+    if state != "ok":
+        return ""  # a state this shell does not know: say nothing rather than something wrong
+    count = min(_whole(info.get("gpu_count", "")) or 0, MAX_BANNER_GPUS)
+    if count == 0:
+        return f"GPUs: none found on this host{note}\n"
+    rows = [gpu_row(row, info, p) for row in range(count)]
+    return rows[0] + note + "\n" + "".join(f"{line}\n" for line in rows[1:])
+
+
+def gpu_row(row: int, info: Answer, p: Palette = PLAIN) -> str:
+    """`GPU 0    35%    10.2/80.0 GiB  41 C  2 students`; a GPU that failed is one row saying so."""
+    error = info.get(f"gpu.{row}.error")
+    if error is not None:
+        number, _, why = error.partition("|")
+        why = _printable(why) or "no reason"
+        return f"GPU {_shown_number(number)}  {p.bad}did not answer: {why}{p.reset}"
+    fields = info.get(f"gpu.{row}", "").split("|")
+    if len(fields) != 6:
+        return f"GPU ?  {p.bad}unreadable reading{p.reset}"
+    index, util, used, total, temp, users = (_whole(text) for text in fields)
+    memory = f"{_gib(used)}/{_gib(total)} GiB"
+    util_text = "?" if util is None else f"{util}%"
+    temp_text = "?" if temp is None else f"{temp} C"
+    who = "? students" if users is None else f"{users} student" + ("" if users == 1 else "s")
+    return f"GPU {'?' if index is None else index:<2}{util_text:>5}  {memory:>15}{temp_text:>6}  {who}"
+
+
+def _whole(text: str) -> int | None:
+    """A whole number from the answer, or None (unknown, or not a number)."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 12 else None
+
+
+def _shown_number(text: str) -> str:
+    number = _whole(text)
+    return "?" if number is None else str(number)
+
+
+def _gib(mib: int | None) -> str:
+    return "?" if mib is None else f"{mib / 1024:.1f}"
+
+
+def _printable(text: str, limit: int = 64) -> str:
+    return "".join(ch if ch.isprintable() else "?" for ch in text[:limit])
+
+
+def _age_text(seconds: int) -> str:
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h"
 
 
 def help_text(info: Answer, p: Palette = PLAIN, brief: bool = False) -> str:
@@ -70,19 +172,25 @@ def help_text(info: Answer, p: Palette = PLAIN, brief: bool = False) -> str:
     if brief:
         return text
     return text + (
-        f"Web services (Jupyter, TensorBoard) in your container:\n"
-        f"                 ssh -p {port} -L 8888:localhost:8888 {user}@{host}\n"
+        f"Web services in your container, through your ssh connection to it:\n"
+        f"  Jupyter        ssh -p {port} -L 8888:localhost:8888 {user}@{host}\n"
+        f"                 then open http://localhost:8888 on your computer\n"
+        f"  TensorBoard    ssh -p {port} -L 6006:localhost:6006 {user}@{host}\n"
         f"An entry for ~/.ssh/config on your computer:\n"
         f"                 Host {host}-box\n"
         f"                     HostName {host}\n"
         f"                     Port {port}\n"
         f"                     User {user}\n"
+        f"                 then: ssh {host}-box, scp FILE {host}-box:, "
+        f"ssh -L 8888:localhost:8888 {host}-box\n"
+        f"Locked out of your container? Choose `keys` (or: ssh {user}@{host} keys).\n"
         f"This host itself runs only this menu: no shell, no file copy, no forwarding.\n"
     )
 
 
-def menu(p: Palette = PLAIN) -> str:
+def menu(p: Palette = PLAIN, offered: tuple[tuple[str, str], ...] = MENU) -> str:
     rows = [
-        f"  {p.bold}{n}{p.reset}) {word:<8} {p.dim}{what}{p.reset}" for n, (word, what) in enumerate(MENU, 1)
+        f"  {p.bold}{n:>2}{p.reset}) {word:<15} {p.dim}{what}{p.reset}"
+        for n, (word, what) in enumerate(offered, 1)
     ]
     return "\n" + "\n".join(rows) + "\n"

@@ -13,7 +13,7 @@ import time
 from .errors import ExitStatus, GpushellError
 from .runner import run
 
-RUNNING, STOPPED, MISSING = "RUNNING", "STOPPED", "MISSING"
+RUNNING, STOPPED, MISSING, FROZEN = "RUNNING", "STOPPED", "MISSING", "FROZEN"
 
 
 class ContainerDriver:
@@ -26,6 +26,13 @@ class ContainerDriver:
         raise NotImplementedError
 
     def stop(self, name: str) -> None:
+        raise NotImplementedError
+
+    def freeze(self, name: str) -> None:
+        """Pause every process of a running container (a consistent point for a snapshot)."""
+        raise NotImplementedError
+
+    def unfreeze(self, name: str) -> None:
         raise NotImplementedError
 
 
@@ -75,6 +82,23 @@ class LxcDriver(ContainerDriver):
         result = run(["lxc-stop", *self._args(name), "-t", str(timeout)], check=False, timeout=timeout + 30)
         if result.returncode != 0 and self.state(name) == RUNNING:
             raise GpushellError("your container failed to stop", f"lxc-stop {name}: {result.stderr.strip()}")
+
+    def freeze(self, name: str) -> None:
+        # The freezer cgroup stops every task of the container at once, so
+        # a copy of its rootfs taken meanwhile is one point in time.
+        result = run(["lxc-freeze", *self._args(name)], check=False)
+        if result.returncode != 0:
+            raise GpushellError(
+                "your container could not be paused", f"lxc-freeze {name}: {result.stderr.strip()}"
+            )
+
+    def unfreeze(self, name: str) -> None:
+        result = run(["lxc-unfreeze", *self._args(name)], check=False)
+        if result.returncode != 0:
+            raise GpushellError(
+                "your container could not be resumed; run: restart",
+                f"lxc-unfreeze {name}: {result.stderr.strip()}",
+            )
 
 
 def sshd_answers(ip: str, port: int = 22, timeout: float = 0.01) -> bool:

@@ -13,8 +13,8 @@ import pwd
 import signal
 import sys
 
-from . import audit, protocol, registry_cache, services
-from .containers import RUNNING, LxcDriver
+from . import audit, menu, protocol, registry_cache, services
+from .containers import FROZEN, RUNNING, LxcDriver
 from .errors import CONTACT_ADMIN, ExitStatus, GpushellError
 from .lock import locked
 from .paths import DEFAULT, Paths
@@ -30,9 +30,17 @@ if TYPE_CHECKING:
 
 
 def _login(ctx: services.Context, user: User) -> Answer:
+    thaw_if_left_frozen(ctx, user)
     started = services.ensure_running(ctx, user)
     forward_changed = services.ensure_forward(ctx, user)
-    return services.describe(ctx, user, RUNNING, started=started, forward_changed=forward_changed)
+    answer = services.describe(ctx, user, RUNNING, started=started, forward_changed=forward_changed)
+    if user.gpus != "none":
+        # The banner's GPU lines, from the cached snapshot (a small file read);
+        # a stale one is refreshed in the background after this answer is out.
+        from . import gpucache
+
+        answer.update(gpucache.for_login(ctx.paths, lambda: _owners(ctx.paths)))
+    return answer
 
 
 def _status(ctx: services.Context, user: User) -> Answer:
@@ -59,11 +67,9 @@ def _owners(paths: Paths) -> dict[str, str]:
 
 
 def _gpus(ctx: services.Context, user: User) -> Answer:
-    from . import gpustatus
+    from . import gpucache  # NVML is asked here; the login banner's snapshot is refreshed too
 
-    nvml = gpustatus.load_nvml()
-    owners = _owners(ctx.paths) if nvml is not None else {}
-    return gpustatus.status_answer(nvml, user.name, owners)
+    return gpucache.gpus_answer(ctx.paths, user.name, lambda: _owners(ctx.paths))
 
 
 def _gpu_kill(ctx: services.Context, user: User) -> Answer:
@@ -74,16 +80,143 @@ def _gpu_kill(ctx: services.Context, user: User) -> Answer:
     return gpustatus.kill(pid, user.container)
 
 
+# Arguments come as `key=value` lines on stdin (protocol.py), never in argv:
+# sudoers lists each verb exactly, and each value is checked again here.
+MAX_REQUEST = 512
+
+
+def _request() -> dict[str, str]:
+    return protocol.decode(sys.stdin.read(MAX_REQUEST))
+
+
+def _snapshot_name(request: dict[str, str], required: bool = True) -> str | None:
+    name = request.get("name", "")
+    if not name and not required:
+        return None
+    if not menu.is_snapshot_name(name):
+        raise GpushellError(menu.SNAPSHOT_NAME_RULE, f"refused snapshot name {name!r}", ExitStatus.USAGE)
+    return name
+
+
+def _confirm(request: dict[str, str], user: User) -> None:
+    """Destructive verbs carry the student's own name, which the login shell got typed or `--yes`."""
+    if request.get("confirm") != user.name:
+        raise GpushellError("not confirmed; nothing changed", "destructive action without confirmation")
+
+
+def _with_snapshots(ctx: services.Context, user: User, **extra: object) -> Answer:
+    from . import snapshotlist, snapshots
+
+    listed = snapshots.list_snapshots(ctx.registry, user)
+    return services.describe(ctx, user, **snapshotlist.encode(listed, user.snapshot_limit), **extra)
+
+
+def freeze_marker(ctx: services.Context, user: User) -> str:
+    return f"{ctx.paths.run_dir}/frozen-{user.name}"
+
+
+def thaw_if_left_frozen(ctx: services.Context, user: User) -> None:
+    """Resume a container that a killed snapshot left frozen (one stat on the login path).
+
+    A frozen container still completes TCP handshakes, so the readiness
+    probe alone would call it ready while its sshd never answers.  Under
+    the user lock no snapshot is running, so a marker left over is stale.
+    """
+    marker = freeze_marker(ctx, user)
+    if os.path.exists(marker):
+        if ctx.driver.state(user.container) == FROZEN:
+            ctx.driver.unfreeze(user.container)
+        os.unlink(marker)
+
+
+def _snapshot(ctx: services.Context, user: User) -> Answer:
+    from . import snapshots
+
+    name = _snapshot_name(_request(), required=False)
+    marker = freeze_marker(ctx, user)
+    services.write_stamp(marker, "")  # removed below; only a SIGKILL can leave it
+    try:
+        made = snapshots.create(ctx.registry, user, ctx.driver, name)
+    finally:
+        os.unlink(marker)
+    return _with_snapshots(ctx, user, made=made.name)
+
+
+def _list_snapshots(ctx: services.Context, user: User) -> Answer:
+    return _with_snapshots(ctx, user)
+
+
+def _restore(ctx: services.Context, user: User) -> Answer:
+    from . import snapshots
+
+    request = _request()
+    name = _snapshot_name(request)
+    _confirm(request, user)
+    assert name is not None
+    if snapshots.restore(ctx.registry, user, ctx.driver, name):
+        return _login(ctx, user) | {"restored": name}
+    return services.describe(ctx, user, restored=name)
+
+
+def _delete_snapshot(ctx: services.Context, user: User) -> Answer:
+    from . import snapshots
+
+    request = _request()
+    name = _snapshot_name(request)
+    _confirm(request, user)
+    assert name is not None
+    snapshots.delete(ctx.registry, user, name)
+    return _with_snapshots(ctx, user, deleted=name)
+
+
+def _rebuild(ctx: services.Context, user: User) -> Answer:
+    from . import accounts, rebuild
+
+    request = _request()
+    _confirm(request, user)
+    keep_home = request.get("home", "keep") != "wipe"
+    rebuild.rebuild(ctx.registry, user, ctx.driver, accounts.existing_keys(user.name), keep_home)
+    return _login(ctx, user) | {"rebuilt": "kept-home" if keep_home else "wiped-home"}
+
+
+def _keys(ctx: services.Context, user: User) -> Answer:
+    from . import accounts, keyrescue
+
+    repaired = keyrescue.rescue(ctx.registry, user, ctx.driver, accounts.existing_keys(user.name))
+    lines = {f"repaired{index}": protocol_line(line) for index, line in enumerate(repaired)}
+    return services.describe(ctx, user, repaired=len(repaired), **lines)
+
+
+def protocol_line(text: str) -> str:
+    """One line of text made safe for a `key=value` answer."""
+    return "".join(ch if ch.isprintable() else " " for ch in text)[:200]
+
+
+def _status_with_usage(ctx: services.Context, user: User) -> Answer:
+    from . import usage
+
+    measured = usage.container_usage(ctx.registry, user, ctx.driver)
+    return services.describe(ctx, user, **measured)
+
+
 ACTIONS: dict[str, Action] = {
     "login": _login,
-    "status": _status,
+    "status": _status_with_usage,
     "help": _status,  # help shows the student's own port and host
     "start": _login,
     "stop": _stop,
     "restart": _restart,
     "gpus": _gpus,
     "gpu-kill": _gpu_kill,
+    "snapshot": _snapshot,
+    "snapshots": _list_snapshots,
+    "restore": _restore,
+    "delete-snapshot": _delete_snapshot,
+    "rebuild": _rebuild,
+    "keys": _keys,
 }
+# The menu word an admin turns off (registry `disabled_actions`) for each verb.
+MENU_WORD = {"gpu-kill": menu.KILL_COMMAND}
 
 
 def caller_name(environ: dict[str, str]) -> str:
@@ -113,6 +246,9 @@ def _real_user() -> str:
 
 def run_action(paths: Paths, name: str, verb: str) -> Answer:
     reg, user = registry_cache.load_user(paths, name)
+    word = MENU_WORD.get(verb, verb)
+    if word in reg.disabled_actions:
+        raise GpushellError(f"{word} is turned off on this host; ask your admin", f"{word} is disabled")
     ctx = services.Context(paths, reg, LxcDriver(reg.lxcpath))
     # One action per user at a time: two logins at once start the container
     # once and leave one forward rule.
@@ -147,7 +283,9 @@ def main(paths: Paths = DEFAULT, argv: list[str] | None = None) -> int:
         print(protocol.encode({"error": CONTACT_ADMIN, "status": int(ExitStatus.HELPER)}), end="")
         return int(ExitStatus.HELPER)
     detail = " ".join(
-        f"{key}={answer[key]}" for key in ("state", "port", "started", "gpus", "killed") if key in answer
+        f"{key}={answer[key]}"
+        for key in ("state", "port", "started", "gpus", "killed", "made", "restored", "deleted", "rebuilt")
+        if key in answer
     )
     audit.record(name, verb, "ok", detail)
     print(protocol.encode(answer), end="")

@@ -9,21 +9,45 @@ from __future__ import annotations
 
 # (word, what it does); the menu numbers them in this order.
 MENU: tuple[tuple[str, str], ...] = (
-    ("status", "show your container's state and how to reach it"),
+    ("status", "your container's state, CPU, memory and disk use"),
     ("start", "start your container"),
     ("stop", "stop your container"),
     ("restart", "restart your container"),
     ("gpus", "the GPUs, who uses them; end your GPU processes"),
-    ("help", "how to connect and copy files"),
+    ("snapshot", "save a snapshot of your container"),
+    ("snapshots", "list your snapshots"),
+    ("restore", "put a snapshot back (replaces your container's files)"),
+    ("delete-snapshot", "delete one of your snapshots"),
+    ("rebuild", "a fresh container from the current template"),
+    ("keys", "locked out? re-copy your ssh keys, repair sshd"),
+    ("help", "how to connect, copy files and reach Jupyter"),
     ("quit", "log out"),
 )
 MENU_WORDS = tuple(word for word, _ in MENU)
-REMOTE_WORDS = ("status", "start", "stop", "restart", "gpus", "help")
-# `kill-gpu-process PID`: the one command that takes an argument, a PID that
-# `gpus` showed as yours.  Validated here; the helper checks it again as root.
 KILL_COMMAND = "kill-gpu-process"
+# Words that take no argument through `ssh HOST WORD`.
+REMOTE_WORDS = ("status", "start", "stop", "restart", "gpus", "snapshots", "keys", "help")
+# What an admin may turn off for a lab (`disabled_actions:` in the registry).
+DISABLEABLE = (
+    "stop", "restart", "gpus", KILL_COMMAND, "snapshot", "snapshots", "restore", "delete-snapshot",
+    "rebuild", "keys",
+)  # fmt: skip
+# These replace or delete a student's files: the menu asks for their user
+# name typed out, `-c` wants the word YES.
+DESTRUCTIVE = ("restore", "delete-snapshot", "rebuild")
+YES = "--yes"
+WIPE_HOME = "--wipe-home"
+SNAPSHOT_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
+MAX_SNAPSHOT_NAME = 32
+SNAPSHOT_NAME_RULE = "a snapshot name is 1-32 of a-z, 0-9, - and _, starting with a letter or digit"
 MAX_PID_DIGITS = 7
 MAX_COMMAND = 64
+# The whole `-c` grammar, for the refusal message.
+GRAMMAR = (
+    "status, start, stop, restart, gpus, snapshots, keys, help, snapshot [NAME], "
+    "restore NAME --yes, delete-snapshot NAME --yes, rebuild [--wipe-home] --yes, "
+    f"{KILL_COMMAND} PID"
+)
 
 
 class Decision:
@@ -54,14 +78,26 @@ class Decision:
 
 
 def decide_command(command: str) -> Decision:
-    """Decide a `-c` command string: exactly one allowed word, nothing else."""
+    """Decide a `-c` command string: one allowed word and its strictly checked arguments.
+
+    Arguments are split on single spaces and each must be exactly what its
+    place allows (a snapshot name, a PID, `--yes`), so no text a student
+    chooses ever reaches a shell, and a name can never be a path.
+    """
     if command in REMOTE_WORDS:
         return Decision(command)
-    word, space, pid = command.partition(" ")
-    if word == KILL_COMMAND and space:
-        if is_pid(pid):
-            return Decision(KILL_COMMAND, argument=pid)
+    words = command.split(" ")
+    word, arguments = words[0], words[1:]
+    if word == KILL_COMMAND and arguments:
+        if len(arguments) == 1 and is_pid(arguments[0]):
+            return Decision(KILL_COMMAND, argument=arguments[0])
         return Decision(None, f"usage: {KILL_COMMAND} PID (a process number that `gpus` shows as yours)")
+    if word == "snapshot":
+        return _decide_snapshot(arguments)
+    if word in ("restore", "delete-snapshot"):
+        return _decide_named_destructive(word, arguments)
+    if word == "rebuild":
+        return _decide_rebuild(arguments)
     if not command.strip():
         return Decision(None, "an empty command is not allowed")
     shown = command if len(command) <= MAX_COMMAND and command.isprintable() else repr(command[:MAX_COMMAND])
@@ -71,7 +107,62 @@ def decide_command(command: str) -> Decision:
             f"file transfer to this host is not allowed ({shown}); "
             "copy files to your container's port instead",
         )
-    return Decision(None, f"{shown}: not allowed here (allowed commands: {', '.join(REMOTE_WORDS)})")
+    return Decision(None, f"{shown}: not allowed here (allowed commands: {GRAMMAR})")
+
+
+def _decide_snapshot(arguments: list[str]) -> Decision:
+    if not arguments:
+        return Decision("snapshot")
+    if len(arguments) == 1 and is_snapshot_name(arguments[0]):
+        return Decision("snapshot", argument=arguments[0])
+    return Decision(None, f"usage: snapshot [NAME]; {SNAPSHOT_NAME_RULE}")
+
+
+def _decide_named_destructive(word: str, arguments: list[str]) -> Decision:
+    usage = f"usage: {word} NAME {YES} (NAME as `snapshots` lists it)"
+    if not arguments or len(arguments) > 2 or not is_snapshot_name(arguments[0]):
+        return Decision(None, f"{usage}; {SNAPSHOT_NAME_RULE}" if arguments else usage)
+    if arguments[1:] != [YES]:
+        what = "replaces everything in your container with" if word == "restore" else "deletes"
+        return Decision(
+            None, f"{word} {what} snapshot {arguments[0]}; to confirm: {word} {arguments[0]} {YES}"
+        )
+    return Decision(word, argument=arguments[0])
+
+
+def _decide_rebuild(arguments: list[str]) -> Decision:
+    if arguments in ([YES], [WIPE_HOME, YES]):
+        return Decision("rebuild", argument=WIPE_HOME if WIPE_HOME in arguments else "")
+    if arguments in ([], [WIPE_HOME]):
+        keeps = "deletes your home directory too" if arguments else "keeps your home directory"
+        confirmed = " ".join(["rebuild", *arguments, YES])
+        return Decision(
+            None, f"rebuild replaces your container with a fresh one and {keeps}; to confirm: {confirmed}"
+        )
+    return Decision(None, f"usage: rebuild [{WIPE_HOME}] {YES}")
+
+
+def is_snapshot_name(text: str) -> bool:
+    """^[a-z0-9][a-z0-9_-]{0,31}$, without `re` (kept off the login path): never a path."""
+    return (
+        0 < len(text) <= MAX_SNAPSHOT_NAME
+        and text.isascii()
+        and text[0].isalnum()
+        and all(ch in SNAPSHOT_NAME_CHARS for ch in text)
+    )
+
+
+def confirms(line: str, user: str) -> bool:
+    """The menu's typed confirmation: exactly the student's own user name."""
+    return line.strip() == user
+
+
+def decide_snapshot_pick(line: str, names: list[str]) -> str | None:
+    """A snapshot chosen from a listed menu by its number (1..) or its name; None otherwise."""
+    choice = line.strip()
+    if choice.isascii() and choice.isdigit() and len(choice) <= 3 and 1 <= int(choice) <= len(names):
+        return names[int(choice) - 1]
+    return choice if choice in names else None
 
 
 def is_pid(text: str) -> bool:
@@ -87,13 +178,22 @@ def decide_kill_choice(line: str, own: int) -> int | None:
     return None
 
 
-def decide_choice(line: str) -> Decision:
+def offered(disabled: tuple[str, ...] = ()) -> tuple[tuple[str, str], ...]:
+    """The menu's rows, less what the admin turned off for this lab."""
+    return tuple((word, what) for word, what in MENU if word not in disabled)
+
+
+def decide_choice(line: str, disabled: tuple[str, ...] = ()) -> Decision:
     """Decide a menu line: a number or a word from the menu, surrounding blanks ignored."""
+    rows = offered(disabled)
+    words = tuple(word for word, _ in rows)
     choice = line.strip().lower()
-    if choice.isascii() and choice.isdigit() and 1 <= int(choice) <= len(MENU):
-        return Decision(MENU_WORDS[int(choice) - 1])
-    if choice in MENU_WORDS:
+    if choice.isascii() and choice.isdigit() and len(choice) <= 3 and 1 <= int(choice) <= len(rows):
+        return Decision(words[int(choice) - 1])
+    if choice in words:
         return Decision(choice)
     if choice in ("exit", "logout", "q"):
         return Decision("quit")
-    return Decision(None, f"please choose 1-{len(MENU)} or one of: {', '.join(MENU_WORDS)}")
+    if choice in MENU_WORDS:
+        return Decision(None, f"{choice} is turned off on this host")
+    return Decision(None, f"please choose 1-{len(rows)} or one of: {', '.join(words)}")

@@ -45,7 +45,7 @@ class Mount(_Value):
 
 
 class User(_Value):
-    __slots__ = ("autostart", "container", "gpus", "idmap", "ip", "mounts", "name", "port")
+    __slots__ = ("autostart", "container", "gpus", "idmap", "ip", "mounts", "name", "port", "snapshot_limit")
 
     def __init__(
         self,
@@ -57,16 +57,18 @@ class User(_Value):
         gpus: GpuSpec,
         mounts: tuple[Mount, ...],
         autostart: bool = False,
+        snapshot_limit: int = 3,
     ) -> None:
         self.name, self.port, self.ip, self.idmap = name, port, ip, idmap
         self.container, self.gpus, self.mounts, self.autostart = container, gpus, mounts, autostart
+        self.snapshot_limit = snapshot_limit  # how many snapshots the student may keep; 0: none
 
 
 class Registry(_Value):
     __slots__ = (
-        "bridge", "chain", "driver", "driver_installer", "driver_root", "gpu_devices", "gpus", "hostname",
-        "idle_timeout", "idmap_size", "idmap_start", "lxcpath", "masquerade", "mounts", "path", "ports",
-        "start_timeout", "subnet", "template", "users",
+        "bridge", "chain", "disabled_actions", "driver", "driver_installer", "driver_root", "gpu_devices",
+        "gpus", "hostname", "idle_timeout", "idmap_size", "idmap_start", "lxcpath", "masquerade", "mounts",
+        "path", "ports", "snapshot_limit", "start_timeout", "subnet", "template", "users",
     )  # fmt: skip
 
     def __init__(
@@ -91,6 +93,8 @@ class Registry(_Value):
         driver: str = "host",
         driver_root: str = "/",
         driver_installer: str = "",
+        snapshot_limit: int = 3,
+        disabled_actions: tuple[str, ...] = (),
     ) -> None:
         self.path, self.hostname, self.bridge, self.subnet = path, hostname, bridge, subnet
         self.ports, self.template, self.lxcpath, self.chain = ports, template, lxcpath, chain
@@ -100,6 +104,8 @@ class Registry(_Value):
         # driver: `host` (its files bind-mounted) or `container` (the template's, checked by doctor)
         self.driver, self.driver_root = driver, driver_root
         self.driver_installer = driver_installer  # NVIDIA's .run for `driver sync`; "" when unset
+        self.snapshot_limit = snapshot_limit  # the default for users without their own
+        self.disabled_actions = disabled_actions  # menu words the admin turned off for this lab
 
     def __hash__(self) -> int:
         return hash((self.path, self.hostname))  # users is a dict

@@ -45,7 +45,7 @@ def create(reg: Registry, user: User, keys: str) -> str:
         # Only root may enter: the rootfs holds files with plain ids on disk.
         os.chmod(staging, 0o700)
         root = os.path.join(staging, "rootfs")
-        run(["cp", "-a", "--reflink=auto", template_root, root], timeout=900)
+        copy_tree(template_root, root)
         give_identity(root, user)
         create_account(root, user.name, keys)
         final_root = os.path.join(directory, "rootfs")
@@ -80,19 +80,47 @@ def student_ids(user: User) -> tuple[int, int] | None:
     return entry.pw_uid, entry.pw_gid
 
 
-def give_identity(root: str, user: User) -> None:
-    """Hostname, hosts, machine id and SSH host keys of the clone's own."""
+def copy_tree(source: str, target: str) -> None:
+    """A full copy of a rootfs (target must not exist yet): ids, modes, links, hard links, xattrs.
+
+    `cp -a` copies links as links and special files as special files; it
+    never follows a link, so a copy of a stopped (or frozen) container's
+    rootfs reads nothing outside it.
+    """
+    run(["cp", "-a", "--reflink=auto", source, target], timeout=900)
+
+
+HOST_KEY_KINDS = ("ed25519", "rsa", "ecdsa")
+
+
+def give_identity(root: str, user: User, host_keys: dict[str, tuple[bytes, bytes]] | None = None) -> None:
+    """Hostname, hosts, machine id and SSH host keys of the clone's own.
+
+    host_keys: kind -> (private, public) to keep (a rebuild keeps the old
+    container's, so the student's known_hosts stays valid); the other
+    kinds get new keys.
+    """
     rootfs.write_file(root, "etc/hostname", f"{user.container}\n")
     rootfs.write_file(root, "etc/hosts", lxcconfig.hosts_file(user.container))
     rootfs.write_file(root, "etc/machine-id", secrets.token_hex(16) + "\n", mode=0o444)
     rootfs.write_file(root, "etc/network/interfaces", lxcconfig.INTERFACES)
+    for kind in HOST_KEY_KINDS:
+        private, public = (host_keys or {}).get(kind) or new_host_key(kind, user.container)
+        write_host_key(root, kind, private, public)
+
+
+def new_host_key(kind: str, container: str) -> tuple[bytes, bytes]:
+    """A fresh SSH host key pair (private, public), made on the host by ssh-keygen."""
     with tempfile.TemporaryDirectory() as keydir:
-        for kind in ("ed25519", "rsa", "ecdsa"):
-            key = os.path.join(keydir, f"ssh_host_{kind}_key")
-            run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", f"root@{user.container}", "-f", key])
-            for path, mode in ((key, 0o600), (key + ".pub", 0o644)):
-                with open(path, "rb") as stream:
-                    rootfs.write_file(root, f"etc/ssh/{os.path.basename(path)}", stream.read(), mode)
+        key = os.path.join(keydir, f"ssh_host_{kind}_key")
+        run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", f"root@{container}", "-f", key])
+        with open(key, "rb") as private, open(key + ".pub", "rb") as public:
+            return private.read(), public.read()
+
+
+def write_host_key(root: str, kind: str, private: bytes, public: bytes) -> None:
+    rootfs.write_file(root, f"etc/ssh/ssh_host_{kind}_key", private, 0o600)
+    rootfs.write_file(root, f"etc/ssh/ssh_host_{kind}_key.pub", public, 0o644)
 
 
 def create_account(root: str, name: str, keys: str) -> None:

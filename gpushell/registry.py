@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from .errors import ExitStatus, GpushellError
+from .menu import DISABLEABLE
 from .model import GpuSpec, Mount, Registry, User
 
 __all__ = ["GpuSpec", "Mount", "Registry", "RegistryError", "User", "parse"]
@@ -62,9 +63,12 @@ SETTINGS_DEFAULTS: dict[str, Any] = {
     "start_timeout": 60,
     "idle_timeout": 3600,
     "masquerade": True,
+    "snapshot_limit": 3,
+    "disabled_actions": [],
     "users": {},
 }
-USER_KEYS = frozenset({"port", "ip", "idmap", "container", "gpus", "mounts", "autostart"})
+USER_KEYS = frozenset({"port", "ip", "idmap", "container", "gpus", "mounts", "autostart", "snapshot_limit"})
+MAX_SNAPSHOTS = 100
 MOUNT_KEYS = frozenset({"source", "target", "mode"})
 
 
@@ -162,6 +166,15 @@ def _positive_number(value: Any) -> float:
     return float(value)
 
 
+def _actions(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(word, str) for word in value):
+        raise ValueError("must be a list of action words")
+    unknown = [word for word in value if word not in DISABLEABLE]
+    if unknown:
+        raise ValueError(f"{', '.join(map(repr, unknown))}: can turn off only {', '.join(DISABLEABLE)}")
+    return tuple(dict.fromkeys(value))
+
+
 def _port_range(value: Any) -> tuple[int, int]:
     match = PORT_RANGE.fullmatch(str(value))
     if not match:
@@ -257,6 +270,8 @@ class _Validator:
             "start_timeout": setting("start_timeout", _positive_number),
             "idle_timeout": setting("idle_timeout", _integer(0, 7 * 86400)),
             "masquerade": setting("masquerade", _boolean),
+            "snapshot_limit": setting("snapshot_limit", _integer(0, MAX_SNAPSHOTS)),
+            "disabled_actions": setting("disabled_actions", _actions),
         }
         mounts = self.mounts(nodes["mounts"], "mounts") if "mounts" in nodes else ()
         defaults = Registry(
@@ -371,9 +386,13 @@ class _Validator:
             if "autostart" in keys
             else False
         )
+        snapshot_limit = reg.snapshot_limit
+        if "snapshot_limit" in keys:
+            limit = _integer(0, MAX_SNAPSHOTS)
+            snapshot_limit = p.typed(keys["snapshot_limit"], f"{field}.snapshot_limit", limit, snapshot_limit)
         if len(p.problems) > before or port is None or ip is None or idmap is None:
             return None
-        return User(name, port, ip, idmap, container, gpus, mounts, autostart)
+        return User(name, port, ip, idmap, container, gpus, mounts, autostart, snapshot_limit)
 
 
 def _reserved_addresses(reg: Registry) -> set[ipaddress.IPv4Address]:

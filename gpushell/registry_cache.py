@@ -25,7 +25,7 @@ TYPE_CHECKING = False  # `typing` stays off the login path
 if TYPE_CHECKING:
     from typing import Any
 
-FORMAT = 3
+FORMAT = 4
 Identity = tuple[int, int, int, int, int]
 
 
@@ -45,7 +45,7 @@ def _mounts(mounts: tuple[Mount, ...]) -> tuple[tuple[str, str, bool], ...]:
 SETTINGS = (
     "path", "hostname", "bridge", "subnet", "ports", "template", "lxcpath", "chain", "idmap_start",
     "idmap_size", "gpus", "mounts", "start_timeout", "idle_timeout", "masquerade", "gpu_devices",
-    "driver", "driver_root",
+    "driver", "driver_root", "snapshot_limit", "disabled_actions",
 )  # fmt: skip
 
 
@@ -54,7 +54,16 @@ def to_plain(reg: Registry) -> dict[str, object]:
     plain = {"subnet": str(reg.subnet), "mounts": _mounts(reg.mounts)}
     settings = tuple(plain.get(field, getattr(reg, field)) for field in SETTINGS)
     users = {
-        u.name: (u.port, str(u.ip), u.idmap, u.container, u.gpus, _mounts(u.mounts), u.autostart)
+        u.name: (
+            u.port,
+            str(u.ip),
+            u.idmap,
+            u.container,
+            u.gpus,
+            _mounts(u.mounts),
+            u.autostart,
+            u.snapshot_limit,
+        )
         for u in reg.users.values()
     }
     return {"format": FORMAT, "settings": settings, "users": users}
@@ -71,9 +80,9 @@ def from_plain(plain: dict[str, Any], name: str) -> tuple[Registry, User]:
             f"user {name!r} has no entry in {path}",
             ExitStatus.NOT_REGISTERED,
         )
-    port, ip, idmap, container, gpus, mounts, autostart = users[name]
+    port, ip, idmap, container, gpus, mounts, autostart, snapshot_limit = users[name]
     user = User(name, port, ipaddress.IPv4Address(ip), idmap, container, gpus,
-                tuple(Mount(*m) for m in mounts), autostart)  # fmt: skip
+                tuple(Mount(*m) for m in mounts), autostart, snapshot_limit)  # fmt: skip
     settings[3] = ipaddress.IPv4Network(settings[3])
     settings[11] = tuple(Mount(*m) for m in settings[11])
     fields = dict(zip(SETTINGS, settings, strict=True))

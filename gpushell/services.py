@@ -95,8 +95,10 @@ def ensure_running(ctx: Context, user: User) -> bool:
     return started
 
 
-def describe(ctx: Context, user: User, state: str | None = None, **extra: object) -> dict[str, object]:
+def describe(ctx: Context, user: User, state: str | None = None, /, **extra: object) -> dict[str, object]:
     """What the student's side shows: plain data, rendered there."""
+    if ctx.registry.disabled_actions:  # the login shell leaves these out of its menu
+        extra = {"disabled": ",".join(ctx.registry.disabled_actions), **extra}
     return {
         "user": user.name,
         "host": ctx.registry.hostname,

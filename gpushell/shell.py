@@ -12,7 +12,7 @@ import pwd
 import signal
 import sys
 
-from . import audit, banner, gputable, menu, protocol, spawn
+from . import audit, banner, gputable, menu, protocol, snapshotlist, spawn
 from .environment import SAFE_ENV
 from .errors import CONTACT_ADMIN, ExitStatus, GpushellError
 from .ownership import check_owned_by_root, check_tree_owned_by_root
@@ -27,6 +27,16 @@ if TYPE_CHECKING:
 _STATUSES = frozenset(int(status) for status in ExitStatus)
 
 SPINNER = "|/-\\"
+PROGRESS = {
+    "start": "Starting your container",
+    "restart": "Restarting your container",
+    "stop": "Stopping your container",
+    "snapshot": "Saving your snapshot",
+    "restore": "Restoring your snapshot",
+    "rebuild": "Rebuilding your container",
+    "keys": "Repairing your keys",
+    "status": "Measuring",
+}
 MAX_LINE = 1024
 
 
@@ -81,6 +91,7 @@ class Spinner:
 class Session:
     def __init__(self, paths: Paths, user: str, term: Terminal) -> None:
         self.paths, self.user, self.term = paths, user, term
+        self.idle = 0  # the idle timeout, from the login answer
 
     def helper(self, verb: str, progress: str = "", stdin: str | None = None) -> Answer:
         """Ask the root helper for verb; show a spinner on a terminal while it works."""
@@ -110,25 +121,58 @@ class Session:
         return answer
 
     def act(self, action: str, argument: str = "") -> None:
-        """Run one allowed action and print its result."""
-        p = self.term.palette
+        """Run one allowed action from `-c` (arguments already checked, `--yes` given)."""
         if action == menu.KILL_COMMAND:
             self.kill_gpu_process(int(argument))
-            return
-        if action == "gpus":
+        elif action == "gpus":
             self.gpus()
-            return
-        progress = {
-            "start": "Starting your container",
-            "restart": "Restarting your container",
-            "stop": "Stopping your container",
-        }.get(action, "")
-        info = self.helper(action, progress)
+        elif action == "snapshot":
+            self.snapshot(argument)
+        elif action in ("restore", "delete-snapshot"):
+            self.named_change(action, argument)
+        elif action == "rebuild":
+            self.rebuild(keep_home=argument != menu.WIPE_HOME)
+        else:
+            self.simple(action)
+
+    def request(self, verb: str, fields: dict[str, str] | None = None) -> Answer:
+        """One helper call with its arguments as `key=value` lines on its stdin; audited."""
+        stdin = None if fields is None else protocol.encode(dict(fields))
+        info = self.helper(verb, PROGRESS.get(verb, ""), stdin)
+        audit.record(self.user, verb, "ok", fields.get("name", "") if fields else "")
+        return info
+
+    def simple(self, action: str) -> None:
+        p = self.term.palette
+        info = self.request(action)
         if action == "help":
             self.term.write(f"Connect:         {banner.connect_command(info)}\n" + banner.help_text(info, p))
+        elif action == "snapshots":
+            self.term.write(snapshotlist.render(info, p))
+        elif action == "keys":
+            self.term.write(banner.repaired(info))
         else:
             self.term.write(banner.status(info, p))
-        audit.record(self.user, action, "ok")
+
+    def snapshot(self, name: str) -> None:
+        info = self.request("snapshot", {"name": name})
+        self.term.write(
+            f"Saved snapshot {info.get('made', name)}.\n" + snapshotlist.render(info, self.term.palette)
+        )
+
+    def named_change(self, action: str, name: str) -> None:
+        """restore or delete-snapshot NAME, confirmed by the caller."""
+        info = self.request(action, {"name": name, "confirm": self.user})
+        if action == "restore":
+            self.term.write(f"Restored snapshot {name}.\n" + banner.status(info, self.term.palette))
+        else:
+            self.term.write(f"Deleted snapshot {name}.\n" + snapshotlist.render(info, self.term.palette))
+
+    def rebuild(self, keep_home: bool) -> None:
+        fields = {"confirm": self.user, "home": "keep" if keep_home else "wipe"}
+        info = self.request("rebuild", fields)
+        kept = "your home directory kept" if keep_home else "your home directory is fresh too"
+        self.term.write(f"Rebuilt your container ({kept}).\n" + banner.status(info, self.term.palette))
 
     def gpus(self) -> list[int]:
         """Show the GPU table; return the PIDs of the student's own GPU processes, numbered from 1."""
@@ -163,28 +207,90 @@ class Session:
         term, p = self.term, self.term.palette
         info = self.helper("login", progress="Starting your container")
         audit.record(self.user, "login", "ok", f"started={info.get('started')}")
-        term.write(banner.banner(info, p) + banner.menu(p))
-        idle = int(info.get("idle_timeout", 0))
+        disabled = tuple(info.get("disabled", "").split(","))
+        term.write(banner.banner(info, p) + banner.menu(p, menu.offered(disabled)))
+        self.idle = int(info.get("idle_timeout", 0))
         while True:
             term.write(f"{p.bold}gpushell>{p.reset} ")
-            line = self._read_line(idle)
+            line = self._read_line(self.idle)
             if line is None:
                 term.write("\n")
                 return ExitStatus.OK
-            decision = menu.decide_choice(line)
+            decision = menu.decide_choice(line, disabled)
             if decision.action is None:
                 term.write(decision.reason + "\n")
             elif decision.action == "quit":
                 return ExitStatus.OK
             else:
                 try:
-                    if decision.action == "gpus":
-                        self.offer_kill(self.gpus(), idle)
-                    else:
-                        self.act(decision.action)
+                    self.choose(decision.action)
                 except GpushellError as exc:
                     audit.record(self.user, decision.action, "failed", exc.log_message, warning=True)
                     term.error(exc.user_message)
+
+    def choose(self, action: str) -> None:
+        """A menu choice: the actions that need more ask for it, then run."""
+        if action == "gpus":
+            self.offer_kill(self.gpus(), self.idle)
+        elif action == "snapshot":
+            name = self.ask(
+                f"Name for the snapshot (Enter for one with the date; {menu.SNAPSHOT_NAME_RULE}): "
+            )
+            if name is not None and (name == "" or menu.is_snapshot_name(name)):
+                self.snapshot(name)
+            elif name is not None:
+                self.term.write(f"Not a snapshot name: {menu.SNAPSHOT_NAME_RULE}.\n")
+        elif action in ("restore", "delete-snapshot"):
+            self.pick_and_change(action)
+        elif action == "rebuild":
+            answer = self.ask("Keep your home directory? [Y/n]: ")
+            if answer is None:
+                return
+            keep_home = answer.lower() not in ("n", "no")
+            what = "keeping" if keep_home else "DELETING"
+            if self.confirm(
+                f"This replaces your container with a fresh one from the template, {what} your home."
+            ):
+                self.rebuild(keep_home)
+        else:
+            self.simple(action)
+
+    def pick_and_change(self, action: str) -> None:
+        """Show the student's snapshots, take one by number or name, confirm, act."""
+        info = self.request("snapshots")
+        names = [snap.name for snap in snapshotlist.decode(info)]
+        self.term.write(snapshotlist.render(info, self.term.palette))
+        if not names:
+            return
+        line = self.ask(
+            f"Which snapshot to {action.replace('-snapshot', '')}? (number or name, Enter to go back): "
+        )
+        name = menu.decide_snapshot_pick(line or "", names)
+        if name is None:
+            if line:
+                self.term.write("No such snapshot; nothing changed.\n")
+            return
+        what = (
+            f"This replaces everything in your container with snapshot {name}"
+            if action == "restore"
+            else (f"This deletes snapshot {name}")
+        )
+        if self.confirm(what + "."):
+            self.named_change(action, name)
+
+    def ask(self, question: str) -> str | None:
+        """A follow-up question's answer, stripped; None at end of input."""
+        self.term.write(question)
+        line = self._read_line(self.idle)
+        return None if line is None else line.strip()
+
+    def confirm(self, what: str) -> bool:
+        """A destructive step goes ahead only when the student types their own user name."""
+        line = self.ask(f"{what}\nType your user name ({self.user}) to confirm: ")
+        if line is not None and menu.confirms(line, self.user):
+            return True
+        self.term.write("Not confirmed; nothing changed.\n")
+        return False
 
     def _read_line(self, idle_timeout: int) -> str | None:
         """One menu line, or None at end of input; overlong lines are cut."""

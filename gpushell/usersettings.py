@@ -12,7 +12,7 @@ from typing import Any
 
 from .errors import ExitStatus, GpushellError
 
-SETTABLE = ("gpus", "port", "autostart")
+SETTABLE = ("gpus", "port", "autostart", "snapshot_limit")
 GPU_LIST = re.compile(r"\d{1,4}(,\d{1,4})*")
 
 
@@ -43,7 +43,18 @@ def autostart_value(text: str) -> bool:
     return text == "true"
 
 
-CONVERTERS = {"gpus": gpus_value, "port": port_value, "autostart": autostart_value}
+def snapshot_limit_value(text: str) -> int:
+    if not text.isdigit() or int(text) > 100:
+        raise _usage(f"snapshot_limit={text}: use a number from 0 (no snapshots) to 100")
+    return int(text)
+
+
+CONVERTERS = {
+    "gpus": gpus_value,
+    "port": port_value,
+    "autostart": autostart_value,
+    "snapshot_limit": snapshot_limit_value,
+}
 
 
 def parse_assignments(words: list[str]) -> dict[str, Any]:

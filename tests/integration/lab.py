@@ -104,6 +104,7 @@ class Lab:
             "group": self.group,
             "sudoers_dropin": f"/etc/sudoers.d/{self.prefix}",
             "sshd_dropin": f"{self.root}/sshd-gpushell.conf",
+            "sshd_config": f"{self.root}/sshd_config",
         }
         self.registry = self.paths["registry"]
         self.admin_path = f"{self.root}/bin/gpushell-admin"
@@ -222,14 +223,16 @@ class Lab:
 
     def ssh(
         self, student: Student, *command: str, port: int | None = None, options: Sequence[str] = (),
-        timeout: float = 120,
+        timeout: float = 120, command_input: str | None = None,
     ) -> subprocess.CompletedProcess[str]:  # fmt: skip
-        """Run the OpenSSH client from the client namespace, as the student."""
+        """Run the OpenSSH client from the client namespace, as the student (stdin: command_input)."""
         argv = [
             "ip", "netns", "exec", self.netns, "ssh", *SSH_OPTIONS, *options, "-i", student.key,
             "-p", str(port or self.sshd_port), f"{student.name}@{self.host_ip}", *command,
         ]  # fmt: skip
-        return sh(argv, check=False, timeout=timeout)
+        if command_input is None:
+            return sh(argv, check=False, timeout=timeout)
+        return sh(argv, check=False, timeout=timeout, input=command_input)
 
     def ssh_argv(self, student: Student, *options: str) -> list[str]:
         return [

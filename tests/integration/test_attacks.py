@@ -318,6 +318,25 @@ SMUGGLED = [
     "help me",
     "status --all",
     "stop;start",
+    # self-service words: names are never paths, text never reaches a shell
+    "snapshot ../../etc",
+    "snapshot $(touch {c})",
+    "snapshot a;touch {c}",
+    "snapshot /tmp",
+    "snapshot a b",
+    "restore ../x --yes",
+    "restore snap1",
+    "restore snap1 --yes;touch {c}",
+    "restore snap1 --yes --wipe-home",
+    "delete-snapshot * --yes",
+    "delete-snapshot snap1 yes",
+    "rebuild",
+    "rebuild --wipe-home",
+    "rebuild -y",
+    "rebuild --yes --wipe-home",
+    "rebuild --yes $(touch {c})",
+    "keys --force",
+    "snapshots ../other",
 ]
 
 

@@ -57,8 +57,10 @@ def test_login_starts_container_and_shows_banner_and_menu(lab: Lab, student: Stu
     assert f"ssh -p {student.port} {student.name}@{lab.host_ip}" in banner
     assert f"scp -P {student.port}" in banner and f"sshfs -p {student.port}" in banner
     assert student.ip in banner
-    for number, word in enumerate(("status", "start", "stop", "restart", "gpus", "help", "quit"), 1):
-        assert f"{number}) {word}" in banner.replace("\x1b[1m", "").replace("\x1b[0m", "")
+    words = ("status", "start", "stop", "restart", "gpus", "snapshot", "snapshots", "restore",
+             "delete-snapshot", "rebuild", "keys", "help", "quit")  # fmt: skip
+    for number, word in enumerate(words, 1):
+        assert f"{number:>2}) {word} " in banner.replace("\x1b[1m", "").replace("\x1b[0m", "")
     # The banner never says ready before the container's sshd answers:
     # connecting now must work at once.
     inside = lab.ssh(student, "hostname", port=student.port)

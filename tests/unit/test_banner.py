@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from gpushell.banner import PLAIN, Palette, banner, connect_command, help_text, menu, state_text, status
+from gpushell.banner import (
+    PLAIN,
+    Palette,
+    banner,
+    connect_command,
+    gpu_lines,
+    gpu_row,
+    help_text,
+    menu,
+    repaired,
+    state_text,
+    status,
+)
+from gpushell.menu import offered
 
 INFO = {
     "user": "alice",
@@ -61,13 +74,17 @@ def test_help_text_full():
     lines = help_text(INFO).splitlines()
     assert lines[:4] == COPY_LINES
     assert lines[4:] == [
-        "Web services (Jupyter, TensorBoard) in your container:",
-        "                 ssh -p 22001 -L 8888:localhost:8888 alice@gpu1",
+        "Web services in your container, through your ssh connection to it:",
+        "  Jupyter        ssh -p 22001 -L 8888:localhost:8888 alice@gpu1",
+        "                 then open http://localhost:8888 on your computer",
+        "  TensorBoard    ssh -p 22001 -L 6006:localhost:6006 alice@gpu1",
         "An entry for ~/.ssh/config on your computer:",
         "                 Host gpu1-box",
         "                     HostName gpu1",
         "                     Port 22001",
         "                     User alice",
+        "                 then: ssh gpu1-box, scp FILE gpu1-box:, ssh -L 8888:localhost:8888 gpu1-box",
+        "Locked out of your container? Choose `keys` (or: ssh alice@gpu1 keys).",
         "This host itself runs only this menu: no shell, no file copy, no forwarding.",
     ]
 
@@ -96,20 +113,63 @@ def test_banner_with_markers():
 def test_menu_plain():
     assert menu() == (
         "\n"
-        "  1) status   show your container's state and how to reach it\n"
-        "  2) start    start your container\n"
-        "  3) stop     stop your container\n"
-        "  4) restart  restart your container\n"
-        "  5) gpus     the GPUs, who uses them; end your GPU processes\n"
-        "  6) help     how to connect and copy files\n"
-        "  7) quit     log out\n"
+        "   1) status          your container's state, CPU, memory and disk use\n"
+        "   2) start           start your container\n"
+        "   3) stop            stop your container\n"
+        "   4) restart         restart your container\n"
+        "   5) gpus            the GPUs, who uses them; end your GPU processes\n"
+        "   6) snapshot        save a snapshot of your container\n"
+        "   7) snapshots       list your snapshots\n"
+        "   8) restore         put a snapshot back (replaces your container's files)\n"
+        "   9) delete-snapshot delete one of your snapshots\n"
+        "  10) rebuild         a fresh container from the current template\n"
+        "  11) keys            locked out? re-copy your ssh keys, repair sshd\n"
+        "  12) help            how to connect, copy files and reach Jupyter\n"
+        "  13) quit            log out\n"
     )
+
+
+def test_menu_leaves_out_what_the_admin_turned_off():
+    text = menu(PLAIN, offered(("rebuild", "snapshot", "restore")))
+    words = [line.split()[1] for line in text.strip().splitlines()]
+    assert words == ["status", "start", "stop", "restart", "gpus", "snapshots", "delete-snapshot", "keys",
+                     "help", "quit"]  # fmt: skip
+    assert text.splitlines()[-1] == "  10) quit            log out"
 
 
 def test_menu_with_markers():
     lines = menu(MARKS).splitlines()
-    assert lines[1] == "  <B>1</>) status   <D>show your container's state and how to reach it</>"
-    assert lines[7] == "  <B>7</>) quit     <D>log out</>"
+    assert lines[1] == "  <B> 1</>) status          <D>your container's state, CPU, memory and disk use</>"
+    assert lines[13] == "  <B>13</>) quit            <D>log out</>"
+
+
+def test_status_shows_what_the_helper_measured():
+    measured = {
+        **INFO,
+        "cpu_ns": "12345000000",
+        "memory_bytes": str(245 * 2**20),
+        "disk_bytes": str(3 * 2**29),
+    }
+    assert status(measured) == (
+        "Container alice: running, IP 10.0.3.2, port 22001\n"
+        "Using:           CPU time 12.3 s, memory 245 MiB, disk 1.50 GiB\n"
+    )
+    stopped = {**INFO, "state": "STOPPED", "disk_bytes": str(2**30)}
+    assert status(stopped).endswith("Using:           disk 1.00 GiB\n")
+    assert "Using" not in status({**INFO, "cpu_ns": "-1", "memory_bytes": "12x"})
+
+
+def test_repaired_lists_each_line_and_how_to_try_again():
+    info = {
+        **INFO,
+        "repaired": "2",
+        "repaired0": "authorized_keys: 1 key copied",
+        "repaired1": "sshd_config reset",
+    }
+    assert repaired(info) == (
+        "  authorized_keys: 1 key copied\n  sshd_config reset\nTry again: ssh -p 22001 alice@gpu1\n"
+    )
+    assert repaired({**INFO, "repaired": "0"}).startswith("  nothing needed repair\n")
 
 
 @pytest.mark.parametrize("render", [banner, status, help_text, lambda info, p: menu(p)])
@@ -131,3 +191,101 @@ def test_ansi_palette_uses_escapes():
 
 def test_plain_is_all_empty():
     assert Palette("", "", "", "", "") == PLAIN
+
+
+# --- the GPU lines: the login answer's gpu_* keys, as gpucache writes them ---------
+
+# Recorded: the snapshot taken from data/nvml_readings.json (test_gpustatus), as a login got it.
+GPUS = {
+    "gpu_state": "ok",
+    "gpu_age": "3",
+    "gpu_count": "3",
+    "gpu.0": "0|87|12288|40960|61|2",
+    "gpu.1": "1||2048|40960|38|1",
+    "gpu.2.error": "2|GPU is lost",
+}
+GPU_ROWS = [
+    "GPU 0   87%    12.0/40.0 GiB  61 C  2 students",
+    "GPU 1     ?     2.0/40.0 GiB  38 C  1 student",
+    "GPU 2  did not answer: GPU is lost",
+]
+
+
+def test_banner_shows_one_line_per_gpu_after_the_status_line():
+    lines = banner({**INFO, **GPUS}).splitlines()
+    assert lines[2] == "Container alice: running, IP 10.0.3.2, port 22001"
+    assert lines[3:6] == GPU_ROWS
+    assert lines[6:8] == ["", "Connect to it:   ssh -p 22001 alice@gpu1"]
+
+
+def test_gpu_lines_say_how_old_a_reading_is_once_it_is_not_fresh():
+    assert gpu_lines({**GPUS, "gpu_age": "5"}).splitlines() == GPU_ROWS
+    assert gpu_lines({**GPUS, "gpu_age": "20"}).splitlines()[0] == GPU_ROWS[0] + "  (as of 20 s ago)"
+    assert gpu_lines({**GPUS, "gpu_age": "600"}).splitlines()[0].endswith("(as of 10 min ago)")
+    assert gpu_lines({**GPUS, "gpu_age": "90000"}).splitlines()[0].endswith("(as of 25 h ago)")
+    assert gpu_lines({**GPUS, "gpu_age": "20"}).splitlines()[1:] == GPU_ROWS[1:]
+
+
+@pytest.mark.parametrize(
+    ("keys", "text"),
+    [
+        ({}, ""),  # a student without GPUs: the helper sends no gpu keys
+        ({"gpu_state": "none"}, "GPU status: run `gpus`\n"),  # no snapshot yet
+        ({"gpu_state": "no-driver", "gpu_age": "400"}, "GPUs: none on this host (no NVIDIA driver)\n"),
+        ({"gpu_state": "error", "gpu_age": "1"}, "GPU status: the GPUs did not answer\n"),
+        ({"gpu_state": "error", "gpu_age": "60"}, "GPU status: the GPUs did not answer  (as of 60 s ago)\n"),
+        ({"gpu_state": "ok", "gpu_age": "0", "gpu_count": "0"}, "GPUs: none found on this host\n"),
+        ({"gpu_state": "from-the-future"}, ""),
+    ],
+)
+def test_gpu_lines_for_each_state(keys, text):
+    assert gpu_lines(keys) == text
+    assert banner({**INFO, **keys}) == banner(INFO).replace("port 22001\n", "port 22001\n" + text, 1)
+
+
+@pytest.mark.parametrize(
+    ("row", "shown"),
+    [
+        ("0|87|12288|40960|61|2", "GPU 0   87%    12.0/40.0 GiB  61 C  2 students"),
+        ("7|100|81920|81920|90|0", "GPU 7  100%    80.0/80.0 GiB  90 C  0 students"),
+        ("1|||||", "GPU 1     ?          ?/? GiB     ?  ? students"),
+        ("x|-5|1e3|\x1b[2J|61|1", "GPU ?     ?          ?/? GiB  61 C  1 student"),
+        ("0|87|12288", "GPU ?  unreadable reading"),
+        ("", "GPU ?  unreadable reading"),
+    ],
+)
+def test_gpu_row_shows_only_numbers_it_understood(row, shown):
+    assert gpu_row(0, {"gpu.0": row}) == shown
+
+
+def test_a_gpu_that_failed_is_one_row_and_its_text_is_made_printable():
+    assert gpu_row(0, {"gpu.0.error": "3|GPU is lost"}) == "GPU 3  did not answer: GPU is lost"
+    assert gpu_row(0, {"gpu.0.error": "|\x1b[2Jgone"}) == "GPU ?  did not answer: ?[2Jgone"
+    assert gpu_row(0, {"gpu.0.error": "4|"}) == "GPU 4  did not answer: no reason"
+    assert gpu_row(0, {"gpu.0.error": "4|x"}, MARKS) == "GPU 4  <R>did not answer: x</>"
+
+
+def test_gpu_lines_bounded_and_missing_rows_are_unreadable():
+    lines = gpu_lines({"gpu_state": "ok", "gpu_age": "0", "gpu_count": "99999"}).splitlines()
+    assert len(lines) == 64
+    assert set(lines) == {"GPU ?  unreadable reading"}
+    negative = {"gpu_state": "ok", "gpu_age": "0", "gpu_count": "-1"}
+    assert gpu_lines(negative) == "GPUs: none found on this host\n"
+
+
+def test_gpu_lines_never_name_a_student():
+    # The wire form has no field for a name: a number of students is all there is to show.
+    text = banner({**INFO, **GPUS, "gpu.0": "0|87|12288|40960|61|bob"})
+    assert "bob" not in text
+    assert "GPU 0   87%    12.0/40.0 GiB  61 C  ? students" in text
+
+
+def test_gpu_lines_with_markers_and_plain_without_escapes():
+    marked = gpu_lines({**GPUS, "gpu_age": "20"}, MARKS)
+    assert marked.splitlines()[0] == GPU_ROWS[0] + "  <D>(as of 20 s ago)</>"
+    assert "<R>did not answer: GPU is lost</>" in marked
+    assert gpu_lines({"gpu_state": "none"}, MARKS) == "GPU status: <D>run `gpus`</>\n"
+    for keys in (GPUS, {"gpu_state": "none"}, {"gpu_state": "no-driver"}, {"gpu_state": "error"}):
+        text = banner({**INFO, **keys}, PLAIN)
+        assert "\x1b" not in text
+        assert all(ch == "\n" or ch.isprintable() for ch in text)

@@ -21,7 +21,10 @@ def test_sudoers_lists_each_verb_once():
     commands = sudoers_commands(text)
     assert sorted(commands) == sorted(f"/usr/local/bin/gpushell-helper {verb}" for verb in ACTIONS)
     assert len(commands) == len(set(commands)) == len(ACTIONS)
-    assert sorted(ACTIONS) == ["gpu-kill", "gpus", "help", "login", "restart", "start", "status", "stop"]
+    assert sorted(ACTIONS) == [
+        "delete-snapshot", "gpu-kill", "gpus", "help", "keys", "login", "rebuild", "restart", "restore",
+        "snapshot", "snapshots", "start", "status", "stop",
+    ]  # fmt: skip
 
 
 def test_sudoers_exact():
@@ -31,10 +34,14 @@ def test_sudoers_exact():
         "# session or credentials for it: it runs on every login, and sudo still logs.\n"
         "Defaults!/usr/local/bin/gpushell-helper env_reset, !requiretty, !lecture, "
         "!pam_session, !pam_setcred\n"
-        "%gpushell ALL=(root) NOPASSWD: /usr/local/bin/gpushell-helper gpu-kill, "
+        "%gpushell ALL=(root) NOPASSWD: /usr/local/bin/gpushell-helper delete-snapshot, "
+        "/usr/local/bin/gpushell-helper gpu-kill, "
         "/usr/local/bin/gpushell-helper gpus, /usr/local/bin/gpushell-helper help, "
-        "/usr/local/bin/gpushell-helper login, "
-        "/usr/local/bin/gpushell-helper restart, /usr/local/bin/gpushell-helper start, "
+        "/usr/local/bin/gpushell-helper keys, /usr/local/bin/gpushell-helper login, "
+        "/usr/local/bin/gpushell-helper rebuild, "
+        "/usr/local/bin/gpushell-helper restart, /usr/local/bin/gpushell-helper restore, "
+        "/usr/local/bin/gpushell-helper snapshot, /usr/local/bin/gpushell-helper snapshots, "
+        "/usr/local/bin/gpushell-helper start, "
         "/usr/local/bin/gpushell-helper status, /usr/local/bin/gpushell-helper stop\n"
     )
 

@@ -65,13 +65,7 @@ def test_known_uid(as_root):
 
 def test_actions():
     assert sorted(helper.ACTIONS) == [
-        "gpu-kill",
-        "gpus",
-        "help",
-        "login",
-        "restart",
-        "start",
-        "status",
-        "stop",
-    ]
+        "delete-snapshot", "gpu-kill", "gpus", "help", "keys", "login", "rebuild", "restart", "restore",
+        "snapshot", "snapshots", "start", "status", "stop",
+    ]  # fmt: skip
     assert helper.ACTIONS["start"] is helper.ACTIONS["login"]

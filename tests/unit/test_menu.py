@@ -11,17 +11,24 @@ from hypothesis import strategies as st
 from gpushell.menu import (
     MENU,
     REMOTE_WORDS,
+    SNAPSHOT_NAME_RULE,
     Decision,
+    confirms,
     decide_choice,
     decide_command,
     decide_kill_choice,
+    decide_snapshot_pick,
+    is_snapshot_name,
 )
 
-ALLOWED = "(allowed commands: status, start, stop, restart, gpus, help)"
+ALLOWED = (
+    "(allowed commands: status, start, stop, restart, gpus, snapshots, keys, help, snapshot [NAME], "
+    "restore NAME --yes, delete-snapshot NAME --yes, rebuild [--wipe-home] --yes, kill-gpu-process PID)"
+)
 TRANSFER = "copy files to your container's port instead"
 
 
-@pytest.mark.parametrize("word", ["status", "start", "stop", "restart", "gpus", "help"])
+@pytest.mark.parametrize("word", ["status", "start", "stop", "restart", "gpus", "snapshots", "keys", "help"])
 def test_command_allowed(word):
     decision = decide_command(word)
     assert decision == Decision(word)
@@ -30,7 +37,7 @@ def test_command_allowed(word):
 
 
 def test_remote_words():
-    assert REMOTE_WORDS == ("status", "start", "stop", "restart", "gpus", "help")
+    assert REMOTE_WORDS == ("status", "start", "stop", "restart", "gpus", "snapshots", "keys", "help")
 
 
 @pytest.mark.parametrize(
@@ -90,13 +97,20 @@ def test_control_characters_never_reach_the_message():
 
 @settings(database=None)
 @given(st.text())
-def test_only_the_six_words_and_kill_with_a_pid_are_allowed(command):
+def test_only_the_grammar_is_allowed(command):
     decision = decide_command(command)
+    name = r"[a-z0-9][a-z0-9_-]{0,31}"
     if command in REMOTE_WORDS:
         assert decision.action == command
         assert decision.argument == ""
     elif re.fullmatch(r"kill-gpu-process [0-9]{1,7}", command) and int(command.split()[1]) > 0:
         assert decision == Decision("kill-gpu-process", argument=command.split()[1])
+    elif re.fullmatch(rf"snapshot( {name})?", command):
+        assert decision == Decision("snapshot", argument=command[len("snapshot ") :])
+    elif re.fullmatch(rf"(restore|delete-snapshot) {name} --yes", command):
+        assert decision == Decision(command.split()[0], argument=command.split()[1])
+    elif command in ("rebuild --yes", "rebuild --wipe-home --yes"):
+        assert decision == Decision("rebuild", argument="--wipe-home" if "wipe" in command else "")
     else:
         assert decision.action is None
         assert decision.reason
@@ -112,8 +126,15 @@ def test_only_the_six_words_and_kill_with_a_pid_are_allowed(command):
         ("3", "stop"),
         ("4", "restart"),
         ("5", "gpus"),
-        ("6", "help"),
-        ("7", "quit"),
+        ("6", "snapshot"),
+        ("7", "snapshots"),
+        ("8", "restore"),
+        ("9", "delete-snapshot"),
+        ("10", "rebuild"),
+        ("11", "keys"),
+        ("12", "help"),
+        ("13", "quit"),
+        ("Delete-Snapshot", "delete-snapshot"),
         ("gpus", "gpus"),
         ("status", "status"),
         ("START\n", "start"),
@@ -133,18 +154,25 @@ def test_choice_allowed(line, action):
     assert decide_choice(line) == Decision(action)
 
 
-REFUSAL = "please choose 1-7 or one of: status, start, stop, restart, gpus, help, quit"
+REFUSAL = (
+    "please choose 1-13 or one of: status, start, stop, restart, gpus, snapshot, snapshots, restore, "
+    "delete-snapshot, rebuild, keys, help, quit"
+)
 
 
 @pytest.mark.parametrize(
-    "line", ["0", "8", "-1", "sh", "", "\n", "1 2", "status;id", "01x", "+1", "1.0", "\x00"]
+    "line",
+    ["0", "14", "0001", "-1", "sh", "", "\n", "1 2", "status;id", "01x", "+1", "1.0", "\x00", "restore x"],
 )
 def test_choice_refused(line):
     assert decide_choice(line) == Decision(None, REFUSAL)
 
 
 def test_menu_numbering():
-    assert [word for word, _ in MENU] == ["status", "start", "stop", "restart", "gpus", "help", "quit"]
+    assert [word for word, _ in MENU] == [
+        "status", "start", "stop", "restart", "gpus", "snapshot", "snapshots", "restore", "delete-snapshot",
+        "rebuild", "keys", "help", "quit",
+    ]  # fmt: skip
     for number, (word, _) in enumerate(MENU, 1):
         assert decide_choice(str(number)).action == word
 
@@ -182,3 +210,91 @@ def test_kill_gpu_process_alone_is_not_a_word():
 )  # fmt: skip
 def test_kill_choice_is_a_number_from_the_list(line, own, chosen):
     assert decide_kill_choice(line, own) == chosen
+
+
+def test_turned_off_actions_leave_the_menu_and_its_numbers():
+    disabled = ("gpus", "rebuild")
+    assert decide_choice("5", disabled) == Decision("snapshot")
+    assert decide_choice("rebuild", disabled) == Decision(None, "rebuild is turned off on this host")
+    assert decide_choice("11", disabled) == Decision("quit")
+    assert decide_choice("12", disabled).action is None
+
+
+@pytest.mark.parametrize(
+    ("command", "decision"),
+    [
+        ("snapshot", Decision("snapshot")),
+        ("snapshot before-upgrade", Decision("snapshot", argument="before-upgrade")),
+        ("snapshot a", Decision("snapshot", argument="a")),
+        ("snapshot " + "x" * 32, Decision("snapshot", argument="x" * 32)),
+        ("restore snap_1 --yes", Decision("restore", argument="snap_1")),
+        ("delete-snapshot 2024 --yes", Decision("delete-snapshot", argument="2024")),
+        ("rebuild --yes", Decision("rebuild")),
+        ("rebuild --wipe-home --yes", Decision("rebuild", argument="--wipe-home")),
+    ],
+)
+def test_self_service_grammar(command, decision):
+    assert decide_command(command) == decision
+
+
+RESTORE_USAGE = "usage: restore NAME --yes (NAME as `snapshots` lists it)"
+
+
+@pytest.mark.parametrize(
+    ("command", "reason"),
+    [
+        ("snapshot ../../etc", f"usage: snapshot [NAME]; {SNAPSHOT_NAME_RULE}"),
+        ("snapshot " + "x" * 33, f"usage: snapshot [NAME]; {SNAPSHOT_NAME_RULE}"),
+        ("snapshot -rf", f"usage: snapshot [NAME]; {SNAPSHOT_NAME_RULE}"),
+        ("snapshot a b", f"usage: snapshot [NAME]; {SNAPSHOT_NAME_RULE}"),
+        ("snapshot Upper", f"usage: snapshot [NAME]; {SNAPSHOT_NAME_RULE}"),
+        ("snapshot ", f"usage: snapshot [NAME]; {SNAPSHOT_NAME_RULE}"),
+        ("snapshot $(id)", f"usage: snapshot [NAME]; {SNAPSHOT_NAME_RULE}"),
+        ("restore", RESTORE_USAGE),
+        ("restore snap1", "restore replaces everything in your container with snapshot snap1; "
+         "to confirm: restore snap1 --yes"),
+        ("restore snap1 --YES", "restore replaces everything in your container with snapshot snap1; "
+         "to confirm: restore snap1 --yes"),
+        ("restore snap1 yes", "restore replaces everything in your container with snapshot snap1; "
+         "to confirm: restore snap1 --yes"),
+        ("restore --yes snap1", f"{RESTORE_USAGE}; {SNAPSHOT_NAME_RULE}"),
+        ("restore ../bob --yes", f"{RESTORE_USAGE}; {SNAPSHOT_NAME_RULE}"),
+        ("restore a --yes --yes", f"{RESTORE_USAGE}; {SNAPSHOT_NAME_RULE}"),
+        ("delete-snapshot snap1",
+         "delete-snapshot deletes snapshot snap1; to confirm: delete-snapshot snap1 --yes"),
+        ("rebuild", "rebuild replaces your container with a fresh one and keeps your home directory; "
+         "to confirm: rebuild --yes"),
+        ("rebuild --wipe-home", "rebuild replaces your container with a fresh one and deletes your home "
+         "directory too; to confirm: rebuild --wipe-home --yes"),
+        ("rebuild --yes --wipe-home", "usage: rebuild [--wipe-home] --yes"),
+        ("rebuild now", "usage: rebuild [--wipe-home] --yes"),
+        ("rebuild  --yes", "usage: rebuild [--wipe-home] --yes"),
+    ],
+)  # fmt: skip
+def test_self_service_refusals(command, reason):
+    assert decide_command(command) == Decision(None, reason)
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [("a", True), ("snap-1_x", True), ("0", True), ("x" * 32, True), ("", False), ("x" * 33, False),
+     ("-a", False), ("_a", False), ("A", False), ("a/b", False), ("..", False), (".a", False),
+     ("a b", False), ("\u0663", False), ("é", False), ("a\n", False)],
+)  # fmt: skip
+def test_snapshot_names_are_never_paths(text, ok):
+    assert is_snapshot_name(text) is ok
+
+
+def test_confirmation_is_the_exact_user_name():
+    assert confirms("alice\n", "alice")
+    assert confirms("  alice ", "alice")
+    for line in ("", "y", "yes", "Alice", "alice2", "alic", "bob"):
+        assert not confirms(line, "alice")
+
+
+@pytest.mark.parametrize(
+    ("line", "chosen"),
+    [("1", "a"), (" 2\n", "b"), ("b", "b"), ("3", None), ("0", None), ("", None), ("c", None), ("B", None)],
+)
+def test_snapshot_pick(line, chosen):
+    assert decide_snapshot_pick(line, ["a", "b"]) == chosen

@@ -10,6 +10,7 @@ with a fixed status dict.
 from __future__ import annotations
 
 import io
+import re
 import signal
 from typing import Any
 
@@ -22,8 +23,15 @@ from gpushell.errors import ExitStatus
 from gpushell.paths import Paths
 from gpushell.shell import MAX_LINE, Session, Terminal
 
-ALLOWED_VERBS = {"login", "status", "start", "stop", "restart", "gpus", "help"}
-NUMBERED = ("status", "start", "stop", "restart", "gpus", "help", "quit")
+ALLOWED_VERBS = {
+    "login", "status", "start", "stop", "restart", "gpus", "help", "snapshot", "snapshots", "restore",
+    "delete-snapshot", "rebuild", "keys",
+}  # fmt: skip
+NUMBERED = (
+    "status", "start", "stop", "restart", "gpus", "snapshot", "snapshots", "restore", "delete-snapshot",
+    "rebuild", "keys", "help", "quit",
+)  # fmt: skip
+SNAPSHOT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 STATUS = {
     "user": "alice",
     "host": "gpu1.example",
@@ -53,16 +61,29 @@ def expected_actions(data: bytes) -> list[str]:
     lines = text.split("\n")
     if text.endswith("\n"):
         lines = lines[:-1]  # the last "line" after the final newline is end of input
+    # Overlong lines are cut and never a valid choice or answer.
+    lines = ["\0" if len(line) >= MAX_LINE else line for line in lines]
     actions = ["login"]
-    for line in lines:
-        if len(line) >= MAX_LINE:
-            continue  # overlong lines are cut and never a valid choice
-        choice = line.strip().lower()
-        if choice and all(c in "0123456789" for c in choice) and 1 <= int(choice) <= len(NUMBERED):
+    while lines:
+        choice = lines.pop(0).strip().lower()
+        digits = choice and len(choice) <= 3 and all(c in "0123456789" for c in choice)
+        if digits and 1 <= int(choice) <= len(NUMBERED):
             choice = NUMBERED[int(choice) - 1]  # "1", "01", "006"
         if choice in ("quit", "exit", "logout", "q"):
             break
-        if choice in NUMBERED:
+        if choice == "snapshot":  # asks for a name: empty or a valid one
+            if lines:
+                name = lines.pop(0).strip()
+                if name == "" or SNAPSHOT_NAME.fullmatch(name):
+                    actions.append("snapshot")
+        elif choice in ("restore", "delete-snapshot"):
+            actions.append("snapshots")  # the fake helper lists none, so nothing more is asked
+        elif choice == "rebuild":  # keep home? then the user name typed out
+            answers = lines[:2]
+            del lines[:2]
+            if len(answers) == 2 and answers[1].strip() == "alice":
+                actions.append("rebuild")
+        elif choice in NUMBERED:
             actions.append(choice)
     return actions
 
@@ -70,7 +91,7 @@ def expected_actions(data: bytes) -> list[str]:
 def run_menu(data: bytes, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list[str], str, str]:
     calls: list[str] = []
 
-    def fake_helper(self: Session, verb: str, progress: str = "") -> dict[str, Any]:
+    def fake_helper(self: Session, verb: str, progress: str = "", stdin: str | None = None) -> dict[str, Any]:
         calls.append(verb)
         return dict(STATUS)
 
@@ -99,6 +120,7 @@ WORDS = st.sampled_from(
         "STATUS", " start ", "\tstop\t", "restart;id", "status; bash", "bash", "sh", "exit",
         "logout", "q", "$(id)", "`id`", "\x1b[A", "\x1b[2J", "\x00", "\x7f", "\x04", "\x03",
         "\uff53\uff54\uff41\uff54\uff55\uff53", "statu\u017f", "status\u200b", "help\x00", "../../bin/sh",
+        "alice", " alice ", "Alice", "bob", "snap1", "../snap", "n", "y", "10", "13", "14",
     ]
 )  # fmt: skip
 LINE = st.one_of(
@@ -161,7 +183,7 @@ def test_session_end_signal_in_the_loop_is_handled_by_main(monkeypatch):
         def readline(self, size: int = -1) -> str:  # type: ignore[override]
             raise shell.SessionEnd("SIGTSTP")
 
-    monkeypatch.setattr(Session, "helper", lambda self, verb, progress="": dict(STATUS))
+    monkeypatch.setattr(Session, "helper", lambda self, verb, progress="", stdin=None: dict(STATUS))
     monkeypatch.setattr(shell, "check_installation", lambda: None)
     monkeypatch.setattr(audit, "record", lambda *args, **kwargs: None)
     monkeypatch.setattr(audit, "open_log", lambda ident: None)

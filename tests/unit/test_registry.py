@@ -244,6 +244,16 @@ def test_unknown_user_key():
         ("mounts: /data", "mounts: must be a list of mounts"),
         ("users: 5", "users: must be a mapping"),
         ("users: []", "users: must be a mapping"),
+        ("snapshot_limit: -1", "snapshot_limit: -1 is outside 0..100"),
+        ("snapshot_limit: 101", "snapshot_limit: 101 is outside 0..100"),
+        ("snapshot_limit: many", "snapshot_limit: 'many' is not a whole number"),
+        ("disabled_actions: rebuild", "disabled_actions: must be a list of action words"),
+        ("disabled_actions: [rebuild, 3]", "disabled_actions: must be a list of action words"),
+        (
+            "disabled_actions: [status, rebuild, shell]",
+            "disabled_actions: 'status', 'shell': can turn off only stop, restart, gpus, kill-gpu-process, "
+            "snapshot, snapshots, restore, delete-snapshot, rebuild, keys",
+        ),
     ],
 )
 def test_setting_validation(line, message):
@@ -501,3 +511,26 @@ def test_nan_start_timeout_refused():
     assert problems("start_timeout: .nan\n") == [
         f"{PATH}:1: start_timeout: nan is not a number of seconds between 0 and 86400"
     ]
+
+
+def test_self_service_settings():
+    text = (
+        "snapshot_limit: 2\n"
+        "disabled_actions: [rebuild, keys, rebuild]\n"
+        "users:\n"
+        + user_yaml("alice", 22001, "10.0.3.2", 1000000)
+        + user_yaml("bob", 22002, "10.0.3.3", 1065536)
+        + "    snapshot_limit: 0\n"
+    )
+    reg = parse(text, PATH)
+    assert reg.snapshot_limit == 2
+    assert reg.disabled_actions == ("rebuild", "keys")
+    assert reg.users["alice"].snapshot_limit == 2
+    assert reg.users["bob"].snapshot_limit == 0
+    defaults = parse("hostname: gpu1\n", PATH)
+    assert (defaults.snapshot_limit, defaults.disabled_actions) == (3, ())
+
+
+def test_user_snapshot_limit_validated():
+    text = "users:\n" + user_yaml("alice", 22001, "10.0.3.2", 1000000) + "    snapshot_limit: 500\n"
+    assert problems(text) == [f"{PATH}:6: users.alice.snapshot_limit: 500 is outside 0..100"]

@@ -13,6 +13,8 @@ from gpushell.registry import parse
 TEXT = """
 hostname: gpu1
 subnet: 10.0.3.0/24
+snapshot_limit: 5
+disabled_actions: [rebuild]
 mounts:
   - {source: /nas/lab, target: /nas, mode: ro}
 users:
@@ -26,6 +28,7 @@ users:
     port: 22002
     ip: 10.0.3.3
     idmap: 1065536
+    snapshot_limit: 1
     mounts:
       - {source: /scratch/bob, target: /scratch, mode: rw}
 """
@@ -37,9 +40,12 @@ def test_round_trip_equals_the_full_parse(name: str) -> None:
     reg, user = registry_cache.from_plain(registry_cache.to_plain(full), name)
     assert user == full.users[name]
     assert reg.users == {name: full.users[name]}
-    for field in ("path", "hostname", "subnet", "ports", "chain", "lxcpath", "mounts", "idle_timeout"):
+    fields = ("path", "hostname", "subnet", "ports", "chain", "lxcpath", "mounts", "idle_timeout",
+              "snapshot_limit", "disabled_actions")  # fmt: skip
+    for field in fields:
         assert getattr(reg, field) == getattr(full, field)
     assert reg.gateway == full.gateway
+    assert (reg.disabled_actions, user.snapshot_limit) == (("rebuild",), {"alice": 5, "bob": 1}[name])
 
 
 def test_unknown_user_is_not_registered() -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 
 import pytest
 
 from gpushell.errors import GpushellError
-from gpushell.rootfs import make_dir, remove_file, write_file
+from gpushell.rootfs import CHUNK, make_dir, remove_file, write_file
 
 
 @pytest.fixture
@@ -194,3 +195,34 @@ def test_remove_file(root, outside):
     with pytest.raises(GpushellError):
         remove_file(str(root), "home/alice/.ssh/authorized_keys")
     assert listing(outside) == ["authorized_keys"]
+
+
+def test_write_file_copies_a_stream_in_chunks(root):
+    data = bytes(range(256)) * (3 * CHUNK // 256 + 7)  # three chunks and a bit
+    reads: list[int] = []
+
+    class Source(io.BytesIO):
+        def read(self, size: int | None = -1) -> bytes:
+            reads.append(-1 if size is None else size)
+            return super().read(size)
+
+    write_file(str(root), "home/alice/big", Source(data), 0o600)
+    assert (root / "home" / "alice" / "big").read_bytes() == data
+    assert reads and set(reads) == {CHUNK}  # never read(-1): never the whole stream at once
+    assert len(reads) == 5  # 3 whole chunks, the rest, and the empty read at the end
+
+
+def test_a_stream_failing_half_way_leaves_no_copy_behind(root):
+    target = root / "home" / "alice" / "big"
+    target.write_text("old\n")
+
+    class Failing(io.BytesIO):
+        def read(self, size: int | None = -1) -> bytes:
+            if self.tell():
+                raise OSError(28, "No space left on device")
+            return super().read(size)
+
+    with pytest.raises(OSError, match="No space"):
+        write_file(str(root), "home/alice/big", Failing(b"x" * (2 * CHUNK)))
+    assert target.read_text() == "old\n"
+    assert listing(root / "home" / "alice") == ["big"]

@@ -94,7 +94,11 @@ def test_terminal_write_and_error():
     assert err.getvalue() == "gpushell: something failed\n"
 
 
-REFUSED = "gpushell: bash: not allowed here (allowed commands: status, start, stop, restart, gpus, help)\n"
+ALLOWED = (
+    "(allowed commands: status, start, stop, restart, gpus, snapshots, keys, help, snapshot [NAME], "
+    "restore NAME --yes, delete-snapshot NAME --yes, rebuild [--wipe-home] --yes, kill-gpu-process PID)"
+)
+REFUSED = f"gpushell: bash: not allowed here {ALLOWED}\n"
 
 
 def test_main_refuses_command(no_processes):
@@ -110,7 +114,7 @@ def test_main_refuses_command(no_processes):
     [
         (
             "status; id",
-            "status; id: not allowed here (allowed commands: status, start, stop, restart, gpus, help)",
+            f"status; id: not allowed here {ALLOWED}",
         ),
         (
             "/usr/lib/openssh/sftp-server",
@@ -125,7 +129,7 @@ def test_main_refuses_command(no_processes):
         ("", "an empty command is not allowed"),
         (
             "status\nid",
-            "'status\\nid': not allowed here (allowed commands: status, start, stop, restart, gpus, help)",
+            f"'status\\nid': not allowed here {ALLOWED}",
         ),
     ],
 )

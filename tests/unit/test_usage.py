@@ -1,0 +1,122 @@
+"""usage: a container's CPU time, memory and disk, each left out when unknown."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+
+import pytest
+
+from gpushell import cgroups, rootfs, usage
+from gpushell.model import Registry, User
+from gpushell.runner import Result
+
+USER = User("ann", 22001, ipaddress.IPv4Address("10.0.3.2"), 1065536, "c-ann", "none", ())
+
+
+class FakeDriver:
+    def __init__(self, state: str) -> None:
+        self.current = state
+
+    def state(self, name: str) -> str:
+        return self.current
+
+
+@pytest.fixture
+def reg(tmp_path):
+    return Registry(
+        "/etc/gpushell.yaml", "gpu1", "lxcbr0", ipaddress.IPv4Network("10.0.3.0/24"), (22001, 22999),
+        "tpl", str(tmp_path / "lxc"), "GPUSHELL", 1000000, 65536, "none", (), 60.0, 3600, True, {"ann": USER},
+    )  # fmt: skip
+
+
+@pytest.fixture
+def root(tmp_path, reg):
+    path = tmp_path / "lxc" / "c-ann" / "rootfs"
+    (path / "home" / "ann").mkdir(parents=True)
+    (path / "home" / "ann" / "data").write_bytes(os.urandom(256 * 1024))
+    return path
+
+
+@pytest.fixture
+def big_host_file(tmp_path):
+    path = tmp_path / "host-big"
+    path.write_bytes(os.urandom(4 * 1024 * 1024))
+    return path
+
+
+def fake_lxc_info(monkeypatch, stdout: str, returncode: int = 0) -> list[list[str]]:
+    calls: list[list[str]] = []
+
+    def fake(argv, **kwargs):
+        calls.append(list(argv))
+        return Result(returncode, stdout, "")
+
+    monkeypatch.setattr(usage, "run", fake)
+    return calls
+
+
+def test_a_stopped_container_has_only_its_disk(reg, root, monkeypatch):
+    calls = fake_lxc_info(monkeypatch, "")
+    found = usage.container_usage(reg, USER, FakeDriver("STOPPED"))
+    assert list(found) == ["disk_bytes"]
+    assert found["disk_bytes"] == rootfs.tree_size(str(root))
+    assert 256 * 1024 <= found["disk_bytes"] < 256 * 1024 + 64 * 4096
+    assert calls == []
+
+
+def test_disk_never_counts_a_linked_host_tree_and_hard_links_once(reg, root, big_host_file, monkeypatch):
+    fake_lxc_info(monkeypatch, "")
+    before = usage.container_usage(reg, USER, FakeDriver("STOPPED"))["disk_bytes"]
+    os.symlink(big_host_file, root / "home" / "ann" / "host-file")
+    os.symlink(big_host_file.parent, root / "home" / "ann" / "host-dir")
+    os.symlink("/", root / "root-link")
+    os.link(root / "home" / "ann" / "data", root / "home" / "ann" / "data-again")
+    after = usage.container_usage(reg, USER, FakeDriver("STOPPED"))["disk_bytes"]
+    assert after - before < 64 * 1024  # a few link inodes, not 4 MiB, not another 256 KiB
+
+
+def test_a_running_container_has_cpu_and_memory_from_its_init_cgroup(reg, root, monkeypatch):
+    calls = fake_lxc_info(monkeypatch, "4242\n")
+    asked: list[int] = []
+    monkeypatch.setattr(cgroups, "cpu_nanoseconds", lambda pid: asked.append(pid) or 7_000_000_000)
+    monkeypatch.setattr(cgroups, "memory_bytes", lambda pid: asked.append(pid) or 512 * 1024 * 1024)
+    found = usage.container_usage(reg, USER, FakeDriver("RUNNING"))
+    assert calls == [["lxc-info", "-P", reg.lxcpath, "-n", "c-ann", "-pH"]]
+    assert asked == [4242, 4242]
+    assert found == {
+        "cpu_ns": 7_000_000_000,
+        "memory_bytes": 512 * 1024 * 1024,
+        "disk_bytes": rootfs.tree_size(str(root)),
+    }
+
+
+def test_unreadable_numbers_are_left_out(reg, root, monkeypatch):
+    fake_lxc_info(monkeypatch, "4242\n")
+    monkeypatch.setattr(cgroups, "cpu_nanoseconds", lambda pid: None)
+    monkeypatch.setattr(cgroups, "memory_bytes", lambda pid: 1024)
+    assert set(usage.container_usage(reg, USER, FakeDriver("RUNNING"))) == {"memory_bytes", "disk_bytes"}
+
+
+@pytest.mark.parametrize(("stdout", "returncode"), [("", 1), ("-1\n", 0), ("garbage\n", 0)])
+def test_no_init_pid_means_no_cgroup_numbers(reg, root, monkeypatch, stdout, returncode):
+    fake_lxc_info(monkeypatch, stdout, returncode)
+    assert list(usage.container_usage(reg, USER, FakeDriver("RUNNING"))) == ["disk_bytes"]
+
+
+def test_a_missing_rootfs_has_no_disk_number(reg, monkeypatch):
+    fake_lxc_info(monkeypatch, "")
+    assert usage.container_usage(reg, USER, FakeDriver("MISSING")) == {}
+
+
+def test_tree_size_stops_at_its_depth_bound(tmp_path):
+    top = tmp_path / "deep"
+    path = top
+    for _ in range(rootfs.MAX_TREE_DEPTH + 5):
+        path = path / "d"
+    path.mkdir(parents=True)
+    (path / "bottom").write_bytes(os.urandom(8 * 1024 * 1024))
+    # The directories down to the bound, not the file below it.
+    assert rootfs.tree_size(str(top)) < 8 * 1024 * 1024
+    (top / "beside").write_bytes(os.urandom(8 * 1024 * 1024))
+    assert rootfs.tree_size(str(top)) >= 8 * 1024 * 1024
