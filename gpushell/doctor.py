@@ -625,7 +625,7 @@ def sshd_users(accounts: dict[str, reconcile.Account | None], kept: Iterable[str
 def gather(reg: Registry, paths: Paths) -> Facts:
     scan = leftovers.scan(reg, paths)
     exists = os.path.exists(f"/sys/class/net/{reg.bridge}")
-    accounts = {name: reconcile.host_account(name, paths.group) for name in reg.users}
+    accounts = reconcile.host_accounts(reg.users, paths.group)
     kept = tuple(leftovers.unregistered_members(reg, scan))
     return Facts(
         bridge_exists=exists,

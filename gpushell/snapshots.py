@@ -24,7 +24,7 @@ import tempfile
 import time
 
 from . import provision, rootfs
-from .containers import RUNNING, ContainerDriver
+from .containers import FROZEN, RUNNING, ContainerDriver
 from .errors import ExitStatus, GpushellError
 from .menu import SNAPSHOT_NAME_RULE, is_snapshot_name
 from .model import Registry, User, _Value
@@ -36,7 +36,6 @@ ROOTFS, ROOTFS_NEW, ROOTFS_OLD = "rootfs", "rootfs.new", "rootfs.old"
 # from then on rootfs.new may hold the only copy of it.  Its content is
 # the home's path inside the rootfs.
 HOLDS_HOME = "rootfs.new.holds-home"
-FROZEN = "FROZEN"  # lxc-info's state of a frozen container
 MAX_INFO = 4096
 
 

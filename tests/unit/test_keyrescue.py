@@ -5,12 +5,12 @@ from __future__ import annotations
 import ipaddress
 import os
 import stat
-import subprocess
 from pathlib import Path
 
 import pytest
+from fakes import RecordingDriver, host_key_pairs
 
-from gpushell import keyrescue, provision, template
+from gpushell import keyrescue, template
 from gpushell.errors import GpushellError
 from gpushell.model import Registry, User
 from gpushell.runner import Result
@@ -27,36 +27,9 @@ def make_registry(lxcpath: str, user: User) -> Registry:
     )  # fmt: skip
 
 
-class FakeDriver:
-    def __init__(self, state: str = "STOPPED") -> None:
-        self.current = state
-        self.calls: list[str] = []
-
-    def state(self, name: str) -> str:
-        return self.current
-
-    def start(self, name: str) -> None:
-        self.calls.append("start")
-
-    def stop(self, name: str) -> None:
-        self.calls.append("stop")
-
-    def freeze(self, name: str) -> None:
-        self.calls.append("freeze")
-
-    def unfreeze(self, name: str) -> None:
-        self.calls.append("unfreeze")
-
-
 @pytest.fixture(scope="module")
 def host_keys(tmp_path_factory) -> dict[str, tuple[bytes, bytes]]:
-    keydir = tmp_path_factory.mktemp("keys")
-    made = {}
-    for kind in provision.HOST_KEY_KINDS:
-        path = keydir / kind
-        subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", "root@c-ann", "-f", path], check=True)
-        made[kind] = (path.read_bytes(), Path(f"{path}.pub").read_bytes())
-    return made
+    return host_key_pairs(tmp_path_factory.mktemp("keys"))
 
 
 @pytest.fixture
@@ -145,7 +118,7 @@ def assert_keys_in_place(root: Path) -> None:
 def test_keys_are_put_back_and_the_old_file_kept(setup, monkeypatch):
     reg, user, root = setup
     attach_recorder(monkeypatch)
-    lines = keyrescue.rescue(reg, user, FakeDriver(), KEYS)
+    lines = keyrescue.rescue(reg, user, RecordingDriver(), KEYS)
     assert_keys_in_place(root)
     assert (
         root / "home/ann/.ssh/authorized_keys.gpushell-old"
@@ -163,7 +136,7 @@ def test_a_deleted_authorized_keys_and_a_group_writable_home_are_repaired(setup,
     (root / "home/ann/.ssh/authorized_keys").unlink()
     os.chmod(root / "home/ann", 0o777)
     os.chown(root / "home/ann", 1234, 1234)
-    lines = keyrescue.rescue(reg, user, FakeDriver(), KEYS)
+    lines = keyrescue.rescue(reg, user, RecordingDriver(), KEYS)
     assert_keys_in_place(root)
     assert stat.S_IMODE((root / "home/ann").stat().st_mode) == 0o755
     assert "made it yours and not writable by others" in lines[0]
@@ -176,7 +149,7 @@ def test_planted_authorized_keys_link_to_a_host_file_is_moved_aside(setup, outsi
     keys = root / "home/ann/.ssh/authorized_keys"
     keys.unlink()
     keys.symlink_to(outside / "authorized_keys")
-    keyrescue.rescue(reg, user, FakeDriver(), KEYS)
+    keyrescue.rescue(reg, user, RecordingDriver(), KEYS)
     assert unchanged(outside)
     assert_keys_in_place(root)
     assert os.readlink(root / "home/ann/.ssh/authorized_keys.gpushell-old") == str(
@@ -191,7 +164,7 @@ def test_planted_ssh_dir_link_to_a_host_dir_is_moved_aside(setup, outside, monke
     (ssh / "authorized_keys").unlink()
     ssh.rmdir()
     ssh.symlink_to(outside)
-    lines = keyrescue.rescue(reg, user, FakeDriver(), KEYS)
+    lines = keyrescue.rescue(reg, user, RecordingDriver(), KEYS)
     assert unchanged(outside)
     assert_keys_in_place(root)
     assert os.readlink(root / "home/ann/.ssh.gpushell-old") == str(outside)
@@ -206,7 +179,7 @@ def test_planted_home_link_to_the_host_root_is_moved_aside(setup, outside, monke
     # with an ann/.ssh inside, which root must never write into.
     (outside / "ann" / ".ssh").mkdir(parents=True)
     (root / "home").symlink_to(outside)
-    keyrescue.rescue(reg, user, FakeDriver(), KEYS)
+    keyrescue.rescue(reg, user, RecordingDriver(), KEYS)
     assert os.listdir(outside / "ann" / ".ssh") == []
     assert (outside / "authorized_keys").read_text() == "host secret\n"
     assert_keys_in_place(root)
@@ -220,7 +193,7 @@ def test_a_file_where_the_ssh_dir_should_be_is_moved_aside(setup, monkeypatch):
     (ssh / "authorized_keys").unlink()
     ssh.rmdir()
     ssh.write_text("oops\n")
-    keyrescue.rescue(reg, user, FakeDriver(), KEYS)
+    keyrescue.rescue(reg, user, RecordingDriver(), KEYS)
     assert_keys_in_place(root)
     assert (root / "home/ann/.ssh.gpushell-old").read_text() == "oops\n"
 
@@ -232,7 +205,7 @@ def test_sshd_config_and_dropins_go_back_to_a_fresh_containers(setup, monkeypatc
     (root / "etc/ssh/sshd_config.d/lockout.conf").write_text("DenyUsers ann\n")
     (root / "etc/ssh/sshd_config.d/notes.txt").write_text("not read by sshd\n")
     (root / DROPIN).write_text("PasswordAuthentication yes\n")
-    lines = keyrescue.rescue(reg, user, FakeDriver(), KEYS)
+    lines = keyrescue.rescue(reg, user, RecordingDriver(), KEYS)
     assert (root / "etc/ssh/sshd_config").read_text() == DEFAULT_CONFIG
     assert (root / "etc/ssh/sshd_config.gpushell-old").read_text().endswith("AllowUsers nobody\n")
     assert sorted(os.listdir(root / "etc/ssh/sshd_config.d")) == ["gpushell.conf", "notes.txt"]
@@ -254,7 +227,7 @@ def test_a_second_rescue_keeps_the_first_backups(setup, monkeypatch):
     attach_recorder(monkeypatch)
     for text in ("DenyUsers ann\n", "DenyUsers root\n"):
         (root / "etc/ssh/sshd_config.d/lockout.conf").write_text(text)
-        keyrescue.rescue(reg, user, FakeDriver(), KEYS)
+        keyrescue.rescue(reg, user, RecordingDriver(), KEYS)
     backup = root / "etc/ssh/sshd_config.d.gpushell-old"
     assert sorted(path.read_text() for path in backup.iterdir()) == ["DenyUsers ann\n", "DenyUsers root\n"]
 
@@ -266,7 +239,7 @@ def test_a_linked_sshd_config_and_a_fifo_dropin_are_handled_without_following(se
     config.unlink()
     config.symlink_to(outside / "authorized_keys")
     os.mkfifo(root / "etc/ssh/sshd_config.d/hang.conf")
-    keyrescue.rescue(reg, user, FakeDriver(), KEYS)  # would hang on reading the FIFO
+    keyrescue.rescue(reg, user, RecordingDriver(), KEYS)  # would hang on reading the FIFO
     assert unchanged(outside)
     assert config.read_text() == DEFAULT_CONFIG and not config.is_symlink()
     assert stat.S_ISFIFO((root / "etc/ssh/sshd_config.d.gpushell-old/hang.conf").lstat().st_mode)
@@ -276,7 +249,7 @@ def test_without_a_template_the_built_in_default_is_used(setup, monkeypatch):
     reg, user, root = setup
     attach_recorder(monkeypatch)
     (Path(reg.lxcpath) / "tpl" / "rootfs" / "etc/ssh/sshd_config").unlink()
-    keyrescue.rescue(reg, user, FakeDriver(), KEYS)
+    keyrescue.rescue(reg, user, RecordingDriver(), KEYS)
     assert (root / "etc/ssh/sshd_config").read_bytes() == keyrescue.FALLBACK_SSHD_CONFIG
 
 
@@ -286,7 +259,7 @@ def test_valid_host_keys_stay_and_missing_or_broken_ones_are_made(setup, host_ke
     (root / "etc/ssh/ssh_host_rsa_key").unlink()
     (root / "etc/ssh/ssh_host_ecdsa_key").write_text("not a key\n")
     os.chmod(root / "etc/ssh/ssh_host_ed25519_key", 0o644)  # sshd would refuse it
-    lines = keyrescue.rescue(reg, user, FakeDriver(), KEYS)
+    lines = keyrescue.rescue(reg, user, RecordingDriver(), KEYS)
     ed25519 = root / "etc/ssh/ssh_host_ed25519_key"
     assert ed25519.read_bytes() == host_keys["ed25519"][0]
     assert stat.S_IMODE(ed25519.stat().st_mode) == 0o600
@@ -311,7 +284,7 @@ def test_a_masked_and_disabled_ssh_unit_is_unmasked_and_enabled(setup, monkeypat
     calls = attach_recorder(monkeypatch)
     (root / keyrescue.SSH_WANTS).unlink()
     (root / "etc/systemd/system/ssh.service").symlink_to("/dev/null")
-    lines = keyrescue.rescue(reg, user, FakeDriver("RUNNING"), KEYS)
+    lines = keyrescue.rescue(reg, user, RecordingDriver("RUNNING"), KEYS)
     assert os.readlink(root / keyrescue.SSH_WANTS) == "/lib/systemd/system/ssh.service"
     assert os.readlink(root / "etc/systemd/system/ssh.service.gpushell-old") == "/dev/null"
     assert "ssh.service was not enabled; enabled it" in lines
@@ -326,7 +299,7 @@ def test_a_masked_and_disabled_ssh_unit_is_unmasked_and_enabled(setup, monkeypat
 def test_a_running_container_gets_its_sshd_restarted(setup, monkeypatch):
     reg, user, _root = setup
     calls = attach_recorder(monkeypatch)
-    lines = keyrescue.rescue(reg, user, FakeDriver("RUNNING"), KEYS)
+    lines = keyrescue.rescue(reg, user, RecordingDriver("RUNNING"), KEYS)
     assert calls == [
         [
             "lxc-attach",
@@ -347,7 +320,7 @@ def test_a_running_container_gets_its_sshd_restarted(setup, monkeypatch):
 def test_a_failed_restart_says_to_restart_the_container(setup, monkeypatch):
     reg, user, _root = setup
     attach_recorder(monkeypatch, returncode=1)
-    lines = keyrescue.rescue(reg, user, FakeDriver("RUNNING"), KEYS)
+    lines = keyrescue.rescue(reg, user, RecordingDriver("RUNNING"), KEYS)
     assert lines[-1] == "could not restart sshd in your container; restart your container to apply: restart"
 
 
@@ -355,7 +328,7 @@ def test_without_systemd_nothing_is_attached(setup, monkeypatch):
     reg, user, root = setup
     calls = attach_recorder(monkeypatch)
     (root / keyrescue.SYSTEMCTL).unlink()
-    lines = keyrescue.rescue(reg, user, FakeDriver("RUNNING"), KEYS)
+    lines = keyrescue.rescue(reg, user, RecordingDriver("RUNNING"), KEYS)
     assert calls == []
     assert lines[-1].endswith("restart your container to apply: restart")
 
@@ -366,7 +339,7 @@ def test_a_linked_systemd_dir_is_reported_not_followed(setup, outside, monkeypat
     system = root / "etc/systemd/system"
     os.rename(system, root / "etc/systemd/system-real")
     system.symlink_to(outside)
-    lines = keyrescue.rescue(reg, user, FakeDriver(), KEYS)
+    lines = keyrescue.rescue(reg, user, RecordingDriver(), KEYS)
     assert unchanged(outside)
     assert any(line.startswith("could not repair ssh.service: refusing to follow a link") for line in lines)
     assert_keys_in_place(root)
@@ -376,7 +349,7 @@ def test_a_missing_account_is_reported(setup, monkeypatch):
     reg, user, root = setup
     attach_recorder(monkeypatch)
     (root / "etc/passwd").write_text("root:x:0:0::/root:/bin/bash\n")
-    lines = keyrescue.rescue(reg, user, FakeDriver(), KEYS)
+    lines = keyrescue.rescue(reg, user, RecordingDriver(), KEYS)
     assert "there is no user ann in your container's /etc/passwd; start afresh with: rebuild --yes" in lines
 
 
@@ -386,7 +359,7 @@ def test_a_linked_etc_is_refused(setup, outside, monkeypatch):
     os.rename(root / "etc", root / "etc-real")
     (root / "etc").symlink_to(outside)
     with pytest.raises(GpushellError, match="/etc is not a directory"):
-        keyrescue.rescue(reg, user, FakeDriver(), KEYS)
+        keyrescue.rescue(reg, user, RecordingDriver(), KEYS)
     assert unchanged(outside)
 
 
@@ -394,4 +367,4 @@ def test_a_missing_container_is_said_so(setup):
     reg, _user, _root = setup
     ghost = User("bob", 22002, ipaddress.IPv4Address("10.0.3.3"), 2065536, "c-bob", "none", ())
     with pytest.raises(GpushellError, match="does not exist"):
-        keyrescue.rescue(reg, ghost, FakeDriver(), KEYS)
+        keyrescue.rescue(reg, ghost, RecordingDriver(), KEYS)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import stat
-import subprocess
 from pathlib import Path
 
 import pytest
+from fakes import RecordingDriver, host_key_pairs
 
 from gpushell import provision, rebuild, snapshots
 from gpushell.errors import GpushellError
@@ -18,38 +18,9 @@ KEYS = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyOfAnn ann@laptop\n"
 USER = User("ann", 22001, ipaddress.IPv4Address("10.0.3.2"), 1065536, "c-ann", "none", ())
 
 
-class FakeDriver:
-    def __init__(self, state: str = "STOPPED") -> None:
-        self.current = state
-        self.calls: list[str] = []
-
-    def state(self, name: str) -> str:
-        return self.current
-
-    def start(self, name: str) -> None:
-        self.calls.append("start")
-        self.current = "RUNNING"
-
-    def stop(self, name: str) -> None:
-        self.calls.append("stop")
-        self.current = "STOPPED"
-
-    def freeze(self, name: str) -> None:
-        self.calls.append("freeze")
-
-    def unfreeze(self, name: str) -> None:
-        self.calls.append("unfreeze")
-
-
 @pytest.fixture(scope="module")
 def old_keys(tmp_path_factory) -> dict[str, tuple[bytes, bytes]]:
-    keydir = tmp_path_factory.mktemp("keys")
-    made = {}
-    for kind in provision.HOST_KEY_KINDS:
-        path = keydir / kind
-        subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", "root@c-ann", "-f", path], check=True)
-        made[kind] = (path.read_bytes(), Path(f"{path}.pub").read_bytes())
-    return made
+    return host_key_pairs(tmp_path_factory.mktemp("keys"))
 
 
 def base_system(root: Path, version: str) -> None:
@@ -108,7 +79,7 @@ def host_key_files(root: Path) -> dict[str, bytes]:
 
 def test_rebuild_keeping_home_gives_a_fresh_system_with_the_old_home_and_host_keys(setup, old_keys):
     reg, directory = setup
-    driver = FakeDriver("RUNNING")
+    driver = RecordingDriver("RUNNING")
     before = host_key_files(directory / "rootfs")
     rebuild.rebuild(reg, USER, driver, KEYS, keep_home=True)
     root = directory / "rootfs"
@@ -137,7 +108,7 @@ def test_rebuild_keeping_home_gives_a_fresh_system_with_the_old_home_and_host_ke
 
 def test_rebuild_wiping_home_gives_a_fresh_home_with_the_keys(setup):
     reg, directory = setup
-    driver = FakeDriver()
+    driver = RecordingDriver()
     rebuild.rebuild(reg, USER, driver, KEYS, keep_home=False)
     root = directory / "rootfs"
     assert not (root / "home/ann/thesis.tex").exists()
@@ -152,7 +123,7 @@ def test_broken_old_host_keys_are_replaced_good_ones_kept(setup, old_keys):
     (root / "etc/ssh/ssh_host_rsa_key").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nnot really\n")
     (root / "etc/ssh/ssh_host_ecdsa_key").unlink()
     (root / "etc/ssh/ssh_host_ed25519_key.pub").write_text("tampered\n")
-    rebuild.rebuild(reg, USER, FakeDriver(), KEYS, keep_home=True)
+    rebuild.rebuild(reg, USER, RecordingDriver(), KEYS, keep_home=True)
     assert (root / "etc/ssh/ssh_host_ed25519_key").read_bytes() == old_keys["ed25519"][0]
     # The public half is derived from the private key, not copied.
     assert (root / "etc/ssh/ssh_host_ed25519_key.pub").read_bytes().split()[:2] == old_keys["ed25519"][
@@ -170,7 +141,7 @@ def test_a_planted_home_link_is_refused_when_keeping_and_nothing_changes(setup, 
     root = directory / "rootfs"
     os.rename(root / "home", root / "home-real")
     (root / "home").symlink_to(outside)  # `home -> /` in the container
-    driver = FakeDriver("RUNNING")
+    driver = RecordingDriver("RUNNING")
     with pytest.raises(GpushellError) as refused:
         rebuild.rebuild(reg, USER, driver, KEYS, keep_home=True)
     assert refused.value.user_message == (
@@ -195,7 +166,7 @@ def test_a_planted_home_dir_link_is_refused_when_keeping(setup, outside):
     os.rename(root / "home/ann", root / "home/ann-real")
     (root / "home/ann").symlink_to(outside / "ann")
     with pytest.raises(GpushellError, match="your /home/ann is not a directory"):
-        rebuild.rebuild(reg, USER, FakeDriver(), KEYS, keep_home=True)
+        rebuild.rebuild(reg, USER, RecordingDriver(), KEYS, keep_home=True)
     assert os.listdir(outside / "ann") == ["secret"]
     assert (root / "home/ann").is_symlink()
 
@@ -207,7 +178,7 @@ def test_a_planted_ssh_link_in_the_kept_home_is_moved_aside(setup, outside):
     (ssh / "authorized_keys").unlink()
     ssh.rmdir()
     ssh.symlink_to(outside / "ann")
-    rebuild.rebuild(reg, USER, FakeDriver(), KEYS, keep_home=True)
+    rebuild.rebuild(reg, USER, RecordingDriver(), KEYS, keep_home=True)
     assert os.listdir(outside / "ann") == ["secret"]
     assert (root / "home/ann/.ssh/authorized_keys").read_text() == KEYS
     assert os.readlink(root / "home/ann/.ssh.gpushell-old") == str(outside / "ann")
@@ -221,7 +192,7 @@ def test_a_failed_swap_puts_the_home_back_and_starts_the_container_again(setup, 
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(snapshots, "swap", broken_swap)
-    driver = FakeDriver("RUNNING")
+    driver = RecordingDriver("RUNNING")
     with pytest.raises(OSError):
         rebuild.rebuild(reg, USER, driver, KEYS, keep_home=True)
     root = directory / "rootfs"
@@ -245,7 +216,7 @@ def test_a_failed_copy_changes_nothing(setup, monkeypatch):
         raise GpushellError("cp failed: No space left on device")
 
     monkeypatch.setattr(provision, "copy_tree", half_copy)
-    driver = FakeDriver("RUNNING")
+    driver = RecordingDriver("RUNNING")
     with pytest.raises(GpushellError):
         rebuild.rebuild(reg, USER, driver, KEYS, keep_home=True)
     assert driver.calls == [] and driver.current == "RUNNING"
@@ -257,7 +228,7 @@ def test_a_missing_template_is_said_so(setup):
     reg, directory = setup
     os.rename(Path(reg.lxcpath) / "tpl", Path(reg.lxcpath) / "tpl-gone")
     with pytest.raises(GpushellError, match="template for new containers is missing"):
-        rebuild.rebuild(reg, USER, FakeDriver(), KEYS, keep_home=True)
+        rebuild.rebuild(reg, USER, RecordingDriver(), KEYS, keep_home=True)
     assert (directory / "rootfs/etc/template-version").read_text() == "v1\n"
 
 
@@ -267,5 +238,5 @@ def test_a_student_without_a_home_gets_a_fresh_one(setup):
     import shutil
 
     shutil.rmtree(root / "home/ann")
-    rebuild.rebuild(reg, USER, FakeDriver(), KEYS, keep_home=True)
+    rebuild.rebuild(reg, USER, RecordingDriver(), KEYS, keep_home=True)
     assert (root / "home/ann/.ssh/authorized_keys").read_text() == KEYS

@@ -150,3 +150,50 @@ def test_shipped_apply_unit_runs_apply_at_boot_before_sshd() -> None:
     before = next(line for line in lines if line.startswith("Before="))
     assert "network-online.target" in after.split("=", 1)[1].split()
     assert {"ssh.service", "sshd.service"} <= set(before.split("=", 1)[1].split())
+
+
+@pytest.mark.parametrize(
+    ("nsswitch", "complete"),
+    [("passwd:         files systemd\ngroup: files\n", True), ("passwd: compat\n", True),
+     ("passwd: files ldap\n", False), ("passwd: files [NOTFOUND=return] sss\n", False),
+     ("passwd: files [NOTFOUND=return]\n", True), ("# passwd: ldap\npasswd: files # ldap\n", True),
+     ("group: files\n", False), ("", False), ("passwd:\n", False)],
+)  # fmt: skip
+def test_which_account_sources_list_everything(nsswitch, complete):
+    assert reconcile.enumerates_every_account(nsswitch) is complete
+
+
+@pytest.mark.parametrize("nsswitch", ["passwd: files\n"])
+def test_host_accounts_trust_a_complete_listing(monkeypatch, nsswitch):
+    import pwd
+
+    monkeypatch.setattr(reconcile, "read_text_or_none", lambda path: nsswitch)
+    monkeypatch.setattr(pwd, "getpwall", lambda: [])
+    monkeypatch.setattr(pwd, "getpwnam", lambda name: pytest.fail("looked up alone"))
+    assert reconcile.host_accounts(["gone"], "gpushell-no-such-group") == {"gone": None}
+
+
+def test_host_accounts_in_one_pass_with_a_lookup_for_what_it_did_not_list(monkeypatch):
+    import grp
+    import pwd
+
+    listed = [pwd.struct_passwd(("ann", "x", 2001, 2001, "", "/home/ann", "/usr/local/bin/gpushell"))]
+    looked_up: list[str] = []
+
+    def getpwnam(name):
+        looked_up.append(name)
+        if name == "ldap-bob":  # known to the directory, not enumerated by it
+            return pwd.struct_passwd((name, "x", 2002, 2002, "", "/home/b", "/bin/sh"))
+        raise KeyError(name)
+
+    monkeypatch.setattr(reconcile, "read_text_or_none", lambda path: "passwd: files ldap\n")
+    monkeypatch.setattr(pwd, "getpwall", lambda: listed)
+    monkeypatch.setattr(pwd, "getpwnam", getpwnam)
+    monkeypatch.setattr(grp, "getgrnam", lambda name: grp.struct_group((name, "x", 900, ["ann"])))
+    accounts = reconcile.host_accounts(["ann", "ldap-bob", "gone"], "gpushell")
+    assert accounts == {
+        "ann": reconcile.Account("/usr/local/bin/gpushell", True),
+        "ldap-bob": reconcile.Account("/bin/sh", False),
+        "gone": None,
+    }
+    assert looked_up == ["ldap-bob", "gone"]

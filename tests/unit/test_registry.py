@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gpushell.errors import ExitStatus, GpushellError
 from gpushell.registry import Mount, RegistryError, User, parse
@@ -534,3 +536,25 @@ def test_self_service_settings():
 def test_user_snapshot_limit_validated():
     text = "users:\n" + user_yaml("alice", 22001, "10.0.3.2", 1000000) + "    snapshot_limit: 500\n"
     assert problems(text) == [f"{PATH}:6: users.alice.snapshot_limit: 500 is outside 0..100"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 6), min_size=2, max_size=8))
+def test_idmap_overlaps_match_a_pairwise_check(slots):
+    """The windowed overlap check finds exactly what comparing every pair would, in file order."""
+    size = 65536
+    starts = [1000000 + slot * size // 2 for slot in slots]  # half-range steps: overlaps and touches
+    text = "users:\n" + "".join(
+        user_yaml(f"u{i}", 22001 + i, f"10.0.3.{i + 2}", start) for i, start in enumerate(starts)
+    )
+    expected = [
+        f"users.u{i}.idmap: {start} overlaps the range of u{j}"
+        for i, start in enumerate(starts)
+        for j in range(i)
+        if abs(starts[j] - start) < size
+    ]
+    if not expected:
+        parse(text, PATH)
+        return
+    found = [line.split(": ", 1)[1] for line in problems(text)]
+    assert found == expected
