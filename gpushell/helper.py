@@ -14,7 +14,7 @@ import signal
 import sys
 
 from . import audit, menu, protocol, registry_cache, services
-from .containers import FROZEN, RUNNING, LxcDriver
+from .containers import FROZEN, RUNNING, LxcDriver, wait_for_sshd
 from .errors import CONTACT_ADMIN, ExitStatus, GpushellError
 from .lock import locked
 from .paths import DEFAULT, Paths
@@ -31,9 +31,11 @@ if TYPE_CHECKING:
 
 def _login(ctx: services.Context, user: User) -> Answer:
     thaw_if_left_frozen(ctx, user)
-    started = services.ensure_running(ctx, user)
-    forward_changed = services.ensure_forward(ctx, user)
-    answer = services.describe(ctx, user, RUNNING, started=started, forward_changed=forward_changed)
+    started = services.start_unless_answering(ctx, user)
+    forward_changed = services.ensure_forward(ctx, user)  # while the container boots
+    if started is not None:
+        wait_for_sshd(str(user.ip), ctx.registry.start_timeout)
+    answer = services.describe(ctx, user, RUNNING, started=bool(started), forward_changed=forward_changed)
     if user.gpus != "none":
         # The banner's GPU lines, from the cached snapshot (a small file read);
         # a stale one is refreshed in the background after this answer is out.

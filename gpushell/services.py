@@ -79,19 +79,27 @@ def remove_forward(ctx: Context, name: str) -> bool:
 
 
 def ensure_running(ctx: Context, user: User) -> bool:
-    """Start the container if needed and wait for its sshd; True when it was started.
+    """Start the container if needed and wait for its sshd; True when it was started."""
+    started = start_unless_answering(ctx, user)
+    if started is not None:
+        wait_for_sshd(str(user.ip), ctx.registry.start_timeout)
+    return bool(started)
+
+
+def start_unless_answering(ctx: Context, user: User) -> bool | None:
+    """None when the container's sshd answers already; else start it if stopped (True) and return.
 
     The common case, a running container, is settled by one connect to its
-    sshd, without asking LXC.
+    sshd, without asking LXC.  The caller waits for sshd (wait_for_sshd),
+    and can do other work while the container boots.
     """
     # 3 ms: a running container answers a connect on the bridge in well under
     # one; a stopped one never does, and a miss costs only an lxc-info.
     if sshd_answers(str(user.ip), timeout=0.003):
-        return False
+        return None
     started = ctx.driver.state(user.container) != RUNNING
     if started:
         ctx.driver.start(user.container)
-    wait_for_sshd(str(user.ip), ctx.registry.start_timeout)
     return started
 
 

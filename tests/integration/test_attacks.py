@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -648,7 +649,9 @@ def test_odd_locale_from_the_client_changes_nothing(
     assert good.returncode == 0, good.stderr
     assert good.stderr == ""
     state = lab.state(attacker).lower()
-    assert good.stdout == f"Container {attacker.container}: {state}, IP {attacker.ip}, port {attacker.port}\n"
+    first, using = good.stdout.split("\n", 1)
+    assert first == f"Container {attacker.container}: {state}, IP {attacker.ip}, port {attacker.port}"
+    assert re.fullmatch(r"Using: +disk \d+\.\d\d GiB\n", using), using  # stopped: disk only
     bad = lab.ssh(attacker, "--", "status\udcff;id", options=options)
     assert bad.returncode == 2
     one_gpushell_line(bad.stderr)
