@@ -14,7 +14,7 @@ import secrets
 import shutil
 import tempfile
 
-from . import gpudevices, hostsetup, lxcconfig, rootfs
+from . import gpudevices, hostsetup, lxcconfig, rootfs, template
 from .errors import GpushellError
 from .model import Registry, User
 from .runner import run
@@ -90,7 +90,8 @@ def copy_tree(source: str, target: str) -> None:
     run(["cp", "-a", "--reflink=auto", source, target], timeout=900)
 
 
-HOST_KEY_KINDS = ("ed25519", "rsa", "ecdsa")
+HOST_KEY_KINDS = ("ed25519", "ecdsa")  # what the template's sshd drop-in names (template.py)
+SSHD_DROPIN = "etc/ssh/sshd_config.d/gpushell.conf"
 
 
 def give_identity(root: str, user: User, host_keys: dict[str, tuple[bytes, bytes]] | None = None) -> None:
@@ -104,6 +105,12 @@ def give_identity(root: str, user: User, host_keys: dict[str, tuple[bytes, bytes
     rootfs.write_file(root, "etc/hosts", lxcconfig.hosts_file(user.container))
     rootfs.write_file(root, "etc/machine-id", secrets.token_hex(16) + "\n", mode=0o444)
     rootfs.write_file(root, "etc/network/interfaces", lxcconfig.INTERFACES)
+    # The template's own keys are the same in every copy: none may stay.
+    # (A template cached before its drop-in named the host keys still has
+    # an RSA key; the drop-in is written here too, so its clones match.)
+    rootfs.write_file(root, SSHD_DROPIN, template.CUSTOM_FILES[SSHD_DROPIN], create_dirs=0o755)
+    for name in ("ssh_host_rsa_key", "ssh_host_rsa_key.pub", "ssh_host_dsa_key", "ssh_host_dsa_key.pub"):
+        rootfs.remove_file(root, f"etc/ssh/{name}")
     for kind in HOST_KEY_KINDS:
         private, public = (host_keys or {}).get(kind) or new_host_key(kind, user.container)
         write_host_key(root, kind, private, public)

@@ -256,26 +256,28 @@ def test_without_a_template_the_built_in_default_is_used(setup, monkeypatch):
 def test_valid_host_keys_stay_and_missing_or_broken_ones_are_made(setup, host_keys, monkeypatch):
     reg, user, root = setup
     attach_recorder(monkeypatch)
-    (root / "etc/ssh/ssh_host_rsa_key").unlink()
     (root / "etc/ssh/ssh_host_ecdsa_key").write_text("not a key\n")
     os.chmod(root / "etc/ssh/ssh_host_ed25519_key", 0o644)  # sshd would refuse it
     lines = keyrescue.rescue(reg, user, RecordingDriver(), KEYS)
     ed25519 = root / "etc/ssh/ssh_host_ed25519_key"
     assert ed25519.read_bytes() == host_keys["ed25519"][0]
     assert stat.S_IMODE(ed25519.stat().st_mode) == 0o600
-    for kind in ("rsa", "ecdsa"):
-        private = (root / f"etc/ssh/ssh_host_{kind}_key").read_bytes()
-        assert private != host_keys[kind][0]
-        assert keyrescue.public_key(private, kind) is not None
+    private = (root / "etc/ssh/ssh_host_ecdsa_key").read_bytes()
+    assert private != host_keys["ecdsa"][0]
+    assert keyrescue.public_key(private, "ecdsa") is not None
     assert (root / "etc/ssh/ssh_host_ecdsa_key.gpushell-old").read_text() == "not a key\n"
     assert "/etc/ssh/ssh_host_ed25519_key: made it root's and private again" in lines
-    assert sum("was missing or broken" in line for line in lines) == 2
+    assert sum("was missing or broken" in line for line in lines) == 1
+    (root / "etc/ssh/ssh_host_ecdsa_key").unlink()
+    lines = keyrescue.rescue(reg, user, RecordingDriver(), KEYS)
+    assert sum("was missing or broken" in line for line in lines) == 1
+    assert keyrescue.public_key((root / "etc/ssh/ssh_host_ecdsa_key").read_bytes(), "ecdsa") is not None
 
 
 def test_a_key_of_the_wrong_kind_is_not_taken(host_keys):
-    assert keyrescue.public_key(host_keys["rsa"][0], "ed25519") is None
-    assert keyrescue.public_key(host_keys["rsa"][0], "rsa") == " ".join(
-        host_keys["rsa"][1].decode().split()[:2]
+    assert keyrescue.public_key(host_keys["ecdsa"][0], "ed25519") is None
+    assert keyrescue.public_key(host_keys["ecdsa"][0], "ecdsa") == " ".join(
+        host_keys["ecdsa"][1].decode().split()[:2]
     )
 
 

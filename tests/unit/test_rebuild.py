@@ -120,8 +120,7 @@ def test_rebuild_wiping_home_gives_a_fresh_home_with_the_keys(setup):
 def test_broken_old_host_keys_are_replaced_good_ones_kept(setup, old_keys):
     reg, directory = setup
     root = directory / "rootfs"
-    (root / "etc/ssh/ssh_host_rsa_key").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nnot really\n")
-    (root / "etc/ssh/ssh_host_ecdsa_key").unlink()
+    (root / "etc/ssh/ssh_host_ecdsa_key").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nnot really\n")
     (root / "etc/ssh/ssh_host_ed25519_key.pub").write_text("tampered\n")
     rebuild.rebuild(reg, USER, RecordingDriver(), KEYS, keep_home=True)
     assert (root / "etc/ssh/ssh_host_ed25519_key").read_bytes() == old_keys["ed25519"][0]
@@ -129,11 +128,8 @@ def test_broken_old_host_keys_are_replaced_good_ones_kept(setup, old_keys):
     assert (root / "etc/ssh/ssh_host_ed25519_key.pub").read_bytes().split()[:2] == old_keys["ed25519"][
         1
     ].split()[:2]
-    for kind in ("rsa", "ecdsa"):
-        assert (root / f"etc/ssh/ssh_host_{kind}_key").read_bytes() != old_keys[kind][0]
-        assert (
-            (root / f"etc/ssh/ssh_host_{kind}_key").read_bytes().startswith(b"-----BEGIN OPENSSH PRIVATE KEY")
-        )
+    ecdsa = (root / "etc/ssh/ssh_host_ecdsa_key").read_bytes()
+    assert ecdsa != old_keys["ecdsa"][0] and ecdsa.startswith(b"-----BEGIN OPENSSH PRIVATE KEY")
 
 
 def test_a_planted_home_link_is_refused_when_keeping_and_nothing_changes(setup, outside):
@@ -240,3 +236,20 @@ def test_a_student_without_a_home_gets_a_fresh_one(setup):
     shutil.rmtree(root / "home/ann")
     rebuild.rebuild(reg, USER, RecordingDriver(), KEYS, keep_home=True)
     assert (root / "home/ann/.ssh/authorized_keys").read_text() == KEYS
+
+
+def test_the_templates_own_rsa_key_never_reaches_a_clone(setup, tmp_path):
+    """A template cached before its drop-in named the host keys still carries a shared RSA key."""
+    from gpushell import template
+
+    reg, directory = setup
+    template_ssh = Path(reg.lxcpath) / "tpl" / "rootfs" / "etc/ssh"
+    template_ssh.mkdir(parents=True, exist_ok=True)
+    (template_ssh / "ssh_host_rsa_key").write_text("the template's, the same in every copy\n")
+    (template_ssh / "ssh_host_rsa_key.pub").write_text("ssh-rsa AAAA root@template\n")
+    rebuild.rebuild(reg, USER, RecordingDriver(), KEYS, keep_home=True)
+    ssh = directory / "rootfs" / "etc/ssh"
+    assert not (ssh / "ssh_host_rsa_key").exists() and not (ssh / "ssh_host_rsa_key.pub").exists()
+    dropin = (ssh / "sshd_config.d/gpushell.conf").read_text()
+    assert dropin == template.CUSTOM_FILES["etc/ssh/sshd_config.d/gpushell.conf"]
+    assert "HostKey /etc/ssh/ssh_host_ed25519_key\nHostKey /etc/ssh/ssh_host_ecdsa_key\n" in dropin
