@@ -22,7 +22,8 @@ class ContainerDriver:
     def state(self, name: str) -> str:
         raise NotImplementedError
 
-    def start(self, name: str) -> None:
+    def start(self, name: str) -> bool:
+        """Start it unless it runs already; True when it was started."""
         raise NotImplementedError
 
     def stop(self, name: str) -> None:
@@ -60,11 +61,11 @@ class LxcDriver(ContainerDriver):
         result = run(["lxc-info", *self._args(name), "-sH"], check=False)
         return result.stdout.strip() or MISSING
 
-    def start(self, name: str) -> None:
+    def start(self, name: str) -> bool:
         if not self._defined(name):
             raise GpushellError("your container does not exist", f"container {name} is not defined")
         if self.state(name) == RUNNING:
-            return
+            return False
         log = os.path.join(self.lxcpath, name, "lxc.log")
         # Daemonized: lxc-start returns once init runs, with its standard
         # streams on /dev/null, so the student's session never waits on it.
@@ -74,6 +75,7 @@ class LxcDriver(ContainerDriver):
                 "your container failed to start",
                 f"lxc-start {name} exited {result.returncode}: {result.stderr.strip()}; see {log}",
             )
+        return True
 
     def stop(self, name: str, timeout: int = 10) -> None:
         if not self._defined(name) or self.state(name) != RUNNING:

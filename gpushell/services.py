@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from . import forward, iptables
-from .containers import RUNNING, sshd_answers, wait_for_sshd
+from .containers import sshd_answers, wait_for_sshd
 from .lock import locked
 
 TYPE_CHECKING = False  # `typing` stays off the login path
@@ -97,10 +97,7 @@ def start_unless_answering(ctx: Context, user: User) -> bool | None:
     # one; a stopped one never does, and a miss costs only an lxc-info.
     if sshd_answers(str(user.ip), timeout=0.003):
         return None
-    started = ctx.driver.state(user.container) != RUNNING
-    if started:
-        ctx.driver.start(user.container)
-    return started
+    return ctx.driver.start(user.container)
 
 
 def describe(ctx: Context, user: User, state: str | None = None, /, **extra: object) -> dict[str, object]:

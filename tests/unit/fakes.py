@@ -18,9 +18,10 @@ class RecordingDriver:
     def state(self, name: str) -> str:
         return self.current
 
-    def start(self, name: str) -> None:
+    def start(self, name: str) -> bool:
         self.calls.append("start")
-        self.current = "RUNNING"
+        started, self.current = self.current != "RUNNING", "RUNNING"
+        return started
 
     def stop(self, name: str) -> None:
         self.calls.append("stop")

@@ -43,8 +43,10 @@ class FakeDriver:
         self.calls.append(f"{verb} {name}")
         self.states[name] = state
 
-    def start(self, name: str) -> None:
+    def start(self, name: str) -> bool:
+        started = self.states.get(name, "STOPPED") != "RUNNING"
         self._set("start", name, "RUNNING")
+        return started
 
     def stop(self, name: str) -> None:
         self._set("stop", name, "STOPPED")
