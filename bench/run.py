@@ -204,7 +204,9 @@ def bench_growth(lab: Lab, student: Student, small: list[float], original: str) 
             iptables.apply(forward.rebuild_lines(table, reg, reg.users.values()))
 
         rebuilds = samples(rebuild, count=max(5, REPEAT // 2))
-        apply = samples(lambda: lab.admin(*rebuild_command(lab)), count=max(3, REPEAT // 4))
+        command = rebuild_command(lab)
+        flush = lambda: sh(["iptables", "-t", "nat", "-F", lab.chain])  # noqa: E731 - as after a reboot
+        apply = samples(lambda: lab.admin(*command), count=max(3, REPEAT // 4), setup=flush)
         save = sh(["iptables-save", "-t", "nat"]).stdout.splitlines()
         lines = [line for line in save if line.startswith(f"-A {lab.chain} ")]
         singles = samples(lambda: single_iptables_calls(lab, lines), count=1)

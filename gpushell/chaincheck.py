@@ -44,15 +44,21 @@ def problems(table: NatTable, reg: Registry) -> list[Problem]:
             found.append(Problem(NO_JUMP, f"no jump from {parent} to {chain} for local destinations"))
     rules = table.rules_of(chain)
     by_tag = {f"{TAG}{name}": name for name in reg.users}
+    # Each user's rules found by their tag once, not by scanning the chain
+    # per user: 1000 students took 0.4 s that way.
+    tagged: dict[str | None, list[list[str]]] = {}
+    for rule in rules:
+        tagged.setdefault(comment_of(rule), []).append(rule)
     for name, user in sorted(reg.users.items(), key=lambda item: item[1].port):
-        wanted = user_rule(chain, user)
-        count = sum(1 for rule in rules if rule == wanted)
+        wanted = user_rule(chain, user)  # carries the tag, so only tagged rules can equal it
+        own = tagged.get(f"{TAG}{name}", [])
+        count = sum(1 for rule in own if rule == wanted)
         if count == 0:
             found.append(Problem(MISSING, f"no forward for {name} (port {user.port} -> {user.ip}:22)", name))
         elif count > 1:
             found.append(Problem(DUPLICATE, f"{count} copies of the forward for {name}", name))
-        for rule in rules:
-            if comment_of(rule) == f"{TAG}{name}" and rule != wanted:
+        for rule in own:
+            if rule != wanted:
                 found.append(Problem(WRONG, f"wrong rule for {name}: {rule_text(rule)}", name))
     for rule in rules:
         comment = comment_of(rule)

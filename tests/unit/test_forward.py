@@ -5,6 +5,8 @@ from __future__ import annotations
 import shlex
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gpushell.forward import (
     NatTable,
@@ -385,3 +387,35 @@ def test_restore_script():
         restore_script([":GPUSHELL - [0:0]", ALICE_RULE])
         == f"*nat\n:GPUSHELL - [0:0]\n{ALICE_RULE}\nCOMMIT\n"
     )
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list(" \"'\\ab-:=.\t\x0b#")), max_size=30))
+def test_rule_lines_split_exactly_as_shlex_would(line):
+    import shlex
+
+    from gpushell.forward import _tokens
+
+    try:
+        expected = shlex.split(line)
+    except ValueError:  # unbalanced quotes: shlex refuses, and so must we
+        with pytest.raises(ValueError):
+            _tokens(line)
+        return
+    assert _tokens(line) == expected
+
+
+def test_real_save_lines_take_the_fast_split(monkeypatch):
+    import shlex
+
+    from gpushell.forward import _tokens
+
+    monkeypatch.setattr(shlex, "split", lambda line: pytest.fail(f"shlex used for {line!r}"))
+    line = (
+        '-A GPUSHELL -p tcp -m tcp --dport 22001 -m comment --comment "gpushell:alice" '
+        "-j DNAT --to-destination 10.0.3.2:22"
+    )
+    assert _tokens(line)[10:12] == ["--comment", "gpushell:alice"]
+    assert _tokens('-A X -m comment --comment "two words" -j RETURN') == [
+        "-A", "X", "-m", "comment", "--comment", "two words", "-j", "RETURN",
+    ]  # fmt: skip
