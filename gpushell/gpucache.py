@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 import time
 
-from . import protocol
+from . import files, protocol
 
 TYPE_CHECKING = False  # `typing` stays off the login path
 if TYPE_CHECKING:
@@ -131,38 +131,13 @@ def login_keys(lines: dict[str, str] | None, now: float) -> tuple[dict[str, obje
 
 def read(path: str) -> dict[str, str] | None:
     """The snapshot's lines, or None when there is none (or it is a link)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        data = os.read(fd, MAX_BYTES)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    return protocol.decode(data.decode("utf-8", errors="replace"))
+    text = files.read_private(path, MAX_BYTES)
+    return None if text is None else protocol.decode(text)
 
 
 def write(path: str, lines: dict[str, object]) -> None:
     """Replace the snapshot at once (rename): root's, 0600."""
-    temporary = f"{path}.{os.getpid()}"
-    data = protocol.encode(lines).encode()
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
-        os.rename(temporary, path)
-    except BaseException:
-        try:  # noqa: SIM105 - contextlib would cost the login path an import
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
+    files.write_private(path, protocol.encode(lines))
 
 
 # --- asking NVML (never on a login's own time) --------------------------------------

@@ -16,6 +16,7 @@ import sys
 from . import audit, menu, protocol, registry_cache, services
 from .containers import FROZEN, RUNNING, LxcDriver, wait_for_sshd
 from .errors import CONTACT_ADMIN, ExitStatus, GpushellError
+from .files import write_private
 from .lock import locked
 from .paths import DEFAULT, Paths
 
@@ -91,10 +92,8 @@ def _request() -> dict[str, str]:
     return protocol.decode(sys.stdin.read(MAX_REQUEST))
 
 
-def _snapshot_name(request: dict[str, str], required: bool = True) -> str | None:
+def _snapshot_name(request: dict[str, str]) -> str:
     name = request.get("name", "")
-    if not name and not required:
-        return None
     if not menu.is_snapshot_name(name):
         raise GpushellError(menu.SNAPSHOT_NAME_RULE, f"refused snapshot name {name!r}", ExitStatus.USAGE)
     return name
@@ -134,9 +133,10 @@ def thaw_if_left_frozen(ctx: services.Context, user: User) -> None:
 def _snapshot(ctx: services.Context, user: User) -> Answer:
     from . import snapshots
 
-    name = _snapshot_name(_request(), required=False)
+    request = _request()
+    name = _snapshot_name(request) if request.get("name") else None  # none given: one with the date
     marker = freeze_marker(ctx, user)
-    services.write_stamp(marker, "")  # removed below; only a SIGKILL can leave it
+    write_private(marker, "")  # removed below; only a SIGKILL can leave it
     try:
         made = snapshots.create(ctx.registry, user, ctx.driver, name)
     finally:
@@ -154,7 +154,6 @@ def _restore(ctx: services.Context, user: User) -> Answer:
     request = _request()
     name = _snapshot_name(request)
     _confirm(request, user)
-    assert name is not None
     if snapshots.restore(ctx.registry, user, ctx.driver, name):
         return _login(ctx, user) | {"restored": name}
     return services.describe(ctx, user, restored=name)
@@ -166,7 +165,6 @@ def _delete_snapshot(ctx: services.Context, user: User) -> Answer:
     request = _request()
     name = _snapshot_name(request)
     _confirm(request, user)
-    assert name is not None
     snapshots.delete(ctx.registry, user, name)
     return _with_snapshots(ctx, user, deleted=name)
 

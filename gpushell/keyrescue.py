@@ -54,7 +54,7 @@ FALLBACK_SSHD_CONFIG = (
     "Subsystem\tsftp\t/usr/lib/openssh/sftp-server\n"
 ).encode("ascii")
 # What `ssh-keygen -y` prints first for each host key kind.
-KEY_TYPES = {"ed25519": "ssh-ed25519", "rsa": "ssh-rsa", "ecdsa": "ecdsa-sha2-nistp"}
+KEY_TYPES = {"ed25519": "ssh-ed25519", "ecdsa": "ecdsa-sha2-nistp"}
 SSH_UNIT = "usr/lib/systemd/system/ssh.service"
 SSH_UNIT_TARGET = "/lib/systemd/system/ssh.service"  # as Debian's `systemctl enable` links it
 SSH_WANTS = "etc/systemd/system/multi-user.target.wants/ssh.service"

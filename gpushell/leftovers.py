@@ -24,11 +24,13 @@ import shutil
 import stat
 
 from .errors import GpushellError
+from .files import read_private
 from .model import Registry
 from .paths import Paths
 from .runner import run
 
 JOURNAL_PREFIX = ".gpushell-add-"
+MAX_JOURNAL = 4096
 # tempfile.mkdtemp(prefix=".NAME-") adds 8 characters from [a-z0-9_].
 STAGING = re.compile(r"\.([A-Za-z0-9][A-Za-z0-9_.-]{0,62})-[a-z0-9_]{8}")
 TEMPLATE_MARK = "# gpushell template"
@@ -189,12 +191,8 @@ def _is_template(directory: str) -> bool:
 
 
 def read_journal(path: str) -> Journal | None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    with os.fdopen(fd, encoding="utf-8", errors="replace") as stream:
-        return parse_journal(stream.read(4096))
+    text = read_private(path, MAX_JOURNAL)
+    return None if text is None else parse_journal(text)
 
 
 def scan(reg: Registry, paths: Paths) -> Scan:

@@ -6,10 +6,9 @@ helper (for the student) and gpushell-admin (for the admin) call these.
 
 from __future__ import annotations
 
-import os
-
 from . import forward, iptables
 from .containers import sshd_answers, wait_for_sshd
+from .files import read_private, write_private
 from .lock import locked
 
 TYPE_CHECKING = False  # `typing` stays off the login path
@@ -48,32 +47,22 @@ def ensure_forward(ctx: Context, user: User) -> bool:
         after = iptables.generation()
         # Stamp only if nobody else changed the ruleset between our read and now.
         if before is not None and after == before + int(changed):
-            write_stamp(stamp, f"{after} {wanted}")
+            write_private(stamp, f"{after} {wanted}")
         else:
-            write_stamp(stamp, "")
+            write_private(stamp, "")
         return changed
 
 
+MAX_STAMP = 4096  # a generation number and one rule
+
+
 def read_stamp(path: str) -> str:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return ""
-    with os.fdopen(fd, encoding="utf-8") as stream:
-        return stream.read()
-
-
-def write_stamp(path: str, text: str) -> None:
-    temporary = f"{path}.{os.getpid()}"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as stream:
-        stream.write(text)
-    os.rename(temporary, path)
+    return read_private(path, MAX_STAMP) or ""
 
 
 def remove_forward(ctx: Context, name: str) -> bool:
     with locked(f"{ctx.paths.run_dir}/forward.lock"):
-        write_stamp(f"{ctx.paths.run_dir}/forward-{name}.stamp", "")
+        write_private(f"{ctx.paths.run_dir}/forward-{name}.stamp", "")
         table = iptables.read_nat()
         return iptables.apply(forward.remove_user_lines(table, ctx.registry.chain, name))
 

@@ -26,6 +26,7 @@ import time
 from . import provision, rootfs
 from .containers import FROZEN, RUNNING, ContainerDriver
 from .errors import ExitStatus, GpushellError
+from .files import read_private
 from .menu import SNAPSHOT_NAME_RULE, is_snapshot_name
 from .model import Registry, User, _Value
 
@@ -102,15 +103,6 @@ def _checked_name(name: str) -> str:
     return name
 
 
-def _read_info(path: str) -> str | None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as stream:
-        return stream.read(MAX_INFO).decode("ascii", "replace")
-
-
 def list_snapshots(reg: Registry, user: User) -> list[Snapshot]:
     """The user's complete snapshots, oldest first."""
     directory = snapshots_dir(reg, user)
@@ -123,7 +115,7 @@ def list_snapshots(reg: Registry, user: User) -> list[Snapshot]:
         # Staging and deleted ones start with a dot, which no snapshot name does.
         if not is_snapshot_name(name) or not os.path.isdir(os.path.join(directory, name, ROOTFS)):
             continue
-        text = _read_info(os.path.join(directory, name, INFO_FILE))
+        text = read_private(os.path.join(directory, name, INFO_FILE), MAX_INFO)
         snapshot = None if text is None else parse_info(name, text)
         if snapshot is not None:
             found.append(snapshot)
@@ -286,7 +278,7 @@ def settle(directory: str) -> None:
 
 
 def _give_home_back(current: str, new: str, marker: str) -> None:
-    text = _read_info(marker) or ""
+    text = read_private(marker, MAX_INFO) or ""
     home = text.strip()
     if not home.startswith("home/") or rootfs.entry_type(current, home) is not None:
         return  # the move had not happened: the home is still in the rootfs
