@@ -252,6 +252,15 @@ class Lab:
         return [line for line in save.splitlines() if f'"gpushell:{name}"' in line]
 
     @contextlib.contextmanager
+    def setting_added(self, lines: str) -> Iterator[None]:
+        """Top-level registry lines (newline-ended) put before `users:` meanwhile, taken out after."""
+        self.write_registry(self.read_registry().replace("users:\n", lines + "users:\n", 1))
+        try:
+            yield
+        finally:
+            self.write_registry(self.read_registry().replace(lines, ""))
+
+    @contextlib.contextmanager
     def registry_replaced(self, text: str, mode: int = 0o644) -> Iterator[None]:
         original = self.read_registry()
         self.write_registry(text, mode)

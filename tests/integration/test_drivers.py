@@ -48,13 +48,11 @@ def install_driver(root: str, version: str) -> None:
 @contextlib.contextmanager
 def stand_in_driver(lab: Lab) -> Iterator[str]:
     root = f"{lab.root}/driver"
-    setting = f"driver_root: {root}\n"
     try:
         install_driver(root, VERSION)
-        lab.write_registry(lab.read_registry().replace("users:\n", setting + "users:\n", 1))
-        yield root
+        with lab.setting_added(f"driver_root: {root}\n"):
+            yield root
     finally:
-        lab.write_registry(lab.read_registry().replace(setting, ""))
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -150,10 +148,9 @@ def test_driver_sync_runs_the_installer_only_where_the_driver_differs(lab: Lab) 
             f"echo stand-in > /{LIB}/libcuda.so.{VERSION}\n"
             "echo ran >> /root/installer-ran\n"
         )
-    setting = "driver: container\n"
-    lab.write_registry(lab.read_registry().replace("users:\n", setting + "users:\n", 1))
     try:
         with (
+            lab.setting_added("driver: container\n"),
             stand_in_devices(lab),
             stand_in_driver(lab),
             gpu_student(lab, "syncok") as matching,
@@ -182,5 +179,4 @@ def test_driver_sync_runs_the_installer_only_where_the_driver_differs(lab: Lab) 
             again = lab.admin("driver", "sync", "--installer", installer)
             assert "every GPU container has the host's NVIDIA driver" in again.stdout
     finally:
-        lab.write_registry(lab.read_registry().replace(setting, ""))
         os.unlink(installer)

@@ -33,16 +33,13 @@ def stand_in_devices(lab: Lab) -> Iterator[str]:
     """A directory of stand-in NVIDIA nodes, named in the registry as gpu_devices."""
     directory = f"{lab.root}/gpudev"
     os.mkdir(directory, 0o755)
-    setting = f"gpu_devices: {directory}\n"
     try:
         for name, (major, minor) in STAND_INS.items():
             os.mknod(f"{directory}/{name}", 0o666 | stat.S_IFCHR, os.makedev(major, minor))
             os.chmod(f"{directory}/{name}", 0o666)
-        text = lab.read_registry()
-        lab.write_registry(text.replace("users:\n", setting + "users:\n", 1))
-        yield directory
+        with lab.setting_added(f"gpu_devices: {directory}\n"):
+            yield directory
     finally:
-        lab.write_registry(lab.read_registry().replace(setting, ""))
         for name in STAND_INS:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f"{directory}/{name}")

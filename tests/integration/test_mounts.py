@@ -36,10 +36,9 @@ def nas(lab: Lab) -> Iterator[str]:
     try:
         for sub in ("ro", "rw"):
             os.mkdir(f"{directory}/{sub}", 0o755)
-        lab.write_registry(lab.read_registry().replace("users:\n", setting + "users:\n", 1))
-        yield directory
+        with lab.setting_added(setting):
+            yield directory
     finally:
-        lab.write_registry(lab.read_registry().replace(setting, ""))
         shutil.rmtree(directory, ignore_errors=True)
 
 

@@ -27,19 +27,12 @@ def quiet(lab: Lab) -> Iterator[Student]:
         lab.admin("remove", made.name, "--purge", check=False)
 
 
-def with_setting(lab: Lab, line: str) -> str:
-    text = lab.read_registry()
-    return text.replace("users:\n", f"{line}\nusers:\n", 1)
-
-
 @pytest.mark.parametrize(
     "command", ["rebuild --yes", "snapshot", "snapshot mine", "restore mine --yes", "keys", "stop"]
 )
 def test_turned_off_actions_are_refused_by_the_helper(lab: Lab, quiet: Student, command: str) -> None:
     word = command.split()[0]
-    with lab.registry_replaced(
-        with_setting(lab, "disabled_actions: [rebuild, snapshot, restore, keys, stop]")
-    ):
+    with lab.setting_added("disabled_actions: [rebuild, snapshot, restore, keys, stop]\n"):
         result = lab.ssh(quiet, command)
     assert result.returncode == 1, (result.returncode, result.stderr)
     assert result.stderr == f"gpushell: {word} is turned off on this host; ask your admin\n"
@@ -53,7 +46,7 @@ def test_turned_off_actions_are_refused_by_the_helper(lab: Lab, quiet: Student, 
 
 
 def test_turned_off_actions_leave_the_menu(lab: Lab, quiet: Student) -> None:
-    with lab.registry_replaced(with_setting(lab, "disabled_actions: [rebuild, delete-snapshot]")):
+    with lab.setting_added("disabled_actions: [rebuild, delete-snapshot]\n"):
         result = lab.ssh(quiet, options=["-tt"], command_input="quit\n")
     lab.ssh(quiet, "stop")  # the login started it; the other tests here want it stopped
     assert result.returncode == 0, result.stderr
@@ -63,7 +56,7 @@ def test_turned_off_actions_leave_the_menu(lab: Lab, quiet: Student) -> None:
 
 
 def test_a_bad_setting_is_refused_with_its_line(lab: Lab, quiet: Student) -> None:
-    with lab.registry_replaced(with_setting(lab, "disabled_actions: [status]")):
+    with lab.setting_added("disabled_actions: [status]\n"):
         result = lab.ssh(quiet, "status")
         admin = lab.admin("list", check=False)
     assert result.returncode != 0 and "Traceback" not in result.stderr
