@@ -8,9 +8,11 @@ Every function here turns data into rule text; iptables.py runs it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+TYPE_CHECKING = False  # `collections.abc` stays off the login path
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
 
-from .model import Registry, User
+    from .model import Registry, User
 
 TAG = "gpushell:"
 JUMP_CHAINS = ("PREROUTING", "OUTPUT")

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import os
 import pwd
-import signal
 import sys
 
-from . import audit, menu, protocol, registry_cache, services
+from . import audit, menu, protocol, registry_cache, services, signals
 from .containers import FROZEN, RUNNING, LxcDriver, wait_for_sshd
 from .errors import CONTACT_ADMIN, ExitStatus, GpushellError
 from .files import write_private
@@ -259,8 +258,8 @@ def run_action(paths: Paths, name: str, verb: str) -> Answer:
 def main(paths: Paths = DEFAULT, argv: list[str] | None = None) -> int:
     argv = sys.argv if argv is None else argv
     # Finish what was begun even if the student hangs up or presses Ctrl-C.
-    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGTSTP):
-        signal.signal(signum, signal.SIG_IGN)
+    for signum in (signals.SIGINT, signals.SIGHUP, signals.SIGQUIT, signals.SIGTSTP):
+        signals.handle(signum, signals.SIG_IGN)
     audit.open_log(f"{paths.syslog_ident}-helper")
     name = "?"
     verb = argv[1] if len(argv) == 2 else " ".join(argv[1:])

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 
 from . import forward, nftgen
 from .runner import run
+
+TYPE_CHECKING = False  # `collections.abc` stays off the login path
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 IPTABLES_SAVE = "/usr/sbin/iptables-save"
 IPTABLES_RESTORE = "/usr/sbin/iptables-restore"

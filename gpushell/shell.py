@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import os
 import pwd
-import signal
 import sys
 
-from . import audit, banner, gputable, menu, protocol, snapshotlist, spawn
+from . import audit, banner, gputable, menu, protocol, signals, snapshotlist, spawn
 from .environment import SAFE_ENV
 from .errors import CONTACT_ADMIN, ExitStatus, GpushellError
 from .ownership import check_owned_by_root, check_tree_owned_by_root
@@ -23,8 +22,6 @@ from .protocol import Answer
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import TextIO
-
-_STATUSES = frozenset(int(status) for status in ExitStatus)
 
 SPINNER = "|/-\\"
 PROGRESS = {
@@ -49,7 +46,7 @@ class SessionEnd(Exception):
 
 
 def _end_session(signum: int, _frame: object) -> None:
-    why = "idle timeout" if signum == signal.SIGALRM else signal.Signals(signum).name
+    why = "idle timeout" if signum == signals.SIGALRM else signals.NAMES.get(signum, str(signum))
     raise SessionEnd(why)
 
 
@@ -110,7 +107,7 @@ class Session:
             raise GpushellError(
                 answer["error"],
                 f"helper {verb}: {answer['error']}",
-                ExitStatus(int(code)) if code.isdigit() and int(code) in _STATUSES else ExitStatus.ERROR,
+                int(code) if code.isdigit() and ExitStatus.known(int(code)) else ExitStatus.ERROR,
             )
         if status != 0 or "state" not in answer:
             raise GpushellError(
@@ -294,11 +291,11 @@ class Session:
 
     def _read_line(self, idle_timeout: int) -> str | None:
         """One menu line, or None at end of input; overlong lines are cut."""
-        signal.alarm(idle_timeout)
+        signals.alarm(idle_timeout)
         try:
             line = self.term.stdin.readline(MAX_LINE)
         finally:
-            signal.alarm(0)
+            signals.alarm(0)
         if not line:
             return None
         if not line.endswith("\n") and len(line) >= MAX_LINE:
@@ -319,8 +316,8 @@ def check_installation() -> None:
 def main(paths: Paths = DEFAULT, argv: list[str] | None = None, term: Terminal | None = None) -> int:
     argv = sys.argv if argv is None else argv
     term = term or Terminal(sys.stdin, sys.stdout, sys.stderr, dict(os.environ))
-    for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGTSTP, signal.SIGQUIT, signal.SIGALRM):
-        signal.signal(signum, _end_session)
+    for signum in (signals.SIGHUP, signals.SIGTERM, signals.SIGTSTP, signals.SIGQUIT, signals.SIGALRM):
+        signals.handle(signum, _end_session)
     audit.open_log(paths.syslog_ident)
     user = "?"
     try:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 import select
-import signal
 import time
+
+from .signals import SIGKILL
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ def run(
                     pending.remove(fd)
             elapsed = time.monotonic() - began
             if timeout is not None and elapsed > timeout:
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, SIGKILL)
                 os.waitpid(pid, 0)
                 raise Timeout(f"{argv[0]} ran longer than {timeout} s")
             if not ready and not writable:
