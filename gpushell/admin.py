@@ -7,31 +7,12 @@ import contextlib
 import datetime
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from . import (
-    __version__,
-    accounts,
-    admin_extra,
-    allocate,
-    archive,
-    doctor,
-    driversync,
-    hostsetup,
-    inventory,
-    leftovers,
-    provision,
-    reconcile,
-    registry,
-    registry_edit,
-    registry_file,
-    services,
-    template,
-)  # fmt: skip
-from .containers import LxcDriver
+from . import __version__
 from .errors import ExitStatus, GpushellError
 from .lock import locked
-from .paths import DEFAULT, Paths
+from .paths import DEBIAN_SUITE, DEFAULT, Paths
 
 
 def say(text: str) -> None:
@@ -39,6 +20,8 @@ def say(text: str) -> None:
 
 
 def cmd_init(paths: Paths, args: argparse.Namespace) -> int:
+    from . import hostsetup
+
     reg = hostsetup.init(paths, say)
     say(
         f"host ready: bridge {reg.bridge} {reg.gateway}/{reg.subnet.prefixlen}, chain {reg.chain}, "
@@ -48,6 +31,8 @@ def cmd_init(paths: Paths, args: argparse.Namespace) -> int:
 
 
 def cmd_template_build(paths: Paths, args: argparse.Namespace) -> int:
+    from . import provision, registry, registry_file, template
+
     reg = registry_file.load(paths.registry)
     name = args.name or reg.template
     if not registry.CONTAINER_NAME.fullmatch(name):
@@ -72,6 +57,8 @@ def cmd_template_build(paths: Paths, args: argparse.Namespace) -> int:
 
 
 def read_keys(args: argparse.Namespace) -> str:
+    from . import accounts
+
     if args.key is None:
         return accounts.existing_keys(args.user)
     try:
@@ -95,6 +82,9 @@ def gpus_option(text: str) -> str | list[int]:
 
 
 def cmd_add(paths: Paths, args: argparse.Namespace) -> int:
+    from . import accounts, allocate, leftovers, provision, registry, registry_edit, registry_file, services
+    from .containers import LxcDriver
+
     name = args.user
     if not registry.USER_NAME.fullmatch(name) or name in registry.RESERVED_USERS:
         raise GpushellError(f"{name!r} is not an allowed user name", status=ExitStatus.USAGE)
@@ -141,6 +131,9 @@ def cmd_add(paths: Paths, args: argparse.Namespace) -> int:
 
 
 def cmd_remove(paths: Paths, args: argparse.Namespace) -> int:
+    from . import accounts, archive, provision, registry, registry_edit, registry_file, services
+    from .containers import LxcDriver
+
     name = args.user
     with locked(paths.registry_lock):
         old_text = registry_file.read_text(paths.registry)
@@ -175,6 +168,8 @@ def cmd_remove(paths: Paths, args: argparse.Namespace) -> int:
 
 
 def cmd_list(paths: Paths, args: argparse.Namespace) -> int:
+    from . import inventory, registry_file
+
     reg = registry_file.load(paths.registry)
     found = inventory.gather(reg)
     if args.json:
@@ -187,8 +182,12 @@ def cmd_list(paths: Paths, args: argparse.Namespace) -> int:
 
 
 def cmd_apply(paths: Paths, args: argparse.Namespace) -> int:
+    from . import reconcile, registry_cache
+
+    # The compiled copy when current (registry_cache.py): most of this
+    # command's time with a thousand students was the YAML parse.
     if args.dry_run:
-        reg = registry_file.load(paths.registry)
+        reg = registry_cache.load_registry(paths)
         plan = reconcile.plan(reg, paths, reconcile.observe(reg, paths))
         for warning in plan.warnings:
             print(f"warning: {warning}", file=sys.stderr)
@@ -198,7 +197,7 @@ def cmd_apply(paths: Paths, args: argparse.Namespace) -> int:
     # Under the registry lock: an `add` running meanwhile would otherwise
     # lose its new forward to this rebuild of the chain.
     with locked(paths.registry_lock):
-        reg = registry_file.load(paths.registry)
+        reg = registry_cache.load_registry(paths)
         plan = reconcile.plan(reg, paths, reconcile.observe(reg, paths))
         for warning in plan.warnings:
             print(f"warning: {warning}", file=sys.stderr)
@@ -214,6 +213,8 @@ def cmd_apply(paths: Paths, args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(paths: Paths, args: argparse.Namespace) -> int:
+    from . import doctor
+
     findings = doctor.examine(paths)
     for item in findings:
         say(item.line())
@@ -223,9 +224,22 @@ def cmd_doctor(paths: Paths, args: argparse.Namespace) -> int:
 
 
 def cmd_driver_sync(paths: Paths, args: argparse.Namespace) -> int:
+    from . import driversync, registry_file
+
     reg = registry_file.load(paths.registry)
     failures = driversync.sync(reg, paths, args.users, args.installer, say)
     return ExitStatus.ERROR if failures else ExitStatus.OK
+
+
+def extra_command(name: str) -> Callable[[Paths, argparse.Namespace], int]:
+    """admin_extra's command `name`, imported only when it runs (it pulls in most of gpushell)."""
+
+    def run(paths: Paths, args: argparse.Namespace) -> int:
+        from . import admin_extra
+
+        return int(getattr(admin_extra, name)(paths, args, say))
+
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -262,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--name", metavar="NAME", help="the template's name (default: the registry's template)"
     )
-    build.add_argument("--suite", default=template.SUITE, help="Debian suite (default: %(default)s)")
+    build.add_argument("--suite", default=DEBIAN_SUITE, help="Debian suite (default: %(default)s)")
     build.add_argument("--mirror", metavar="URL", help="Debian mirror (default: the one in apt's sources)")
     build.add_argument("--packages", metavar="LIST", help="extra packages, comma separated")
     build.add_argument("--force", action="store_true", help="rebuild even if the template exists")
@@ -274,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
         "students whose containers were copied from it, and which one new students get.",
     )
     tpl_list.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    tpl_list.set_defaults(run=lambda paths, args: admin_extra.cmd_template_list(paths, args, say))
+    tpl_list.set_defaults(run=extra_command("cmd_template_list"))
     tpl_use = tpl_commands.add_parser(
         "use",
         help="make new students get another (built) template",
@@ -282,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Existing containers are full copies and do not change.",
     )
     tpl_use.add_argument("name", metavar="NAME", help="a built template")
-    tpl_use.set_defaults(run=lambda paths, args: admin_extra.cmd_template_use(paths, args, say))
+    tpl_use.set_defaults(run=extra_command("cmd_template_use"))
 
     add = commands.add_parser(
         "add",
@@ -337,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="gpus=all|none|0,2  port=N  autostart=true|false  snapshot_limit=0..100",
     )
-    setting.set_defaults(run=lambda paths, args: admin_extra.cmd_set(paths, args, say))
+    setting.set_defaults(run=extra_command("cmd_set"))
 
     listing = commands.add_parser(
         "list",

@@ -13,7 +13,7 @@ import shlex
 from collections.abc import Sequence
 
 from .forward import JUMP_CHAINS, TAG, NatTable, comment_of, jump_rule, masquerade_rule, user_rule
-from .registry import Registry
+from .model import Registry
 
 # Kinds of problem, in the order they are reported.
 NO_CHAIN, NO_JUMP, MISSING, WRONG, DUPLICATE, ORPHAN, UNTAGGED, NO_MASQUERADE = (

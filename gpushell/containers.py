@@ -65,6 +65,11 @@ class LxcDriver(ContainerDriver):
         result = run(["lxc-info", *self._args(name), "-sH"], check=False)
         return result.stdout.strip() or MISSING
 
+    def running(self) -> set[str]:
+        """The names of every running container under lxcpath: one lxc-ls, not an lxc-info each."""
+        result = run(["lxc-ls", "-P", self.lxcpath, "--running", "-1"])
+        return set(result.stdout.split())
+
     def start(self, name: str) -> bool:
         if not self._defined(name):
             raise GpushellError("your container does not exist", f"container {name} is not defined")

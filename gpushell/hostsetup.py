@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import grp
 import os
-import socket
 from collections.abc import Callable
 
 from . import chaincheck, dropins, forward, iptables, registry_file
@@ -18,6 +17,8 @@ Report = Callable[[str], None]
 def ensure_registry(paths: Paths, report: Report) -> None:
     if os.path.exists(paths.registry):
         return
+    import socket  # for the host's name, once
+
     registry_file.write_atomically(paths.registry, dropins.starter_registry(socket.getfqdn()))
     report(f"wrote a starter registry to {paths.registry}")
 

@@ -66,3 +66,5 @@ DEFAULT = Paths()
 # Run by LXC (lxc.hook.mount) at each GPU container's start: written into
 # container configs, so fixed at install like the entry points, not per Paths.
 DRIVER_HOOK = "/usr/local/bin/gpushell-driver-hook"
+# The Debian suite templates are built from unless `template build --suite` says otherwise.
+DEBIAN_SUITE = "bookworm"

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import os
 import pwd
-import secrets
 import shutil
-import tempfile
 
-from . import gpudevices, hostsetup, lxcconfig, rootfs, template
+from . import gpudevices, hostsetup, lxcconfig, rootfs
 from .errors import GpushellError
 from .model import Registry, User
 from .runner import run
@@ -34,6 +32,8 @@ def apparmor_profile() -> str:
 
 def create(reg: Registry, user: User, keys: str) -> str:
     """Copy the template into a new container for user; return its directory."""
+    import tempfile  # with secrets and template: for making containers, not for apply's look
+
     template_root = os.path.join(container_dir(reg, reg.template), "rootfs")
     if not os.path.isdir(template_root):
         raise GpushellError(f"template {reg.template} is missing; run: gpushell-admin template build")
@@ -101,6 +101,10 @@ def give_identity(root: str, user: User, host_keys: dict[str, tuple[bytes, bytes
     container's, so the student's known_hosts stays valid); the other
     kinds get new keys.
     """
+    import secrets  # with tempfile and template: for making containers, not for apply's look
+
+    from . import template
+
     rootfs.write_file(root, "etc/hostname", f"{user.container}\n")
     rootfs.write_file(root, "etc/hosts", lxcconfig.hosts_file(user.container))
     rootfs.write_file(root, "etc/machine-id", secrets.token_hex(16) + "\n", mode=0o444)
@@ -118,6 +122,8 @@ def give_identity(root: str, user: User, host_keys: dict[str, tuple[bytes, bytes
 
 def new_host_key(kind: str, container: str) -> tuple[bytes, bytes]:
     """A fresh SSH host key pair (private, public), made on the host by ssh-keygen."""
+    import tempfile
+
     with tempfile.TemporaryDirectory() as keydir:
         key = os.path.join(keydir, f"ssh_host_{kind}_key")
         run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", f"root@{container}", "-f", key])

@@ -7,7 +7,9 @@ the registry file's identity: device, inode, size, mtime and ctime.  Any
 write, rename or chmod of the registry changes the key and the next helper
 call parses again, so the copy can never be staler than the file.  The copy
 is root's, mode 0600, in a root-only directory, and checked like the
-registry itself before it is read.
+registry itself before it is read.  `gpushell-admin apply` reads the whole
+registry from it too (`load_registry`): with a thousand students the YAML
+parse was most of that command.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import ipaddress
 import marshal
 import os
 
+from . import __version__
 from .errors import ExitStatus, GpushellError
 from .model import Mount, Registry, User
 from .ownership import check_owned_by_root
@@ -25,7 +28,7 @@ TYPE_CHECKING = False  # `typing` stays off the login path
 if TYPE_CHECKING:
     from typing import Any
 
-FORMAT = 4
+FORMAT = 5
 Identity = tuple[int, int, int, int, int]
 
 
@@ -45,7 +48,7 @@ def _mounts(mounts: tuple[Mount, ...]) -> tuple[tuple[str, str, bool], ...]:
 SETTINGS = (
     "path", "hostname", "bridge", "subnet", "ports", "template", "lxcpath", "chain", "idmap_start",
     "idmap_size", "gpus", "mounts", "start_timeout", "idle_timeout", "masquerade", "gpu_devices",
-    "driver", "driver_root", "snapshot_limit", "disabled_actions",
+    "driver", "driver_root", "snapshot_limit", "disabled_actions", "driver_installer",
 )  # fmt: skip
 
 
@@ -66,27 +69,40 @@ def to_plain(reg: Registry) -> dict[str, object]:
         )
         for u in reg.users.values()
     }
-    return {"format": FORMAT, "settings": settings, "users": users}
+    # The version too: a newer gpushell may validate differently.
+    return {"format": FORMAT, "version": __version__, "settings": settings, "users": users}
+
+
+def _user(name: str, entry: tuple[Any, ...]) -> User:
+    port, ip, idmap, container, gpus, mounts, autostart, snapshot_limit = entry
+    return User(name, port, ipaddress.IPv4Address(ip), idmap, container, gpus,
+                tuple(Mount(*m) for m in mounts), autostart, snapshot_limit)  # fmt: skip
+
+
+def _registry(plain: dict[str, Any], users: dict[str, User]) -> Registry:
+    settings = list(plain["settings"])
+    settings[3] = ipaddress.IPv4Network(settings[3])
+    settings[11] = tuple(Mount(*m) for m in settings[11])
+    return Registry(**dict(zip(SETTINGS, settings, strict=True)), users=users)
 
 
 def from_plain(plain: dict[str, Any], name: str) -> tuple[Registry, User]:
     """The settings and one user's entry (the registry's other users are not built)."""
-    settings = list(plain["settings"])
-    path = settings[0]
     users: dict[str, tuple[Any, ...]] = plain["users"]
     if name not in users:
+        path = plain["settings"][0]
         raise GpushellError(
             f"{name} is not registered in {path}",
             f"user {name!r} has no entry in {path}",
             ExitStatus.NOT_REGISTERED,
         )
-    port, ip, idmap, container, gpus, mounts, autostart, snapshot_limit = users[name]
-    user = User(name, port, ipaddress.IPv4Address(ip), idmap, container, gpus,
-                tuple(Mount(*m) for m in mounts), autostart, snapshot_limit)  # fmt: skip
-    settings[3] = ipaddress.IPv4Network(settings[3])
-    settings[11] = tuple(Mount(*m) for m in settings[11])
-    fields = dict(zip(SETTINGS, settings, strict=True))
-    return Registry(**fields, users={name: user}), user
+    user = _user(name, users[name])
+    return _registry(plain, {name: user}), user
+
+
+def registry_from_plain(plain: dict[str, Any]) -> Registry:
+    """The whole registry, every user in the file's order."""
+    return _registry(plain, {name: _user(name, entry) for name, entry in plain["users"].items()})
 
 
 def _read(path: str, key: Identity) -> dict[str, Any] | None:
@@ -102,7 +118,9 @@ def _read(path: str, key: Identity) -> dict[str, Any] | None:
             cached = marshal.loads(stream.read())
         except (EOFError, ValueError, TypeError):
             return None
-    if not isinstance(cached, dict) or cached.get("format") != FORMAT or cached.get("key") != key:
+    if not isinstance(cached, dict) or cached.get("key") != key:
+        return None
+    if cached.get("format") != FORMAT or cached.get("version") != __version__:
         return None
     return cached
 
@@ -116,13 +134,13 @@ def _write(path: str, key: Identity, reg: Registry) -> None:
     os.rename(temporary, path)
 
 
-def load_user(paths: Paths, name: str) -> tuple[Registry, User]:
-    """The registry's settings and `name`'s entry, from the cache when it is current."""
+def _current(paths: Paths) -> dict[str, Any] | Registry:
+    """The cached copy when it is current; else the registry parsed in full (and cached)."""
     check_owned_by_root(paths.registry)
     key = identity(os.stat(paths.registry))
     cached = _read(cache_path(paths), key)
     if cached is not None:
-        return from_plain(cached, name)
+        return cached
     from . import registry, registry_file  # the slow path: PyYAML, full validation
 
     text, info = registry_file.read_text_and_stat(paths.registry)
@@ -130,4 +148,18 @@ def load_user(paths: Paths, name: str) -> tuple[Registry, User]:
     os.makedirs(paths.run_dir, mode=0o755, exist_ok=True)
     check_owned_by_root(paths.run_dir)
     _write(cache_path(paths), identity(info), reg)
-    return reg, reg.user(name)
+    return reg
+
+
+def load_user(paths: Paths, name: str) -> tuple[Registry, User]:
+    """The registry's settings and `name`'s entry, from the cache when it is current."""
+    current = _current(paths)
+    if isinstance(current, Registry):
+        return current, current.user(name)
+    return from_plain(current, name)
+
+
+def load_registry(paths: Paths) -> Registry:
+    """The whole registry, from the cache when it is current."""
+    current = _current(paths)
+    return current if isinstance(current, Registry) else registry_from_plain(current)

@@ -11,11 +11,14 @@ import contextlib
 import os
 from collections.abc import Callable
 
-from . import registry
 from .errors import ExitStatus, GpushellError
 from .lock import locked
 from .ownership import check_owned_by_root
 from .paths import Paths
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .model import Registry
 
 
 def read_text(path: str) -> str:
@@ -38,7 +41,9 @@ def read_text_and_stat(path: str) -> tuple[str, os.stat_result]:
             raise GpushellError(f"{path}: not UTF-8 text", f"{path}: {exc}", ExitStatus.CONFIG) from None
 
 
-def load(path: str) -> registry.Registry:
+def load(path: str) -> Registry:
+    from . import registry  # PyYAML: imported only by the commands that parse
+
     return registry.parse(read_text(path), path)
 
 
@@ -68,12 +73,14 @@ def write_atomically(path: str, text: str, mode: int = 0o644) -> None:
         os.close(dir_fd)
 
 
-def update(paths: Paths, change: Callable[[str, registry.Registry], str]) -> registry.Registry:
+def update(paths: Paths, change: Callable[[str, Registry], str]) -> Registry:
     """Apply change(text, parsed) under the registry lock and write the result.
 
     The new text is parsed and validated before it replaces the old one, so
     a bad edit can never land on disk.
     """
+    from . import registry
+
     with locked(paths.registry_lock):
         old_text = read_text(paths.registry)
         new_text = change(old_text, registry.parse(old_text, paths.registry))

@@ -15,9 +15,10 @@ import tempfile
 
 from . import lxcconfig, rootfs
 from .errors import GpushellError
+from .paths import DEBIAN_SUITE
 from .runner import run
 
-SUITE = "bookworm"
+SUITE = DEBIAN_SUITE
 PACKAGES = (
     "systemd-sysv", "openssh-server", "sudo", "iproute2", "ifupdown",
     "netbase", "dbus", "ca-certificates", "less",

@@ -197,3 +197,26 @@ def test_host_accounts_in_one_pass_with_a_lookup_for_what_it_did_not_list(monkey
         "gone": None,
     }
     assert looked_up == ["ldap-bob", "gone"]
+
+
+class CountingDriver:
+    def __init__(self, running: set[str]) -> None:
+        self.running_names, self.asked = running, 0
+
+    def running(self) -> set[str]:
+        self.asked += 1
+        return self.running_names
+
+
+def test_container_states_ask_lxc_once_for_every_container() -> None:
+    driver = CountingDriver({"c-bob", "someone-elses"})
+    configs = {"c-alice": "lxc.uts.name = c-alice\n", "c-bob": "", "c-carol": None}
+    states = reconcile.container_states(driver, configs)  # type: ignore[arg-type]
+    assert states == {"c-alice": "STOPPED", "c-bob": "RUNNING"}  # no container, no state
+    assert driver.asked == 1
+
+
+def test_container_states_ask_nothing_when_no_container_exists() -> None:
+    driver = CountingDriver(set())
+    assert reconcile.container_states(driver, {"c-alice": None}) == {}  # type: ignore[arg-type]
+    assert driver.asked == 0
