@@ -14,9 +14,19 @@ from .errors import ExitStatus, GpushellError
 from .lock import locked
 from .paths import DEBIAN_SUITE, DEFAULT, Paths
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .model import Registry
+
 
 def say(text: str) -> None:
     print(text, flush=True)
+
+
+def warn(warnings: Sequence[str]) -> None:
+    """Each warning on its own stderr line, in one write (a thousand students can give two thousand)."""
+    sys.stderr.write("".join(f"warning: {warning}\n" for warning in warnings))
+    sys.stderr.flush()
 
 
 def cmd_init(paths: Paths, args: argparse.Namespace) -> int:
@@ -176,31 +186,29 @@ def cmd_list(paths: Paths, args: argparse.Namespace) -> int:
         say(inventory.to_json(found))
     else:
         sys.stdout.write(inventory.render_table(found.rows))
-        for warning in found.warnings:
-            print(f"warning: {warning}", file=sys.stderr)
+        warn(found.warnings)
     return ExitStatus.OK
 
 
 def cmd_apply(paths: Paths, args: argparse.Namespace) -> int:
     from . import reconcile, registry_cache
 
-    # The compiled copy when current (registry_cache.py): most of this
-    # command's time with a thousand students was the YAML parse.
-    if args.dry_run:
+    def planned() -> tuple[Registry, reconcile.Plan]:
+        # The compiled copy when current (registry_cache.py): most of this
+        # command's time with a thousand students was the YAML parse.
         reg = registry_cache.load_registry(paths)
         plan = reconcile.plan(reg, paths, reconcile.observe(reg, paths))
-        for warning in plan.warnings:
-            print(f"warning: {warning}", file=sys.stderr)
-        for line in reconcile.render_dry_run(plan):
+        warn(plan.warnings)
+        return reg, plan
+
+    if args.dry_run:
+        for line in reconcile.render_dry_run(planned()[1]):
             say(line)
         return ExitStatus.OK
     # Under the registry lock: an `add` running meanwhile would otherwise
     # lose its new forward to this rebuild of the chain.
     with locked(paths.registry_lock):
-        reg = registry_cache.load_registry(paths)
-        plan = reconcile.plan(reg, paths, reconcile.observe(reg, paths))
-        for warning in plan.warnings:
-            print(f"warning: {warning}", file=sys.stderr)
+        reg, plan = planned()
         if not plan.changes:
             say(reconcile.NOTHING_TO_DO)
             return ExitStatus.OK

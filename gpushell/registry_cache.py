@@ -28,7 +28,7 @@ TYPE_CHECKING = False  # `typing` stays off the login path
 if TYPE_CHECKING:
     from typing import Any
 
-FORMAT = 5
+FORMAT = 6
 Identity = tuple[int, int, int, int, int]
 
 
@@ -59,7 +59,7 @@ def to_plain(reg: Registry) -> dict[str, object]:
     users = {
         u.name: (
             u.port,
-            str(u.ip),
+            int(u.ip),  # an int: ten times quicker to turn back than the dotted text
             u.idmap,
             u.container,
             u.gpus,
