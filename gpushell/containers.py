@@ -10,7 +10,7 @@ import os
 import time
 
 # The C core of `socket`: socket.py adds enum and selectors (~6 ms a process).
-from _socket import AF_INET, SOCK_STREAM, socket
+from _socket import AF_INET, AF_UNIX, SOCK_STREAM, socket
 
 from .errors import ExitStatus, GpushellError
 from .runner import run
@@ -18,6 +18,9 @@ from .runner import run
 RUNNING, STOPPED, MISSING, FROZEN = "RUNNING", "STOPPED", "MISSING", "FROZEN"
 # What lxc-start prints (exit status 0) for a container that runs already.
 ALREADY_RUNNING = "Container is already running"
+# The longest abstract socket name LXC uses as it is (sun_path less its two NULs);
+# longer ones it replaces with a hash.
+MAX_LXC_SOCKET_NAME = 105
 
 
 class ContainerDriver:
@@ -25,6 +28,10 @@ class ContainerDriver:
 
     def state(self, name: str) -> str:
         raise NotImplementedError
+
+    def may_be_running(self, name: str) -> bool:
+        """False only when the container is surely not running: a cheap hint, never a state."""
+        return True
 
     def start(self, name: str) -> bool:
         """Start it unless it runs already; True when it was started."""
@@ -64,6 +71,31 @@ class LxcDriver(ContainerDriver):
             return MISSING
         result = run(["lxc-info", *self._args(name), "-sH"], check=False)
         return result.stdout.strip() or MISSING
+
+    def may_be_running(self, name: str) -> bool:
+        """Whether an LXC monitor listens for the container: a connect, no process.
+
+        lxc-start's monitor serves a running (or starting, or stopping)
+        container on the abstract socket `@LXCPATH/NAME/command`, the one
+        lxc-info asks; with none there, the container is stopped.  A refused
+        connect costs microseconds, where probing a stopped container's sshd
+        waits out its timeout.  Nothing is sent: the monitor sees a client
+        come and go.  Anyone may bind an abstract name, but a false "maybe"
+        only costs the probe, and lxc-start decides in the end.
+        """
+        name_text = f"{self.lxcpath}/{name}/command"
+        if len(name_text) > MAX_LXC_SOCKET_NAME:  # LXC hashed it: do not guess
+            return True
+        client = socket(AF_UNIX, SOCK_STREAM)
+        try:
+            client.connect("\0" + name_text)
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+        except OSError:
+            return True
+        finally:
+            client.close()
+        return True
 
     def running(self) -> set[str]:
         """The names of every running container under lxcpath: one lxc-ls, not an lxc-info each."""

@@ -27,12 +27,12 @@ def user_rule(chain: str, user: User) -> list[str]:
     return [
         "-A", chain, "-p", "tcp", "-m", "tcp", "--dport", str(user.port),
         "-m", "comment", "--comment", f"{TAG}{user.name}",
-        "-j", "DNAT", "--to-destination", f"{user.ip}:22",
+        "-j", "DNAT", "--to-destination", f"{user.address}:22",
     ]  # fmt: skip
 
 
 def masquerade_rule(reg: Registry) -> list[str]:
-    subnet = str(reg.subnet)
+    subnet = reg.network
     return ["-A", "POSTROUTING", "-s", subnet, "!", "-d", subnet,
             "-m", "comment", "--comment", f"{TAG}{reg.bridge}", "-j", "MASQUERADE"]  # fmt: skip
 

@@ -34,7 +34,7 @@ def _login(ctx: services.Context, user: User) -> Answer:
     started = services.start_unless_answering(ctx, user)
     forward_changed = services.ensure_forward(ctx, user)  # while the container boots
     if started is not None:
-        wait_for_sshd(str(user.ip), ctx.registry.start_timeout)
+        wait_for_sshd(user.address, ctx.registry.start_timeout)
     answer = services.describe(ctx, user, RUNNING, started=bool(started), forward_changed=forward_changed)
     if user.gpus != "none":
         # The banner's GPU lines, from the cached snapshot (a small file read);

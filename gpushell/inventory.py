@@ -180,7 +180,7 @@ def gather(
     rows = []
     for user in users:
         pid = pids.get(user.name)
-        row = Row(user.name, user.port, str(user.ip), user.container, states[user.name], user.gpus)
+        row = Row(user.name, user.port, user.address, user.container, states[user.name], user.gpus)
         if pid is not None:
             row = dataclasses.replace(
                 row,

@@ -6,9 +6,14 @@ helper reading its cached copy) never imports PyYAML.
 
 from __future__ import annotations
 
-import ipaddress
-
 from .errors import ExitStatus, GpushellError
+
+TYPE_CHECKING = False  # `typing` stays off the login path
+if TYPE_CHECKING:
+    # Only for annotations: importing `ipaddress` (with functools and
+    # collections) cost the root helper ~4 ms a login, which needs only the
+    # dotted text.  The typed values are built when asked for.
+    import ipaddress
 
 GpuSpec = str | tuple[int, ...]  # "all", "none" or GPU indices
 
@@ -45,13 +50,15 @@ class Mount(_Value):
 
 
 class User(_Value):
-    __slots__ = ("autostart", "container", "gpus", "idmap", "ip", "mounts", "name", "port", "snapshot_limit")
+    __slots__ = (
+        "address", "autostart", "container", "gpus", "idmap", "mounts", "name", "port", "snapshot_limit",
+    )  # fmt: skip
 
     def __init__(
         self,
         name: str,
         port: int,
-        ip: ipaddress.IPv4Address,
+        ip: ipaddress.IPv4Address | str,
         idmap: int,
         container: str,
         gpus: GpuSpec,
@@ -59,16 +66,26 @@ class User(_Value):
         autostart: bool = False,
         snapshot_limit: int = 3,
     ) -> None:
-        self.name, self.port, self.ip, self.idmap = name, port, ip, idmap
+        self.name, self.port, self.idmap = name, port, idmap
+        self.address = str(ip)  # the container's IPv4 address as dotted text
         self.container, self.gpus, self.mounts, self.autostart = container, gpus, mounts, autostart
         self.snapshot_limit = snapshot_limit  # how many snapshots the student may keep; 0: none
+
+    @property
+    def ip(self) -> ipaddress.IPv4Address:
+        import ipaddress
+
+        return ipaddress.IPv4Address(self.address)
+
+
+_SUBNETS: dict[str, ipaddress.IPv4Network] = {}
 
 
 class Registry(_Value):
     __slots__ = (
         "bridge", "chain", "disabled_actions", "driver", "driver_installer", "driver_root", "gpu_devices",
         "gpus", "hostname", "idle_timeout", "idmap_size", "idmap_start", "lxcpath", "masquerade", "mounts",
-        "path", "ports", "snapshot_limit", "start_timeout", "subnet", "template", "users",
+        "network", "path", "ports", "snapshot_limit", "start_timeout", "template", "users",
     )  # fmt: skip
 
     def __init__(
@@ -76,7 +93,7 @@ class Registry(_Value):
         path: str,
         hostname: str,
         bridge: str,
-        subnet: ipaddress.IPv4Network,
+        subnet: ipaddress.IPv4Network | str,
         ports: tuple[int, int],
         template: str,
         lxcpath: str,
@@ -96,7 +113,8 @@ class Registry(_Value):
         snapshot_limit: int = 3,
         disabled_actions: tuple[str, ...] = (),
     ) -> None:
-        self.path, self.hostname, self.bridge, self.subnet = path, hostname, bridge, subnet
+        self.path, self.hostname, self.bridge = path, hostname, bridge
+        self.network = str(subnet)  # the bridge's subnet as text, `10.0.3.0/24`
         self.ports, self.template, self.lxcpath, self.chain = ports, template, lxcpath, chain
         self.idmap_start, self.idmap_size, self.gpus, self.mounts = idmap_start, idmap_size, gpus, mounts
         self.start_timeout, self.idle_timeout, self.masquerade = start_timeout, idle_timeout, masquerade
@@ -111,8 +129,17 @@ class Registry(_Value):
         return hash((self.path, self.hostname))  # users is a dict
 
     def with_users(self, users: dict[str, User]) -> Registry:
-        values = {name: getattr(self, name) for name in self.__slots__}
-        return Registry(**{**values, "users": users})
+        values = {name: getattr(self, name) for name in self.__slots__ if name != "network"}
+        return Registry(**{**values, "subnet": self.network, "users": users})
+
+    @property
+    def subnet(self) -> ipaddress.IPv4Network:
+        subnet = _SUBNETS.get(self.network)
+        if subnet is None:  # parsed once per process: validation asks for it once per user
+            import ipaddress
+
+            subnet = _SUBNETS[self.network] = ipaddress.IPv4Network(self.network)
+        return subnet
 
     @property
     def gateway(self) -> ipaddress.IPv4Address:

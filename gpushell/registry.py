@@ -342,7 +342,7 @@ class _Validator:
                 continue
             for value, owners, key in (
                 (user.port, owner_of_port, "port"),
-                (user.ip, owner_of_ip, "ip"),
+                (user.address, owner_of_ip, "ip"),
                 (user.container, owner_of_container, "container"),
             ):
                 other = owners.setdefault(value, name)

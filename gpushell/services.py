@@ -71,7 +71,7 @@ def ensure_running(ctx: Context, user: User) -> bool:
     """Start the container if needed and wait for its sshd; True when it was started."""
     started = start_unless_answering(ctx, user)
     if started is not None:
-        wait_for_sshd(str(user.ip), ctx.registry.start_timeout)
+        wait_for_sshd(user.address, ctx.registry.start_timeout)
     return bool(started)
 
 
@@ -79,12 +79,13 @@ def start_unless_answering(ctx: Context, user: User) -> bool | None:
     """None when the container's sshd answers already; else start it if stopped (True) and return.
 
     The common case, a running container, is settled by one connect to its
-    sshd, without asking LXC.  The caller waits for sshd (wait_for_sshd),
-    and can do other work while the container boots.
+    sshd, without asking LXC.  A surely stopped one (no LXC monitor) is
+    started without that probe, which it would make wait its whole 3 ms.
+    The caller waits for sshd (wait_for_sshd), and can do other work while
+    the container boots.
     """
-    # 3 ms: a running container answers a connect on the bridge in well under
-    # one; a stopped one never does, and a miss costs only an lxc-info.
-    if sshd_answers(str(user.ip), timeout=0.003):
+    # 3 ms: a running container answers a connect on the bridge in well under one.
+    if ctx.driver.may_be_running(user.container) and sshd_answers(user.address, timeout=0.003):
         return None
     return ctx.driver.start(user.container)
 
@@ -98,7 +99,7 @@ def describe(ctx: Context, user: User, state: str | None = None, /, **extra: obj
         "host": ctx.registry.hostname,
         "port": user.port,
         "container": user.container,
-        "ip": str(user.ip),
+        "ip": user.address,
         "state": state or ctx.driver.state(user.container),
         "idle_timeout": ctx.registry.idle_timeout,
         **extra,

@@ -13,6 +13,8 @@ import pexpect
 import psutil
 import pytest
 
+from gpushell.containers import LxcDriver
+
 from .conftest import Syslog
 from .lab import Lab, Student
 
@@ -87,9 +89,12 @@ def test_forwarded_port_lands_in_own_container_as_own_user(lab: Lab, student: St
 
 
 def test_remote_actions_change_the_real_container(lab: Lab, student: Student) -> None:
+    driver = LxcDriver(lab.lxcpath)
+    assert driver.may_be_running(student.container) is False  # no LXC monitor for a stopped one
     result = lab.ssh(student, "start")
     assert (result.returncode, lab.state(student)) == (0, "RUNNING")
     assert "running" in result.stdout
+    assert driver.may_be_running(student.container) is True
     first_init = lab.init_pid(student)
 
     result = lab.ssh(student, "restart")
@@ -108,6 +113,7 @@ def test_remote_actions_change_the_real_container(lab: Lab, student: Student) ->
     result = lab.ssh(student, "stop")
     assert (result.returncode, lab.state(student)) == (0, "STOPPED")
     assert "stopped" in result.stdout
+    assert driver.may_be_running(student.container) is False
 
     help_text = lab.ssh(student, "help")
     assert help_text.returncode == 0

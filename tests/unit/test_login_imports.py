@@ -14,7 +14,8 @@ import sys
 import pytest
 
 KEPT_OFF = ("yaml", "lxc", "subprocess", "enum", "signal", "socket", "selectors", "contextlib",
-            "typing", "dataclasses", "re", "json", "shlex", "argparse", "threading")  # fmt: skip
+            "typing", "dataclasses", "re", "json", "shlex", "argparse", "threading", "ipaddress",
+            "functools", "collections")  # fmt: skip
 
 LOGIN_MODULES = {
     "shell": ["gpushell.shell"],
@@ -22,8 +23,9 @@ LOGIN_MODULES = {
 }
 
 
-def loaded_after(modules: list[str]) -> set[str]:
-    code = "import sys\n" + "".join(f"import {m}\n" for m in modules) + "print(' '.join(sys.modules))"
+def loaded_after(modules: list[str], then: str = "") -> set[str]:
+    code = "import sys\n" + "".join(f"import {m}\n" for m in modules) + then
+    code += "print(' '.join(sys.modules))"
     # -S as the installed entry points run: no site module, the package found via the path given.
     result = subprocess.run(
         [sys.executable, "-IS", "-c", f"import sys; sys.path[:0] = {sys.path!r}\n{code}"],
@@ -36,4 +38,26 @@ def loaded_after(modules: list[str]) -> set[str]:
 def test_login_path_keeps_heavy_modules_off(side: str) -> None:
     loaded = loaded_after(LOGIN_MODULES[side])
     assert set(LOGIN_MODULES[side]) <= loaded  # the imports really ran
+    assert sorted(name for name in KEPT_OFF if name in loaded) == []
+
+
+# What the helper does with a registry entry on a login, after its imports:
+# the user and settings from the compiled copy, the forward rules, the answer.
+HELPER_WORK = """
+from gpushell import forward, registry_cache, services
+from gpushell.containers import RUNNING, ContainerDriver
+reg, user = registry_cache.from_plain(PLAIN, "alice")
+rules = forward.user_rule(reg.chain, user) + forward.masquerade_rule(reg)
+answer = services.describe(services.Context(None, reg, ContainerDriver()), user, RUNNING)
+assert f"{user.address}:22" in rules and answer["ip"] == "10.0.3.2", (rules, answer)
+"""
+
+
+def test_the_helpers_login_work_builds_no_ipaddress_objects() -> None:
+    from gpushell import registry_cache
+    from gpushell.registry import parse
+
+    text = "subnet: 10.0.3.0/24\nusers:\n  alice: {port: 22001, ip: 10.0.3.2, idmap: 1000000}\n"
+    plain = registry_cache.to_plain(parse(text, "/etc/gpushell.yaml"))
+    loaded = loaded_after(LOGIN_MODULES["helper"], f"PLAIN = {plain!r}\n{HELPER_WORK}")
     assert sorted(name for name in KEPT_OFF if name in loaded) == []
