@@ -21,17 +21,25 @@ PROGRAMS = {
 }
 
 
+# The two processes of every login leave without the interpreter's teardown (quickexit.py).
+QUICK_EXIT = frozenset({"shell", "helper"})
+
+
 def script(module: str, paths_arguments: str = "", site_dirs: list[str] | None = None) -> str:
     """A wrapper running gpushell.<module>.main, with Paths(<paths_arguments>) if given."""
     directories = site_dirs if site_dirs is not None else site.getsitepackages()
     call = f"main(Paths({paths_arguments}))" if paths_arguments else "main()"
+    if module in QUICK_EXIT:
+        ending = f"from gpushell.quickexit import leave\nleave({call})\n"
+    else:
+        ending = f"sys.exit({call})\n"
     return (
         f"#!{sys.executable} -IS\n"
         "import sys\n"
         f"sys.path.extend({directories!r})\n"
         "from gpushell.paths import Paths\n"
         f"from gpushell.{module} import main\n"
-        f"sys.exit({call})\n"
+        f"{ending}"
     )
 
 

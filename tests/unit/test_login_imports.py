@@ -18,8 +18,14 @@ KEPT_OFF = ("yaml", "lxc", "subprocess", "enum", "signal", "socket", "selectors"
             "functools", "collections")  # fmt: skip
 
 LOGIN_MODULES = {
-    "shell": ["gpushell.shell"],
-    "helper": ["gpushell.helper", "gpushell.registry_cache", "gpushell.services", "gpushell.iptables"],
+    "shell": ["gpushell.shell", "gpushell.quickexit"],
+    "helper": [
+        "gpushell.helper",
+        "gpushell.registry_cache",
+        "gpushell.services",
+        "gpushell.iptables",
+        "gpushell.quickexit",
+    ],
 }
 
 
