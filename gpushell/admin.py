@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -132,7 +131,7 @@ def cmd_add(paths: Paths, args: argparse.Namespace) -> int:
         undo.pop_all()
         leftovers.forget(journal)
     say(
-        f"added {name}: port {user.port}, container {user.container} at {user.ip}, "
+        f"added {name}: port {user.port}, container {user.container} at {user.address}, "
         f"ids {user.idmap}-{user.idmap + reg.idmap_size - 1}, "
         f"{'key installed' if keys else 'no key yet (use --key FILE)'}"
     )
@@ -141,6 +140,8 @@ def cmd_add(paths: Paths, args: argparse.Namespace) -> int:
 
 
 def cmd_remove(paths: Paths, args: argparse.Namespace) -> int:
+    import datetime
+
     from . import accounts, archive, provision, registry, registry_edit, registry_file, services
     from .containers import LxcDriver
 

@@ -8,12 +8,11 @@ holds exactly the right rules (in any order) is left alone, so a second
 
 from __future__ import annotations
 
-import dataclasses
 import shlex
 from collections.abc import Sequence
 
 from .forward import JUMP_CHAINS, TAG, NatTable, comment_of, jump_rule, masquerade_rule, user_rule
-from .model import Registry
+from .model import Registry, Value
 
 # Kinds of problem, in the order they are reported.
 NO_CHAIN, NO_JUMP, MISSING, WRONG, DUPLICATE, ORPHAN, UNTAGGED, NO_MASQUERADE = (
@@ -21,11 +20,12 @@ NO_CHAIN, NO_JUMP, MISSING, WRONG, DUPLICATE, ORPHAN, UNTAGGED, NO_MASQUERADE = 
 )  # fmt: skip
 
 
-@dataclasses.dataclass(frozen=True)
-class Problem:
-    kind: str
-    message: str
-    user: str | None = None  # the registered user it concerns, if any
+class Problem(Value):
+    __slots__ = ("kind", "message", "user")
+
+    def __init__(self, kind: str, message: str, user: str | None = None) -> None:
+        self.kind, self.message = kind, message
+        self.user = user  # the registered user it concerns, if any
 
 
 def rule_text(rule: Sequence[str]) -> str:
@@ -54,7 +54,8 @@ def problems(table: NatTable, reg: Registry) -> list[Problem]:
         own = tagged.get(f"{TAG}{name}", [])
         count = sum(1 for rule in own if rule == wanted)
         if count == 0:
-            found.append(Problem(MISSING, f"no forward for {name} (port {user.port} -> {user.ip}:22)", name))
+            wanted_text = f"port {user.port} -> {user.address}:22"
+            found.append(Problem(MISSING, f"no forward for {name} ({wanted_text})", name))
         elif count > 1:
             found.append(Problem(DUPLICATE, f"{count} copies of the forward for {name}", name))
         for rule in own:

@@ -139,9 +139,9 @@ def check_forwards(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
         found.append(
             finding(
                 tagged == [wanted],
-                f"{user.name}: one forward, port {user.port} -> {user.ip}:22",
+                f"{user.name}: one forward, port {user.port} -> {user.address}:22",
                 f"{user.name}: {len(tagged)} rule(s) tagged {TAG}{user.name}, "
-                f"{tagged.count(wanted)} of them right (port {user.port} -> {user.ip}:22)",
+                f"{tagged.count(wanted)} of them right (port {user.port} -> {user.address}:22)",
                 APPLY,
             )
         )

@@ -45,7 +45,10 @@ class NatTable:
     maybe a thousand.
     """
 
-    def __init__(self, save_output: str) -> None:
+    def __init__(self, save_output: str, generation: int | None = None) -> None:
+        # nf_tables' ruleset generation from just before the read (iptables.read_nat);
+        # None when unknown.  While it stays the same, this table is still exact.
+        self.generation = generation
         self.chains: set[str] = set()
         self._lines: list[str] = []
         in_nat = False

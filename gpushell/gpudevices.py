@@ -12,13 +12,12 @@ it.  /proc/devices is only consulted to decide which nodes should exist.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import stat
 
 from .errors import GpushellError
-from .model import GpuSpec
+from .model import GpuSpec, Value
 
 NVIDIA_MAJOR = 195  # fixed by the driver ("nvidia-frontend" or "nvidia" in /proc/devices)
 CTL_MINOR, MODESET_MINOR = 255, 254
@@ -27,11 +26,15 @@ SHARED_NODES = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset")
 GPU_NODE = re.compile(r"nvidia(\d+)")
 
 
-@dataclasses.dataclass(frozen=True, order=True)
-class Node:
-    name: str  # relative to the device directory: "nvidia0", "nvidia-uvm"
-    major: int
-    minor: int
+class Node(Value):
+    __slots__ = ("major", "minor", "name")
+
+    def __init__(self, name: str, major: int, minor: int) -> None:
+        self.name = name  # relative to the device directory: "nvidia0", "nvidia-uvm"
+        self.major, self.minor = major, minor
+
+    def __lt__(self, other: Node) -> bool:
+        return (self.name, self.major, self.minor) < (other.name, other.major, other.minor)
 
     @property
     def gpu(self) -> int | None:
@@ -43,16 +46,22 @@ class Node:
         return f"c {self.major}:{self.minor} rwm"
 
 
-@dataclasses.dataclass(frozen=True)
-class GpuHost:
+class GpuHost(Value):
     """What the host has: nodes in the device directory and what the kernel offers."""
 
-    dev_dir: str = "/dev"
-    nodes: tuple[Node, ...] = ()
-    proc_devices: str = ""  # /proc/devices
-    gpu_minors: tuple[int, ...] = ()  # from /proc/driver/nvidia/gpus/*/information
-    modeset_loaded: bool = False  # /sys/module/nvidia_modeset exists
-    driver_version: str | None = None  # driverfiles.read_version, under the registry's driver_root
+    __slots__ = ("dev_dir", "driver_version", "gpu_minors", "modeset_loaded", "nodes", "proc_devices")
+
+    def __init__(
+        self,
+        dev_dir: str = "/dev",
+        nodes: tuple[Node, ...] = (),
+        proc_devices: str = "",  # /proc/devices
+        gpu_minors: tuple[int, ...] = (),  # from /proc/driver/nvidia/gpus/*/information
+        modeset_loaded: bool = False,  # /sys/module/nvidia_modeset exists
+        driver_version: str | None = None,  # driverfiles.read_version, under the registry's driver_root
+    ) -> None:
+        self.dev_dir, self.nodes, self.proc_devices = dev_dir, nodes, proc_devices
+        self.gpu_minors, self.modeset_loaded, self.driver_version = gpu_minors, modeset_loaded, driver_version
 
 
 NO_DRIVER = GpuHost()  # a host without NVIDIA nodes or driver

@@ -16,7 +16,16 @@ IPTABLES_RESTORE = "/usr/sbin/iptables-restore"
 
 
 def read_nat() -> forward.NatTable:
-    return forward.NatTable(run([IPTABLES_SAVE, "-t", "nat"]).stdout)
+    # The generation first: a change during the read leaves the table marked stale, never current.
+    before = generation()
+    return forward.NatTable(run([IPTABLES_SAVE, "-t", "nat"]).stdout, before)
+
+
+def still_current(table: forward.NatTable) -> forward.NatTable:
+    """table when the ruleset has not changed since it was read; else a fresh read."""
+    if table.generation is not None and generation() == table.generation:
+        return table
+    return read_nat()
 
 
 def apply(lines: Sequence[str]) -> bool:

@@ -14,18 +14,15 @@ directory is only reported, since it may hold someone's work.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import grp
-import json
 import os
 import pwd
 import re
-import shutil
 import stat
 
 from .errors import GpushellError
 from .files import read_private
-from .model import Registry
+from .model import Registry, Value
 from .paths import Paths
 from .runner import run
 
@@ -40,20 +37,28 @@ MIN_STUDENT_UID = 1000
 RMTREE, UNLINK, USERDEL, RESTORE_ACCOUNT, REPORT = "rmtree", "unlink", "userdel", "restore-account", ""
 
 
-@dataclasses.dataclass(frozen=True)
-class Journal:
+class Journal(Value):
     """What an add in progress noted before its first change."""
 
-    user: str
-    container: str
-    account_existed: bool
-    old_shell: str = ""
+    __slots__ = ("account_existed", "container", "old_shell", "user")
+
+    def __init__(self, user: str, container: str, account_existed: bool, old_shell: str = "") -> None:
+        self.user, self.container, self.account_existed, self.old_shell = (
+            user,
+            container,
+            account_existed,
+            old_shell,
+        )
 
     def dumps(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True) + "\n"
+        import json  # json and shutil only where a journal or a leftover is handled: not on apply's path
+
+        return json.dumps({name: getattr(self, name) for name in self.__slots__}, sort_keys=True) + "\n"
 
 
 def parse_journal(text: str) -> Journal | None:
+    import json
+
     try:
         data = json.loads(text)
         journal = Journal(
@@ -64,31 +69,39 @@ def parse_journal(text: str) -> Journal | None:
     return journal
 
 
-@dataclasses.dataclass(frozen=True)
-class HostAccountInfo:
-    uid: int
-    shell: str
-    in_group: bool
+class HostAccountInfo(Value):
+    __slots__ = ("in_group", "shell", "uid")
+
+    def __init__(self, uid: int, shell: str, in_group: bool) -> None:
+        self.uid, self.shell, self.in_group = uid, shell, in_group
 
 
-@dataclasses.dataclass(frozen=True)
-class Scan:
+class Scan(Value):
     """The lxcpath's entries and the students' group, as read from the host."""
 
-    entries: dict[str, str]  # name in lxcpath -> "dir", "file" or "other" (a link, a socket...)
-    templates: frozenset[str]  # directories whose config marks them as gpushell templates
-    journals: dict[str, Journal | None]  # journal file name -> its content (None: unreadable)
-    group_members: frozenset[str]
-    accounts: dict[str, HostAccountInfo | None]  # for journals' users
+    __slots__ = ("accounts", "entries", "group_members", "journals", "templates")
+
+    def __init__(
+        self,
+        entries: dict[str, str],  # name in lxcpath -> "dir", "file" or "other" (a link, a socket...)
+        templates: frozenset[str],  # directories whose config marks them as gpushell templates
+        journals: dict[str, Journal | None],  # journal file name -> its content (None: unreadable)
+        group_members: frozenset[str],
+        accounts: dict[str, HostAccountInfo | None],  # for journals' users
+    ) -> None:
+        self.entries, self.templates, self.journals = entries, templates, journals
+        self.group_members, self.accounts = group_members, accounts
 
 
-@dataclasses.dataclass(frozen=True)
-class Leftover:
-    subject: str  # a path directly in the lxcpath, or a user name
-    what: str
-    action: str  # RMTREE, UNLINK, USERDEL, RESTORE_ACCOUNT; REPORT: only reported
-    fix: str = ""  # for REPORT: what the administrator can do
-    old_shell: str = ""  # for RESTORE_ACCOUNT
+class Leftover(Value):
+    __slots__ = ("action", "fix", "old_shell", "subject", "what")
+
+    def __init__(self, subject: str, what: str, action: str, fix: str = "", old_shell: str = "") -> None:
+        self.subject = subject  # a path directly in the lxcpath, or a user name
+        self.what = what
+        self.action = action  # RMTREE, UNLINK, USERDEL, RESTORE_ACCOUNT; REPORT: only reported
+        self.fix = fix  # for REPORT: what the administrator can do
+        self.old_shell = old_shell  # for RESTORE_ACCOUNT
 
 
 def journal_path(lxcpath: str, user: str) -> str:
@@ -240,6 +253,8 @@ def remove(leftover: Leftover, reg: Registry, paths: Paths) -> None:
         if os.path.dirname(path) != os.path.normpath(reg.lxcpath):
             raise GpushellError(f"refusing to delete {path}: not directly in {reg.lxcpath}")
         if leftover.action == RMTREE:
+            import shutil
+
             shutil.rmtree(path)  # lstat said dir: never a link; rmtree does not follow links inside
         else:
             os.unlink(path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 
 from .driverfiles import hook_line
@@ -16,9 +15,9 @@ COMMON_INCLUDES = (
 )
 
 
-def mac_address(ip: ipaddress.IPv4Address) -> str:
-    """A stable, locally administered MAC derived from the IP (no ARP surprises on rebuild)."""
-    return "02:00:" + ":".join(f"{byte:02x}" for byte in ip.packed)
+def mac_address(address: str) -> str:
+    """A stable, locally administered MAC derived from the IPv4 address (no ARP surprises on rebuild)."""
+    return "02:00:" + ":".join(f"{int(octet):02x}" for octet in address.split("."))
 
 
 STUDENT_ID = 1000  # the student's uid and gid inside their own container
@@ -103,8 +102,8 @@ def container_config(
         "lxc.net.0.type = veth",
         f"lxc.net.0.link = {reg.bridge}",
         "lxc.net.0.flags = up",
-        f"lxc.net.0.hwaddr = {mac_address(user.ip)}",
-        f"lxc.net.0.ipv4.address = {user.ip}/{reg.subnet.prefixlen}",
+        f"lxc.net.0.hwaddr = {mac_address(user.address)}",
+        f"lxc.net.0.ipv4.address = {user.address}/{reg.subnet.prefixlen}",
         f"lxc.net.0.ipv4.gateway = {reg.gateway}",
         f"lxc.start.auto = {int(user.autostart)}",
     ]

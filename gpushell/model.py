@@ -14,16 +14,18 @@ if TYPE_CHECKING:
     # collections) cost the root helper ~4 ms a login, which needs only the
     # dotted text.  The typed values are built when asked for.
     import ipaddress
+    from typing import Self
 
 GpuSpec = str | tuple[int, ...]  # "all", "none" or GPU indices
 
 
-class _Value:
-    """Equality, hash, repr and replace() from __slots__.
+class Value:
+    """Equality, hash and repr from __slots__: gpushell's records.
 
     Hand-written rather than dataclasses: the root helper builds these on
-    every login, and importing `dataclasses` (with `inspect`) cost ~6 ms.
-    Treat instances as immutable.
+    every login, and importing `dataclasses` (with `inspect`) cost ~6 ms a
+    process, `gpushell-admin apply` ~10 ms with its classes made.  Treat
+    instances as immutable.
     """
 
     __slots__: tuple[str, ...] = ()
@@ -41,15 +43,25 @@ class _Value:
         fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
         return f"{type(self).__name__}({fields})"
 
+    def replace(self, **changes: object) -> Self:
+        """A copy with some fields changed (by their __slots__ names)."""
+        unknown = set(changes) - set(self.__slots__)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no field {', '.join(sorted(unknown))}")
+        copy = object.__new__(type(self))
+        for name in self.__slots__:
+            setattr(copy, name, changes.get(name, getattr(self, name)))
+        return copy
 
-class Mount(_Value):
+
+class Mount(Value):
     __slots__ = ("readonly", "source", "target")
 
     def __init__(self, source: str, target: str, readonly: bool = True) -> None:
         self.source, self.target, self.readonly = source, target, readonly
 
 
-class User(_Value):
+class User(Value):
     __slots__ = (
         "address", "autostart", "container", "gpus", "idmap", "mounts", "name", "port", "snapshot_limit",
     )  # fmt: skip
@@ -81,7 +93,7 @@ class User(_Value):
 _SUBNETS: dict[str, ipaddress.IPv4Network] = {}
 
 
-class Registry(_Value):
+class Registry(Value):
     __slots__ = (
         "bridge", "chain", "disabled_actions", "driver", "driver_installer", "driver_root", "gpu_devices",
         "gpus", "hostname", "idle_timeout", "idmap_size", "idmap_start", "lxcpath", "masquerade", "mounts",

@@ -9,7 +9,6 @@ second apply has nothing to do.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import grp
 import os
 import pwd
@@ -33,7 +32,7 @@ from .files import read_text_or_none
 from .forward import NatTable
 from .leftovers import Leftover
 from .lock import locked
-from .model import Registry, User
+from .model import Registry, User, Value
 from .paths import Paths
 from .runner import run
 
@@ -47,42 +46,66 @@ BRIDGE, FORWARDING, FORWARDS, CONFIG, ACCOUNT, START = (
 )  # fmt: skip
 GPU_NODES = "gpu-nodes"  # before CONFIG: the configs bind the nodes it makes
 LEFTOVER = "leftover"  # last: what an interrupted add left (leftovers.py)
+# Reasons a chain rebuild names; after a reboot all of a lab's forwards are missing.
+SHOWN_PROBLEMS = 3
 
 
-@dataclasses.dataclass(frozen=True)
-class Account:
-    shell: str
-    in_group: bool
+class Account(Value):
+    __slots__ = ("in_group", "shell")
+
+    def __init__(self, shell: str, in_group: bool) -> None:
+        self.shell, self.in_group = shell, in_group
 
 
-@dataclasses.dataclass(frozen=True)
-class HostState:
-    table: NatTable
-    bridge_ready: bool  # exists and has the gateway address
-    forwarding_on: bool
-    configs: dict[str, str | None]  # container -> its config text; None: no container
-    accounts: dict[str, Account | None]  # user -> host account; None: no account
-    states: dict[str, str]  # container -> RUNNING or STOPPED, for each container that exists
-    apparmor_profile: str = "generated"
-    gpu: gpudevices.GpuHost = gpudevices.NO_DRIVER
-    # user -> host uid and gid, for users with mounts (lxcconfig.id_map_lines)
-    student_ids: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
-    leftovers: tuple[Leftover, ...] = ()
+class HostState(Value):
+    __slots__ = ("accounts", "apparmor_profile", "bridge_ready", "configs", "forwarding_on", "gpu",
+                 "leftovers", "states", "student_ids", "table")  # fmt: skip
+
+    def __init__(
+        self,
+        table: NatTable,
+        bridge_ready: bool,  # exists and has the gateway address
+        forwarding_on: bool,
+        configs: dict[str, str | None],  # container -> its config text; None: no container
+        accounts: dict[str, Account | None],  # user -> host account; None: no account
+        states: dict[str, str],  # container -> RUNNING or STOPPED, for each container that exists
+        apparmor_profile: str = "generated",
+        gpu: gpudevices.GpuHost = gpudevices.NO_DRIVER,
+        # user -> host uid and gid, for users with mounts (lxcconfig.id_map_lines)
+        student_ids: dict[str, tuple[int, int]] | None = None,
+        leftovers: tuple[Leftover, ...] = (),
+    ) -> None:
+        self.table, self.bridge_ready, self.forwarding_on = table, bridge_ready, forwarding_on
+        self.configs, self.accounts, self.states = configs, accounts, states
+        self.apparmor_profile, self.gpu, self.leftovers = apparmor_profile, gpu, leftovers
+        self.student_ids = {} if student_ids is None else student_ids
 
 
-@dataclasses.dataclass(frozen=True)
-class Change:
-    kind: str
-    subject: str  # the user, container, chain or bridge it is about
-    text: str  # what it does, for the administrator
-    config: str = ""  # CONFIG: the new config text
-    leftover: Leftover | None = None  # LEFTOVER: what to undo
+class Change(Value):
+    __slots__ = ("config", "kind", "leftover", "subject", "table", "text")
+
+    def __init__(
+        self,
+        kind: str,
+        subject: str,
+        text: str,
+        config: str = "",
+        leftover: Leftover | None = None,
+        table: NatTable | None = None,
+    ) -> None:
+        self.kind = kind
+        self.subject = subject  # the user, container, chain or bridge it is about
+        self.text = text  # what it does, for the administrator
+        self.config = config  # CONFIG: the new config text
+        self.leftover = leftover  # LEFTOVER: what to undo
+        self.table = table  # FORWARDS: the nat table as observed, reused while still current
 
 
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    changes: list[Change]
-    warnings: list[str]
+class Plan(Value):
+    __slots__ = ("changes", "warnings")
+
+    def __init__(self, changes: list[Change], warnings: list[str]) -> None:
+        self.changes, self.warnings = changes, warnings
 
 
 # --- pure ------------------------------------------------------------------
@@ -115,10 +138,11 @@ def plan(reg: Registry, paths: Paths, state: HostState) -> Plan:
         changes.append(Change(FORWARDING, "ipv4", "turn on IPv4 forwarding"))
     found = chaincheck.problems(state.table, reg)
     if found:
-        why = "; ".join(problem.message for problem in found)
-        changes.append(
-            Change(FORWARDS, reg.chain, f"rebuild nat chain {reg.chain} ({len(reg.users)} forwards): {why}")
-        )
+        why = "; ".join(problem.message for problem in found[:SHOWN_PROBLEMS])
+        if len(found) > SHOWN_PROBLEMS:
+            why += f"; {len(found) - SHOWN_PROBLEMS} more (gpushell-admin doctor lists each)"
+        text = f"rebuild nat chain {reg.chain} ({len(reg.users)} forwards): {why}"
+        changes.append(Change(FORWARDS, reg.chain, text, table=state.table))
     missing_nodes = gpudevices.missing(state.gpu)
     if missing_nodes:
         names = ", ".join(f"{state.gpu.dev_dir.rstrip('/')}/{node.name}" for node in missing_nodes)
@@ -315,10 +339,11 @@ def execute_change(change: Change, reg: Registry, paths: Paths) -> None:
     elif change.kind == FORWARDING:
         hostsetup.ensure_ip_forwarding(_quiet)
     elif change.kind == FORWARDS:
-        # The whole chain in one iptables-restore, from a fresh read under
-        # the forward lock; the jumps into the chain stay.
+        # The whole chain in one iptables-restore, from the table as observed
+        # if nothing changed since (else a fresh read), under the forward
+        # lock; the jumps into the chain stay.
         with locked(f"{paths.run_dir}/forward.lock"):
-            table = iptables.read_nat()
+            table = iptables.read_nat() if change.table is None else iptables.still_current(change.table)
             iptables.apply(forward.rebuild_lines(table, reg, reg.users.values()))
     elif change.kind == GPU_NODES:
         # From a fresh look: make only what is still missing.

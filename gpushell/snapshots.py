@@ -28,7 +28,7 @@ from .containers import FROZEN, RUNNING, ContainerDriver
 from .errors import ExitStatus, GpushellError
 from .files import read_private
 from .menu import SNAPSHOT_NAME_RULE, is_snapshot_name
-from .model import Registry, User, _Value
+from .model import Registry, User, Value
 
 SNAPSHOT_DIR = "gpushell-snapshots"
 INFO_FILE = "info"
@@ -40,7 +40,7 @@ HOLDS_HOME = "rootfs.new.holds-home"
 MAX_INFO = 4096
 
 
-class Snapshot(_Value):
+class Snapshot(Value):
     __slots__ = ("created", "name", "running", "size")
 
     def __init__(self, name: str, created: int, size: int, running: bool) -> None:

@@ -158,7 +158,7 @@ def scan(**changes: object) -> Scan:
         group_members=frozenset({"alice", "bob"}),
         accounts={},
     )
-    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+    return base.replace(**changes)
 
 
 def test_a_clean_host_has_no_leftovers() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import stat
 
@@ -205,7 +204,7 @@ def test_apply_plans_the_missing_nodes_before_the_configs_that_bind_them() -> No
     assert [c.kind for c in changes] == [reconcile.GPU_NODES, reconcile.CONFIG]
     assert changes[0].text == "create missing NVIDIA device nodes /dev/nvidia-uvm, /dev/nvidia-uvm-tools"
     assert "lxc.cgroup.devices.allow = c 510:0 rwm" in changes[1].config
-    repaired = dataclasses.replace(state, gpu=host(PROC_DEVICES_550, (NV[0], NV[1], CTL, UVM, UVM_TOOLS)),
+    repaired = state.replace(gpu=host(PROC_DEVICES_550, (NV[0], NV[1], CTL, UVM, UVM_TOOLS)),
                                    configs={"ann": changes[1].config})  # fmt: skip
     assert [c for c in reconcile.plan(REG, PATHS, repaired).changes if c.kind != reconcile.FORWARDS] == []
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 from gpushell.lxcconfig import INTERFACES, container_config, hosts_file, mac_address
 from gpushell.registry import parse
 
@@ -31,8 +29,8 @@ REG = parse(TEXT, "/etc/gpushell.yaml")
 
 
 def test_mac_address():
-    assert mac_address(ipaddress.IPv4Address("10.20.1.2")) == "02:00:0a:14:01:02"
-    assert mac_address(ipaddress.IPv4Address("192.168.255.254")) == "02:00:c0:a8:ff:fe"
+    assert mac_address("10.20.1.2") == "02:00:0a:14:01:02"
+    assert mac_address("192.168.255.254") == "02:00:c0:a8:ff:fe"
 
 
 def test_container_config_exact():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import pathlib
 
 import pytest
@@ -52,14 +51,30 @@ def test_a_matching_host_needs_nothing() -> None:
 
 
 def test_a_flushed_chain_is_rebuilt() -> None:
-    state = dataclasses.replace(healthy(), table=nat())
+    state = healthy().replace(table=nat())
     (change,) = reconcile.plan(REG, PATHS, state).changes
     assert change.kind == reconcile.FORWARDS and change.subject == "GPUSHELL"
     assert change.text.startswith("rebuild nat chain GPUSHELL (2 forwards): no forward for alice (port 22001")
+    assert change.table is state.table  # reused under the forward lock while still current
+
+
+def test_a_rebuild_names_three_reasons_and_counts_the_rest() -> None:
+    many = "users:\n" + "".join(
+        f"  u{n}:\n    port: {22001 + n}\n    ip: 10.0.3.{2 + n}\n    idmap: {1000000 + n * 65536}\n"
+        for n in range(5)
+    )
+    reg = parse("chain: GPUSHELL\nmasquerade: false\n" + many, "/etc/gpushell.yaml")
+    state = healthy().replace(table=nat(), configs={}, accounts={}, states={})
+    (change,) = [c for c in reconcile.plan(reg, PATHS, state).changes if c.kind == reconcile.FORWARDS]
+    assert change.text == (
+        "rebuild nat chain GPUSHELL (5 forwards): no forward for u0 (port 22001 -> 10.0.3.2:22); "
+        "no forward for u1 (port 22002 -> 10.0.3.3:22); no forward for u2 (port 22003 -> 10.0.3.4:22); "
+        "2 more (gpushell-admin doctor lists each)"
+    )
 
 
 def test_network_changes_come_first() -> None:
-    state = dataclasses.replace(healthy(), bridge_ready=False, forwarding_on=False, table=nat("alice"))
+    state = healthy().replace(bridge_ready=False, forwarding_on=False, table=nat("alice"))
     kinds = [change.kind for change in reconcile.plan(REG, PATHS, state).changes]
     assert kinds == [reconcile.BRIDGE, reconcile.FORWARDING, reconcile.FORWARDS]
     assert texts(state)[0] == "set up bridge lxcbr0 with 10.0.3.1/24"
@@ -78,7 +93,7 @@ def test_a_changed_config_is_regenerated_with_the_registry_text() -> None:
 
 
 def test_the_apparmor_profile_is_part_of_the_wanted_config() -> None:
-    state = dataclasses.replace(healthy(), apparmor_profile="unconfined")
+    state = healthy().replace(apparmor_profile="unconfined")
     assert [change.subject for change in reconcile.plan(REG, PATHS, state).changes] == ["alice", "bob"]
 
 
@@ -106,13 +121,13 @@ def test_wrong_shell_and_group_are_fixed_and_a_missing_account_is_a_warning() ->
 
 @pytest.mark.parametrize(("state", "starts"), [("STOPPED", True), ("UNKNOWN", True), ("RUNNING", False)])
 def test_autostart_containers_are_started_unless_running(state: str, starts: bool) -> None:
-    host = dataclasses.replace(healthy(), states={"alice": "STOPPED", "bob": state})
+    host = healthy().replace(states={"alice": "STOPPED", "bob": state})
     expected = ["start container bob (autostart)"] if starts else []
     assert texts(host) == expected  # alice is stopped but not autostart
 
 
 def test_dry_run_lists_each_change_and_a_summary() -> None:
-    state = dataclasses.replace(healthy(), forwarding_on=False, table=nat("alice"))
+    state = healthy().replace(forwarding_on=False, table=nat("alice"))
     lines = reconcile.render_dry_run(reconcile.plan(REG, PATHS, state))
     assert lines[0] == "would turn on IPv4 forwarding"
     assert lines[1].startswith("would rebuild nat chain GPUSHELL")
@@ -130,7 +145,7 @@ def test_execute_goes_on_after_a_failure(monkeypatch: pytest.MonkeyPatch) -> Non
         made.append(change.kind)
 
     monkeypatch.setattr(reconcile, "execute_change", execute_change)
-    state = dataclasses.replace(healthy(), bridge_ready=False, forwarding_on=False, table=nat())
+    state = healthy().replace(bridge_ready=False, forwarding_on=False, table=nat())
     reported: list[str] = []
     failed: list[str] = []
     count = reconcile.execute(reconcile.plan(REG, PATHS, state), REG, PATHS, reported.append, failed.append)
