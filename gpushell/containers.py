@@ -7,11 +7,12 @@ The helper and the menu know only `ContainerDriver`; a multi-host backend
 from __future__ import annotations
 
 import os
+import time
 
 # The C core of `socket`: socket.py adds enum and selectors (~6 ms a process).
-from _socket import AF_UNIX, SOCK_STREAM, socket
+from _socket import AF_INET, AF_UNIX, SOCK_STREAM, socket
 
-from .errors import GpushellError
+from .errors import ExitStatus, GpushellError
 from .runner import run
 
 RUNNING, STOPPED, MISSING, FROZEN = "RUNNING", "STOPPED", "MISSING", "FROZEN"
@@ -31,10 +32,6 @@ class ContainerDriver:
     def may_be_running(self, name: str) -> bool:
         """False only when the container is surely not running: a cheap hint, never a state."""
         return True
-
-    def init_pid(self, name: str) -> int | None:
-        """The PID of the container's init as the host sees it; None when it is not running."""
-        raise NotImplementedError
 
     def start(self, name: str) -> bool:
         """Start it unless it runs already; True when it was started."""
@@ -100,12 +97,6 @@ class LxcDriver(ContainerDriver):
             client.close()
         return True
 
-    def init_pid(self, name: str) -> int | None:
-        if not self._defined(name):
-            return None
-        text = run(["lxc-info", *self._args(name), "-pH"], check=False).stdout.strip()
-        return int(text) if text.isdigit() else None
-
     def running(self) -> set[str]:
         """The names of every running container under lxcpath: one lxc-ls, not an lxc-info each."""
         result = run(["lxc-ls", "-P", self.lxcpath, "--running", "-1"])
@@ -153,3 +144,44 @@ class LxcDriver(ContainerDriver):
                 "your container could not be resumed; run: restart",
                 f"lxc-unfreeze {name}: {result.stderr.strip()}",
             )
+
+
+def sshd_answers(ip: str, port: int = 22, timeout: float = 0.01) -> bool:
+    """True when something accepts a TCP connection at ip:port (an IP literal: no DNS).
+
+    A container on the local bridge answers in well under a millisecond; the
+    short timeout only bounds the wait for an address that is not up yet
+    (no ARP reply), so a poll never stalls for long.
+    """
+    probe = socket(AF_INET, SOCK_STREAM)
+    try:
+        probe.settimeout(timeout)
+        probe.connect((ip, port))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+def wait_for_sshd(ip: str, timeout: float, port: int = 22) -> float:
+    """Wait until sshd accepts a TCP connection on ip:port; return the seconds it took.
+
+    sshd listens only once its configuration and host keys are loaded, so an
+    accepted connection means a client can log in now.  (Waiting for the
+    greeting as well would add sshd's per-connection re-exec, ~9 ms, to
+    every login, and log a dropped pre-auth connection in the container.)
+    """
+    began = time.monotonic()
+    deadline = began + timeout
+    while not sshd_answers(ip, port):
+        if time.monotonic() >= deadline:
+            raise GpushellError(
+                f"your container did not answer on port {port} within {timeout:.0f} s",
+                f"sshd at {ip}:{port} not ready after {timeout} s",
+                ExitStatus.TIMEOUT,
+            )
+        # A refused connect to a local bridge costs microseconds: poll often,
+        # so the login says "ready" within a few ms of sshd listening.
+        time.sleep(0.003)
+    return time.monotonic() - began

@@ -13,7 +13,7 @@ import pwd
 import sys
 
 from . import audit, menu, protocol, registry_cache, services, signals
-from .containers import FROZEN, RUNNING, LxcDriver
+from .containers import FROZEN, RUNNING, LxcDriver, wait_for_sshd
 from .errors import CONTACT_ADMIN, ExitStatus, GpushellError
 from .files import write_private
 from .lock import locked
@@ -34,7 +34,7 @@ def _login(ctx: services.Context, user: User) -> Answer:
     started = services.start_unless_answering(ctx, user)
     forward_changed = services.ensure_forward(ctx, user)  # while the container boots
     if started is not None:
-        services.wait_for_sshd(ctx, user)
+        wait_for_sshd(user.address, ctx.registry.start_timeout)
     answer = services.describe(ctx, user, RUNNING, started=bool(started), forward_changed=forward_changed)
     if user.gpus != "none":
         # The banner's GPU lines, from the cached snapshot (a small file read);

@@ -13,11 +13,10 @@ import pexpect
 import psutil
 import pytest
 
-from gpushell import listening
 from gpushell.containers import LxcDriver
 
 from .conftest import Syslog
-from .lab import Lab, Student, sh
+from .lab import Lab, Student
 
 PROMPT = "gpushell>"
 
@@ -97,7 +96,6 @@ def test_remote_actions_change_the_real_container(lab: Lab, student: Student) ->
     assert "running" in result.stdout
     assert driver.may_be_running(student.container) is True
     first_init = lab.init_pid(student)
-    assert listening.listens(first_init) is True  # its sshd, read from its own socket table
 
     result = lab.ssh(student, "restart")
     assert (result.returncode, lab.state(student)) == (0, "RUNNING")
@@ -112,18 +110,10 @@ def test_remote_actions_change_the_real_container(lab: Lab, student: Student) ->
         using
     )
 
-    # Starts and logins looked at sshd without connecting to it: no aborted
-    # connection in the student's own log.
-    journal = sh(["lxc-attach", "-P", lab.lxcpath, "-n", student.container, "--clear-env", "--",
-                  "journalctl", "-u", "ssh", "--no-pager", "-o", "cat"]).stdout  # fmt: skip
-    assert "Server listening on" in journal and "kex_exchange_identification" not in journal, journal
-
-    last_init = lab.init_pid(student)
     result = lab.ssh(student, "stop")
     assert (result.returncode, lab.state(student)) == (0, "STOPPED")
     assert "stopped" in result.stdout
     assert driver.may_be_running(student.container) is False
-    assert listening.listens(last_init) is False
 
     help_text = lab.ssh(student, "help")
     assert help_text.returncode == 0

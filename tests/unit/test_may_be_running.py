@@ -1,4 +1,4 @@
-"""The cheap "is it surely stopped?" hint: whether LXC's monitor socket is there."""
+"""The cheap "is it surely stopped?" hint: LXC's monitor socket, and the login's use of it."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import socket
 
 import pytest
 
-from gpushell import containers
-from gpushell.containers import LxcDriver
+from gpushell import containers, services
+from gpushell.containers import ContainerDriver, LxcDriver
+from gpushell.model import Registry, User
 
 
 def listening_monitor(lxcpath: str, name: str) -> socket.socket:
@@ -38,3 +39,46 @@ def test_a_listening_monitor_means_maybe_running(lxcpath: str) -> None:
 def test_a_name_lxc_would_hash_is_never_called_stopped(lxcpath: str) -> None:
     long_path = lxcpath + "/x" * containers.MAX_LXC_SOCKET_NAME
     assert LxcDriver(long_path).may_be_running("alice") is True
+
+
+class Driver(ContainerDriver):
+    def __init__(self, maybe: bool) -> None:
+        self.maybe, self.started = maybe, 0
+
+    def may_be_running(self, name: str) -> bool:
+        return self.maybe
+
+    def start(self, name: str) -> bool:
+        self.started += 1
+        return True
+
+
+def context(driver: ContainerDriver) -> tuple[services.Context, User]:
+    user = User("alice", 22001, "10.0.3.2", 1000000, "alice", "none", ())
+    reg = Registry("/r", "gpu1", "lxcbr0", "10.0.3.0/24", (22001, 22999), "t", "/var/lib/lxc", "GPUSHELL",
+                   1000000, 65536, "none", (), 60, 0, True, {"alice": user})  # fmt: skip
+    return services.Context(None, reg, driver), user  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("answers", [True, False])
+def test_a_surely_stopped_container_is_started_without_probing_its_sshd(monkeypatch, answers: bool) -> None:
+    probes: list[str] = []
+    monkeypatch.setattr(services, "sshd_answers", lambda ip, timeout: probes.append(ip) or answers)
+    ctx, user = context(Driver(maybe=False))
+    assert services.start_unless_answering(ctx, user) is True
+    assert (probes, ctx.driver.started) == ([], 1)  # type: ignore[attr-defined]
+
+
+def test_a_maybe_running_container_whose_sshd_answers_is_left_alone(monkeypatch) -> None:
+    probes: list[str] = []
+    monkeypatch.setattr(services, "sshd_answers", lambda ip, timeout: probes.append(ip) or True)
+    ctx, user = context(Driver(maybe=True))
+    assert services.start_unless_answering(ctx, user) is None
+    assert (probes, ctx.driver.started) == (["10.0.3.2"], 0)  # type: ignore[attr-defined]
+
+
+def test_a_maybe_running_container_whose_sshd_is_silent_goes_to_lxc_start(monkeypatch) -> None:
+    monkeypatch.setattr(services, "sshd_answers", lambda ip, timeout: False)
+    ctx, user = context(Driver(maybe=True))
+    assert services.start_unless_answering(ctx, user) is True
+    assert ctx.driver.started == 1  # type: ignore[attr-defined]
