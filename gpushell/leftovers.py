@@ -43,12 +43,8 @@ class Journal(Value):
     __slots__ = ("account_existed", "container", "old_shell", "user")
 
     def __init__(self, user: str, container: str, account_existed: bool, old_shell: str = "") -> None:
-        self.user, self.container, self.account_existed, self.old_shell = (
-            user,
-            container,
-            account_existed,
-            old_shell,
-        )
+        self.user, self.container = user, container
+        self.account_existed, self.old_shell = account_existed, old_shell
 
     def dumps(self) -> str:
         import json  # json and shutil only where a journal or a leftover is handled: not on apply's path
