@@ -266,14 +266,11 @@ def run_detached(work: Callable[[], object]) -> None:
     and it never opens a terminal it could acquire.
     """
     import signal
-    import sys
     import syslog
 
-    for stream in (sys.stdout, sys.stderr):
-        try:  # noqa: SIM105
-            stream.flush()  # the answer goes out before anything else happens
-        except (OSError, ValueError):
-            pass
+    from .quickexit import flush_streams
+
+    flush_streams()  # the answer goes out before anything else happens
     if os.fork():
         return
     try:

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
 
-def _flush() -> None:
+def flush_streams() -> None:
+    """Flush stdout and stderr, whatever state the terminal is in."""
     for stream in (sys.stdout, sys.stderr):
         try:  # noqa: SIM105 (contextlib would cost the login an import)
             stream.flush()
@@ -34,7 +35,7 @@ def _flush() -> None:
 
 def leave(status: int | None) -> NoReturn:
     """Exit with main()'s status, as sys.exit would, minus the teardown."""
-    _flush()
+    flush_streams()
     atexit._run_exitfuncs()
-    _flush()
+    flush_streams()
     os._exit(status or 0)

@@ -49,6 +49,7 @@ SETTINGS = (
     "idmap_size", "gpus", "mounts", "start_timeout", "idle_timeout", "masquerade", "gpu_devices",
     "driver", "driver_root", "snapshot_limit", "disabled_actions", "driver_installer",
 )  # fmt: skip
+_MOUNTS = SETTINGS.index("mounts")
 
 
 def to_plain(reg: Registry) -> dict[str, object]:
@@ -80,7 +81,7 @@ def _user(name: str, entry: tuple[Any, ...]) -> User:
 
 def _registry(plain: dict[str, Any], users: dict[str, User]) -> Registry:
     settings = list(plain["settings"])
-    settings[11] = tuple(Mount(*m) for m in settings[11])
+    settings[_MOUNTS] = tuple(Mount(*m) for m in settings[_MOUNTS])
     return Registry(**dict(zip(SETTINGS, settings, strict=True)), users=users)
 
 
