@@ -83,7 +83,7 @@ demo-clean:
 	$(PYTHON) -I -m gpushell.demo --clean
 
 bench: install venv
-	$(VENV)/bin/python bench/run.py
+	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(STAMP) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -15,7 +15,7 @@ from .paths import DEBIAN_SUITE, DEFAULT, Paths
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .model import Registry
+    pass
 
 
 def say(text: str) -> None:
@@ -192,30 +192,38 @@ def cmd_list(paths: Paths, args: argparse.Namespace) -> int:
 
 
 def cmd_apply(paths: Paths, args: argparse.Namespace) -> int:
-    from . import reconcile, registry_cache
+    from . import chaincheck, chainrebuild, iptables, registry_cache
 
-    def planned() -> tuple[Registry, reconcile.Plan]:
-        # The compiled copy when current (registry_cache.py): most of this
-        # command's time with a thousand students was the YAML parse.
+    if args.dry_run:
+        from . import reconcile
+
         reg = registry_cache.load_registry(paths)
         plan = reconcile.plan(reg, paths, reconcile.observe(reg, paths))
         warn(plan.warnings)
-        return reg, plan
-
-    if args.dry_run:
-        for line in reconcile.render_dry_run(planned()[1]):
+        for line in reconcile.render_dry_run(plan):
             say(line)
         return ExitStatus.OK
     # Under the registry lock: an `add` running meanwhile would otherwise
     # lose its new forward to this rebuild of the chain.
     with locked(paths.registry_lock):
-        reg, plan = planned()
-        if not plan.changes:
-            say(reconcile.NOTHING_TO_DO)
-            return ExitStatus.OK
-        failures = reconcile.execute(
-            plan, reg, paths, say, lambda line: print(f"gpushell-admin: {line}", file=sys.stderr)
-        )
+        # The compiled copy when current (registry_cache.py): most of this
+        # command's time with a thousand students was the YAML parse.
+        reg = registry_cache.load_registry(paths)
+        table = iptables.read_nat()
+        found = chaincheck.problems(table, reg)
+        # The chain first, in the background (chainrebuild.py); reconcile's
+        # imports and the rest of the host are read meanwhile.
+        with chainrebuild.Rebuild(reg, paths, table) if found else contextlib.nullcontext() as rebuild:
+            from . import reconcile
+
+            plan = reconcile.plan(reg, paths, reconcile.observe(reg, paths, table, found))
+            warn(plan.warnings)
+            if not plan.changes:
+                say(reconcile.NOTHING_TO_DO)
+                return ExitStatus.OK
+            failures = reconcile.execute(
+                plan, reg, paths, say, lambda line: print(f"gpushell-admin: {line}", file=sys.stderr), rebuild
+            )
     made = len(plan.changes) - failures
     say(f"{made} change(s) made" + (f", {failures} failed" if failures else ""))
     return ExitStatus.ERROR if failures else ExitStatus.OK

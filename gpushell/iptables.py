@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from . import forward, nftgen
-from .runner import run
+from .runner import Started, run, start
 
 TYPE_CHECKING = False  # `collections.abc` stays off the login path
 if TYPE_CHECKING:
@@ -30,11 +30,23 @@ def still_current(table: forward.NatTable) -> forward.NatTable:
 
 def apply(lines: Sequence[str]) -> bool:
     """Apply lines in one atomic iptables-restore; False when there was nothing to do."""
-    if not lines:
+    started = start_apply(lines)
+    if started is None:
         return False
-    # -w: wait for the xtables lock instead of failing next to another writer.
-    run([IPTABLES_RESTORE, "-w", "--noflush"], stdin=forward.restore_script(lines))
+    started.result()
     return True
+
+
+def start_apply(lines: Sequence[str]) -> Started | None:
+    """apply(), left running in the background; None when there is nothing to do.
+
+    The kernel's share of a thousand-rule restore (~20 ms here) is most of
+    it; the caller can work on another core meanwhile.
+    """
+    if not lines:
+        return None
+    # -w: wait for the xtables lock instead of failing next to another writer.
+    return start([IPTABLES_RESTORE, "-w", "--noflush"], stdin=forward.restore_script(lines))
 
 
 def generation() -> int | None:

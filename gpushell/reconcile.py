@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 
 from . import (
     chaincheck,
-    forward,
+    chainrebuild,
     gpudevices,
     hostsetup,
     iptables,
@@ -58,8 +58,8 @@ class Account(Value):
 
 
 class HostState(Value):
-    __slots__ = ("accounts", "apparmor_profile", "bridge_ready", "configs", "forwarding_on", "gpu",
-                 "leftovers", "states", "student_ids", "table")  # fmt: skip
+    __slots__ = ("accounts", "apparmor_profile", "bridge_ready", "chain_problems", "configs",
+                 "forwarding_on", "gpu", "leftovers", "states", "student_ids", "table")  # fmt: skip
 
     def __init__(
         self,
@@ -74,8 +74,11 @@ class HostState(Value):
         # user -> host uid and gid, for users with mounts (lxcconfig.id_map_lines)
         student_ids: dict[str, tuple[int, int]] | None = None,
         leftovers: tuple[Leftover, ...] = (),
+        # chaincheck.problems(table, registry), when already known; None: plan works them out
+        chain_problems: list[chaincheck.Problem] | None = None,
     ) -> None:
-        self.table, self.bridge_ready, self.forwarding_on = table, bridge_ready, forwarding_on
+        self.table, self.chain_problems = table, chain_problems
+        self.bridge_ready, self.forwarding_on = bridge_ready, forwarding_on
         self.configs, self.accounts, self.states = configs, accounts, states
         self.apparmor_profile, self.gpu, self.leftovers = apparmor_profile, gpu, leftovers
         self.student_ids = {} if student_ids is None else student_ids
@@ -136,7 +139,7 @@ def plan(reg: Registry, paths: Paths, state: HostState) -> Plan:
         changes.append(Change(BRIDGE, reg.bridge, f"set up bridge {reg.bridge} with {address}"))
     if not state.forwarding_on:
         changes.append(Change(FORWARDING, "ipv4", "turn on IPv4 forwarding"))
-    found = chaincheck.problems(state.table, reg)
+    found = chaincheck.problems(state.table, reg) if state.chain_problems is None else state.chain_problems
     if found:
         why = "; ".join(problem.message for problem in found[:SHOWN_PROBLEMS])
         if len(found) > SHOWN_PROBLEMS:
@@ -310,10 +313,17 @@ def container_states(driver: LxcDriver, configs: dict[str, str | None]) -> dict[
     return {name: RUNNING if name in running else STOPPED for name in existing}
 
 
-def observe(reg: Registry, paths: Paths) -> HostState:
+def observe(
+    reg: Registry,
+    paths: Paths,
+    table: NatTable | None = None,
+    chain_problems: list[chaincheck.Problem] | None = None,
+) -> HostState:
+    """The host as it is; table and chain_problems where the caller has read them already."""
     configs = container_configs(reg)
     return HostState(
-        table=iptables.read_nat(),
+        table=iptables.read_nat() if table is None else table,
+        chain_problems=chain_problems,
         bridge_ready=bridge_ready(reg),
         forwarding_on=forwarding_on(),
         configs=configs,
@@ -339,12 +349,10 @@ def execute_change(change: Change, reg: Registry, paths: Paths) -> None:
     elif change.kind == FORWARDING:
         hostsetup.ensure_ip_forwarding(_quiet)
     elif change.kind == FORWARDS:
-        # The whole chain in one iptables-restore, from the table as observed
-        # if nothing changed since (else a fresh read), under the forward
-        # lock; the jumps into the chain stay.
-        with locked(f"{paths.run_dir}/forward.lock"):
-            table = iptables.read_nat() if change.table is None else iptables.still_current(change.table)
-            iptables.apply(forward.rebuild_lines(table, reg, reg.users.values()))
+        # The whole chain in one iptables-restore, under the forward lock; the
+        # jumps into the chain stay.
+        table = iptables.read_nat() if change.table is None else change.table
+        chainrebuild.Rebuild(reg, paths, table).finish()
     elif change.kind == GPU_NODES:
         # From a fresh look: make only what is still missing.
         host = gpudevices.read_host(change.subject)
@@ -368,12 +376,26 @@ def execute_change(change: Change, reg: Registry, paths: Paths) -> None:
         raise AssertionError(change.kind)
 
 
-def execute(result: Plan, reg: Registry, paths: Paths, report: Report, fail: Report) -> int:
-    """Make every change, going on past a failed one; return how many failed."""
+def execute(
+    result: Plan,
+    reg: Registry,
+    paths: Paths,
+    report: Report,
+    fail: Report,
+    rebuild: chainrebuild.Rebuild | None = None,
+) -> int:
+    """Make every change, going on past a failed one; return how many failed.
+
+    rebuild: the chain rebuild apply started early (chainrebuild.py); the
+    FORWARDS change then waits for it instead of making one.
+    """
     failures = 0
     for change in result.changes:
         try:
-            execute_change(change, reg, paths)
+            if change.kind == FORWARDS and rebuild is not None:
+                rebuild.finish()
+            else:
+                execute_change(change, reg, paths)
         except GpushellError as exc:
             failures += 1
             fail(f"failed to {change.text}: {exc.user_message}")

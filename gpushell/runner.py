@@ -44,8 +44,40 @@ def run(
             argv, SAFE_ENV, stdin=None if stdin is None else stdin.encode(), timeout=timeout
         )
     except (OSError, spawn.Timeout) as exc:
-        raise GpushellError(f"could not run {argv[0]}", f"running {list(argv)} failed: {exc}") from exc
-    result = Result(status, out, err)
+        raise _not_run(argv, exc) from exc
+    return _checked(argv, Result(status, out, err), check)
+
+
+class Started:
+    """A command start() left running: result() waits for it and checks it as run() would."""
+
+    def __init__(self, argv: Sequence[str], stdin: str | None) -> None:
+        for observe in observers:
+            observe(argv)
+        self.argv = argv
+        try:
+            self._child = spawn.start(argv, SAFE_ENV, None if stdin is None else stdin.encode())
+        except OSError as exc:
+            raise _not_run(argv, exc) from exc
+
+    def result(self, check: bool = True, timeout: float = 120.0) -> Result:
+        try:
+            status, out, err = self._child.wait(timeout)
+        except (OSError, spawn.Timeout) as exc:
+            raise _not_run(self.argv, exc) from exc
+        return _checked(self.argv, Result(status, out, err), check)
+
+
+def start(argv: Sequence[str], *, stdin: str | None = None) -> Started:
+    """Start argv and return at once, for the caller to work meanwhile; result() collects it."""
+    return Started(argv, stdin)
+
+
+def _not_run(argv: Sequence[str], exc: Exception) -> GpushellError:
+    return GpushellError(f"could not run {argv[0]}", f"running {list(argv)} failed: {exc}")
+
+
+def _checked(argv: Sequence[str], result: Result, check: bool) -> Result:
     if check and result.returncode != 0:
         detail = (result.stderr or result.stdout).strip().splitlines()
         last = detail[-1] if detail else f"exit status {result.returncode}"

@@ -419,3 +419,20 @@ def test_real_save_lines_take_the_fast_split(monkeypatch):
     assert _tokens('-A X -m comment --comment "two words" -j RETURN') == [
         "-A", "X", "-m", "comment", "--comment", "two words", "-j", "RETURN",
     ]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet=st.sampled_from(list("ab-:./ \"'")), max_size=6), min_size=1, max_size=6))
+def test_rule_text_quotes_exactly_the_tokens_that_need_it(rule):
+    from gpushell.forward import _PLAIN, _line
+
+    expected = " ".join(t if t and _PLAIN.issuperset(t) else '"' + t.replace('"', '\\"') + '"' for t in rule)
+    assert _line(rule) == expected
+
+
+def test_rule_text_of_a_plain_rule_is_its_tokens_joined():
+    from gpushell.forward import _line
+
+    assert _line(user_rule("GPUSHELL", ALICE)) == ALICE_RULE
+    assert _line(["-A", "X", "--comment", "", "-j", "RETURN"]) == '-A X --comment "" -j RETURN'
+    assert _line(["-A", "X", "--comment", "two words"]) == '-A X --comment "two words"'
