@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import os
 import sys
-from collections.abc import Callable, Sequence
 
 from . import __version__
+from .admin_cli import Arg, Command, Options, quick_parse
 from .errors import ExitStatus, GpushellError
 from .lock import locked
 from .paths import DEBIAN_SUITE, DEFAULT, Paths
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # `collections.abc` stays off the quick path (admin_cli.py)
 if TYPE_CHECKING:
-    pass
+    import argparse
+    from collections.abc import Callable, Sequence
 
 
 def say(text: str) -> None:
@@ -28,7 +27,7 @@ def warn(warnings: Sequence[str]) -> None:
     sys.stderr.flush()
 
 
-def cmd_init(paths: Paths, args: argparse.Namespace) -> int:
+def cmd_init(paths: Paths, args: Options) -> int:
     from . import hostsetup
 
     reg = hostsetup.init(paths, say)
@@ -39,7 +38,7 @@ def cmd_init(paths: Paths, args: argparse.Namespace) -> int:
     return ExitStatus.OK
 
 
-def cmd_template_build(paths: Paths, args: argparse.Namespace) -> int:
+def cmd_template_build(paths: Paths, args: Options) -> int:
     from . import provision, registry, registry_file, template
 
     reg = registry_file.load(paths.registry)
@@ -65,7 +64,7 @@ def cmd_template_build(paths: Paths, args: argparse.Namespace) -> int:
     return ExitStatus.OK
 
 
-def read_keys(args: argparse.Namespace) -> str:
+def read_keys(args: Options) -> str:
     from . import accounts
 
     if args.key is None:
@@ -79,6 +78,8 @@ def read_keys(args: argparse.Namespace) -> str:
 
 def gpus_option(text: str) -> str | list[int]:
     """--gpus: all, none, or GPU numbers separated by commas (0,2)."""
+    import argparse  # only argparse reads values (admin_cli.py), and its error is the clear one
+
     if text in ("all", "none"):
         return text
     parts = text.split(",")
@@ -90,7 +91,7 @@ def gpus_option(text: str) -> str | list[int]:
     return sorted(numbers)
 
 
-def cmd_add(paths: Paths, args: argparse.Namespace) -> int:
+def cmd_add(paths: Paths, args: Options) -> int:
     from . import accounts, allocate, leftovers, provision, registry, registry_edit, registry_file, services
     from .containers import LxcDriver
 
@@ -101,6 +102,8 @@ def cmd_add(paths: Paths, args: argparse.Namespace) -> int:
     # The whole add holds the registry lock: parallel adds get distinct ports,
     # IPs and id ranges, and the entry is written last, so a failure (or a
     # kill) leaves the registry as it was.
+    import contextlib
+
     with locked(paths.registry_lock), contextlib.ExitStack() as undo:
         old_text = registry_file.read_text(paths.registry)
         reg = registry.parse(old_text, paths.registry)
@@ -139,7 +142,7 @@ def cmd_add(paths: Paths, args: argparse.Namespace) -> int:
     return ExitStatus.OK
 
 
-def cmd_remove(paths: Paths, args: argparse.Namespace) -> int:
+def cmd_remove(paths: Paths, args: Options) -> int:
     import datetime
 
     from . import accounts, archive, provision, registry, registry_edit, registry_file, services
@@ -178,7 +181,7 @@ def cmd_remove(paths: Paths, args: argparse.Namespace) -> int:
     return ExitStatus.OK
 
 
-def cmd_list(paths: Paths, args: argparse.Namespace) -> int:
+def cmd_list(paths: Paths, args: Options) -> int:
     from . import inventory, registry_file
 
     reg = registry_file.load(paths.registry)
@@ -191,7 +194,7 @@ def cmd_list(paths: Paths, args: argparse.Namespace) -> int:
     return ExitStatus.OK
 
 
-def cmd_apply(paths: Paths, args: argparse.Namespace) -> int:
+def cmd_apply(paths: Paths, args: Options) -> int:
     from . import chaincheck, chainrebuild, iptables, registry_cache
 
     if args.dry_run:
@@ -206,17 +209,19 @@ def cmd_apply(paths: Paths, args: argparse.Namespace) -> int:
     # Under the registry lock: an `add` running meanwhile would otherwise
     # lose its new forward to this rebuild of the chain.
     with locked(paths.registry_lock):
+        reading = iptables.Reading()  # iptables-save runs while the registry loads
         # The compiled copy when current (registry_cache.py): most of this
         # command's time with a thousand students was the YAML parse.
         reg = registry_cache.load_registry(paths)
-        table = iptables.read_nat()
-        found = chaincheck.problems(table, reg)
+        table = reading.table()
         # The chain first, in the background (chainrebuild.py); reconcile's
-        # imports and the rest of the host are read meanwhile.
-        with chainrebuild.Rebuild(reg, paths, table) if found else contextlib.nullcontext() as rebuild:
+        # imports and the rest of the host are read meanwhile, and with them
+        # the whole list of what is wrong with the chain, for the change's text.
+        first = chaincheck.first_problem(table, reg)
+        with chainrebuild.Rebuild(reg, paths, table, wanted=first is not None) as rebuild:
             from . import reconcile
 
-            plan = reconcile.plan(reg, paths, reconcile.observe(reg, paths, table, found))
+            plan = reconcile.plan(reg, paths, reconcile.observe(reg, paths, table, None if first else []))
             warn(plan.warnings)
             if not plan.changes:
                 say(reconcile.NOTHING_TO_DO)
@@ -229,7 +234,7 @@ def cmd_apply(paths: Paths, args: argparse.Namespace) -> int:
     return ExitStatus.ERROR if failures else ExitStatus.OK
 
 
-def cmd_doctor(paths: Paths, args: argparse.Namespace) -> int:
+def cmd_doctor(paths: Paths, args: Options) -> int:
     from . import doctor
 
     findings = doctor.examine(paths)
@@ -240,7 +245,7 @@ def cmd_doctor(paths: Paths, args: argparse.Namespace) -> int:
     return ExitStatus.ERROR if failed else ExitStatus.OK
 
 
-def cmd_driver_sync(paths: Paths, args: argparse.Namespace) -> int:
+def cmd_driver_sync(paths: Paths, args: Options) -> int:
     from . import driversync, registry_file
 
     reg = registry_file.load(paths.registry)
@@ -248,10 +253,10 @@ def cmd_driver_sync(paths: Paths, args: argparse.Namespace) -> int:
     return ExitStatus.ERROR if failures else ExitStatus.OK
 
 
-def extra_command(name: str) -> Callable[[Paths, argparse.Namespace], int]:
+def extra_command(name: str) -> Callable[[Paths, Options], int]:
     """admin_extra's command `name`, imported only when it runs (it pulls in most of gpushell)."""
 
-    def run(paths: Paths, args: argparse.Namespace) -> int:
+    def run(paths: Paths, args: Options) -> int:
         from . import admin_extra
 
         return int(getattr(admin_extra, name)(paths, args, say))
@@ -259,184 +264,209 @@ def extra_command(name: str) -> Callable[[Paths, argparse.Namespace], int]:
     return run
 
 
+STUDENT = Arg("user", metavar="USER", help="the student's user name")
+
+
+def _template_commands() -> list[Command]:
+    return [
+        Command(
+            "build",
+            "build the Debian template (cached)",
+            "Build the template with debootstrap from the Debian "
+            "mirror apt uses on this host; cached, so a rebuild takes seconds.",
+            [
+                Arg("--name", metavar="NAME", help="the template's name (default: the registry's template)"),
+                Arg("--suite", default=DEBIAN_SUITE, help="Debian suite (default: %(default)s)"),
+                Arg("--mirror", metavar="URL", help="Debian mirror (default: the one in apt's sources)"),
+                Arg("--packages", metavar="LIST", help="extra packages, comma separated"),
+                Arg("--force", action="store_true", help="rebuild even if the template exists"),
+            ],
+            cmd_template_build,
+        ),
+        Command(
+            "list",
+            "show the built templates",
+            "One row per template in the lxcpath: name, suite, size, the "
+            "students whose containers were copied from it, and which one new students get.",
+            [Arg("--json", action="store_true", help="print JSON instead of a table")],
+            extra_command("cmd_template_list"),
+        ),
+        Command(
+            "use",
+            "make new students get another (built) template",
+            "Set the registry's template: key, keeping its comments.  "
+            "Existing containers are full copies and do not change.",
+            [Arg("name", metavar="NAME", help="a built template")],
+            extra_command("cmd_template_use"),
+        ),
+    ]
+
+
+COMMANDS = Command(
+    "gpushell-admin",
+    "",
+    "Manage gpushell: students' containers, ports and the host set-up.",
+    [
+        Arg("--version", action="version", version=f"%(prog)s {__version__}"),
+        Arg("--registry", metavar="PATH", help="registry file (default: /etc/gpushell.yaml)"),
+    ],
+    dest="command",
+    metavar="COMMAND",
+    epilog="See gpushell-admin(8) and gpushell.yaml(5).",
+    subcommands=[
+        Command(
+            "init",
+            "prepare the host (idempotent)",
+            "Create the registry if missing, the bridge, IP forwarding, "
+            "the nat chain, the gpushell group, the sudoers and sshd drop-ins, and "
+            "root's subordinate ids.  Safe to run again.",
+            run=cmd_init,
+        ),
+        Command(
+            "template",
+            "build the container template",
+            "Manage the template that new students' containers copy.",
+            dest="template_command",
+            subcommands=_template_commands(),
+        ),
+        Command(
+            "add",
+            "register a student and make their container",
+            "Create the host account (login shell gpushell), allocate a "
+            "port, IP and id range, copy the template into the student's container "
+            "and write the registry entry.  A failure undoes every step.",
+            [
+                STUDENT,
+                Arg(
+                    "--key",
+                    metavar="FILE",
+                    help="authorized_keys file for the student "
+                    "(default: the host account's existing keys, if any)",
+                ),
+                Arg("--port", type=int, metavar="N", help="host port to forward (default: lowest free)"),
+                Arg(
+                    "--gpus",
+                    type=gpus_option,
+                    metavar="LIST",
+                    help="GPUs for the container: all, none or numbers like 0,2 "
+                    "(default: the registry's gpus)",
+                ),
+            ],
+            cmd_add,
+        ),
+        Command(
+            "remove",
+            "remove a student's container, forward and entry",
+            "Stop and destroy the container, remove the forward and "
+            "the registry entry.  The host account stays unless --purge.",
+            [
+                STUDENT,
+                Arg("--purge", action="store_true", help="also delete the host account and its home"),
+                Arg(
+                    "--archive",
+                    metavar="DIR",
+                    help="first keep the container's rootfs as DIR/USER-TIME.tar (numeric owners); "
+                    "if that fails, nothing is removed",
+                ),
+            ],
+            cmd_remove,
+        ),
+        Command(
+            "set",
+            "change a student's gpus, port, autostart or snapshot_limit",
+            "Edit the student's registry entry in place (comments kept), "
+            "then apply it: a new port replaces the forward at once, autostart and "
+            "gpus regenerate the container's config (gpus take effect at its next start), "
+            "snapshot_limit counts from the student's next snapshot.",
+            [
+                STUDENT,
+                Arg(
+                    "assignments",
+                    nargs="*",
+                    metavar="KEY=VALUE",
+                    help="gpus=all|none|0,2  port=N  autostart=true|false  snapshot_limit=0..100",
+                ),
+            ],
+            extra_command("cmd_set"),
+        ),
+        Command(
+            "list",
+            "show every student's container, port and resource use",
+            "One row per student: user, port, container IP, state, GPUs "
+            "(from the registry), CPU% (sampled over 0.2 s) and memory (from the "
+            "container's cgroup) and uptime.  Containers in the lxcpath that are "
+            "not registered and stray or wrong forward rules are warnings "
+            "(on standard error).",
+            [Arg("--json", action="store_true", help="print JSON (users and warnings) instead of a table")],
+            cmd_list,
+        ),
+        Command(
+            "apply",
+            "make the host match the registry (idempotent)",
+            "In one pass: bring up the bridge and IP forwarding if needed, "
+            "rebuild the nat chain in one iptables-restore if it differs from the "
+            "registry, regenerate students' LXC configs that differ, fix students' "
+            "login shells and group, and start containers marked autostart.  "
+            "Prints each change; a second run has nothing to do.",
+            [
+                Arg(
+                    "--dry-run",
+                    action="store_true",
+                    help="print the changes it would make and change nothing",
+                )
+            ],
+            cmd_apply,
+        ),
+        Command(
+            "doctor",
+            "check the host and say how to fix each problem",
+            "Check the bridge, IP forwarding, the nat chain and every "
+            "student's forward, the drop-ins and whether sshd applies them (sshd -T for "
+            "each student, and a reload since they last changed), the registry's permissions, root's "
+            "subordinate ids, the template, each container's config, port clashes "
+            "with host services and the students' host accounts.  One line per "
+            "check: 'ok: ...' or 'FAIL: ... — fix: ...'.  Exit status 0 only when "
+            "every check passes.",
+            run=cmd_doctor,
+        ),
+        Command(
+            "driver",
+            "the NVIDIA user-space driver in containers (driver: container)",
+            "Keep containers that carry their own NVIDIA user-space driver at the host's version.",
+            dest="driver_command",
+            subcommands=[
+                Command(
+                    "sync",
+                    "run NVIDIA's installer in containers whose driver differs from the host's",
+                    "For each GPU student's container (or each one named) whose libcuda or "
+                    "libnvidia-ml version differs from the loaded kernel module's, copy the installer "
+                    "into it and run it there with --no-kernel-module --silent --no-questions, "
+                    "starting the container for it if needed; one line per container.",
+                    [
+                        Arg(
+                            "--installer",
+                            metavar="PATH",
+                            help="NVIDIA's .run installer (default: the registry's driver_installer)",
+                        ),
+                        Arg("users", nargs="*", metavar="USER", help="only these students"),
+                    ],
+                    cmd_driver_sync,
+                )
+            ],
+        ),
+    ],
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gpushell-admin",
-        description="Manage gpushell: students' containers, ports and the host set-up.",
-        epilog="See gpushell-admin(8) and gpushell.yaml(5).",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--registry", metavar="PATH", help="registry file (default: /etc/gpushell.yaml)")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from . import admin_cli
 
-    init = commands.add_parser(
-        "init",
-        help="prepare the host (idempotent)",
-        description="Create the registry if missing, the bridge, IP forwarding, "
-        "the nat chain, the gpushell group, the sudoers and sshd drop-ins, and "
-        "root's subordinate ids.  Safe to run again.",
-    )
-    init.set_defaults(run=cmd_init)
-
-    tpl = commands.add_parser(
-        "template",
-        help="build the container template",
-        description="Manage the template that new students' containers copy.",
-    )
-    tpl_commands = tpl.add_subparsers(dest="template_command", required=True, metavar="ACTION")
-    build = tpl_commands.add_parser(
-        "build",
-        help="build the Debian template (cached)",
-        description="Build the template with debootstrap from the Debian "
-        "mirror apt uses on this host; cached, so a rebuild takes seconds.",
-    )
-    build.add_argument(
-        "--name", metavar="NAME", help="the template's name (default: the registry's template)"
-    )
-    build.add_argument("--suite", default=DEBIAN_SUITE, help="Debian suite (default: %(default)s)")
-    build.add_argument("--mirror", metavar="URL", help="Debian mirror (default: the one in apt's sources)")
-    build.add_argument("--packages", metavar="LIST", help="extra packages, comma separated")
-    build.add_argument("--force", action="store_true", help="rebuild even if the template exists")
-    build.set_defaults(run=cmd_template_build)
-    tpl_list = tpl_commands.add_parser(
-        "list",
-        help="show the built templates",
-        description="One row per template in the lxcpath: name, suite, size, the "
-        "students whose containers were copied from it, and which one new students get.",
-    )
-    tpl_list.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    tpl_list.set_defaults(run=extra_command("cmd_template_list"))
-    tpl_use = tpl_commands.add_parser(
-        "use",
-        help="make new students get another (built) template",
-        description="Set the registry's template: key, keeping its comments.  "
-        "Existing containers are full copies and do not change.",
-    )
-    tpl_use.add_argument("name", metavar="NAME", help="a built template")
-    tpl_use.set_defaults(run=extra_command("cmd_template_use"))
-
-    add = commands.add_parser(
-        "add",
-        help="register a student and make their container",
-        description="Create the host account (login shell gpushell), allocate a "
-        "port, IP and id range, copy the template into the student's container "
-        "and write the registry entry.  A failure undoes every step.",
-    )
-    add.add_argument("user", metavar="USER", help="the student's user name")
-    add.add_argument(
-        "--key",
-        metavar="FILE",
-        help="authorized_keys file for the student (default: the host account's existing keys, if any)",
-    )
-    add.add_argument("--port", type=int, metavar="N", help="host port to forward (default: lowest free)")
-    add.add_argument(
-        "--gpus",
-        type=gpus_option,
-        metavar="LIST",
-        help="GPUs for the container: all, none or numbers like 0,2 (default: the registry's gpus)",
-    )
-    add.set_defaults(run=cmd_add)
-
-    remove = commands.add_parser(
-        "remove",
-        help="remove a student's container, forward and entry",
-        description="Stop and destroy the container, remove the forward and "
-        "the registry entry.  The host account stays unless --purge.",
-    )
-    remove.add_argument("user", metavar="USER", help="the student's user name")
-    remove.add_argument("--purge", action="store_true", help="also delete the host account and its home")
-    remove.add_argument(
-        "--archive",
-        metavar="DIR",
-        help="first keep the container's rootfs as DIR/USER-TIME.tar (numeric owners); "
-        "if that fails, nothing is removed",
-    )
-    remove.set_defaults(run=cmd_remove)
-
-    setting = commands.add_parser(
-        "set",
-        help="change a student's gpus, port, autostart or snapshot_limit",
-        description="Edit the student's registry entry in place (comments kept), "
-        "then apply it: a new port replaces the forward at once, autostart and "
-        "gpus regenerate the container's config (gpus take effect at its next start), "
-        "snapshot_limit counts from the student's next snapshot.",
-    )
-    setting.add_argument("user", metavar="USER", help="the student's user name")
-    setting.add_argument(
-        "assignments",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="gpus=all|none|0,2  port=N  autostart=true|false  snapshot_limit=0..100",
-    )
-    setting.set_defaults(run=extra_command("cmd_set"))
-
-    listing = commands.add_parser(
-        "list",
-        help="show every student's container, port and resource use",
-        description="One row per student: user, port, container IP, state, GPUs "
-        "(from the registry), CPU% (sampled over 0.2 s) and memory (from the "
-        "container's cgroup) and uptime.  Containers in the lxcpath that are "
-        "not registered and stray or wrong forward rules are warnings "
-        "(on standard error).",
-    )
-    listing.add_argument(
-        "--json", action="store_true", help="print JSON (users and warnings) instead of a table"
-    )
-    listing.set_defaults(run=cmd_list)
-
-    apply = commands.add_parser(
-        "apply",
-        help="make the host match the registry (idempotent)",
-        description="In one pass: bring up the bridge and IP forwarding if needed, "
-        "rebuild the nat chain in one iptables-restore if it differs from the "
-        "registry, regenerate students' LXC configs that differ, fix students' "
-        "login shells and group, and start containers marked autostart.  "
-        "Prints each change; a second run has nothing to do.",
-    )
-    apply.add_argument(
-        "--dry-run", action="store_true", help="print the changes it would make and change nothing"
-    )
-    apply.set_defaults(run=cmd_apply)
-
-    check = commands.add_parser(
-        "doctor",
-        help="check the host and say how to fix each problem",
-        description="Check the bridge, IP forwarding, the nat chain and every "
-        "student's forward, the drop-ins and whether sshd applies them (sshd -T for "
-        "each student, and a reload since they last changed), the registry's permissions, root's "
-        "subordinate ids, the template, each container's config, port clashes "
-        "with host services and the students' host accounts.  One line per "
-        "check: 'ok: ...' or 'FAIL: ... — fix: ...'.  Exit status 0 only when "
-        "every check passes.",
-    )
-    check.set_defaults(run=cmd_doctor)
-
-    drv = commands.add_parser(
-        "driver",
-        help="the NVIDIA user-space driver in containers (driver: container)",
-        description="Keep containers that carry their own NVIDIA user-space driver at the host's version.",
-    )
-    drv_commands = drv.add_subparsers(dest="driver_command", required=True, metavar="ACTION")
-    drv_sync = drv_commands.add_parser(
-        "sync",
-        help="run NVIDIA's installer in containers whose driver differs from the host's",
-        description="For each GPU student's container (or each one named) whose libcuda or "
-        "libnvidia-ml version differs from the loaded kernel module's, copy the installer "
-        "into it and run it there with --no-kernel-module --silent --no-questions, "
-        "starting the container for it if needed; one line per container.",
-    )
-    drv_sync.add_argument(
-        "--installer",
-        metavar="PATH",
-        help="NVIDIA's .run installer (default: the registry's driver_installer)",
-    )
-    drv_sync.add_argument("users", nargs="*", metavar="USER", help="only these students")
-    drv_sync.set_defaults(run=cmd_driver_sync)
-    return parser
+    return admin_cli.build_parser(COMMANDS)
 
 
 def main(paths: Paths = DEFAULT, argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    args = quick_parse(COMMANDS, words) or build_parser().parse_args(words, namespace=Options())
     if args.registry:
         paths = paths.replace(registry=os.path.abspath(args.registry))
     if os.geteuid() != 0:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -10,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import provision, reconcile, registry, registry_edit, registry_file, services, template, usersettings
+from .admin_cli import Options
 from .containers import RUNNING, LxcDriver
 from .errors import ExitStatus, GpushellError
 from .files import read_text_or_none
@@ -63,7 +63,7 @@ def _gpus(spec: registry.GpuSpec) -> str:
     return spec if isinstance(spec, str) else ",".join(map(str, spec)) or "none"
 
 
-def cmd_set(paths: Paths, args: argparse.Namespace, say: Say) -> int:
+def cmd_set(paths: Paths, args: Options, say: Say) -> int:
     values = usersettings.parse_assignments(args.assignments)
     name = args.user
     with locked(paths.registry_lock):
@@ -209,7 +209,7 @@ def is_built(reg: registry.Registry, name: str) -> bool:
     return os.path.isdir(os.path.join(provision.container_dir(reg, name), "rootfs"))
 
 
-def cmd_template_list(paths: Paths, args: argparse.Namespace, say: Say) -> int:
+def cmd_template_list(paths: Paths, args: Options, say: Say) -> int:
     reg = registry_file.load(paths.registry)
     origins = {name: provision.origin(reg, user.container) for name, user in reg.users.items()}
     rows = template_rows(reg, built_templates(reg), origins)
@@ -217,7 +217,7 @@ def cmd_template_list(paths: Paths, args: argparse.Namespace, say: Say) -> int:
     return ExitStatus.OK
 
 
-def cmd_template_use(paths: Paths, args: argparse.Namespace, say: Say) -> int:
+def cmd_template_use(paths: Paths, args: Options, say: Say) -> int:
     name = args.name
     if not registry.CONTAINER_NAME.fullmatch(name):
         raise GpushellError(f"{name!r} is not a valid template name", status=ExitStatus.USAGE)

@@ -8,11 +8,12 @@ holds exactly the right rules (in any order) is left alone, so a second
 
 from __future__ import annotations
 
-import shlex
-from collections.abc import Sequence
-
 from .forward import JUMP_CHAINS, TAG, NatTable, comment_of, jump_rule, masquerade_rule, user_rule
 from .model import Registry, Value
+
+TYPE_CHECKING = False  # `collections.abc`, and `re` with shlex, stay off apply's quick start
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
 
 # Kinds of problem, in the order they are reported.
 NO_CHAIN, NO_JUMP, MISSING, WRONG, DUPLICATE, ORPHAN, UNTAGGED, NO_MASQUERADE = (
@@ -30,18 +31,29 @@ class Problem(Value):
 
 def rule_text(rule: Sequence[str]) -> str:
     """A rule as a person would type it after `iptables -t nat`."""
+    import shlex
+
     return shlex.join(rule)
 
 
 def problems(table: NatTable, reg: Registry) -> list[Problem]:
     """Everything that keeps the chain from matching the registry; [] when it does."""
+    return list(_each_problem(table, reg))
+
+
+def first_problem(table: NatTable, reg: Registry) -> Problem | None:
+    """The first of problems(), found without looking for the rest: after a flush
+    that is the first student's forward, found at once."""
+    return next(_each_problem(table, reg), None)
+
+
+def _each_problem(table: NatTable, reg: Registry) -> Iterator[Problem]:
     chain = reg.chain
-    found: list[Problem] = []
     if chain not in table.chains:
-        found.append(Problem(NO_CHAIN, f"nat chain {chain} does not exist"))
+        yield Problem(NO_CHAIN, f"nat chain {chain} does not exist")
     for parent in JUMP_CHAINS:
         if not table.has(jump_rule(parent, chain)):
-            found.append(Problem(NO_JUMP, f"no jump from {parent} to {chain} for local destinations"))
+            yield Problem(NO_JUMP, f"no jump from {parent} to {chain} for local destinations")
     rules = table.rules_of(chain)
     by_tag = {f"{TAG}{name}": name for name in reg.users}
     # Each user's rules found by their tag once, not by scanning the chain
@@ -55,22 +67,21 @@ def problems(table: NatTable, reg: Registry) -> list[Problem]:
         count = sum(1 for rule in own if rule == wanted)
         if count == 0:
             wanted_text = f"port {user.port} -> {user.address}:22"
-            found.append(Problem(MISSING, f"no forward for {name} ({wanted_text})", name))
+            yield Problem(MISSING, f"no forward for {name} ({wanted_text})", name)
         elif count > 1:
-            found.append(Problem(DUPLICATE, f"{count} copies of the forward for {name}", name))
+            yield Problem(DUPLICATE, f"{count} copies of the forward for {name}", name)
         for rule in own:
             if rule != wanted:
-                found.append(Problem(WRONG, f"wrong rule for {name}: {rule_text(rule)}", name))
+                yield Problem(WRONG, f"wrong rule for {name}: {rule_text(rule)}", name)
     for rule in rules:
         comment = comment_of(rule)
         if comment is not None and comment.startswith(TAG):
             if comment not in by_tag:
-                found.append(Problem(ORPHAN, f"orphan rule for unregistered {comment}: {rule_text(rule)}"))
+                yield Problem(ORPHAN, f"orphan rule for unregistered {comment}: {rule_text(rule)}")
         else:
-            found.append(Problem(UNTAGGED, f"rule not made by gpushell: {rule_text(rule)}"))
+            yield Problem(UNTAGGED, f"rule not made by gpushell: {rule_text(rule)}")
     if reg.masquerade and not table.has(masquerade_rule(reg)):
-        found.append(Problem(NO_MASQUERADE, f"no MASQUERADE rule for {reg.subnet}"))
-    return found
+        yield Problem(NO_MASQUERADE, f"no MASQUERADE rule for {reg.subnet}")
 
 
 def chain_matches(table: NatTable, reg: Registry) -> bool:
@@ -79,4 +90,4 @@ def chain_matches(table: NatTable, reg: Registry) -> bool:
     With no problem found, every rule in the chain is one registered user's
     correct rule, and every user has exactly one.
     """
-    return not problems(table, reg)
+    return first_problem(table, reg) is None

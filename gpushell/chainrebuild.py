@@ -24,13 +24,20 @@ if TYPE_CHECKING:
 
 
 class Rebuild:
-    """The chain rebuild, running; use it as a context manager, so it is always collected."""
+    """The chain rebuild, running; use it as a context manager, so it is always collected.
 
-    def __init__(self, reg: Registry, paths: Paths, table: NatTable) -> None:
-        self._lock: locked | None = locked(f"{paths.run_dir}/forward.lock")
-        self._lock.__enter__()
+    wanted=False makes one that does and holds nothing, for a chain that
+    needs no rebuild.
+    """
+
+    def __init__(self, reg: Registry, paths: Paths, table: NatTable, wanted: bool = True) -> None:
+        self._lock: locked | None = None
         self._started: Started | None = None
         self._error: GpushellError | None = None
+        if not wanted:
+            return
+        self._lock = locked(f"{paths.run_dir}/forward.lock")
+        self._lock.__enter__()
         try:
             # The table as observed if nothing changed since, else a fresh read.
             current = iptables.still_current(table)

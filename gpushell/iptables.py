@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from . import forward, nftgen
-from .runner import Started, run, start
+from .runner import Started, start
 
 TYPE_CHECKING = False  # `collections.abc` stays off the login path
 if TYPE_CHECKING:
@@ -16,9 +16,19 @@ IPTABLES_RESTORE = "/usr/sbin/iptables-restore"
 
 
 def read_nat() -> forward.NatTable:
-    # The generation first: a change during the read leaves the table marked stale, never current.
-    before = generation()
-    return forward.NatTable(run([IPTABLES_SAVE, "-t", "nat"]).stdout, before)
+    return Reading().table()
+
+
+class Reading:
+    """iptables-save of the nat table, started; table() collects it, the caller working meanwhile."""
+
+    def __init__(self) -> None:
+        # The generation first: a change during the read leaves the table marked stale, never current.
+        self._generation = generation()
+        self._save = start([IPTABLES_SAVE, "-t", "nat"])
+
+    def table(self) -> forward.NatTable:
+        return forward.NatTable(self._save.result().stdout, self._generation)
 
 
 def still_current(table: forward.NatTable) -> forward.NatTable:

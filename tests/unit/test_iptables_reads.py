@@ -19,12 +19,16 @@ def host(monkeypatch):
     """A ruleset whose generation the test sets, and a count of iptables-save runs."""
     state = {"generation": 7, "saves": 0}
 
-    def run(argv: list[str], **_: object) -> Result:
+    class Saved:
+        def result(self) -> Result:
+            return Result(0, SAVED, "")
+
+    def start(argv: list[str], **_: object) -> Saved:
         assert argv == [iptables.IPTABLES_SAVE, "-t", "nat"]
         state["saves"] += 1
-        return Result(0, SAVED, "")
+        return Saved()
 
-    monkeypatch.setattr(iptables, "run", run)
+    monkeypatch.setattr(iptables, "start", start)
     monkeypatch.setattr(iptables, "generation", lambda: state["generation"])
     return state
 
