@@ -18,6 +18,7 @@ from . import (
     driverfiles,
     dropins,
     gpudevices,
+    ifaddr,
     iptables,
     leftovers,
     provision,
@@ -31,7 +32,6 @@ from .model import User
 from .ownership import check_owned_by_root
 from .paths import Paths
 from .registry import Registry
-from .runner import run
 
 APPLY = "gpushell-admin apply"
 INIT = "gpushell-admin init"
@@ -593,12 +593,6 @@ def read_lines(path: str) -> list[str] | None:
         return None
 
 
-def bridge_addresses(bridge: str) -> list[str]:
-    shown = run(["ip", "-o", "-4", "addr", "show", "dev", bridge], check=False).stdout
-    # `4: br0    inet 10.0.3.1/24 brd ... scope global br0`
-    return [words[words.index("inet") + 1] for words in map(str.split, shown.splitlines()) if "inet" in words]
-
-
 def listeners() -> dict[int, str]:
     import psutil
 
@@ -629,7 +623,7 @@ def gather(reg: Registry, paths: Paths) -> Facts:
     kept = tuple(leftovers.unregistered_members(reg, scan))
     return Facts(
         bridge_exists=exists,
-        bridge_addresses=bridge_addresses(reg.bridge) if exists else [],
+        bridge_addresses=ifaddr.ipv4_addresses(reg.bridge),
         forwarding_on=reconcile.forwarding_on(),
         table=iptables.read_nat(),
         sudoers=installed_file(paths.sudoers_dropin),

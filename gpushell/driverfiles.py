@@ -16,7 +16,6 @@ registry's `driver_root` (default /), so tests use stand-in trees.
 from __future__ import annotations
 
 import os
-import re
 
 LIB_DIRS = (
     "/usr/lib/x86_64-linux-gnu",
@@ -33,10 +32,12 @@ BINARIES = (
     "nvidia-cuda-mps-server",
 )
 VERSION_FILE = "proc/driver/nvidia/version"  # relative to the driver root
-MODULE_VERSION = re.compile(r"Kernel Module(?:\s+for\s+\S+)?\s+(\d+\.\d+(?:\.\d+)?)\s")
+# Patterns as text, compiled (and cached) by `re` where used: importing `re`
+# costs ~5 ms, and apply on a host without NVIDIA's driver needs none of them.
+MODULE_VERSION = r"Kernel Module(?:\s+for\s+\S+)?\s+(\d+\.\d+(?:\.\d+)?)\s"
 LIBRARY = r"(lib[A-Za-z0-9_+-]*nvidia[A-Za-z0-9_+-]*|libcuda|libcudadebugger|libnvcuvid|libnvoptix)"
-VERSIONED = re.compile(r"(libcuda|libnvidia-ml)\.so\.(\d+\.\d+(?:\.\d+)?)")
-DRIVER_NAME = re.compile(LIBRARY + r"\.so(?:\.\d+)*")
+VERSIONED = r"(libcuda|libnvidia-ml)\.so\.(\d+\.\d+(?:\.\d+)?)"
+DRIVER_NAME = LIBRARY + r"\.so(?:\.\d+)*"
 MAX_HOPS = 8
 
 # directory -> {file name: symlink target, or None for a regular file}
@@ -49,7 +50,9 @@ def parse_version(text: str) -> str | None:
     `NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.14  Thu Feb 22 ...`
     or, for the open modules, `... Open Kernel Module for x86_64  550.54.14  Release Build ...`.
     """
-    match = MODULE_VERSION.search(text)
+    import re
+
+    match = re.search(MODULE_VERSION, text)
     return match[1] if match else None
 
 
@@ -77,6 +80,8 @@ def driver_files(listing: Listing, version: str | None) -> tuple[tuple[str, str]
     """
     if not version:
         return ()
+    import re
+
     library = re.compile(LIBRARY + r"\.so\." + re.escape(version))
     found: dict[str, str] = {}
     for directory in LIB_DIRS:
@@ -94,7 +99,10 @@ def driver_files(listing: Listing, version: str | None) -> tuple[tuple[str, str]
 
 def container_versions(names: list[str]) -> frozenset[str]:
     """Driver versions a container's library file names carry (libcuda/libnvidia-ml.so.X)."""
-    return frozenset(match[2] for name in names if (match := VERSIONED.fullmatch(name)))
+    import re
+
+    versioned = re.compile(VERSIONED)
+    return frozenset(match[2] for name in names if (match := versioned.fullmatch(name)))
 
 
 def mismatch(host_version: str | None, versions: frozenset[str]) -> str | None:
@@ -125,12 +133,15 @@ def stale_placeholders(present: dict[str, dict[str, int]], files: tuple[tuple[st
     after a driver upgrade the old version's names would stay behind as
     empty libraries.  Only empty files are taken: never a real library.
     """
+    import re
+
+    driver_name = re.compile(DRIVER_NAME)
     wanted = {target for _, target in files}
     stale = []
     for directory, names in sorted(present.items()):
         for name, size in sorted(names.items()):
             path = f"{directory}/{name}"
-            driver_named = DRIVER_NAME.fullmatch(name) if directory != BIN_DIR else name in BINARIES
+            driver_named = driver_name.fullmatch(name) if directory != BIN_DIR else name in BINARIES
             if size == 0 and driver_named and path not in wanted:
                 stale.append(path)
     return stale

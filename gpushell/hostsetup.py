@@ -6,7 +6,7 @@ import grp
 import os
 from collections.abc import Callable
 
-from . import chaincheck, dropins, forward, iptables, registry_file
+from . import chaincheck, dropins, forward, ifaddr, iptables, registry_file
 from .model import Registry
 from .paths import Paths
 from .runner import run
@@ -28,8 +28,7 @@ def ensure_bridge(reg: Registry, report: Report) -> None:
         run(["ip", "link", "add", reg.bridge, "type", "bridge"])
         report(f"created bridge {reg.bridge}")
     address = f"{reg.gateway}/{reg.subnet.prefixlen}"
-    shown = run(["ip", "-o", "-4", "addr", "show", "dev", reg.bridge]).stdout
-    if f" {address} " not in shown:
+    if address not in ifaddr.ipv4_addresses(reg.bridge):
         run(["ip", "addr", "add", address, "dev", reg.bridge])
         report(f"gave {reg.bridge} the address {address}")
     run(["ip", "link", "set", reg.bridge, "up"])

@@ -17,7 +17,6 @@ import contextlib
 import grp
 import os
 import pwd
-import re
 import stat
 
 from .errors import GpushellError
@@ -28,13 +27,24 @@ from .runner import run
 
 JOURNAL_PREFIX = ".gpushell-add-"
 MAX_JOURNAL = 4096
-# tempfile.mkdtemp(prefix=".NAME-") adds 8 characters from [a-z0-9_].
-STAGING = re.compile(r"\.([A-Za-z0-9][A-Za-z0-9_.-]{0,62})-[a-z0-9_]{8}")
+_NAME_START = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_NAME = _NAME_START | frozenset("_.-")
+_MKDTEMP = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
 TEMPLATE_MARK = "# gpushell template"
 MIN_STUDENT_UID = 1000
 
 # What `remove` does with a leftover.
 RMTREE, UNLINK, USERDEL, RESTORE_ACCOUNT, REPORT = "rmtree", "unlink", "userdel", "restore-account", ""
+
+
+def is_staging(entry: str) -> bool:
+    """Whether entry is a copy's staging directory name: `.NAME-` and the 8 characters
+    from [a-z0-9_] that tempfile.mkdtemp(prefix=".NAME-") adds, NAME a container's name."""
+    name, dash, suffix = entry[1:-9], entry[-9:-8], entry[-8:]
+    return (
+        entry.startswith(".") and dash == "-" and 1 <= len(name) <= 63 and name[0] in _NAME_START
+        and _NAME.issuperset(name) and len(suffix) == 8 and _MKDTEMP.issuperset(suffix)
+    )  # fmt: skip
 
 
 class Journal(Value):
@@ -123,8 +133,7 @@ def find(reg: Registry, paths: Paths, scan: Scan) -> list[Leftover]:
         path = os.path.join(reg.lxcpath, entry)
         if entry.startswith(JOURNAL_PREFIX):
             continue
-        staging = STAGING.fullmatch(entry)
-        if staging is not None:
+        if is_staging(entry):
             if kind == "dir":
                 found.append(Leftover(path, f"staging directory of an interrupted copy: {path}", RMTREE))
             continue

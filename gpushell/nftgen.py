@@ -10,52 +10,44 @@ from __future__ import annotations
 
 import struct
 
-# The C core of `socket`: socket.py adds enum and selectors (~6 ms a process).
-from _socket import AF_NETLINK, AF_UNSPEC, SOCK_RAW, socket
+from . import netlink
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_GETGEN = 16
 NFTA_GEN_ID = 1
-NLM_F_REQUEST = 1
-NLMSG_ERROR = 2
-_HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, seq, pid
+AF_UNSPEC = 0
 _NFGENMSG = struct.Struct("=BBH")  # family, version, resource id
-_ATTRIBUTE = struct.Struct("=HH")  # nlattr: length, type
 
 
 def parse_reply(data: bytes) -> int | None:
     """The generation id in a GETGEN reply, or None for an error reply (pure)."""
-    if len(data) < _HEADER.size:
-        return None
-    length, kind, _flags, _seq, _pid = _HEADER.unpack_from(data)
-    if kind == NLMSG_ERROR:
-        return None
-    offset = _HEADER.size + _NFGENMSG.size
-    while offset + _ATTRIBUTE.size <= min(length, len(data)):
-        size, attribute = _ATTRIBUTE.unpack_from(data, offset)
-        if size < _ATTRIBUTE.size:
+    return _generation(netlink.messages(data))
+
+
+def _generation(replies: Iterable[tuple[int, bytes]]) -> int | None:
+    for kind, payload in replies:
+        if kind == netlink.NLMSG_ERROR:
             return None
-        if attribute & 0x3FFF == NFTA_GEN_ID and size >= _ATTRIBUTE.size + 4:
-            return int(struct.unpack_from(">I", data, offset + _ATTRIBUTE.size)[0])
-        offset += (size + 3) & ~3
+        for attribute, value in netlink.attributes(payload, _NFGENMSG.size):
+            if attribute == NFTA_GEN_ID and len(value) >= 4:
+                return int.from_bytes(value[:4], "big")
+        return None
     return None
 
 
 def generation() -> int | None:
     """The current generation, or None where nf_tables cannot say (no permission, no module)."""
-    request = _NFGENMSG.pack(AF_UNSPEC, 0, 0)
-    header = _HEADER.pack(_HEADER.size + len(request), NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETGEN,
-                          NLM_F_REQUEST, 1, 0)  # fmt: skip
+    body = _NFGENMSG.pack(AF_UNSPEC, 0, 0)
     try:
-        sock = socket(AF_NETLINK, SOCK_RAW, NETLINK_NETFILTER)
+        return _generation(
+            netlink.ask(
+                NETLINK_NETFILTER, netlink.request(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETGEN, 0, body)
+            )
+        )
     except OSError:
         return None
-    try:
-        sock.settimeout(1.0)
-        sock.send(header + request)
-        return parse_reply(sock.recv(65536))
-    except OSError:
-        return None
-    finally:
-        sock.close()

@@ -19,6 +19,7 @@ from . import (
     chainrebuild,
     gpudevices,
     hostsetup,
+    ifaddr,
     iptables,
     leftovers,
     lxcconfig,
@@ -219,10 +220,7 @@ def render_dry_run(result: Plan) -> list[str]:
 
 
 def bridge_ready(reg: Registry) -> bool:
-    if not os.path.exists(f"/sys/class/net/{reg.bridge}"):
-        return False
-    shown = run(["ip", "-o", "-4", "addr", "show", "dev", reg.bridge]).stdout
-    return f" {reg.gateway}/{reg.subnet.prefixlen} " in shown
+    return f"{reg.gateway}/{reg.subnet.prefixlen}" in ifaddr.ipv4_addresses(reg.bridge)
 
 
 def forwarding_on() -> bool:

@@ -196,3 +196,27 @@ def test_doctor_reports_a_changed_config_and_a_wrong_shell(lab: Lab, student: St
         with open(path, "w", encoding="utf-8") as stream:
             stream.write(original)
         sh(["usermod", "--shell", lab.paths["shell"], student.name])
+
+
+def test_a_bridge_that_lost_its_address_is_found_and_given_it_back(lab: Lab, student: Student) -> None:
+    address = f"{lab.subnet.network_address + 1}/{lab.subnet.prefixlen}"
+
+    def shown() -> str:
+        return sh(["ip", "-o", "-4", "addr", "show", "dev", lab.bridge]).stdout
+
+    assert f"inet {address} " in shown()
+    try:
+        sh(["ip", "addr", "del", address, "dev", lab.bridge])
+        broken = lab.admin("doctor", check=False)
+        assert broken.returncode != 0
+        assert (f"FAIL: bridge {lab.bridge} lacks the gateway address {address} — fix: gpushell-admin init"
+                in broken.stdout.splitlines())  # fmt: skip
+        assert f"would set up bridge {lab.bridge} with {address}" in lab.admin("apply", "--dry-run").stdout
+        assert f"done: set up bridge {lab.bridge} with {address}" in lab.admin("apply").stdout
+        assert f"inet {address} " in shown()
+        healthy = lab.admin("doctor", check=False).stdout.splitlines()
+        assert f"ok: bridge {lab.bridge} has {address}" in healthy
+        assert lab.admin("apply").stdout.strip() == "nothing to do: the host matches the registry"
+    finally:
+        if f"inet {address} " not in shown():
+            sh(["ip", "addr", "add", address, "dev", lab.bridge])
