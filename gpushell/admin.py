@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from . import __version__
+from . import __version__, admin_cli
 from .admin_cli import Arg, Command, Options, quick_parse
 from .errors import ExitStatus, GpushellError
 from .lock import locked
@@ -459,8 +459,6 @@ COMMANDS = Command(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import admin_cli
-
     return admin_cli.build_parser(COMMANDS)
 
 
