@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pwd
 import re
 
 from . import rootfs
 from .errors import GpushellError
+from .model import Value
 from .runner import run
 
 # Options (unquoted characters or whole "quoted strings", the two never
@@ -21,11 +21,13 @@ KEY_LINE = re.compile(
 )
 
 
-@dataclasses.dataclass(frozen=True)
-class HostAccount:
-    name: str
-    created: bool  # False: an existing account was adopted
-    old_shell: str = ""
+class HostAccount(Value):
+    __slots__ = ("created", "name", "old_shell")
+
+    def __init__(self, name: str, created: bool, old_shell: str = "") -> None:
+        self.name = name
+        self.created = created  # False: an existing account was adopted
+        self.old_shell = old_shell
 
 
 def validate_keys(text: str, source: str) -> str:

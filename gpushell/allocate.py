@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 
 from .errors import GpushellError
-from .model import Registry
+from .model import Registry, Value
 
 
-@dataclasses.dataclass(frozen=True)
-class Allocation:
-    port: int
-    ip: ipaddress.IPv4Address
-    idmap: int
+class Allocation(Value):
+    __slots__ = ("idmap", "ip", "port")
+
+    def __init__(self, port: int, ip: ipaddress.IPv4Address, idmap: int) -> None:
+        self.port, self.ip, self.idmap = port, ip, idmap
 
 
 def allocate(reg: Registry, port: int | None = None) -> Allocation:

@@ -7,12 +7,14 @@ administrator's comments, key order and layout survive every `add` and
 
 from __future__ import annotations
 
-from typing import Any
-
 import yaml
 
 from .allocate import Allocation
 from .errors import GpushellError
+
+TYPE_CHECKING = False  # `typing` (~3 ms) for mypy only
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _users_node(text: str) -> tuple[yaml.Node | None, yaml.Node | None]:
