@@ -269,17 +269,10 @@ def single_iptables_calls(lab: Lab, rules: list[str]) -> None:
 
 
 def bench_add(lab: Lab) -> None:
-    """add against cp -a of the template, twice: on this VM's disk, which took 1-11 s
-    for the same copy from one sample to the next, and with the lxcpath on a tmpfs,
-    where a copy costs only CPU and memory and add's own work shows."""
-    names = measure_add(lab, lab.lxcpath, "until on disk", "add")
-    template = f"{lab.lxcpath}/{lab.template}/rootfs"
-    disk = int(sh(["du", "-sm", f"{lab.lxcpath}/{names[0]}"]).stdout.split()[0])
-    template_mb = int(sh(["du", "-sm", template]).stdout.split()[0])
-    report("4. disk per student", [float(disk)], "template", [float(template_mb)], "(report)", lambda r: True,
-           "MB")  # fmt: skip
-    for name in names:
-        lab.admin("remove", name, "--purge")
+    """add against cp -a of the template, on this VM's disk (the figure), which took
+    1-11 s for the same copy from one sample to the next; and, first, while the disk
+    is quiet, with the lxcpath on a tmpfs, where a copy costs only CPU and memory and
+    add's own work shows (a report: nobody keeps containers in memory)."""
     memory = f"{lab.root}/lxcpath-in-memory"
     os.makedirs(memory)
     registry_text = lab.read_registry()
@@ -287,16 +280,24 @@ def bench_add(lab: Lab) -> None:
     try:
         sh(["cp", "-a", f"{lab.lxcpath}/{lab.template}", memory])
         lab.write_registry(registry_text.replace(f"lxcpath: {lab.lxcpath}\n", f"lxcpath: {memory}\n"))
-        names = measure_add(lab, memory, "lxcpath on a tmpfs", "mem")
+        names = measure_add(lab, memory, "lxcpath on a tmpfs", "mem", "(report)")
         for name in names:
             lab.admin("remove", name, "--purge")
     finally:
         lab.write_registry(registry_text)
         sh(["umount", memory], check=False)
         os.rmdir(memory)
+    names = measure_add(lab, lab.lxcpath, "until on disk", "add", "<= 1.5")
+    template = f"{lab.lxcpath}/{lab.template}/rootfs"
+    disk = int(sh(["du", "-sm", f"{lab.lxcpath}/{names[0]}"]).stdout.split()[0])
+    template_mb = int(sh(["du", "-sm", template]).stdout.split()[0])
+    report("4. disk per student", [float(disk)], "template", [float(template_mb)], "(report)", lambda r: True,
+           "MB")  # fmt: skip
+    for name in names:
+        lab.admin("remove", name, "--purge")
 
 
-def measure_add(lab: Lab, lxcpath: str, where: str, tag: str) -> list[str]:
+def measure_add(lab: Lab, lxcpath: str, where: str, tag: str, goal: str) -> list[str]:
     """One row: add and cp -a in turns, each until its copy is on disk; the students made."""
     names: list[str] = []
     template = f"{lxcpath}/{lab.template}/rootfs"
@@ -321,8 +322,8 @@ def measure_add(lab: Lab, lxcpath: str, where: str, tag: str) -> list[str]:
     # In turns: run all of one side first, and the other pays for its write-back.
     adds, copies = paired_samples(add, copy, max(4, REPEAT // 4), settle, measure=on_disk)
     settle()
-    report(f"4. gpushell-admin add, {where}", adds, "cp -a of the template", copies, "<= 1.5",
-           lambda r: r <= 1.5, paired=True)  # fmt: skip
+    report(f"4. gpushell-admin add, {where}", adds, "cp -a of the template", copies, goal,
+           lambda r: r <= 1.5 or goal == "(report)", paired=True)  # fmt: skip
     return names
 
 
