@@ -137,10 +137,6 @@ _PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234567
 
 def _line(rule: Sequence[str]) -> str:
     """One rule in iptables-restore syntax, which knows double quotes only."""
-    if all(rule) and _PLAIN.issuperset(
-        "".join(rule)
-    ):  # the usual rule, all plain: one check, not one a token
-        return " ".join(rule)
     return " ".join(token if token and _PLAIN.issuperset(token) else _quoted(token) for token in rule)
 
 

@@ -42,12 +42,9 @@ def _generation(replies: Iterable[tuple[int, bytes]]) -> int | None:
 
 def generation() -> int | None:
     """The current generation, or None where nf_tables cannot say (no permission, no module)."""
-    body = _NFGENMSG.pack(AF_UNSPEC, 0, 0)
+    message = netlink.request(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETGEN, 0, _NFGENMSG.pack(AF_UNSPEC, 0, 0))
     try:
-        return _generation(
-            netlink.ask(
-                NETLINK_NETFILTER, netlink.request(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETGEN, 0, body)
-            )
-        )
+        replies = netlink.ask(NETLINK_NETFILTER, message)
     except OSError:
         return None
+    return _generation(replies)
