@@ -373,10 +373,11 @@ COMMANDS = Command(
         ),
         Command(
             "set",
-            "change a student's gpus, port, autostart or snapshot_limit",
+            "change a student's gpus, port, autostart, snapshot_limit or limits",
             "Edit the student's registry entry in place (comments kept), "
-            "then apply it: a new port replaces the forward at once, autostart and "
-            "gpus regenerate the container's config (gpus take effect at its next start), "
+            "then apply it: a new port replaces the forward at once, autostart, "
+            "gpus and limits (memory, cpus, pids: kept in the student's own `limits:`) "
+            "regenerate the container's config (gpus and limits take effect at its next start), "
             "snapshot_limit counts from the student's next snapshot.",
             [
                 STUDENT,
@@ -384,7 +385,8 @@ COMMANDS = Command(
                     "assignments",
                     nargs="*",
                     metavar="KEY=VALUE",
-                    help="gpus=all|none|0,2  port=N  autostart=true|false  snapshot_limit=0..100",
+                    help="gpus=all|none|0,2  port=N  autostart=true|false  snapshot_limit=0..100  "
+                    "memory=16G  cpus=4|0.5  pids=4096",
                 ),
             ],
             extra_command("cmd_set"),

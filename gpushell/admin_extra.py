@@ -29,9 +29,18 @@ def first_problem(exc: GpushellError) -> str:
 
 
 def edit_user(text: str, name: str, values: dict[str, Any]) -> str:
-    """The registry text with each key of `values` set in `name`'s block (pure)."""
+    """The registry text with each key of `values` set in `name`'s block (pure).
+
+    Limits go into the user's own `limits:` mapping, next to any they had.
+    """
+    limits = {key: values[key] for key in usersettings.LIMIT_KEYS if key in values}
     for key, value in values.items():
-        text = registry_edit.set_user_key(text, name, key, value)
+        if key not in limits:
+            text = registry_edit.set_user_key(text, name, key, value)
+    if limits:
+        own = registry_edit.user_value(text, name, "limits")
+        merged = {**(own if isinstance(own, dict) else {}), **limits}
+        text = registry_edit.set_user_key(text, name, "limits", merged)
     return text
 
 
@@ -51,12 +60,20 @@ def set_effects(old: registry.User, new: registry.User, running: bool) -> list[s
     if old.gpus != new.gpus:
         when = "at the container's next start" if running else "when the container next starts"
         notes.append(f"gpus {_gpus(old.gpus)} -> {_gpus(new.gpus)}: config regenerated, takes effect {when}")
+    if old.limits != new.limits:
+        when = "at the container's next start (restart it to apply now)" if running else "when it next starts"
+        change = f"{limits_text(old.limits)} -> {limits_text(new.limits)}"
+        notes.append(f"limits {change}: config regenerated, takes effect {when}")
     if old.snapshot_limit != new.snapshot_limit:
         notes.append(
             f"snapshot_limit {old.snapshot_limit} -> {new.snapshot_limit}: "
             "from the next snapshot (existing snapshots are kept)"
         )
     return notes or ["nothing changed"]
+
+
+def limits_text(limits: registry.Limits) -> str:
+    return f"memory={registry.size_text(limits.memory)} cpus={limits.cpus:g} pids={limits.pids}"
 
 
 def _gpus(spec: registry.GpuSpec) -> str:
@@ -90,7 +107,11 @@ def cmd_set(paths: Paths, args: Options, say: Say) -> int:
             if new_user.port != old_user.port:
                 services.ensure_forward(ctx, new_user)
             running = reconcile.container_state(driver, new_user.container) == RUNNING
-            if (new_user.gpus, new_user.autostart) != (old_user.gpus, old_user.autostart):
+            if (new_user.gpus, new_user.autostart, new_user.limits) != (
+                old_user.gpus,
+                old_user.autostart,
+                old_user.limits,
+            ):
                 regenerate_config(new_reg, paths, new_user.container)
     changes = ", ".join(usersettings.describe(key, value) for key, value in values.items())
     say(f"set {name}: {changes}")

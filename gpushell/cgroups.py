@@ -11,8 +11,42 @@ from __future__ import annotations
 
 import os
 
+from .model import Value
+
 ROOT = "/sys/fs/cgroup"
 PAYLOAD_PREFIX = "lxc.payload."
+
+
+class CgroupLayout(Value):
+    """Which cgroup interface the host offers: v1 (one hierarchy per controller) or v2 (unified)."""
+
+    __slots__ = ("swap", "version")
+
+    def __init__(self, version: int, swap: bool) -> None:
+        self.version = version
+        self.swap = swap  # whether swap can be limited (memsw or memory.swap.max exists)
+
+
+CGROUP_V1 = CgroupLayout(1, swap=True)
+CGROUP_V2 = CgroupLayout(2, swap=True)
+
+
+def layout(root: str = ROOT) -> CgroupLayout:
+    """The host's cgroup layout: v2 when the unified hierarchy is mounted at root."""
+    if os.path.exists(f"{root}/cgroup.controllers"):
+        return CgroupLayout(2, swap=_v2_has_swap(root))
+    return CgroupLayout(1, swap=os.path.exists(f"{root}/memory/memory.memsw.limit_in_bytes"))
+
+
+def _v2_has_swap(root: str) -> bool:
+    # The root cgroup has no memory.swap.max; this process's own cgroup does
+    # unless the kernel was booted without swap accounting.
+    try:
+        with open("/proc/self/cgroup", encoding="ascii") as stream:
+            own = stream.read().strip().rpartition(":")[2]
+    except OSError:
+        return True
+    return own in ("", "/") or os.path.exists(f"{root}{own}/memory.swap.max")
 
 
 def controller_path(proc_cgroup: str, controller: str) -> str | None:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from . import (
+    cgroups,
     chaincheck,
     driverfiles,
     dropins,
@@ -72,6 +73,7 @@ class Facts:
     listeners: dict[int, str]  # TCP port a host process listens on -> who
     accounts: dict[str, reconcile.Account | None]
     apparmor_profile: str = "generated"
+    cgroup: cgroups.CgroupLayout = cgroups.CGROUP_V1
     gpu: gpudevices.GpuHost = gpudevices.NO_DRIVER
     student_ids: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
     leftovers: tuple[leftovers.Leftover, ...] = ()  # of interrupted adds (leftovers.find)
@@ -425,6 +427,7 @@ def check_containers(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]
                     facts.apparmor_profile,
                     facts.gpu.nodes,
                     facts.student_ids.get(user.name),
+                    facts.cgroup,
                 ),
                 f"{user.name}: container {user.container} config matches the registry",
                 f"{user.name}: {reconcile.config_path(reg, user.container)} differs from the registry's",
@@ -634,6 +637,7 @@ def gather(reg: Registry, paths: Paths) -> Facts:
         listeners=listeners(),
         accounts=accounts,
         apparmor_profile=provision.apparmor_profile(),
+        cgroup=cgroups.layout(),
         gpu=gpudevices.read_host(reg.gpu_devices, reg.driver_root),
         student_ids=reconcile.host_ids(reg),
         leftovers=tuple(leftovers.find(reg, paths, scan)),

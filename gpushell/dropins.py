@@ -44,7 +44,19 @@ def sshd(paths: Paths) -> str:
     ).replace("{group}", paths.group)
 
 
-def starter_registry(hostname: str) -> str:
+def starter_limits(memory_bytes: int, cpu_count: int) -> tuple[str, int | float]:
+    """Each student's default memory and CPUs on a host this size: half of each (pure).
+
+    One student alone can use at most half the host, so a runaway job never
+    starves the rest; the admin raises or lowers it per student.
+    """
+    gib = max(1, memory_bytes // 2**31)  # half the memory, whole GiB, at least 1
+    half = cpu_count / 2
+    return f"{gib}G", int(half) if half >= 1 and half.is_integer() else max(0.5, half)
+
+
+def starter_registry(hostname: str, memory_bytes: int, cpu_count: int) -> str:
+    memory, cpus = starter_limits(memory_bytes, cpu_count)
     return (
         "# gpushell registry: see gpushell.yaml(5).  gpushell-admin keeps\n"
         "# comments and layout when it adds or removes students.\n"
@@ -55,5 +67,11 @@ def starter_registry(hostname: str) -> str:
         "template: gpushell-bookworm\n"
         "gpus: none\n"
         "mounts: []\n"
+        "# Each student's container, unless their entry says otherwise (sized from this host).\n"
+        f"limits: {{memory: {memory}, cpus: {cpus}, pids: 4096}}\n"
+        "# Containers may not connect to each other, only through the forwards.\n"
+        "allow_container_traffic: false\n"
+        "# Networks no container may reach (a NAS server's admin side, a management LAN).\n"
+        "egress_deny: []\n"
         "users:\n"
     )

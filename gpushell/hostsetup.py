@@ -19,7 +19,9 @@ def ensure_registry(paths: Paths, report: Report) -> None:
         return
     import socket  # for the host's name, once
 
-    registry_file.write_atomically(paths.registry, dropins.starter_registry(socket.getfqdn()))
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    text = dropins.starter_registry(socket.getfqdn(), memory, os.cpu_count() or 1)
+    registry_file.write_atomically(paths.registry, text)
     report(f"wrote a starter registry to {paths.registry}")
 
 

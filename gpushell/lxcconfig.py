@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .cgroups import CGROUP_V1, CgroupLayout
 from .driverfiles import hook_line
 from .gpudevices import Node
-from .model import Registry, User
+from .model import Limits, Registry, User
 from .paths import DRIVER_HOOK
 
 COMMON_INCLUDES = (
@@ -18,6 +19,47 @@ COMMON_INCLUDES = (
 def mac_address(address: str) -> str:
     """A stable, locally administered MAC derived from the IPv4 address (no ARP surprises on rebuild)."""
     return "02:00:" + ":".join(f"{int(octet):02x}" for octet in address.split("."))
+
+
+def host_interface(address: str) -> str:
+    """The host side of a container's veth: fixed by its address, so firewall rules can name it.
+
+    `gs` and the address in hex (10.0.3.2 -> gs0a000302): 10 characters, within
+    the kernel's 15, unique on the host as the addresses are, and the same
+    across restarts, where LXC would pick a random `vethXXXXXX`.
+    """
+    return "gs" + "".join(f"{int(octet):02x}" for octet in address.split("."))
+
+
+CPU_PERIOD_US = 100_000
+
+
+def limit_lines(limits: Limits, layout: CgroupLayout) -> list[str]:
+    """The container's memory, CPU and pids limits, in the keys of the host's cgroup layout.
+
+    Only that layout's keys: LXC refuses to start a container whose config
+    names a controller file the host does not have.  Swap is capped at as
+    much as memory (v1 counts memory and swap together in memsw).
+    """
+    quota = max(1000, round(limits.cpus * CPU_PERIOD_US))
+    if layout.version == 2:
+        lines = [f"lxc.cgroup2.memory.max = {limits.memory}"]
+        if layout.swap:
+            lines.append(f"lxc.cgroup2.memory.swap.max = {limits.memory}")
+        return [
+            *lines,
+            f"lxc.cgroup2.cpu.max = {quota} {CPU_PERIOD_US}",
+            f"lxc.cgroup2.pids.max = {limits.pids}",
+        ]
+    lines = [f"lxc.cgroup.memory.limit_in_bytes = {limits.memory}"]
+    if layout.swap:
+        lines.append(f"lxc.cgroup.memory.memsw.limit_in_bytes = {2 * limits.memory}")
+    return [
+        *lines,
+        f"lxc.cgroup.cpu.cfs_period_us = {CPU_PERIOD_US}",
+        f"lxc.cgroup.cpu.cfs_quota_us = {quota}",
+        f"lxc.cgroup.pids.max = {limits.pids}",
+    ]
 
 
 STUDENT_ID = 1000  # the student's uid and gid inside their own container
@@ -76,8 +118,9 @@ def container_config(
     apparmor_profile: str = "generated",
     gpu_nodes: Sequence[Node] = (),
     student_ids: tuple[int, int] | None = None,
+    cgroup: CgroupLayout = CGROUP_V1,
 ) -> str:
-    """The container's LXC config: unprivileged, id-mapped rootfs, static IP, its GPUs.
+    """The container's LXC config: unprivileged, id-mapped rootfs, static IP, its GPUs, its limits.
 
     The rootfs on disk keeps the template's plain ids; `idmap=container`
     shows it to the container through the user's own id range, so every
@@ -102,11 +145,13 @@ def container_config(
         "lxc.net.0.type = veth",
         f"lxc.net.0.link = {reg.bridge}",
         "lxc.net.0.flags = up",
+        f"lxc.net.0.veth.pair = {host_interface(user.address)}",
         f"lxc.net.0.hwaddr = {mac_address(user.address)}",
         f"lxc.net.0.ipv4.address = {user.address}/{reg.subnet.prefixlen}",
         f"lxc.net.0.ipv4.gateway = {reg.gateway}",
         f"lxc.start.auto = {int(user.autostart)}",
     ]
+    lines += limit_lines(user.limits, cgroup)
     lines += device_lines(gpu_nodes, reg.gpu_devices)
     if reg.driver == "host" and gpu_nodes:
         lines.append(hook_line(DRIVER_HOOK, reg.driver_root))

@@ -61,9 +61,24 @@ class Mount(Value):
         self.source, self.target, self.readonly = source, target, readonly
 
 
+class Limits(Value):
+    """What the kernel lets one container use: memory (bytes, and as much swap), CPUs, processes."""
+
+    __slots__ = ("cpus", "memory", "pids")
+
+    def __init__(self, memory: int, cpus: float, pids: int) -> None:
+        self.memory, self.cpus, self.pids = memory, cpus, pids
+
+
+# Used where a registry says nothing: finite, never unlimited.  `init`
+# writes values sized from the host into a new registry instead.
+DEFAULT_LIMITS = Limits(memory=8 * 2**30, cpus=4.0, pids=4096)
+
+
 class User(Value):
     __slots__ = (
-        "address", "autostart", "container", "gpus", "idmap", "mounts", "name", "port", "snapshot_limit",
+        "address", "autostart", "container", "gpus", "idmap", "limits", "mounts", "name", "port",
+        "snapshot_limit",
     )  # fmt: skip
 
     def __init__(
@@ -77,8 +92,10 @@ class User(Value):
         mounts: tuple[Mount, ...],
         autostart: bool = False,
         snapshot_limit: int = 3,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.name, self.port, self.idmap = name, port, idmap
+        self.limits = limits
         self.address = str(ip)  # the container's IPv4 address as dotted text
         self.container, self.gpus, self.mounts, self.autostart = container, gpus, mounts, autostart
         self.snapshot_limit = snapshot_limit  # how many snapshots the student may keep; 0: none
@@ -95,9 +112,10 @@ _SUBNETS: dict[str, ipaddress.IPv4Network] = {}
 
 class Registry(Value):
     __slots__ = (
-        "bridge", "chain", "disabled_actions", "driver", "driver_installer", "driver_root", "gpu_devices",
-        "gpus", "hostname", "idle_timeout", "idmap_size", "idmap_start", "lxcpath", "masquerade", "mounts",
-        "network", "path", "ports", "snapshot_limit", "start_timeout", "template", "users",
+        "allow_container_traffic", "bridge", "chain", "disabled_actions", "driver", "driver_installer",
+        "driver_root", "egress_deny", "gpu_devices", "gpus", "hostname", "idle_timeout", "idmap_size",
+        "idmap_start", "limits", "lxcpath", "masquerade", "mounts", "network", "path", "ports",
+        "snapshot_limit", "start_timeout", "template", "users",
     )  # fmt: skip
 
     def __init__(
@@ -124,6 +142,9 @@ class Registry(Value):
         driver_installer: str = "",
         snapshot_limit: int = 3,
         disabled_actions: tuple[str, ...] = (),
+        limits: Limits = DEFAULT_LIMITS,
+        allow_container_traffic: bool = False,
+        egress_deny: tuple[str, ...] = (),
     ) -> None:
         self.path, self.hostname, self.bridge = path, hostname, bridge
         self.network = str(subnet)  # the bridge's subnet as text, `10.0.3.0/24`
@@ -136,6 +157,10 @@ class Registry(Value):
         self.driver_installer = driver_installer  # NVIDIA's .run for `driver sync`; "" when unset
         self.snapshot_limit = snapshot_limit  # the default for users without their own
         self.disabled_actions = disabled_actions  # menu words the admin turned off for this lab
+        self.limits = limits  # the default for users without their own
+        # Whether containers may open connections to each other (off: only through the forwards).
+        self.allow_container_traffic = allow_container_traffic
+        self.egress_deny = egress_deny  # CIDRs no container may reach (a NAS server, a management LAN)
 
     def __hash__(self) -> int:
         return hash((self.path, self.hostname))  # users is a dict

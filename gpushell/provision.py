@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import pwd
 
-from . import gpudevices, hostsetup, lxcconfig, rootfs
+from . import cgroups, gpudevices, hostsetup, lxcconfig, rootfs
 from .errors import GpushellError
 from .model import Registry, User
 from .runner import run
@@ -53,7 +53,10 @@ def create(reg: Registry, user: User, keys: str) -> str:
             host = gpudevices.read_host(reg.gpu_devices, reg.driver_root)
             nodes = gpudevices.select(host.nodes, user.gpus)
             ids = student_ids(user)
-            config.write(lxcconfig.container_config(reg, user, final_root, apparmor_profile(), nodes, ids))
+            text = lxcconfig.container_config(
+                reg, user, final_root, apparmor_profile(), nodes, ids, cgroups.layout()
+            )
+            config.write(text)
         # Which template it was copied from, for `gpushell-admin template list`.
         with open(os.path.join(staging, ORIGIN_FILE), "w", encoding="utf-8") as origin_file:
             origin_file.write(f"{reg.template}\n")

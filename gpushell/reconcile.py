@@ -15,6 +15,7 @@ import pwd
 from collections.abc import Callable, Iterable
 
 from . import (
+    cgroups,
     chaincheck,
     chainrebuild,
     gpudevices,
@@ -59,7 +60,7 @@ class Account(Value):
 
 
 class HostState(Value):
-    __slots__ = ("accounts", "apparmor_profile", "bridge_ready", "chain_problems", "configs",
+    __slots__ = ("accounts", "apparmor_profile", "bridge_ready", "cgroup", "chain_problems", "configs",
                  "forwarding_on", "gpu", "leftovers", "states", "student_ids", "table")  # fmt: skip
 
     def __init__(
@@ -77,8 +78,9 @@ class HostState(Value):
         leftovers: tuple[Leftover, ...] = (),
         # chaincheck.problems(table, registry), when already known; None: plan works them out
         chain_problems: list[chaincheck.Problem] | None = None,
+        cgroup: cgroups.CgroupLayout = cgroups.CGROUP_V1,
     ) -> None:
-        self.table, self.chain_problems = table, chain_problems
+        self.table, self.chain_problems, self.cgroup = table, chain_problems, cgroup
         self.bridge_ready, self.forwarding_on = bridge_ready, forwarding_on
         self.configs, self.accounts, self.states = configs, accounts, states
         self.apparmor_profile, self.gpu, self.leftovers = apparmor_profile, gpu, leftovers
@@ -125,11 +127,12 @@ def wanted_config(
     apparmor_profile: str,
     gpu_nodes: tuple[gpudevices.Node, ...] = (),
     student_ids: tuple[int, int] | None = None,
+    cgroup: cgroups.CgroupLayout = cgroups.CGROUP_V1,
 ) -> str:
     """The config for user; gpu_nodes: every NVIDIA node on the host (the user's are picked here)."""
     rootfs = os.path.join(provision.container_dir(reg, user.container), "rootfs")
     nodes = gpudevices.select(gpu_nodes, user.gpus)
-    return lxcconfig.container_config(reg, user, rootfs, apparmor_profile, nodes, student_ids)
+    return lxcconfig.container_config(reg, user, rootfs, apparmor_profile, nodes, student_ids, cgroup)
 
 
 def plan(reg: Registry, paths: Paths, state: HostState) -> Plan:
@@ -166,6 +169,7 @@ def plan(reg: Registry, paths: Paths, state: HostState) -> Plan:
             state.apparmor_profile,
             gpudevices.after_repair(state.gpu),
             state.student_ids.get(user.name),
+            state.cgroup,
         )
         if current != config:
             note = " (takes effect at its next start)" if state.states.get(user.container) == RUNNING else ""
@@ -331,6 +335,7 @@ def observe(
         gpu=gpudevices.read_host(reg.gpu_devices, reg.driver_root),
         student_ids=host_ids(reg),
         leftovers=tuple(leftovers.find(reg, paths, leftovers.scan(reg, paths))),
+        cgroup=cgroups.layout(),
     )
 
 

@@ -15,14 +15,14 @@ import yaml
 
 from .errors import ExitStatus, GpushellError
 from .menu import DISABLEABLE
-from .model import GpuSpec, Mount, Registry, User
+from .model import DEFAULT_LIMITS, GpuSpec, Limits, Mount, Registry, User
 
 TYPE_CHECKING = False  # `typing` (~3 ms) for mypy only
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-__all__ = ["GpuSpec", "Mount", "Registry", "RegistryError", "User", "parse"]
+__all__ = ["GpuSpec", "Limits", "Mount", "Registry", "RegistryError", "User", "parse"]
 
 try:  # the C loader is several times faster, and this runs on every login
     _Loader: Any = yaml.CSafeLoader
@@ -69,11 +69,23 @@ SETTINGS_DEFAULTS: dict[str, Any] = {
     "masquerade": True,
     "snapshot_limit": 3,
     "disabled_actions": [],
+    "limits": {},
+    "allow_container_traffic": False,
+    "egress_deny": [],
     "users": {},
 }
-USER_KEYS = frozenset({"port", "ip", "idmap", "container", "gpus", "mounts", "autostart", "snapshot_limit"})
+USER_KEYS = frozenset(
+    {"port", "ip", "idmap", "container", "gpus", "mounts", "autostart", "snapshot_limit", "limits"}
+)
 MAX_SNAPSHOTS = 100
 MOUNT_KEYS = frozenset({"source", "target", "mode"})
+LIMIT_KEYS = frozenset({"memory", "cpus", "pids"})
+SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?", re.IGNORECASE)
+SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+MIN_MEMORY = 64 * 2**20  # below this a Debian userland with sshd does not start
+MAX_MEMORY = 2**50
+MIN_CPUS, MAX_CPUS = 0.01, 1024.0
+MIN_PIDS, MAX_PIDS = 32, 4194304
 
 
 class _Parser:
@@ -206,6 +218,55 @@ def _ipv4(value: Any) -> ipaddress.IPv4Address:
         raise ValueError(f"{value!r} is not an IPv4 address") from None
 
 
+def size_in_bytes(value: Any) -> int:
+    """`16G`, `512M`, `1.5T` or a plain number of bytes; units are powers of 1024."""
+    match = SIZE.fullmatch(str(value).strip()) if not isinstance(value, bool) else None
+    if match is None:
+        raise ValueError(f"{value!r} is not a size like 16G or 512M")
+    return int(float(match[1]) * SIZE_UNITS[match[2].upper()])
+
+
+def size_text(size: int) -> str:
+    """A size as the registry writes it: `16G`, `512M`, `1.5G` (pure)."""
+    for unit in ("T", "G", "M", "K"):
+        scaled = size / SIZE_UNITS[unit]
+        if scaled >= 1:
+            return f"{scaled:.0f}{unit}" if scaled.is_integer() else f"{scaled:.3g}{unit}"
+    return str(size)
+
+
+def _memory(value: Any) -> int:
+    size = size_in_bytes(value)
+    if not MIN_MEMORY <= size <= MAX_MEMORY:
+        raise ValueError(f"{value!r} must be between 64M and 1024T")
+    return size
+
+
+def _cpus(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not MIN_CPUS <= value <= MAX_CPUS:
+        raise ValueError(f"{value!r} is not a number of CPUs between {MIN_CPUS} and {MAX_CPUS:.0f}")
+    return float(value)
+
+
+LIMIT_CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "memory": _memory,
+    "cpus": _cpus,
+    "pids": _integer(MIN_PIDS, MAX_PIDS),
+}
+
+
+def _cidrs(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ValueError("must be a list of IPv4 networks like 192.168.10.0/24")
+    networks = []
+    for item in value:
+        try:
+            networks.append(str(ipaddress.IPv4Network(str(item), strict=False)))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IPv4 network like 192.168.10.0/24") from None
+    return tuple(dict.fromkeys(networks))
+
+
 def _gpus(value: Any) -> GpuSpec:
     if value in ("all", "none"):
         return str(value)
@@ -276,13 +337,19 @@ class _Validator:
             "masquerade": setting("masquerade", _boolean),
             "snapshot_limit": setting("snapshot_limit", _integer(0, MAX_SNAPSHOTS)),
             "disabled_actions": setting("disabled_actions", _actions),
+            "allow_container_traffic": setting("allow_container_traffic", _boolean),
+            "egress_deny": setting("egress_deny", _cidrs),
         }
+        limits = (
+            self.limits(nodes["limits"], "limits", DEFAULT_LIMITS) if "limits" in nodes else DEFAULT_LIMITS
+        )
         mounts = self.mounts(nodes["mounts"], "mounts") if "mounts" in nodes else ()
         defaults = Registry(
             path=p.path,
             idmap_start=idmap_start,
             idmap_size=idmap_size,
             mounts=mounts,
+            limits=limits,
             users={},
             **settings,
         )
@@ -301,6 +368,17 @@ class _Validator:
         if "size" in items:
             size = self.p.typed(items["size"], "idmap.size", _integer(MIN_IDMAP_SIZE, 2**31), size)
         return start, size
+
+    def limits(self, node: yaml.Node | None, field: str, defaults: Limits) -> Limits:
+        """A `limits:` mapping; keys it leaves out (or no mapping) keep the defaults' values."""
+        if node is None:
+            return defaults
+        keys = self.p.mapping(node, field, LIMIT_KEYS)
+        given = {
+            key: self.p.typed(keys[key], f"{field}.{key}", LIMIT_CONVERTERS[key], getattr(defaults, key))
+            for key in sorted(keys)
+        }
+        return defaults.replace(**given)
 
     def mounts(self, node: yaml.Node, field: str) -> tuple[Mount, ...]:
         if not isinstance(node, yaml.SequenceNode):
@@ -397,9 +475,12 @@ class _Validator:
         if "snapshot_limit" in keys:
             limit = _integer(0, MAX_SNAPSHOTS)
             snapshot_limit = p.typed(keys["snapshot_limit"], f"{field}.snapshot_limit", limit, snapshot_limit)
+        limits = (
+            self.limits(keys["limits"], f"{field}.limits", reg.limits) if "limits" in keys else reg.limits
+        )
         if len(p.problems) > before or port is None or ip is None or idmap is None:
             return None
-        return User(name, port, ip, idmap, container, gpus, mounts, autostart, snapshot_limit)
+        return User(name, port, ip, idmap, container, gpus, mounts, autostart, snapshot_limit, limits)
 
 
 def _reserved_addresses(reg: Registry) -> set[ipaddress.IPv4Address]:

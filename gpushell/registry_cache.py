@@ -19,7 +19,7 @@ import os
 
 from . import __version__
 from .errors import ExitStatus, GpushellError
-from .model import Mount, Registry, User
+from .model import Limits, Mount, Registry, User
 from .ownership import check_owned_by_root
 from .paths import Paths
 
@@ -27,7 +27,7 @@ TYPE_CHECKING = False  # `typing` stays off the login path
 if TYPE_CHECKING:
     from typing import Any
 
-FORMAT = 7
+FORMAT = 8
 Identity = tuple[int, int, int, int, int]
 
 
@@ -43,18 +43,24 @@ def _mounts(mounts: tuple[Mount, ...]) -> tuple[tuple[str, str, bool], ...]:
     return tuple((m.source, m.target, m.readonly) for m in mounts)
 
 
+def _limits(limits: Limits) -> tuple[int, float, int]:
+    return (limits.memory, limits.cpus, limits.pids)
+
+
 # Registry's fields but `users`, in the order the cache stores them.
 SETTINGS = (
     "path", "hostname", "bridge", "subnet", "ports", "template", "lxcpath", "chain", "idmap_start",
     "idmap_size", "gpus", "mounts", "start_timeout", "idle_timeout", "masquerade", "gpu_devices",
-    "driver", "driver_root", "snapshot_limit", "disabled_actions", "driver_installer",
+    "driver", "driver_root", "snapshot_limit", "disabled_actions", "driver_installer", "limits",
+    "allow_container_traffic", "egress_deny",
 )  # fmt: skip
 _MOUNTS = SETTINGS.index("mounts")
+_LIMITS = SETTINGS.index("limits")
 
 
 def to_plain(reg: Registry) -> dict[str, object]:
     """The registry as marshal-able values (str, int, float, bool, tuple, dict)."""
-    plain = {"subnet": reg.network, "mounts": _mounts(reg.mounts)}
+    plain = {"subnet": reg.network, "mounts": _mounts(reg.mounts), "limits": _limits(reg.limits)}
     settings = tuple(plain.get(field, getattr(reg, field)) for field in SETTINGS)
     users = {
         u.name: (
@@ -66,6 +72,7 @@ def to_plain(reg: Registry) -> dict[str, object]:
             _mounts(u.mounts),
             u.autostart,
             u.snapshot_limit,
+            _limits(u.limits),
         )
         for u in reg.users.values()
     }
@@ -74,14 +81,15 @@ def to_plain(reg: Registry) -> dict[str, object]:
 
 
 def _user(name: str, entry: tuple[Any, ...]) -> User:
-    port, ip, idmap, container, gpus, mounts, autostart, snapshot_limit = entry
+    port, ip, idmap, container, gpus, mounts, autostart, snapshot_limit, limits = entry
     return User(name, port, ip, idmap, container, gpus,
-                tuple(Mount(*m) for m in mounts), autostart, snapshot_limit)  # fmt: skip
+                tuple(Mount(*m) for m in mounts), autostart, snapshot_limit, Limits(*limits))  # fmt: skip
 
 
 def _registry(plain: dict[str, Any], users: dict[str, User]) -> Registry:
     settings = list(plain["settings"])
     settings[_MOUNTS] = tuple(Mount(*m) for m in settings[_MOUNTS])
+    settings[_LIMITS] = Limits(*settings[_LIMITS])
     return Registry(**dict(zip(SETTINGS, settings, strict=True)), users=users)
 
 

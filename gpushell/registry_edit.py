@@ -115,6 +115,13 @@ def flow_value(value: Any) -> str:
     return str(yaml.safe_dump([value], default_flow_style=True, width=10**6).strip()[1:-1])
 
 
+def user_value(text: str, name: str, key: str) -> Any:
+    """The value of `key` in user `name`'s entry as YAML reads it; None when absent."""
+    entries = (yaml.safe_load(text) or {}).get("users") or {}
+    entry = entries.get(name) if isinstance(entries, dict) else None
+    return entry.get(key) if isinstance(entry, dict) else None
+
+
 def set_user_key(text: str, name: str, key: str, value: Any) -> str:
     """Text with `key: value` set in user `name`'s block: replaced if present, else added."""
     _, users = _users_node(text)

@@ -12,7 +12,9 @@ from typing import Any
 
 from .errors import ExitStatus, GpushellError
 
-SETTABLE = ("gpus", "port", "autostart", "snapshot_limit")
+SETTABLE = ("gpus", "port", "autostart", "snapshot_limit", "memory", "cpus", "pids")
+# Kept in the user's own `limits:` mapping rather than as keys of their own.
+LIMIT_KEYS = ("memory", "cpus", "pids")
 GPU_LIST = re.compile(r"\d{1,4}(,\d{1,4})*")
 
 
@@ -49,11 +51,44 @@ def snapshot_limit_value(text: str) -> int:
     return int(text)
 
 
+def memory_value(text: str) -> str:
+    """The size as the admin wrote it (`16G`), once the registry's own rule accepts it."""
+    from .registry import LIMIT_CONVERTERS
+
+    try:
+        LIMIT_CONVERTERS["memory"](text)
+    except ValueError:
+        raise _usage(f"memory={text}: use a size like 16G or 512M (at least 64M)") from None
+    return text.upper()
+
+
+def cpus_value(text: str) -> int | float:
+    from .registry import LIMIT_CONVERTERS
+
+    try:
+        number = float(text)
+        LIMIT_CONVERTERS["cpus"](number)
+    except ValueError:
+        raise _usage(f"cpus={text}: use a number of CPUs like 4 or 0.5") from None
+    return int(number) if number.is_integer() else number
+
+
+def pids_value(text: str) -> int:
+    from .registry import MAX_PIDS, MIN_PIDS
+
+    if not text.isdigit() or not MIN_PIDS <= int(text) <= MAX_PIDS:
+        raise _usage(f"pids={text}: use a number of processes from {MIN_PIDS} to {MAX_PIDS}")
+    return int(text)
+
+
 CONVERTERS = {
     "gpus": gpus_value,
     "port": port_value,
     "autostart": autostart_value,
     "snapshot_limit": snapshot_limit_value,
+    "memory": memory_value,
+    "cpus": cpus_value,
+    "pids": pids_value,
 }
 
 

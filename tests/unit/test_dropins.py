@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gpushell.dropins import sshd, starter_registry, sudoers
+from gpushell.dropins import sshd, starter_limits, starter_registry, sudoers
 from gpushell.helper import ACTIONS
 from gpushell.paths import DEFAULT, Paths
 from gpushell.registry import parse
@@ -96,8 +96,17 @@ def test_sshd_other_group():
 
 
 def test_starter_registry_parses():
-    reg = parse(starter_registry("gpu1"), "/etc/gpushell.yaml")
+    reg = parse(starter_registry("gpu1", 64 * 2**30, 16), "/etc/gpushell.yaml")
     assert reg.hostname == "gpu1"
     assert reg.users == {}
     assert reg.mounts == ()
     assert reg.gpus == "none"
+    assert (reg.limits.memory, reg.limits.cpus, reg.limits.pids) == (32 * 2**30, 8.0, 4096)
+    assert reg.allow_container_traffic is False
+    assert reg.egress_deny == ()
+
+
+def test_starter_limits_are_half_the_host_and_never_zero():
+    assert starter_limits(24 * 2**30, 2) == ("12G", 1)
+    assert starter_limits(1 * 2**30, 1) == ("1G", 0.5)
+    assert starter_limits(256 * 2**30 + 5, 7) == ("128G", 3.5)
