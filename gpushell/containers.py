@@ -13,7 +13,7 @@ import time
 from _socket import AF_INET, AF_UNIX, SOCK_STREAM, socket
 
 from .errors import ExitStatus, GpushellError
-from .runner import run
+from .runner import LARGE_OUTPUT, run
 
 RUNNING, STOPPED, MISSING, FROZEN = "RUNNING", "STOPPED", "MISSING", "FROZEN"
 # What lxc-start prints (exit status 0) for a container that runs already.
@@ -99,7 +99,7 @@ class LxcDriver(ContainerDriver):
 
     def running(self) -> set[str]:
         """The names of every running container under lxcpath: one lxc-ls, not an lxc-info each."""
-        result = run(["lxc-ls", "-P", self.lxcpath, "--running", "-1"])
+        result = run(["lxc-ls", "-P", self.lxcpath, "--running", "-1"], max_output=LARGE_OUTPUT)
         return set(result.stdout.split())
 
     def start(self, name: str) -> bool:

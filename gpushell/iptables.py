@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from . import forward, nftgen
-from .runner import Started, start
+from .runner import LARGE_OUTPUT, Started, start
 
 TYPE_CHECKING = False  # `collections.abc` stays off the login path
 if TYPE_CHECKING:
@@ -28,7 +28,8 @@ class Reading:
         self._save = start([IPTABLES_SAVE, "-t", "nat"])
 
     def table(self) -> forward.NatTable:
-        return forward.NatTable(self._save.result().stdout, self._generation)
+        # A thousand users' rules: well past the default cap (runner.py), from a trusted tool.
+        return forward.NatTable(self._save.result(max_output=LARGE_OUTPUT).stdout, self._generation)
 
 
 def still_current(table: forward.NatTable) -> forward.NatTable:

@@ -6,6 +6,12 @@ little of it gpushell needs.  A tick callback runs while the child works,
 so the shell can draw a spinner.  `start` leaves a child running while the
 caller works on, and collects it later.  The program is found by absolute
 path or on the PATH of the environment given, never the caller's.
+
+Output is capped: the first `max_output` bytes of each stream are kept,
+the rest is read and thrown away, so a child (or a container behind
+`lxc-attach`) that floods never blocks on a full pipe and never makes the
+caller buffer more than the cap.  A child that floods forever ends at its
+timeout like any other.
 """
 
 from __future__ import annotations
@@ -19,6 +25,15 @@ from .signals import SIGKILL
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+
+# What a caller keeps of each stream unless it asks for more: plenty for a
+# message or a small report, and a flood costs no more than this.
+DEFAULT_MAX_OUTPUT = 64 * 1024
+CHUNK = 65536
+# A started child writes into its pipe while the caller works elsewhere;
+# a larger pipe (the unprivileged maximum) lets it finish meanwhile.
+F_SETPIPE_SZ = 1031
+STARTED_PIPE_SIZE = 1 << 20
 
 
 class Timeout(Exception):
@@ -39,6 +54,116 @@ def _resolve(program: str, env: dict[str, str]) -> str:
     raise FileNotFoundError(f"{program} not found on {env.get('PATH', '')}")
 
 
+class Capped:
+    """The first `limit` bytes written to it; the rest is only counted."""
+
+    __slots__ = ("chunks", "dropped", "kept", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.kept, self.dropped = limit, 0, 0
+        self.chunks: list[bytes] = []
+
+    def add(self, data: bytes) -> None:
+        room = self.limit - self.kept
+        if room > 0:
+            self.chunks.append(data[:room])
+            self.kept += min(room, len(data))
+        self.dropped += max(0, len(data) - max(room, 0))
+
+    def text(self) -> str:
+        return b"".join(self.chunks).decode(errors="replace")
+
+
+def _spawn(argv: Sequence[str], env: dict[str, str], stdin_fd: int, out_fd: int, err_fd: int) -> int:
+    return os.posix_spawn(
+        _resolve(argv[0], env), list(argv), env,
+        file_actions=[
+            (os.POSIX_SPAWN_DUP2, stdin_fd, 0),
+            (os.POSIX_SPAWN_DUP2, out_fd, 1),
+            (os.POSIX_SPAWN_DUP2, err_fd, 2),
+        ],
+    )  # fmt: skip
+
+
+def _kill(pid: int) -> None:
+    """SIGKILL and reap pid (already gone: nothing to do)."""
+    try:
+        os.kill(pid, SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
+def _collect(
+    pid: int,
+    readers: list[int],
+    in_write: int,
+    stdin: bytes,
+    timeout: float | None,
+    tick: Callable[[float], None],
+    interval: float,
+    max_output: int,
+    name: str,
+) -> tuple[int, str, str]:
+    """Feed stdin, read both streams (capped) to EOF, reap pid; the fds are closed here.
+
+    Any exception on the way (the timeout, a signal handler's) kills the
+    child first: nothing is left running behind the caller's back.
+    """
+    kept = {fd: Capped(max_output) for fd in readers}
+    pending = list(readers)
+    to_write = memoryview(stdin)
+    writers = [in_write] if in_write >= 0 else []
+    began = time.monotonic()
+    reaped = False
+    try:
+        while pending or writers:
+            ready, writable, _ = select.select(pending, writers, [], interval)
+            if writable:
+                try:
+                    sent = os.write(in_write, to_write[:CHUNK])
+                except BrokenPipeError:
+                    sent = len(to_write)
+                to_write = to_write[sent:]
+                if not to_write:
+                    os.close(in_write)
+                    writers = []
+            for fd in ready:
+                data = os.read(fd, CHUNK)
+                if data:
+                    kept[fd].add(data)
+                else:
+                    pending.remove(fd)
+            elapsed = time.monotonic() - began
+            if timeout is not None and elapsed > timeout:
+                raise Timeout(f"{name} ran longer than {timeout} s")
+            if not ready and not writable:
+                tick(elapsed)
+        # Both streams closed; the child may still run (it closed them, or
+        # passed them on): its exit is bounded by the same timeout.
+        status = _wait_exit(pid, None if timeout is None else max(0.0, timeout - (time.monotonic() - began)))
+        if status is None:
+            raise Timeout(f"{name} ran longer than {timeout} s")
+        reaped = True
+    finally:
+        if not reaped:
+            _kill(pid)
+        for fd in (*readers, *writers):
+            os.close(fd)
+    out, err = (kept[fd].text() for fd in readers)
+    return os.waitstatus_to_exitcode(status), out, err
+
+
+def _wait_exit(pid: int, timeout: float | None) -> int | None:
+    """pid's wait status once it exits, or None past timeout (it still runs then)."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        ended, _, _ = select.select([pidfd], [], [], timeout)
+    finally:
+        os.close(pidfd)
+    return os.waitpid(pid, 0)[1] if ended else None
+
+
 def run(
     argv: Sequence[str],
     env: dict[str, str],
@@ -46,20 +171,17 @@ def run(
     stdin: bytes | None = None,
     timeout: float | None = None,
     interval: float = 0.1,
+    max_output: int = DEFAULT_MAX_OUTPUT,
 ) -> tuple[int, str, str]:
-    """Run argv; return (exit status, stdout, stderr).  stdin is /dev/null unless given."""
+    """Run argv; return (exit status, stdout, stderr), each at most max_output bytes.
+
+    stdin is /dev/null unless given.
+    """
     out_read, out_write = os.pipe()
     err_read, err_write = os.pipe()
     in_read, in_write = os.pipe() if stdin is not None else (os.open(os.devnull, os.O_RDONLY), -1)
     try:
-        pid = os.posix_spawn(
-            _resolve(argv[0], env), list(argv), env,
-            file_actions=[
-                (os.POSIX_SPAWN_DUP2, in_read, 0),
-                (os.POSIX_SPAWN_DUP2, out_write, 1),
-                (os.POSIX_SPAWN_DUP2, err_write, 2),
-            ],
-        )  # fmt: skip
+        pid = _spawn(argv, env, in_read, out_write, err_write)
     except OSError:
         for fd in (out_read, err_read, in_write):
             if fd >= 0:
@@ -68,42 +190,9 @@ def run(
     finally:
         for fd in (out_write, err_write, in_read):
             os.close(fd)
-    chunks: dict[int, list[bytes]] = {out_read: [], err_read: []}
-    pending = [out_read, err_read]
-    to_write = memoryview(stdin or b"")
-    writers = [in_write] if in_write >= 0 else []
-    began = time.monotonic()
-    try:
-        while pending or writers:
-            ready, writable, _ = select.select(pending, writers, [], interval)
-            if writable:
-                try:
-                    sent = os.write(in_write, to_write[:65536])
-                except BrokenPipeError:
-                    sent = len(to_write)
-                to_write = to_write[sent:]
-                if not to_write:
-                    os.close(in_write)
-                    writers = []
-            for fd in ready:
-                data = os.read(fd, 65536)
-                if data:
-                    chunks[fd].append(data)
-                else:
-                    pending.remove(fd)
-            elapsed = time.monotonic() - began
-            if timeout is not None and elapsed > timeout:
-                os.kill(pid, SIGKILL)
-                os.waitpid(pid, 0)
-                raise Timeout(f"{argv[0]} ran longer than {timeout} s")
-            if not ready and not writable:
-                tick(elapsed)
-    finally:
-        for fd in (out_read, err_read, *writers):
-            os.close(fd)
-    _, status = os.waitpid(pid, 0)
-    out, err = (b"".join(chunks[fd]).decode(errors="replace") for fd in (out_read, err_read))
-    return os.waitstatus_to_exitcode(status), out, err
+    return _collect(
+        pid, [out_read, err_read], in_write, stdin or b"", timeout, tick, interval, max_output, argv[0]
+    )
 
 
 def _memory_file(content: bytes = b"") -> int:
@@ -115,52 +204,51 @@ def _memory_file(content: bytes = b"") -> int:
     return fd
 
 
+def _started_pipe() -> tuple[int, int]:
+    read_fd, write_fd = os.pipe()
+    try:
+        import fcntl  # a C module: costs nothing on the login path
+
+        fcntl.fcntl(write_fd, F_SETPIPE_SZ, STARTED_PIPE_SIZE)
+    except OSError:
+        pass  # the default 64 KiB then: the child waits for wait() sooner, that is all
+    return read_fd, write_fd
+
+
 class Child:
-    """A program start() left running; wait() collects its status and output."""
+    """A program start() left running; wait() collects its status and (capped) output.
+
+    Its input is a memory file (our own bytes, any size, never blocking it).
+    Its output goes to pipes, not memory files: a memory file grows with
+    whatever the child writes, and nothing bounds it short of a file-size
+    rlimit, which the child (lxc-start's container, say) would inherit.  A
+    pipe holds at most its buffer (1 MiB here); a child that writes more
+    before wait() waits for wait() to drain it, and wait() keeps the first
+    max_output bytes and throws the rest away.
+    """
 
     def __init__(self, argv: Sequence[str], env: dict[str, str], stdin: bytes | None) -> None:
         self.argv = list(argv)
-        # Its input and output are memory files, not pipes: it never blocks on
-        # a full pipe while the caller is busy elsewhere.
         in_fd = _memory_file(stdin) if stdin is not None else os.open(os.devnull, os.O_RDONLY)
-        self._out, self._err = _memory_file(), _memory_file()
+        self._out, out_write = _started_pipe()
+        self._err, err_write = _started_pipe()
         try:
-            self.pid = os.posix_spawn(
-                _resolve(argv[0], env), self.argv, env,
-                file_actions=[
-                    (os.POSIX_SPAWN_DUP2, in_fd, 0),
-                    (os.POSIX_SPAWN_DUP2, self._out, 1),
-                    (os.POSIX_SPAWN_DUP2, self._err, 2),
-                ],
-            )  # fmt: skip
+            self.pid = _spawn(argv, env, in_fd, out_write, err_write)
         except OSError:
-            self._close()
+            os.close(self._out)
+            os.close(self._err)
             raise
         finally:
-            os.close(in_fd)
+            for fd in (in_fd, out_write, err_write):
+                os.close(fd)
 
-    def _close(self) -> None:
-        for fd in (self._out, self._err):
-            os.close(fd)
-
-    def wait(self, timeout: float | None = None) -> tuple[int, str, str]:
+    def wait(
+        self, timeout: float | None = None, max_output: int = DEFAULT_MAX_OUTPUT
+    ) -> tuple[int, str, str]:
         """(exit status, stdout, stderr) once it has ended; killed past timeout seconds."""
-        try:
-            pidfd = os.pidfd_open(self.pid)
-            try:
-                ended, _, _ = select.select([pidfd], [], [], timeout)
-            finally:
-                os.close(pidfd)
-            if not ended:
-                os.kill(self.pid, SIGKILL)
-                os.waitpid(self.pid, 0)
-                raise Timeout(f"{self.argv[0]} ran longer than {timeout} s")
-            _, status = os.waitpid(self.pid, 0)
-            out, err = (os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
-                        for fd in (self._out, self._err))  # fmt: skip
-        finally:
-            self._close()
-        return os.waitstatus_to_exitcode(status), out, err
+        return _collect(
+            self.pid, [self._out, self._err], -1, b"", timeout, _no_tick, 0.5, max_output, self.argv[0]
+        )
 
 
 def start(argv: Sequence[str], env: dict[str, str], stdin: bytes | None = None) -> Child:

@@ -20,7 +20,7 @@ def host(monkeypatch):
     state = {"generation": 7, "saves": 0}
 
     class Saved:
-        def result(self) -> Result:
+        def result(self, **_: object) -> Result:
             return Result(0, SAVED, "")
 
     def start(argv: list[str], **_: object) -> Saved:

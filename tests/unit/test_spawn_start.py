@@ -24,8 +24,10 @@ def test_input_and_output_larger_than_a_pipe_never_block_the_child() -> None:
     data = b"x" * 300_000  # a pipe holds 64 KiB: the child would wait for a reader
     child = spawn.start(["/bin/sh", "-c", "wc -c; head -c 200000 /dev/zero >&2"], SAFE_ENV, stdin=data)
     time.sleep(0.3)  # nobody reads meanwhile
-    status, out, err = child.wait(10)
+    began = time.monotonic()
+    status, out, err = child.wait(10, max_output=300_000)
     assert (status, out.strip(), len(err)) == (0, "300000", 200_000)
+    assert time.monotonic() - began < 0.2  # it had finished meanwhile: the pipe held it all
 
 
 def test_without_input_the_child_reads_end_of_file() -> None:
@@ -49,7 +51,7 @@ def test_runner_start_checks_the_result_as_run_does() -> None:
     started = runner.start(["/bin/sh", "-c", "echo first >&2; echo no such chain >&2; exit 1"])
     with pytest.raises(GpushellError) as raised:
         started.result()
-    assert raised.value.user_message == "sh failed: no such chain"
+    assert raised.value.user_message == "sh failed: no such chain"  # the admin's wording
     assert runner.start(["/bin/sh", "-c", "exit 2"]).result(check=False).returncode == 2
     assert runner.start(["/bin/cat"], stdin="rules\n").result().stdout == "rules\n"
 
