@@ -12,7 +12,7 @@ import os
 import pwd
 import sys
 
-from . import audit, menu, protocol, registry_cache, services, signals
+from . import audit, menu, protocol, registry_cache, runner, services, signals
 from .containers import FROZEN, RUNNING, LxcDriver, wait_for_sshd
 from .errors import CONTACT_ADMIN, ExitStatus, GpushellError
 from .files import write_private
@@ -243,6 +243,45 @@ def _real_user() -> str:
         return f"uid {os.getuid()}"
 
 
+# --- deadlines and the user lock -----------------------------------------------------
+
+# Seconds a verb may work once it holds the user lock.  Verbs that may start
+# the container get the registry's start_timeout on top (STARTS); copies of
+# a whole rootfs (snapshot, restore, rebuild) get the copy's own timeout.
+WORK_SECONDS = {
+    "login": 60, "start": 60, "restart": 100, "stop": 60,
+    "status": 60, "help": 30, "gpus": 60, "gpu-kill": 30, "snapshots": 60,
+    "snapshot": 1200, "restore": 1200, "delete-snapshot": 600, "rebuild": 1500, "keys": 300,
+}  # fmt: skip
+STARTS = frozenset({"login", "start", "restart", "restore", "rebuild"})
+# How long a verb waits for the user's lock.  A second login waits for the
+# first one's start (one start, one forward rule); a look waits a little;
+# anything else says "busy" at once rather than queue behind a long action.
+JOINS = frozenset({"login", "start"})
+LOOK_WAIT = 10.0
+OTHER_WAIT = 3.0
+BUSY = "busy: another action of yours is running; try again when it has finished"
+# The alarm that ends a verb stuck outside any program (a backstop: each
+# program already ends at the deadline, runner.py) comes this much later.
+ALARM_GRACE = 15
+# What is left to thaw a container after a verb ran out of time.
+RECOVERY_SECONDS = 30.0
+
+
+def work_deadline(verb: str, start_timeout: float) -> float:
+    return WORK_SECONDS[verb] + (start_timeout if verb in STARTS else 0)
+
+
+def lock_wait(verb: str, start_timeout: float) -> float:
+    if verb in JOINS:
+        return start_timeout + 30
+    return LOOK_WAIT if verb in ("status", "help", "gpus", "snapshots") else OTHER_WAIT
+
+
+def _alarm_ended(_signum: int, _frame: object) -> None:
+    raise runner.Deadline("the helper's alarm ended the action (stuck outside any program)")
+
+
 def run_action(paths: Paths, name: str, verb: str) -> Answer:
     reg, user = registry_cache.load_user(paths, name)
     word = MENU_WORD.get(verb, verb)
@@ -250,9 +289,39 @@ def run_action(paths: Paths, name: str, verb: str) -> Answer:
         raise GpushellError(f"{word} is turned off on this host; ask your admin", f"{word} is disabled")
     ctx = services.Context(paths, reg, LxcDriver(reg.lxcpath))
     # One action per user at a time: two logins at once start the container
-    # once and leave one forward rule.
-    with locked(paths.user_lock(name)):
+    # once and leave one forward rule.  The wait is bounded, and so is the
+    # action once the lock is held; the kernel drops the lock however it ends.
+    with locked(paths.user_lock(name), lock_wait(verb, reg.start_timeout), BUSY):
+        return _within_deadline(ctx, user, verb, work_deadline(verb, reg.start_timeout))
+
+
+def _within_deadline(ctx: services.Context, user: User, verb: str, seconds: float) -> Answer:
+    runner.set_deadline(seconds)
+    signals.handle(signals.SIGALRM, _alarm_ended)
+    signals.alarm(int(seconds) + ALARM_GRACE)
+    try:
         return ACTIONS[verb](ctx, user)
+    except runner.Deadline:
+        signals.alarm(0)
+        _recover(ctx, user, verb)
+        raise
+    finally:
+        signals.alarm(0)
+        runner.set_deadline(None)
+
+
+def _recover(ctx: services.Context, user: User, verb: str) -> None:
+    """After a verb ran out of time: leave no container frozen (a snapshot freezes it)."""
+    if verb != "snapshot" and not os.path.exists(freeze_marker(ctx, user)):
+        return
+    runner.set_deadline(RECOVERY_SECONDS)
+    try:
+        if ctx.driver.state(user.container) == FROZEN:
+            ctx.driver.unfreeze(user.container)
+        if os.path.exists(freeze_marker(ctx, user)):
+            os.unlink(freeze_marker(ctx, user))
+    except (GpushellError, OSError) as exc:  # the next login's thaw_if_left_frozen tries again
+        audit.record(user.name, verb, "failed", f"thaw after the deadline: {exc}", warning=True)
 
 
 def main(paths: Paths = DEFAULT, argv: list[str] | None = None) -> int:
@@ -269,6 +338,7 @@ def main(paths: Paths = DEFAULT, argv: list[str] | None = None) -> int:
                 "unknown helper request", f"refused helper argv {argv[1:]!r}", ExitStatus.USAGE
             )
         name = caller_name(dict(os.environ))
+        runner.for_students()  # a tool's stderr goes to the log, never into the answer
         answer = run_action(paths, name, verb)
     except GpushellError as exc:
         if name == "?":  # refused before SUDO_UID named anyone: log who really ran it
