@@ -55,17 +55,39 @@ def _count(info: Answer, key: str) -> int | None:
     return int(text) if text.isascii() and text.isdigit() else None
 
 
+def _memory_text(used: int, limit: int | None) -> str:
+    if limit is None:
+        return f"memory {used / 2**20:.0f} MiB"
+    if limit >= 2**30:
+        return f"memory {used / 2**30:.1f} of {limit / 2**30:.3g} GiB"
+    return f"memory {used / 2**20:.0f} of {limit / 2**20:.0f} MiB"
+
+
 def usage(info: Answer) -> str:
-    """The container's own CPU time, memory and disk, where the helper measured them."""
+    """The container's CPU, memory, processes and disk against its limits, where the helper measured them."""
     parts = []
-    cpu_ns, memory, disk = _count(info, "cpu_ns"), _count(info, "memory_bytes"), _count(info, "disk_bytes")
+    cpu_ns, cpus = _count(info, "cpu_ns"), _count(info, "cpu_limit_millis")
     if cpu_ns is not None:
-        parts.append(f"CPU time {cpu_ns / 1e9:.1f} s")
+        parts.append(f"CPU time {cpu_ns / 1e9:.1f} s" + (f" (at most {cpus / 1000:g} CPUs)" if cpus else ""))
+    memory = _count(info, "memory_bytes")
     if memory is not None:
-        parts.append(f"memory {memory / 2**20:.0f} MiB")
+        parts.append(_memory_text(memory, _count(info, "memory_limit_bytes")))
+    processes, most = _count(info, "pids"), _count(info, "pids_limit")
+    if processes is not None:
+        parts.append(f"processes {processes}" + (f" of {most}" if most is not None else ""))
+    disk = _count(info, "disk_bytes")
     if disk is not None:
         parts.append(f"disk {disk / 2**30:.2f} GiB")
-    return f"Using:           {', '.join(parts)}\n" if parts else ""
+    if not parts:
+        return ""
+    text = f"Using:           {', '.join(parts)}\n"
+    kills = _count(info, "oom_kills")
+    if kills:
+        text += (
+            f"Out of memory:   {kills} {'process was' if kills == 1 else 'processes were'} killed "
+            "at your memory limit since the container started\n"
+        )
+    return text
 
 
 def repaired(info: Answer) -> str:

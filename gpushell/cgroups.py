@@ -1,7 +1,8 @@
-"""A container's cgroup v1 counters: memory in use and CPU time used.
+"""A container's cgroup: the host's layout, and what the container uses and may use.
 
-This host kind runs cgroup v1 (hybrid): each controller is its own
-hierarchy under /sys/fs/cgroup/CONTROLLER.  A container's cgroup is found
+Hosts run cgroup v1 (hybrid: each controller its own hierarchy under
+/sys/fs/cgroup/CONTROLLER) or v2 (one unified hierarchy at /sys/fs/cgroup;
+a stock Debian 12 or Ubuntu).  A container's cgroup is found
 from its init process's /proc/PID/cgroup; LXC puts the whole container in
 `lxc.payload.NAME`, and anything below that (a systemd scope made inside
 the container) is only part of it, so the path is cut after that level.
@@ -71,16 +72,13 @@ def container_level(path: str) -> str:
     return path
 
 
-def controller_dir(pid: int, controller: str, root: str = ROOT) -> str | None:
-    """The cgroup directory of pid's container for controller, or None if unknown."""
-    try:
-        with open(f"/proc/{pid}/cgroup", encoding="ascii") as stream:
-            text = stream.read()
-    except OSError:
-        return None
-    path = controller_path(text, controller)
+def _container_dir(proc_cgroup: str, controller: str, root: str) -> str | None:
+    """Where the container's cgroup for controller is mounted on this host, or None."""
+    path = controller_path(proc_cgroup, controller)
     if path is None:
         return None
+    if controller == "":  # v2: one unified hierarchy
+        return f"{root}{container_level(path)}".rstrip("/")
     # The hierarchy may be mounted on its own or joined with another one.
     for mount in (controller, "cpu,cpuacct" if controller in ("cpu", "cpuacct") else None):
         if mount and os.path.isdir(f"{root}/{mount}"):
@@ -88,23 +86,121 @@ def controller_dir(pid: int, controller: str, root: str = ROOT) -> str | None:
     return None
 
 
-def read_counter(directory: str, name: str) -> int | None:
-    """An integer file such as memory.usage_in_bytes, or None when unreadable."""
+def controller_dir(pid: int, controller: str, root: str = ROOT) -> str | None:
+    """The cgroup directory of pid's container for controller (v1), or None if unknown."""
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="ascii") as stream:
+            text = stream.read()
+    except OSError:
+        return None
+    return _container_dir(text, controller, root)
+
+
+UNLIMITED = 2**62  # v1 writes "no limit" as a page-rounded 2**63 - 1
+MAX_FILE = 65536
+
+
+def number_in(text: str, field: str | None = None) -> int | None:
+    """The number in a cgroup file's text, or in its `field N` line; None for `max` or nonsense (pure)."""
+    if field is not None:
+        found = [line.split()[1] for line in text.splitlines() if line.split()[:1] == [field] and " " in line]
+        text = found[0] if found else ""
+    text = text.strip()
+    value = int(text) if text.isascii() and text.isdigit() else None
+    return value if value is not None and value < UNLIMITED else None
+
+
+def cpu_limit_millis(quota_text: str, period_text: str) -> int | None:
+    """CPUs allowed as thousandths (1500: one and a half), from a quota and period; None: no limit."""
+    quota, period = number_in(quota_text), number_in(period_text)
+    return None if not quota or not period else quota * 1000 // period
+
+
+def read_counter(directory: str, name: str, field: str | None = None) -> int | None:
+    """A number from a cgroup file such as memory.usage_in_bytes, or None when unreadable."""
+    text = _read(directory, name)
+    return None if text is None else number_in(text, field)
+
+
+def _read(directory: str, name: str) -> str | None:
     try:
         with open(os.path.join(directory, name), encoding="ascii") as stream:
-            return int(stream.read().strip())
+            return stream.read(MAX_FILE)
     except (OSError, ValueError):
         return None
 
 
+# What `status` shows, for each layout: key -> (controller, file, field of a keyed file).
+V1_FILES = {
+    "cpu_ns": ("cpuacct", "cpuacct.usage", None),
+    "memory_bytes": ("memory", "memory.usage_in_bytes", None),
+    "memory_limit_bytes": ("memory", "memory.limit_in_bytes", None),
+    "oom_kills": ("memory", "memory.oom_control", "oom_kill"),
+    "pids": ("pids", "pids.current", None),
+    "pids_limit": ("pids", "pids.max", None),
+}
+V2_FILES = {
+    "cpu_ns": ("", "cpu.stat", "usage_usec"),  # microseconds, scaled below
+    "memory_bytes": ("", "memory.current", None),
+    "memory_limit_bytes": ("", "memory.max", None),
+    "oom_kills": ("", "memory.events", "oom_kill"),
+    "pids": ("", "pids.current", None),
+    "pids_limit": ("", "pids.max", None),
+}
+ALL_KEYS = (*V1_FILES, "cpu_limit_millis")
+
+
+def read_usage(pid: int, keys: tuple[str, ...] = ALL_KEYS, root: str = ROOT) -> dict[str, int]:
+    """What the container of pid uses and may use, from its cgroup; a key left out when unknown.
+
+    The counters are the kernel's own for the container's top cgroup
+    (created at its start), so `oom_kills` counts since the container started.
+    """
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="ascii") as stream:
+            proc_cgroup = stream.read(MAX_FILE)
+    except OSError:
+        return {}
+    return usage_in(proc_cgroup, keys, root)
+
+
+def usage_in(proc_cgroup: str, keys: tuple[str, ...] = ALL_KEYS, root: str = ROOT) -> dict[str, int]:
+    """read_usage for a /proc/PID/cgroup text, with the hierarchies mounted at root."""
+    v2 = os.path.exists(f"{root}/cgroup.controllers")
+    files = V2_FILES if v2 else V1_FILES
+    found: dict[str, int] = {}
+    for key in keys:
+        if key == "cpu_limit_millis":
+            value = _cpu_limit(proc_cgroup, v2, root)
+        else:
+            controller, name, field = files[key]
+            directory = _container_dir(proc_cgroup, controller, root)
+            value = None if directory is None else read_counter(directory, name, field)
+            if value is not None and v2 and key == "cpu_ns":
+                value *= 1000
+        if value is not None:
+            found[key] = value
+    return found
+
+
+def _cpu_limit(proc_cgroup: str, v2: bool, root: str) -> int | None:
+    directory = _container_dir(proc_cgroup, "" if v2 else "cpu", root)
+    if directory is None:
+        return None
+    if v2:
+        quota, _, period = (_read(directory, "cpu.max") or "").partition(" ")
+        return cpu_limit_millis(quota, period)
+    return cpu_limit_millis(
+        _read(directory, "cpu.cfs_quota_us") or "", _read(directory, "cpu.cfs_period_us") or ""
+    )
+
+
 def memory_bytes(pid: int) -> int | None:
-    directory = controller_dir(pid, "memory")
-    return None if directory is None else read_counter(directory, "memory.usage_in_bytes")
+    return read_usage(pid, ("memory_bytes",)).get("memory_bytes")
 
 
 def cpu_nanoseconds(pid: int) -> int | None:
-    directory = controller_dir(pid, "cpuacct")
-    return None if directory is None else read_counter(directory, "cpuacct.usage")
+    return read_usage(pid, ("cpu_ns",)).get("cpu_ns")
 
 
 def cpu_percent(before_ns: int | None, after_ns: int | None, elapsed_s: float) -> float | None:

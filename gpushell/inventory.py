@@ -17,7 +17,7 @@ from typing import Any
 from . import cgroups, chaincheck, iptables
 from .containers import MISSING, RUNNING
 from .forward import NatTable
-from .registry import GpuSpec, Registry
+from .registry import GpuSpec, Limits, Registry
 
 SAMPLE_SECONDS = 0.2
 
@@ -33,6 +33,8 @@ class Row:
     cpu_percent: float | None = None
     memory_bytes: int | None = None
     uptime_seconds: float | None = None
+    # The registry's limits for the student (applied at the container's next start).
+    limits: Limits | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,8 +119,14 @@ def render_table(rows: Iterable[Row]) -> str:
 
 def to_json(inventory: Inventory) -> str:
     def row_data(row: Row) -> dict[str, Any]:
-        data = dataclasses.asdict(row)
+        data = {field.name: getattr(row, field.name) for field in dataclasses.fields(row)}
         data["gpus"] = row.gpus if isinstance(row.gpus, str) else list(row.gpus)
+        if row.limits is not None:
+            data["limits"] = {
+                "memory_bytes": row.limits.memory,
+                "cpus": row.limits.cpus,
+                "pids": row.limits.pids,
+            }
         return data
 
     return json.dumps(
@@ -181,6 +189,7 @@ def gather(
     for user in users:
         pid = pids.get(user.name)
         row = Row(user.name, user.port, user.address, user.container, states[user.name], user.gpus)
+        row = dataclasses.replace(row, limits=user.limits)
         if pid is not None:
             row = dataclasses.replace(
                 row,

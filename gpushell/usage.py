@@ -25,17 +25,12 @@ def init_pid(lxcpath: str, container: str) -> int | None:
 
 
 def container_usage(reg: Registry, user: User, driver: ContainerDriver) -> dict[str, int]:
-    """cpu_ns, memory_bytes (while it runs) and disk_bytes; each left out when unknown."""
+    """cgroups.read_usage's keys (while it runs) and disk_bytes; each left out when unknown."""
     found: dict[str, int] = {}
     if driver.state(user.container) == RUNNING:
         pid = init_pid(reg.lxcpath, user.container)
         if pid is not None:
-            for key, value in (
-                ("cpu_ns", cgroups.cpu_nanoseconds(pid)),
-                ("memory_bytes", cgroups.memory_bytes(pid)),
-            ):
-                if value is not None:
-                    found[key] = value
+            found.update(cgroups.read_usage(pid))
     disk = disk_bytes(os.path.join(provision.container_dir(reg, user.container), "rootfs"))
     if disk is not None:
         found["disk_bytes"] = disk

@@ -159,6 +159,31 @@ def test_status_shows_what_the_helper_measured():
     assert "Using" not in status({**INFO, "cpu_ns": "-1", "memory_bytes": "12x"})
 
 
+def test_status_shows_use_against_the_limits_and_oom_kills():
+    measured = {
+        **INFO,
+        "cpu_ns": "12345000000",
+        "cpu_limit_millis": "4000",
+        "memory_bytes": str(1288490189),
+        "memory_limit_bytes": str(16 * 2**30),
+        "pids": "35",
+        "pids_limit": "4096",
+        "oom_kills": "2",
+    }
+    assert status(measured) == (
+        "Container alice: running, IP 10.0.3.2, port 22001\n"
+        "Using:           CPU time 12.3 s (at most 4 CPUs), memory 1.2 of 16 GiB, processes 35 of 4096\n"
+        "Out of memory:   2 processes were killed at your memory limit since the container started\n"
+    )
+    small = {
+        **INFO,
+        "memory_bytes": str(30 * 2**20),
+        "memory_limit_bytes": str(256 * 2**20),
+        "oom_kills": "0",
+    }
+    assert status(small).endswith("Using:           memory 30 of 256 MiB\n")
+
+
 def test_repaired_lists_each_line_and_how_to_try_again():
     info = {
         **INFO,

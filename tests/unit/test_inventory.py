@@ -9,6 +9,7 @@ import pytest
 from gpushell import inventory
 from gpushell.forward import NatTable, jump_rule, user_rule
 from gpushell.inventory import Inventory, Row
+from gpushell.model import Limits
 from gpushell.registry import parse
 
 REG = parse(
@@ -58,9 +59,10 @@ def test_duration_text(seconds: float | None, text: str) -> None:
 
 
 ROWS = [
-    Row("alice", 22001, "10.0.3.2", "alice", "RUNNING", (0, 1), 12.345, 300 * 2**20, 3725.0),
+    Row("alice", 22001, "10.0.3.2", "alice", "RUNNING", (0, 1), 12.345, 300 * 2**20, 3725.0,
+        Limits(memory=16 * 2**30, cpus=0.5, pids=4096)),
     Row("bob", 22002, "10.0.3.3", "bobbox", "STOPPED", "none"),
-]
+]  # fmt: skip
 
 
 def test_render_table_aligns_columns_and_blanks_unknowns() -> None:
@@ -77,6 +79,7 @@ def test_json_has_users_and_warnings() -> None:
     assert data["users"][0] == {
         "user": "alice", "port": 22001, "ip": "10.0.3.2", "container": "alice", "state": "RUNNING",
         "gpus": [0, 1], "cpu_percent": 12.345, "memory_bytes": 300 * 2**20, "uptime_seconds": 3725.0,
+        "limits": {"memory_bytes": 16 * 2**30, "cpus": 0.5, "pids": 4096},
     }  # fmt: skip
     assert data["users"][1]["gpus"] == "none" and data["users"][1]["memory_bytes"] is None
 
@@ -93,4 +96,5 @@ def test_gather_gives_a_broken_container_a_blank_row(monkeypatch: pytest.MonkeyP
     assert [(row.user, row.state, row.memory_bytes) for row in found.rows] == [
         ("alice", "STOPPED", None), ("bob", "UNKNOWN", None),
     ]  # fmt: skip
+    assert [row.limits for row in found.rows] == [user.limits for user in REG.users.values()]
     assert found.warnings == ["cannot read the state of bobbox: error during init"]

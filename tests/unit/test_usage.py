@@ -76,26 +76,15 @@ def test_disk_never_counts_a_linked_host_tree_and_hard_links_once(reg, root, big
     assert after - before < 64 * 1024  # a few link inodes, not 4 MiB, not another 256 KiB
 
 
-def test_a_running_container_has_cpu_and_memory_from_its_init_cgroup(reg, root, monkeypatch):
+def test_a_running_container_has_its_cgroup_numbers_from_its_init(reg, root, monkeypatch):
     calls = fake_lxc_info(monkeypatch, "4242\n")
     asked: list[int] = []
-    monkeypatch.setattr(cgroups, "cpu_nanoseconds", lambda pid: asked.append(pid) or 7_000_000_000)
-    monkeypatch.setattr(cgroups, "memory_bytes", lambda pid: asked.append(pid) or 512 * 1024 * 1024)
+    measured = {"cpu_ns": 7_000_000_000, "memory_bytes": 512 * 1024 * 1024, "oom_kills": 2}
+    monkeypatch.setattr(cgroups, "read_usage", lambda pid: asked.append(pid) or measured)
     found = usage.container_usage(reg, USER, FakeDriver("RUNNING"))
     assert calls == [["lxc-info", "-P", reg.lxcpath, "-n", "c-ann", "-pH"]]
-    assert asked == [4242, 4242]
-    assert found == {
-        "cpu_ns": 7_000_000_000,
-        "memory_bytes": 512 * 1024 * 1024,
-        "disk_bytes": rootfs.tree_size(str(root)),
-    }
-
-
-def test_unreadable_numbers_are_left_out(reg, root, monkeypatch):
-    fake_lxc_info(monkeypatch, "4242\n")
-    monkeypatch.setattr(cgroups, "cpu_nanoseconds", lambda pid: None)
-    monkeypatch.setattr(cgroups, "memory_bytes", lambda pid: 1024)
-    assert set(usage.container_usage(reg, USER, FakeDriver("RUNNING"))) == {"memory_bytes", "disk_bytes"}
+    assert asked == [4242]
+    assert found == {**measured, "disk_bytes": rootfs.tree_size(str(root))}
 
 
 @pytest.mark.parametrize(("stdout", "returncode"), [("", 1), ("-1\n", 0), ("garbage\n", 0)])
