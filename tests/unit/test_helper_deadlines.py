@@ -116,9 +116,7 @@ def test_a_snapshot_past_its_deadline_leaves_no_frozen_container(paths, driver, 
 
     import gpushell.snapshots
 
-    monkeypatch.setattr(
-        gpushell.snapshots, "create", lambda reg, user, drv, name: stuck_while_frozen(None, user)
-    )
+    monkeypatch.setattr(gpushell.snapshots, "create", lambda reg, user, drv, name: stuck_while_frozen())
     monkeypatch.setattr(helper, "_request", lambda: {})
     monkeypatch.setitem(helper.WORK_SECONDS, "snapshot", 0.3)
     assert helper.main(paths, ["gpushell-helper", "snapshot"]) == ExitStatus.TIMEOUT
