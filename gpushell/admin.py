@@ -8,7 +8,7 @@ import sys
 from . import __version__, admin_cli
 from .admin_cli import Arg, Command, Options, quick_parse
 from .errors import ExitStatus, GpushellError
-from .lock import locked
+from .lock import ADMIN_WAIT, admin_busy, locked
 from .paths import DEBIAN_SUITE, DEFAULT, Paths
 
 TYPE_CHECKING = False  # `collections.abc` stays off the quick path (admin_cli.py)
@@ -158,7 +158,7 @@ def cmd_remove(paths: Paths, args: Options) -> int:
             )
         user = reg.users[name]
         ctx = services.Context(paths, reg, LxcDriver(reg.lxcpath))
-        with locked(paths.user_lock(name)):
+        with locked(paths.user_lock(name), ADMIN_WAIT, admin_busy(name)):
             ctx.driver.stop(user.container)
             kept = ""
             if args.archive:

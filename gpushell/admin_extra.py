@@ -13,7 +13,7 @@ from .admin_cli import Options
 from .containers import RUNNING, LxcDriver
 from .errors import ExitStatus, GpushellError
 from .files import read_text_or_none
-from .lock import locked
+from .lock import ADMIN_WAIT, admin_busy, locked
 from .paths import Paths
 
 Say = Callable[[str], None]
@@ -103,7 +103,7 @@ def cmd_set(paths: Paths, args: Options, say: Say) -> int:
         registry_file.write_atomically(paths.registry, new_text)
         driver = LxcDriver(new_reg.lxcpath)
         ctx = services.Context(paths, new_reg, driver)
-        with locked(paths.user_lock(name)):
+        with locked(paths.user_lock(name), ADMIN_WAIT, admin_busy(name)):
             if new_user.port != old_user.port:
                 services.ensure_forward(ctx, new_user)
             running = reconcile.container_state(driver, new_user.container) == RUNNING

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from . import driverfiles, provision, rootfs
 from .containers import RUNNING, LxcDriver
 from .errors import ExitStatus, GpushellError
-from .lock import locked
+from .lock import ADMIN_WAIT, admin_busy, locked
 from .model import Registry, User
 from .paths import Paths
 from .runner import run
@@ -81,7 +81,7 @@ def sync_one(reg: Registry, paths: Paths, user: User, installer: str, host_versi
     """Run the installer in user's container; a one-line report, or GpushellError."""
     driver = LxcDriver(reg.lxcpath)
     root = container_root(reg, user)
-    with locked(paths.user_lock(user.name)):
+    with locked(paths.user_lock(user.name), ADMIN_WAIT, admin_busy(user.name)):
         was_running = driver.state(user.container) == RUNNING
         copy_installer(root, installer)
         try:

@@ -19,6 +19,15 @@ FIRST_POLL = 0.005
 LONGEST_POLL = 0.2
 
 
+# How long gpushell-admin waits for a student's lock (a student's action may
+# hold it until its own deadline): past it, one clear line, never a hang.
+ADMIN_WAIT = 60.0
+
+
+def admin_busy(name: str) -> str:
+    return f"{name} is busy: an action of theirs is running; try again when it has finished"
+
+
 class Busy(GpushellError):
     """The lock stayed held past the wait the caller allowed."""
 

@@ -33,7 +33,7 @@ from .errors import GpushellError
 from .files import read_text_or_none
 from .forward import NatTable
 from .leftovers import Leftover
-from .lock import locked
+from .lock import ADMIN_WAIT, admin_busy, locked
 from .model import Registry, User, Value
 from .paths import Paths
 from .runner import run
@@ -371,7 +371,7 @@ def execute_change(change: Change, reg: Registry, paths: Paths) -> None:
     elif change.kind == START:
         user = reg.users[change.subject]
         ctx = services.Context(paths, reg, LxcDriver(reg.lxcpath))
-        with locked(paths.user_lock(user.name)):
+        with locked(paths.user_lock(user.name), ADMIN_WAIT, admin_busy(user.name)):
             services.ensure_running(ctx, user)
     elif change.kind == LEFTOVER and change.leftover is not None:
         leftovers.remove(change.leftover, reg, paths)

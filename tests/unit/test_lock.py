@@ -75,3 +75,27 @@ def test_a_link_in_place_of_the_lock_is_refused(tmp_path) -> None:
     os.symlink(target, tmp_path / "user-alice.lock")
     with pytest.raises(OSError), locked(str(tmp_path / "user-alice.lock"), timeout=1):
         pass
+
+
+def test_every_user_lock_is_taken_with_a_bounded_wait() -> None:
+    """No gpushell program (helper or admin) waits forever on a student's lock."""
+    import pathlib
+    import re
+
+    package = pathlib.Path(__file__).resolve().parents[2] / "gpushell"
+    takes = []
+    for source in package.glob("*.py"):
+        for line in source.read_text().splitlines():
+            if "locked(paths.user_lock(" in line:
+                takes.append((source.name, line.strip()))
+    assert len(takes) >= 5
+    unbounded = [take for take in takes if not re.search(r"user_lock\([\w.]+\), \w", take[1])]
+    assert unbounded == []
+
+
+def test_admin_busy_names_the_student() -> None:
+    from gpushell.lock import admin_busy
+
+    assert admin_busy("alice") == (
+        "alice is busy: an action of theirs is running; try again when it has finished"
+    )
