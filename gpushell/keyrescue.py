@@ -32,7 +32,7 @@ from . import provision, rootfs, template
 from .containers import RUNNING, ContainerDriver
 from .errors import GpushellError
 from .model import Registry, User
-from .runner import run
+from .runner import MESSAGE_OUTPUT, run
 
 STUDENT = (provision.STUDENT_UID, provision.STUDENT_UID)
 ROOT = (0, 0)
@@ -170,11 +170,14 @@ def repair_sshd_config(root: str, default: bytes) -> list[str]:
         lines.append(f"/etc/ssh/sshd_config: put back the default{kept}")
     lines += real_dir(root, DROPIN_DIR, 0o755, ROOT)
     moved = []
+    taken = _backup_names(root)  # listed once: each move adds its name here
     for name, kind in sorted(rootfs.entries(root, DROPIN_DIR).items()):
         # sshd reads `sshd_config.d/*.conf`; the glob skips dot names.
         if not name.endswith(".conf") or name.startswith(".") or _is_our_dropin(root, name, kind):
             continue
-        rootfs.move(root, f"{DROPIN_DIR}/{name}", root, f"{DROPIN_BACKUP}/{_free_name(root, name)}", 0o755)
+        free = _free_name(name, taken)
+        rootfs.move(root, f"{DROPIN_DIR}/{name}", root, f"{DROPIN_BACKUP}/{free}", 0o755)
+        taken.add(free)
         moved.append(name)
     if moved:
         lines.append(f"moved {', '.join(moved)} from /{DROPIN_DIR} to /{DROPIN_BACKUP}/")
@@ -192,12 +195,18 @@ def _is_our_dropin(root: str, name: str, kind: str) -> bool:
     )
 
 
-def _free_name(root: str, name: str) -> str:
-    """name, or name with a suffix when the backup directory has one already."""
+def _backup_names(root: str) -> set[str]:
+    """The names in the backup directory (none when it is not a directory yet)."""
     if rootfs.entry_type(root, DROPIN_BACKUP) != "dir":
-        return name
-    taken = rootfs.entries(root, DROPIN_BACKUP)
-    return name if name not in taken else f"{name}.{os.urandom(3).hex()}"
+        return set()
+    return set(rootfs.entries(root, DROPIN_BACKUP))
+
+
+def _free_name(name: str, taken: set[str]) -> str:
+    """name, or name with a random suffix when the backup has one already (one listing, no probing)."""
+    while name in taken:
+        name = f"{name.split('.gpushell-', 1)[0]}.gpushell-{os.urandom(4).hex()}"
+    return name
 
 
 # --- host keys --------------------------------------------------------------------
@@ -206,18 +215,35 @@ def _free_name(root: str, name: str) -> str:
 def public_key(private: bytes, kind: str) -> str | None:
     """`TYPE BASE64` of a private host key, or None if ssh-keygen cannot read it as one of this kind.
 
-    The key is judged by ssh-keygen on the host from a private copy,
-    never where it lies in the container.
+    The key is container root's text: read bounded (MAX_KEY_FILE), copied
+    into a private directory of ours, and parsed by ssh-keygen running as
+    `nobody` (no capabilities, no new privileges), with a timeout and a
+    capped output, so a key crafted against ssh-keygen's parsers reaches
+    no root process.
     """
+    if len(private) > MAX_KEY_FILE:
+        return None
     with tempfile.TemporaryDirectory() as keydir:
+        os.chmod(keydir, 0o711)  # nobody may open the one file it is given, not list
         path = os.path.join(keydir, "key")
         with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as stream:
             stream.write(private)
-        result = run(["ssh-keygen", "-y", "-P", "", "-f", path], check=False, timeout=30)
+        os.chown(path, *UNPRIVILEGED)
+        result = run(unprivileged(["ssh-keygen", "-y", "-P", "", "-f", path]), check=False,
+                     timeout=30, max_output=MESSAGE_OUTPUT)  # fmt: skip
     words = result.stdout.split()
     if result.returncode != 0 or len(words) < 2 or not words[0].startswith(KEY_TYPES[kind]):
         return None
     return f"{words[0]} {words[1]}"
+
+
+# Who parses what a container wrote: no account of ours, no group, no capability.
+UNPRIVILEGED = (65534, 65534)
+
+
+def unprivileged(argv: list[str]) -> list[str]:
+    uid, gid = UNPRIVILEGED
+    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--no-new-privs", *argv]
 
 
 def read_host_keys(root: str) -> dict[str, tuple[bytes, bytes]]:
@@ -298,6 +324,8 @@ def restart_sshd(lxcpath: str, container: str, root: str, units_changed: bool) -
     steps: list[tuple[str, ...]] = [("systemctl", "daemon-reload")] if units_changed else []
     steps.append(("systemctl", "restart", "ssh.service"))
     for step in steps:
-        if run(attach_argv(lxcpath, container, *step), check=False, timeout=90).returncode != 0:
+        # The container's own systemctl: its output is its root's to choose (capped).
+        done = run(attach_argv(lxcpath, container, *step), check=False, timeout=90, max_output=MESSAGE_OUTPUT)
+        if done.returncode != 0:
             return [later]
     return ["restarted sshd in your container"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fakes import RecordingDriver, host_key_pairs
 
-from gpushell import keyrescue, template
+from gpushell import keyrescue, runner, template
 from gpushell.errors import GpushellError
 from gpushell.model import Registry, User
 from gpushell.runner import Result
@@ -370,3 +370,44 @@ def test_a_missing_container_is_said_so(setup):
     ghost = User("bob", 22002, ipaddress.IPv4Address("10.0.3.3"), 2065536, "c-bob", "none", ())
     with pytest.raises(GpushellError, match="does not exist"):
         keyrescue.rescue(reg, ghost, RecordingDriver(), KEYS)
+
+
+def test_many_planted_dropins_are_moved_with_one_listing_each(setup, monkeypatch):
+    """Linear in what the container planted: the backup directory is listed once, not per file."""
+    _reg, _user, root = setup
+    dropins, backup = root / "etc/ssh/sshd_config.d", root / "etc/ssh/sshd_config.d.gpushell-old"
+    backup.mkdir()
+    for number in range(2000):
+        (dropins / f"{number:05}.conf").write_text("PasswordAuthentication yes\n")
+        (backup / f"{number:05}.conf").write_text("an earlier one\n")
+    listings: list[str] = []
+    entries = keyrescue.rootfs.entries
+    monkeypatch.setattr(
+        keyrescue.rootfs, "entries", lambda r, path: listings.append(path) or entries(r, path)
+    )
+    keyrescue.repair_sshd_config(str(root), DEFAULT_CONFIG.encode())
+    assert sorted(listings) == [keyrescue.DROPIN_DIR, keyrescue.DROPIN_BACKUP]
+    assert sorted(os.listdir(dropins)) == ["gpushell.conf"]
+    assert len(os.listdir(backup)) == 4000  # none replaced: the earlier ones kept too
+
+
+def test_free_name_never_takes_a_name_in_use():
+    taken = {"a.conf", "b.conf"}
+    assert keyrescue._free_name("c.conf", taken) == "c.conf"
+    fresh = keyrescue._free_name("a.conf", taken)
+    assert fresh.startswith("a.conf.gpushell-") and fresh not in taken
+
+
+def test_host_keys_are_parsed_by_nobody(host_keys):
+    seen: list[list[str]] = []
+    runner.observers.append(lambda argv: seen.append(list(argv)))
+    try:
+        assert keyrescue.public_key(host_keys["ed25519"][0], "ed25519") is not None
+    finally:
+        runner.observers.clear()
+    assert seen[0][:5] == ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--no-new-privs"]
+    assert seen[0][5:9] == ["ssh-keygen", "-y", "-P", ""]
+
+
+def test_an_oversized_key_is_not_parsed_at_all():
+    assert keyrescue.public_key(b"x" * (keyrescue.MAX_KEY_FILE + 1), "ed25519") is None
