@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import stat
 
 from . import rootfs
 from .errors import GpushellError
@@ -39,19 +40,74 @@ def validate_keys(text: str, source: str) -> str:
     return "".join(line + "\n" for line in lines)
 
 
+MAX_AUTHORIZED_KEYS = 256 * 1024
+SHOWN_KEYS_PATH = "~/.ssh/authorized_keys"  # what a student reads: never the host path
+
+
 def existing_keys(name: str) -> str:
-    """The host account's authorized_keys, or '' (no account, no file)."""
+    """The host account's authorized_keys, or '' (no account, no file).
+
+    The student owns their home: .ssh and the file may be links or FIFOs.
+    Each component under the home is opened without following a link, the
+    file without blocking (a FIFO would wait for a writer forever), and it
+    is read only when it is a regular file of bounded size.
+    """
     try:
         home = pwd.getpwnam(name).pw_dir
     except KeyError:
         return ""
-    path = os.path.join(home, ".ssh", "authorized_keys")
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
+    text = read_bounded_under(home, (".ssh", "authorized_keys"), MAX_AUTHORIZED_KEYS)
+    if text is None:
         return ""
-    with os.fdopen(fd, encoding="utf-8", errors="replace") as stream:
-        return validate_keys(stream.read(), path)
+    return validate_keys(text.decode("utf-8", errors="replace"), SHOWN_KEYS_PATH)
+
+
+def read_bounded_under(top: str, parts: tuple[str, ...], limit: int) -> bytes | None:
+    """top/parts... read with no link followed below top; None when absent or not a regular file.
+
+    GpushellError when it is larger than limit (a file that big is no key list).
+    """
+    try:
+        fd = _open_under(top, parts)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        data = _read_up_to(fd, limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise GpushellError(
+            f"{SHOWN_KEYS_PATH} is too large (over {limit // 1024} KiB)",
+            f"{top}/{'/'.join(parts)} is over {limit} bytes: not read",
+        )
+    return data
+
+
+def _open_under(top: str, parts: tuple[str, ...]) -> int:
+    """An fd of top/parts..., each part opened relative to the last without following a link."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    for index, part in enumerate(parts):
+        last = index == len(parts) - 1
+        try:
+            next_fd = os.open(part, flags if last else flags | os.O_DIRECTORY, dir_fd=fd)
+        finally:
+            os.close(fd)
+        fd = next_fd
+    return fd
+
+
+def _read_up_to(fd: int, size: int) -> bytes:
+    chunks, left = [], size
+    while left > 0:
+        chunk = os.read(fd, min(left, 65536))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
 def ensure_account(name: str, shell: str, group: str) -> HostAccount:

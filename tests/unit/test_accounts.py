@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import time
+
 import pytest
 
+from gpushell import accounts
 from gpushell.accounts import validate_keys
 from gpushell.errors import GpushellError
 
@@ -50,3 +55,71 @@ def test_refuses_garbage(text, number):
     with pytest.raises(GpushellError) as info:
         validate_keys(text, "/root/alice.pub")
     assert info.value.user_message == f"/root/alice.pub: line {number} is not an SSH public key"
+
+
+# --- existing_keys: the host account's file, read without links, FIFOs or floods ----------
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    directory = tmp_path / "home" / "alice"
+    (directory / ".ssh").mkdir(parents=True)
+    entry = type("Entry", (), {"pw_dir": str(directory)})
+    monkeypatch.setattr(accounts.pwd, "getpwnam", lambda name: entry)
+    return directory
+
+
+def test_existing_keys_are_read(home):
+    (home / ".ssh/authorized_keys").write_text(f"# mine\n{ED}\n")
+    assert accounts.existing_keys("alice") == f"{ED}\n"
+
+
+def test_a_fifo_in_place_of_authorized_keys_reads_as_none_at_once(home):
+    os.mkfifo(home / ".ssh/authorized_keys")
+    began = time.monotonic()
+    assert accounts.existing_keys("alice") == ""
+    assert time.monotonic() - began < 1
+
+
+def test_links_below_the_home_are_not_followed(home, tmp_path):
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "authorized_keys").write_text(f"{ED}\n")
+    (home / ".ssh/authorized_keys").symlink_to(secret / "authorized_keys")
+    assert accounts.existing_keys("alice") == ""
+    (home / ".ssh/authorized_keys").unlink()
+    (home / ".ssh").rmdir()
+    (home / ".ssh").symlink_to(secret)
+    assert accounts.existing_keys("alice") == ""
+
+
+def test_a_huge_file_is_refused_without_reading_it_all(home):
+    with open(home / ".ssh/authorized_keys", "wb") as stream:
+        stream.truncate(1 << 30)  # sparse: 1 GiB
+    with pytest.raises(GpushellError) as raised:
+        accounts.existing_keys("alice")
+    assert raised.value.user_message == "~/.ssh/authorized_keys is too large (over 256 KiB)"
+    assert str(home) in raised.value.log_message
+
+
+def test_a_bad_line_names_no_host_path(home):
+    (home / ".ssh/authorized_keys").write_text("not a key\n")
+    with pytest.raises(GpushellError) as raised:
+        accounts.existing_keys("alice")
+    assert raised.value.user_message == "~/.ssh/authorized_keys: line 1 is not an SSH public key"
+    assert str(home) not in raised.value.user_message
+
+
+def test_no_file_no_home_no_account(home, monkeypatch):
+    assert accounts.existing_keys("alice") == ""
+    monkeypatch.setattr(accounts.pwd, "getpwnam", lambda name: (_ for _ in ()).throw(KeyError(name)))
+    assert accounts.existing_keys("nobody-here") == ""
+
+
+def test_no_descriptor_is_leaked(home):
+    os.mkfifo(home / ".ssh/authorized_keys")
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(50):
+        accounts.existing_keys("alice")
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert threading.active_count() >= 1
