@@ -7,7 +7,7 @@ VENV         := .venv
 PREFIX       := /usr/local
 BINDIR       := $(PREFIX)/bin
 MANDIR       := $(PREFIX)/share/man
-APT_PACKAGES := lxc lxc-templates python3-lxc lxc-dev iptables openssh-server openssh-client \
+APT_PACKAGES := lxc lxc-templates python3-lxc lxc-dev iptables nftables openssh-server openssh-client \
                 debootstrap uidmap tmux sudo python3-yaml python3-psutil python3-colorama \
                 python3-venv python3-pip python3-setuptools iproute2 groff-base man-db
 DEV_PACKAGES := pytest pexpect hypothesis ruff mypy types-PyYAML types-psutil

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable, Sequence
 
+    from .model import Registry
+
 
 def say(text: str) -> None:
     print(text, flush=True)
@@ -133,13 +135,21 @@ def cmd_add(paths: Paths, args: Options) -> int:
         registry_file.write_atomically(paths.registry, new_text)
         undo.pop_all()
         leftovers.forget(journal)
+        isolated = _isolation_after_change(new_reg)
     say(
         f"added {name}: port {user.port}, container {user.container} at {user.address}, "
         f"ids {user.idmap}-{user.idmap + reg.idmap_size - 1}, "
         f"{'key installed' if keys else 'no key yet (use --key FILE)'}"
     )
     say(f"menu: ssh {name}@{reg.hostname}    container: ssh -p {user.port} {name}@{reg.hostname}")
-    return ExitStatus.OK
+    return ExitStatus.OK if isolated else ExitStatus.ERROR
+
+
+def _isolation_after_change(reg: Registry) -> bool:
+    """The nftables isolation tables rebuilt for the changed users; False (warned) when that failed."""
+    from . import nftrun
+
+    return nftrun.after_change(reg, lambda line: warn([line]))
 
 
 def cmd_remove(paths: Paths, args: Options) -> int:
@@ -168,8 +178,9 @@ def cmd_remove(paths: Paths, args: Options) -> int:
             services.remove_forward(ctx, name)
             provision.destroy(reg, user.container)
             new_text = registry_edit.remove_user(old_text, name)
-            registry.parse(new_text, paths.registry)
+            new_reg = registry.parse(new_text, paths.registry)
             registry_file.write_atomically(paths.registry, new_text)
+        isolated = _isolation_after_change(new_reg)
     if args.purge:
         accounts.remove_account(name)
     say(
@@ -178,7 +189,7 @@ def cmd_remove(paths: Paths, args: Options) -> int:
     )
     if kept:
         say(f"rootfs kept in {kept}")
-    return ExitStatus.OK
+    return ExitStatus.OK if isolated else ExitStatus.ERROR
 
 
 def cmd_list(paths: Paths, args: Options) -> int:

@@ -5,10 +5,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
-from . import provision, reconcile, registry, registry_edit, registry_file, services, template, usersettings
+from . import (
+    nftrun,
+    provision,
+    reconcile,
+    registry,
+    registry_edit,
+    registry_file,
+    services,
+    template,
+    usersettings,
+)
 from .admin_cli import Options
 from .containers import RUNNING, LxcDriver
 from .errors import ExitStatus, GpushellError
@@ -113,11 +124,17 @@ def cmd_set(paths: Paths, args: Options, say: Say) -> int:
                 old_user.limits,
             ):
                 regenerate_config(new_reg, paths, new_user.container)
+        # No setting moves an address today, so this finds the tables right and leaves them.
+        isolated = nftrun.after_change(new_reg, _warn)
     changes = ", ".join(usersettings.describe(key, value) for key, value in values.items())
     say(f"set {name}: {changes}")
     for note in set_effects(old_user, new_user, running):
         say(f"  {note}")
-    return ExitStatus.OK
+    return ExitStatus.OK if isolated else ExitStatus.ERROR
+
+
+def _warn(line: str) -> None:
+    sys.stderr.write(f"warning: {line}\n")
 
 
 def regenerate_config(reg: registry.Registry, paths: Paths, container: str) -> None:

@@ -21,7 +21,9 @@ from . import (
     gpudevices,
     ifaddr,
     iptables,
+    isolation,
     leftovers,
+    nftrun,
     provision,
     reconcile,
     registry,
@@ -81,6 +83,8 @@ class Facts:
     # container -> driver versions its own libraries carry (driver: container, GPU users only)
     driver_versions: dict[str, frozenset[str]] = dataclasses.field(default_factory=dict)
     sshd_effect: sshdcheck.SshdFacts | None = None  # None: not examined
+    # nftrun.problems: what is wrong with the isolation tables; None: not examined
+    isolation: tuple[str, ...] | None = None
 
 
 # --- checks (pure) -----------------------------------------------------------
@@ -161,6 +165,15 @@ def check_forwards(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
         )
     )
     return found
+
+
+def check_isolation(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
+    if facts.isolation is None:
+        return []
+    if facts.isolation:
+        return [Finding(False, problem, APPLY) for problem in facts.isolation]
+    name = isolation.table_name(reg)
+    return [Finding(True, f"nftables tables bridge {name} and inet {name} (isolation) match the registry")]
 
 
 def _check_dropin(name: str, path: str, installed: InstalledFile, wanted: str, mode: int) -> Finding:
@@ -554,6 +567,7 @@ CHECKS: tuple[Check, ...] = (
     check_forwarding,
     check_chain,
     check_forwards,
+    check_isolation,
     check_dropins,
     check_sshd_settings,
     check_sshd_running,
@@ -624,6 +638,7 @@ def gather(reg: Registry, paths: Paths) -> Facts:
     exists = os.path.exists(f"/sys/class/net/{reg.bridge}")
     accounts = reconcile.host_accounts(reg.users, paths.group)
     kept = tuple(leftovers.unregistered_members(reg, scan))
+    tables = nftrun.Reading(reg)  # nft lists the tables while the rest is read
     return Facts(
         bridge_exists=exists,
         bridge_addresses=ifaddr.ipv4_addresses(reg.bridge),
@@ -651,6 +666,7 @@ def gather(reg: Registry, paths: Paths) -> Facts:
         if reg.driver == "container"
         else {},
         sshd_effect=sshdcheck.gather(paths.sshd_config, paths.sshd_dropin, sshd_users(accounts, kept)),
+        isolation=tuple(tables.problems()),
     )
 
 

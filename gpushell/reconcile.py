@@ -24,6 +24,7 @@ from . import (
     iptables,
     leftovers,
     lxcconfig,
+    nftrun,
     provision,
     registry_file,
     services,
@@ -47,6 +48,7 @@ BRIDGE, FORWARDING, FORWARDS, CONFIG, ACCOUNT, START = (
     "bridge", "forwarding", "forwards", "config", "account", "start",
 )  # fmt: skip
 GPU_NODES = "gpu-nodes"  # before CONFIG: the configs bind the nodes it makes
+ISOLATION = "isolation"  # the nftables tables (isolation.py); before START: no container runs unguarded
 LEFTOVER = "leftover"  # last: what an interrupted add left (leftovers.py)
 # Reasons a chain rebuild names; after a reboot all of a lab's forwards are missing.
 SHOWN_PROBLEMS = 3
@@ -61,7 +63,8 @@ class Account(Value):
 
 class HostState(Value):
     __slots__ = ("accounts", "apparmor_profile", "bridge_ready", "cgroup", "chain_problems", "configs",
-                 "forwarding_on", "gpu", "leftovers", "states", "student_ids", "table")  # fmt: skip
+                 "forwarding_on", "gpu", "isolation", "leftovers", "states", "student_ids",
+                 "table")  # fmt: skip
 
     def __init__(
         self,
@@ -79,8 +82,11 @@ class HostState(Value):
         # chaincheck.problems(table, registry), when already known; None: plan works them out
         chain_problems: list[chaincheck.Problem] | None = None,
         cgroup: cgroups.CgroupLayout = cgroups.CGROUP_V1,
+        # what is wrong with the isolation tables (nftrun.problems); empty: they match
+        isolation: tuple[str, ...] = (),
     ) -> None:
         self.table, self.chain_problems, self.cgroup = table, chain_problems, cgroup
+        self.isolation = isolation
         self.bridge_ready, self.forwarding_on = bridge_ready, forwarding_on
         self.configs, self.accounts, self.states = configs, accounts, states
         self.apparmor_profile, self.gpu, self.leftovers = apparmor_profile, gpu, leftovers
@@ -150,6 +156,9 @@ def plan(reg: Registry, paths: Paths, state: HostState) -> Plan:
             why += f"; {len(found) - SHOWN_PROBLEMS} more (gpushell-admin doctor lists each)"
         text = f"rebuild nat chain {reg.chain} ({len(reg.users)} forwards): {why}"
         changes.append(Change(FORWARDS, reg.chain, text, table=state.table))
+    if state.isolation:
+        why = "; ".join(state.isolation)
+        changes.append(Change(ISOLATION, reg.chain.lower(), f"rebuild the nftables isolation tables: {why}"))
     missing_nodes = gpudevices.missing(state.gpu)
     if missing_nodes:
         names = ", ".join(f"{state.gpu.dev_dir.rstrip('/')}/{node.name}" for node in missing_nodes)
@@ -322,6 +331,7 @@ def observe(
     chain_problems: list[chaincheck.Problem] | None = None,
 ) -> HostState:
     """The host as it is; table and chain_problems where the caller has read them already."""
+    isolation = nftrun.Reading(reg)  # nft lists the tables while the rest is read
     configs = container_configs(reg)
     return HostState(
         table=iptables.read_nat() if table is None else table,
@@ -336,6 +346,7 @@ def observe(
         student_ids=host_ids(reg),
         leftovers=tuple(leftovers.find(reg, paths, leftovers.scan(reg, paths))),
         cgroup=cgroups.layout(),
+        isolation=tuple(isolation.problems()),
     )
 
 
@@ -356,6 +367,8 @@ def execute_change(change: Change, reg: Registry, paths: Paths) -> None:
         # jumps into the chain stay.
         table = iptables.read_nat() if change.table is None else change.table
         chainrebuild.Rebuild(reg, paths, table).finish()
+    elif change.kind == ISOLATION:
+        nftrun.apply(reg)  # both tables in one nft transaction
     elif change.kind == GPU_NODES:
         # From a fresh look: make only what is still missing.
         host = gpudevices.read_host(change.subject)
