@@ -6,10 +6,13 @@ answer is "no driver" and nothing else changes.  Every function that talks
 to NVML takes the NVML object as an argument, so tests pass a stand-in
 (there is no GPU or driver on the development machines).
 
-A process is mapped to a student through its cgroup: LXC runs a whole
-container in `lxc.payload.NAME` (cgroups.py), and NAME is a registry
-user's container.  NVML reports host PIDs, as the helper runs in the
-host's PID namespace.
+A process is mapped to a student through its host uids: each container is
+unprivileged with its own disjoint id range from the registry (user.idmap
+.. user.idmap + idmap_size), and every process in it runs as ids of that
+range, which no process of the host or of another container can take.  A
+cgroup name cannot prove that: a container may name (or be moved into) a
+cgroup that looks like another's.  NVML reports host PIDs, as the helper
+runs in the host's PID namespace.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ import os
 import signal
 
 from . import gputable
-from .cgroups import PAYLOAD_PREFIX
 from .errors import GpushellError
 from .files import read_text_or_none
 
@@ -31,19 +33,48 @@ if TYPE_CHECKING:
     Reading = dict[str, object]
 
 MAX_PID_TEXT = 7
+MAX_STATUS = 64 * 1024  # /proc/PID/status is a few KiB
+
+
+class Owners(dict[str, str]):
+    """container -> registry user (for whoever wants names), plus each user's host id range."""
+
+    def __init__(self, names: dict[str, str], ranges: list[tuple[int, int, str]]) -> None:
+        super().__init__(names)
+        self.ranges = sorted(ranges)  # (first id, count, user)
+
+    def by_uid(self, uid: int) -> str | None:
+        for first, count, user in self.ranges:
+            if first <= uid < first + count:
+                return user
+        return None
 
 
 # --- pure ---------------------------------------------------------------------------
 
 
-def container_of(proc_cgroup: str) -> str | None:
-    """The LXC container a /proc/PID/cgroup text puts the process in, or None (host)."""
-    for line in proc_cgroup.splitlines():
-        path = line.split(":", 2)[-1]
-        for part in path.split("/"):
-            if part.startswith(PAYLOAD_PREFIX) and len(part) > len(PAYLOAD_PREFIX):
-                return part[len(PAYLOAD_PREFIX) :]
+def uids_of(proc_status: str) -> tuple[int, ...] | None:
+    """The real, effective, saved and filesystem uids of a /proc/PID/status text, or None."""
+    for line in proc_status.splitlines():
+        if line.startswith("Uid:"):
+            fields = line.split()[1:]
+            if len(fields) == 4 and all(field.isascii() and field.isdigit() for field in fields):
+                return tuple(int(field) for field in fields)
+            return None
     return None
+
+
+def in_range(uids: tuple[int, ...] | None, first: int, count: int) -> bool:
+    """Whether every uid lies in first .. first+count (a process of that container)."""
+    return uids is not None and all(first <= uid < first + count for uid in uids)
+
+
+def owner_of(uids: tuple[int, ...] | None, owners: Owners) -> str | None:
+    """The registry user whose id range holds all of uids, or None (host, unknown, mixed)."""
+    if uids is None:
+        return None
+    who = owners.by_uid(uids[0])
+    return who if who is not None and all(owners.by_uid(uid) == who for uid in uids) else None
 
 
 def parse_pid(text: str) -> int:
@@ -157,15 +188,16 @@ def gpu_pids(nvml: Any) -> set[int]:
 # --- reading and signalling processes ----------------------------------------------
 
 
-def pid_container(pid: int, proc: str = "/proc") -> str | None:
-    text = read_text_or_none(f"{proc}/{pid}/cgroup")
-    return None if text is None else container_of(text)
+def pid_uids(pid: int, proc: str = "/proc") -> tuple[int, ...] | None:
+    text = read_text_or_none(f"{proc}/{pid}/status")
+    return None if text is None else uids_of(text[:MAX_STATUS])
 
 
 def pid_owner(pid: int, owners: dict[str, str], proc: str = "/proc") -> str | None:
     """The registry user whose container runs pid, or None (host, unknown container, gone)."""
-    container = pid_container(pid, proc)
-    return None if container is None else owners.get(container)
+    if not isinstance(owners, Owners):  # no id ranges known: nobody's, rather than a guess
+        return None
+    return owner_of(pid_uids(pid, proc), owners)
 
 
 def pid_command(pid: int, proc: str = "/proc") -> str:
@@ -197,12 +229,14 @@ def _shutdown(nvml: Any) -> None:
         nvml.nvmlShutdown()
 
 
-def kill(pid: int, container: str, load: Callable[[], Any | None] = load_nvml) -> dict[str, object]:
-    """SIGTERM pid if, as root can see, it runs in `container` and uses a GPU; refuse otherwise.
+def kill(
+    pid: int, first_id: int, id_count: int, load: Callable[[], Any | None] = load_nvml, proc: str = "/proc"
+) -> dict[str, object]:
+    """SIGTERM pid if its uids lie in the caller's container range and it uses a GPU; refuse otherwise.
 
     A pidfd pins the process first, so a PID reused between the checks and
     the signal cannot make it reach another process: the signal goes
-    through the pidfd, and a liveness check through it after the cgroup
+    through the pidfd, and a liveness check through it after the status
     read proves that read was of the pinned process.
     """
     try:
@@ -212,12 +246,12 @@ def kill(pid: int, container: str, load: Callable[[], Any | None] = load_nvml) -
             f"process {pid} is not in your container", f"gpu-kill {pid}: no such process"
         ) from None
     try:
-        where = pid_container(pid)
-        signal.pidfd_send_signal(pidfd, 0)  # still the process whose cgroup was read
-        if where != container:
+        uids = pid_uids(pid, proc)
+        signal.pidfd_send_signal(pidfd, 0)  # still the process whose status was read
+        if not in_range(uids, first_id, id_count):
             raise GpushellError(
                 f"process {pid} is not in your container",
-                f"gpu-kill {pid}: refused, process is in {where or 'the host'}, caller's is {container}",
+                f"gpu-kill {pid}: refused, uids {uids} outside {first_id}+{id_count}",
             )
         nvml = load()
         if nvml is None:

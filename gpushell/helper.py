@@ -60,12 +60,15 @@ def _restart(ctx: services.Context, user: User) -> Answer:
 
 
 def _owners(paths: Paths) -> dict[str, str]:
-    """Container name -> registry user, for every user (the full registry: not the login path)."""
-    from . import registry, registry_file
+    """Container name -> registry user, with each user's host id range (the full registry)."""
+    from . import gpustatus, registry, registry_file
 
     text, _info = registry_file.read_text_and_stat(paths.registry)
     reg = registry.parse(text, paths.registry)
-    return {entry.container: entry.name for entry in reg.users.values()}
+    return gpustatus.Owners(
+        {entry.container: entry.name for entry in reg.users.values()},
+        [(entry.idmap, reg.idmap_size, entry.name) for entry in reg.users.values()],
+    )
 
 
 def _gpus(ctx: services.Context, user: User) -> Answer:
@@ -79,7 +82,7 @@ def _gpu_kill(ctx: services.Context, user: User) -> Answer:
     from . import gpustatus
 
     pid = gpustatus.parse_pid(sys.stdin.readline(gpustatus.MAX_PID_TEXT + 2))
-    return gpustatus.kill(pid, user.container)
+    return gpustatus.kill(pid, user.idmap, ctx.registry.idmap_size)
 
 
 # Arguments come as `key=value` lines on stdin (protocol.py), never in argv:

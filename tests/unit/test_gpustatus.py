@@ -26,7 +26,26 @@ from gpushell.errors import GpushellError
 from gpushell.paths import Paths
 
 DATA = json.loads((pathlib.Path(__file__).parent / "data/nvml_readings.json").read_text())
-OWNERS = {"gpushell-alice": "alice", "gpushell-bob": "bob"}
+# Each student's host id range, as the registry gives it (idmap .. idmap + idmap_size).
+ALICE_IDS, BOB_IDS, SIZE = 1_000_000, 1_065_536, 65_536
+OWNERS = gpustatus.Owners(
+    {"gpushell-alice": "alice", "gpushell-bob": "bob"},
+    [(ALICE_IDS, SIZE, "alice"), (BOB_IDS, SIZE, "bob")],
+)
+# The recorded processes' host uids (fake data in the shape of /proc/PID/status; no
+# NVIDIA driver here): alice's python as her container's uid 1000, bob's as root and
+# 1000, the host's ollama as a host user.  Their cgroups (recorded) agree, but are not asked.
+UIDS = {"4242": ALICE_IDS + 1000, "5151": BOB_IDS, "5152": BOB_IDS + 1000, "777": 998}
+
+
+def status_text(uid: int, fs_uid: int | None = None) -> str:
+    return (
+        "Name:\tpython3\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t4242\nPid:\t4242\n"
+        f"PPid:\t1\nUid:\t{uid}\t{uid}\t{uid}\t{uid if fs_uid is None else fs_uid}\n"
+        f"Gid:\t{uid}\t{uid}\t{uid}\t{uid}\nFDSize:\t64\n"
+    )
+
+
 GIB = 1024**3
 
 
@@ -82,6 +101,7 @@ def fake_proc(tmp_path: pathlib.Path) -> str:
         (tmp_path / pid).mkdir()
         (tmp_path / pid / "cgroup").write_text(text)
         (tmp_path / pid / "comm").write_text(DATA["comms"][pid] + "\n")
+        (tmp_path / pid / "status").write_text(status_text(UIDS[pid]))
     return str(tmp_path)
 
 
@@ -212,19 +232,88 @@ def test_encode_refuses_an_unknown_kind():
         gputable.encode([{"index": 0, "name": "x", "procs": [("root", 1, "sh", 0)]}])
 
 
-@pytest.mark.parametrize(
-    ("text", "container"),
-    [
-        ("4:memory:/lxc.payload.gpushell-alice\n", "gpushell-alice"),
-        ("0::/lxc.payload.c1/system.slice/x.service\n", "c1"),
-        ("4:memory:/lxc.monitor.c1\n", None),
-        ("4:memory:/user.slice\n0::/\n", None),
-        ("0::/lxc.payload.\n", None),
-        ("", None),
-    ],
-)
-def test_container_of(text, container):
-    assert gpustatus.container_of(text) == container
+def test_uids_of_reads_the_four_uids():
+    assert gpustatus.uids_of(status_text(1_001_000)) == (1_001_000,) * 4
+    assert gpustatus.uids_of("Name:\tx\nUid:\t1\t2\n") is None
+    assert gpustatus.uids_of("Name:\tx\nUid:\t1\t2\t3\tfour\n") is None
+    assert gpustatus.uids_of("") is None
+
+
+def test_a_process_is_its_students_by_its_uids_not_its_cgroup(tmp_path):
+    proc = fake_proc(tmp_path)
+    # Bob's process, in a cgroup that names alice's container: still bob's.
+    (tmp_path / "5151" / "cgroup").write_text("0::/lxc.payload.gpushell-alice\n")
+    assert gpustatus.pid_owner(5151, OWNERS, proc) == "bob"
+    # A host process in a cgroup named like alice's container: nobody's.
+    (tmp_path / "777" / "cgroup").write_text("0::/lxc.payload.gpushell-alice\n")
+    assert gpustatus.pid_owner(777, OWNERS, proc) is None
+    # One uid of another range (a setfsuid across): nobody's, not half of each.
+    (tmp_path / "4242" / "status").write_text(status_text(ALICE_IDS, fs_uid=BOB_IDS))
+    assert gpustatus.pid_owner(4242, OWNERS, proc) is None
+    # The first id past a range belongs to the next one, the last id in it to it.
+    assert OWNERS.by_uid(ALICE_IDS + SIZE - 1) == "alice" and OWNERS.by_uid(ALICE_IDS + SIZE) == "bob"
+    assert gpustatus.pid_owner(99999, OWNERS, proc) is None  # gone
+    assert gpustatus.pid_owner(4242, dict(OWNERS), proc) is None  # no ranges known: no guess
+
+
+class GpuUsers:
+    """An NVML stand-in whose only GPU process is `pid`."""
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def nvmlDeviceGetCount(self) -> int:
+        return 1
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
+        return index
+
+    def nvmlDeviceGetName(self, handle: int) -> str:
+        return "fake"
+
+    NVML_TEMPERATURE_GPU = 0
+
+    def nvmlDeviceGetMemoryInfo(self, handle: int) -> types.SimpleNamespace:
+        return types.SimpleNamespace(used=0, total=1)
+
+    def nvmlDeviceGetUtilizationRates(self, handle: int) -> types.SimpleNamespace:
+        raise self.NVMLError("not supported")
+
+    def nvmlDeviceGetTemperature(self, handle: int, sensor: int) -> int:
+        raise self.NVMLError("not supported")
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: int) -> list[types.SimpleNamespace]:
+        return [types.SimpleNamespace(pid=self.pid, usedGpuMemory=1)]
+
+    def nvmlDeviceGetGraphicsRunningProcesses(self, handle: int) -> list[types.SimpleNamespace]:
+        return []
+
+    def nvmlShutdown(self) -> None:
+        pass
+
+
+def test_kill_signals_only_a_process_in_the_callers_id_range(tmp_path):
+    import subprocess
+
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        (tmp_path / str(child.pid)).mkdir()
+        status = tmp_path / str(child.pid) / "status"
+        status.write_text(status_text(BOB_IDS + 1000))
+        with pytest.raises(GpushellError) as refused:
+            gpustatus.kill(child.pid, ALICE_IDS, SIZE, lambda: GpuUsers(child.pid), str(tmp_path))
+        assert refused.value.user_message == f"process {child.pid} is not in your container"
+        assert child.poll() is None
+        status.write_text(status_text(ALICE_IDS + 1000))
+        answer = gpustatus.kill(child.pid, ALICE_IDS, SIZE, lambda: GpuUsers(child.pid), str(tmp_path))
+        assert answer == {"state": "ok", "killed": child.pid}
+        assert child.wait(5) == -15
+    finally:
+        child.kill()
+        child.wait()
 
 
 @pytest.mark.parametrize("text", ["1", "4242\n", "9999999"])
