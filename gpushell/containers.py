@@ -15,12 +15,21 @@ from _socket import AF_INET, AF_UNIX, SOCK_STREAM, socket
 from .errors import ExitStatus, GpushellError
 from .runner import LARGE_OUTPUT, run
 
+TYPE_CHECKING = False  # `typing` stays off the login path
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class Closable(Protocol):  # what block_start returns: a socket, for LXC
+        def close(self) -> None: ...
+
+
 RUNNING, STOPPED, MISSING, FROZEN = "RUNNING", "STOPPED", "MISSING", "FROZEN"
 # What lxc-start prints (exit status 0) for a container that runs already.
 ALREADY_RUNNING = "Container is already running"
 # The longest abstract socket name LXC uses as it is (sun_path less its two NULs);
 # longer ones it replaces with a hash.
 MAX_LXC_SOCKET_NAME = 105
+FREEZE_TIMEOUT = 30.0  # seconds lxc-freeze may wait for every task to stop
 
 
 class ContainerDriver:
@@ -45,6 +54,23 @@ class ContainerDriver:
         raise NotImplementedError
 
     def unfreeze(self, name: str) -> None:
+        raise NotImplementedError
+
+    # For root work on a rootfs (snapshots, restore, rebuild): a state known, not hoped for.
+
+    def info(self, name: str) -> tuple[str, int | None]:
+        """Its state and its init's host PID (None when it has none), from one look."""
+        return self.state(name), None
+
+    def cgroup_frozen(self, pid: int) -> bool:
+        """Whether the kernel's freezer (not the backend's word) holds every task of pid's container."""
+        return False
+
+    def block_start(self, name: str) -> Closable:
+        """Make every start of the (stopped) container fail until the result is closed.
+
+        Raises GpushellError when it cannot: the container has begun to start.
+        """
         raise NotImplementedError
 
 
@@ -131,7 +157,8 @@ class LxcDriver(ContainerDriver):
     def freeze(self, name: str) -> None:
         # The freezer cgroup stops every task of the container at once, so
         # a copy of its rootfs taken meanwhile is one point in time.
-        result = run(["lxc-freeze", *self._args(name)], check=False)
+        # Bounded: a task stuck in the kernel keeps a cgroup FREEZING for ever.
+        result = run(["lxc-freeze", *self._args(name)], check=False, timeout=FREEZE_TIMEOUT)
         if result.returncode != 0:
             raise GpushellError(
                 "your container could not be paused", f"lxc-freeze {name}: {result.stderr.strip()}"
@@ -144,6 +171,83 @@ class LxcDriver(ContainerDriver):
                 "your container could not be resumed; run: restart",
                 f"lxc-unfreeze {name}: {result.stderr.strip()}",
             )
+
+    def info(self, name: str) -> tuple[str, int | None]:
+        if not self._defined(name):
+            return MISSING, None
+        result = run(["lxc-info", *self._args(name), "-s", "-p"], check=False)
+        return parse_info(result.stdout)
+
+    def cgroup_frozen(self, pid: int) -> bool:
+        return cgroup_frozen(pid)
+
+    def block_start(self, name: str) -> socket:
+        """Hold the container's LXC command socket name, so no lxc-start can run it.
+
+        lxc-start (anyone's, root's own included, and lxc-autostart) binds
+        the abstract socket `@LXCPATH/NAME/command` for the container's
+        whole life and gives up at once when it is taken ("Failed to set up
+        command socket").  Bound but never listening: lxc-info's connect is
+        refused, so the container still reads STOPPED to everyone.  The
+        kernel frees the name when this process dies, so a killed helper
+        leaves no guard behind.
+        """
+        name_text = f"{self.lxcpath}/{name}/command"
+        if len(name_text) > MAX_LXC_SOCKET_NAME:  # LXC hashes it: we cannot hold the same name
+            raise GpushellError(
+                "your container cannot be held still for this; ask your admin",
+                f"lxcpath {self.lxcpath} too long to hold {name}'s LXC socket name; use a shorter one",
+            )
+        guard = socket(AF_UNIX, SOCK_STREAM)
+        try:
+            guard.bind("\0" + name_text)
+        except OSError as exc:
+            guard.close()
+            raise GpushellError(
+                "your container is starting or running; try again in a moment",
+                f"cannot block starts of {name}: {exc} (an LXC monitor holds {name_text})",
+            ) from None
+        return guard
+
+
+def parse_info(text: str) -> tuple[str, int | None]:
+    """State and PID from `lxc-info -s -p` lines `State: RUNNING`, `PID: 123` (pure)."""
+    values = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        values[key.strip()] = value.strip()
+    state = values.get("State") or MISSING
+    pid = values.get("PID", "")
+    return state, int(pid) if pid.isascii() and pid.isdigit() and int(pid) > 1 else None
+
+
+def cgroup_frozen(pid: int) -> bool:
+    """Whether the freezer cgroup of pid's container says FROZEN: every task stopped, none pending.
+
+    cgroup v1: `freezer.state` reads FROZEN only once all tasks, those in
+    sub-cgroups the container made included, are frozen (FREEZING until
+    then); v2: `cgroup.events` says `frozen 1`.  The container's level is
+    the `lxc.payload.NAME` one the host made, whatever the container nests
+    below it (cgroups.container_level).
+    """
+    from . import cgroups  # only root work on a rootfs asks: off the login path
+
+    v1 = cgroups.controller_dir(pid, "freezer")
+    if v1 is not None:
+        return _read_small(f"{v1}/freezer.state").strip() == "FROZEN"
+    path = cgroups.controller_path(_read_small(f"/proc/{pid}/cgroup"), "")
+    if path is None:
+        return False
+    events = _read_small(f"{cgroups.ROOT}{cgroups.container_level(path)}/cgroup.events")
+    return "frozen 1" in events.splitlines()
+
+
+def _read_small(path: str) -> str:
+    try:
+        with open(path, encoding="ascii", errors="replace") as stream:
+            return stream.read(4096)
+    except OSError:
+        return ""
 
 
 def sshd_answers(ip: str, port: int = 22, timeout: float = 0.01) -> bool:

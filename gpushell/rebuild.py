@@ -16,7 +16,7 @@ import contextlib
 import os
 import shutil
 
-from . import keyrescue, provision, rootfs, snapshots
+from . import hold, keyrescue, provision, rootfs, snapshots, treecopy
 from .containers import ContainerDriver
 from .errors import GpushellError
 from .model import Registry, User
@@ -39,16 +39,21 @@ def rebuild(reg: Registry, user: User, driver: ContainerDriver, keys: str, keep_
     if keep_home:
         check_keepable(current, home)  # before the long copy; checked again at the move
     host_keys = keyrescue.read_host_keys(current)
+    treecopy.check_space(directory, rootfs.tree_size(template_root), "the rebuild")
     staging = os.path.join(directory, snapshots.ROOTFS_NEW)
     was_running = False
     try:
-        provision.copy_tree(template_root, staging)
+        # The template is root's and never runs, but one copy for all the
+        # helper's copies: its failures are told without host paths.
+        snapshots.copy_safely(template_root, staging, "the rebuild")
         provision.give_identity(staging, user, host_keys)
         provision.create_account(staging, user.name, keys)
         was_running = snapshots.stop_for_swap(driver, user.container)
-        if keep_home:
-            move_home(directory, staging, user.name, keys)
-        snapshots.swap(directory)
+        # From here to the swap the old rootfs is worked on: nothing may start it.
+        with hold.stopped(driver, user.container, "rebuild"):
+            if keep_home:
+                move_home(directory, staging, user.name, keys)
+            snapshots.swap(directory)
     except BaseException:
         with contextlib.suppress(OSError, GpushellError):  # the first error is the one to report
             _undo(directory, home if keep_home else None)

@@ -8,7 +8,11 @@ the container never sees it, and a student can only ever name snapshots
 under their own container's directory.  A copy is made in a dot-named
 staging directory and renamed into place when complete: a failed or
 killed copy never lists.  A running container is frozen for the copy, so
-the snapshot is one point in time without a shutdown.
+the snapshot is one point in time without a shutdown; a stopped one is
+kept from starting (hold.py), and either way a copy made while the hold
+failed is thrown away.  The copy itself never follows a link the
+container made (treecopy.py), and is refused up front when the disk
+cannot take it.
 
 Replacing a rootfs (restore here, rebuild in rebuild.py) copies into
 `rootfs.new` first and swaps with two renames; `settle` finishes or undoes
@@ -23,7 +27,7 @@ import shutil
 import tempfile
 import time
 
-from . import provision, rootfs
+from . import hold, provision, rootfs, treecopy
 from .containers import FROZEN, RUNNING, ContainerDriver
 from .errors import ExitStatus, GpushellError
 from .files import read_private
@@ -163,10 +167,15 @@ def create(
     os.makedirs(directory, mode=0o700, exist_ok=True)
     os.chmod(directory, 0o700)  # the copies hold the container's files with their ids
     _remove_stale_staging(directory)
+    # An estimate, before the freeze keeps the student's processes waiting:
+    # a copy that still runs out of room fails cleanly (copy_safely).
+    treecopy.check_space(directory, rootfs.tree_size(live), "a snapshot")
     staging = tempfile.mkdtemp(prefix=f".{name}.", dir=directory)
     try:
-        running = _copy_consistent(driver, user.container, live, os.path.join(staging, ROOTFS))
-        snapshot = Snapshot(name, int(now), rootfs.tree_size(os.path.join(staging, ROOTFS)), running)
+        with hold.held(driver, user.container, "snapshot") as held:
+            copy_safely(live, os.path.join(staging, ROOTFS), "a snapshot")
+            held.check()  # a restart meanwhile: the copy is no one moment, so it goes
+        snapshot = Snapshot(name, int(now), rootfs.tree_size(os.path.join(staging, ROOTFS)), held.running)
         with open(os.path.join(staging, INFO_FILE), "w", encoding="ascii") as info:
             info.write(format_info(snapshot))
         # Fails (not replaces) if the name appeared meanwhile: it is a non-empty directory.
@@ -177,19 +186,19 @@ def create(
     return snapshot
 
 
-def _copy_consistent(driver: ContainerDriver, container: str, live: str, target: str) -> bool:
-    """Copy live to target, frozen if running; whether it was running."""
-    # FROZEN too: a helper killed mid-snapshot left it so; unfreezing after helps.
-    running = driver.state(container) in (RUNNING, FROZEN)
-    if not running:
-        provision.copy_tree(live, target)
-        return False
-    driver.freeze(container)
+def copy_safely(source: str, target: str, what: str) -> None:
+    """treecopy.copy_tree, its failures told without host paths (the log keeps them)."""
     try:
-        provision.copy_tree(live, target)
-    finally:
-        driver.unfreeze(container)
-    return True
+        treecopy.copy_tree(source, target)
+    except OSError as exc:
+        if exc.errno in treecopy.SPACE_ERRORS:
+            raise GpushellError(
+                f"not enough disk space for {what}; nothing was kept", f"copy to {target}: {exc}"
+            ) from None
+        raise GpushellError(
+            f"the copy for {what} failed; nothing was kept; ask your admin",
+            f"copy {source} to {target}: {exc}",
+        ) from None
 
 
 def delete(reg: Registry, user: User, name: str) -> None:
@@ -207,19 +216,25 @@ def restore(reg: Registry, user: User, driver: ContainerDriver, name: str) -> bo
     """Replace the user's rootfs with a copy of snapshot `name`; whether it was running.
 
     The copy is made while the container keeps running; it is stopped only
-    for the swap and started again afterwards if it ran (its sshd is not
-    waited for here).  On any failure the current rootfs stays.
+    for the swap, which nothing can start it during (hold.stopped), and
+    started again afterwards if it ran (its sshd is not waited for here).
+    On any failure the current rootfs stays.
     """
     source = os.path.join(_find(reg, user, name), ROOTFS)
     directory = container_dir(reg, user)
     settle(directory)
     _live_rootfs(reg, user)
+    size = sum(snapshot.size for snapshot in list_snapshots(reg, user) if snapshot.name == name)
+    treecopy.check_space(directory, size, "the restore")
     staging = os.path.join(directory, ROOTFS_NEW)
     running = False
     try:
-        provision.copy_tree(source, staging)
+        # The snapshot is root's and still; rootfs.new is outside the
+        # container's view: the copy may run while the container does.
+        copy_safely(source, staging, "the restore")
         running = stop_for_swap(driver, user.container)
-        swap(directory)
+        with hold.stopped(driver, user.container, "restore"):
+            swap(directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         if running:

@@ -29,9 +29,42 @@ class RecordingDriver:
 
     def freeze(self, name: str) -> None:
         self.calls.append("freeze")
+        if self.current == "RUNNING":
+            self.current = "FROZEN"
 
     def unfreeze(self, name: str) -> None:
         self.calls.append("unfreeze")
+        if self.current == "FROZEN":
+            self.current = "RUNNING"
+
+    # What hold.py asks: one init PID for as long as it runs, the freezer agreeing with the state.
+
+    def info(self, name: str) -> tuple[str, int | None]:
+        return self.current, INIT_PID if self.current in ("RUNNING", "FROZEN") else None
+
+    def cgroup_frozen(self, pid: int) -> bool:
+        return self.current == "FROZEN"
+
+    def block_start(self, name: str) -> StartBlock:
+        if self.current != "STOPPED":
+            from gpushell.errors import GpushellError
+
+            raise GpushellError("your container is starting or running; try again in a moment")
+        self.calls.append("block-start")
+        return StartBlock(self.calls)
+
+
+INIT_PID = 4242
+
+
+class StartBlock:
+    """What a fake block_start returns: its close() recorded."""
+
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+
+    def close(self) -> None:
+        self.calls.append("unblock-start")
 
 
 def host_key_pairs(directory: Path) -> dict[str, tuple[bytes, bytes]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import stat
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 from fakes import RecordingDriver, host_key_pairs
 
-from gpushell import provision, rebuild, snapshots
+from gpushell import provision, rebuild, snapshots, treecopy
 from gpushell.errors import GpushellError
 from gpushell.model import Registry, User
 
@@ -83,7 +84,8 @@ def test_rebuild_keeping_home_gives_a_fresh_system_with_the_old_home_and_host_ke
     before = host_key_files(directory / "rootfs")
     rebuild.rebuild(reg, USER, driver, KEYS, keep_home=True)
     root = directory / "rootfs"
-    assert driver.calls == ["stop"] and driver.current == "STOPPED"  # left stopped: the caller starts it
+    # Left stopped (the caller starts it); nothing could start it between the stop and the swap.
+    assert driver.calls == ["stop", "block-start", "unblock-start"] and driver.current == "STOPPED"
     assert (root / "etc/template-version").read_text() == "v2\n"
     assert not (root / "opt").exists()
     assert (root / "home/ann/thesis.tex").read_text() == "years of work\n"
@@ -114,7 +116,7 @@ def test_rebuild_wiping_home_gives_a_fresh_home_with_the_keys(setup):
     assert not (root / "home/ann/thesis.tex").exists()
     assert not (root / "home/ann/.ssh/authorized_keys.gpushell-old").exists()
     assert (root / "home/ann/.ssh/authorized_keys").read_text() == KEYS
-    assert driver.calls == []  # it was stopped already
+    assert driver.calls == ["block-start", "unblock-start"]  # it was stopped already
 
 
 def test_broken_old_host_keys_are_replaced_good_ones_kept(setup, old_keys):
@@ -200,7 +202,7 @@ def test_a_failed_swap_puts_the_home_back_and_starts_the_container_again(setup, 
     assert (root / "etc/template-version").read_text() == "v1\n"
     assert (root / "opt/installed-by-ann").exists()
     assert sorted(os.listdir(directory)) == ["config", "gpushell-snapshots", "gpushell-template", "rootfs"]
-    assert driver.calls == ["stop", "start"] and driver.current == "RUNNING"
+    assert driver.calls == ["stop", "block-start", "unblock-start", "start"] and driver.current == "RUNNING"
     assert (directory / provision.ORIGIN_FILE).read_text() == "old-tpl\n"
 
 
@@ -209,12 +211,15 @@ def test_a_failed_copy_changes_nothing(setup, monkeypatch):
 
     def half_copy(source: str, target: str) -> None:
         os.makedirs(os.path.join(target, "etc"))
-        raise GpushellError("cp failed: No space left on device")
+        raise OSError(errno.ENOSPC, "No space left on device", f"{target}/etc/passwd")
 
-    monkeypatch.setattr(provision, "copy_tree", half_copy)
+    monkeypatch.setattr(treecopy, "copy_tree", half_copy)
     driver = RecordingDriver("RUNNING")
-    with pytest.raises(GpushellError):
+    with pytest.raises(GpushellError) as caught:
         rebuild.rebuild(reg, USER, driver, KEYS, keep_home=True)
+    # What the student reads names no host path; the log has it.
+    assert caught.value.user_message == "not enough disk space for the rebuild; nothing was kept"
+    assert str(directory) in caught.value.log_message
     assert driver.calls == [] and driver.current == "RUNNING"
     assert sorted(os.listdir(directory)) == ["config", "gpushell-snapshots", "gpushell-template", "rootfs"]
     assert (directory / "rootfs/home/ann/thesis.tex").exists()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import calendar
+import errno
 import ipaddress
 import os
 import stat
 
 import pytest
 
-from gpushell import provision, rootfs, snapshots
+from gpushell import rootfs, snapshots, treecopy
 from gpushell.errors import ExitStatus, GpushellError
 from gpushell.model import Registry, User
 
@@ -57,6 +58,27 @@ class FakeDriver:
     def unfreeze(self, name: str) -> None:
         self._set("unfreeze", name, "RUNNING")
 
+    def info(self, name: str) -> tuple[str, int | None]:
+        state = self.state(name)
+        return state, 4242 if state in ("RUNNING", "FROZEN") else None
+
+    def cgroup_frozen(self, pid: int) -> bool:
+        return "FROZEN" in self.states.values()
+
+    def block_start(self, name: str) -> StartBlock:
+        if self.state(name) != "STOPPED":
+            raise GpushellError("your container is starting or running; try again in a moment")
+        self.calls.append(f"block-start {name}")
+        return StartBlock(self.calls, name)
+
+
+class StartBlock:
+    def __init__(self, calls: list[str], name: str) -> None:
+        self.calls, self.name = calls, name
+
+    def close(self) -> None:
+        self.calls.append(f"unblock-start {self.name}")
+
 
 def make_rootfs(root) -> None:
     (root / "etc").mkdir(parents=True)
@@ -87,13 +109,13 @@ def live(reg: Registry, user: User):
 
 
 def record_copies(monkeypatch, driver: FakeDriver) -> None:
-    real = provision.copy_tree
+    real = treecopy.copy_tree
 
     def copy(source: str, target: str) -> None:
         driver.calls.append("copy")
         real(source, target)
 
-    monkeypatch.setattr(provision, "copy_tree", copy)
+    monkeypatch.setattr(treecopy, "copy_tree", copy)
 
 
 def test_snapshot_of_a_stopped_container_copies_it_as_it_is(lab):
@@ -113,7 +135,8 @@ def test_snapshot_of_a_stopped_container_copies_it_as_it_is(lab):
     assert stat.S_IMODE(copy.parent.parent.stat().st_mode) == 0o700
     assert made.size == rootfs.tree_size(str(copy))
     assert 65536 <= made.size < 2 * 65536 + 64 * 4096  # the hard link counted once
-    assert driver.calls == []  # stopped: nothing frozen
+    # Stopped: nothing frozen, no start possible while it was copied.
+    assert driver.calls == [f"block-start {ann.container}", f"unblock-start {ann.container}"]
 
 
 def test_snapshot_of_a_running_container_is_taken_frozen(lab, monkeypatch):
@@ -132,11 +155,13 @@ def test_a_failed_copy_unfreezes_and_leaves_nothing_listed(lab, monkeypatch):
 
     def half_copy(source: str, target: str) -> None:
         os.makedirs(os.path.join(target, "etc"))  # part of it, then the disk is full
-        raise GpushellError("cp failed: No space left on device")
+        raise OSError(errno.ENOSPC, "No space left on device", f"{target}/etc/passwd")
 
-    monkeypatch.setattr(provision, "copy_tree", half_copy)
-    with pytest.raises(GpushellError, match="No space"):
+    monkeypatch.setattr(treecopy, "copy_tree", half_copy)
+    with pytest.raises(GpushellError) as caught:
         snapshots.create(reg, ann, driver, "first", now=NOW)
+    assert caught.value.user_message == "not enough disk space for a snapshot; nothing was kept"
+    assert reg.lxcpath in caught.value.log_message
     assert driver.calls[-1] == f"unfreeze {ann.container}"
     assert snapshots.list_snapshots(reg, ann) == []
     assert os.listdir(live(reg, ann).parent / "gpushell-snapshots") == []
@@ -220,10 +245,11 @@ def test_restore_of_a_stopped_container_puts_the_old_files_back(lab, monkeypatch
     notes.write_text("version 2\n")
     (live(reg, ann) / "home" / "ann" / "new-file").write_text("made after\n")
     record_copies(monkeypatch, driver)
+    driver.calls.clear()
     assert snapshots.restore(reg, ann, driver, "v1") is False
     assert notes.read_text() == "version 1\n"
     assert not (live(reg, ann) / "home" / "ann" / "new-file").exists()
-    assert driver.calls == ["copy"]
+    assert driver.calls == ["copy", f"block-start {ann.container}", f"unblock-start {ann.container}"]
     assert sorted(os.listdir(live(reg, ann).parent)) == ["gpushell-snapshots", "rootfs"]
     # The snapshot itself is still there, unchanged, for another restore.
     assert [snap.name for snap in snapshots.list_snapshots(reg, ann)] == ["v1"]
@@ -237,7 +263,10 @@ def test_restore_of_a_running_container_copies_first_then_stops_swaps_starts(lab
     driver.calls.clear()
     record_copies(monkeypatch, driver)
     assert snapshots.restore(reg, ann, driver, "v1") is True
-    assert driver.calls == ["copy", f"stop {ann.container}", f"start {ann.container}"]
+    assert driver.calls == [
+        "copy", f"stop {ann.container}", f"block-start {ann.container}", f"unblock-start {ann.container}",
+        f"start {ann.container}",
+    ]  # fmt: skip
     assert (live(reg, ann) / "home" / "ann" / "notes.txt").read_text() == "version 1\n"
 
 
