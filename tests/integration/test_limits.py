@@ -1,0 +1,159 @@
+"""Limits on real containers: in the kernel's cgroups by default and after `set`, and what they stop.
+
+A memory hog and a fork bomb in one student's container are stopped there
+while a neighbour keeps running and the host still forks; container root
+cannot raise its own limits; a CPU quota holds a busy loop to its share.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from gpushell import cgroups
+
+from .lab import Lab, Student, sh
+
+GIB = 2**30
+
+
+def attach(lab: Lab, student: Student, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    command = ["lxc-attach", "-P", lab.lxcpath, "-n", student.container, "--clear-env", "--", *argv]
+    return sh(command, check=False, timeout=timeout)
+
+
+def cgroup_file(lab: Lab, student: Student, controller: str, name: str) -> str:
+    directory = cgroups.controller_dir(lab.init_pid(student), controller)
+    assert directory is not None and directory.endswith(f"lxc.payload.{student.container}"), directory
+    with open(f"{directory}/{name}", encoding="ascii") as stream:
+        return stream.read().strip()
+
+
+def started(lab: Lab, student: Student) -> None:
+    result = lab.ssh(student, "start")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert lab.state(student) == "RUNNING"
+
+
+def restart(lab: Lab, student: Student) -> None:
+    result = lab.ssh(student, "restart")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.fixture
+def neighbour(lab: Lab) -> Iterator[Student]:
+    """A second, running student whose container must not notice the first one's trouble."""
+    made = lab.add_student(f"n{len(lab.students)}")
+    try:
+        started(lab, made)
+        yield made
+    finally:
+        lab.admin("remove", made.name, "--purge", check=False)
+
+
+def test_a_new_container_has_the_finite_default_limits(lab: Lab, student: Student) -> None:
+    started(lab, student)
+    assert int(cgroup_file(lab, student, "memory", "memory.limit_in_bytes")) == 8 * GIB
+    assert int(cgroup_file(lab, student, "memory", "memory.memsw.limit_in_bytes")) == 16 * GIB
+    assert cgroup_file(lab, student, "pids", "pids.max") == "4096"
+    assert cgroup_file(lab, student, "cpu", "cpu.cfs_quota_us") == "400000"
+    assert cgroup_file(lab, student, "cpu", "cpu.cfs_period_us") == "100000"
+    listed = {row["user"]: row for row in json.loads(lab.admin("list", "--json").stdout)["users"]}
+    assert listed[student.name]["limits"] == {"memory_bytes": 8 * GIB, "cpus": 4.0, "pids": 4096}
+
+
+def test_set_changes_the_limits_at_the_next_start(lab: Lab, student: Student) -> None:
+    started(lab, student)
+    result = lab.admin("set", student.name, "memory=256M", "cpus=0.5", "pids=200")
+    assert "takes effect at the container's next start" in result.stdout, result.stdout
+    # Running on with the old limits until it restarts, as `set` said.
+    assert int(cgroup_file(lab, student, "memory", "memory.limit_in_bytes")) == 8 * GIB
+    restart(lab, student)
+    assert int(cgroup_file(lab, student, "memory", "memory.limit_in_bytes")) == 256 * 2**20
+    assert int(cgroup_file(lab, student, "memory", "memory.memsw.limit_in_bytes")) == 512 * 2**20
+    assert cgroup_file(lab, student, "cpu", "cpu.cfs_quota_us") == "50000"
+    assert cgroup_file(lab, student, "pids", "pids.max") == "200"
+    status = lab.ssh(student, "status")
+    assert status.returncode == 0, status.stderr
+    assert "(at most 0.5 CPUs)" in status.stdout and " of 256 MiB" in status.stdout, status.stdout
+    assert " of 200" in status.stdout, status.stdout
+
+
+def test_container_root_cannot_raise_its_own_limits(lab: Lab, student: Student) -> None:
+    lab.admin("set", student.name, "memory=256M", "pids=100")
+    started(lab, student)
+    # Container root sees its own memory and pids cgroups at the top of its
+    # cgroup namespace (the cpu hierarchy, here, not at all).
+    for name, value in (("memory.limit_in_bytes", "-1"), ("pids.max", "max"), ("cpu.cfs_quota_us", "-1")):
+        found = attach(lab, student, "sh", "-c", f"ls /sys/fs/cgroup/*/{name}").stdout.split()
+        assert found or name.startswith("cpu."), f"{name} is not visible inside"
+        for path in found:
+            tried = attach(lab, student, "sh", "-c", f"echo {value} > {path}")
+            assert tried.returncode != 0, f"container root wrote {path}"
+    assert int(cgroup_file(lab, student, "memory", "memory.limit_in_bytes")) == 256 * 2**20
+    assert cgroup_file(lab, student, "pids", "pids.max") == "100"
+    assert cgroup_file(lab, student, "cpu", "cpu.cfs_quota_us") == "400000"
+
+
+def test_a_memory_hog_is_killed_in_its_own_container(lab: Lab, student: Student, neighbour: Student) -> None:
+    lab.admin("set", student.name, "memory=128M")
+    started(lab, student)
+    neighbour_init = lab.init_pid(neighbour)
+    # `tail` keeps a line that never ends in memory: it grows until something stops it.
+    hog = attach(lab, student, "timeout", "120", "tail", "/dev/zero", timeout=150)
+    assert hog.returncode == 137, (hog.returncode, hog.stderr)  # SIGKILL from the OOM killer
+    assert int(cgroup_file(lab, student, "memory", "memory.max_usage_in_bytes")) <= 128 * 2**20
+    assert lab.state(student) == "RUNNING"
+    assert lab.state(neighbour) == "RUNNING" and lab.init_pid(neighbour) == neighbour_init
+    status = lab.ssh(student, "status")
+    assert "Out of memory:   1 process was killed at your memory limit" in status.stdout, status.stdout
+
+
+def test_a_fork_bomb_stays_inside_its_pids_limit(lab: Lab, student: Student, neighbour: Student) -> None:
+    lab.admin("set", student.name, "pids=64", "cpus=0.5")
+    started(lab, student)
+    try:
+        # A real fork bomb, left running: only stopping the container ends it.
+        bomb = "bomb() { bomb | bomb & }; bomb"
+        subprocess.run(
+            ["lxc-attach", "-P", lab.lxcpath, "-n", student.container, "--clear-env", "--",
+             "setsid", "-f", "bash", "-c", bomb],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            check=False, timeout=30,
+        )  # fmt: skip
+        time.sleep(3)
+        assert int(cgroup_file(lab, student, "pids", "pids.current")) <= 64
+        assert int(cgroup_file(lab, student, "pids", "pids.events").split()[-1]) > 0  # forks were refused
+        # The host and the neighbour still fork.
+        for _ in range(20):
+            assert subprocess.run(["/bin/true"], check=False).returncode == 0
+        assert attach(lab, neighbour, "true").returncode == 0
+        assert (
+            lab.ssh(neighbour, "hostname", port=neighbour.port, timeout=30).stdout.strip()
+            == neighbour.container
+        )
+    finally:
+        sh(["lxc-stop", "-P", lab.lxcpath, "-n", student.container, "-k"], check=False, timeout=60)
+
+
+def test_a_cpu_quota_holds_a_busy_loop_to_its_share(lab: Lab, student: Student) -> None:
+    lab.admin("set", student.name, "cpus=0.5")
+    started(lab, student)
+    # Two spinning processes could take both of this host's CPUs.
+    spin = "for i in 1 2; do timeout 6 sh -c 'while :; do :; done' & done; wait"
+    runner = subprocess.Popen(
+        ["lxc-attach", "-P", lab.lxcpath, "-n", student.container, "--clear-env", "--", "sh", "-c", spin]
+    )
+    try:
+        time.sleep(1)
+        before, began = int(cgroup_file(lab, student, "cpuacct", "cpuacct.usage")), time.monotonic()
+        time.sleep(3)
+        used = (int(cgroup_file(lab, student, "cpuacct", "cpuacct.usage")) - before) / 1e9
+        share = used / (time.monotonic() - began)
+        assert 0.3 < share < 0.65, share
+    finally:
+        runner.wait(30)
