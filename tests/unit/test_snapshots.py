@@ -413,3 +413,62 @@ def test_lxc_driver_freezes_through_lxc_tools(monkeypatch, verb, tool):
         getattr(driver, verb)("c-ann")
     assert "it broke" in failed.value.log_message
     assert failed.value.user_message.startswith("your container could not be")
+
+
+def test_a_restart_during_the_copy_discards_the_snapshot(lab, monkeypatch):
+    """Frozen, verified, copied; then the container shows another init: nothing is kept."""
+    reg, ann, _bob = lab
+    driver = FakeDriver({ann.container: "RUNNING"})
+    real = treecopy.copy_tree
+
+    def copy_while_it_restarts(source: str, target: str) -> None:
+        real(source, target)
+        driver.info = lambda name: ("RUNNING", 9999)  # type: ignore[method-assign]
+
+    monkeypatch.setattr(treecopy, "copy_tree", copy_while_it_restarts)
+    with pytest.raises(GpushellError) as caught:
+        snapshots.create(reg, ann, driver, "torn", now=NOW)
+    assert (
+        caught.value.user_message
+        == "your container restarted during the snapshot; nothing was kept; try again"
+    )
+    assert snapshots.list_snapshots(reg, ann) == []
+    assert os.listdir(live(reg, ann).parent / "gpushell-snapshots") == []
+
+
+def test_a_snapshot_that_will_not_fit_is_refused_before_anything_is_frozen(lab, monkeypatch):
+    reg, ann, _bob = lab
+    driver = FakeDriver({ann.container: "RUNNING"})
+    monkeypatch.setattr(treecopy, "free_bytes", lambda path: 1 << 20)
+    with pytest.raises(GpushellError) as caught:
+        snapshots.create(reg, ann, driver, "big", now=NOW)
+    assert caught.value.user_message.startswith("not enough disk space for a snapshot: needs ")
+    assert caught.value.user_message.endswith(", 1.0 MiB free")
+    assert driver.calls == []
+    assert snapshots.list_snapshots(reg, ann) == []
+
+
+def test_a_restore_that_will_not_fit_changes_nothing(lab, monkeypatch):
+    reg, ann, _bob = lab
+    driver = FakeDriver({ann.container: "RUNNING"})
+    snapshots.create(reg, ann, driver, "v1", now=NOW)
+    driver.calls.clear()
+    monkeypatch.setattr(treecopy, "free_bytes", lambda path: 1 << 20)
+    with pytest.raises(GpushellError, match="not enough disk space for the restore: needs "):
+        snapshots.restore(reg, ann, driver, "v1")
+    assert driver.calls == []
+    assert sorted(os.listdir(live(reg, ann).parent)) == ["gpushell-snapshots", "rootfs"]
+
+
+def test_a_container_started_before_the_swap_keeps_its_rootfs(lab):
+    """Something started it between the stop and the swap: the swap is refused, the copy dropped."""
+    reg, ann, _bob = lab
+    driver = FakeDriver()
+    snapshots.create(reg, ann, driver, "v1", now=NOW)
+    (live(reg, ann) / "home" / "ann" / "notes.txt").write_text("version 2\n")
+    driver.stop = lambda name: driver.states.__setitem__(name, "RUNNING")  # type: ignore[method-assign]
+    driver.states[ann.container] = "RUNNING"
+    with pytest.raises(GpushellError, match="your container is running; try the restore again"):
+        snapshots.restore(reg, ann, driver, "v1")
+    assert (live(reg, ann) / "home" / "ann" / "notes.txt").read_text() == "version 2\n"
+    assert sorted(os.listdir(live(reg, ann).parent)) == ["gpushell-snapshots", "rootfs"]
