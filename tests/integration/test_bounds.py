@@ -1,0 +1,146 @@
+"""What one student's container can make the root helper do: bounded output, time and waits.
+
+Container root replaces the programs and files the helper uses (its own
+systemctl, FIFOs in place of files) and the helper must neither buffer a
+flood, nor hang, nor queue a second action behind a stuck first one.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from .lab import Lab, Student, sh
+
+SYSTEMCTL = "/usr/bin/systemctl"
+
+
+def attach(lab: Lab, student: Student, script: str) -> subprocess.CompletedProcess[str]:
+    """Run script as the container's root (what a student with sudo inside can do)."""
+    return sh(["lxc-attach", "-P", lab.lxcpath, "-n", student.container, "--clear-env", "--",
+               "/bin/sh", "-c", script], check=False, timeout=60)  # fmt: skip
+
+
+def started(lab: Lab, student: Student) -> None:
+    result = lab.ssh(student, "start")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture
+def planted_systemctl(lab: Lab, student: Student) -> Iterator[None]:
+    started(lab, student)
+    assert attach(lab, student, f"mv {SYSTEMCTL} {SYSTEMCTL}.real").returncode == 0
+    try:
+        yield
+    finally:
+        attach(lab, student, f"mv -f {SYSTEMCTL}.real {SYSTEMCTL}")
+
+
+def plant_systemctl(lab: Lab, student: Student, body: str) -> None:
+    result = attach(lab, student, f"printf '#!/bin/sh\\n{body}\\n' > {SYSTEMCTL} && chmod 755 {SYSTEMCTL}")
+    assert result.returncode == 0, result.stderr
+
+
+def helper_rss_kib() -> int:
+    """The largest resident size of any running `gpushell-helper keys` process now, in KiB."""
+    largest = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as stream:
+                if b"gpushell-helper\0keys" not in stream.read():
+                    continue
+            with open(f"/proc/{pid}/status") as stream:
+                for line in stream:
+                    if line.startswith("VmRSS:"):
+                        largest = max(largest, int(line.split()[1]))
+        except OSError:
+            continue
+    return largest
+
+
+@pytest.mark.usefixtures("planted_systemctl")
+def test_a_container_flooding_the_helper_costs_it_no_memory(lab: Lab, student: Student) -> None:
+    plant_systemctl(lab, student, "head -c 3000000000 /dev/zero; head -c 1000000000 /dev/zero >&2")
+    peak = [0]
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], helper_rss_kib())
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    began = time.monotonic()
+    result = lab.ssh(student, "keys", timeout=400)
+    took = time.monotonic() - began
+    done.set()
+    watcher.join()
+    print(f"keys under a 4 GB flood: {took:.1f} s, helper peak RSS {peak[0]} KiB")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "restarted sshd in your container" in result.stdout
+    assert 0 < peak[0] < 100 * 1024  # a 4 GB flood went through a helper of tens of MiB
+    assert took < 300
+
+
+@pytest.mark.usefixtures("planted_systemctl")
+def test_a_second_action_while_one_runs_is_told_busy(lab: Lab, student: Student) -> None:
+    plant_systemctl(lab, student, "sleep 20")
+    first: list[subprocess.CompletedProcess[str]] = []
+    runner = threading.Thread(target=lambda: first.append(lab.ssh(student, "keys", timeout=200)))
+    runner.start()
+    time.sleep(3)  # keys holds the lock, waiting on the planted systemctl
+    began = time.monotonic()
+    second = lab.ssh(student, "stop", timeout=60)
+    waited = time.monotonic() - began
+    runner.join()
+    assert second.returncode != 0
+    assert "busy: another action of yours is running" in second.stdout + second.stderr
+    assert waited < 15
+    assert first[0].returncode == 0, first[0].stdout + first[0].stderr
+    assert lab.state(student) == "RUNNING"  # the stop never ran
+
+
+def test_fifos_planted_for_keys_hang_nothing(lab: Lab, student: Student) -> None:
+    started(lab, student)
+    home = f"/home/{student.name}"
+    planted = attach(
+        lab, student,
+        f"rm -f {home}/.ssh/authorized_keys && mkfifo {home}/.ssh/authorized_keys"
+        " && rm -f /etc/ssh/sshd_config && mkfifo /etc/ssh/sshd_config"
+        " && rm -f /etc/ssh/ssh_host_ed25519_key.pub && mkfifo /etc/ssh/ssh_host_ed25519_key.pub",
+    )  # fmt: skip
+    assert planted.returncode == 0, planted.stderr
+    began = time.monotonic()
+    result = lab.ssh(student, "keys", timeout=200)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert time.monotonic() - began < 60
+    assert attach(lab, student, f"test -f {home}/.ssh/authorized_keys").returncode == 0
+
+
+def test_a_fifo_at_the_host_accounts_authorized_keys_hangs_nothing(lab: Lab, student: Student) -> None:
+    import pwd
+
+    started(lab, student)
+    home = pwd.getpwnam(student.name).pw_dir
+    keys = f"{home}/.ssh/authorized_keys"
+    saved = f"{keys}.saved-by-test"
+    os.rename(keys, saved)
+    os.mkfifo(keys)
+    try:
+        began = time.monotonic()
+        # Over the container's own port: the host sshd needs the (now FIFO) file itself.
+        result = sh(["lxc-attach", "-P", lab.lxcpath, "-n", student.container, "--", "true"], check=False)
+        assert result.returncode == 0
+        helper = sh(["sudo", "-n", "-u", student.name, "sudo", "-n", lab.paths["helper"], "keys"],
+                    check=False, timeout=120)  # fmt: skip
+        assert time.monotonic() - began < 60
+        assert "authorized_keys" not in helper.stdout or home not in helper.stdout
+    finally:
+        os.unlink(keys)
+        os.rename(saved, keys)
