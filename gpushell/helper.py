@@ -221,6 +221,22 @@ ACTIONS: dict[str, Action] = {
 MENU_WORD = {"gpu-kill": menu.KILL_COMMAND}
 
 
+UNSAFE_MESSAGE = "that did not work; the details are in the system log for your administrator"
+
+
+def without_host_paths(message: str) -> str:
+    """The message, unless a word in it is an absolute path: then a plain line instead (pure).
+
+    A student never sees where the host keeps things (a last guard behind
+    every message written for students: a path that slipped into one stays
+    in the log, which has the whole message).  `~/.ssh/...` is theirs.
+    """
+    for word in message.split():
+        if word.strip("'\"`([{<:,;").startswith("/"):
+            return UNSAFE_MESSAGE
+    return message
+
+
 def caller_name(environ: dict[str, str]) -> str:
     """The invoking user's name, from SUDO_UID only."""
     if os.geteuid() != 0:
@@ -348,6 +364,7 @@ def main(paths: Paths = DEFAULT, argv: list[str] | None = None) -> int:
             name = _real_user()
         audit.record(name, verb, "failed", exc.log_message, warning=True)
         message = exc.user_message if exc.status in (ExitStatus.ERROR, ExitStatus.TIMEOUT) else CONTACT_ADMIN
+        message = without_host_paths(message)
         print(protocol.encode({"error": message, "status": int(exc.status)}), end="")
         return int(exc.status)
     except Exception as exc:  # fail closed: the student sees one line, the log the rest

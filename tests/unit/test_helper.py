@@ -69,3 +69,27 @@ def test_actions():
         "snapshot", "snapshots", "start", "status", "stop",
     ]  # fmt: skip
     assert helper.ACTIONS["start"] is helper.ACTIONS["login"]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "container alice already exists in /var/lib/lxc",
+        "cannot open '/run/gpushell/x': denied",
+        "failed (/etc/gpushell.yaml:3)",
+    ],
+)
+def test_a_student_never_sees_a_host_path(message: str) -> None:
+    assert helper.without_host_paths(message) == helper.UNSAFE_MESSAGE
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "busy: another action of yours is running; try again in a moment",
+        "check ~/.ssh/authorized_keys",
+        "I/O",
+    ],
+)
+def test_messages_without_paths_pass_unchanged(message: str) -> None:
+    assert helper.without_host_paths(message) == message
