@@ -6,7 +6,7 @@ import grp
 import os
 from collections.abc import Callable
 
-from . import chaincheck, dropins, forward, ifaddr, iptables, registry_file
+from . import chaincheck, dropins, forward, ifaddr, iptables, isolation, nftrun, registry_file
 from .model import Registry
 from .paths import Paths
 from .runner import run
@@ -53,6 +53,12 @@ def ensure_forwards(reg: Registry, report: Report) -> None:
     if not chaincheck.chain_matches(table, reg):
         iptables.apply(forward.rebuild_lines(table, reg, reg.users.values()))
     report(f"nat chain {reg.chain}: {len(reg.users)} forward(s)")
+
+
+def ensure_isolation(reg: Registry, report: Report) -> None:
+    nftrun.ensure(reg)  # only when they differ: a rebuild moves nf_tables' generation
+    name = isolation.table_name(reg)
+    report(f"nftables tables bridge {name} and inet {name}: isolation for {len(reg.users)} student(s)")
 
 
 def ensure_group(paths: Paths, report: Report) -> None:
@@ -149,6 +155,7 @@ def init(paths: Paths, report: Report) -> Registry:
     ensure_bridge(reg, report)
     ensure_ip_forwarding(report)
     ensure_forwards(reg, report)
+    ensure_isolation(reg, report)
     ensure_subordinate_ids(reg, report)
     ensure_login_shell_listed(paths, report)
     ensure_file(paths.sudoers_dropin, dropins.sudoers(paths), 0o440, report, check=["visudo", "-cqf"])

@@ -11,7 +11,9 @@ Two tables, named after the registry's chain in lower case (GPUSHELL ->
   other port may not claim a student's MAC or IP, nor the gateway's (a
   container started before its veth got a stable name, say).  Unless
   `allow_container_traffic`, nothing is bridged from or to a student's port:
-  containers reach only the host, which routes.
+  containers reach only the host, which routes.  A student's port receives
+  only frames for its own MAC, and broadcast and multicast: a unicast frame
+  the bridge floods for a stopped container's MAC reaches no other.
 - `inet NAME` (layer 3, the host).  From the lab's bridge, the host takes
   replies to its own connections and pings, nothing else: its sshd and
   other services stay out of containers' reach.  What the host routes from
@@ -73,7 +75,10 @@ def bridge_table(reg: Registry) -> str:
     ports = [f'"{host_interface(user.address)}"' for user in students]
     macs = [mac_address(user.address) for user in students]
     ips = sorted([ipaddress.IPv4Address(user.address) for user in students] + [reg.gateway])
-    forward = [] if reg.allow_container_traffic else ["iifname @ports drop", "oifname @ports drop"]
+    if reg.allow_container_traffic:
+        forward = ["oifname @ports jump to_student"]
+    else:
+        forward = ["iifname @ports drop", "oifname @ports drop"]
     port_macs = [f"{port} . {mac}" for port, mac in zip(ports, macs, strict=True)]
     port_ips = [f"{port} . {user.address}" for port, user in zip(ports, students, strict=True)]
     parts = [
@@ -99,6 +104,14 @@ def bridge_table(reg: Registry) -> str:
             "drop",  # IPv6, VLAN tags, any other protocol: none at all
         ]),
         _chain("forward", forward, hook="forward"),
+        _chain("output", ["oifname @ports jump to_student"], hook="output"),
+        # A student's port gets frames for its MAC and group (broadcast, multicast) frames:
+        # no unicast flooded for a MAC whose port is gone (a stopped container).
+        _chain("to_student", [
+            "oifname . ether daddr @port_mac accept",
+            "ether daddr & 01:00:00:00:00:00 == 01:00:00:00:00:00 accept",
+            "drop",
+        ]),
     ]  # fmt: skip
     return f"table bridge {table_name(reg)} {{\n" + "\n".join(parts) + "}\n"
 

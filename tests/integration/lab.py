@@ -82,6 +82,7 @@ class Lab:
         self.lxcpath = f"/var/lib/gpushell-test-{self.prefix}"
         self.bridge = f"{self.prefix}br"
         self.chain = self.prefix.upper()
+        self.tables = self.chain.lower()  # the nftables isolation tables, bridge and inet
         self.group = self.prefix
         self.template = f"{self.prefix}-tpl"
         self.netns = f"{self.prefix}-cli"
@@ -305,6 +306,13 @@ class Lab:
         if f":{self.chain} " in save:
             attempt(["iptables", "-t", "nat", "-F", self.chain])
             attempt(["iptables", "-t", "nat", "-X", self.chain])
+        # The lab's isolation tables (named after its chain), and no other; `table` first
+        # makes each exist, so the delete cannot fail on one init never made.
+        tables = "".join(f"table {family} {self.tables}\ndelete table {family} {self.tables}\n"
+                         for family in ("bridge", "inet"))  # fmt: skip
+        result = sh(["nft", "-f", "-"], check=False, input=tables)
+        if result.returncode != 0:
+            errors.append(f"nft delete table {self.tables}: {result.stderr.strip()}")
         if os.path.exists(f"/sys/class/net/{self.bridge}"):
             attempt(["ip", "link", "del", self.bridge])
         if os.path.exists(f"/run/netns/{self.netns}"):

@@ -75,6 +75,17 @@ table bridge gptab-x {
 		iifname @ports drop
 		oifname @ports drop
 	}
+
+	chain output {
+		type filter hook output priority filter; policy accept;
+		oifname @ports jump to_student
+	}
+
+	chain to_student {
+		oifname . ether daddr @port_mac accept
+		ether daddr & 01:00:00:00:00:00 == 01:00:00:00:00:00 accept
+		drop
+	}
 }
 """  # noqa: E501 - nft prints a rule on one line
 
@@ -120,7 +131,9 @@ def test_the_inet_table_exactly() -> None:
 
 def test_container_traffic_allowed_takes_out_the_drops_between_containers() -> None:
     bridge, inet = isolation.bridge_table(ALLOWING), isolation.inet_table(ALLOWING)
-    assert bridge == BRIDGE.replace("\t\tiifname @ports drop\n\t\toifname @ports drop\n", "")
+    assert bridge == BRIDGE.replace(
+        "\t\tiifname @ports drop\n\t\toifname @ports drop\n", "\t\toifname @ports jump to_student\n"
+    )
     assert inet == INET.replace('\t\toifname "gptabbr" drop\n', "")
 
 

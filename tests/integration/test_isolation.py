@@ -1,0 +1,288 @@
+"""Network isolation between students, on real containers (gpushell/isolation.py).
+
+Two students, both running: a victim and an attacker whose root changes
+its own network (address, MAC, routes) as hostile root would.  Every test
+puts back what it changed (the attacker's eth0, the victim's state, the
+registry and the tables), even when it fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from gpushell.lxcconfig import host_interface, mac_address
+
+from .lab import Lab, Student, free_port, sh
+
+
+@pytest.fixture(scope="module")
+def pair(lab: Lab) -> Iterator[tuple[Student, Student]]:
+    """(victim, attacker), both containers running; removed with their accounts afterwards."""
+    made: list[Student] = []
+    try:
+        for suffix in ("iv", "ia"):
+            made.append(lab.add_student(suffix))
+            started = lab.ssh(made[-1], "start")
+            assert started.returncode == 0, started.stderr
+        yield made[0], made[1]
+    finally:
+        for student in made:
+            lab.admin("remove", student.name, "--purge", check=False)
+
+
+def attach(lab: Lab, student: Student, script: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """bash -c script as root in the student's container."""
+    argv = ["lxc-attach", "-P", lab.lxcpath, "-n", student.container, "--clear-env", "--"]
+    return sh([*argv, "bash", "-c", script], check=False, timeout=timeout)
+
+
+def connects(lab: Lab, student: Student, ip: str, port: int, seconds: int = 3) -> bool:
+    """Whether a TCP handshake from inside the container to ip:port completes (a drop: timeout)."""
+    return attach(lab, student, f"timeout {seconds} bash -c 'exec 3<>/dev/tcp/{ip}/{port}'").returncode == 0
+
+
+def gateway(lab: Lab) -> str:
+    from gpushell import registry
+
+    return str(registry.parse(lab.read_registry(), lab.registry).gateway)
+
+
+def prefixlen(lab: Lab) -> int:
+    return lab.subnet.prefixlen
+
+
+def tcp_segments_in(lab: Lab, student: Student) -> int:
+    """TCP segments the container's network stack has received (its /proc/net/snmp InSegs)."""
+    script = (
+        'awk \'$1=="Tcp:" { if (!seen) { for (i = 1; i <= NF; i++) col[$i] = i; seen = 1 } '
+        'else print $col["InSegs"] }\' /proc/net/snmp'
+    )
+    return int(attach(lab, student, script).stdout.strip())
+
+
+def set_identity(lab: Lab, student: Student, ip: str, mac: str) -> None:
+    """The container's eth0 with this address and MAC, routed by the gateway (root inside may do this)."""
+    script = (
+        f"ip link set eth0 down && ip link set eth0 address {mac} && ip addr flush dev eth0 && "
+        f"ip addr add {ip}/{prefixlen(lab)} dev eth0 && ip link set eth0 up && "
+        f"ip route replace default via {gateway(lab)}"
+    )
+    result = attach(lab, student, script)
+    assert result.returncode == 0, result.stderr
+
+
+@contextlib.contextmanager
+def claiming(lab: Lab, attacker: Student, victim: Student, with_mac: bool) -> Iterator[None]:
+    """The attacker takes the victim's IP (and MAC), and talks: its ARP now names the victim."""
+    mac = mac_address(victim.ip) if with_mac else mac_address(attacker.ip)
+    try:
+        set_identity(lab, attacker, victim.ip, mac)
+        # Each attempt sends ARP for the gateway with the victim's IP (and MAC) as sender.
+        talk = f"timeout 1 bash -c 'exec 3<>/dev/tcp/{gateway(lab)}/22'"
+        attach(lab, attacker, f"for i in 1 2 3; do {talk}; done")
+        yield
+    finally:
+        set_identity(lab, attacker, attacker.ip, mac_address(attacker.ip))
+
+
+def host_neighbour(lab: Lab, ip: str) -> str:
+    return sh(["ip", "neigh", "show", "to", ip, "dev", lab.bridge]).stdout.strip()
+
+
+def container_hostname(lab: Lab, student: Student) -> str:
+    return attach(lab, student, "hostname").stdout.strip()
+
+
+def landing(lab: Lab, victim: Student) -> subprocess.CompletedProcess[str]:
+    """ssh to the victim's forward from the client namespace, with a fresh ARP look-up on the host."""
+    sh(["ip", "neigh", "flush", "to", victim.ip, "dev", lab.bridge], check=False)
+    return lab.ssh(victim, "hostname", port=victim.port, timeout=60)
+
+
+@pytest.mark.parametrize("with_mac", [False, True], ids=["ip-only", "ip-and-mac"])
+def test_a_neighbours_ip_gets_the_attacker_none_of_its_traffic_while_it_runs(
+    lab: Lab, pair: tuple[Student, Student], with_mac: bool
+) -> None:
+    victim, attacker = pair
+    own = container_hostname(lab, victim)
+    with claiming(lab, attacker, victim, with_mac):
+        before = tcp_segments_in(lab, attacker)
+        for _ in range(3):
+            result = landing(lab, victim)
+            assert (result.returncode, result.stdout.strip()) == (0, own), result.stderr
+            assert mac_address(attacker.ip) not in host_neighbour(lab, victim.ip)
+        assert tcp_segments_in(lab, attacker) == before  # not one segment for the victim reached it
+
+
+@pytest.mark.parametrize("with_mac", [False, True], ids=["ip-only", "ip-and-mac"])
+def test_a_neighbours_ip_gets_the_attacker_none_of_its_traffic_while_it_is_stopped(
+    lab: Lab, pair: tuple[Student, Student], with_mac: bool
+) -> None:
+    victim, attacker = pair
+    assert lab.ssh(victim, "stop").returncode == 0
+    try:
+        with claiming(lab, attacker, victim, with_mac):
+            before = tcp_segments_in(lab, attacker)
+            result = lab.ssh(victim, "hostname", port=victim.port, timeout=60)
+            assert result.returncode != 0 and container_hostname(lab, attacker) not in result.stdout
+            assert mac_address(attacker.ip) not in host_neighbour(lab, victim.ip)
+            assert tcp_segments_in(lab, attacker) == before
+    finally:
+        assert lab.ssh(victim, "start").returncode == 0
+
+
+@contextlib.contextmanager
+def routed_via_gateway(lab: Lab, student: Student, ip: str) -> Iterator[None]:
+    attach(lab, student, f"ip route replace {ip}/32 via {gateway(lab)}")
+    try:
+        yield
+    finally:
+        attach(lab, student, f"ip route del {ip}/32")
+
+
+@contextlib.contextmanager
+def applied(lab: Lab, lines: str) -> Iterator[None]:
+    """Registry lines in effect (apply), and out again after (apply), even on failure."""
+    try:
+        with lab.setting_added(lines):
+            lab.admin("apply")
+            yield
+    finally:
+        lab.admin("apply")
+
+
+def test_containers_reach_each_other_only_when_the_lab_allows_it(
+    lab: Lab, pair: tuple[Student, Student]
+) -> None:
+    victim, attacker = pair
+    assert not connects(lab, attacker, victim.ip, 22)
+    with routed_via_gateway(lab, attacker, victim.ip):
+        assert not connects(lab, attacker, victim.ip, 22)
+    with applied(lab, "allow_container_traffic: true\n"):
+        assert connects(lab, attacker, victim.ip, 22)
+        with routed_via_gateway(lab, attacker, victim.ip):
+            assert connects(lab, attacker, victim.ip, 22)
+    assert not connects(lab, attacker, victim.ip, 22)
+
+
+class Listener:
+    """A TCP listener in this process (the host), accepting and closing each connection."""
+
+    def __init__(self, address: str) -> None:
+        self.sock = socket.socket()
+        self.sock.bind((address, 0))
+        self.sock.listen(16)
+        self.address, self.port = address, self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.sock.accept()
+                conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_host_services_are_closed_to_containers_while_the_forwards_work(
+    lab: Lab, pair: tuple[Student, Student]
+) -> None:
+    victim, attacker = pair
+    listener = Listener(gateway(lab))
+    try:
+        with socket.create_connection((listener.address, listener.port), timeout=3):
+            pass  # the listener answers the host itself
+        assert not connects(lab, attacker, listener.address, listener.port)
+        assert not connects(lab, attacker, lab.host_ip, lab.sshd_port)  # the lab's sshd
+        assert not connects(lab, attacker, gateway(lab), lab.sshd_port)
+    finally:
+        listener.close()
+    result = lab.ssh(victim, "hostname", port=victim.port)
+    assert result.returncode == 0 and result.stdout.strip() == container_hostname(lab, victim), result.stderr
+
+
+@contextlib.contextmanager
+def client_listener(lab: Lab) -> Iterator[int]:
+    """A TCP listener in the client namespace (outside the lab); its port."""
+    port = free_port()
+    code = (
+        "import socket\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        f"s.bind(({lab.client_ip!r}, {port}))\ns.listen(16)\n"
+        "while True:\n    c, _ = s.accept()\n    c.close()\n"
+    )
+    proc = subprocess.Popen(["ip", "netns", "exec", lab.netns, "python3", "-c", code])
+    try:
+        deadline = time.monotonic() + 10
+        while sh(["ip", "netns", "exec", lab.netns, "ss", "-Hltn", f"sport = :{port}"]).stdout.strip() == "":
+            assert time.monotonic() < deadline, "client listener did not start"
+            time.sleep(0.05)
+        yield port
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_egress_deny_keeps_containers_off_an_address_but_not_its_replies(
+    lab: Lab, pair: tuple[Student, Student]
+) -> None:
+    victim, attacker = pair
+    with client_listener(lab) as port:
+        assert connects(lab, attacker, lab.client_ip, port)  # reachable before
+        with applied(lab, f"egress_deny: [{lab.client_ip}/32]\n"):
+            assert not connects(lab, attacker, lab.client_ip, port)
+            # The client still reaches a container through its forward: replies pass.
+            result = lab.ssh(victim, "hostname", port=victim.port)
+            assert result.returncode == 0, result.stderr
+        assert connects(lab, attacker, lab.client_ip, port)
+
+
+APPLY = "gpushell-admin apply"
+
+
+def nft(*args: str) -> subprocess.CompletedProcess[str]:
+    return sh(["nft", *args], check=False)
+
+
+def doctor_lines(lab: Lab) -> list[str]:
+    return [line for line in lab.admin("doctor", check=False).stdout.splitlines() if "nftables" in line]
+
+
+def test_apply_rebuilds_a_deleted_or_changed_table_and_doctor_tells(
+    lab: Lab, pair: tuple[Student, Student]
+) -> None:
+    name = lab.tables
+    ok = f"ok: nftables tables bridge {name} and inet {name} (isolation) match the registry"
+    try:
+        assert doctor_lines(lab) == [ok]
+        assert nft("delete", "table", "inet", name).returncode == 0
+        assert nft("flush", "chain", "bridge", name, "student").returncode == 0
+        assert doctor_lines(lab) == [
+            f"FAIL: nftables table bridge {name} differs from what the registry wants — fix: {APPLY}",
+            f"FAIL: nftables table inet {name} is missing — fix: {APPLY}",
+        ]
+        out = lab.admin("apply").stdout
+        assert "done: rebuild the nftables isolation tables" in out
+        assert doctor_lines(lab) == [ok]
+        assert "nftables" not in lab.admin("apply").stdout  # right tables are left alone
+    finally:
+        lab.admin("apply")
+
+
+def test_add_and_remove_rebuild_the_tables(lab: Lab, pair: tuple[Student, Student]) -> None:
+    port = host_interface(pair[0].ip)
+    assert port in nft("list", "table", "bridge", lab.tables).stdout
+    extra = lab.add_student("ix")
+    try:
+        assert host_interface(extra.ip) in nft("list", "table", "bridge", lab.tables).stdout
+    finally:
+        lab.admin("remove", extra.name, "--purge")
+    listed = nft("list", "table", "bridge", lab.tables).stdout
+    assert host_interface(extra.ip) not in listed and port in listed
