@@ -31,6 +31,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .containers import Closable
 
+# LXC's states of a running container: its freezer's THAWED, FREEZING, FROZEN (RUNNING for THAWED).
+ALIVE = (RUNNING, "FREEZING", FROZEN, "THAWED")
 FREEZE_WAIT = 10.0  # seconds a freeze may take to reach every task after lxc-freeze returned
 STOP_WAIT = 5.0  # seconds LXC's monitor may linger on its socket after lxc-stop returned
 POLL = 0.05
@@ -84,8 +86,8 @@ def held(driver: ContainerDriver, container: str, action: str) -> Iterator[Held]
     if state == STOPPED:
         with stopped(driver, container, action) as hold:
             yield hold
-    elif state in (RUNNING, FROZEN) and pid is not None:
-        # FROZEN too: a helper killed mid-snapshot left it so; it is thawed after.
+    elif state in ALIVE and pid is not None:
+        # Frozen, or on the way: a helper killed mid-snapshot left it so; it is thawed after.
         with _frozen(driver, container, action, pid) as hold:
             yield hold
     else:
@@ -145,7 +147,7 @@ def _wait_frozen(hold: Held) -> None:
     deadline = time.monotonic() + FREEZE_WAIT
     while not hold.is_still():
         state, pid = hold.driver.info(hold.container)
-        if pid != hold.pid or state not in (FROZEN, RUNNING):
+        if pid != hold.pid or state not in ALIVE:
             raise restarted(hold.container, hold.action, hold.pid)
         if time.monotonic() >= deadline:
             raise GpushellError(
