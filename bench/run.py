@@ -10,10 +10,12 @@ the table is the verdict.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import ipaddress
 import os
 import pwd
 import select
+import signal
 import socket
 import statistics
 import subprocess
@@ -353,19 +355,28 @@ def bench_memory(lab: Lab, student: Student) -> None:
            lambda r: max(sizes) <= 16, "MB")  # fmt: skip
 
 
+CPU_LABEL = "CPU-bound (sha256 of 400 MB)"
+CPU_WORK = "head -c 400M /dev/zero | sha256sum >/dev/null"
+
+
+def self_timed(prefix: list[str], work: str) -> float:
+    """ms that work took, timed by the shell that runs it (date +%s%N around it): no lxc-attach start-up."""
+    script = f"a=$(date +%s%N); {work}; b=$(date +%s%N); echo $(( (b - a) / 1000 ))"
+    return int(sh([*prefix, "sh", "-c", script]).stdout) / 1000
+
+
 def bench_overhead(lab: Lab, student: Student) -> None:
     """The same workload timed from inside (date +%s%N around it) in the container and on the host."""
     settled(lab, student)
     in_container = inside(lab, student)
     workloads = {
-        "CPU-bound (sha256 of 400 MB)": "head -c 400M /dev/zero | sha256sum >/dev/null",
+        CPU_LABEL: CPU_WORK,
         "memory-bound (dd, 64 MB blocks)": "dd if=/dev/zero of=/dev/null bs=64M count=200 status=none",
     }
     for label, work in workloads.items():
-        script = f"a=$(date +%s%N); {work}; b=$(date +%s%N); echo $(( (b - a) / 1000 ))"
 
-        def run_on(prefix: list[str], script: str = script) -> float:
-            return int(sh([*prefix, "sh", "-c", script]).stdout) / 1000
+        def run_on(prefix: list[str], work: str = work) -> float:
+            return self_timed(prefix, work)
 
         # Each run times itself (no lxc-attach start-up counted); in turns, so drift falls on both.
         guest, host = paired_samples(lambda: run_on(in_container), lambda: run_on([]), 12, setup=lambda: None,
@@ -375,7 +386,211 @@ def bench_overhead(lab: Lab, student: Student) -> None:
                lambda r: 1 / r >= 0.98, paired=True)  # fmt: skip
 
 
-FIGURES = ("login", "cold", "growth", "memory", "overhead", "add")
+def all_at_once(jobs: list[Callable[[], object]]) -> None:
+    """Each job in its own thread, all started together; return when all are done (the first error raised)."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        for future in [pool.submit(job) for job in jobs]:
+            future.result()
+
+
+CROWD = 20  # students logging in at once
+START_TIMEOUT = 300  # seconds a crowd's boot may take, on either side
+
+
+def admit_crowd(lab: Lab) -> None:
+    """Let the lab's sshd take CROWD handshakes at once.  At its default MaxStartups
+    (10:30:100) it drops 30% and more of the unauthenticated connections beyond 10
+    ("kex_exchange_identification: Connection closed"), and a crowd loses logins."""
+    assert lab.sshd is not None
+    with open(lab.paths["sshd_config"], "a", encoding="utf-8") as stream:
+        stream.write(f"MaxStartups {2 * CROWD}:30:{4 * CROWD}\n")  # after the drop-in's `Match all`
+    os.kill(lab.sshd.pid, signal.SIGHUP)  # sshd re-executes itself, same pid, new config
+    time.sleep(0.5)
+    poll_greeting(lab.host_ip, lab.sshd_port)
+
+
+def bench_crowd(lab: Lab) -> None:
+    """CROWD students log in at once with their containers stopped (a lab session's
+    start), against CROWD raw lxc-starts + polls of port 22 in parallel: whether the
+    helper's locks, iptables and sudo make a crowd wait on each other."""
+    crowd: list[Student] = []
+    try:
+        for number in range(CROWD):
+            crowd.append(lab.add_student(f"crowd{number}"))
+        sh(["sync"])  # the copies written back before anything is timed
+        admit_crowd(lab)
+
+        def stop_all() -> None:
+            all_at_once([lambda s=s: sh(["lxc-stop", "-P", lab.lxcpath, "-n", s.container, "-k"], check=False)
+                         for s in crowd])  # fmt: skip
+            left = [s.name for s in crowd if lab.state(s) != "STOPPED"]
+            if left:
+                raise RuntimeError(f"not stopped: {left}")
+
+        def login(student: Student) -> None:
+            result = lab.ssh(student, "start", timeout=START_TIMEOUT + 60)  # real ssh, from the client netns
+            if result.returncode != 0:
+                raise RuntimeError(f"{student.name}: ssh start exited {result.returncode}: {result.stderr}")
+            poll_greeting(lab.host_ip, student.port)  # through the forward, as the student would
+
+        def raw_start(student: Student) -> None:
+            sh(["lxc-start", "-P", lab.lxcpath, "-n", student.container])
+            poll_greeting(student.ip, 22, timeout=START_TIMEOUT)
+
+        # CROWD boots on this VM's two cores pass the lab's start_timeout (60 s): both sides get more.
+        text = lab.read_registry()
+        with lab.registry_replaced(text.replace("start_timeout: 60\n", f"start_timeout: {START_TIMEOUT}\n")):
+            ours, raw = paired_samples(
+                lambda: all_at_once([lambda s=s: login(s) for s in crowd]),
+                lambda: all_at_once([lambda s=s: raw_start(s) for s in crowd]),
+                min(5, max(3, REPEAT // 4)),
+                setup=stop_all,
+            )
+        report(f"2. {CROWD} cold logins at once (ssh start), until all answer", ours,
+               f"{CROWD} x lxc-start + poll :22", raw, "<= 1.2", lambda r: r <= 1.2, paired=True)  # fmt: skip
+    finally:
+        for student in crowd:
+            lab.admin("remove", student.name, "--purge", check=False)
+
+
+# The limit keys lxcconfig.limit_lines writes, in either cgroup layout.
+LIMIT_KEYS = tuple(f"lxc.{v}.{c}." for v in ("cgroup", "cgroup2") for c in ("memory", "cpu", "pids"))
+
+
+def bench_limits(lab: Lab, student: Student) -> None:
+    """The CPU-bound workload of figure 6 in the same container booted with its
+    default limits and booted with the limit lines taken out of its config: the
+    cost of the cgroup limits themselves.  Each sample: a boot with one config,
+    then the fastest of 5 runs (each timed from inside, as in figure 6): the other
+    work on this VM's two cores can only add time to a run."""
+    config = f"{lab.lxcpath}/{student.container}/config"
+    with open(config, encoding="utf-8") as stream:
+        limited = stream.read()
+    unlimited = "".join(line for line in limited.splitlines(keepends=True)
+                        if not line.lstrip().startswith(LIMIT_KEYS))  # fmt: skip
+    if unlimited == limited:
+        raise RuntimeError(f"no limit lines in {config}")
+    quota_file = "cpu.max" if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else "cpu.cfs_quota_us"
+
+    def boot_with(text: str) -> None:
+        sh(["lxc-stop", "-P", lab.lxcpath, "-n", student.container, "-k"], check=False)
+        with open(config, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        settled(lab, student)
+
+    def under(text: str) -> float:
+        boot_with(text)
+        quota = sh(["lxc-cgroup", "-P", lab.lxcpath, "-n", student.container, quota_file]).stdout.split()[0]
+        if (quota in ("-1", "max")) != (text == unlimited):  # the kernel has what the config says
+            raise RuntimeError(f"{student.container}: {quota_file} is {quota}, not what its config says")
+        return min(self_timed(inside(lab, student), CPU_WORK) for _ in range(5))
+
+    try:
+        capped, free = paired_samples(lambda: under(limited), lambda: under(unlimited), max(4, REPEAT // 4),
+                                      setup=lambda: None, measure=lambda work: float(work()))  # type: ignore[arg-type]  # fmt: skip
+    finally:
+        boot_with(limited)
+    report(f"6. {CPU_LABEL}, default limits", capped, "limit lines removed", free, "throughput >= 0.98",
+           lambda r: 1 / r >= 0.98, paired=True)  # fmt: skip
+
+
+TRANSFER = 1 << 30  # bytes per sample: long enough (~0.3 s and up) that start-up is noise
+LISTEN_PORT = 5001  # inside the container: its own network, no clash with the host's
+
+
+def bench_isolation(lab: Lab, student: Student) -> None:
+    """TCP throughput host<->container with the isolation tables (isolation.py) against without.
+
+    With the tables the host accepts no new connection from a container, so
+    the host connects, in both directions, to a listener in the container:
+    systemd-socket-activate (in the template, unlike nc or python) hands each
+    accepted connection to `head` (container -> host) or `cat` (host ->
+    container).  Every data frame or its ACKs then meets the bridge chains
+    (the student port's MAC/IP checks, the MAC check towards its port) and
+    the inet input chain (established).  Pairs in turns, tables loaded
+    for one side and deleted for the other; the traffic stays on the lab's
+    bridge.
+    """
+    from gpushell import isolation
+
+    settled(lab, student)
+    reg = registry.parse(lab.read_registry(), lab.registry)
+
+    def tables_on() -> None:
+        sh(["nft", "-f", "-"], input=isolation.rebuild_script(reg))
+
+    def tables_off() -> None:
+        sh(["nft", "-f", "-"], input=isolation.delete_script(reg))
+
+    directions = {
+        "container -> host": (f"dd if=/dev/zero bs=1M count={TRANSFER >> 20} status=none", receive),
+        "host -> container": ("cat >/dev/null", send),
+    }
+    try:
+        for label, (program, transfer) in directions.items():
+            pid = sh([*inside(lab, student), "sh", "-c",
+                      f"systemd-socket-activate -l {LISTEN_PORT} -a --inetd sh -c '{program}' "
+                      ">/dev/null 2>&1 </dev/null & echo $!"]).stdout.strip()  # fmt: skip
+            try:
+                poll_listening(student.ip, LISTEN_PORT)
+
+                def with_tables(transfer: Callable[[str], float] = transfer) -> float:
+                    tables_on()
+                    return transfer(student.ip)
+
+                def without(transfer: Callable[[str], float] = transfer) -> float:
+                    tables_off()
+                    return transfer(student.ip)
+
+                ours, theirs = paired_samples(with_tables, without, max(6, REPEAT // 2), setup=lambda: None,
+                                              measure=lambda work: float(work()))  # type: ignore[arg-type]  # fmt: skip
+            finally:
+                sh([*inside(lab, student), "kill", pid], check=False)
+            report(f"7. TCP {label}, 1 GiB, isolation tables", ours, "tables deleted", theirs, ">= 0.95",
+                   lambda r: r >= 0.95, "MB/s", paired=True)  # fmt: skip
+    finally:
+        tables_on()
+
+
+def poll_listening(ip: str, port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((ip, port), timeout=1).close()  # served at once: head or cat ends
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{ip}:{port} never listened") from None
+            time.sleep(0.05)
+
+
+def receive(ip: str) -> float:
+    """MB/s of reading TRANSFER bytes the container sends, from connect to its close."""
+    buffer = bytearray(1 << 20)
+    view, got = memoryview(buffer), 0
+    began = time.perf_counter()
+    with socket.create_connection((ip, LISTEN_PORT), timeout=30) as conn:
+        while count := conn.recv_into(view):
+            got += count
+    elapsed = time.perf_counter() - began
+    if got != TRANSFER:
+        raise RuntimeError(f"received {got} bytes of {TRANSFER}")
+    return got / elapsed / 1e6
+
+
+def send(ip: str) -> float:
+    """MB/s of sending TRANSFER bytes into the container, until it has read them all and closed."""
+    chunk = memoryview(bytes(1 << 20))
+    began = time.perf_counter()
+    with socket.create_connection((ip, LISTEN_PORT), timeout=30) as conn:
+        for _ in range(TRANSFER // len(chunk)):
+            conn.sendall(chunk)
+        conn.shutdown(socket.SHUT_WR)
+        conn.recv(1)  # EOF once cat has read everything
+    return TRANSFER / (time.perf_counter() - began) / 1e6
+
+
+FIGURES = ("login", "cold", "growth", "memory", "overhead", "crowd", "limits", "isolation", "add")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -430,6 +645,12 @@ def main(argv: list[str] | None = None) -> int:
             bench_memory(lab, student)
         if "overhead" in args.only:
             bench_overhead(lab, student)
+        if "limits" in args.only:
+            bench_limits(lab, student)
+        if "isolation" in args.only:
+            bench_isolation(lab, student)
+        if "crowd" in args.only:
+            bench_crowd(lab)  # adds and removes its own students
         if "add" in args.only:
             bench_add(lab)  # last: its copies leave the disk busy writing back
     finally:
