@@ -75,19 +75,22 @@ def bridge_table(reg: Registry) -> str:
     ports = [f'"{host_interface(user.address)}"' for user in students]
     macs = [mac_address(user.address) for user in students]
     ips = sorted([ipaddress.IPv4Address(user.address) for user in students] + [reg.gateway])
-    if reg.allow_container_traffic:
-        forward = ["oifname @ports jump to_student"]
-    else:
-        forward = ["iifname @ports drop", "oifname @ports drop"]
+    # To a student's port: frames for its MAC in one lookup, the rest checked (to_student).
+    to_port = ["oifname . ether daddr @port_mac accept", "oifname @ports jump to_student"]
+    forward = to_port if reg.allow_container_traffic else ["iifname @ports drop", "oifname @ports drop"]
     port_macs = [f"{port} . {mac}" for port, mac in zip(ports, macs, strict=True)]
     port_ips = [f"{port} . {user.address}" for port, user in zip(ports, students, strict=True)]
+    port_mac_ips = [f"{pair} . {user.address}" for pair, user in zip(port_macs, students, strict=True)]
     parts = [
         _set("ports", "ifname", ports),
         _set("port_mac", "ifname . ether_addr", port_macs),
         _set("port_ip", "ifname . ipv4_addr", port_ips),
+        _set("port_mac_ip", "ifname . ether_addr . ipv4_addr", port_mac_ips),
         _set("macs", "ether_addr", macs),
         _set("ips", "ipv4_addr", [str(ip) for ip in ips]),
         _chain("prerouting", [
+            # The bulk of it, a student's IPv4 from its own MAC and IP: one lookup.
+            "iifname . ether saddr . ip saddr @port_mac_ip accept",
             "iifname @ports jump student",
             # Any other port: no student's (or the gateway's) address.
             "ether saddr @macs drop",
@@ -97,18 +100,16 @@ def bridge_table(reg: Registry) -> str:
         ], hook="prerouting"),
         _chain("student", [
             "iifname . ether saddr != @port_mac drop",
-            "iifname . ip saddr @port_ip accept",
             # Ethernet/IPv4 ARP only: with other sizes the sender fields lie elsewhere.
             "arp htype 1 arp ptype ip arp hlen 6 arp plen 4 "
             "iifname . arp saddr ether @port_mac iifname . arp saddr ip @port_ip accept",
             "drop",  # IPv6, VLAN tags, any other protocol: none at all
         ]),
         _chain("forward", forward, hook="forward"),
-        _chain("output", ["oifname @ports jump to_student"], hook="output"),
+        _chain("output", to_port, hook="output"),
         # A student's port gets frames for its MAC and group (broadcast, multicast) frames:
         # no unicast flooded for a MAC whose port is gone (a stopped container).
         _chain("to_student", [
-            "oifname . ether daddr @port_mac accept",
             "ether daddr & 01:00:00:00:00:00 == 01:00:00:00:00:00 accept",
             "drop",
         ]),

@@ -44,6 +44,11 @@ table bridge gptab-x {
 		elements = { "gs0ad20303" . 10.210.3.3, "gs0ad2030c" . 10.210.3.12 }
 	}
 
+	set port_mac_ip {
+		type ifname . ether_addr . ipv4_addr
+		elements = { "gs0ad20303" . 02:00:0a:d2:03:03 . 10.210.3.3, "gs0ad2030c" . 02:00:0a:d2:03:0c . 10.210.3.12 }
+	}
+
 	set macs {
 		type ether_addr
 		elements = { 02:00:0a:d2:03:03, 02:00:0a:d2:03:0c }
@@ -56,6 +61,7 @@ table bridge gptab-x {
 
 	chain prerouting {
 		type filter hook prerouting priority filter; policy accept;
+		iifname . ether saddr . ip saddr @port_mac_ip accept
 		iifname @ports jump student
 		ether saddr @macs drop
 		arp saddr ether @macs drop
@@ -65,7 +71,6 @@ table bridge gptab-x {
 
 	chain student {
 		iifname . ether saddr != @port_mac drop
-		iifname . ip saddr @port_ip accept
 		arp htype 1 arp ptype ip arp hlen 6 arp plen 4 iifname . arp saddr ether @port_mac iifname . arp saddr ip @port_ip accept
 		drop
 	}
@@ -78,11 +83,11 @@ table bridge gptab-x {
 
 	chain output {
 		type filter hook output priority filter; policy accept;
+		oifname . ether daddr @port_mac accept
 		oifname @ports jump to_student
 	}
 
 	chain to_student {
-		oifname . ether daddr @port_mac accept
 		ether daddr & 01:00:00:00:00:00 == 01:00:00:00:00:00 accept
 		drop
 	}
@@ -132,7 +137,8 @@ def test_the_inet_table_exactly() -> None:
 def test_container_traffic_allowed_takes_out_the_drops_between_containers() -> None:
     bridge, inet = isolation.bridge_table(ALLOWING), isolation.inet_table(ALLOWING)
     assert bridge == BRIDGE.replace(
-        "\t\tiifname @ports drop\n\t\toifname @ports drop\n", "\t\toifname @ports jump to_student\n"
+        "\t\tiifname @ports drop\n\t\toifname @ports drop\n",
+        "\t\toifname . ether daddr @port_mac accept\n\t\toifname @ports jump to_student\n",
     )
     assert inet == INET.replace('\t\toifname "gptabbr" drop\n', "")
 
