@@ -42,6 +42,8 @@ def ensure_forward(ctx: Context, user: User) -> bool:
         before = iptables.generation()
         if before is not None and read_stamp(stamp) == f"{before} {wanted}":
             return False
+        if ensure_isolation(ctx):
+            before = iptables.generation()
         table = iptables.read_nat()
         changed = iptables.apply(forward.ensure_user_lines(table, ctx.registry.chain, user))
         after = iptables.generation()
@@ -51,6 +53,18 @@ def ensure_forward(ctx: Context, user: User) -> bool:
         else:
             write_private(stamp, "")
         return changed
+
+
+def ensure_isolation(ctx: Context) -> bool:
+    """Rebuild the isolation tables from the whole registry if they are missing or changed.
+
+    On the login's slow path only (the ruleset moved since this user's last
+    check): so a host where `apply` did not run at boot still gets the
+    tables before a container starts, and a failure fails the login closed.
+    """
+    from . import nftrun, registry_cache  # off the fast path: ipaddress, the whole registry
+
+    return nftrun.ensure(registry_cache.load_registry(ctx.paths))
 
 
 MAX_STAMP = 4096  # a generation number and one rule

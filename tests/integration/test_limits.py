@@ -79,7 +79,7 @@ def test_set_changes_the_limits_at_the_next_start(lab: Lab, student: Student) ->
     assert cgroup_file(lab, student, "pids", "pids.max") == "200"
     status = lab.ssh(student, "status")
     assert status.returncode == 0, status.stderr
-    assert "(at most 0.5 CPUs)" in status.stdout and " of 256 MiB" in status.stdout, status.stdout
+    assert "(at most 0.5 CPUs)" in status.stdout and " MiB of 256 MiB" in status.stdout, status.stdout
     assert " of 200" in status.stdout, status.stdout
 
 

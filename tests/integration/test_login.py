@@ -106,9 +106,12 @@ def test_remote_actions_change_the_real_container(lab: Lab, student: Student) ->
     first, using = result.stdout.split("\n", 1)
     assert first == f"Container {student.container}: running, IP {student.ip}, port {student.port}"
     # measured from the container's cgroup and rootfs; a booted Debian uses some of each
-    assert re.fullmatch(r"Using: +CPU time \d+\.\d s, memory [1-9]\d* MiB, disk 0\.[1-9]\d GiB\n", using), (
-        using
+    # against the default limits (8 GiB, 4 CPUs, 4096 processes)
+    pattern = (
+        r"Using: +CPU time \d+\.\d s \(at most 4 CPUs\), memory [1-9]\d* MiB of 8 GiB, "
+        r"processes [1-9]\d* of 4096, disk 0\.[1-9]\d GiB\n"
     )
+    assert re.fullmatch(pattern, using), using
 
     result = lab.ssh(student, "stop")
     assert (result.returncode, lab.state(student)) == (0, "STOPPED")

@@ -181,7 +181,9 @@ def test_status_shows_use_against_the_limits_and_oom_kills():
         "memory_limit_bytes": str(256 * 2**20),
         "oom_kills": "0",
     }
-    assert status(small).endswith("Using:           memory 30 of 256 MiB\n")
+    assert status(small).endswith("Using:           memory 30 MiB of 256 MiB\n")
+    booted = {**INFO, "memory_bytes": str(45 * 2**20), "memory_limit_bytes": str(8 * 2**30)}
+    assert status(booted).endswith("Using:           memory 45 MiB of 8 GiB\n")
 
 
 def test_repaired_lists_each_line_and_how_to_try_again():
