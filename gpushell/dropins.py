@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+from .menu import HELPER_VERBS
 from .paths import Paths
 
 
 def sudoers(paths: Paths) -> str:
     """Members of the group may run the helper with exactly these verbs, nothing else."""
-    from .helper import ACTIONS  # the helper's modules, only when a drop-in is written or checked
-
-    commands = ", ".join(f"{paths.helper} {verb}" for verb in sorted(ACTIONS))
+    commands = ", ".join(f"{paths.helper} {verb}" for verb in sorted(HELPER_VERBS))
     return (
         "# Installed by gpushell-admin init.  Students run the root helper with\n"
         "# one fixed verb; sudo resets the environment and sets SUDO_UID.  No PAM\n"

@@ -32,6 +32,12 @@ DISABLEABLE = (
     "stop", "restart", "gpus", KILL_COMMAND, "snapshot", "snapshots", "restore", "delete-snapshot",
     "rebuild", "keys",
 )  # fmt: skip
+# The root helper's verbs, one per sudoers line: what the login shell may ask
+# of root, and nothing else (helper.ACTIONS implements exactly these).
+HELPER_VERBS = (
+    "login", "status", "help", "start", "stop", "restart", "gpus", "gpu-kill", "snapshot", "snapshots",
+    "restore", "delete-snapshot", "rebuild", "keys",
+)  # fmt: skip
 # These replace or delete a student's files: the menu asks for their user
 # name typed out, `-c` wants the word YES.
 DESTRUCTIVE = ("restore", "delete-snapshot", "rebuild")

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import time  # loaded at interpreter start-up anyway
 
+from .units import size_text
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .banner import Palette
@@ -53,16 +55,6 @@ def decode(info: dict[str, str]) -> list[Listed]:
         if len(fields) == 4 and fields[0]:
             listed.append(Listed(fields[0], _int(fields[1]), _int(fields[2]), fields[3] == "running"))
     return listed
-
-
-def size_text(size: int) -> str:
-    """Bytes as a short figure: 512 B, 3.4 MiB, 1.2 GiB."""
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def when_text(created: int) -> str:

@@ -36,6 +36,7 @@ import os
 import stat
 
 from .errors import GpushellError
+from .units import size_text
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -75,8 +76,6 @@ def needed_bytes(tree_bytes: int) -> int:
 
 def space_refusal(tree_bytes: int, free: int, what: str) -> str | None:
     """Why a copy of tree_bytes will not fit in free bytes, or None (pure)."""
-    from .snapshotlist import size_text
-
     needed = needed_bytes(tree_bytes)
     if needed <= free:
         return None

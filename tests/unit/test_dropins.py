@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gpushell.dropins import sshd, starter_limits, starter_registry, sudoers
-from gpushell.helper import ACTIONS
+from gpushell.menu import HELPER_VERBS as ACTIONS
 from gpushell.paths import DEFAULT, Paths
 from gpushell.registry import parse
 

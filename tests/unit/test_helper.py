@@ -7,7 +7,7 @@ import pwd
 
 import pytest
 
-from gpushell import helper
+from gpushell import helper, menu
 from gpushell.errors import CONTACT_ADMIN, ExitStatus, GpushellError
 
 
@@ -69,6 +69,8 @@ def test_actions():
         "snapshot", "snapshots", "start", "status", "stop",
     ]  # fmt: skip
     assert helper.ACTIONS["start"] is helper.ACTIONS["login"]
+    # The sudoers drop-in lists menu.HELPER_VERBS: the helper implements exactly those.
+    assert sorted(helper.ACTIONS) == sorted(menu.HELPER_VERBS)
 
 
 @pytest.mark.parametrize(
