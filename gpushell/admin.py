@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from . import __version__, admin_cli
-from .admin_cli import Arg, Command, Options, quick_parse
+from .admin_cli import Arg, Command, Options
 from .errors import ExitStatus, GpushellError
 from .lock import ADMIN_WAIT, admin_busy, locked
 from .paths import DEBIAN_SUITE, DEFAULT, Paths
 
-TYPE_CHECKING = False  # `collections.abc` stays off the quick path (admin_cli.py)
 if TYPE_CHECKING:
-    import argparse
     from collections.abc import Callable, Sequence
 
     from .model import Registry
@@ -80,8 +80,6 @@ def read_keys(args: Options) -> str:
 
 def gpus_option(text: str) -> str | list[int]:
     """--gpus: all, none, or GPU numbers separated by commas (0,2)."""
-    import argparse  # only argparse reads values (admin_cli.py), and its error is the clear one
-
     if text in ("all", "none"):
         return text
     parts = text.split(",")
@@ -477,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(paths: Paths = DEFAULT, argv: Sequence[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else list(argv)
-    args = quick_parse(COMMANDS, words) or build_parser().parse_args(words, namespace=Options())
+    args = build_parser().parse_args(words, namespace=Options())
     if args.registry:
         paths = paths.replace(registry=os.path.abspath(args.registry))
     if os.geteuid() != 0:

@@ -1,26 +1,13 @@
-"""gpushell-admin's command line: one table of commands, read two ways.
-
-argparse gives the help, the usage errors and every form of option, but
-importing it (with `re`, `enum` and `gettext`) and building the parser
-cost each command ~13 ms: a fifth of a thousand-student `apply`, which
-also runs at every boot.  An argv of nothing but command words and flags
-spelled out in full (`apply`, `apply --dry-run`, `list --json`) is read
-from the same table directly; anything else, `--help`, values and every
-mistake included, goes to argparse.  Both give the same Options
-(tests/unit/test_admin_cli.py checks every such argv against argparse).
-"""
+"""gpushell-admin's command line as a table: each command with its arguments
+and the function that runs it, turned into an argparse parser."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    import argparse
-    from collections.abc import Callable, Sequence
+import argparse
+from collections.abc import Callable, Sequence
 
 
-class Options(SimpleNamespace):
+class Options(argparse.Namespace):
     """The parsed command line: one attribute per argument, `run` the command's function."""
 
 
@@ -31,32 +18,6 @@ class Arg:
 
     def __init__(self, *flags: str, **options: object) -> None:
         self.flags, self.options = flags, options
-
-    @property
-    def dest(self) -> str:
-        named = [flag for flag in self.flags if flag.startswith("--")] or list(self.flags)
-        return str(self.options.get("dest", named[0].lstrip("-").replace("-", "_")))
-
-    @property
-    def stored(self) -> bool:
-        return self.options.get("action") != "version"
-
-    @property
-    def is_flag(self) -> bool:
-        return self.options.get("action") == "store_true"
-
-    @property
-    def required(self) -> bool:
-        """A positional that must be given (the quick path never reads values)."""
-        return not self.flags[0].startswith("-") and self.options.get("nargs") not in ("*", "?")
-
-    @property
-    def default(self) -> object:
-        if self.is_flag:
-            return self.options.get("default", False)
-        if self.options.get("nargs") == "*" and not self.flags[0].startswith("-"):
-            return self.options.get("default", [])
-        return self.options.get("default")
 
 
 class Command:
@@ -82,9 +43,7 @@ class Command:
 
 
 def build_parser(top: Command) -> argparse.ArgumentParser:
-    """The whole table as an argparse parser: help, errors, every form of option."""
-    import argparse
-
+    """The whole table as an argparse parser."""
     parser = argparse.ArgumentParser(prog=top.name, description=top.description, epilog=top.epilog)
     _fill(parser, top)
     return parser
@@ -99,33 +58,3 @@ def _fill(parser: argparse.ArgumentParser, command: Command) -> None:
             _fill(choices.add_parser(sub.name, help=sub.help, description=sub.description), sub)
     else:
         parser.set_defaults(run=command.run)
-
-
-def quick_parse(top: Command, argv: Sequence[str]) -> Options | None:
-    """Options for an argv of command words and whole flags only; None: ask argparse."""
-    words = list(argv)
-    options = Options()
-    command = top
-    while True:
-        for arg in command.args:
-            if arg.stored:
-                setattr(options, arg.dest, arg.default)
-        if not command.subcommands:
-            break
-        chosen = [sub for sub in command.subcommands if words and sub.name == words[0]]
-        if not chosen:
-            return None
-        setattr(options, command.dest, words.pop(0))
-        command = chosen[0]
-    if any(arg.required for arg in command.args):
-        return None
-    flags = {flag: arg for arg in command.args if arg.is_flag for flag in arg.flags}
-    given = set()
-    for word in words:
-        flag = flags.get(word)
-        if flag is None or flag.dest in given:
-            return None
-        setattr(options, flag.dest, True)
-        given.add(flag.dest)
-    options.run = command.run
-    return options
