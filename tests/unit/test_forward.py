@@ -435,18 +435,3 @@ def test_rule_text_of_a_plain_rule_is_its_tokens_joined():
     assert _line(user_rule("GPUSHELL", ALICE)) == ALICE_RULE
     assert _line(["-A", "X", "--comment", "", "-j", "RETURN"]) == '-A X --comment "" -j RETURN'
     assert _line(["-A", "X", "--comment", "two words"]) == '-A X --comment "two words"'
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    chain=st.sampled_from(["GPUSHELL", "LAB-2_X", 'ODD"CHAIN', "WITH SPACE"]),
-    name=st.text(alphabet="abz09_-", min_size=1, max_size=32),
-    port=st.integers(1, 65535),
-    address=st.sampled_from(["10.0.3.2", "192.168.250.254", "10.0.3.2 x"]),
-)
-def test_a_rebuild_line_is_the_rule_s_tokens_as_restore_syntax(chain, name, port, address):
-    from gpushell.forward import _line, user_line
-    from gpushell.model import User
-
-    user = User(name, port, address, 1000000, name, "none", ())
-    assert user_line(chain, user) == _line(user_rule(chain, user))
