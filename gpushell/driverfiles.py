@@ -16,6 +16,7 @@ registry's `driver_root` (default /), so tests use stand-in trees.
 from __future__ import annotations
 
 import os
+import re
 
 LIB_DIRS = (
     "/usr/lib/x86_64-linux-gnu",
@@ -32,12 +33,10 @@ BINARIES = (
     "nvidia-cuda-mps-server",
 )
 VERSION_FILE = "proc/driver/nvidia/version"  # relative to the driver root
-# Patterns as text, compiled (and cached) by `re` where used: importing `re`
-# costs ~5 ms, and apply on a host without NVIDIA's driver needs none of them.
-MODULE_VERSION = r"Kernel Module(?:\s+for\s+\S+)?\s+(\d+\.\d+(?:\.\d+)?)\s"
+MODULE_VERSION = re.compile(r"Kernel Module(?:\s+for\s+\S+)?\s+(\d+\.\d+(?:\.\d+)?)\s")
 LIBRARY = r"(lib[A-Za-z0-9_+-]*nvidia[A-Za-z0-9_+-]*|libcuda|libcudadebugger|libnvcuvid|libnvoptix)"
-VERSIONED = r"(libcuda|libnvidia-ml)\.so\.(\d+\.\d+(?:\.\d+)?)"
-DRIVER_NAME = LIBRARY + r"\.so(?:\.\d+)*"
+VERSIONED = re.compile(r"(libcuda|libnvidia-ml)\.so\.(\d+\.\d+(?:\.\d+)?)")
+DRIVER_NAME = re.compile(LIBRARY + r"\.so(?:\.\d+)*")
 MAX_HOPS = 8
 
 # directory -> {file name: symlink target, or None for a regular file}
@@ -50,9 +49,7 @@ def parse_version(text: str) -> str | None:
     `NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.14  Thu Feb 22 ...`
     or, for the open modules, `... Open Kernel Module for x86_64  550.54.14  Release Build ...`.
     """
-    import re
-
-    match = re.search(MODULE_VERSION, text)
+    match = MODULE_VERSION.search(text)
     return match[1] if match else None
 
 
@@ -80,8 +77,6 @@ def driver_files(listing: Listing, version: str | None) -> tuple[tuple[str, str]
     """
     if not version:
         return ()
-    import re
-
     library = re.compile(LIBRARY + r"\.so\." + re.escape(version))
     found: dict[str, str] = {}
     for directory in LIB_DIRS:
@@ -99,10 +94,7 @@ def driver_files(listing: Listing, version: str | None) -> tuple[tuple[str, str]
 
 def container_versions(names: list[str]) -> frozenset[str]:
     """Driver versions a container's library file names carry (libcuda/libnvidia-ml.so.X)."""
-    import re
-
-    versioned = re.compile(VERSIONED)
-    return frozenset(match[2] for name in names if (match := versioned.fullmatch(name)))
+    return frozenset(match[2] for name in names if (match := VERSIONED.fullmatch(name)))
 
 
 def mismatch(host_version: str | None, versions: frozenset[str]) -> str | None:
@@ -133,15 +125,12 @@ def stale_placeholders(present: dict[str, dict[str, int]], files: tuple[tuple[st
     after a driver upgrade the old version's names would stay behind as
     empty libraries.  Only empty files are taken: never a real library.
     """
-    import re
-
-    driver_name = re.compile(DRIVER_NAME)
     wanted = {target for _, target in files}
     stale = []
     for directory, names in sorted(present.items()):
         for name, size in sorted(names.items()):
             path = f"{directory}/{name}"
-            driver_named = driver_name.fullmatch(name) if directory != BIN_DIR else name in BINARIES
+            driver_named = DRIVER_NAME.fullmatch(name) if directory != BIN_DIR else name in BINARIES
             if size == 0 and driver_named and path not in wanted:
                 stale.append(path)
     return stale

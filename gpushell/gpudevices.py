@@ -13,6 +13,7 @@ it.  /proc/devices is only consulted to decide which nodes should exist.
 from __future__ import annotations
 
 import os
+import re
 import stat
 
 from .errors import GpushellError
@@ -22,6 +23,7 @@ NVIDIA_MAJOR = 195  # fixed by the driver ("nvidia-frontend" or "nvidia" in /pro
 CTL_MINOR, MODESET_MINOR = 255, 254
 # Nodes every GPU container gets besides its /dev/nvidiaN, when they exist.
 SHARED_NODES = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset")
+GPU_NODE = re.compile(r"nvidia([0-9]+)")  # a GPU's own node, nvidiaN
 
 
 class Node(Value):
@@ -37,7 +39,8 @@ class Node(Value):
     @property
     def gpu(self) -> int | None:
         """The GPU number for /dev/nvidiaN, None for the shared nodes."""
-        return gpu_number(self.name)
+        match = GPU_NODE.fullmatch(self.name)
+        return int(match[1]) if match else None
 
     def rule(self) -> str:
         return f"c {self.major}:{self.minor} rwm"
@@ -81,14 +84,8 @@ def char_majors(proc_devices: str) -> dict[str, int]:
     return majors
 
 
-def gpu_number(name: str) -> int | None:
-    """N of a GPU's node name nvidiaN (N in ASCII digits), None for any other name."""
-    digits = name[len("nvidia") :] if name.startswith("nvidia") else ""
-    return int(digits) if digits.isascii() and digits.isdigit() else None
-
-
 def is_nvidia_name(name: str) -> bool:
-    return name in SHARED_NODES or gpu_number(name) is not None
+    return name in SHARED_NODES or GPU_NODE.fullmatch(name) is not None
 
 
 def select(nodes: tuple[Node, ...], gpus: GpuSpec) -> tuple[Node, ...]:

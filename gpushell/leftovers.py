@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import grp
+import json
 import os
 import pwd
+import re
+import shutil
 import stat
 
 from .errors import GpushellError
@@ -27,24 +30,14 @@ from .runner import run
 
 JOURNAL_PREFIX = ".gpushell-add-"
 MAX_JOURNAL = 4096
-_NAME_START = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
-_NAME = _NAME_START | frozenset("_.-")
-_MKDTEMP = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+# A copy's staging directory: tempfile.mkdtemp(prefix=".NAME-") adds 8 characters
+# from [a-z0-9_], NAME a container's name.
+STAGING = re.compile(r"\.([A-Za-z0-9][A-Za-z0-9_.-]{0,62})-[a-z0-9_]{8}")
 TEMPLATE_MARK = "# gpushell template"
 MIN_STUDENT_UID = 1000
 
 # What `remove` does with a leftover.
 RMTREE, UNLINK, USERDEL, RESTORE_ACCOUNT, REPORT = "rmtree", "unlink", "userdel", "restore-account", ""
-
-
-def is_staging(entry: str) -> bool:
-    """Whether entry is a copy's staging directory name: `.NAME-` and the 8 characters
-    from [a-z0-9_] that tempfile.mkdtemp(prefix=".NAME-") adds, NAME a container's name."""
-    name, dash, suffix = entry[1:-9], entry[-9:-8], entry[-8:]
-    return (
-        entry.startswith(".") and dash == "-" and 1 <= len(name) <= 63 and name[0] in _NAME_START
-        and _NAME.issuperset(name) and len(suffix) == 8 and _MKDTEMP.issuperset(suffix)
-    )  # fmt: skip
 
 
 class Journal(Value):
@@ -57,14 +50,10 @@ class Journal(Value):
         self.account_existed, self.old_shell = account_existed, old_shell
 
     def dumps(self) -> str:
-        import json  # json and shutil only where a journal or a leftover is handled: not on apply's path
-
         return json.dumps({name: getattr(self, name) for name in self.__slots__}, sort_keys=True) + "\n"
 
 
 def parse_journal(text: str) -> Journal | None:
-    import json
-
     try:
         data = json.loads(text)
         journal = Journal(
@@ -133,7 +122,7 @@ def find(reg: Registry, paths: Paths, scan: Scan) -> list[Leftover]:
         path = os.path.join(reg.lxcpath, entry)
         if entry.startswith(JOURNAL_PREFIX):
             continue
-        if is_staging(entry):
+        if STAGING.fullmatch(entry):
             if kind == "dir":
                 found.append(Leftover(path, f"staging directory of an interrupted copy: {path}", RMTREE))
             continue
@@ -258,8 +247,6 @@ def remove(leftover: Leftover, reg: Registry, paths: Paths) -> None:
         if os.path.dirname(path) != os.path.normpath(reg.lxcpath):
             raise GpushellError(f"refusing to delete {path}: not directly in {reg.lxcpath}")
         if leftover.action == RMTREE:
-            import shutil
-
             shutil.rmtree(path)  # lstat said dir: never a link; rmtree does not follow links inside
         else:
             os.unlink(path)

@@ -161,6 +161,17 @@ def scan(**changes: object) -> Scan:
     return base.replace(**changes)
 
 
+def test_staging_directory_names() -> None:
+    def is_staging(entry: str) -> bool:
+        return leftovers.STAGING.fullmatch(entry) is not None
+
+    assert is_staging(".alice-ab_9xyz0")
+    assert is_staging(".a-" + "0" * 8) and is_staging("." + "a" * 63 + "-" + "0" * 8)
+    assert not is_staging("." + "a" * 64 + "-" + "0" * 8)  # longer than a container name
+    assert not is_staging("._alice-ab_9xyz0") and not is_staging(".alice-AB_9XYZ0")
+    assert not is_staging("alice-ab_9xyz0") and not is_staging(".alice-ab_9xyz")
+
+
 def test_a_clean_host_has_no_leftovers() -> None:
     assert leftovers.find(REG, PATHS, scan()) == []
     kept = scan(group_members=frozenset({"alice", "bob", "old"}))

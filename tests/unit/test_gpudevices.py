@@ -239,3 +239,11 @@ def test_gpu_devices_setting() -> None:
     assert registry.parse("gpu_devices: /run/x\n", "/r").gpu_devices == "/run/x"
     with pytest.raises(registry.RegistryError, match="gpu_devices"):
         registry.parse("gpu_devices: dev\n", "/r")
+
+
+def test_gpu_node_names() -> None:
+    assert Node("nvidia12", 195, 12).gpu == 12 and Node("nvidiactl", 195, 255).gpu is None
+    assert Node("nvidia", 195, 0).gpu is None
+    assert Node("nvidia\u0663", 195, 3).gpu is None  # an Arabic-Indic three: no device is named so
+    assert gpudevices.is_nvidia_name("nvidia0") and gpudevices.is_nvidia_name("nvidia-uvm-tools")
+    assert not gpudevices.is_nvidia_name("nvidia-foo") and not gpudevices.is_nvidia_name("nvidia1a")
