@@ -204,11 +204,9 @@ def cmd_list(paths: Paths, args: Options) -> int:
 
 
 def cmd_apply(paths: Paths, args: Options) -> int:
-    from . import chaincheck, chainrebuild, iptables, registry_cache
+    from . import reconcile, registry_cache
 
     if args.dry_run:
-        from . import reconcile
-
         reg = registry_cache.load_registry(paths)
         plan = reconcile.plan(reg, paths, reconcile.observe(reg, paths))
         warn(plan.warnings)
@@ -218,26 +216,15 @@ def cmd_apply(paths: Paths, args: Options) -> int:
     # Under the registry lock: an `add` running meanwhile would otherwise
     # lose its new forward to this rebuild of the chain.
     with locked(paths.registry_lock):
-        reading = iptables.Reading()  # iptables-save runs while the registry loads
-        # The compiled copy when current (registry_cache.py): most of this
-        # command's time with a thousand students was the YAML parse.
         reg = registry_cache.load_registry(paths)
-        table = reading.table()
-        # The chain first, in the background (chainrebuild.py); reconcile's
-        # imports and the rest of the host are read meanwhile, and with them
-        # the whole list of what is wrong with the chain, for the change's text.
-        first = chaincheck.first_problem(table, reg)
-        with chainrebuild.Rebuild(reg, paths, table, wanted=first is not None) as rebuild:
-            from . import reconcile
-
-            plan = reconcile.plan(reg, paths, reconcile.observe(reg, paths, table, None if first else []))
-            warn(plan.warnings)
-            if not plan.changes:
-                say(reconcile.NOTHING_TO_DO)
-                return ExitStatus.OK
-            failures = reconcile.execute(
-                plan, reg, paths, say, lambda line: print(f"gpushell-admin: {line}", file=sys.stderr), rebuild
-            )
+        plan = reconcile.plan(reg, paths, reconcile.observe(reg, paths))
+        warn(plan.warnings)
+        if not plan.changes:
+            say(reconcile.NOTHING_TO_DO)
+            return ExitStatus.OK
+        failures = reconcile.execute(
+            plan, reg, paths, say, lambda line: print(f"gpushell-admin: {line}", file=sys.stderr)
+        )
     made = len(plan.changes) - failures
     say(f"{made} change(s) made" + (f", {failures} failed" if failures else ""))
     return ExitStatus.ERROR if failures else ExitStatus.OK

@@ -8,12 +8,10 @@ holds exactly the right rules (in any order) is left alone, so a second
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+
 from .forward import JUMP_CHAINS, TAG, NatTable, comment_of, jump_rule, masquerade_rule, user_rule
 from .model import Registry, Value
-
-TYPE_CHECKING = False  # `collections.abc`, and `re` with shlex, stay off apply's quick start
-if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
 
 # Kinds of problem, in the order they are reported.
 NO_CHAIN, NO_JUMP, MISSING, WRONG, DUPLICATE, ORPHAN, UNTAGGED, NO_MASQUERADE = (
@@ -39,12 +37,6 @@ def rule_text(rule: Sequence[str]) -> str:
 def problems(table: NatTable, reg: Registry) -> list[Problem]:
     """Everything that keeps the chain from matching the registry; [] when it does."""
     return list(_each_problem(table, reg))
-
-
-def first_problem(table: NatTable, reg: Registry) -> Problem | None:
-    """The first of problems(), found without looking for the rest: after a flush
-    that is the first student's forward, found at once."""
-    return next(_each_problem(table, reg), None)
 
 
 def _each_problem(table: NatTable, reg: Registry) -> Iterator[Problem]:
@@ -90,4 +82,4 @@ def chain_matches(table: NatTable, reg: Registry) -> bool:
     With no problem found, every rule in the chain is one registered user's
     correct rule, and every user has exactly one.
     """
-    return first_problem(table, reg) is None
+    return next(_each_problem(table, reg), None) is None

@@ -638,7 +638,6 @@ def gather(reg: Registry, paths: Paths) -> Facts:
     exists = os.path.exists(f"/sys/class/net/{reg.bridge}")
     accounts = reconcile.host_accounts(reg.users, paths.group)
     kept = tuple(leftovers.unregistered_members(reg, scan))
-    tables = nftrun.Reading(reg)  # nft lists the tables while the rest is read
     return Facts(
         bridge_exists=exists,
         bridge_addresses=ifaddr.ipv4_addresses(reg.bridge),
@@ -666,7 +665,7 @@ def gather(reg: Registry, paths: Paths) -> Facts:
         if reg.driver == "container"
         else {},
         sshd_effect=sshdcheck.gather(paths.sshd_config, paths.sshd_dropin, sshd_users(accounts, kept)),
-        isolation=tuple(tables.problems()),
+        isolation=tuple(nftrun.problems(reg)),
     )
 
 

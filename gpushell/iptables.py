@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 
 from . import forward, nftgen
-from .runner import LARGE_OUTPUT, Started, start
+from .runner import LARGE_OUTPUT, run
 
-TYPE_CHECKING = False  # `collections.abc` stays off the login path
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -16,20 +16,11 @@ IPTABLES_RESTORE = "/usr/sbin/iptables-restore"
 
 
 def read_nat() -> forward.NatTable:
-    return Reading().table()
-
-
-class Reading:
-    """iptables-save of the nat table, started; table() collects it, the caller working meanwhile."""
-
-    def __init__(self) -> None:
-        # The generation first: a change during the read leaves the table marked stale, never current.
-        self._generation = generation()
-        self._save = start([IPTABLES_SAVE, "-t", "nat"])
-
-    def table(self) -> forward.NatTable:
-        # A thousand users' rules: well past the default cap (runner.py), from a trusted tool.
-        return forward.NatTable(self._save.result(max_output=LARGE_OUTPUT).stdout, self._generation)
+    """The nat table, marked with the ruleset generation from just before the read
+    (a change during the read leaves it marked stale, never current)."""
+    seen = generation()
+    # A thousand users' rules: well past the default cap (runner.py), from a trusted tool.
+    return forward.NatTable(run([IPTABLES_SAVE, "-t", "nat"], max_output=LARGE_OUTPUT).stdout, seen)
 
 
 def still_current(table: forward.NatTable) -> forward.NatTable:
@@ -41,23 +32,11 @@ def still_current(table: forward.NatTable) -> forward.NatTable:
 
 def apply(lines: Sequence[str]) -> bool:
     """Apply lines in one atomic iptables-restore; False when there was nothing to do."""
-    started = start_apply(lines)
-    if started is None:
-        return False
-    started.result()
-    return True
-
-
-def start_apply(lines: Sequence[str]) -> Started | None:
-    """apply(), left running in the background; None when there is nothing to do.
-
-    The kernel's share of a thousand-rule restore (~20 ms here) is most of
-    it; the caller can work on another core meanwhile.
-    """
     if not lines:
-        return None
+        return False
     # -w: wait for the xtables lock instead of failing next to another writer.
-    return start([IPTABLES_RESTORE, "-w", "--noflush"], stdin=forward.restore_script(lines))
+    run([IPTABLES_RESTORE, "-w", "--noflush"], stdin=forward.restore_script(lines))
+    return True
 
 
 def generation() -> int | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from . import isolation
 from .errors import GpushellError
-from .runner import LARGE_OUTPUT, Started, run, start
+from .runner import LARGE_OUTPUT, run
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -16,37 +16,25 @@ NFT = "nft"
 APPLY_HINT = "gpushell-admin apply"
 
 
-class Reading:
-    """`nft list table` of both tables, started; problems() collects them, the caller working meanwhile."""
-
-    def __init__(self, reg: Registry) -> None:
-        self.reg = reg
-        self._error = ""
-        self._started: dict[str, Started] = {}
-        try:
-            for family in isolation.FAMILIES:
-                self._started[family] = start([NFT, "list", "table", family, isolation.table_name(reg)])
-        except GpushellError as exc:  # no nft here: said as a problem, which apply's rebuild then reports
-            self._error = exc.user_message
-
-    def listing(self) -> dict[str, str | None]:
-        """family -> `nft list table` output; None where the table is missing."""
-        found: dict[str, str | None] = {}
-        for family, started in self._started.items():
-            # A thousand students' sets: past the default cap, from a trusted tool.
-            result = started.result(check=False, max_output=LARGE_OUTPUT)
-            found[family] = result.stdout if result.returncode == 0 else None
-        return found
-
-    def problems(self) -> list[str]:
-        listed = self.listing()
-        if self._error:
-            return [f"cannot read the nftables tables: {self._error}"]
-        return isolation.problems(self.reg, listed)
+def listing(reg: Registry) -> dict[str, str | None]:
+    """family -> `nft list table` output; None where the table is missing."""
+    found: dict[str, str | None] = {}
+    for family in isolation.FAMILIES:
+        # A thousand students' sets: past the default cap, from a trusted tool.
+        result = run(
+            [NFT, "list", "table", family, isolation.table_name(reg)], check=False, max_output=LARGE_OUTPUT
+        )
+        found[family] = result.stdout if result.returncode == 0 else None
+    return found
 
 
 def problems(reg: Registry) -> list[str]:
-    return Reading(reg).problems()
+    """What is wrong with the isolation tables; [] when they match the registry."""
+    try:
+        listed = listing(reg)
+    except GpushellError as exc:  # no nft here: said as a problem, which apply's rebuild then reports
+        return [f"cannot read the nftables tables: {exc.user_message}"]
+    return isolation.problems(reg, listed)
 
 
 def apply(reg: Registry) -> None:

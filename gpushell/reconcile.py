@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from . import (
     cgroups,
     chaincheck,
-    chainrebuild,
+    forward,
     gpudevices,
     hostsetup,
     ifaddr,
@@ -62,7 +62,7 @@ class Account(Value):
 
 
 class HostState(Value):
-    __slots__ = ("accounts", "apparmor_profile", "bridge_ready", "cgroup", "chain_problems", "configs",
+    __slots__ = ("accounts", "apparmor_profile", "bridge_ready", "cgroup", "configs",
                  "forwarding_on", "gpu", "isolation", "leftovers", "states", "student_ids",
                  "table")  # fmt: skip
 
@@ -79,13 +79,11 @@ class HostState(Value):
         # user -> host uid and gid, for users with mounts (lxcconfig.id_map_lines)
         student_ids: dict[str, tuple[int, int]] | None = None,
         leftovers: tuple[Leftover, ...] = (),
-        # chaincheck.problems(table, registry), when already known; None: plan works them out
-        chain_problems: list[chaincheck.Problem] | None = None,
         cgroup: cgroups.CgroupLayout = cgroups.CGROUP_V1,
         # what is wrong with the isolation tables (nftrun.problems); empty: they match
         isolation: tuple[str, ...] = (),
     ) -> None:
-        self.table, self.chain_problems, self.cgroup = table, chain_problems, cgroup
+        self.table, self.cgroup = table, cgroup
         self.isolation = isolation
         self.bridge_ready, self.forwarding_on = bridge_ready, forwarding_on
         self.configs, self.accounts, self.states = configs, accounts, states
@@ -149,7 +147,7 @@ def plan(reg: Registry, paths: Paths, state: HostState) -> Plan:
         changes.append(Change(BRIDGE, reg.bridge, f"set up bridge {reg.bridge} with {address}"))
     if not state.forwarding_on:
         changes.append(Change(FORWARDING, "ipv4", "turn on IPv4 forwarding"))
-    found = chaincheck.problems(state.table, reg) if state.chain_problems is None else state.chain_problems
+    found = chaincheck.problems(state.table, reg)
     if found:
         why = "; ".join(problem.message for problem in found[:SHOWN_PROBLEMS])
         if len(found) > SHOWN_PROBLEMS:
@@ -324,18 +322,11 @@ def container_states(driver: LxcDriver, configs: dict[str, str | None]) -> dict[
     return {name: RUNNING if name in running else STOPPED for name in existing}
 
 
-def observe(
-    reg: Registry,
-    paths: Paths,
-    table: NatTable | None = None,
-    chain_problems: list[chaincheck.Problem] | None = None,
-) -> HostState:
-    """The host as it is; table and chain_problems where the caller has read them already."""
-    isolation = nftrun.Reading(reg)  # nft lists the tables while the rest is read
+def observe(reg: Registry, paths: Paths) -> HostState:
+    """The host as it is."""
     configs = container_configs(reg)
     return HostState(
-        table=iptables.read_nat() if table is None else table,
-        chain_problems=chain_problems,
+        table=iptables.read_nat(),
         bridge_ready=bridge_ready(reg),
         forwarding_on=forwarding_on(),
         configs=configs,
@@ -346,7 +337,7 @@ def observe(
         student_ids=host_ids(reg),
         leftovers=tuple(leftovers.find(reg, paths, leftovers.scan(reg, paths))),
         cgroup=cgroups.layout(),
-        isolation=tuple(isolation.problems()),
+        isolation=tuple(nftrun.problems(reg)),
     )
 
 
@@ -363,10 +354,11 @@ def execute_change(change: Change, reg: Registry, paths: Paths) -> None:
     elif change.kind == FORWARDING:
         hostsetup.ensure_ip_forwarding(_quiet)
     elif change.kind == FORWARDS:
-        # The whole chain in one iptables-restore, under the forward lock; the
-        # jumps into the chain stay.
-        table = iptables.read_nat() if change.table is None else change.table
-        chainrebuild.Rebuild(reg, paths, table).finish()
+        # The whole chain in one iptables-restore, under the forward lock (no
+        # login's fix of its own forward interleaves); the jumps into the chain stay.
+        with locked(f"{paths.run_dir}/forward.lock"):
+            table = iptables.read_nat() if change.table is None else iptables.still_current(change.table)
+            iptables.apply(forward.rebuild_lines(table, reg, reg.users.values()))
     elif change.kind == ISOLATION:
         nftrun.apply(reg)  # both tables in one nft transaction
     elif change.kind == GPU_NODES:
@@ -392,26 +384,12 @@ def execute_change(change: Change, reg: Registry, paths: Paths) -> None:
         raise AssertionError(change.kind)
 
 
-def execute(
-    result: Plan,
-    reg: Registry,
-    paths: Paths,
-    report: Report,
-    fail: Report,
-    rebuild: chainrebuild.Rebuild | None = None,
-) -> int:
-    """Make every change, going on past a failed one; return how many failed.
-
-    rebuild: the chain rebuild apply started early (chainrebuild.py); the
-    FORWARDS change then waits for it instead of making one.
-    """
+def execute(result: Plan, reg: Registry, paths: Paths, report: Report, fail: Report) -> int:
+    """Make every change, going on past a failed one; return how many failed."""
     failures = 0
     for change in result.changes:
         try:
-            if change.kind == FORWARDS and rebuild is not None:
-                rebuild.finish()
-            else:
-                execute_change(change, reg, paths)
+            execute_change(change, reg, paths)
         except GpushellError as exc:
             failures += 1
             fail(f"failed to {change.text}: {exc.user_message}")

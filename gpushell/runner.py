@@ -112,34 +112,6 @@ def run(
     return _checked(argv, Result(status, out, err), check)
 
 
-class Started:
-    """A command start() left running: result() waits for it and checks it as run() would."""
-
-    def __init__(self, argv: Sequence[str], stdin: str | None) -> None:
-        for observe in observers:
-            observe(argv)
-        self.argv = argv
-        try:
-            self._child = spawn.start(argv, SAFE_ENV, None if stdin is None else stdin.encode())
-        except OSError as exc:
-            raise _not_run(argv, exc) from exc
-
-    def result(
-        self, check: bool = True, timeout: float = 120.0, max_output: int = DEFAULT_MAX_OUTPUT
-    ) -> Result:
-        limit = bounded(timeout, str(self.argv[0]))
-        try:
-            status, out, err = self._child.wait(limit, max_output)
-        except (OSError, spawn.Timeout) as exc:
-            raise _not_run(self.argv, exc, limit < timeout) from exc
-        return _checked(self.argv, Result(status, out, err), check)
-
-
-def start(argv: Sequence[str], *, stdin: str | None = None) -> Started:
-    """Start argv and return at once, for the caller to work meanwhile; result() collects it."""
-    return Started(argv, stdin)
-
-
 def program(argv: Sequence[str]) -> str:
     """The program's bare name: what a student may see of a command (no host path)."""
     return str(argv[0]).rsplit("/", 1)[-1]

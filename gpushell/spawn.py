@@ -3,8 +3,7 @@
 `subprocess` would add its imports (threading, selectors, ...) to every
 login, for both the student's shell and the root helper; this is the
 little of it gpushell needs.  A tick callback runs while the child works,
-so the shell can draw a spinner.  `start` leaves a child running while the
-caller works on, and collects it later.  The program is found by absolute
+so the shell can draw a spinner.  The program is found by absolute
 path or on the PATH of the environment given, never the caller's.
 
 Output is capped: the first `max_output` bytes of each stream are kept,
@@ -30,10 +29,6 @@ if TYPE_CHECKING:
 # message or a small report, and a flood costs no more than this.
 DEFAULT_MAX_OUTPUT = 64 * 1024
 CHUNK = 65536
-# A started child writes into its pipe while the caller works elsewhere;
-# a larger pipe (the unprivileged maximum) lets it finish meanwhile.
-F_SETPIPE_SZ = 1031
-STARTED_PIPE_SIZE = 1 << 20
 
 
 class Timeout(Exception):
@@ -193,64 +188,3 @@ def run(
     return _collect(
         pid, [out_read, err_read], in_write, stdin or b"", timeout, tick, interval, max_output, argv[0]
     )
-
-
-def _memory_file(content: bytes = b"") -> int:
-    fd = os.memfd_create("gpushell-spawn", os.MFD_CLOEXEC)
-    view = memoryview(content)
-    while view:
-        view = view[os.write(fd, view) :]
-    os.lseek(fd, 0, os.SEEK_SET)
-    return fd
-
-
-def _started_pipe() -> tuple[int, int]:
-    read_fd, write_fd = os.pipe()
-    try:
-        import fcntl  # a C module: costs nothing on the login path
-
-        fcntl.fcntl(write_fd, F_SETPIPE_SZ, STARTED_PIPE_SIZE)
-    except OSError:
-        pass  # the default 64 KiB then: the child waits for wait() sooner, that is all
-    return read_fd, write_fd
-
-
-class Child:
-    """A program start() left running; wait() collects its status and (capped) output.
-
-    Its input is a memory file (our own bytes, any size, never blocking it).
-    Its output goes to pipes, not memory files: a memory file grows with
-    whatever the child writes, and nothing bounds it short of a file-size
-    rlimit, which the child (lxc-start's container, say) would inherit.  A
-    pipe holds at most its buffer (1 MiB here); a child that writes more
-    before wait() waits for wait() to drain it, and wait() keeps the first
-    max_output bytes and throws the rest away.
-    """
-
-    def __init__(self, argv: Sequence[str], env: dict[str, str], stdin: bytes | None) -> None:
-        self.argv = list(argv)
-        in_fd = _memory_file(stdin) if stdin is not None else os.open(os.devnull, os.O_RDONLY)
-        self._out, out_write = _started_pipe()
-        self._err, err_write = _started_pipe()
-        try:
-            self.pid = _spawn(argv, env, in_fd, out_write, err_write)
-        except OSError:
-            os.close(self._out)
-            os.close(self._err)
-            raise
-        finally:
-            for fd in (in_fd, out_write, err_write):
-                os.close(fd)
-
-    def wait(
-        self, timeout: float | None = None, max_output: int = DEFAULT_MAX_OUTPUT
-    ) -> tuple[int, str, str]:
-        """(exit status, stdout, stderr) once it has ended; killed past timeout seconds."""
-        return _collect(
-            self.pid, [self._out, self._err], -1, b"", timeout, _no_tick, 0.5, max_output, self.argv[0]
-        )
-
-
-def start(argv: Sequence[str], env: dict[str, str], stdin: bytes | None = None) -> Child:
-    """Start argv and return at once; stdin is /dev/null unless given."""
-    return Child(argv, env, stdin)

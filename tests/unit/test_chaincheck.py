@@ -75,13 +75,3 @@ def test_masquerade_is_required_only_when_configured() -> None:
     reg = make_registry(masquerade=True)
     assert kinds(save(ALICE, BOB), reg) == [("no-masquerade", None)]
     assert kinds(save(ALICE, BOB, masquerade_rule(reg)), reg) == []
-
-
-def test_the_first_problem_is_the_first_of_the_list() -> None:
-    wrong_bob = [*BOB[:-1], "10.0.3.99:22"]
-    tables = [save(ALICE, BOB), save(), save(chain=False, jumps=()), save(ALICE, ALICE, wrong_bob),
-              save(BOB, jumps=("OUTPUT",)), save(ALICE)]  # fmt: skip
-    for table in tables:
-        found = chaincheck.problems(table, REG)
-        assert chaincheck.first_problem(table, REG) == (found[0] if found else None)
-    assert chaincheck.first_problem(save(), REG).message.startswith("no forward for alice")  # type: ignore[union-attr]

@@ -19,16 +19,12 @@ def host(monkeypatch):
     """A ruleset whose generation the test sets, and a count of iptables-save runs."""
     state = {"generation": 7, "saves": 0}
 
-    class Saved:
-        def result(self, **_: object) -> Result:
-            return Result(0, SAVED, "")
-
-    def start(argv: list[str], **_: object) -> Saved:
+    def run(argv: list[str], **_: object) -> Result:
         assert argv == [iptables.IPTABLES_SAVE, "-t", "nat"]
         state["saves"] += 1
-        return Saved()
+        return Result(0, SAVED, "")
 
-    monkeypatch.setattr(iptables, "start", start)
+    monkeypatch.setattr(iptables, "run", run)
     monkeypatch.setattr(iptables, "generation", lambda: state["generation"])
     return state
 

@@ -210,29 +210,16 @@ class FakeNft:
 
     def run(self, argv: list[str], *, stdin: str | None = None, **_: object) -> Result:
         self.calls.append((argv, stdin))
-        return Result(0, "", "")
-
-    def start(self, argv: list[str], **_: object) -> FakeNft.Started:
-        self.calls.append((argv, None))
-        return FakeNft.Started(self.tables.get(argv[3]))
-
-    class Started:
-        def __init__(self, text: str | None) -> None:
-            self.text = text
-
-        def result(self, **_: object) -> Result:
-            return (
-                Result(1, "", "Error: No such file or directory")
-                if self.text is None
-                else Result(0, self.text, "")
-            )
+        if argv[1] != "list":
+            return Result(0, "", "")
+        text = self.tables.get(argv[3])
+        return Result(1, "", "Error: No such file or directory") if text is None else Result(0, text, "")
 
 
 @pytest.fixture
 def nft(monkeypatch: pytest.MonkeyPatch) -> FakeNft:
     fake = FakeNft(listed())
     monkeypatch.setattr(nftrun, "run", fake.run)
-    monkeypatch.setattr(nftrun, "start", fake.start)
     return fake
 
 
@@ -265,7 +252,7 @@ def test_a_host_without_nft_reports_it_as_a_problem(monkeypatch: pytest.MonkeyPa
     def missing(argv: list[str], **_: object) -> Result:
         raise GpushellError("could not run nft")
 
-    monkeypatch.setattr(nftrun, "start", missing)
+    monkeypatch.setattr(nftrun, "run", missing)
     assert nftrun.problems(REG) == ["cannot read the nftables tables: could not run nft"]
 
 
@@ -275,7 +262,7 @@ def test_a_host_without_nft_reports_it_as_a_problem(monkeypatch: pytest.MonkeyPa
 def test_apply_plans_a_rebuild_for_each_problem_and_makes_it_with_one_nft_call(nft: FakeNft) -> None:
     state = reconcile.HostState(
         table=NatTable(""), bridge_ready=True, forwarding_on=True, configs={}, accounts={}, states={},
-        isolation=("nftables table bridge gptab-x is missing",), chain_problems=[],
+        isolation=("nftables table bridge gptab-x is missing",),
     )  # fmt: skip
     changes = [c for c in reconcile.plan(REG, Paths(), state).changes if c.kind == reconcile.ISOLATION]
     assert [(c.subject, c.text) for c in changes] == [

@@ -235,15 +235,3 @@ def test_container_states_ask_nothing_when_no_container_exists() -> None:
     driver = CountingDriver(set())
     assert reconcile.container_states(driver, {"c-alice": None}) == {}  # type: ignore[arg-type]
     assert driver.asked == 0
-
-
-def test_plan_takes_the_chain_problems_apply_already_worked_out() -> None:
-    from gpushell import chaincheck
-
-    flushed = nat()
-    known = chaincheck.problems(flushed, REG)
-    state = healthy().replace(table=flushed, chain_problems=known)
-    (change,) = reconcile.plan(REG, PATHS, state).changes
-    assert change.kind == reconcile.FORWARDS and change.text.endswith(known[1].message)
-    # What it is told is what it plans from: no second look at the table.
-    assert reconcile.plan(REG, PATHS, state.replace(chain_problems=[])).changes == []

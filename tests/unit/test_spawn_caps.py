@@ -1,4 +1,4 @@
-"""Capped output, deadlines and tool messages: spawn.run, spawn.start, runner."""
+"""Capped output, deadlines and tool messages: spawn.run and runner."""
 
 from __future__ import annotations
 
@@ -61,20 +61,6 @@ def test_an_exception_in_the_tick_kills_the_child() -> None:
         os.waitpid(-1, os.WNOHANG)  # nothing of ours left, not even a zombie
 
 
-def test_started_child_output_is_capped_too() -> None:
-    child = spawn.start(["/bin/sh", "-c", FLOOD], SAFE_ENV)
-    status, out, _ = child.wait(60, max_output=2048)
-    assert (status, len(out)) == (0, 2048)
-
-
-def test_started_child_past_its_timeout_is_killed() -> None:
-    child = spawn.start(["/usr/bin/yes"], SAFE_ENV)
-    with pytest.raises(spawn.Timeout):
-        child.wait(0.3, max_output=10)
-    with pytest.raises(ChildProcessError):
-        os.waitpid(child.pid, 0)
-
-
 def test_runner_passes_the_cap() -> None:
     assert len(runner.run(["/bin/sh", "-c", FLOOD], max_output=100).stdout) == 100
     assert len(runner.run(["/bin/sh", "-c", "head -c 100000 /dev/zero"]).stdout) == runner.DEFAULT_MAX_OUTPUT
@@ -127,13 +113,6 @@ def test_a_program_own_timeout_within_the_deadline_is_a_plain_failure(deadline: 
         runner.run(["/bin/sleep", "30"], timeout=0.2)
     assert not isinstance(raised.value, runner.Deadline)
     assert 0 < (runner.remaining() or 0) <= 60
-
-
-def test_started_result_meets_the_deadline(deadline: object) -> None:
-    started = runner.start(["/bin/sleep", "30"])
-    runner.set_deadline(0.3)
-    with pytest.raises(runner.Deadline):
-        started.result(timeout=60)
 
 
 def test_no_deadline_means_the_timeout_alone() -> None:
