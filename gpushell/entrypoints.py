@@ -21,10 +21,8 @@ PROGRAMS = {
 }
 
 
-# They leave without the interpreter's teardown (quickexit.py): the two processes of
-# every login, and gpushell-admin, whose `apply` with a thousand students spent ~6 ms
-# freeing them.  Every file gpushell writes is closed (by `with`) before main returns.
-QUICK_EXIT = frozenset({"shell", "helper", "admin"})
+# The two processes of every login leave without the interpreter's teardown (loginproc.py).
+QUICK_EXIT = frozenset({"shell", "helper"})
 
 
 def script(module: str, paths_arguments: str = "", site_dirs: list[str] | None = None) -> str:
@@ -32,7 +30,7 @@ def script(module: str, paths_arguments: str = "", site_dirs: list[str] | None =
     directories = site_dirs if site_dirs is not None else site.getsitepackages()
     call = f"main(Paths({paths_arguments}))" if paths_arguments else "main()"
     if module in QUICK_EXIT:
-        ending = f"from gpushell.quickexit import leave\nleave({call})\n"
+        ending = f"from gpushell.loginproc import leave\nleave({call})\n"
     else:
         ending = f"sys.exit({call})\n"
     return (

@@ -19,13 +19,10 @@ a reader never sees half of one.  A login copies its `gpu*` lines into its
 answer and adds `gpu_age`; without a snapshot it says `gpu_state=none`.
 
 Who refreshes it: the `gpus` action, as a side effect of asking NVML; and
-a login that finds it missing or older than STALE_AFTER seconds, in a
-detached child forked at the helper's exit, after its answer is written
-(`refresh_after_exit`), so that no login waits for NVML.  A
+a login that finds it missing or older than STALE_AFTER seconds: the
+helper forks a detached child for it once its answer is written
+(`refresh_in_background`), so that no login waits for NVML.  A
 non-blocking flock keeps that to one refresh at a time.
-
-Imported on the login path: nothing here at import time beyond what the
-helper already has (os, time, protocol); the rest is imported where used.
 """
 
 from __future__ import annotations
@@ -35,7 +32,7 @@ import time
 
 from . import files, protocol
 
-TYPE_CHECKING = False  # `typing` stays off the login path
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
@@ -220,23 +217,18 @@ def refresh(paths: Paths, owners: Owners, load: Callable[[], Any | None] = _load
 # --- in the background ------------------------------------------------------------
 
 
-def for_login(paths: Paths, owners: Owners) -> dict[str, object]:
-    """The login answer's GPU keys; a stale or missing snapshot is refreshed after the answer."""
-    keys, stale = login_keys(read(snapshot_path(paths)), time.time())
-    if stale:
-        refresh_after_exit(paths, owners)
-    return keys
+def for_login(paths: Paths) -> tuple[dict[str, object], bool]:
+    """The login answer's GPU keys, and whether the snapshot is missing or stale
+    (the helper then calls refresh_in_background once its answer is written)."""
+    return login_keys(read(snapshot_path(paths)), time.time())
 
 
-def refresh_after_exit(paths: Paths, owners: Owners, load: Callable[[], Any | None] = _load_nvml) -> None:
-    """Refresh the snapshot in a detached child once this process is finishing.
+def refresh_in_background(paths: Paths, owners: Owners, load: Callable[[], Any | None] = _load_nvml) -> None:
+    """Refresh the snapshot in a detached child; return at once.
 
-    At exit the helper's answer has been printed; run_detached flushes it
-    out first, so the child never holds it back.
+    run_detached flushes the helper's answer out first, so the child never holds it back.
     """
-    import atexit
-
-    atexit.register(run_detached, lambda: _background_refresh(paths, owners, load))
+    run_detached(lambda: _background_refresh(paths, owners, load))
 
 
 def _background_refresh(paths: Paths, owners: Owners, load: Callable[[], Any | None]) -> None:
@@ -268,7 +260,7 @@ def run_detached(work: Callable[[], object]) -> None:
     import signal
     import syslog
 
-    from .quickexit import flush_streams
+    from .loginproc import flush_streams
 
     flush_streams()  # the answer goes out before anything else happens
     if os.fork():

@@ -12,14 +12,14 @@ import os
 import pwd
 import sys
 
-from . import audit, menu, protocol, registry_cache, runner, services, signals
+from . import audit, loginproc, menu, protocol, registry_cache, runner, services
 from .containers import FROZEN, RUNNING, LxcDriver, wait_for_sshd
 from .errors import CONTACT_ADMIN, ExitStatus, GpushellError
 from .files import write_private
 from .lock import locked
 from .paths import DEFAULT, Paths
 
-TYPE_CHECKING = False  # `typing` stays off the login path
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 
     Answer = dict[str, object]
     Action = Callable[[services.Context, User], Answer]
+
+
+# What main() does once the answer is written (the GPU snapshot's refresh): nobody waits for it.
+after_answer: list[Callable[[], None]] = []
 
 
 def _login(ctx: services.Context, user: User) -> Answer:
@@ -38,10 +42,13 @@ def _login(ctx: services.Context, user: User) -> Answer:
     answer = services.describe(ctx, user, RUNNING, started=bool(started), forward_changed=forward_changed)
     if user.gpus != "none":
         # The banner's GPU lines, from the cached snapshot (a small file read);
-        # a stale one is refreshed in the background after this answer is out.
+        # a stale one is refreshed in the background once this answer is out.
         from . import gpucache
 
-        answer.update(gpucache.for_login(ctx.paths, lambda: _owners(ctx.paths)))
+        keys, stale = gpucache.for_login(ctx.paths)
+        answer.update(keys)
+        if stale:
+            after_answer.append(lambda: gpucache.refresh_in_background(ctx.paths, lambda: _owners(ctx.paths)))
     return answer
 
 
@@ -316,16 +323,16 @@ def run_action(paths: Paths, name: str, verb: str) -> Answer:
 
 def _within_deadline(ctx: services.Context, user: User, verb: str, seconds: float) -> Answer:
     runner.set_deadline(seconds)
-    signals.handle(signals.SIGALRM, _alarm_ended)
-    signals.alarm(int(seconds) + ALARM_GRACE)
+    loginproc.handle(loginproc.SIGALRM, _alarm_ended)
+    loginproc.alarm(int(seconds) + ALARM_GRACE)
     try:
         return ACTIONS[verb](ctx, user)
     except runner.Deadline:
-        signals.alarm(0)
+        loginproc.alarm(0)
         _recover(ctx, user, verb)
         raise
     finally:
-        signals.alarm(0)
+        loginproc.alarm(0)
         runner.set_deadline(None)
 
 
@@ -346,8 +353,8 @@ def _recover(ctx: services.Context, user: User, verb: str) -> None:
 def main(paths: Paths = DEFAULT, argv: list[str] | None = None) -> int:
     argv = sys.argv if argv is None else argv
     # Finish what was begun even if the student hangs up or presses Ctrl-C.
-    for signum in (signals.SIGINT, signals.SIGHUP, signals.SIGQUIT, signals.SIGTSTP):
-        signals.handle(signum, signals.SIG_IGN)
+    for signum in (loginproc.SIGINT, loginproc.SIGHUP, loginproc.SIGQUIT, loginproc.SIGTSTP):
+        loginproc.handle(signum, loginproc.SIG_IGN)
     audit.open_log(f"{paths.syslog_ident}-helper")
     name = "?"
     verb = argv[1] if len(argv) == 2 else " ".join(argv[1:])
@@ -378,4 +385,6 @@ def main(paths: Paths = DEFAULT, argv: list[str] | None = None) -> int:
     )
     audit.record(name, verb, "ok", detail)
     print(protocol.encode(answer), end="")
+    for work in after_answer:
+        work()
     return 0

@@ -11,14 +11,13 @@ import os
 import pwd
 import sys
 
-from . import audit, banner, gputable, menu, protocol, signals, snapshotlist, spawn
+from . import audit, banner, gputable, loginproc, menu, protocol, snapshotlist, spawn
 from .environment import SAFE_ENV
 from .errors import CONTACT_ADMIN, ExitStatus, GpushellError
 from .ownership import check_owned_by_root, check_tree_owned_by_root
 from .paths import DEFAULT, Paths
 from .protocol import Answer
 
-# Keep `typing` (and what it imports) off the login path: names for mypy only.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import TextIO
@@ -46,7 +45,7 @@ class SessionEnd(Exception):
 
 
 def _end_session(signum: int, _frame: object) -> None:
-    why = "idle timeout" if signum == signals.SIGALRM else signals.NAMES.get(signum, str(signum))
+    why = "idle timeout" if signum == loginproc.SIGALRM else loginproc.NAMES.get(signum, str(signum))
     raise SessionEnd(why)
 
 
@@ -291,11 +290,11 @@ class Session:
 
     def _read_line(self, idle_timeout: int) -> str | None:
         """One menu line, or None at end of input; overlong lines are cut."""
-        signals.alarm(idle_timeout)
+        loginproc.alarm(idle_timeout)
         try:
             line = self.term.stdin.readline(MAX_LINE)
         finally:
-            signals.alarm(0)
+            loginproc.alarm(0)
         if not line:
             return None
         if not line.endswith("\n") and len(line) >= MAX_LINE:
@@ -316,8 +315,9 @@ def check_installation() -> None:
 def main(paths: Paths = DEFAULT, argv: list[str] | None = None, term: Terminal | None = None) -> int:
     argv = sys.argv if argv is None else argv
     term = term or Terminal(sys.stdin, sys.stdout, sys.stderr, dict(os.environ))
-    for signum in (signals.SIGHUP, signals.SIGTERM, signals.SIGTSTP, signals.SIGQUIT, signals.SIGALRM):
-        signals.handle(signum, _end_session)
+    ending = (loginproc.SIGHUP, loginproc.SIGTERM, loginproc.SIGTSTP, loginproc.SIGQUIT, loginproc.SIGALRM)
+    for signum in ending:
+        loginproc.handle(signum, _end_session)
     audit.open_log(paths.syslog_ident)
     user = "?"
     try:

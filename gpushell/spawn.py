@@ -1,10 +1,11 @@
 """Running a program: posix_spawn, pipes and select, nothing more.
 
-`subprocess` would add its imports (threading, selectors, ...) to every
-login, for both the student's shell and the root helper; this is the
-little of it gpushell needs.  A tick callback runs while the child works,
-so the shell can draw a spinner.  The program is found by absolute
-path or on the PATH of the environment given, never the caller's.
+The login path's stand-in for `subprocess` (loginproc.py says why): the
+little of it gpushell needs, and the one way gpushell runs a program
+(runner.py wraps it for everything but the shell's own helper call).
+A tick callback runs while the child works, so the shell can draw a
+spinner.  The program is found by absolute path or on the PATH of the
+environment given, never the caller's.
 
 Output is capped: the first `max_output` bytes of each stream are kept,
 the rest is read and thrown away, so a child (or a container behind
@@ -19,7 +20,7 @@ import os
 import select
 import time
 
-from .signals import SIGKILL
+from .loginproc import SIGKILL
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

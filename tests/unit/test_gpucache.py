@@ -80,18 +80,15 @@ def test_only_the_rows_it_counts_are_copied_and_never_more_than_64():
     assert keys == {"gpu_state": "no-driver", "gpu_age": 0}
 
 
-def test_for_login_schedules_a_refresh_only_when_stale(tmp_path, monkeypatch):
+def test_for_login_asks_for_a_refresh_only_when_stale(tmp_path):
     paths = Paths(run_dir=str(tmp_path))
-    scheduled: list[Paths] = []
-    monkeypatch.setattr(gpucache, "refresh_after_exit", lambda where, _owners: scheduled.append(where))
-    assert gpucache.for_login(paths, never) == {"gpu_state": "none"}
-    assert scheduled == [paths]
+    assert gpucache.for_login(paths) == ({"gpu_state": "none"}, True)
     gpucache.write(gpucache.snapshot_path(paths), {**SNAPSHOT, "taken": int(time.time())})
-    assert gpucache.for_login(paths, never)["gpu.0"] == SNAPSHOT["gpu.0"]
-    assert scheduled == [paths]
+    keys, stale = gpucache.for_login(paths)
+    assert keys["gpu.0"] == SNAPSHOT["gpu.0"] and not stale
     gpucache.write(gpucache.snapshot_path(paths), {**SNAPSHOT, "taken": int(time.time()) - 31})
-    assert gpucache.for_login(paths, never)["gpu_state"] == "ok"
-    assert scheduled == [paths, paths]
+    keys, stale = gpucache.for_login(paths)
+    assert keys["gpu_state"] == "ok" and stale
 
 
 # --- the file ------------------------------------------------------------------
@@ -200,12 +197,12 @@ print(os.getsid(0), os.getpid())
 
 
 def test_a_stale_login_refreshes_after_its_answer_is_written(tmp_path):
-    """refresh_after_exit: the answer comes out once and whole; the snapshot appears afterwards."""
+    """refresh_in_background: the answer comes out once and whole; the snapshot appears afterwards."""
     code = f"""
 from gpushell import gpucache
 from gpushell.paths import Paths
-gpucache.refresh_after_exit(Paths(run_dir={str(tmp_path)!r}), dict, lambda: None)
 print("state=ok", end="")
+gpucache.refresh_in_background(Paths(run_dir={str(tmp_path)!r}), dict, lambda: None)
 """
     result = run_python(code, tmp_path)
     assert (result.returncode, result.stdout, result.stderr) == (0, "state=ok", "")

@@ -1,9 +1,8 @@
-"""The login path's modules load no heavy standard-library module.
+"""The login path's modules load no heavy standard-library module (gpushell/loginproc.py says why).
 
-Each import below costs a login a few milliseconds, twice (the shell and
-the root helper); this checks what a fresh interpreter has loaded after
-importing exactly what a login runs, so a stray `import enum` shows up
-here rather than only in the benchmark.
+This checks what a fresh interpreter has loaded after importing exactly
+what a login runs, so a stray `import enum` shows up here rather than
+only in the benchmark.
 """
 
 from __future__ import annotations
@@ -18,13 +17,13 @@ KEPT_OFF = ("yaml", "lxc", "subprocess", "enum", "signal", "socket", "selectors"
             "functools", "collections")  # fmt: skip
 
 LOGIN_MODULES = {
-    "shell": ["gpushell.shell", "gpushell.quickexit"],
+    "shell": ["gpushell.shell", "gpushell.loginproc"],
     "helper": [
         "gpushell.helper",
         "gpushell.registry_cache",
         "gpushell.services",
         "gpushell.iptables",
-        "gpushell.quickexit",
+        "gpushell.loginproc",
     ],
 }
 
