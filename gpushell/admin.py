@@ -41,9 +41,9 @@ def cmd_init(paths: Paths, args: Options) -> int:
 
 
 def cmd_template_build(paths: Paths, args: Options) -> int:
-    from . import provision, registry, registry_file, template
+    from . import provision, registry, registry_store, template
 
-    reg = registry_file.load(paths.registry)
+    reg = registry_store.load(paths)
     name = args.name or reg.template
     if not registry.CONTAINER_NAME.fullmatch(name):
         raise GpushellError(f"{name!r} is not a valid template name", status=ExitStatus.USAGE)
@@ -92,34 +92,33 @@ def gpus_option(text: str) -> str | list[int]:
 
 
 def cmd_add(paths: Paths, args: Options) -> int:
-    from . import accounts, allocate, leftovers, provision, registry, registry_edit, registry_file, services
+    from . import accounts, allocate, leftovers, provision, registry, registry_edit, registry_store, services
     from .containers import LxcDriver
+    from .files import write_atomically
 
     name = args.user
     if not registry.USER_NAME.fullmatch(name) or name in registry.RESERVED_USERS:
         raise GpushellError(f"{name!r} is not an allowed user name", status=ExitStatus.USAGE)
     keys = read_keys(args)
-    # The whole add holds the registry lock: parallel adds get distinct ports,
+    # The whole add is one registry update: parallel adds get distinct ports,
     # IPs and id ranges, and the entry is written last, so a failure (or a
     # kill) leaves the registry as it was.
     import contextlib
 
-    with locked(paths.registry_lock), contextlib.ExitStack() as undo:
-        old_text = registry_file.read_text(paths.registry)
-        reg = registry.parse(old_text, paths.registry)
+    with registry_store.Change(paths) as change, contextlib.ExitStack() as undo:
+        reg = change.old
         if name in reg.users:
             raise GpushellError(f"{name} is already registered (port {reg.users[name].port})")
         alloc = allocate.allocate(reg, args.port)
         extra = {"gpus": args.gpus} if args.gpus is not None else None
-        new_text = registry_edit.add_user(old_text, name, alloc, extra)
-        new_reg = registry.parse(new_text, paths.registry)
+        new_reg = change.propose(registry_edit.add_user(change.old_text, name, alloc, extra))
         user = new_reg.users[name]
 
         # Noted before the first change: if this process dies, apply knows
         # what to undo (see leftovers.py).
         journal = leftovers.journal_path(new_reg.lxcpath, name)
         os.makedirs(new_reg.lxcpath, mode=0o755, exist_ok=True)
-        registry_file.write_atomically(journal, leftovers.journal_now(name, user.container).dumps(), 0o600)
+        write_atomically(journal, leftovers.journal_now(name, user.container).dumps(), 0o600)
         undo.callback(leftovers.forget, journal)
         account = accounts.ensure_account(name, paths.shell, paths.group)
         undo.callback(accounts.undo_account, account, paths.group)
@@ -130,7 +129,7 @@ def cmd_add(paths: Paths, args: Options) -> int:
         ctx = services.Context(paths, new_reg, LxcDriver(new_reg.lxcpath))
         services.ensure_forward(ctx, user)
         undo.callback(services.remove_forward, ctx, name)
-        registry_file.write_atomically(paths.registry, new_text)
+        change.write()
         undo.pop_all()
         leftovers.forget(journal)
         isolated = _isolation_after_change(new_reg)
@@ -153,18 +152,18 @@ def _isolation_after_change(reg: Registry) -> bool:
 def cmd_remove(paths: Paths, args: Options) -> int:
     import datetime
 
-    from . import accounts, archive, provision, registry, registry_edit, registry_file, services
+    from . import accounts, archive, provision, registry_edit, registry_store, services
     from .containers import LxcDriver
 
     name = args.user
-    with locked(paths.registry_lock):
-        old_text = registry_file.read_text(paths.registry)
-        reg = registry.parse(old_text, paths.registry)
+    with registry_store.Change(paths) as change:
+        reg = change.old
         if name not in reg.users:
             raise GpushellError(
                 f"{name} is not registered in {paths.registry}", status=ExitStatus.NOT_REGISTERED
             )
         user = reg.users[name]
+        new_reg = change.propose(registry_edit.remove_user(change.old_text, name))
         ctx = services.Context(paths, reg, LxcDriver(reg.lxcpath))
         with locked(paths.user_lock(name), ADMIN_WAIT, admin_busy(name)):
             ctx.driver.stop(user.container)
@@ -175,9 +174,7 @@ def cmd_remove(paths: Paths, args: Options) -> int:
                 kept = archive.archive_rootfs(rootfs, args.archive, name, datetime.datetime.now(datetime.UTC))
             services.remove_forward(ctx, name)
             provision.destroy(reg, user.container)
-            new_text = registry_edit.remove_user(old_text, name)
-            new_reg = registry.parse(new_text, paths.registry)
-            registry_file.write_atomically(paths.registry, new_text)
+            change.write()
         isolated = _isolation_after_change(new_reg)
     if args.purge:
         accounts.remove_account(name)
@@ -191,9 +188,9 @@ def cmd_remove(paths: Paths, args: Options) -> int:
 
 
 def cmd_list(paths: Paths, args: Options) -> int:
-    from . import inventory, registry_file
+    from . import inventory, registry_store
 
-    reg = registry_file.load(paths.registry)
+    reg = registry_store.load(paths)
     found = inventory.gather(reg)
     if args.json:
         say(inventory.to_json(found))
@@ -204,10 +201,10 @@ def cmd_list(paths: Paths, args: Options) -> int:
 
 
 def cmd_apply(paths: Paths, args: Options) -> int:
-    from . import reconcile, registry_cache
+    from . import reconcile, registry_store
 
     if args.dry_run:
-        reg = registry_cache.load_registry(paths)
+        reg = registry_store.load_all(paths)
         plan = reconcile.plan(reg, paths, reconcile.observe(reg, paths))
         warn(plan.warnings)
         for line in reconcile.render_dry_run(plan):
@@ -216,7 +213,7 @@ def cmd_apply(paths: Paths, args: Options) -> int:
     # Under the registry lock: an `add` running meanwhile would otherwise
     # lose its new forward to this rebuild of the chain.
     with locked(paths.registry_lock):
-        reg = registry_cache.load_registry(paths)
+        reg = registry_store.load_all(paths)
         plan = reconcile.plan(reg, paths, reconcile.observe(reg, paths))
         warn(plan.warnings)
         if not plan.changes:
@@ -242,9 +239,9 @@ def cmd_doctor(paths: Paths, args: Options) -> int:
 
 
 def cmd_driver_sync(paths: Paths, args: Options) -> int:
-    from . import driversync, registry_file
+    from . import driversync, registry_store
 
-    reg = registry_file.load(paths.registry)
+    reg = registry_store.load(paths)
     failures = driversync.sync(reg, paths, args.users, args.installer, say)
     return ExitStatus.ERROR if failures else ExitStatus.OK
 

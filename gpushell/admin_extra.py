@@ -15,7 +15,7 @@ from . import (
     reconcile,
     registry,
     registry_edit,
-    registry_file,
+    registry_store,
     services,
     template,
     usersettings,
@@ -28,12 +28,6 @@ from .lock import ADMIN_WAIT, admin_busy, locked
 from .paths import Paths
 
 Say = Callable[[str], None]
-
-
-def first_problem(exc: GpushellError) -> str:
-    """One line: a registry that would not validate says why in its first problem."""
-    lines = exc.user_message.splitlines()
-    return lines[0] if lines else "invalid"
 
 
 # --- set -------------------------------------------------------------------------
@@ -94,24 +88,16 @@ def _gpus(spec: registry.GpuSpec) -> str:
 def cmd_set(paths: Paths, args: Options, say: Say) -> int:
     values = usersettings.parse_assignments(args.assignments)
     name = args.user
-    with locked(paths.registry_lock):
-        old_text = registry_file.read_text(paths.registry)
-        old_reg = registry.parse(old_text, paths.registry)
-        old_user = old_reg.user(name)
-        taken = port_owner(old_reg, name, values.get("port"))
+    with registry_store.Change(paths) as change:
+        old_user = change.old.user(name)
+        taken = port_owner(change.old, name, values.get("port"))
         if taken:
             raise GpushellError(
                 f"not changed: port {values['port']} is already used by {taken}", status=ExitStatus.USAGE
             )
-        new_text = edit_user(old_text, name, values)
-        try:
-            new_reg = registry.parse(new_text, paths.registry)
-        except registry.RegistryError as exc:
-            raise GpushellError(
-                f"not changed: {first_problem(exc)}", exc.log_message, ExitStatus.USAGE
-            ) from None
+        new_reg = change.propose(edit_user(change.old_text, name, values))
         new_user = new_reg.users[name]
-        registry_file.write_atomically(paths.registry, new_text)
+        change.write()
         driver = LxcDriver(new_reg.lxcpath)
         ctx = services.Context(paths, new_reg, driver)
         with locked(paths.user_lock(name), ADMIN_WAIT, admin_busy(name)):
@@ -248,7 +234,7 @@ def is_built(reg: registry.Registry, name: str) -> bool:
 
 
 def cmd_template_list(paths: Paths, args: Options, say: Say) -> int:
-    reg = registry_file.load(paths.registry)
+    reg = registry_store.load(paths)
     origins = {name: provision.origin(reg, user.container) for name, user in reg.users.items()}
     rows = template_rows(reg, built_templates(reg), origins)
     say(templates_to_json(rows) if args.json else render_templates(rows).rstrip("\n"))
@@ -259,24 +245,20 @@ def cmd_template_use(paths: Paths, args: Options, say: Say) -> int:
     name = args.name
     if not registry.CONTAINER_NAME.fullmatch(name):
         raise GpushellError(f"{name!r} is not a valid template name", status=ExitStatus.USAGE)
-    with locked(paths.registry_lock):
-        text = registry_file.read_text(paths.registry)
-        reg = registry.parse(text, paths.registry)
+
+    def use(text: str, reg: registry.Registry) -> str:
         if not is_built(reg, name) or name not in built_templates_names(reg):
             raise GpushellError(
                 f"template {name} is not built in {reg.lxcpath}; "
                 f"run: gpushell-admin template build --name {name}"
             )
-        if name == reg.template:
-            say(f"new students already get template {name}")
-            return ExitStatus.OK
-        new_text = registry_edit.set_setting(text, "template", name)
-        try:
-            registry.parse(new_text, paths.registry)
-        except registry.RegistryError as exc:
-            raise GpushellError(f"not changed: {first_problem(exc)}", exc.log_message) from None
-        registry_file.write_atomically(paths.registry, new_text)
-    say(f"new students get template {name} (was {reg.template}); existing containers are unchanged")
+        return text if name == reg.template else registry_edit.set_setting(text, "template", name)
+
+    old, _new = registry_store.update(paths, use)
+    if old.template == name:
+        say(f"new students already get template {name}")
+    else:
+        say(f"new students get template {name} (was {old.template}); existing containers are unchanged")
     return ExitStatus.OK
 
 

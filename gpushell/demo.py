@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from . import admin, registry_file
+from . import admin, registry_store
 from .environment import SAFE_ENV
 from .paths import DEFAULT
 from .runner import run
@@ -98,7 +98,7 @@ def demo() -> int:
     if not os.path.exists(KEY):
         os.makedirs(os.path.dirname(KEY), mode=0o700, exist_ok=True)
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "gpushell-demo", "-f", KEY])
-    if STUDENT in registry_file.load(DEFAULT.registry).users:
+    if STUDENT in registry_store.load(DEFAULT).users:
         print(f"{STUDENT} is already registered")
     else:
         admin_command("add", STUDENT, "--key", KEY + ".pub")
@@ -111,7 +111,7 @@ def demo() -> int:
         os.execvpe("ssh", [login[0], "-t", *login[1:]], environment)
     step("no terminal here: driving the same login in tmux and showing its screen")
     status = show_in_tmux(login)
-    reg = registry_file.load(DEFAULT.registry)
+    reg = registry_store.load(DEFAULT)
     port = reg.users[STUDENT].port
     step(f"the forwarded port {port} lands in the container (here via the bridge address {reg.gateway})")
     inside = [*login[:-3], "-p", str(port), f"{STUDENT}@{reg.gateway}", "hostname; id"]
@@ -148,7 +148,7 @@ def clean() -> int:
     step("removing the demo student, its container, forward and account")
     with contextlib.suppress(KeyError):
         pwd.getpwnam(STUDENT)
-        if STUDENT in registry_file.load(DEFAULT.registry).users:
+        if STUDENT in registry_store.load(DEFAULT).users:
             admin_command("remove", STUDENT, "--purge")
         else:
             run(["userdel", "--remove", STUDENT], check=False)

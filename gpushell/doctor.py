@@ -26,7 +26,7 @@ from . import (
     nftrun,
     provision,
     reconcile,
-    registry,
+    registry_store,
     sshdcheck,
 )
 from .errors import GpushellError
@@ -682,17 +682,8 @@ def examine(paths: Paths) -> list[Finding]:
             " (and make every directory above it root's, not writable by others)",
         )
     try:
-        reg = registry.parse(_read_registry(paths.registry), paths.registry)
+        reg = registry_store.load_for_doctor(paths)
     except GpushellError as exc:
         first = exc.user_message.splitlines()[0] if exc.user_message else "cannot be read"
         return [safe, Finding(False, f"registry does not load: {first}", f"correct {paths.registry}")]
     return [safe, *run_checks(reg, paths, gather(reg, paths))]
-
-
-def _read_registry(path: str) -> str:
-    """The registry text even when it is unsafe: doctor reports, it does not act."""
-    try:
-        with open(path, encoding="utf-8") as stream:
-            return stream.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise GpushellError(f"cannot read {path}: {exc}") from None

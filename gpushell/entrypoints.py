@@ -13,6 +13,8 @@ import os
 import site
 import sys
 
+from .files import write_atomically
+
 PROGRAMS = {
     "gpushell": "shell",
     "gpushell-helper": "helper",
@@ -45,12 +47,7 @@ def script(module: str, paths_arguments: str = "", site_dirs: list[str] | None =
 
 def install(directory: str) -> None:
     for program, module in PROGRAMS.items():
-        path = os.path.join(directory, program)
-        temporary = path + ".new"
-        with open(temporary, "w", encoding="utf-8") as stream:
-            stream.write(script(module))
-        os.chmod(temporary, 0o755)
-        os.rename(temporary, path)
+        write_atomically(os.path.join(directory, program), script(module), 0o755)
 
 
 if __name__ == "__main__":

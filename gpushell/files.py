@@ -34,19 +34,31 @@ def read_private(path: str, limit: int) -> str | None:
         return None
 
 
-def write_private(path: str, text: str) -> None:
-    """Replace one of gpushell's own small files at once (rename): root's, 0600, no link followed.
+def write_atomically(path: str, data: str | bytes, mode: int = 0o644, durable: bool = True) -> None:
+    """Replace path with data at once: a reader (or a crash) sees the old file or the new one.
 
-    No fsync: these live in the run directory and describe only this boot.
+    gpushell's one atomic writer: a temporary file beside path (created
+    afresh, no link followed), written, given `mode`, renamed over path.
+    `durable` also fsyncs the file and its directory, so the new content
+    survives a power cut (the registry, configs, drop-ins); files in the run
+    directory describe only this boot and skip it.
     """
-    temporary = f"{path}.{os.getpid()}"
-    data = text.encode()
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    directory, name = os.path.split(os.path.abspath(path))
+    temporary = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(temporary, flags, mode)
+    except FileExistsError:  # left by a killed process that had our pid: nobody else writes it
+        os.unlink(temporary)
+        fd = os.open(temporary, flags, mode)
     try:
         try:
-            view = memoryview(data)
+            view = memoryview(data.encode() if isinstance(data, str) else data)
             while view:
                 view = view[os.write(fd, view) :]
+            os.fchmod(fd, mode)  # exactly `mode`, whatever the umask
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.rename(temporary, path)
@@ -56,3 +68,14 @@ def write_private(path: str, text: str) -> None:
         except OSError:
             pass
         raise
+    if durable:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def write_private(path: str, text: str) -> None:
+    """One of gpushell's own small files in the run directory: root's, 0600, not fsync'd."""
+    write_atomically(path, text, 0o600, durable=False)

@@ -12,7 +12,7 @@ import os
 import pwd
 import sys
 
-from . import audit, loginproc, menu, protocol, registry_cache, runner, services
+from . import audit, loginproc, menu, protocol, registry_store, runner, services
 from .containers import FROZEN, RUNNING, LxcDriver, wait_for_sshd
 from .errors import CONTACT_ADMIN, ExitStatus, GpushellError
 from .files import write_private
@@ -68,10 +68,9 @@ def _restart(ctx: services.Context, user: User) -> Answer:
 
 def _owners(paths: Paths) -> dict[str, str]:
     """Container name -> registry user, with each user's host id range (the full registry)."""
-    from . import gpustatus, registry, registry_file
+    from . import gpustatus
 
-    text, _info = registry_file.read_text_and_stat(paths.registry)
-    reg = registry.parse(text, paths.registry)
+    reg = registry_store.load_all(paths)
     return gpustatus.Owners(
         {entry.container: entry.name for entry in reg.users.values()},
         [(entry.idmap, reg.idmap_size, entry.name) for entry in reg.users.values()],
@@ -121,10 +120,6 @@ def _with_snapshots(ctx: services.Context, user: User, **extra: object) -> Answe
     return services.describe(ctx, user, **snapshotlist.encode(listed, user.snapshot_limit), **extra)
 
 
-def freeze_marker(ctx: services.Context, user: User) -> str:
-    return f"{ctx.paths.run_dir}/frozen-{user.name}"
-
-
 def thaw_if_left_frozen(ctx: services.Context, user: User) -> None:
     """Resume a container that a killed snapshot left frozen (one stat on the login path).
 
@@ -132,7 +127,7 @@ def thaw_if_left_frozen(ctx: services.Context, user: User) -> None:
     probe alone would call it ready while its sshd never answers.  Under
     the user lock no snapshot is running, so a marker left over is stale.
     """
-    marker = freeze_marker(ctx, user)
+    marker = ctx.paths.freeze_marker(user.name)
     if os.path.exists(marker):
         if ctx.driver.state(user.container) == FROZEN:
             ctx.driver.unfreeze(user.container)
@@ -144,7 +139,7 @@ def _snapshot(ctx: services.Context, user: User) -> Answer:
 
     request = _request()
     name = _snapshot_name(request) if request.get("name") else None  # none given: one with the date
-    marker = freeze_marker(ctx, user)
+    marker = ctx.paths.freeze_marker(user.name)
     write_private(marker, "")  # removed below; only a SIGKILL can leave it
     try:
         made = snapshots.create(ctx.registry, user, ctx.driver, name)
@@ -309,7 +304,7 @@ def _alarm_ended(_signum: int, _frame: object) -> None:
 
 
 def run_action(paths: Paths, name: str, verb: str) -> Answer:
-    reg, user = registry_cache.load_user(paths, name)
+    reg, user = registry_store.load_user(paths, name)
     word = MENU_WORD.get(verb, verb)
     if word in reg.disabled_actions:
         raise GpushellError(f"{word} is turned off on this host; ask your admin", f"{word} is disabled")
@@ -338,14 +333,14 @@ def _within_deadline(ctx: services.Context, user: User, verb: str, seconds: floa
 
 def _recover(ctx: services.Context, user: User, verb: str) -> None:
     """After a verb ran out of time: leave no container frozen (a snapshot freezes it)."""
-    if verb != "snapshot" and not os.path.exists(freeze_marker(ctx, user)):
+    if verb != "snapshot" and not os.path.exists(ctx.paths.freeze_marker(user.name)):
         return
     runner.set_deadline(RECOVERY_SECONDS)
     try:
         if ctx.driver.state(user.container) == FROZEN:
             ctx.driver.unfreeze(user.container)
-        if os.path.exists(freeze_marker(ctx, user)):
-            os.unlink(freeze_marker(ctx, user))
+        if os.path.exists(ctx.paths.freeze_marker(user.name)):
+            os.unlink(ctx.paths.freeze_marker(user.name))
     except (GpushellError, OSError) as exc:  # the next login's thaw_if_left_frozen tries again
         audit.record(user.name, verb, "failed", f"thaw after the deadline: {exc}", warning=True)
 

@@ -6,7 +6,8 @@ import grp
 import os
 from collections.abc import Callable
 
-from . import chaincheck, dropins, forward, ifaddr, iptables, isolation, nftrun, registry_file
+from . import chaincheck, dropins, forward, ifaddr, iptables, isolation, nftrun, registry_store
+from .files import write_atomically
 from .model import Registry
 from .paths import Paths
 from .runner import run
@@ -21,8 +22,8 @@ def ensure_registry(paths: Paths, report: Report) -> None:
 
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     text = dropins.starter_registry(socket.getfqdn(), memory, os.cpu_count() or 1)
-    registry_file.write_atomically(paths.registry, text)
-    report(f"wrote a starter registry to {paths.registry}")
+    if registry_store.create(paths, text):
+        report(f"wrote a starter registry to {paths.registry}")
 
 
 def ensure_bridge(reg: Registry, report: Report) -> None:
@@ -78,7 +79,7 @@ def ensure_file(path: str, text: str, mode: int, report: Report, check: list[str
         pass
     if check is not None:  # validate a copy before it can take effect
         candidate = f"{path}.gpushell-new"
-        registry_file.write_atomically(candidate, text, mode)
+        write_atomically(candidate, text, mode)
         try:
             run([*check, candidate])
         except BaseException:
@@ -86,7 +87,7 @@ def ensure_file(path: str, text: str, mode: int, report: Report, check: list[str
             raise
         os.rename(candidate, path)
     else:
-        registry_file.write_atomically(path, text, mode)
+        write_atomically(path, text, mode)
     report(f"installed {path}")
 
 
@@ -102,7 +103,7 @@ def ensure_subordinate_ids(reg: Registry, report: Report) -> None:
         if any(_covers(line, reg.idmap_start) for line in lines):
             continue
         lines.append(f"root:{reg.idmap_start}:{count}")
-        registry_file.write_atomically(path, "\n".join(lines) + "\n")
+        write_atomically(path, "\n".join(lines) + "\n")
         report(f"added root:{reg.idmap_start}:{count} to {path}")
 
 
@@ -123,7 +124,7 @@ def ensure_student_ids(uid: int, gid: int) -> bool:
         if any(_covers(line, value) for line in lines):
             continue
         lines.append(f"root:{value}:1")
-        registry_file.write_atomically(path, "\n".join(lines) + "\n")
+        write_atomically(path, "\n".join(lines) + "\n")
         added = True
     return added
 
@@ -149,7 +150,7 @@ def ensure_login_shell_listed(paths: Paths, report: Report) -> None:
 
 def init(paths: Paths, report: Report) -> Registry:
     ensure_registry(paths, report)
-    reg = registry_file.load(paths.registry)
+    reg = registry_store.load(paths)
     os.makedirs(paths.run_dir, mode=0o755, exist_ok=True)
     ensure_group(paths, report)
     ensure_bridge(reg, report)

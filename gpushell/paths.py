@@ -54,12 +54,45 @@ class Paths:
         values = {name: getattr(self, name) for name in self.__slots__}
         return Paths(**{**values, **changes})
 
+    # The run directory's files, named here only.  Root's, in a root-only
+    # directory; they describe this boot and go with it.
+
     @property
     def registry_lock(self) -> str:
+        """Serializes the commands that change the registry or act on all of it (add, remove, set, apply)."""
         return f"{self.run_dir}/registry.lock"
 
+    @property
+    def registry_cache(self) -> str:
+        """The helper's compiled copy of the registry (registry_cache.py)."""
+        return f"{self.run_dir}/registry.cache"
+
     def user_lock(self, user: str) -> str:
+        """One action per student at a time."""
         return f"{self.run_dir}/user-{user}.lock"
+
+    @property
+    def forward_lock(self) -> str:
+        """One writer of the nat table at a time."""
+        return f"{self.run_dir}/forward.lock"
+
+    def forward_stamp(self, user: str) -> str:
+        """The ruleset generation at which the student's forward was last seen right."""
+        return f"{self.run_dir}/forward-{user}.stamp"
+
+    def freeze_marker(self, user: str) -> str:
+        """There while a snapshot holds the student's container frozen."""
+        return f"{self.run_dir}/frozen-{user}"
+
+    @property
+    def gpu_snapshot(self) -> str:
+        """The login banner's GPU lines (gpucache.py)."""
+        return f"{self.run_dir}/gpus.snapshot"
+
+    @property
+    def gpu_lock(self) -> str:
+        """One refresh of the GPU snapshot at a time."""
+        return f"{self.run_dir}/gpus.lock"
 
 
 DEFAULT = Paths()

@@ -19,6 +19,7 @@ import shutil
 from . import hold, keyrescue, provision, rootfs, snapshots, treecopy
 from .containers import ContainerDriver
 from .errors import GpushellError
+from .files import write_atomically
 from .model import Registry, User
 
 
@@ -114,7 +115,4 @@ def _undo(directory: str, home: str | None) -> None:
 
 def _record_origin(directory: str, template_name: str) -> None:
     """The template it now comes from, for `gpushell-admin template list`."""
-    path = os.path.join(directory, provision.ORIGIN_FILE)
-    with open(path + ".new", "w", encoding="utf-8") as stream:
-        stream.write(f"{template_name}\n")
-    os.rename(path + ".new", path)
+    write_atomically(os.path.join(directory, provision.ORIGIN_FILE), f"{template_name}\n")

@@ -26,12 +26,11 @@ from . import (
     lxcconfig,
     nftrun,
     provision,
-    registry_file,
     services,
 )
 from .containers import RUNNING, STOPPED, LxcDriver
 from .errors import GpushellError
-from .files import read_text_or_none
+from .files import read_text_or_none, write_atomically
 from .forward import NatTable
 from .leftovers import Leftover
 from .lock import ADMIN_WAIT, admin_busy, locked
@@ -356,7 +355,7 @@ def execute_change(change: Change, reg: Registry, paths: Paths) -> None:
     elif change.kind == FORWARDS:
         # The whole chain in one iptables-restore, under the forward lock (no
         # login's fix of its own forward interleaves); the jumps into the chain stay.
-        with locked(f"{paths.run_dir}/forward.lock"):
+        with locked(paths.forward_lock):
             table = iptables.read_nat() if change.table is None else iptables.still_current(change.table)
             iptables.apply(forward.rebuild_lines(table, reg, reg.users.values()))
     elif change.kind == ISOLATION:
@@ -370,7 +369,7 @@ def execute_change(change: Change, reg: Registry, paths: Paths) -> None:
         for user in reg.users.values():
             if user.container == change.subject:
                 provision.student_ids(user)  # root's subordinate ids for the student's own
-        registry_file.write_atomically(config_path(reg, change.subject), change.config, 0o644)
+        write_atomically(config_path(reg, change.subject), change.config, 0o644)
     elif change.kind == ACCOUNT:
         run(["usermod", "--shell", paths.shell, "--append", "--groups", paths.group, change.subject])
     elif change.kind == START:

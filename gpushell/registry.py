@@ -2,7 +2,7 @@
 
 Pure: text in, `Registry` out, or a `RegistryError` whose lines each name the
 file, the line and the field (``/etc/gpushell.yaml:14: users.bob.port: 22001
-is already used by alice``).  Reading the file safely lives in registry_file.
+is already used by alice``).  Reading and writing the file lives in registry_store.
 """
 
 from __future__ import annotations

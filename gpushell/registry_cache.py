@@ -8,8 +8,9 @@ write, rename or chmod of the registry changes the key and the next helper
 call parses again, so the copy can never be staler than the file.  The copy
 is root's, mode 0600, in a root-only directory, and checked like the
 registry itself before it is read.  `gpushell-admin apply` reads the whole
-registry from it too (`load_registry`): with a thousand students the YAML
-parse was most of that command.
+registry from it too: with a thousand students the YAML parse was most of
+that command.  This module is the copy's format and file; when to use it
+and when to parse is registry_store's (load_user, load_all).
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ import os
 
 from . import __version__
 from .errors import ExitStatus, GpushellError
+from .files import write_atomically
 from .model import Limits, Mount, Registry, User
-from .ownership import check_owned_by_root
-from .paths import Paths
 
 TYPE_CHECKING = False  # `typing` stays off the login path
 if TYPE_CHECKING:
@@ -33,10 +33,6 @@ Identity = tuple[int, int, int, int, int]
 
 def identity(info: os.stat_result) -> Identity:
     return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-
-
-def cache_path(paths: Paths) -> str:
-    return f"{paths.run_dir}/registry.cache"
 
 
 def _mounts(mounts: tuple[Mount, ...]) -> tuple[tuple[str, str, bool], ...]:
@@ -112,7 +108,8 @@ def registry_from_plain(plain: dict[str, Any]) -> Registry:
     return _registry(plain, {name: _user(name, entry) for name, entry in plain["users"].items()})
 
 
-def _read(path: str, key: Identity) -> dict[str, Any] | None:
+def read(path: str, key: Identity) -> dict[str, Any] | None:
+    """The copy at path if it is root's, private, of this gpushell and made from the file `key` names."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
@@ -132,41 +129,6 @@ def _read(path: str, key: Identity) -> dict[str, Any] | None:
     return cached
 
 
-def _write(path: str, key: Identity, reg: Registry) -> None:
-    plain = {**to_plain(reg), "key": key}
-    temporary = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "wb") as stream:
-        stream.write(marshal.dumps(plain))
-    os.rename(temporary, path)
-
-
-def _current(paths: Paths) -> dict[str, Any] | Registry:
-    """The cached copy when it is current; else the registry parsed in full (and cached)."""
-    check_owned_by_root(paths.registry)
-    key = identity(os.stat(paths.registry))
-    cached = _read(cache_path(paths), key)
-    if cached is not None:
-        return cached
-    from . import registry, registry_file  # the slow path: PyYAML, full validation
-
-    text, info = registry_file.read_text_and_stat(paths.registry)
-    reg = registry.parse(text, paths.registry)
-    os.makedirs(paths.run_dir, mode=0o755, exist_ok=True)
-    check_owned_by_root(paths.run_dir)
-    _write(cache_path(paths), identity(info), reg)
-    return reg
-
-
-def load_user(paths: Paths, name: str) -> tuple[Registry, User]:
-    """The registry's settings and `name`'s entry, from the cache when it is current."""
-    current = _current(paths)
-    if isinstance(current, Registry):
-        return current, current.user(name)
-    return from_plain(current, name)
-
-
-def load_registry(paths: Paths) -> Registry:
-    """The whole registry, from the cache when it is current."""
-    current = _current(paths)
-    return current if isinstance(current, Registry) else registry_from_plain(current)
+def write(path: str, key: Identity, reg: Registry) -> None:
+    """The copy of reg, made from the registry file whose identity is `key`."""
+    write_atomically(path, marshal.dumps({**to_plain(reg), "key": key}), 0o600, durable=False)

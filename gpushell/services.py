@@ -35,10 +35,10 @@ def ensure_forward(ctx: Context, user: User) -> bool:
     a login then costs the same with ten students or a thousand.
     """
     wanted = " ".join(forward.user_rule(ctx.registry.chain, user))
-    stamp = f"{ctx.paths.run_dir}/forward-{user.name}.stamp"
+    stamp = ctx.paths.forward_stamp(user.name)
     # One writer at a time: two users' first logins after a reboot would
     # otherwise both create the chain.
-    with locked(f"{ctx.paths.run_dir}/forward.lock"):
+    with locked(ctx.paths.forward_lock):
         before = iptables.generation()
         if before is not None and read_stamp(stamp) == f"{before} {wanted}":
             return False
@@ -62,9 +62,9 @@ def ensure_isolation(ctx: Context) -> bool:
     check): so a host where `apply` did not run at boot still gets the
     tables before a container starts, and a failure fails the login closed.
     """
-    from . import nftrun, registry_cache  # off the fast path: ipaddress, the whole registry
+    from . import nftrun, registry_store  # off the fast path: ipaddress, the whole registry
 
-    return nftrun.ensure(registry_cache.load_registry(ctx.paths))
+    return nftrun.ensure(registry_store.load_all(ctx.paths))
 
 
 MAX_STAMP = 4096  # a generation number and one rule
@@ -75,8 +75,8 @@ def read_stamp(path: str) -> str:
 
 
 def remove_forward(ctx: Context, name: str) -> bool:
-    with locked(f"{ctx.paths.run_dir}/forward.lock"):
-        write_private(f"{ctx.paths.run_dir}/forward-{name}.stamp", "")
+    with locked(ctx.paths.forward_lock):
+        write_private(ctx.paths.forward_stamp(name), "")
         table = iptables.read_nat()
         return iptables.apply(forward.remove_user_lines(table, ctx.registry.chain, name))
 

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 from fakes import RecordingDriver
 
-from gpushell import helper, protocol, registry_cache, runner
+from gpushell import helper, protocol, registry_store, runner
 from gpushell.errors import ExitStatus
 from gpushell.lock import Busy
 from gpushell.paths import Paths
@@ -26,7 +26,7 @@ def driver(monkeypatch) -> RecordingDriver:
     fake = RecordingDriver("RUNNING")
     reg = SimpleNamespace(disabled_actions=frozenset(), lxcpath="/var/lib/lxc", start_timeout=5.0)
     user = SimpleNamespace(name="alice", container="alice")
-    monkeypatch.setattr(registry_cache, "load_user", lambda paths, name: (reg, user))
+    monkeypatch.setattr(registry_store, "load_user", lambda paths, name: (reg, user))
     monkeypatch.setattr(helper, "LxcDriver", lambda lxcpath: fake)
     return fake
 
@@ -121,6 +121,4 @@ def test_a_snapshot_past_its_deadline_leaves_no_frozen_container(paths, driver, 
     monkeypatch.setitem(helper.WORK_SECONDS, "snapshot", 0.3)
     assert helper.main(paths, ["gpushell-helper", "snapshot"]) == ExitStatus.TIMEOUT
     assert driver.calls == ["unfreeze"]
-    assert not os.path.exists(
-        helper.freeze_marker(SimpleNamespace(paths=paths), SimpleNamespace(name="alice"))
-    )
+    assert not os.path.exists(paths.freeze_marker("alice"))

@@ -20,6 +20,7 @@ LOGIN_MODULES = {
     "shell": ["gpushell.shell", "gpushell.loginproc"],
     "helper": [
         "gpushell.helper",
+        "gpushell.registry_store",
         "gpushell.registry_cache",
         "gpushell.services",
         "gpushell.iptables",

@@ -57,36 +57,10 @@ def test_the_whole_registry_round_trips_equal_to_the_full_parse() -> None:
 
 def test_a_cache_from_another_gpushell_version_is_ignored(tmp_path: os.PathLike[str], monkeypatch) -> None:
     path = os.path.join(tmp_path, "registry.cache")
-    registry_cache._write(path, (1, 2, 3, 4, 5), parse(TEXT, "/etc/gpushell.yaml"))
-    assert registry_cache._read(path, (1, 2, 3, 4, 5)) is not None
+    registry_cache.write(path, (1, 2, 3, 4, 5), parse(TEXT, "/etc/gpushell.yaml"))
+    assert registry_cache.read(path, (1, 2, 3, 4, 5)) is not None
     monkeypatch.setattr(registry_cache, "__version__", "9.9.9")
-    assert registry_cache._read(path, (1, 2, 3, 4, 5)) is None
-
-
-def test_load_registry_parses_once_then_reads_the_copy(tmp_path: os.PathLike[str], monkeypatch) -> None:
-    from gpushell import registry
-    from gpushell.paths import Paths
-
-    reg_path = os.path.join(tmp_path, "gpushell.yaml")
-    with open(reg_path, "w") as stream:
-        stream.write(TEXT)
-    paths = Paths(registry=reg_path, run_dir=os.path.join(tmp_path, "run"))
-    monkeypatch.setattr(registry_cache, "check_owned_by_root", lambda path: None)  # tmp is ours, not root's
-    first = registry_cache.load_registry(paths)
-    parses: list[str] = []
-    real_parse = registry.parse
-
-    def counted_parse(text: str, path: str) -> registry.Registry:
-        parses.append(path)
-        return real_parse(text, path)
-
-    monkeypatch.setattr(registry, "parse", counted_parse)
-    assert registry_cache.load_registry(paths) == first  # from the copy: no parse
-    assert parses == []
-    with open(reg_path, "a") as stream:
-        stream.write("# an edit\n")
-    assert registry_cache.load_registry(paths) == first  # the edit changed the key: parsed again
-    assert parses == [reg_path]
+    assert registry_cache.read(path, (1, 2, 3, 4, 5)) is None
 
 
 def test_unknown_user_is_not_registered() -> None:
@@ -113,12 +87,12 @@ def test_a_stale_or_foreign_cache_is_ignored(tmp_path: os.PathLike[str]) -> None
     full = parse(TEXT, "/etc/gpushell.yaml")
     path = os.path.join(tmp_path, "registry.cache")
     key = (1, 2, 3, 4, 5)
-    registry_cache._write(path, key, full)
-    assert registry_cache._read(path, key) is not None
-    assert registry_cache._read(path, (1, 2, 3, 4, 6)) is None  # registry changed since
+    registry_cache.write(path, key, full)
+    assert registry_cache.read(path, key) is not None
+    assert registry_cache.read(path, (1, 2, 3, 4, 6)) is None  # registry changed since
     os.chmod(path, 0o644)
-    assert registry_cache._read(path, key) is None  # readable by others: not ours
+    assert registry_cache.read(path, key) is None  # readable by others: not ours
     with open(path, "wb") as stream:
         stream.write(b"\x00garbage")
     os.chmod(path, 0o600)
-    assert registry_cache._read(path, key) is None
+    assert registry_cache.read(path, key) is None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpushell import iptables, nftrun, registry_cache, services
+from gpushell import iptables, nftrun, registry_store, services
 from gpushell.forward import NatTable
 from gpushell.paths import Paths
 from gpushell.registry import parse
@@ -20,7 +20,7 @@ def world(tmp_path, monkeypatch):
     monkeypatch.setattr(iptables, "generation", lambda: generation[0])
     monkeypatch.setattr(iptables, "read_nat", lambda: NatTable("*nat\nCOMMIT\n"))
     monkeypatch.setattr(iptables, "apply", lambda lines: False)
-    monkeypatch.setattr(registry_cache, "load_registry", lambda paths: reg)
+    monkeypatch.setattr(registry_store, "load_all", lambda paths: reg)
     monkeypatch.setattr(nftrun, "ensure", lambda whole: ensured.append(whole) or False)
     ctx = services.Context(Paths(run_dir=str(tmp_path)), reg, None)  # type: ignore[arg-type]
     return ctx, reg, generation, ensured
