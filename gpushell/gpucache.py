@@ -52,14 +52,6 @@ REFRESH_TIMEOUT = 60  # a refresh stuck in NVML longer than this is killed (SIGA
 REFRESH_DELAY = 0.2  # seconds a background refresh waits: the login that started it finishes drawing first
 
 
-def snapshot_path(paths: Paths) -> str:
-    return f"{paths.run_dir}/gpus.snapshot"
-
-
-def lock_path(paths: Paths) -> str:
-    return f"{paths.run_dir}/gpus.lock"
-
-
 # --- pure ---------------------------------------------------------------------------
 
 
@@ -182,7 +174,7 @@ def gpus_answer(
 def _write_quietly(paths: Paths, lines: dict[str, object]) -> None:
     """The snapshot is a cache: failing to write it never fails the action it rides on."""
     try:
-        write(snapshot_path(paths), lines)
+        write(paths.gpu_snapshot, lines)
     except OSError as exc:
         from . import audit
 
@@ -196,7 +188,7 @@ def refresh(paths: Paths, owners: Owners, load: Callable[[], Any | None] = _load
     from .errors import GpushellError
 
     try:
-        fd = os.open(lock_path(paths), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = os.open(paths.gpu_lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError:
         return False
     try:
@@ -208,7 +200,7 @@ def refresh(paths: Paths, owners: Owners, load: Callable[[], Any | None] = _load
             _table, lines = take(load, "", owners)
         except GpushellError:
             lines = state_snapshot(ERROR, int(time.time()))
-        write(snapshot_path(paths), lines)
+        write(paths.gpu_snapshot, lines)
         return True
     finally:
         os.close(fd)
@@ -220,7 +212,7 @@ def refresh(paths: Paths, owners: Owners, load: Callable[[], Any | None] = _load
 def for_login(paths: Paths) -> tuple[dict[str, object], bool]:
     """The login answer's GPU keys, and whether the snapshot is missing or stale
     (the helper then calls refresh_in_background once its answer is written)."""
-    return login_keys(read(snapshot_path(paths)), time.time())
+    return login_keys(read(paths.gpu_snapshot), time.time())
 
 
 def refresh_in_background(paths: Paths, owners: Owners, load: Callable[[], Any | None] = _load_nvml) -> None:

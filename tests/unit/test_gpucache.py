@@ -83,10 +83,10 @@ def test_only_the_rows_it_counts_are_copied_and_never_more_than_64():
 def test_for_login_asks_for_a_refresh_only_when_stale(tmp_path):
     paths = Paths(run_dir=str(tmp_path))
     assert gpucache.for_login(paths) == ({"gpu_state": "none"}, True)
-    gpucache.write(gpucache.snapshot_path(paths), {**SNAPSHOT, "taken": int(time.time())})
+    gpucache.write(paths.gpu_snapshot, {**SNAPSHOT, "taken": int(time.time())})
     keys, stale = gpucache.for_login(paths)
     assert keys["gpu.0"] == SNAPSHOT["gpu.0"] and not stale
-    gpucache.write(gpucache.snapshot_path(paths), {**SNAPSHOT, "taken": int(time.time()) - 31})
+    gpucache.write(paths.gpu_snapshot, {**SNAPSHOT, "taken": int(time.time()) - 31})
     keys, stale = gpucache.for_login(paths)
     assert keys["gpu_state"] == "ok" and stale
 
@@ -124,13 +124,13 @@ def test_read_refuses_a_link_and_reads_a_bounded_amount(tmp_path):
 def test_refresh_writes_the_snapshot_and_skips_while_another_holds_the_lock(tmp_path):
     paths = Paths(run_dir=str(tmp_path))
     assert gpucache.refresh(paths, never, lambda: None)
-    assert gpucache.read(gpucache.snapshot_path(paths))["gpu_state"] == "no-driver"  # type: ignore[index]
-    os.unlink(gpucache.snapshot_path(paths))
-    holder = os.open(gpucache.lock_path(paths), os.O_RDWR)
+    assert gpucache.read(paths.gpu_snapshot)["gpu_state"] == "no-driver"  # type: ignore[index]
+    os.unlink(paths.gpu_snapshot)
+    holder = os.open(paths.gpu_lock, os.O_RDWR)
     try:
         fcntl.flock(holder, fcntl.LOCK_EX)
         assert not gpucache.refresh(paths, never, lambda: pytest.fail("NVML asked during another refresh"))
-        assert not os.path.exists(gpucache.snapshot_path(paths))
+        assert not os.path.exists(paths.gpu_snapshot)
     finally:
         os.close(holder)
     assert gpucache.refresh(paths, never, lambda: None)
