@@ -9,13 +9,13 @@ from __future__ import annotations
 import os
 import time
 
-# The C core of `socket`: socket.py adds enum and selectors (~6 ms a process).
+# The C core of `socket`, for the login path (loginproc.py).
 from _socket import AF_INET, AF_UNIX, SOCK_STREAM, socket
 
 from .errors import ExitStatus, GpushellError
 from .runner import LARGE_OUTPUT, run
 
-TYPE_CHECKING = False  # `typing` stays off the login path
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Protocol
 
@@ -230,7 +230,7 @@ def cgroup_frozen(pid: int) -> bool:
     the `lxc.payload.NAME` one the host made, whatever the container nests
     below it (cgroups.container_level).
     """
-    from . import cgroups  # only root work on a rootfs asks: off the login path
+    from . import cgroups  # only root work on a rootfs asks
 
     v1 = cgroups.controller_dir(pid, "freezer")
     if v1 is not None:

@@ -1,8 +1,7 @@
 """The installed entry-point scripts: `python3 -IS`, fixed paths, nothing else.
 
 -I ignores PYTHON* variables and the user's site directory; -S skips the
-site module too, so no .pth file anywhere runs before gpushell, and a login
-is spared its import (~3.5 ms on the reference machine).  The package
+site module too, so no .pth file anywhere runs before gpushell.  The package
 directories are written in at install time instead.  `make install`
 writes these over the console scripts pip made.
 """

@@ -6,9 +6,8 @@ from __future__ import annotations
 class ExitStatus:
     """Every exit code gpushell programs use, mapped in one place.
 
-    Plain ints rather than an IntEnum: importing `enum` costs each process
-    ~3.7 ms here, and a login starts two (the shell and the root helper)
-    that need nothing else from it.
+    Plain ints rather than an IntEnum: `enum` stays off the login path
+    (loginproc.py).
     """
 
     OK = 0

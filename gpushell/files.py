@@ -1,7 +1,4 @@
-"""Small file reads and writes shared by the admin side and the helper.
-
-Imported on the login path: nothing beyond `os`.
-"""
+"""Small file reads and writes shared by the admin side and the helper."""
 
 from __future__ import annotations
 
@@ -63,7 +60,7 @@ def write_atomically(path: str, data: str | bytes, mode: int = 0o644, durable: b
             os.close(fd)
         os.rename(temporary, path)
     except BaseException:
-        try:  # noqa: SIM105 - contextlib would cost the login path an import
+        try:  # noqa: SIM105 (not contextlib.suppress: contextlib stays off the login path)
             os.unlink(temporary)
         except OSError:
             pass

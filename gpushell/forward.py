@@ -8,7 +8,7 @@ Every function here turns data into rule text; iptables.py runs it.
 
 from __future__ import annotations
 
-TYPE_CHECKING = False  # `collections.abc` stays off the login path
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
@@ -95,7 +95,7 @@ def _tokens(line: str) -> list[str]:
                 else:
                     tokens.extend(part.split())
             return tokens
-    import shlex  # with `re`, ~5 ms: paid only when rules are actually read
+    import shlex  # with `re`: only for a line the split above does not take
 
     return shlex.split(line)
 

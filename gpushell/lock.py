@@ -37,7 +37,7 @@ class locked:  # lower case: used like a function, `with locked(path):`
 
     The kernel drops the lock when the process dies, so a killed command
     never leaves a stale lock behind.  A class, not contextlib's decorator:
-    contextlib costs the root helper's every login ~3 ms to import.
+    contextlib stays off the login path.
     timeout None waits as long as it takes; a number raises Busy (with the
     `busy` message for the person at the keyboard) once it has passed.
     """

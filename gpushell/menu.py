@@ -149,7 +149,7 @@ def _decide_rebuild(arguments: list[str]) -> Decision:
 
 
 def is_snapshot_name(text: str) -> bool:
-    """^[a-z0-9][a-z0-9_-]{0,31}$, without `re` (kept off the login path): never a path."""
+    """^[a-z0-9][a-z0-9_-]{0,31}$, written out: never a path."""
     return (
         0 < len(text) <= MAX_SNAPSHOT_NAME
         and text.isascii()
@@ -172,7 +172,7 @@ def decide_snapshot_pick(line: str, names: list[str]) -> str | None:
 
 
 def is_pid(text: str) -> bool:
-    """^[0-9]{1,7}$ and not zero, without `re` (kept off the login path)."""
+    """^[0-9]{1,7}$ and not zero."""
     return text.isascii() and text.isdigit() and 1 <= len(text) <= MAX_PID_DIGITS and int(text) > 0
 
 

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from .errors import ExitStatus, GpushellError
 
-TYPE_CHECKING = False  # `typing` stays off the login path
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    # Only for annotations: importing `ipaddress` (with functools and
-    # collections) cost the root helper ~4 ms a login, which needs only the
-    # dotted text.  The typed values are built when asked for.
+    # Only for annotations: a login needs only the dotted text
+    # (test_login_imports.py); the typed values are built when asked for.
     import ipaddress
     from typing import Self
 
@@ -22,10 +21,8 @@ GpuSpec = str | tuple[int, ...]  # "all", "none" or GPU indices
 class Value:
     """Equality, hash and repr from __slots__: gpushell's records.
 
-    Hand-written rather than dataclasses: the root helper builds these on
-    every login, and importing `dataclasses` (with `inspect`) cost ~6 ms a
-    process, `gpushell-admin apply` ~10 ms with its classes made.  Treat
-    instances as immutable.
+    Hand-written rather than dataclasses, which stay off the login path
+    (loginproc.py).  Treat instances as immutable.
     """
 
     __slots__: tuple[str, ...] = ()

@@ -1,15 +1,14 @@
 """The little of netlink gpushell speaks: one request, its replies, their attributes.
 
-Asking the kernel directly costs one round trip (~50 us) where running
-`ip` or `nft` costs a process (~2-3 ms).  Only `struct` and the C core of
-`socket` are imported: these run on the login path (nftgen.py).
+Asking the kernel directly costs one round trip where running `ip` or
+`nft` costs a process; the login's ruleset check (nftgen.py) runs on it.
 """
 
 from __future__ import annotations
 
 import struct
 
-# The C core of `socket`: socket.py adds enum and selectors (~6 ms a process).
+# The C core of `socket`, for the login path (loginproc.py).
 from _socket import AF_NETLINK, SOCK_RAW, socket
 
 TYPE_CHECKING = False

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import os
 import pwd
+import secrets
+import shutil
+import tempfile
 
-from . import cgroups, gpudevices, hostsetup, lxcconfig, rootfs
+from . import cgroups, gpudevices, hostsetup, lxcconfig, rootfs, template
 from .errors import GpushellError
 from .model import Registry, User
 from .runner import run
@@ -31,9 +34,6 @@ def apparmor_profile() -> str:
 
 def create(reg: Registry, user: User, keys: str) -> str:
     """Copy the template into a new container for user; return its directory."""
-    import shutil
-    import tempfile  # with secrets, template and shutil: for making containers, not for apply's look
-
     template_root = os.path.join(container_dir(reg, reg.template), "rootfs")
     if not os.path.isdir(template_root):
         raise GpushellError(f"template {reg.template} is missing; run: gpushell-admin template build")
@@ -104,10 +104,6 @@ def give_identity(root: str, user: User, host_keys: dict[str, tuple[bytes, bytes
     container's, so the student's known_hosts stays valid); the other
     kinds get new keys.
     """
-    import secrets  # with tempfile and template: for making containers, not for apply's look
-
-    from . import template
-
     rootfs.write_file(root, "etc/hostname", f"{user.container}\n")
     rootfs.write_file(root, "etc/hosts", lxcconfig.hosts_file(user.container))
     rootfs.write_file(root, "etc/machine-id", secrets.token_hex(16) + "\n", mode=0o444)
@@ -125,8 +121,6 @@ def give_identity(root: str, user: User, host_keys: dict[str, tuple[bytes, bytes
 
 def new_host_key(kind: str, container: str) -> tuple[bytes, bytes]:
     """A fresh SSH host key pair (private, public), made on the host by ssh-keygen."""
-    import tempfile
-
     with tempfile.TemporaryDirectory() as keydir:
         key = os.path.join(keydir, f"ssh_host_{kind}_key")
         run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", f"root@{container}", "-f", key])
@@ -172,8 +166,6 @@ def install_keys(root: str, home: str, keys: str, owner: tuple[int, int]) -> Non
 
 def destroy(reg: Registry, name: str) -> bool:
     """Remove a (stopped) container's directory; False if there was none."""
-    import shutil  # with its archive modules, ~2 ms: only where a tree is removed
-
     directory = container_dir(reg, name)
     if not os.path.lexists(directory):
         return False

@@ -23,7 +23,7 @@ from .errors import ExitStatus, GpushellError
 from .files import write_atomically
 from .model import Limits, Mount, Registry, User
 
-TYPE_CHECKING = False  # `typing` stays off the login path
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 

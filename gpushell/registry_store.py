@@ -28,7 +28,7 @@ from .lock import locked
 from .ownership import check_owned_by_root
 from .paths import Paths
 
-TYPE_CHECKING = False  # `typing` and `collections.abc` stay off the login path
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any

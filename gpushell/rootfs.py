@@ -13,10 +13,10 @@ import errno
 import os
 import stat
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from .errors import GpushellError
 
-TYPE_CHECKING = False  # `typing` (~2 ms) stays off gpushell-admin apply's path
 if TYPE_CHECKING:
     from typing import BinaryIO
 

@@ -11,7 +11,7 @@ from .containers import sshd_answers, wait_for_sshd
 from .files import read_private, write_private
 from .lock import locked
 
-TYPE_CHECKING = False  # `typing` stays off the login path
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .containers import ContainerDriver
     from .model import Registry, User
