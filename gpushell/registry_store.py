@@ -13,8 +13,8 @@ file or any directory above it) is refused, because the registry decides
 which container and port a student gets.
 
 The helper's login path imports this (load_user): PyYAML (registry.py) is
-imported only where a full parse is needed, and nothing heavier than `os`
-at the top.
+imported only where a full parse is needed, and only small modules at the
+top.
 """
 
 from __future__ import annotations
@@ -138,8 +138,9 @@ class Change:
     def __init__(self, paths: Paths) -> None:
         self.paths = paths
         self._lock = locked(paths.registry_lock, REGISTRY_WAIT, REGISTRY_BUSY)
-        self.old_text = self.new_text = ""
+        self.old_text = ""
         self.old: Registry
+        self.new_text: str | None = None  # set by propose()
         self.new: Registry
 
     def __enter__(self) -> Change:
@@ -170,7 +171,7 @@ class Change:
 
     def write(self) -> None:
         """Replace the registry with the proposed text (fsync'd, renamed: never half written)."""
-        if not self.new_text:
+        if self.new_text is None:
             raise AssertionError("Change.write() before a propose()")
         if self.new_text != self.old_text:  # nothing changed: the file (and the helper's copy) stay
             write_atomically(self.paths.registry, self.new_text)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import fcntl
 import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -268,3 +270,31 @@ def test_a_failed_write_leaves_the_old_file(
     with open(path, encoding="utf-8") as stream:
         assert stream.read() == "old"
     assert os.listdir(tmp_path) == ["f"]
+
+
+# --- the store is the only way in --------------------------------------------------------------
+
+PACKAGE = Path(__file__).resolve().parents[2] / "gpushell"
+# Where other modules may name the registry file: doctor checks its owner, init whether one is there.
+NAMING_THE_FILE = {"check_owned_by_root", "os.path.exists"}
+
+
+def test_every_read_and_edit_of_the_registry_goes_through_the_store() -> None:
+    """No other module parses the registry, opens, writes or locks its file to edit it by hand."""
+    found = []
+    for path in sorted(PACKAGE.glob("*.py")):
+        if path.stem in ("registry_store", "registry"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Call):
+                continue
+            called = ast.unparse(node.func)
+            arguments = [ast.unparse(arg) for arg in [*node.args, *(k.value for k in node.keywords)]]
+            if called in ("registry.parse", "parse") or (
+                any(arg.endswith("paths.registry") for arg in arguments) and called not in NAMING_THE_FILE
+            ):
+                found.append(f"{path.name}:{node.lineno}: {ast.unparse(node)}")
+            if any(arg.endswith("registry_lock") for arg in arguments):
+                # apply and template build hold the lock to keep editors out; they edit nothing
+                assert path.stem == "admin", f"{path.name}:{node.lineno}"
+    assert found == []
