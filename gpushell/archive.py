@@ -36,6 +36,7 @@ def archive_rootfs(rootfs: str, directory: str, user: str, when: datetime.dateti
     final = os.path.join(directory, archive_name(user, when))
     if os.path.lexists(final):
         raise GpushellError(f"{final} already exists; not overwriting it")
+    # tar writes the file, so not files.write_atomically; the rename still makes it appear whole.
     temporary = os.path.join(directory, f".{os.path.basename(final)}.partial")
     try:
         # 0600 before tar writes: the tarball holds the student's files.

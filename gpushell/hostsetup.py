@@ -85,7 +85,7 @@ def ensure_file(path: str, text: str, mode: int, report: Report, check: list[str
         except BaseException:
             os.unlink(candidate)
             raise
-        os.rename(candidate, path)
+        os.rename(candidate, path)  # the checked copy itself: what visudo passed is what takes effect
     else:
         write_atomically(path, text, mode)
     report(f"installed {path}")

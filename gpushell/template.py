@@ -129,6 +129,7 @@ def ensure_cached(
             timeout=1800,
         )
         customise(root)
+        # tar writes the file, so not files.write_atomically; the rename still makes it appear whole.
         partial = tarball + ".partial"
         run(["tar", "--numeric-owner", "--xattrs", "-C", root, "-cf", partial, "."], timeout=600)
         os.rename(partial, tarball)
