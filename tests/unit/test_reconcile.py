@@ -235,3 +235,34 @@ def test_container_states_ask_nothing_when_no_container_exists() -> None:
     driver = CountingDriver(set())
     assert reconcile.container_states(driver, {"c-alice": None}) == {}  # type: ignore[arg-type]
     assert driver.asked == 0
+
+
+def test_the_chain_rebuild_holds_the_forward_lock_and_reuses_a_current_table(tmp_path, monkeypatch) -> None:
+    import fcntl
+    import os
+
+    from gpushell import iptables
+
+    paths = Paths(run_dir=str(tmp_path))
+    observed = nat("alice")
+    change = reconcile.Change(reconcile.FORWARDS, "GPUSHELL", "rebuild", table=observed)
+    applied: list[tuple[list[str], bool]] = []
+
+    def apply(lines: list[str]) -> bool:
+        probe = os.open(paths.forward_lock, os.O_RDWR)
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = False
+        except BlockingIOError:
+            held = True
+        finally:
+            os.close(probe)
+        applied.append((lines, held))
+        return True
+
+    monkeypatch.setattr(iptables, "still_current", lambda table: table)
+    monkeypatch.setattr(iptables, "apply", apply)
+    reconcile.execute_change(change, REG, paths)
+    ((lines, held),) = applied
+    assert held  # no login's fix of its own forward interleaves with the rebuild
+    assert lines[0] == "-F GPUSHELL" and len(lines) == 3  # flush, then alice's and bob's rules
