@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import ipaddress
 import os
 import pwd
 import select
+import shutil
 import signal
 import socket
 import statistics
@@ -58,14 +60,24 @@ def paired_samples(
 ) -> tuple[list[float], list[float]]:
     """Both sides in turns, the order swapped each round (ABBA...), so drift in the
     machine (disk write-back, a neighbour's load) falls on both alike."""
-    ours: list[float] = []
-    theirs: list[float] = []
+    ours, theirs = samples_in_turns([action, baseline], count, setup, measure)
+    return ours, theirs
+
+
+def samples_in_turns(
+    actions: list[Callable[[], object]],
+    count: int,
+    setup: Callable[[], object],
+    measure: Callable[[Callable[[], object]], float] = timed,
+) -> list[list[float]]:
+    """Each action once a round, the order reversed every other round."""
+    taken: list[list[float]] = [[] for _ in actions]
     for round_number in range(count):
-        pair = [(action, ours), (baseline, theirs)]
-        for work, into in pair if round_number % 2 == 0 else reversed(pair):
+        turns = list(zip(actions, taken, strict=True))
+        for work, into in turns if round_number % 2 == 0 else reversed(turns):
             setup()
             into.append(measure(work))
-    return ours, theirs
+    return taken
 
 
 def summary(values: list[float], unit: str = "ms") -> str:
@@ -409,6 +421,17 @@ def admit_crowd(lab: Lab) -> None:
     poll_greeting(lab.host_ip, lab.sshd_port)
 
 
+def plain_account(lab: Lab, like: Student) -> Student:
+    """A host account with an ordinary shell and like's key (removed with the lab: its prefix)."""
+    name = f"{lab.prefix}plain"
+    sh(["useradd", "--create-home", "--shell", "/bin/sh", name])
+    ssh_dir = f"/home/{name}/.ssh"
+    os.makedirs(ssh_dir, mode=0o700)
+    shutil.copy(like.key + ".pub", f"{ssh_dir}/authorized_keys")
+    sh(["chown", "-R", f"{name}:{name}", ssh_dir])
+    return dataclasses.replace(like, name=name)
+
+
 def bench_crowd(lab: Lab) -> None:
     """CROWD students log in at once with their containers stopped (a lab session's
     start), against CROWD raw lxc-starts + polls of port 22 in parallel: whether the
@@ -437,20 +460,36 @@ def bench_crowd(lab: Lab) -> None:
             sh(["lxc-start", "-P", lab.lxcpath, "-n", student.container])
             poll_greeting(student.ip, 22, timeout=START_TIMEOUT)
 
+        # The floor for any tool a student reaches by ssh: the same raw starts,
+        # with as many plain key logins (a shell running `true`) at once.
+        plain = plain_account(lab, crowd[0])
+
+        def plain_login() -> None:
+            result = lab.ssh(plain, "true", timeout=START_TIMEOUT)
+            if result.returncode != 0:
+                raise RuntimeError(f"plain ssh login exited {result.returncode}: {result.stderr}")
+
         # CROWD boots on this VM's two cores pass the lab's start_timeout (60 s): both sides get more.
         text = lab.read_registry()
         with lab.registry_replaced(text.replace("start_timeout: 60\n", f"start_timeout: {START_TIMEOUT}\n")):
-            ours, raw = paired_samples(
-                lambda: all_at_once([lambda s=s: login(s) for s in crowd]),
-                lambda: all_at_once([lambda s=s: raw_start(s) for s in crowd]),
+            ours, raw, floor = samples_in_turns(
+                [
+                    lambda: all_at_once([lambda s=s: login(s) for s in crowd]),
+                    lambda: all_at_once([lambda s=s: raw_start(s) for s in crowd]),
+                    lambda: all_at_once([lambda s=s: raw_start(s) for s in crowd] + [plain_login] * CROWD),
+                ],
                 min(5, max(3, REPEAT // 4)),
                 setup=stop_all,
             )
         report(f"2. {CROWD} cold logins at once (ssh start), until all answer", ours,
                f"{CROWD} x lxc-start + poll :22", raw, "<= 1.2", lambda r: r <= 1.2, paired=True)  # fmt: skip
+        report(f"2b. the same {CROWD} cold logins (report)", ours,
+               f"{CROWD} x lxc-start + poll, {CROWD} plain ssh logins", floor, "report", lambda r: True,
+               paired=True)  # fmt: skip
     finally:
         for student in crowd:
             lab.admin("remove", student.name, "--purge", check=False)
+        sh(["userdel", "--remove", f"{lab.prefix}plain"], check=False)
 
 
 # The limit keys lxcconfig.limit_lines writes, in either cgroup layout.

@@ -95,7 +95,8 @@ class Session:
         spinner = Spinner(self.term, progress)
         try:
             data = None if stdin is None else stdin.encode()
-            status, out, err = spawn.run(argv, SAFE_ENV, spinner.tick, stdin=data)
+            # A Ctrl-C ends the shell, never the helper's work (a restart half done).
+            status, out, err = spawn.run(argv, SAFE_ENV, spinner.tick, stdin=data, finish_on_interrupt=True)
         except OSError as exc:
             raise GpushellError(CONTACT_ADMIN, f"cannot run {argv}: {exc}", ExitStatus.HELPER) from None
         finally:

@@ -100,11 +100,14 @@ def _collect(
     interval: float,
     max_output: int,
     name: str,
+    finish_on_interrupt: bool = False,
 ) -> tuple[int, str, str]:
     """Feed stdin, read both streams (capped) to EOF, reap pid; the fds are closed here.
 
     Any exception on the way (the timeout, a signal handler's) kills the
-    child first: nothing is left running behind the caller's back.
+    child first: nothing is left running behind the caller's back.  With
+    finish_on_interrupt a Ctrl-C (KeyboardInterrupt) leaves it running: the
+    login shell's helper call, which must finish what it began.
     """
     kept = {fd: Capped(max_output) for fd in readers}
     pending = list(readers)
@@ -141,6 +144,9 @@ def _collect(
         if status is None:
             raise Timeout(f"{name} ran longer than {timeout} s")
         reaped = True
+    except KeyboardInterrupt:
+        reaped = finish_on_interrupt  # not waited for: it goes on, and init reaps it
+        raise
     finally:
         if not reaped:
             _kill(pid)
@@ -168,10 +174,11 @@ def run(
     timeout: float | None = None,
     interval: float = 0.1,
     max_output: int = DEFAULT_MAX_OUTPUT,
+    finish_on_interrupt: bool = False,
 ) -> tuple[int, str, str]:
     """Run argv; return (exit status, stdout, stderr), each at most max_output bytes.
 
-    stdin is /dev/null unless given.
+    stdin is /dev/null unless given; finish_on_interrupt: see _collect.
     """
     out_read, out_write = os.pipe()
     err_read, err_write = os.pipe()
@@ -187,5 +194,14 @@ def run(
         for fd in (out_write, err_write, in_read):
             os.close(fd)
     return _collect(
-        pid, [out_read, err_read], in_write, stdin or b"", timeout, tick, interval, max_output, argv[0]
+        pid,
+        [out_read, err_read],
+        in_write,
+        stdin or b"",
+        timeout,
+        tick,
+        interval,
+        max_output,
+        argv[0],
+        finish_on_interrupt,
     )

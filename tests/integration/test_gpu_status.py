@@ -125,6 +125,20 @@ def other(lab: Lab) -> Iterator[Student]:
         lab.admin("remove", made.name, "--purge", check=False)
 
 
+def lab_owners(lab: Lab) -> gpustatus.Owners:
+    """Container -> student, with each student's host id range, as the helper builds it."""
+    reg = registry.parse(lab.read_registry(), lab.registry)
+    return gpustatus.Owners(
+        {entry.container: entry.name for entry in reg.users.values()},
+        [(entry.idmap, reg.idmap_size, entry.name) for entry in reg.users.values()],
+    )
+
+
+def id_range(lab: Lab, student: Student) -> tuple[int, int]:
+    reg = registry.parse(lab.read_registry(), lab.registry)
+    return reg.users[student.name].idmap, reg.idmap_size
+
+
 def stop(lab: Lab, *students: Student) -> None:
     for one in students:
         sh(["lxc-stop", "-P", lab.lxcpath, "-n", one.container, "-k"], check=False)
@@ -144,9 +158,10 @@ def test_gpus_without_a_driver_is_one_line_and_exit_0(lab: Lab, student: Student
 def test_real_container_processes_map_to_their_student(lab: Lab, student: Student) -> None:
     assert lab.ssh(student, "start").returncode == 0
     try:
-        owners = {student.container: student.name}
+        owners = lab_owners(lab)
         init = lab.init_pid(student)
-        assert gpustatus.pid_container(init) == student.container
+        first, count = id_range(lab, student)
+        assert gpustatus.in_range(gpustatus.pid_uids(init), first, count)  # container root: first id
         assert gpustatus.pid_owner(init, owners) == student.name
         with sleeper(lab, student, "4711.1") as pid:
             assert pid != init
@@ -209,16 +224,17 @@ def test_gpu_kill_allowed_only_for_a_gpu_process_in_the_callers_container(
     try:
         with sleeper(lab, other, "4711.5") as theirs, sleeper(lab, student, "4711.6") as mine:
             # NVML says the other student's process uses a GPU: still not the caller's to end.
+            first, count = id_range(lab, student)
             with pytest.raises(GpushellError) as info:
-                gpustatus.kill(theirs, student.container, lambda: OneGpuNvml(theirs))
+                gpustatus.kill(theirs, first, count, lambda: OneGpuNvml(theirs))
             assert info.value.user_message == f"process {theirs} is not in your container"
             # The caller's own process, but NVML does not list it: refused.
             with pytest.raises(GpushellError) as info:
-                gpustatus.kill(mine, student.container, lambda: OneGpuNvml(theirs))
+                gpustatus.kill(mine, first, count, lambda: OneGpuNvml(theirs))
             assert info.value.user_message == f"process {mine} is not using a GPU"
             assert alive(mine) and alive(theirs)
 
-            assert gpustatus.kill(mine, student.container, lambda: OneGpuNvml(mine)) == {
+            assert gpustatus.kill(mine, first, count, lambda: OneGpuNvml(mine)) == {
                 "state": "ok",
                 "killed": mine,
             }
@@ -262,7 +278,7 @@ def lab_paths(lab: Lab) -> Paths:
 
 
 def remove_snapshot(lab: Lab) -> str:
-    path = gpucache.snapshot_path(lab_paths(lab))
+    path = lab_paths(lab).gpu_snapshot
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     return path
@@ -310,13 +326,12 @@ def test_login_banner_shows_the_gpus_from_the_snapshot_and_refreshes_it_behind_t
     assert gpu_lines(banner_of(lab, other)) == []
 
     # With NVML answering (a stand-in, as there is no GPU) for REAL processes in both
-    # containers and one on the host: the cgroup mapping that counts students is real.
+    # containers and one on the host: the id-range mapping that counts students is real.
     with sleeper(lab, gpu_user, "4711.7") as mine, sleeper(lab, other, "4711.8") as theirs:
         nvml = SharedGpuNvml([mine, theirs, os.getpid()])
 
         def owners() -> dict[str, str]:
-            reg = registry.parse(lab.read_registry(), lab.registry)
-            return {entry.container: entry.name for entry in reg.users.values()}
+            return lab_owners(lab)
 
         deadline = time.monotonic() + 30  # a login's refresh may still hold the lock for a moment
         while not gpucache.refresh(lab_paths(lab), owners, lambda: nvml):

@@ -117,3 +117,17 @@ def test_a_program_own_timeout_within_the_deadline_is_a_plain_failure(deadline: 
 
 def test_no_deadline_means_the_timeout_alone() -> None:
     assert runner.remaining() is None and runner.bounded(7.0) == 7.0
+
+
+def _interrupting_tick(_elapsed: float) -> None:
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize(("finish", "survives"), [(True, True), (False, False)])
+def test_a_ctrl_c_leaves_the_child_running_only_when_asked(tmp_path, finish: bool, survives: bool) -> None:
+    done = tmp_path / "done"
+    argv = ["/bin/sh", "-c", f"sleep 0.5; : > {done}"]
+    with pytest.raises(KeyboardInterrupt):
+        spawn.run(argv, {"PATH": "/bin"}, _interrupting_tick, interval=0.01, finish_on_interrupt=finish)
+    time.sleep(1.0)
+    assert done.exists() == survives
