@@ -56,15 +56,14 @@ def _count(info: Answer, key: str) -> int | None:
 
 
 def _memory_text(used: int, limit: int | None) -> str:
-    of = (
-        ""
-        if limit is None
-        else f" of {limit / 2**30:.3g} GiB"
-        if limit >= 2**30
-        else f" of {limit // 2**20} MiB"
-    )
-    if used >= 2**30 and limit is not None and limit >= 2**30:
-        return f"memory {used / 2**30:.1f}{of}"  # 1.2 of 16 GiB
+    """`memory 1.2 of 16 GiB`, `memory 45 MiB of 8 GiB`, `memory 30 MiB of 256 MiB`, `memory 30 MiB`."""
+    if limit is None:
+        return f"memory {used / 2**20:.0f} MiB"
+    if limit < 2**30:
+        return f"memory {used / 2**20:.0f} MiB of {limit // 2**20} MiB"
+    of = f" of {limit / 2**30:.3g} GiB"
+    if used >= 2**30:
+        return f"memory {used / 2**30:.1f}{of}"
     return f"memory {used / 2**20:.0f} MiB{of}"
 
 

@@ -34,9 +34,14 @@ CGROUP_V2 = CgroupLayout(2, swap=True)
 
 def layout(root: str = ROOT) -> CgroupLayout:
     """The host's cgroup layout: v2 when the unified hierarchy is mounted at root."""
-    if os.path.exists(f"{root}/cgroup.controllers"):
+    if unified(root):
         return CgroupLayout(2, swap=_v2_has_swap(root))
     return CgroupLayout(1, swap=os.path.exists(f"{root}/memory/memory.memsw.limit_in_bytes"))
+
+
+def unified(root: str = ROOT) -> bool:
+    """Whether root holds cgroup v2's one unified hierarchy (its controllers at the top)."""
+    return os.path.exists(f"{root}/cgroup.controllers")
 
 
 def _v2_has_swap(root: str) -> bool:
@@ -103,8 +108,8 @@ MAX_FILE = 65536
 def number_in(text: str, field: str | None = None) -> int | None:
     """The number in a cgroup file's text, or in its `field N` line; None for `max` or nonsense (pure)."""
     if field is not None:
-        found = [line.split()[1] for line in text.splitlines() if line.split()[:1] == [field] and " " in line]
-        text = found[0] if found else ""
+        pairs = (line.split() for line in text.splitlines())
+        text = next((parts[1] for parts in pairs if len(parts) == 2 and parts[0] == field), "")
     text = text.strip()
     value = int(text) if text.isascii() and text.isdigit() else None
     return value if value is not None and value < UNLIMITED else None
@@ -166,7 +171,7 @@ def read_usage(pid: int, keys: tuple[str, ...] = ALL_KEYS, root: str = ROOT) -> 
 
 def usage_in(proc_cgroup: str, keys: tuple[str, ...] = ALL_KEYS, root: str = ROOT) -> dict[str, int]:
     """read_usage for a /proc/PID/cgroup text, with the hierarchies mounted at root."""
-    v2 = os.path.exists(f"{root}/cgroup.controllers")
+    v2 = unified(root)
     files = V2_FILES if v2 else V1_FILES
     found: dict[str, int] = {}
     for key in keys:

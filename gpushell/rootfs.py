@@ -181,7 +181,8 @@ def _split(path: str) -> tuple[str, str]:
     return directory, name
 
 
-def _kind(mode: int) -> str:
+def kind_of(mode: int) -> str:
+    """dir, file, link or other (a device, FIFO or socket), from a stat mode (pure)."""
     if stat.S_ISLNK(mode):
         return "link"
     if stat.S_ISDIR(mode):
@@ -198,7 +199,7 @@ def entry_type(rootfs: str, path: str) -> str | None:
     directory, name = _split(path)
     try:
         with _directory(rootfs, directory, None) as dir_fd:
-            return _kind(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+            return kind_of(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
     except FileNotFoundError:
         return None
 
@@ -211,7 +212,7 @@ def entries(rootfs: str, directory: str) -> dict[str, str]:
             names = [entry.name for entry in listing]
         for name in names:
             with contextlib.suppress(OSError):  # gone meanwhile: the container may be running
-                found[name] = _kind(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+                found[name] = kind_of(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
     return found
 
 

@@ -36,6 +36,7 @@ import os
 import stat
 
 from .errors import GpushellError
+from .rootfs import kind_of
 from .units import size_text
 
 TYPE_CHECKING = False
@@ -146,7 +147,7 @@ class _Copy:
         except FileNotFoundError:
             raise _changed(path, "vanished") from None
         mode = info.st_mode
-        kind = _kind(mode)
+        kind = kind_of(mode)  # dir, file, link, or other: a node made anew
         if self.hook is not None:
             self.hook(path, kind)
         if kind != "dir" and info.st_nlink > 1 and self._link_again(info, target_fd, name, path):
@@ -192,14 +193,6 @@ class _Copy:
                 os.close(copy)
         finally:
             os.close(child)
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "dir"
-    if stat.S_ISREG(mode):
-        return "file"
-    return "link" if stat.S_ISLNK(mode) else "node"
 
 
 def _open_same(dir_fd: int, name: str, path: str, info: os.stat_result, flags: int) -> int:

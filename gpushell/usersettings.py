@@ -74,11 +74,12 @@ def cpus_value(text: str) -> int | float:
 
 
 def pids_value(text: str) -> int:
-    from .registry import MAX_PIDS, MIN_PIDS
+    from .registry import LIMIT_CONVERTERS, MAX_PIDS, MIN_PIDS
 
-    if not text.isdigit() or not MIN_PIDS <= int(text) <= MAX_PIDS:
-        raise _usage(f"pids={text}: use a number of processes from {MIN_PIDS} to {MAX_PIDS}")
-    return int(text)
+    try:
+        return int(LIMIT_CONVERTERS["pids"](int(text) if text.isdigit() else text))
+    except ValueError:
+        raise _usage(f"pids={text}: use a number of processes from {MIN_PIDS} to {MAX_PIDS}") from None
 
 
 CONVERTERS = {
