@@ -268,6 +268,20 @@ def sshd_answers(ip: str, port: int = 22, timeout: float = 0.01) -> bool:
     return True
 
 
+MIN_POLL, MAX_POLL = 0.003, 0.05  # seconds between two probes of a booting sshd
+
+
+def poll_interval(waited: float) -> float:
+    """Seconds to sleep before the next probe, after waiting `waited` seconds.
+
+    A fraction of the wait so far: a login learns of sshd at most about 3 %
+    later than it could (a few ms on a lone cold start), and twenty
+    containers booting at once do not spend the cores they share on
+    hundreds of probes each.
+    """
+    return min(MAX_POLL, max(MIN_POLL, waited / 32))
+
+
 def wait_for_sshd(ip: str, timeout: float, port: int = 22) -> float:
     """Wait until sshd accepts a TCP connection on ip:port; return the seconds it took.
 
@@ -285,7 +299,5 @@ def wait_for_sshd(ip: str, timeout: float, port: int = 22) -> float:
                 f"sshd at {ip}:{port} not ready after {timeout} s",
                 ExitStatus.TIMEOUT,
             )
-        # A refused connect to a local bridge costs microseconds: poll often,
-        # so the login says "ready" within a few ms of sshd listening.
-        time.sleep(0.003)
+        time.sleep(poll_interval(time.monotonic() - began))
     return time.monotonic() - began

@@ -1,0 +1,29 @@
+"""How often a login probes a booting container's sshd: few probes, little lateness."""
+
+from gpushell.containers import MAX_POLL, MIN_POLL, poll_interval
+
+
+def probes_until(ready_at: float) -> tuple[int, float]:
+    """Probes a wait makes for an sshd that listens from `ready_at` s on, and how late it notices."""
+    now, probes = 0.0, 1
+    while now < ready_at:
+        now += poll_interval(now)
+        probes += 1
+    return probes, now - ready_at
+
+
+def test_a_lone_cold_start_is_noticed_within_a_few_milliseconds() -> None:
+    probes, late = probes_until(0.35)  # a container's sshd on an idle host
+    assert late <= 0.012
+    assert probes >= 50  # still polled often while a start is quick
+
+
+def test_a_crowded_boot_costs_a_few_hundred_probes_not_thousands() -> None:
+    probes, late = probes_until(10.0)  # twenty boots sharing two cores
+    assert probes < 300  # at the fixed 3 ms of before: over 3000
+    assert late <= MAX_POLL
+
+
+def test_the_interval_stays_between_its_bounds() -> None:
+    assert poll_interval(0.0) == MIN_POLL
+    assert poll_interval(3600.0) == MAX_POLL
