@@ -457,7 +457,8 @@ def bench_crowd(lab: Lab) -> None:
                 raise RuntimeError(f"not stopped: {left}")
 
         def login(student: Student) -> None:
-            result = lab.ssh(student, "start", options=CLIENT_KEX, timeout=START_TIMEOUT + 60)  # real ssh, from the client netns
+            # A real ssh, from the client netns.
+            result = lab.ssh(student, "start", options=CLIENT_KEX, timeout=START_TIMEOUT + 60)
             if result.returncode != 0:
                 raise RuntimeError(f"{student.name}: ssh start exited {result.returncode}: {result.stderr}")
             poll_greeting(lab.host_ip, student.port)  # through the forward, as the student would
