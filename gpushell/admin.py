@@ -93,7 +93,7 @@ def gpus_option(text: str) -> str | list[int]:
 
 def cmd_add(paths: Paths, args: Options) -> int:
     from . import accounts, allocate, leftovers, provision, registry, registry_edit, registry_store, services
-    from .containers import LxcDriver
+    from .containers import backend_for
     from .files import write_atomically
 
     name = args.user
@@ -126,7 +126,7 @@ def cmd_add(paths: Paths, args: Options) -> int:
             accounts.install_host_keys(name, keys)
         provision.create(new_reg, user, keys)
         undo.callback(provision.destroy, new_reg, user.container)
-        ctx = services.Context(paths, new_reg, LxcDriver(new_reg.lxcpath))
+        ctx = services.Context(paths, new_reg, backend_for(new_reg))
         services.ensure_forward(ctx, user)
         undo.callback(services.remove_forward, ctx, name)
         change.write()
@@ -153,7 +153,7 @@ def cmd_remove(paths: Paths, args: Options) -> int:
     import datetime
 
     from . import accounts, archive, provision, registry_edit, registry_store, services
-    from .containers import LxcDriver
+    from .containers import backend_for
 
     name = args.user
     with registry_store.Change(paths) as change:
@@ -164,7 +164,7 @@ def cmd_remove(paths: Paths, args: Options) -> int:
             )
         user = reg.users[name]
         new_reg = change.propose(registry_edit.remove_user(change.old_text, name))
-        ctx = services.Context(paths, reg, LxcDriver(reg.lxcpath))
+        ctx = services.Context(paths, reg, backend_for(reg))
         with locked(paths.user_lock(name), ADMIN_WAIT, admin_busy(name)):
             ctx.driver.stop(user.container)
             kept = ""

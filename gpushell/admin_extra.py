@@ -21,7 +21,7 @@ from . import (
     usersettings,
 )
 from .admin_cli import Options
-from .containers import RUNNING, LxcDriver
+from .containers import RUNNING, backend_for
 from .errors import ExitStatus, GpushellError
 from .files import read_text_or_none
 from .lock import ADMIN_WAIT, admin_busy, locked
@@ -98,7 +98,7 @@ def cmd_set(paths: Paths, args: Options, say: Say) -> int:
         new_reg = change.propose(edit_user(change.old_text, name, values))
         new_user = new_reg.users[name]
         change.write()
-        driver = LxcDriver(new_reg.lxcpath)
+        driver = backend_for(new_reg)
         ctx = services.Context(paths, new_reg, driver)
         with locked(paths.user_lock(name), ADMIN_WAIT, admin_busy(name)):
             if new_user.port != old_user.port:

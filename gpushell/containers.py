@@ -19,6 +19,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Protocol
 
+    from .model import Registry
+
     class Closable(Protocol):  # what block_start returns: a socket, for LXC
         def close(self) -> None: ...
 
@@ -41,6 +43,10 @@ class ContainerDriver:
     def may_be_running(self, name: str) -> bool:
         """False only when the container is surely not running: a cheap hint, never a state."""
         return True
+
+    def running(self) -> set[str]:
+        """The names of every running container of this backend, in one look."""
+        raise NotImplementedError
 
     def start(self, name: str) -> bool:
         """Start it unless it runs already; True when it was started."""
@@ -72,6 +78,15 @@ class ContainerDriver:
         Raises GpushellError when it cannot: the container has begun to start.
         """
         raise NotImplementedError
+
+
+def backend_for(reg: Registry) -> ContainerDriver:
+    """The container backend the registry asks for: LXC under its lxcpath, the only one yet.
+
+    Everything above the backend gets its driver here, so a second backend
+    is one class and one branch.
+    """
+    return LxcDriver(reg.lxcpath)
 
 
 class LxcDriver(ContainerDriver):
@@ -269,17 +284,21 @@ def sshd_answers(ip: str, port: int = 22, timeout: float = 0.01) -> bool:
 
 
 MIN_POLL, MAX_POLL = 0.003, 0.05  # seconds between two probes of a booting sshd
+QUICK_BOOT = 1.0  # seconds a container takes to boot on a host with cores to spare (~0.35)
 
 
 def poll_interval(waited: float) -> float:
     """Seconds to sleep before the next probe, after waiting `waited` seconds.
 
-    A fraction of the wait so far: a login learns of sshd at most about 3 %
-    later than it could (a few ms on a lone cold start), and twenty
-    containers booting at once do not spend the cores they share on
-    hundreds of probes each.
+    Every 3 ms while a boot is still quick, so a lone cold start is noticed
+    at once.  Past that the host is busy (a class logging in at once): a
+    fraction of the wait so far, so twenty boots sharing two cores do not
+    spend them on thousands of probes, and none is noticed more than about
+    3 % later than it could be.
     """
-    return min(MAX_POLL, max(MIN_POLL, waited / 32))
+    if waited < QUICK_BOOT:
+        return MIN_POLL
+    return min(MAX_POLL, waited / 32)
 
 
 def wait_for_sshd(ip: str, timeout: float, port: int = 22) -> float:

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Sequence
 
 from . import driverfiles, provision, rootfs
-from .containers import RUNNING, LxcDriver
+from .containers import RUNNING, backend_for
 from .errors import ExitStatus, GpushellError
 from .lock import ADMIN_WAIT, admin_busy, locked
 from .model import Registry, User
@@ -79,7 +79,7 @@ def copy_installer(root: str, installer: str) -> None:
 
 def sync_one(reg: Registry, paths: Paths, user: User, installer: str, host_version: str) -> str:
     """Run the installer in user's container; a one-line report, or GpushellError."""
-    driver = LxcDriver(reg.lxcpath)
+    driver = backend_for(reg)
     root = container_root(reg, user)
     with locked(paths.user_lock(user.name), ADMIN_WAIT, admin_busy(user.name)):
         was_running = driver.state(user.container) == RUNNING

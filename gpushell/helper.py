@@ -13,7 +13,7 @@ import pwd
 import sys
 
 from . import audit, loginproc, menu, protocol, registry_store, runner, services
-from .containers import FROZEN, RUNNING, LxcDriver, wait_for_sshd
+from .containers import FROZEN, RUNNING, backend_for, wait_for_sshd
 from .errors import CONTACT_ADMIN, ExitStatus, GpushellError
 from .files import write_private
 from .lock import locked
@@ -308,7 +308,7 @@ def run_action(paths: Paths, name: str, verb: str) -> Answer:
     word = MENU_WORD.get(verb, verb)
     if word in reg.disabled_actions:
         raise GpushellError(f"{word} is turned off on this host; ask your admin", f"{word} is disabled")
-    ctx = services.Context(paths, reg, LxcDriver(reg.lxcpath))
+    ctx = services.Context(paths, reg, backend_for(reg))
     # One action per user at a time: two logins at once start the container
     # once and leave one forward rule.  The wait is bounded, and so is the
     # action once the lock is held; the kernel drops the lock however it ends.

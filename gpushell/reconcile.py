@@ -28,7 +28,7 @@ from . import (
     provision,
     services,
 )
-from .containers import RUNNING, STOPPED, LxcDriver
+from .containers import RUNNING, STOPPED, ContainerDriver, backend_for
 from .errors import GpushellError
 from .files import read_text_or_none, write_atomically
 from .forward import NatTable
@@ -302,7 +302,7 @@ def host_ids(reg: Registry) -> dict[str, tuple[int, int]]:
     return found
 
 
-def container_state(driver: LxcDriver, name: str) -> str:
+def container_state(driver: ContainerDriver, name: str) -> str:
     """The LXC state; UNKNOWN when LXC cannot even load the config (apply rewrites it)."""
     try:
         return driver.state(name)
@@ -310,7 +310,7 @@ def container_state(driver: LxcDriver, name: str) -> str:
         return UNKNOWN
 
 
-def container_states(driver: LxcDriver, configs: dict[str, str | None]) -> dict[str, str]:
+def container_states(driver: ContainerDriver, configs: dict[str, str | None]) -> dict[str, str]:
     """RUNNING or STOPPED for each container that exists (configs from container_configs).
 
     One lxc-ls for all: an lxc-info per container cost a thousand-student
@@ -330,7 +330,7 @@ def observe(reg: Registry, paths: Paths) -> HostState:
         forwarding_on=forwarding_on(),
         configs=configs,
         accounts=host_accounts(reg.users, paths.group),
-        states=container_states(LxcDriver(reg.lxcpath), configs),
+        states=container_states(backend_for(reg), configs),
         apparmor_profile=provision.apparmor_profile(),
         gpu=gpudevices.read_host(reg.gpu_devices, reg.driver_root),
         student_ids=host_ids(reg),
@@ -374,7 +374,7 @@ def execute_change(change: Change, reg: Registry, paths: Paths) -> None:
         run(["usermod", "--shell", paths.shell, "--append", "--groups", paths.group, change.subject])
     elif change.kind == START:
         user = reg.users[change.subject]
-        ctx = services.Context(paths, reg, LxcDriver(reg.lxcpath))
+        ctx = services.Context(paths, reg, backend_for(reg))
         with locked(paths.user_lock(user.name), ADMIN_WAIT, admin_busy(user.name)):
             services.ensure_running(ctx, user)
     elif change.kind == LEFTOVER and change.leftover is not None:

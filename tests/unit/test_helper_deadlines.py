@@ -27,7 +27,7 @@ def driver(monkeypatch) -> RecordingDriver:
     reg = SimpleNamespace(disabled_actions=frozenset(), lxcpath="/var/lib/lxc", start_timeout=5.0)
     user = SimpleNamespace(name="alice", container="alice")
     monkeypatch.setattr(registry_store, "load_user", lambda paths, name: (reg, user))
-    monkeypatch.setattr(helper, "LxcDriver", lambda lxcpath: fake)
+    monkeypatch.setattr(helper, "backend_for", lambda reg: fake)
     return fake
 
 
