@@ -35,7 +35,7 @@ deps: | $(STAMP)
 install: deps
 	$(PYTHON) -m pip install --quiet --no-deps --no-build-isolation --break-system-packages \
 	    --root-user-action=ignore --no-warn-script-location .
-	$(PYTHON) -I -m gpushell.entrypoints $(BINDIR)
+	$(PYTHON) -I -m gpushell.system.entrypoints $(BINDIR)
 	@# Optional: NVML's Python bindings for `gpus` and `kill-gpu-process`; without
 	@# them (or without a driver) those say so and everything else works.
 	$(PYTHON) -m pip install --quiet --break-system-packages --root-user-action=ignore nvidia-ml-py \
@@ -77,10 +77,10 @@ lint: venv
 	$(VENV)/bin/mypy
 
 demo: install
-	$(PYTHON) -I -m gpushell.demo
+	$(PYTHON) -I -m gpushell.admin.demo
 
 demo-clean:
-	$(PYTHON) -I -m gpushell.demo --clean
+	$(PYTHON) -I -m gpushell.admin.demo --clean
 
 bench: install venv
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)

@@ -27,7 +27,8 @@ from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gpushell import forward, iptables, registry
+from gpushell.core import forward, registry
+from gpushell.system import iptables
 from tests.integration.lab import Lab, Student, sh
 
 REPEAT = int(os.environ.get("BENCH_REPEAT", "21"))  # --repeat sets it
@@ -557,7 +558,7 @@ def bench_isolation(lab: Lab, student: Student) -> None:
     for one side and deleted for the other; the traffic stays on the lab's
     bridge.
     """
-    from gpushell import isolation
+    from gpushell.core import isolation
 
     settled(lab, student)
     reg = registry.parse(lab.read_registry(), lab.registry)

@@ -123,9 +123,9 @@ class Lab:
         os.chmod(self.root, 0o755)
         arguments = ", ".join(f"{key}={value!r}" for key, value in self.paths.items())
         for module, name in (
-            ("shell", "gpushell"),
-            ("helper", "gpushell-helper"),
-            ("admin", "gpushell-admin"),
+            ("student.shell", "gpushell"),
+            ("helper.verbs", "gpushell-helper"),
+            ("admin.commands", "gpushell-admin"),
         ):
             with open(f"{self.root}/bin/{name}", "w", encoding="utf-8") as script:
                 script.write(installed_script(module, arguments))
@@ -217,7 +217,7 @@ class Lab:
             sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", key])
         self.students.append(name)
         self.admin("add", name, "--key", key + ".pub", *extra)
-        from gpushell import registry
+        from gpushell.core import registry
 
         user = registry.parse(self.read_registry(), self.registry).users[name]
         return Student(name, key, user.port, str(user.ip), user.container)

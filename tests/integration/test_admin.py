@@ -7,7 +7,7 @@ import pwd
 
 import pytest
 
-from gpushell import registry
+from gpushell.core import registry
 
 from .lab import Lab, Student, sh
 

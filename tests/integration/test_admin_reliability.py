@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from gpushell import registry
+from gpushell.core import registry
 
 from .lab import ENV, Lab, Student, sh
 

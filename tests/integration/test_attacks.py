@@ -21,8 +21,9 @@ import pexpect
 import psutil
 import pytest
 
-from gpushell import provision, rootfs
-from gpushell.errors import GpushellError
+from gpushell.containers import provision
+from gpushell.core.errors import GpushellError
+from gpushell.system import rootfs
 
 from .conftest import Syslog
 from .lab import ENV, SSH_OPTIONS, Lab, Student, free_port, sh

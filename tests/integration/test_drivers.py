@@ -15,7 +15,7 @@ import os
 import shutil
 from collections.abc import Iterator
 
-from gpushell.driversync import INSIDE
+from gpushell.admin.driversync import INSIDE
 
 from .lab import Lab, Student, sh
 from .test_gpus import stand_in_devices

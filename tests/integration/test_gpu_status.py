@@ -24,9 +24,10 @@ from collections.abc import Iterator
 import pexpect
 import pytest
 
-from gpushell import gpucache, gpustatus, registry
-from gpushell.errors import GpushellError
-from gpushell.paths import Paths
+from gpushell.core import registry
+from gpushell.core.errors import GpushellError
+from gpushell.core.paths import Paths
+from gpushell.gpu import gpucache, gpustatus
 
 from .conftest import Syslog
 from .lab import ENV, Lab, Student, sh

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gpushell import registry
+from gpushell.core import registry
 
 from .lab import Lab, Student, sh
 

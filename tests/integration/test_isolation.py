@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gpushell.lxcconfig import host_interface, mac_address
+from gpushell.core.allocate import host_interface, mac_address
 
 from .lab import Lab, Student, free_port, sh
 
@@ -49,7 +49,7 @@ def connects(lab: Lab, student: Student, ip: str, port: int, seconds: int = 3) -
 
 
 def gateway(lab: Lab) -> str:
-    from gpushell import registry
+    from gpushell.core import registry
 
     return str(registry.parse(lab.read_registry(), lab.registry).gateway)
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gpushell import cgroups
+from gpushell.containers import cgroups
 
 from .lab import Lab, Student, sh
 

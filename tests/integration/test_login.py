@@ -13,7 +13,7 @@ import pexpect
 import psutil
 import pytest
 
-from gpushell.containers import LxcDriver
+from gpushell.containers.lxc import LxcDriver
 
 from .conftest import Syslog
 from .lab import Lab, Student
@@ -246,7 +246,7 @@ def test_registry_writable_by_others_is_refused(lab: Lab, student: Student, sysl
 
 def test_student_missing_from_registry_is_refused(lab: Lab, student: Student) -> None:
     text = lab.read_registry()
-    from gpushell import registry_edit
+    from gpushell.core import registry_edit
 
     with lab.registry_replaced(registry_edit.remove_user(text, student.name)):
         result = lab.ssh(student, "start")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from gpushell import provision
+from gpushell.containers import provision
 
 
 class RecordingDriver:
@@ -47,7 +47,7 @@ class RecordingDriver:
 
     def block_start(self, name: str) -> StartBlock:
         if self.current != "STOPPED":
-            from gpushell.errors import GpushellError
+            from gpushell.core.errors import GpushellError
 
             raise GpushellError("your container is starting or running; try again in a moment")
         self.calls.append("block-start")

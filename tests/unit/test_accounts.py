@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from gpushell import accounts
-from gpushell.accounts import validate_keys
-from gpushell.errors import GpushellError
+from gpushell.core.errors import GpushellError
+from gpushell.system import accounts
+from gpushell.system.accounts import validate_keys
 
 ED = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEd2Jt+5Xv3T3qF9Hn2mFNv6hYy9nK6l1pO4b3wQx7Yz alice@laptop"
 RSA = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7v0aB/8kZ+q9rT== alice@desktop"

@@ -1,27 +1,27 @@
-"""gpushell-admin's command line: the table in admin.py, read by argparse."""
+"""gpushell-admin's command line: the table in commands.py, read by argparse."""
 
 from __future__ import annotations
 
 import pytest
 
-from gpushell import admin
-from gpushell.admin_cli import Options
+from gpushell.admin import commands
+from gpushell.admin.cli import Options
 
 
 def parse(argv: list[str]) -> Options:
-    return admin.build_parser().parse_args(argv, namespace=Options())
+    return commands.build_parser().parse_args(argv, namespace=Options())
 
 
 def test_commands_reach_their_functions_with_their_defaults() -> None:
     args = parse(["apply"])
-    assert (args.command, args.dry_run, args.registry, args.run) == ("apply", False, None, admin.cmd_apply)
+    assert (args.command, args.dry_run, args.registry, args.run) == ("apply", False, None, commands.cmd_apply)
     assert parse(["list", "--json"]).json is True
     assert parse(["driver", "sync"]).users == []
 
 
 def test_options_values_and_abbreviations() -> None:
     args = parse(["--registry", "/tmp/r.yaml", "apply", "--dry"])
-    assert (args.registry, args.dry_run, args.run) == ("/tmp/r.yaml", True, admin.cmd_apply)
+    assert (args.registry, args.dry_run, args.run) == ("/tmp/r.yaml", True, commands.cmd_apply)
     assert parse(["driver", "sync", "alice"]).users == ["alice"]
     assert parse(["add", "bob", "--gpus", "2,0"]).gpus == [0, 2]
 

@@ -1,4 +1,4 @@
-"""gpushell-admin's parser names commands that admin_extra, imported only when one runs, really has."""
+"""gpushell-admin's parser names commands that editing, imported only when one runs, really has."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import argparse
 
 import pytest
 
-from gpushell import admin, admin_extra
-from gpushell.paths import Paths
+from gpushell.admin import commands, editing
+from gpushell.core.paths import Paths
 
 
 @pytest.mark.parametrize(
@@ -18,9 +18,9 @@ from gpushell.paths import Paths
         (["set", "alice", "gpus=none"], "cmd_set"),
     ],
 )
-def test_lazily_imported_commands_reach_admin_extra(argv, command, monkeypatch) -> None:
+def test_lazily_imported_commands_reach_editing(argv, command, monkeypatch) -> None:
     called: list[tuple[str, argparse.Namespace]] = []
-    monkeypatch.setattr(admin_extra, command, lambda paths, args, say: called.append((command, args)) or 0)
-    args = admin.build_parser().parse_args(argv)
+    monkeypatch.setattr(editing, command, lambda paths, args, say: called.append((command, args)) or 0)
+    args = commands.build_parser().parse_args(argv)
     assert args.run(Paths(), args) == 0
     assert [name for name, _ in called] == [command]

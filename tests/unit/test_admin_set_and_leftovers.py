@@ -7,11 +7,13 @@ import datetime
 
 import pytest
 
-from gpushell import admin_extra, archive, doctor, leftovers, reconcile, registry_edit, usersettings
-from gpushell.errors import GpushellError
-from gpushell.leftovers import Journal, Scan
-from gpushell.paths import Paths
-from gpushell.registry import parse
+from gpushell.admin import apply, doctor, editing, leftovers
+from gpushell.admin.leftovers import Journal, Scan
+from gpushell.containers import archive
+from gpushell.core import registry_edit, usersettings
+from gpushell.core.errors import GpushellError
+from gpushell.core.paths import Paths
+from gpushell.core.registry import parse
 
 PATH = "/etc/gpushell.yaml"
 TEXT = """\
@@ -117,13 +119,13 @@ def test_parse_assignments_refuses(words: list[str], message: str) -> None:
 def test_set_effects_say_when_each_change_applies() -> None:
     reg = parse(TEXT, PATH)
     old = reg.users["alice"]
-    new = parse(admin_extra.edit_user(TEXT, "alice", {"gpus": "all", "port": 22007}), PATH).users["alice"]
-    notes = admin_extra.set_effects(old, new, running=True)
+    new = parse(editing.edit_user(TEXT, "alice", {"gpus": "all", "port": 22007}), PATH).users["alice"]
+    notes = editing.set_effects(old, new, running=True)
     assert notes == [
         "port 22001 -> 22007: forward replaced now",
         "gpus 0,1 -> all: config regenerated, takes effect at the container's next start",
     ]
-    assert admin_extra.set_effects(old, old, running=False) == ["nothing changed"]
+    assert editing.set_effects(old, old, running=False) == ["nothing changed"]
 
 
 def test_archive_name_is_utc_and_sortable() -> None:
@@ -134,12 +136,12 @@ def test_archive_name_is_utc_and_sortable() -> None:
 
 def test_template_rows() -> None:
     reg = parse(TEXT, PATH)
-    rows = admin_extra.template_rows(reg, {"old": ("bullseye", 2048)}, {"alice": "old", "bob": "tpl"})
+    rows = editing.template_rows(reg, {"old": ("bullseye", 2048)}, {"alice": "old", "bob": "tpl"})
     assert [(r.name, r.suite, r.size, r.users, r.default) for r in rows] == [
         ("old", "bullseye", 2048, ["alice"], False),
         ("tpl", None, None, ["bob"], True),
     ]
-    table = admin_extra.render_templates(rows).splitlines()
+    table = editing.render_templates(rows).splitlines()
     assert table[1].split() == ["old", "bullseye", "2.0", "KiB", "alice"]
     assert table[2].split() == ["tpl", "?", "not", "built", "bob", "yes"]
 
@@ -259,12 +261,12 @@ def test_doctor_and_apply_report_leftovers() -> None:
     assert [f.line() for f in doctor.check_leftovers(REG, PATHS, _facts())] == [
         "ok: no leftovers of interrupted adds in /var/lib/lxc"
     ]
-    state = reconcile.HostState(
+    state = apply.HostState(
         table=doctor.NatTable(""), bridge_ready=True, forwarding_on=True, configs={}, accounts={},
         states={}, leftovers=(item, other),
     )  # fmt: skip
-    plan = reconcile.plan(parse("lxcpath: /var/lib/lxc\nchain: GPUSHELL\n", PATH), PATHS, state)
-    leftover_changes = [c for c in plan.changes if c.kind == reconcile.LEFTOVER]
+    plan = apply.plan(parse("lxcpath: /var/lib/lxc\nchain: GPUSHELL\n", PATH), PATHS, state)
+    leftover_changes = [c for c in plan.changes if c.kind == apply.LEFTOVER]
     assert [(c.subject, c.leftover) for c in leftover_changes] == [(item.subject, item)]
     assert "container eve; rm -rf it" in plan.warnings
 
@@ -278,6 +280,6 @@ def _facts() -> doctor.Facts:
 
 
 def test_port_owner() -> None:
-    assert admin_extra.port_owner(REG, "alice", 22002) == "bob"
-    assert admin_extra.port_owner(REG, "alice", 22001) is None
-    assert admin_extra.port_owner(REG, "alice", None) is None
+    assert editing.port_owner(REG, "alice", 22002) == "bob"
+    assert editing.port_owner(REG, "alice", 22001) is None
+    assert editing.port_owner(REG, "alice", None) is None

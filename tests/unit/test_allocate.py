@@ -6,9 +6,9 @@ import ipaddress
 
 import pytest
 
-from gpushell.allocate import Allocation, allocate
-from gpushell.errors import GpushellError
-from gpushell.registry import parse
+from gpushell.core.allocate import Allocation, allocate
+from gpushell.core.errors import GpushellError
+from gpushell.core.registry import parse
 
 IP = ipaddress.IPv4Address
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpushell.banner import (
+from gpushell.core.banner import (
     PLAIN,
     Palette,
     banner,
@@ -17,7 +17,7 @@ from gpushell.banner import (
     state_text,
     status,
 )
-from gpushell.menu import offered
+from gpushell.core.menu import offered
 
 INFO = {
     "user": "alice",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpushell import cgroups
+from gpushell.containers import cgroups
 
 PROC_CGROUP = """12:pids:/lxc.payload.alice
 4:memory:/lxc.payload.alice/init.scope

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from gpushell import chaincheck
-from gpushell.forward import NatTable, jump_rule, masquerade_rule, user_rule
-from gpushell.registry import Registry, parse
+from gpushell.core import chaincheck
+from gpushell.core.forward import NatTable, jump_rule, masquerade_rule, user_rule
+from gpushell.core.registry import Registry, parse
 
 
 def make_registry(masquerade: bool = False) -> Registry:

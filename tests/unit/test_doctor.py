@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from gpushell import doctor, dropins, reconcile, sshdcheck
-from gpushell.doctor import Facts, Finding, InstalledFile
-from gpushell.forward import NatTable, jump_rule, user_rule
-from gpushell.paths import Paths
-from gpushell.reconcile import Account
-from gpushell.registry import parse
+from gpushell.admin import apply, doctor
+from gpushell.admin.apply import Account
+from gpushell.admin.doctor import Facts, Finding, InstalledFile
+from gpushell.core import dropins
+from gpushell.core.forward import NatTable, jump_rule, user_rule
+from gpushell.core.paths import Paths
+from gpushell.core.registry import parse
+from gpushell.system import sshdcheck
 
 PATHS = Paths()
 REG = parse(
@@ -59,7 +61,7 @@ def healthy() -> Facts:
         sshd=InstalledFile(dropins.sshd(PATHS), 0o644, 0),
         subids={"/etc/subgid": ["root:1000000:4293967294"], "/etc/subuid": ["x:1:2", "root:1000000:131072"]},
         template_exists=True,
-        configs={name: reconcile.wanted_config(REG, user, "generated") for name, user in REG.users.items()},
+        configs={name: apply.wanted_config(REG, user, "generated") for name, user in REG.users.items()},
         listeners={22: "sshd, pid 1"},
         accounts={name: Account(PATHS.shell, True) for name in REG.users},
         sshd_effect=SSHD,

@@ -9,8 +9,10 @@ import pathlib
 
 import pytest
 
-from gpushell import doctor, driverfiles, gpudevices, lxcconfig
-from gpushell.model import Registry, User
+from gpushell.admin import doctor
+from gpushell.containers import lxcconfig
+from gpushell.core.model import Registry, User
+from gpushell.gpu import driverfiles, gpudevices
 
 PROPRIETARY = (
     "NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.14  Thu Feb 22 01:44:30 UTC 2024\n"
@@ -201,7 +203,7 @@ def test_doctor_reports_a_container_driver_mismatch_with_a_fix():
 
 
 def test_registry_driver_keys():
-    from gpushell.registry import RegistryError, parse
+    from gpushell.core.registry import RegistryError, parse
 
     base = "hostname: gpu1\nusers:\n"
     assert (parse(base, "r").driver, parse(base, "r").driver_root) == ("host", "/")

@@ -11,8 +11,8 @@ import os
 
 import pytest
 
-from gpushell import driverhook
-from gpushell.errors import GpushellError
+from gpushell.core.errors import GpushellError
+from gpushell.gpu import driverhook
 
 LIB = "usr/lib/x86_64-linux-gnu"
 VERSION = "550.54.14"

@@ -9,9 +9,10 @@ import tracemalloc
 
 import pytest
 
-from gpushell import driversync, rootfs
-from gpushell.errors import GpushellError
-from gpushell.model import Registry, User
+from gpushell.admin import driversync
+from gpushell.core.errors import GpushellError
+from gpushell.core.model import Registry, User
+from gpushell.system import rootfs
 
 HOST = "550.54.14"
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from gpushell.dropins import sshd, starter_limits, starter_registry, sudoers
-from gpushell.menu import HELPER_VERBS as ACTIONS
-from gpushell.paths import DEFAULT, Paths
-from gpushell.registry import parse
+from gpushell.core.dropins import sshd, starter_limits, starter_registry, sudoers
+from gpushell.core.menu import HELPER_VERBS as ACTIONS
+from gpushell.core.paths import DEFAULT, Paths
+from gpushell.core.registry import parse
 
 OTHER = Paths(helper="/opt/gp/bin/gp-helper", group="students")
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpushell.forward import (
+from gpushell.core.forward import (
     NatTable,
     comment_of,
     dport_of,
@@ -20,7 +20,7 @@ from gpushell.forward import (
     restore_script,
     user_rule,
 )
-from gpushell.registry import Registry, parse
+from gpushell.core.registry import Registry, parse
 
 
 def make_registry(masquerade: bool = True, chain: str = "GPUSHELL") -> Registry:
@@ -394,7 +394,7 @@ def test_restore_script():
 def test_rule_lines_split_exactly_as_shlex_would(line):
     import shlex
 
-    from gpushell.forward import _tokens
+    from gpushell.core.forward import _tokens
 
     try:
         expected = shlex.split(line)
@@ -408,7 +408,7 @@ def test_rule_lines_split_exactly_as_shlex_would(line):
 def test_real_save_lines_take_the_fast_split(monkeypatch):
     import shlex
 
-    from gpushell.forward import _tokens
+    from gpushell.core.forward import _tokens
 
     monkeypatch.setattr(shlex, "split", lambda line: pytest.fail(f"shlex used for {line!r}"))
     line = (
@@ -424,13 +424,13 @@ def test_real_save_lines_take_the_fast_split(monkeypatch):
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.text(alphabet=st.sampled_from(list("ab-:./ \"'")), max_size=6), min_size=1, max_size=6))
 def test_rule_text_reads_back_as_the_same_tokens(rule):
-    from gpushell.forward import _line, _tokens
+    from gpushell.core.forward import _line, _tokens
 
     assert _tokens(_line(rule)) == rule
 
 
 def test_rule_text_of_a_plain_rule_is_its_tokens_joined():
-    from gpushell.forward import _line
+    from gpushell.core.forward import _line
 
     assert _line(user_rule("GPUSHELL", ALICE)) == ALICE_RULE
     assert _line(["-A", "X", "--comment", "", "-j", "RETURN"]) == '-A X --comment "" -j RETURN'

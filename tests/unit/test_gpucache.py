@@ -17,8 +17,9 @@ import time
 
 import pytest
 
-from gpushell import gpucache, protocol
-from gpushell.paths import Paths
+from gpushell.core import protocol
+from gpushell.core.paths import Paths
+from gpushell.gpu import gpucache
 
 REPO = str(pathlib.Path(__file__).resolve().parents[2])
 NOW = 1712345678
@@ -159,7 +160,7 @@ def test_the_detached_child_lets_the_caller_finish_while_it_still_works(tmp_path
     report = tmp_path / "report"
     code = f"""
 import os
-from gpushell import gpucache
+from gpushell.gpu import gpucache
 def work():
     with open({str(go)!r}) as gate:
         gate.read()
@@ -199,8 +200,8 @@ print(os.getsid(0), os.getpid())
 def test_a_stale_login_refreshes_after_its_answer_is_written(tmp_path):
     """refresh_in_background: the answer comes out once and whole; the snapshot appears afterwards."""
     code = f"""
-from gpushell import gpucache
-from gpushell.paths import Paths
+from gpushell.gpu import gpucache
+from gpushell.core.paths import Paths
 print("state=ok", end="")
 gpucache.refresh_in_background(Paths(run_dir={str(tmp_path)!r}), dict, lambda: None)
 """

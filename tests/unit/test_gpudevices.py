@@ -8,10 +8,12 @@ import stat
 
 import pytest
 
-from gpushell import admin, doctor, gpudevices, reconcile, registry
-from gpushell.gpudevices import GpuHost, Node
-from gpushell.lxcconfig import container_config
-from gpushell.paths import Paths
+from gpushell.admin import apply, commands, doctor
+from gpushell.containers.lxcconfig import container_config
+from gpushell.core import registry
+from gpushell.core.paths import Paths
+from gpushell.gpu import gpudevices
+from gpushell.gpu.gpudevices import GpuHost, Node
 
 # /proc/devices of a host with driver 550 loaded (nvidia, nvidia-uvm, nvidia-modeset), trimmed.
 PROC_DEVICES_550 = """\
@@ -165,7 +167,7 @@ REG = registry.parse(
 
 def doctor_facts(gpu: GpuHost) -> doctor.Facts:
     return doctor.Facts(
-        bridge_exists=True, bridge_addresses=[], forwarding_on=True, table=reconcile.NatTable(""),
+        bridge_exists=True, bridge_addresses=[], forwarding_on=True, table=apply.NatTable(""),
         sudoers=doctor.InstalledFile(None), sshd=doctor.InstalledFile(None), subids={},
         template_exists=True, configs={}, listeners={}, accounts={}, gpu=gpu,
     )  # fmt: skip
@@ -194,19 +196,19 @@ def test_doctor_is_quiet_without_a_driver_and_ok_with_every_node() -> None:
 
 def test_apply_plans_the_missing_nodes_before_the_configs_that_bind_them() -> None:
     before = host(PROC_DEVICES_550, (NV[0], NV[1], CTL))
-    old_config = reconcile.wanted_config(REG, REG.users["ann"], "generated", before.nodes)
-    state = reconcile.HostState(
-        table=reconcile.NatTable(""), bridge_ready=True, forwarding_on=True,
-        configs={"ann": old_config}, accounts={"ann": reconcile.Account(PATHS.shell, True)},
+    old_config = apply.wanted_config(REG, REG.users["ann"], "generated", before.nodes)
+    state = apply.HostState(
+        table=apply.NatTable(""), bridge_ready=True, forwarding_on=True,
+        configs={"ann": old_config}, accounts={"ann": apply.Account(PATHS.shell, True)},
         states={}, gpu=before,
     )  # fmt: skip
-    changes = [c for c in reconcile.plan(REG, PATHS, state).changes if c.kind != reconcile.FORWARDS]
-    assert [c.kind for c in changes] == [reconcile.GPU_NODES, reconcile.CONFIG]
+    changes = [c for c in apply.plan(REG, PATHS, state).changes if c.kind != apply.FORWARDS]
+    assert [c.kind for c in changes] == [apply.GPU_NODES, apply.CONFIG]
     assert changes[0].text == "create missing NVIDIA device nodes /dev/nvidia-uvm, /dev/nvidia-uvm-tools"
     assert "lxc.cgroup.devices.allow = c 510:0 rwm" in changes[1].config
     repaired = state.replace(gpu=host(PROC_DEVICES_550, (NV[0], NV[1], CTL, UVM, UVM_TOOLS)),
                                    configs={"ann": changes[1].config})  # fmt: skip
-    assert [c for c in reconcile.plan(REG, PATHS, repaired).changes if c.kind != reconcile.FORWARDS] == []
+    assert [c for c in apply.plan(REG, PATHS, repaired).changes if c.kind != apply.FORWARDS] == []
 
 
 def test_make_node_needs_root_and_reports_failure(tmp_path: object) -> None:
@@ -223,15 +225,15 @@ def test_make_node_needs_root_and_reports_failure(tmp_path: object) -> None:
     ("text", "value"), [("all", "all"), ("none", "none"), ("0", [0]), ("2,0", [0, 2]), ("0, 3", [0, 3])]
 )
 def test_gpus_option(text: str, value: object) -> None:
-    assert admin.gpus_option(text) == value
-    args = admin.build_parser().parse_args(["add", "bob", "--gpus", text])
+    assert commands.gpus_option(text) == value
+    args = commands.build_parser().parse_args(["add", "bob", "--gpus", text])
     assert args.gpus == value
 
 
 @pytest.mark.parametrize("text", ["", "some", "0,0", "1;2", "-1", "0,"])
 def test_gpus_option_refuses(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
-        admin.gpus_option(text)
+        commands.gpus_option(text)
 
 
 def test_gpu_devices_setting() -> None:

@@ -20,10 +20,11 @@ from typing import Any
 
 import pytest
 
-from gpushell import gpucache, gpustatus, gputable, protocol
-from gpushell.banner import PLAIN, Palette
-from gpushell.errors import GpushellError
-from gpushell.paths import Paths
+from gpushell.core import gputable, protocol
+from gpushell.core.banner import PLAIN, Palette
+from gpushell.core.errors import GpushellError
+from gpushell.core.paths import Paths
+from gpushell.gpu import gpucache, gpustatus
 
 DATA = json.loads((pathlib.Path(__file__).parent / "data/nvml_readings.json").read_text())
 # Each student's host id range, as the registry gives it (idmap .. idmap + idmap_size).

@@ -1,4 +1,4 @@
-"""helper.caller_name: who called the root helper, from SUDO_UID only."""
+"""verbs.caller_name: who called the root helper, from SUDO_UID only."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import pwd
 
 import pytest
 
-from gpushell import helper, menu
-from gpushell.errors import CONTACT_ADMIN, ExitStatus, GpushellError
+from gpushell.core import menu
+from gpushell.core.errors import CONTACT_ADMIN, ExitStatus, GpushellError
+from gpushell.helper import verbs
 
 
 @pytest.fixture
@@ -19,7 +20,7 @@ def as_root(monkeypatch):
 def test_refused_without_root(monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(GpushellError) as info:
-        helper.caller_name({"SUDO_UID": "65534"})
+        verbs.caller_name({"SUDO_UID": "65534"})
     assert info.value.user_message == "the helper must run through sudo"
     assert info.value.log_message == "helper run without root"
     assert info.value.status == ExitStatus.ERROR
@@ -42,7 +43,7 @@ def test_refused_without_root(monkeypatch):
 )
 def test_refused_sudo_uid(as_root, environ, shown):
     with pytest.raises(GpushellError) as info:
-        helper.caller_name(environ)
+        verbs.caller_name(environ)
     assert info.value.user_message == "the helper must be run by a student through sudo"
     assert info.value.log_message == f"helper called with SUDO_UID={shown}"
     assert info.value.status == ExitStatus.USAGE
@@ -53,24 +54,24 @@ def test_unknown_uid(as_root):
     with pytest.raises(KeyError):
         pwd.getpwuid(uid)
     with pytest.raises(GpushellError) as info:
-        helper.caller_name({"SUDO_UID": str(uid)})
+        verbs.caller_name({"SUDO_UID": str(uid)})
     assert info.value.user_message == CONTACT_ADMIN
     assert info.value.log_message == f"SUDO_UID {uid} has no account"
 
 
 def test_known_uid(as_root):
     expected = pwd.getpwuid(65534).pw_name
-    assert helper.caller_name({"SUDO_UID": "65534", "SUDO_USER": "root", "USER": "root"}) == expected
+    assert verbs.caller_name({"SUDO_UID": "65534", "SUDO_USER": "root", "USER": "root"}) == expected
 
 
 def test_actions():
-    assert sorted(helper.ACTIONS) == [
+    assert sorted(verbs.ACTIONS) == [
         "delete-snapshot", "gpu-kill", "gpus", "help", "keys", "login", "rebuild", "restart", "restore",
         "snapshot", "snapshots", "start", "status", "stop",
     ]  # fmt: skip
-    assert helper.ACTIONS["start"] is helper.ACTIONS["login"]
+    assert verbs.ACTIONS["start"] is verbs.ACTIONS["login"]
     # The sudoers drop-in lists menu.HELPER_VERBS: the helper implements exactly those.
-    assert sorted(helper.ACTIONS) == sorted(menu.HELPER_VERBS)
+    assert sorted(verbs.ACTIONS) == sorted(menu.HELPER_VERBS)
 
 
 @pytest.mark.parametrize(
@@ -82,7 +83,7 @@ def test_actions():
     ],
 )
 def test_a_student_never_sees_a_host_path(message: str) -> None:
-    assert helper.without_host_paths(message) == helper.UNSAFE_MESSAGE
+    assert verbs.without_host_paths(message) == verbs.UNSAFE_MESSAGE
 
 
 @pytest.mark.parametrize(
@@ -94,4 +95,4 @@ def test_a_student_never_sees_a_host_path(message: str) -> None:
     ],
 )
 def test_messages_without_paths_pass_unchanged(message: str) -> None:
-    assert helper.without_host_paths(message) == message
+    assert verbs.without_host_paths(message) == message

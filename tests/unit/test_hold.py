@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from gpushell import containers, hold
-from gpushell.containers import LxcDriver, parse_info
-from gpushell.errors import GpushellError
+from gpushell.containers import hold, lxc
+from gpushell.containers.lxc import LxcDriver, parse_info
+from gpushell.core.errors import GpushellError
 
 
 class Container:
@@ -159,17 +159,17 @@ def test_block_start_holds_lxcs_socket_name_until_closed(tmp_path):
 
 
 def test_block_start_refuses_a_name_lxc_would_hash(tmp_path):
-    driver = LxcDriver("/" + "x" * containers.MAX_LXC_SOCKET_NAME)
+    driver = LxcDriver("/" + "x" * lxc.MAX_LXC_SOCKET_NAME)
     with pytest.raises(GpushellError, match="ask your admin"):
         driver.block_start("c")
 
 
 def test_cgroup_frozen_reads_the_v1_freezer(tmp_path, monkeypatch):
-    from gpushell import cgroups
+    from gpushell.containers import cgroups
 
     freezer = tmp_path / "freezer" / "lxc.payload.c"
     freezer.mkdir(parents=True)
     monkeypatch.setattr(cgroups, "controller_dir", lambda pid, controller: str(freezer))
     for text, frozen in (("FROZEN\n", True), ("FREEZING\n", False), ("THAWED\n", False)):
         (freezer / "freezer.state").write_text(text)
-        assert containers.cgroup_frozen(1234) is frozen
+        assert lxc.cgroup_frozen(1234) is frozen

@@ -6,7 +6,7 @@ import os
 import struct
 import subprocess
 
-from gpushell import ifaddr, netlink
+from gpushell.system import ifaddr, netlink
 
 
 def attribute(kind: int, value: bytes) -> bytes:

@@ -8,25 +8,47 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[2] / "gpushell"
 
 
-def imports_of(path: Path) -> set[str]:
+def module_name(path: Path) -> str:
+    """`pkg.mod` for gpushell/pkg/mod.py."""
+    return ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+
+
+def imports_of(path: Path, known: set[str]) -> set[str]:
     """The gpushell modules a file imports anywhere in it (top level or inside a function)."""
+    here = module_name(path).split(".")[:-1]  # the file's package, as parts
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            if node.module:
-                found.add(node.module.split(".")[0])
-            else:  # from . import a, b
-                found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("gpushell."):
-            found.add(node.module.split(".")[1])  # type: ignore[union-attr]
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here[: len(here) - node.level + 1]
+            elif (node.module or "").startswith("gpushell."):
+                base = []
+            else:
+                continue
+            module = (node.module or "").removeprefix("gpushell.") if not node.level else node.module or ""
+            origin = ".".join([*base, *module.split(".")]) if module else ".".join(base)
+            # `from pkg import mod` names modules; `from pkg.mod import name` names one.
+            candidates = {f"{origin}.{alias.name}" if origin else alias.name for alias in node.names}
+            found.update(candidates & known or {origin} & known)
         elif isinstance(node, ast.Import):
-            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("gpushell."))
-    return found
+            found.update(
+                a.name.removeprefix("gpushell.") for a in node.names if a.name.startswith("gpushell.")
+            )
+    return found & known
 
 
 def graph() -> dict[str, set[str]]:
-    modules = {path.stem: path for path in PACKAGE.glob("*.py") if path.stem != "__init__"}
-    return {name: imports_of(path) & set(modules) for name, path in modules.items()}
+    modules = {module_name(path): path for path in PACKAGE.glob("**/*.py") if path.stem != "__init__"}
+    return {name: imports_of(path, set(modules)) for name, path in modules.items()}
+
+
+def packages(edges: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The role packages' graph: an arrow where a module of one imports a module of another."""
+    found: dict[str, set[str]] = {}
+    for name, targets in edges.items():
+        role = name.split(".")[0]
+        found.setdefault(role, set()).update(t.split(".")[0] for t in targets if t.split(".")[0] != role)
+    return found
 
 
 def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
@@ -60,4 +82,12 @@ def test_the_finder_finds_a_cycle_and_passes_a_tree() -> None:
 def test_no_module_imports_itself_back() -> None:
     edges = graph()
     assert len(edges) > 40  # the package was really read
+    assert sum(map(len, edges.values())) > 100  # and its imports resolved
     assert find_cycle(edges) is None
+
+
+def test_the_role_packages_depend_one_way() -> None:
+    roles = packages(graph())
+    assert {"core", "system", "containers", "helper", "admin"} <= set(roles)
+    assert not roles["core"]  # the pure core imports nothing of gpushell's outside it
+    assert find_cycle(roles) is None

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from gpushell import inventory
-from gpushell.forward import NatTable, jump_rule, user_rule
-from gpushell.inventory import Inventory, Row
-from gpushell.model import Limits
-from gpushell.registry import parse
+from gpushell.admin import listing
+from gpushell.admin.listing import Inventory, Row
+from gpushell.core.forward import NatTable, jump_rule, user_rule
+from gpushell.core.model import Limits
+from gpushell.core.registry import parse
 
 REG = parse(
     "chain: GPUSHELL\nmasquerade: false\ntemplate: tpl\nlxcpath: /var/lib/lxc\nusers:\n"
@@ -28,16 +28,16 @@ def table(*extra: str) -> NatTable:
 
 
 def test_unregistered_containers_skip_the_template_and_students() -> None:
-    assert inventory.unregistered_containers(["tpl", "alice", "bobbox", "zed", "bob"], REG) == ["bob", "zed"]
+    assert listing.unregistered_containers(["tpl", "alice", "bobbox", "zed", "bob"], REG) == ["bob", "zed"]
 
 
 def test_warnings_name_strays_and_orphan_rules_only() -> None:
-    assert inventory.warnings_for(REG, table(), ["tpl", "alice", "bobbox"]) == []
+    assert listing.warnings_for(REG, table(), ["tpl", "alice", "bobbox"]) == []
     orphan = (
         "-A GPUSHELL -p tcp -m tcp --dport 22009 -m comment --comment gpushell:carol"
         " -j DNAT --to-destination 10.0.3.9:22"
     )
-    warnings = inventory.warnings_for(REG, table(orphan), ["alice", "old"])
+    warnings = listing.warnings_for(REG, table(orphan), ["alice", "old"])
     assert warnings[0] == "container old in /var/lib/lxc is not in the registry"
     assert warnings[1].startswith("orphan rule for unregistered gpushell:carol: -A GPUSHELL")
     assert len(warnings) == 2  # bobbox missing from disk is not list's warning
@@ -48,14 +48,14 @@ def test_warnings_name_strays_and_orphan_rules_only() -> None:
     [(None, "-"), (0, "0B"), (1023, "1023B"), (1536, "1.5K"), (300 * 2**20, "300.0M"), (3 * 2**40, "3.0T")],
 )
 def test_size_text(count: int | None, text: str) -> None:
-    assert inventory.size_text(count) == text
+    assert listing.size_text(count) == text
 
 
 @pytest.mark.parametrize(
     ("seconds", "text"), [(None, "-"), (0, "00:00:00"), (3725.9, "01:02:05"), (2 * 86400 + 61, "2d 00:01:01")]
 )
 def test_duration_text(seconds: float | None, text: str) -> None:
-    assert inventory.duration_text(seconds) == text
+    assert listing.duration_text(seconds) == text
 
 
 ROWS = [
@@ -66,7 +66,7 @@ ROWS = [
 
 
 def test_render_table_aligns_columns_and_blanks_unknowns() -> None:
-    assert inventory.render_table(ROWS) == (
+    assert listing.render_table(ROWS) == (
         "USER    PORT  IP        STATE    GPUS  CPU%     MEM    UPTIME\n"
         "alice  22001  10.0.3.2  RUNNING  0,1   12.3  300.0M  01:02:05\n"
         "bob    22002  10.0.3.3  STOPPED  none     -       -         -\n"
@@ -74,7 +74,7 @@ def test_render_table_aligns_columns_and_blanks_unknowns() -> None:
 
 
 def test_json_has_users_and_warnings() -> None:
-    data = json.loads(inventory.to_json(Inventory(ROWS, ["container old is not in the registry"])))
+    data = json.loads(listing.to_json(Inventory(ROWS, ["container old is not in the registry"])))
     assert data["warnings"] == ["container old is not in the registry"]
     assert data["users"][0] == {
         "user": "alice", "port": 22001, "ip": "10.0.3.2", "container": "alice", "state": "RUNNING",
@@ -90,9 +90,9 @@ def test_gather_gives_a_broken_container_a_blank_row(monkeypatch: pytest.MonkeyP
             raise RuntimeError("error during init")
         return "STOPPED", None
 
-    monkeypatch.setattr(inventory.iptables, "read_nat", table)
-    monkeypatch.setattr(inventory, "container_names", lambda path: ["alice", "bobbox"])
-    found = inventory.gather(REG, sample_seconds=0, probe=probe)
+    monkeypatch.setattr(listing.iptables, "read_nat", table)
+    monkeypatch.setattr(listing, "container_names", lambda path: ["alice", "bobbox"])
+    found = listing.gather(REG, sample_seconds=0, probe=probe)
     assert [(row.user, row.state, row.memory_bytes) for row in found.rows] == [
         ("alice", "STOPPED", None), ("bob", "UNKNOWN", None),
     ]  # fmt: skip

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gpushell import iptables
-from gpushell.runner import Result
+from gpushell.system import iptables
+from gpushell.system.runner import Result
 
 SAVED = (
     "*nat\n:GPUSHELL - [0:0]\n"

@@ -6,12 +6,14 @@ import pathlib
 
 import pytest
 
-from gpushell import doctor, isolation, nftrun, reconcile
-from gpushell.errors import GpushellError
-from gpushell.forward import NatTable
-from gpushell.paths import Paths
-from gpushell.registry import parse
-from gpushell.runner import Result
+from gpushell.admin import apply, doctor
+from gpushell.core import isolation
+from gpushell.core.errors import GpushellError
+from gpushell.core.forward import NatTable
+from gpushell.core.paths import Paths
+from gpushell.core.registry import parse
+from gpushell.system import nftrun
+from gpushell.system.runner import Result
 
 DATA = pathlib.Path(__file__).parent / "data"
 TOP = (
@@ -260,15 +262,15 @@ def test_a_host_without_nft_reports_it_as_a_problem(monkeypatch: pytest.MonkeyPa
 
 
 def test_apply_plans_a_rebuild_for_each_problem_and_makes_it_with_one_nft_call(nft: FakeNft) -> None:
-    state = reconcile.HostState(
+    state = apply.HostState(
         table=NatTable(""), bridge_ready=True, forwarding_on=True, configs={}, accounts={}, states={},
         isolation=("nftables table bridge gptab-x is missing",),
     )  # fmt: skip
-    changes = [c for c in reconcile.plan(REG, Paths(), state).changes if c.kind == reconcile.ISOLATION]
+    changes = [c for c in apply.plan(REG, Paths(), state).changes if c.kind == apply.ISOLATION]
     assert [(c.subject, c.text) for c in changes] == [
         ("gptab-x", "rebuild the nftables isolation tables: nftables table bridge gptab-x is missing")
     ]
-    reconcile.execute_change(changes[0], REG, Paths())
+    apply.execute_change(changes[0], REG, Paths())
     assert nft.calls == [(["nft", "-f", "-"], isolation.rebuild_script(REG))]
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from gpushell import admin_extra, registry_cache, usersettings
-from gpushell.cgroups import CGROUP_V1, CGROUP_V2, CgroupLayout, layout
-from gpushell.errors import GpushellError
-from gpushell.lxcconfig import container_config, host_interface, limit_lines
-from gpushell.model import DEFAULT_LIMITS, Limits
-from gpushell.registry import RegistryError, parse, size_in_bytes, size_text
+from gpushell.admin import editing
+from gpushell.containers.cgroups import CGROUP_V1, CGROUP_V2, CgroupLayout, layout
+from gpushell.containers.lxcconfig import container_config, limit_lines
+from gpushell.core import usersettings
+from gpushell.core.allocate import host_interface
+from gpushell.core.errors import GpushellError
+from gpushell.core.model import DEFAULT_LIMITS, Limits
+from gpushell.core.registry import RegistryError, parse, size_in_bytes, size_text
+from gpushell.system import registry_cache
 
 BASE = """\
 subnet: 10.0.3.0/24
@@ -138,11 +141,11 @@ def test_the_compiled_copy_keeps_every_limit():
 
 def test_set_writes_limits_into_the_users_own_mapping():
     values = usersettings.parse_assignments(["memory=16g", "pids=1024"])
-    text = admin_extra.edit_user(BASE, "alice", values)
+    text = editing.edit_user(BASE, "alice", values)
     reg = parse(text, "/r")
     assert reg.users["alice"].limits == Limits(memory=16 * 2**30, cpus=0.5, pids=1024)
     assert reg.users["bob"].limits == DEFAULT_LIMITS
-    text = admin_extra.edit_user(text, "bob", usersettings.parse_assignments(["cpus=0.25"]))
+    text = editing.edit_user(text, "bob", usersettings.parse_assignments(["cpus=0.25"]))
     assert parse(text, "/r").users["bob"].limits == DEFAULT_LIMITS.replace(cpus=0.25)
 
 
@@ -158,7 +161,7 @@ def test_set_says_limits_apply_at_the_next_start():
     reg = parse(BASE, "/r")
     old = reg.users["alice"]
     new = old.replace(limits=old.limits.replace(memory=2**30))
-    notes = admin_extra.set_effects(old, new, running=True)
+    notes = editing.set_effects(old, new, running=True)
     assert notes == [
         "limits memory=32G cpus=0.5 pids=4096 -> memory=1G cpus=0.5 pids=4096: "
         "config regenerated, takes effect at the container's next start (restart it to apply now)"

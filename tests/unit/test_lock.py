@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from gpushell.lock import Busy, locked
+from gpushell.system.lock import Busy, locked
 
 
 def hold(path: str) -> int:
@@ -84,7 +84,7 @@ def test_every_user_lock_is_taken_with_a_bounded_wait() -> None:
 
     package = pathlib.Path(__file__).resolve().parents[2] / "gpushell"
     takes = []
-    for source in package.glob("*.py"):
+    for source in package.glob("**/*.py"):
         for line in source.read_text().splitlines():
             if "locked(paths.user_lock(" in line:
                 takes.append((source.name, line.strip()))
@@ -94,7 +94,7 @@ def test_every_user_lock_is_taken_with_a_bounded_wait() -> None:
 
 
 def test_admin_busy_names_the_student() -> None:
-    from gpushell.lock import admin_busy
+    from gpushell.system.lock import admin_busy
 
     assert admin_busy("alice") == (
         "alice is busy: an action of theirs is running; try again when it has finished"

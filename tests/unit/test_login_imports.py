@@ -17,14 +17,14 @@ KEPT_OFF = ("yaml", "lxc", "subprocess", "enum", "signal", "socket", "selectors"
             "functools", "collections")  # fmt: skip
 
 LOGIN_MODULES = {
-    "shell": ["gpushell.shell", "gpushell.loginproc"],
+    "shell": ["gpushell.student.shell", "gpushell.system.loginproc"],
     "helper": [
-        "gpushell.helper",
-        "gpushell.registry_store",
-        "gpushell.registry_cache",
-        "gpushell.services",
-        "gpushell.iptables",
-        "gpushell.loginproc",
+        "gpushell.helper.verbs",
+        "gpushell.system.registry_store",
+        "gpushell.system.registry_cache",
+        "gpushell.helper.services",
+        "gpushell.system.iptables",
+        "gpushell.system.loginproc",
     ],
 }
 
@@ -50,8 +50,10 @@ def test_login_path_keeps_heavy_modules_off(side: str) -> None:
 # What the helper does with a registry entry on a login, after its imports:
 # the user and settings from the compiled copy, the forward rules, the answer.
 HELPER_WORK = """
-from gpushell import forward, registry_cache, services
-from gpushell.containers import RUNNING, ContainerDriver
+from gpushell.core import forward
+from gpushell.system import registry_cache
+from gpushell.helper import services
+from gpushell.containers.lxc import RUNNING, ContainerDriver
 reg, user = registry_cache.from_plain(PLAIN, "alice")
 rules = forward.user_rule(reg.chain, user) + forward.masquerade_rule(reg)
 answer = services.describe(services.Context(None, reg, ContainerDriver()), user, RUNNING)
@@ -60,8 +62,8 @@ assert f"{user.address}:22" in rules and answer["ip"] == "10.0.3.2", (rules, ans
 
 
 def test_the_helpers_login_work_builds_no_ipaddress_objects() -> None:
-    from gpushell import registry_cache
-    from gpushell.registry import parse
+    from gpushell.core.registry import parse
+    from gpushell.system import registry_cache
 
     text = "subnet: 10.0.3.0/24\nusers:\n  alice: {port: 22001, ip: 10.0.3.2, idmap: 1000000}\n"
     plain = registry_cache.to_plain(parse(text, "/etc/gpushell.yaml"))

@@ -6,15 +6,15 @@ import os
 import subprocess
 import sys
 
-from gpushell import entrypoints
-from gpushell.errors import ExitStatus
+from gpushell.core.errors import ExitStatus
+from gpushell.system import entrypoints
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 PROGRAM = """
 import atexit, sys
 sys.path.insert(0, {repo!r})
-from gpushell.loginproc import leave
+from gpushell.system.loginproc import leave
 
 class Finalized:
     def __del__(self):
@@ -45,7 +45,7 @@ def test_the_login_programs_leave_quickly_and_still_answer(tmp_path: os.PathLike
     """The installed helper script, run outside sudo: refused, with its answer and status intact."""
     script = os.path.join(tmp_path, "gpushell-helper")
     with open(script, "w", encoding="utf-8") as stream:
-        stream.write(entrypoints.script("helper", site_dirs=[REPO]))
+        stream.write(entrypoints.script("helper.verbs", site_dirs=[REPO]))
     env = {"PATH": "/usr/bin:/bin"}  # no SUDO_UID
     result = subprocess.run([sys.executable, "-IS", script, "login"], capture_output=True, text=True, env=env,
                             timeout=30)  # fmt: skip
@@ -55,7 +55,7 @@ def test_the_login_programs_leave_quickly_and_still_answer(tmp_path: os.PathLike
 
 
 def test_only_the_login_programs_skip_the_teardown() -> None:
-    for module in ("shell", "helper"):
+    for module in ("student.shell", "helper.verbs"):
         assert entrypoints.script(module, site_dirs=[REPO]).endswith("leave(main())\n")
-    for module in ("admin", "driverhook"):
+    for module in ("admin.commands", "gpu.driverhook"):
         assert entrypoints.script(module, site_dirs=[REPO]).endswith("sys.exit(main())\n")

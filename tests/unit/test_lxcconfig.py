@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from gpushell.lxcconfig import INTERFACES, container_config, hosts_file, mac_address
-from gpushell.registry import parse
+from gpushell.containers.lxcconfig import INTERFACES, container_config, hosts_file
+from gpushell.core.allocate import mac_address
+from gpushell.core.registry import parse
 
 TEXT = """\
 bridge: br-gpu

@@ -7,9 +7,10 @@ import socket
 
 import pytest
 
-from gpushell import containers, services
-from gpushell.containers import ContainerDriver, LxcDriver
-from gpushell.model import Registry, User
+from gpushell.containers import lxc
+from gpushell.containers.lxc import ContainerDriver, LxcDriver
+from gpushell.core.model import Registry, User
+from gpushell.helper import services
 
 
 def listening_monitor(lxcpath: str, name: str) -> socket.socket:
@@ -37,7 +38,7 @@ def test_a_listening_monitor_means_maybe_running(lxcpath: str) -> None:
 
 
 def test_a_name_lxc_would_hash_is_never_called_stopped(lxcpath: str) -> None:
-    long_path = lxcpath + "/x" * containers.MAX_LXC_SOCKET_NAME
+    long_path = lxcpath + "/x" * lxc.MAX_LXC_SOCKET_NAME
     assert LxcDriver(long_path).may_be_running("alice") is True
 
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpushell.menu import (
+from gpushell.core.menu import (
     MENU,
     REMOTE_WORDS,
     SNAPSHOT_NAME_RULE,

@@ -18,10 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpushell import audit, shell
-from gpushell.errors import ExitStatus
-from gpushell.paths import Paths
-from gpushell.shell import MAX_LINE, Session, Terminal
+from gpushell.core.errors import ExitStatus
+from gpushell.core.paths import Paths
+from gpushell.student import shell
+from gpushell.student.shell import MAX_LINE, Session, Terminal
+from gpushell.system import audit
 
 ALLOWED_VERBS = {
     "login", "status", "start", "stop", "restart", "gpus", "help", "snapshot", "snapshots", "restore",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gpushell.gpudevices import Node
-from gpushell.leftovers import Leftover
-from gpushell.model import Mount
+from gpushell.admin.leftovers import Leftover
+from gpushell.core.model import Mount
+from gpushell.gpu.gpudevices import Node
 
 
 def test_replace_changes_only_the_fields_named_and_leaves_the_original() -> None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from gpushell import reconcile
-from gpushell.lxcconfig import container_config, id_map_lines
-from gpushell.registry import parse
+from gpushell.admin import apply
+from gpushell.containers.lxcconfig import container_config, id_map_lines
+from gpushell.core.registry import parse
 
 REG = parse(
     "idmap: {start: 1000000, size: 65536}\nusers:\n"
@@ -40,11 +40,11 @@ def test_only_a_user_with_mounts_and_known_ids_gets_the_hole() -> None:
 
 
 def test_apply_regenerates_a_config_when_the_host_account_appears() -> None:
-    state = reconcile.HostState(
-        table=reconcile.NatTable(""), bridge_ready=True, forwarding_on=True,
-        configs={name: reconcile.wanted_config(REG, user, "generated") for name, user in REG.users.items()},
+    state = apply.HostState(
+        table=apply.NatTable(""), bridge_ready=True, forwarding_on=True,
+        configs={name: apply.wanted_config(REG, user, "generated") for name, user in REG.users.items()},
         accounts={}, states={}, student_ids={"ann": (1003, 1004)},
     )  # fmt: skip
-    configs = [c for c in reconcile.plan(REG, reconcile.Paths(), state).changes if c.kind == reconcile.CONFIG]
+    configs = [c for c in apply.plan(REG, apply.Paths(), state).changes if c.kind == apply.CONFIG]
     assert [c.subject for c in configs] == ["ann"]
     assert "lxc.idmap = u 1000 1003 1" in configs[0].config

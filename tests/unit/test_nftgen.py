@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gpushell import nftgen
+from gpushell.system import nftgen
 
 # A real NFT_MSG_GETGEN reply: generation 0xdd0, then the process id and name.
 RECORDED = bytes.fromhex(

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from fakes import RecordingDriver, host_key_pairs
 
-from gpushell import provision, rebuild, snapshots, treecopy
-from gpushell.errors import GpushellError
-from gpushell.model import Registry, User
+from gpushell.containers import provision, rebuild, snapshots, treecopy
+from gpushell.core.errors import GpushellError
+from gpushell.core.model import Registry, User
 
 KEYS = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyOfAnn ann@laptop\n"
 USER = User("ann", 22001, ipaddress.IPv4Address("10.0.3.2"), 1065536, "c-ann", "none", ())
@@ -245,7 +245,7 @@ def test_a_student_without_a_home_gets_a_fresh_one(setup):
 
 def test_the_templates_own_rsa_key_never_reaches_a_clone(setup, tmp_path):
     """A template cached before its drop-in named the host keys still carries a shared RSA key."""
-    from gpushell import template
+    from gpushell.containers import template
 
     reg, directory = setup
     template_ssh = Path(reg.lxcpath) / "tpl" / "rootfs" / "etc/ssh"

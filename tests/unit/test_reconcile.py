@@ -6,11 +6,11 @@ import pathlib
 
 import pytest
 
-from gpushell import reconcile
-from gpushell.forward import NatTable, jump_rule, user_rule
-from gpushell.paths import Paths
-from gpushell.reconcile import Account, HostState
-from gpushell.registry import parse
+from gpushell.admin import apply
+from gpushell.admin.apply import Account, HostState
+from gpushell.core.forward import NatTable, jump_rule, user_rule
+from gpushell.core.paths import Paths
+from gpushell.core.registry import parse
 
 TOP = pathlib.Path(__file__).resolve().parents[2]
 PATHS = Paths()
@@ -34,26 +34,26 @@ def healthy() -> HostState:
         table=nat("bob", "alice"),
         bridge_ready=True,
         forwarding_on=True,
-        configs={name: reconcile.wanted_config(REG, user, "generated") for name, user in REG.users.items()},
+        configs={name: apply.wanted_config(REG, user, "generated") for name, user in REG.users.items()},
         accounts={name: Account(PATHS.shell, True) for name in REG.users},
         states={"alice": "STOPPED", "bob": "RUNNING"},
     )
 
 
 def texts(state: HostState) -> list[str]:
-    return [change.text for change in reconcile.plan(REG, PATHS, state).changes]
+    return [change.text for change in apply.plan(REG, PATHS, state).changes]
 
 
 def test_a_matching_host_needs_nothing() -> None:
-    result = reconcile.plan(REG, PATHS, healthy())
+    result = apply.plan(REG, PATHS, healthy())
     assert result.changes == [] and result.warnings == []
-    assert reconcile.render_dry_run(result) == ["nothing to do: the host matches the registry"]
+    assert apply.render_dry_run(result) == ["nothing to do: the host matches the registry"]
 
 
 def test_a_flushed_chain_is_rebuilt() -> None:
     state = healthy().replace(table=nat())
-    (change,) = reconcile.plan(REG, PATHS, state).changes
-    assert change.kind == reconcile.FORWARDS and change.subject == "GPUSHELL"
+    (change,) = apply.plan(REG, PATHS, state).changes
+    assert change.kind == apply.FORWARDS and change.subject == "GPUSHELL"
     assert change.text.startswith("rebuild nat chain GPUSHELL (2 forwards): no forward for alice (port 22001")
     assert change.table is state.table  # reused under the forward lock while still current
 
@@ -65,7 +65,7 @@ def test_a_rebuild_names_three_reasons_and_counts_the_rest() -> None:
     )
     reg = parse("chain: GPUSHELL\nmasquerade: false\n" + many, "/etc/gpushell.yaml")
     state = healthy().replace(table=nat(), configs={}, accounts={}, states={})
-    (change,) = [c for c in reconcile.plan(reg, PATHS, state).changes if c.kind == reconcile.FORWARDS]
+    (change,) = [c for c in apply.plan(reg, PATHS, state).changes if c.kind == apply.FORWARDS]
     assert change.text == (
         "rebuild nat chain GPUSHELL (5 forwards): no forward for u0 (port 22001 -> 10.0.3.2:22); "
         "no forward for u1 (port 22002 -> 10.0.3.3:22); no forward for u2 (port 22003 -> 10.0.3.4:22); "
@@ -75,17 +75,17 @@ def test_a_rebuild_names_three_reasons_and_counts_the_rest() -> None:
 
 def test_network_changes_come_first() -> None:
     state = healthy().replace(bridge_ready=False, forwarding_on=False, table=nat("alice"))
-    kinds = [change.kind for change in reconcile.plan(REG, PATHS, state).changes]
-    assert kinds == [reconcile.BRIDGE, reconcile.FORWARDING, reconcile.FORWARDS]
+    kinds = [change.kind for change in apply.plan(REG, PATHS, state).changes]
+    assert kinds == [apply.BRIDGE, apply.FORWARDING, apply.FORWARDS]
     assert texts(state)[0] == "set up bridge lxcbr0 with 10.0.3.1/24"
 
 
 def test_a_changed_config_is_regenerated_with_the_registry_text() -> None:
     state = healthy()
     state.configs["bob"] = "lxc.uts.name = hacked\n"
-    (change,) = reconcile.plan(REG, PATHS, state).changes
-    assert change.kind == reconcile.CONFIG and change.subject == "bob"
-    assert change.config == reconcile.wanted_config(REG, BOB, "generated")
+    (change,) = apply.plan(REG, PATHS, state).changes
+    assert change.kind == apply.CONFIG and change.subject == "bob"
+    assert change.config == apply.wanted_config(REG, BOB, "generated")
     assert "lxc.start.auto = 1" in change.config
     assert change.text == (
         "regenerate /var/lib/lxc/bob/config from the registry (takes effect at its next start)"
@@ -94,13 +94,13 @@ def test_a_changed_config_is_regenerated_with_the_registry_text() -> None:
 
 def test_the_apparmor_profile_is_part_of_the_wanted_config() -> None:
     state = healthy().replace(apparmor_profile="unconfined")
-    assert [change.subject for change in reconcile.plan(REG, PATHS, state).changes] == ["alice", "bob"]
+    assert [change.subject for change in apply.plan(REG, PATHS, state).changes] == ["alice", "bob"]
 
 
 def test_a_missing_container_is_a_warning_not_a_change() -> None:
     state = healthy()
     state.configs["alice"] = None
-    result = reconcile.plan(REG, PATHS, state)
+    result = apply.plan(REG, PATHS, state)
     assert result.changes == []
     assert result.warnings == [
         "alice: container alice does not exist; "
@@ -112,7 +112,7 @@ def test_wrong_shell_and_group_are_fixed_and_a_missing_account_is_a_warning() ->
     state = healthy()
     state.accounts["alice"] = Account("/bin/bash", False)
     state.accounts["bob"] = None
-    result = reconcile.plan(REG, PATHS, state)
+    result = apply.plan(REG, PATHS, state)
     assert [change.text for change in result.changes] == [
         "fix account alice: login shell /bin/bash -> /usr/local/bin/gpushell, add to group gpushell"
     ]
@@ -128,28 +128,28 @@ def test_autostart_containers_are_started_unless_running(state: str, starts: boo
 
 def test_dry_run_lists_each_change_and_a_summary() -> None:
     state = healthy().replace(forwarding_on=False, table=nat("alice"))
-    lines = reconcile.render_dry_run(reconcile.plan(REG, PATHS, state))
+    lines = apply.render_dry_run(apply.plan(REG, PATHS, state))
     assert lines[0] == "would turn on IPv4 forwarding"
     assert lines[1].startswith("would rebuild nat chain GPUSHELL")
     assert lines[2] == "dry run: 2 change(s) planned, nothing changed"
 
 
 def test_execute_goes_on_after_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gpushell.errors import GpushellError
+    from gpushell.core.errors import GpushellError
 
     made: list[str] = []
 
-    def execute_change(change: reconcile.Change, reg: object, paths: object) -> None:
-        if change.kind == reconcile.FORWARDING:
+    def execute_change(change: apply.Change, reg: object, paths: object) -> None:
+        if change.kind == apply.FORWARDING:
             raise GpushellError("permission denied")
         made.append(change.kind)
 
-    monkeypatch.setattr(reconcile, "execute_change", execute_change)
+    monkeypatch.setattr(apply, "execute_change", execute_change)
     state = healthy().replace(bridge_ready=False, forwarding_on=False, table=nat())
     reported: list[str] = []
     failed: list[str] = []
-    count = reconcile.execute(reconcile.plan(REG, PATHS, state), REG, PATHS, reported.append, failed.append)
-    assert count == 1 and made == [reconcile.BRIDGE, reconcile.FORWARDS]
+    count = apply.execute(apply.plan(REG, PATHS, state), REG, PATHS, reported.append, failed.append)
+    assert count == 1 and made == [apply.BRIDGE, apply.FORWARDS]
     assert failed == ["failed to turn on IPv4 forwarding: permission denied"]
     assert reported[0] == "done: set up bridge lxcbr0 with 10.0.3.1/24"
 
@@ -175,17 +175,17 @@ def test_shipped_apply_unit_runs_apply_at_boot_before_sshd() -> None:
      ("group: files\n", False), ("", False), ("passwd:\n", False)],
 )  # fmt: skip
 def test_which_account_sources_list_everything(nsswitch, complete):
-    assert reconcile.enumerates_every_account(nsswitch) is complete
+    assert apply.enumerates_every_account(nsswitch) is complete
 
 
 @pytest.mark.parametrize("nsswitch", ["passwd: files\n"])
 def test_host_accounts_trust_a_complete_listing(monkeypatch, nsswitch):
     import pwd
 
-    monkeypatch.setattr(reconcile, "read_text_or_none", lambda path: nsswitch)
+    monkeypatch.setattr(apply, "read_text_or_none", lambda path: nsswitch)
     monkeypatch.setattr(pwd, "getpwall", lambda: [])
     monkeypatch.setattr(pwd, "getpwnam", lambda name: pytest.fail("looked up alone"))
-    assert reconcile.host_accounts(["gone"], "gpushell-no-such-group") == {"gone": None}
+    assert apply.host_accounts(["gone"], "gpushell-no-such-group") == {"gone": None}
 
 
 def test_host_accounts_in_one_pass_with_a_lookup_for_what_it_did_not_list(monkeypatch):
@@ -201,14 +201,14 @@ def test_host_accounts_in_one_pass_with_a_lookup_for_what_it_did_not_list(monkey
             return pwd.struct_passwd((name, "x", 2002, 2002, "", "/home/b", "/bin/sh"))
         raise KeyError(name)
 
-    monkeypatch.setattr(reconcile, "read_text_or_none", lambda path: "passwd: files ldap\n")
+    monkeypatch.setattr(apply, "read_text_or_none", lambda path: "passwd: files ldap\n")
     monkeypatch.setattr(pwd, "getpwall", lambda: listed)
     monkeypatch.setattr(pwd, "getpwnam", getpwnam)
     monkeypatch.setattr(grp, "getgrnam", lambda name: grp.struct_group((name, "x", 900, ["ann"])))
-    accounts = reconcile.host_accounts(["ann", "ldap-bob", "gone"], "gpushell")
+    accounts = apply.host_accounts(["ann", "ldap-bob", "gone"], "gpushell")
     assert accounts == {
-        "ann": reconcile.Account("/usr/local/bin/gpushell", True),
-        "ldap-bob": reconcile.Account("/bin/sh", False),
+        "ann": apply.Account("/usr/local/bin/gpushell", True),
+        "ldap-bob": apply.Account("/bin/sh", False),
         "gone": None,
     }
     assert looked_up == ["ldap-bob", "gone"]
@@ -226,14 +226,14 @@ class CountingDriver:
 def test_container_states_ask_lxc_once_for_every_container() -> None:
     driver = CountingDriver({"c-bob", "someone-elses"})
     configs = {"c-alice": "lxc.uts.name = c-alice\n", "c-bob": "", "c-carol": None}
-    states = reconcile.container_states(driver, configs)  # type: ignore[arg-type]
+    states = apply.container_states(driver, configs)  # type: ignore[arg-type]
     assert states == {"c-alice": "STOPPED", "c-bob": "RUNNING"}  # no container, no state
     assert driver.asked == 1
 
 
 def test_container_states_ask_nothing_when_no_container_exists() -> None:
     driver = CountingDriver(set())
-    assert reconcile.container_states(driver, {"c-alice": None}) == {}  # type: ignore[arg-type]
+    assert apply.container_states(driver, {"c-alice": None}) == {}  # type: ignore[arg-type]
     assert driver.asked == 0
 
 
@@ -241,14 +241,14 @@ def test_the_chain_rebuild_holds_the_forward_lock_and_reuses_a_current_table(tmp
     import fcntl
     import os
 
-    from gpushell import iptables
+    from gpushell.system import iptables
 
     paths = Paths(run_dir=str(tmp_path))
     observed = nat("alice")
-    change = reconcile.Change(reconcile.FORWARDS, "GPUSHELL", "rebuild", table=observed)
+    change = apply.Change(apply.FORWARDS, "GPUSHELL", "rebuild", table=observed)
     applied: list[tuple[list[str], bool]] = []
 
-    def apply(lines: list[str]) -> bool:
+    def restore(lines: list[str]) -> bool:
         probe = os.open(paths.forward_lock, os.O_RDWR)
         try:
             fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -261,8 +261,8 @@ def test_the_chain_rebuild_holds_the_forward_lock_and_reuses_a_current_table(tmp
         return True
 
     monkeypatch.setattr(iptables, "still_current", lambda table: table)
-    monkeypatch.setattr(iptables, "apply", apply)
-    reconcile.execute_change(change, REG, paths)
+    monkeypatch.setattr(iptables, "apply", restore)
+    apply.execute_change(change, REG, paths)
     ((lines, held),) = applied
     assert held  # no login's fix of its own forward interleaves with the rebuild
     assert lines[0] == "-F GPUSHELL" and len(lines) == 3  # flush, then alice's and bob's rules

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpushell.errors import ExitStatus, GpushellError
-from gpushell.registry import Mount, RegistryError, User, parse
+from gpushell.core.errors import ExitStatus, GpushellError
+from gpushell.core.registry import Mount, RegistryError, User, parse
 
 PATH = "/etc/gpushell.yaml"
 

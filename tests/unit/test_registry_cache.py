@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from gpushell import registry_cache
-from gpushell.errors import ExitStatus, GpushellError
-from gpushell.registry import parse
+from gpushell.core.errors import ExitStatus, GpushellError
+from gpushell.core.registry import parse
+from gpushell.system import registry_cache
 
 TEXT = """
 hostname: gpu1

@@ -6,10 +6,10 @@ import ipaddress
 
 import pytest
 
-from gpushell.allocate import Allocation
-from gpushell.errors import GpushellError
-from gpushell.registry import parse
-from gpushell.registry_edit import add_user, remove_user, user_block
+from gpushell.core.allocate import Allocation
+from gpushell.core.errors import GpushellError
+from gpushell.core.registry import parse
+from gpushell.core.registry_edit import add_user, remove_user, user_block
 
 PATH = "/etc/gpushell.yaml"
 CAROL = Allocation(22003, ipaddress.IPv4Address("10.0.3.4"), 1131072)

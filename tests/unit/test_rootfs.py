@@ -8,8 +8,8 @@ import stat
 
 import pytest
 
-from gpushell.errors import GpushellError
-from gpushell.rootfs import CHUNK, make_dir, remove_file, write_file
+from gpushell.core.errors import GpushellError
+from gpushell.system.rootfs import CHUNK, make_dir, remove_file, write_file
 
 
 @pytest.fixture

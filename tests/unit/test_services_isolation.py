@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from gpushell import iptables, nftrun, registry_store, services
-from gpushell.forward import NatTable
-from gpushell.paths import Paths
-from gpushell.registry import parse
+from gpushell.core.forward import NatTable
+from gpushell.core.paths import Paths
+from gpushell.core.registry import parse
+from gpushell.helper import services
+from gpushell.system import iptables, nftrun, registry_store
 
 TEXT = "subnet: 10.0.3.0/24\nusers:\n  alice: {port: 22001, ip: 10.0.3.2, idmap: 1000000}\n"
 

@@ -8,10 +8,10 @@ import subprocess
 
 import pytest
 
-from gpushell import shell
-from gpushell.banner import PLAIN, Palette
-from gpushell.errors import ExitStatus
-from gpushell.shell import Terminal, main
+from gpushell.core.banner import PLAIN, Palette
+from gpushell.core.errors import ExitStatus
+from gpushell.student import shell
+from gpushell.student.shell import Terminal, main
 
 
 class TtyIO(io.StringIO):
@@ -164,8 +164,8 @@ def test_main_refuses_other_arguments(no_processes, argv):
 )
 def test_offer_kill_ends_only_the_chosen_listed_process(monkeypatch, typed, ended):
     """The number typed picks from the student's own list; anything else ends nothing."""
-    from gpushell.paths import Paths
-    from gpushell.shell import Session
+    from gpushell.core.paths import Paths
+    from gpushell.student.shell import Session
 
     out = PipeIO()
     term = Terminal(PipeIO(typed), out, PipeIO(), {})

@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from gpushell import audit, protocol
-from gpushell.paths import Paths
-from gpushell.shell import Session, Terminal
+from gpushell.core import protocol
+from gpushell.core.paths import Paths
+from gpushell.student.shell import Session, Terminal
+from gpushell.system import audit
 
 STATUS = {
     "user": "alice", "host": "gpu1", "port": "22001", "container": "alice", "ip": "10.0.3.2",

@@ -10,7 +10,8 @@ import subprocess
 
 import pytest
 
-from gpushell import admin, dropins, paths, registry
+from gpushell.admin import commands
+from gpushell.core import dropins, paths, registry
 
 TOP = pathlib.Path(__file__).resolve().parents[2]
 
@@ -43,7 +44,7 @@ def test_admin_man_page_lists_exactly_the_argparse_options() -> None:
     page = (TOP / "man/gpushell-admin.8").read_text()
     names = re.findall(r"\\fB\\-\\-([a-z](?:[a-z]|\\?-)*)", page)
     documented = {"--" + name.replace("\\", "") for name in names}
-    assert documented == all_options(admin.build_parser())
+    assert documented == all_options(commands.build_parser())
 
 
 def test_admin_man_page_has_a_section_per_command() -> None:
@@ -66,7 +67,7 @@ def test_man_pages_render_without_warnings(page: str) -> None:
 
 def test_student_man_page_lists_every_action_with_its_number() -> None:
     page = (TOP / "man/gpushell.1").read_text()
-    from gpushell.menu import MENU_WORDS
+    from gpushell.core.menu import MENU_WORDS
 
     for number, word in enumerate(MENU_WORDS, 1):
         roff_word = word.replace("-", "\\-")  # a hyphen in roff source is written \-

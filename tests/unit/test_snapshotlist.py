@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from gpushell import snapshotlist
-from gpushell.banner import PLAIN
-from gpushell.protocol import decode, encode
+from gpushell.core import snapshotlist
+from gpushell.core.banner import PLAIN
+from gpushell.core.protocol import decode, encode
 
 
 class Snap:

@@ -10,9 +10,10 @@ import stat
 
 import pytest
 
-from gpushell import rootfs, snapshots, treecopy
-from gpushell.errors import ExitStatus, GpushellError
-from gpushell.model import Registry, User
+from gpushell.containers import snapshots, treecopy
+from gpushell.core.errors import ExitStatus, GpushellError
+from gpushell.core.model import Registry, User
+from gpushell.system import rootfs
 
 NOW = calendar.timegm((2025, 1, 2, 3, 4, 5))
 
@@ -395,8 +396,8 @@ def test_refusals_are_errors_the_helper_shows_the_student(lab):
 
 @pytest.mark.parametrize(("verb", "tool"), [("freeze", "lxc-freeze"), ("unfreeze", "lxc-unfreeze")])
 def test_lxc_driver_freezes_through_lxc_tools(monkeypatch, verb, tool):
-    from gpushell import containers
-    from gpushell.runner import Result
+    from gpushell.containers import lxc
+    from gpushell.system.runner import Result
 
     calls = []
     answers = iter([0, 1])
@@ -405,8 +406,8 @@ def test_lxc_driver_freezes_through_lxc_tools(monkeypatch, verb, tool):
         calls.append(list(argv))
         return Result(next(answers), "", "it broke")
 
-    monkeypatch.setattr(containers, "run", fake)
-    driver = containers.LxcDriver("/var/lib/gpushell")
+    monkeypatch.setattr(lxc, "run", fake)
+    driver = lxc.LxcDriver("/var/lib/gpushell")
     getattr(driver, verb)("c-ann")
     assert calls == [[tool, "-P", "/var/lib/gpushell", "-n", "c-ann"]]
     with pytest.raises(GpushellError) as failed:

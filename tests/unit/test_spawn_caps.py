@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from gpushell import runner, spawn
-from gpushell.environment import SAFE_ENV
-from gpushell.errors import ExitStatus, GpushellError
+from gpushell.core.errors import ExitStatus, GpushellError
+from gpushell.system import runner, spawn
+from gpushell.system.environment import SAFE_ENV
 
 FLOOD = "head -c 300000000 /dev/zero"  # 300 MB: far more than any cap
 

@@ -13,9 +13,10 @@ import pathlib
 
 import pytest
 
-from gpushell import doctor, runner, sshdcheck
-from gpushell.paths import Paths
-from gpushell.sshdcheck import Listener, Probe, SshdFacts
+from gpushell.admin import doctor
+from gpushell.core.paths import Paths
+from gpushell.system import runner, sshdcheck
+from gpushell.system.sshdcheck import Listener, Probe, SshdFacts
 
 PATHS = Paths()
 CONFIG = "/etc/ssh/sshd_config"
@@ -609,7 +610,7 @@ def test_no_running_sshd_for_the_configuration() -> None:
 
 
 def test_sshd_users_are_the_students_in_the_group_else_one_kept_account() -> None:
-    from gpushell.reconcile import Account
+    from gpushell.admin.apply import Account
 
     accounts = {
         "bob": Account("/x", True),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gpushell import template
-from gpushell.template import PACKAGES, RECIPE_VERSION, SUITE, cache_key, mirror_from_apt_sources
+from gpushell.containers import template
+from gpushell.containers.template import PACKAGES, RECIPE_VERSION, SUITE, cache_key, mirror_from_apt_sources
 
 DEB822 = """\
 Types: deb

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gpushell import treecopy
-from gpushell.errors import GpushellError
+from gpushell.containers import treecopy
+from gpushell.core.errors import GpushellError
 
 MIB = 1 << 20
 

@@ -7,9 +7,10 @@ import os
 
 import pytest
 
-from gpushell import cgroups, rootfs, usage
-from gpushell.model import Registry, User
-from gpushell.runner import Result
+from gpushell.containers import cgroups, usage
+from gpushell.core.model import Registry, User
+from gpushell.system import rootfs
+from gpushell.system.runner import Result
 
 USER = User("ann", 22001, ipaddress.IPv4Address("10.0.3.2"), 1065536, "c-ann", "none", ())
 

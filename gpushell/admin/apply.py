@@ -1,0 +1,389 @@
+"""`gpushell-admin apply`: make the host match the registry, in one idempotent pass.
+
+`observe` reads the host into a `HostState`; `plan` (pure) compares it with
+the registry and returns the changes; `execute` makes them.  `--dry-run`
+stops after `plan`.  A host that already matches gives an empty plan, so a
+second apply has nothing to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import pwd
+from collections.abc import Callable, Iterable
+
+from ..containers import cgroups, lxcconfig, provision
+from ..containers.lxc import RUNNING, STOPPED, ContainerDriver, backend_for
+from ..core import chaincheck, forward
+from ..core.errors import GpushellError
+from ..core.forward import NatTable
+from ..core.model import Registry, User, Value
+from ..core.paths import Paths
+from ..gpu import gpudevices
+from ..helper import services
+from ..system import ifaddr, iptables, nftrun
+from ..system.files import read_text_or_none, write_atomically
+from ..system.lock import ADMIN_WAIT, admin_busy, locked
+from ..system.runner import run
+from . import hostinit, leftovers
+from .leftovers import Leftover
+
+Report = Callable[[str], None]
+UNKNOWN = "UNKNOWN"
+
+# Kinds of change, in the order they are made: the network first, so a
+# container started at the end finds its bridge and its forward.
+BRIDGE, FORWARDING, FORWARDS, CONFIG, ACCOUNT, START = (
+    "bridge", "forwarding", "forwards", "config", "account", "start",
+)  # fmt: skip
+GPU_NODES = "gpu-nodes"  # before CONFIG: the configs bind the nodes it makes
+ISOLATION = "isolation"  # the nftables tables (isolation.py); before START: no container runs unguarded
+LEFTOVER = "leftover"  # last: what an interrupted add left (leftovers.py)
+# Reasons a chain rebuild names; after a reboot all of a lab's forwards are missing.
+SHOWN_PROBLEMS = 3
+
+
+class Account(Value):
+    __slots__ = ("in_group", "shell")
+
+    def __init__(self, shell: str, in_group: bool) -> None:
+        self.shell, self.in_group = shell, in_group
+
+
+class HostState(Value):
+    __slots__ = ("accounts", "apparmor_profile", "bridge_ready", "cgroup", "configs",
+                 "forwarding_on", "gpu", "isolation", "leftovers", "states", "student_ids",
+                 "table")  # fmt: skip
+
+    def __init__(
+        self,
+        table: NatTable,
+        bridge_ready: bool,  # exists and has the gateway address
+        forwarding_on: bool,
+        configs: dict[str, str | None],  # container -> its config text; None: no container
+        accounts: dict[str, Account | None],  # user -> host account; None: no account
+        states: dict[str, str],  # container -> RUNNING or STOPPED, for each container that exists
+        apparmor_profile: str = "generated",
+        gpu: gpudevices.GpuHost = gpudevices.NO_DRIVER,
+        # user -> host uid and gid, for users with mounts (lxcconfig.id_map_lines)
+        student_ids: dict[str, tuple[int, int]] | None = None,
+        leftovers: tuple[Leftover, ...] = (),
+        cgroup: cgroups.CgroupLayout = cgroups.CGROUP_V1,
+        # what is wrong with the isolation tables (nftrun.problems); empty: they match
+        isolation: tuple[str, ...] = (),
+    ) -> None:
+        self.table, self.cgroup = table, cgroup
+        self.isolation = isolation
+        self.bridge_ready, self.forwarding_on = bridge_ready, forwarding_on
+        self.configs, self.accounts, self.states = configs, accounts, states
+        self.apparmor_profile, self.gpu, self.leftovers = apparmor_profile, gpu, leftovers
+        self.student_ids = {} if student_ids is None else student_ids
+
+
+class Change(Value):
+    __slots__ = ("config", "kind", "leftover", "subject", "table", "text")
+
+    def __init__(
+        self,
+        kind: str,
+        subject: str,
+        text: str,
+        config: str = "",
+        leftover: Leftover | None = None,
+        table: NatTable | None = None,
+    ) -> None:
+        self.kind = kind
+        self.subject = subject  # the user, container, chain or bridge it is about
+        self.text = text  # what it does, for the administrator
+        self.config = config  # CONFIG: the new config text
+        self.leftover = leftover  # LEFTOVER: what to undo
+        self.table = table  # FORWARDS: the nat table as observed, reused while still current
+
+
+class Plan(Value):
+    __slots__ = ("changes", "warnings")
+
+    def __init__(self, changes: list[Change], warnings: list[str]) -> None:
+        self.changes, self.warnings = changes, warnings
+
+
+# --- pure ------------------------------------------------------------------
+
+
+def config_path(reg: Registry, container: str) -> str:
+    return os.path.join(provision.container_dir(reg, container), "config")
+
+
+def wanted_config(
+    reg: Registry,
+    user: User,
+    apparmor_profile: str,
+    gpu_nodes: tuple[gpudevices.Node, ...] = (),
+    student_ids: tuple[int, int] | None = None,
+    cgroup: cgroups.CgroupLayout = cgroups.CGROUP_V1,
+) -> str:
+    """The config for user; gpu_nodes: every NVIDIA node on the host (the user's are picked here)."""
+    rootfs = os.path.join(provision.container_dir(reg, user.container), "rootfs")
+    nodes = gpudevices.select(gpu_nodes, user.gpus)
+    return lxcconfig.container_config(reg, user, rootfs, apparmor_profile, nodes, student_ids, cgroup)
+
+
+def plan(reg: Registry, paths: Paths, state: HostState) -> Plan:
+    changes: list[Change] = []
+    warnings: list[str] = []
+    if not state.bridge_ready:
+        address = f"{reg.gateway}/{reg.subnet.prefixlen}"
+        changes.append(Change(BRIDGE, reg.bridge, f"set up bridge {reg.bridge} with {address}"))
+    if not state.forwarding_on:
+        changes.append(Change(FORWARDING, "ipv4", "turn on IPv4 forwarding"))
+    found = chaincheck.problems(state.table, reg)
+    if found:
+        why = "; ".join(problem.message for problem in found[:SHOWN_PROBLEMS])
+        if len(found) > SHOWN_PROBLEMS:
+            why += f"; {len(found) - SHOWN_PROBLEMS} more (gpushell-admin doctor lists each)"
+        text = f"rebuild nat chain {reg.chain} ({len(reg.users)} forwards): {why}"
+        changes.append(Change(FORWARDS, reg.chain, text, table=state.table))
+    if state.isolation:
+        why = "; ".join(state.isolation)
+        changes.append(Change(ISOLATION, reg.chain.lower(), f"rebuild the nftables isolation tables: {why}"))
+    missing_nodes = gpudevices.missing(state.gpu)
+    if missing_nodes:
+        names = ", ".join(f"{state.gpu.dev_dir.rstrip('/')}/{node.name}" for node in missing_nodes)
+        changes.append(Change(GPU_NODES, state.gpu.dev_dir, f"create missing NVIDIA device nodes {names}"))
+    users = sorted(reg.users.values(), key=lambda user: user.port)
+    for user in users:
+        current = state.configs.get(user.container)
+        if current is None:
+            warnings.append(
+                f"{user.name}: container {user.container} does not exist; "
+                f"recreate it with: gpushell-admin remove {user.name} && gpushell-admin add {user.name}"
+            )
+            continue
+        config = wanted_config(
+            reg,
+            user,
+            state.apparmor_profile,
+            gpudevices.after_repair(state.gpu),
+            state.student_ids.get(user.name),
+            state.cgroup,
+        )
+        if current != config:
+            note = " (takes effect at its next start)" if state.states.get(user.container) == RUNNING else ""
+            changes.append(
+                Change(
+                    CONFIG,
+                    user.container,
+                    f"regenerate {config_path(reg, user.container)} from the registry{note}",
+                    config,
+                )
+            )
+    for user in users:
+        account = state.accounts.get(user.name)
+        if account is None:
+            warnings.append(f"{user.name}: no host account; gpushell-admin add {user.name} makes one")
+            continue
+        fixes = []
+        if account.shell != paths.shell:
+            fixes.append(f"login shell {account.shell or '(none)'} -> {paths.shell}")
+        if not account.in_group:
+            fixes.append(f"add to group {paths.group}")
+        if fixes:
+            changes.append(Change(ACCOUNT, user.name, f"fix account {user.name}: " + ", ".join(fixes)))
+    for user in users:
+        if (
+            user.autostart
+            and state.configs.get(user.container) is not None
+            and state.states.get(user.container) != RUNNING
+        ):
+            changes.append(Change(START, user.name, f"start container {user.container} (autostart)"))
+    for item in state.leftovers:
+        if item.action == leftovers.REPORT:
+            warnings.append(f"{item.what}; {item.fix}")
+        else:
+            changes.append(Change(LEFTOVER, item.subject, f"remove leftover: {item.what}", leftover=item))
+    return Plan(changes, warnings)
+
+
+NOTHING_TO_DO = "nothing to do: the host matches the registry"
+
+
+def render_dry_run(result: Plan) -> list[str]:
+    """What apply --dry-run prints: each change it would make, then a summary."""
+    if not result.changes:
+        return [NOTHING_TO_DO]
+    return [f"would {change.text}" for change in result.changes] + [
+        f"dry run: {len(result.changes)} change(s) planned, nothing changed"
+    ]
+
+
+# --- reading the host ----------------------------------------------------------
+
+
+def bridge_ready(reg: Registry) -> bool:
+    return f"{reg.gateway}/{reg.subnet.prefixlen}" in ifaddr.ipv4_addresses(reg.bridge)
+
+
+def forwarding_on() -> bool:
+    with open("/proc/sys/net/ipv4/ip_forward", encoding="ascii") as stream:
+        return stream.read().strip() == "1"
+
+
+NSSWITCH = "/etc/nsswitch.conf"
+# Sources whose accounts getpwall() lists in full; LDAP or SSSD may not.
+ENUMERATED_SOURCES = frozenset({"files", "compat", "systemd"})
+
+
+def enumerates_every_account(nsswitch: str) -> bool:
+    """Whether the `passwd:` sources all list every account they know (pure)."""
+    for line in nsswitch.splitlines():
+        database, colon, sources = line.partition("#")[0].partition(":")
+        if colon and database.strip() == "passwd":
+            words = [word for word in sources.split() if not word.startswith("[")]
+            return bool(words) and set(words) <= ENUMERATED_SOURCES
+    return False
+
+
+def host_accounts(names: Iterable[str], group: str) -> dict[str, Account | None]:
+    """Each name's login shell and group membership; None where there is no account.
+
+    One pass over the account database, not one lookup per student: with
+    a thousand students, getpwnam() each time cost ~0.1 s.  Where a
+    directory service may hold accounts it does not enumerate, a name the
+    pass did not list is still looked up alone.
+    """
+    complete = enumerates_every_account(read_text_or_none(NSSWITCH) or "")
+    shells = {entry.pw_name: entry.pw_shell for entry in pwd.getpwall()}
+    try:
+        members = set(grp.getgrnam(group).gr_mem)
+    except KeyError:
+        members = set()
+    accounts: dict[str, Account | None] = {}
+    for name in names:
+        shell = shells.get(name)
+        if shell is None and not complete:
+            with contextlib.suppress(KeyError):
+                shell = pwd.getpwnam(name).pw_shell
+        accounts[name] = None if shell is None else Account(shell, name in members)
+    return accounts
+
+
+def container_configs(reg: Registry) -> dict[str, str | None]:
+    """Each student's container config text; None where there is no container."""
+    configs: dict[str, str | None] = {}
+    for user in reg.users.values():
+        if os.path.isdir(provision.container_dir(reg, user.container)):
+            # A container without a config is broken: "" makes apply write one.
+            configs[user.container] = read_text_or_none(config_path(reg, user.container)) or ""
+        else:
+            configs[user.container] = None
+    return configs
+
+
+def host_ids(reg: Registry) -> dict[str, tuple[int, int]]:
+    """Host uid and gid of each user with mounts and a host account."""
+    found = {}
+    for user in reg.users.values():
+        if user.mounts:
+            try:
+                entry = pwd.getpwnam(user.name)
+            except KeyError:
+                continue
+            found[user.name] = (entry.pw_uid, entry.pw_gid)
+    return found
+
+
+def container_state(driver: ContainerDriver, name: str) -> str:
+    """The LXC state; UNKNOWN when LXC cannot even load the config (apply rewrites it)."""
+    try:
+        return driver.state(name)
+    except (RuntimeError, GpushellError):
+        return UNKNOWN
+
+
+def container_states(driver: ContainerDriver, configs: dict[str, str | None]) -> dict[str, str]:
+    """RUNNING or STOPPED for each container that exists (configs from container_configs).
+
+    One lxc-ls for all: an lxc-info per container cost a thousand-student
+    lab about 1.5 s.  plan() asks only whether a container runs.
+    """
+    existing = [name for name, text in configs.items() if text is not None]
+    running = driver.running() if existing else set()
+    return {name: RUNNING if name in running else STOPPED for name in existing}
+
+
+def observe(reg: Registry, paths: Paths) -> HostState:
+    """The host as it is."""
+    configs = container_configs(reg)
+    return HostState(
+        table=iptables.read_nat(),
+        bridge_ready=bridge_ready(reg),
+        forwarding_on=forwarding_on(),
+        configs=configs,
+        accounts=host_accounts(reg.users, paths.group),
+        states=container_states(backend_for(reg), configs),
+        apparmor_profile=provision.apparmor_profile(),
+        gpu=gpudevices.read_host(reg.gpu_devices, reg.driver_root),
+        student_ids=host_ids(reg),
+        leftovers=tuple(leftovers.find(reg, paths, leftovers.scan(reg, paths))),
+        cgroup=cgroups.layout(),
+        isolation=tuple(nftrun.problems(reg)),
+    )
+
+
+# --- changing the host -----------------------------------------------------------
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def execute_change(change: Change, reg: Registry, paths: Paths) -> None:
+    if change.kind == BRIDGE:
+        hostinit.ensure_bridge(reg, _quiet)
+    elif change.kind == FORWARDING:
+        hostinit.ensure_ip_forwarding(_quiet)
+    elif change.kind == FORWARDS:
+        # The whole chain in one iptables-restore, under the forward lock (no
+        # login's fix of its own forward interleaves); the jumps into the chain stay.
+        with locked(paths.forward_lock):
+            table = iptables.read_nat() if change.table is None else iptables.still_current(change.table)
+            iptables.apply(forward.rebuild_lines(table, reg, reg.users.values()))
+    elif change.kind == ISOLATION:
+        nftrun.apply(reg)  # both tables in one nft transaction
+    elif change.kind == GPU_NODES:
+        # From a fresh look: make only what is still missing.
+        host = gpudevices.read_host(change.subject)
+        for node in gpudevices.missing(host):
+            gpudevices.make_node(host.dev_dir, node)
+    elif change.kind == CONFIG:
+        for user in reg.users.values():
+            if user.container == change.subject:
+                provision.student_ids(user)  # root's subordinate ids for the student's own
+        write_atomically(config_path(reg, change.subject), change.config, 0o644)
+    elif change.kind == ACCOUNT:
+        run(["usermod", "--shell", paths.shell, "--append", "--groups", paths.group, change.subject])
+    elif change.kind == START:
+        user = reg.users[change.subject]
+        ctx = services.Context(paths, reg, backend_for(reg))
+        with locked(paths.user_lock(user.name), ADMIN_WAIT, admin_busy(user.name)):
+            services.ensure_running(ctx, user)
+    elif change.kind == LEFTOVER and change.leftover is not None:
+        leftovers.remove(change.leftover, reg, paths)
+    else:  # pragma: no cover - plan makes only the kinds above
+        raise AssertionError(change.kind)
+
+
+def execute(result: Plan, reg: Registry, paths: Paths, report: Report, fail: Report) -> int:
+    """Make every change, going on past a failed one; return how many failed."""
+    failures = 0
+    for change in result.changes:
+        try:
+            execute_change(change, reg, paths)
+        except GpushellError as exc:
+            failures += 1
+            fail(f"failed to {change.text}: {exc.user_message}")
+            continue
+        report(f"done: {change.text}")
+    return failures

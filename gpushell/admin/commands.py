@@ -1,0 +1,487 @@
+"""gpushell-admin: the administrator's tool (runs as root)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import TYPE_CHECKING
+
+from .. import __version__
+from ..core.errors import ExitStatus, GpushellError
+from ..core.paths import DEBIAN_SUITE, DEFAULT, Paths
+from ..system.lock import ADMIN_WAIT, admin_busy, locked
+from . import cli
+from .cli import Arg, Command, Options
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from ..core.model import Registry
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def warn(warnings: Sequence[str]) -> None:
+    """Each warning on its own stderr line, in one write (a thousand students can give two thousand)."""
+    sys.stderr.write("".join(f"warning: {warning}\n" for warning in warnings))
+    sys.stderr.flush()
+
+
+def cmd_init(paths: Paths, args: Options) -> int:
+    from . import hostinit
+
+    reg = hostinit.init(paths, say)
+    say(
+        f"host ready: bridge {reg.bridge} {reg.gateway}/{reg.subnet.prefixlen}, chain {reg.chain}, "
+        f"group {paths.group}"
+    )
+    return ExitStatus.OK
+
+
+def cmd_template_build(paths: Paths, args: Options) -> int:
+    from ..containers import provision, template
+    from ..core import registry
+    from ..system import registry_store
+
+    reg = registry_store.load(paths)
+    name = args.name or reg.template
+    if not registry.CONTAINER_NAME.fullmatch(name):
+        raise GpushellError(f"{name!r} is not a valid template name", status=ExitStatus.USAGE)
+    if any(user.container == name for user in reg.users.values()):
+        raise GpushellError(f"{name} is a student's container, not a template", status=ExitStatus.USAGE)
+    directory = provision.container_dir(reg, name)
+    if os.path.exists(directory) and not args.force:
+        say(f"template {name} is already built ({directory}); --force rebuilds it")
+        return ExitStatus.OK
+    extra = tuple(p for p in (args.packages or "").split(",") if p)
+    tarball = template.ensure_cached(paths.template_cache, args.suite, extra, args.mirror)
+    # Under the registry lock: an add copying this template meanwhile must
+    # not see it half-replaced, and apply must not take the staging
+    # directory for a leftover.
+    with locked(paths.registry_lock):
+        if os.path.exists(directory):
+            provision.destroy(reg, name)
+        template.install(tarball, reg.lxcpath, name, args.suite)
+    say(f"template {name} built from {tarball}")
+    return ExitStatus.OK
+
+
+def read_keys(args: Options) -> str:
+    from ..system import accounts
+
+    if args.key is None:
+        return accounts.existing_keys(args.user)
+    try:
+        with open(args.key, encoding="utf-8") as stream:
+            return accounts.validate_keys(stream.read(), args.key)
+    except OSError as exc:
+        raise GpushellError(f"cannot read {args.key}: {exc.strerror}") from None
+
+
+def gpus_option(text: str) -> str | list[int]:
+    """--gpus: all, none, or GPU numbers separated by commas (0,2)."""
+    if text in ("all", "none"):
+        return text
+    parts = text.split(",")
+    if not all(part.strip().isdigit() for part in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: use all, none or GPU numbers like 0,2")
+    numbers = [int(part) for part in parts]
+    if len(set(numbers)) != len(numbers):
+        raise argparse.ArgumentTypeError(f"{text!r} lists a GPU twice")
+    return sorted(numbers)
+
+
+def cmd_add(paths: Paths, args: Options) -> int:
+    from ..containers import provision
+    from ..containers.lxc import backend_for
+    from ..core import allocate, registry, registry_edit
+    from ..helper import services
+    from ..system import accounts, registry_store
+    from ..system.files import write_atomically
+    from . import leftovers
+
+    name = args.user
+    if not registry.USER_NAME.fullmatch(name) or name in registry.RESERVED_USERS:
+        raise GpushellError(f"{name!r} is not an allowed user name", status=ExitStatus.USAGE)
+    keys = read_keys(args)
+    # The whole add is one registry update: parallel adds get distinct ports,
+    # IPs and id ranges, and the entry is written last, so a failure (or a
+    # kill) leaves the registry as it was.
+    import contextlib
+
+    with registry_store.Change(paths) as change, contextlib.ExitStack() as undo:
+        reg = change.old
+        if name in reg.users:
+            raise GpushellError(f"{name} is already registered (port {reg.users[name].port})")
+        alloc = allocate.allocate(reg, args.port)
+        extra = {"gpus": args.gpus} if args.gpus is not None else None
+        new_reg = change.propose(registry_edit.add_user(change.old_text, name, alloc, extra))
+        user = new_reg.users[name]
+
+        # Noted before the first change: if this process dies, apply knows
+        # what to undo (see leftovers.py).
+        journal = leftovers.journal_path(new_reg.lxcpath, name)
+        os.makedirs(new_reg.lxcpath, mode=0o755, exist_ok=True)
+        write_atomically(journal, leftovers.journal_now(name, user.container).dumps(), 0o600)
+        undo.callback(leftovers.forget, journal)
+        account = accounts.ensure_account(name, paths.shell, paths.group)
+        undo.callback(accounts.undo_account, account, paths.group)
+        if keys:
+            accounts.install_host_keys(name, keys)
+        provision.create(new_reg, user, keys)
+        undo.callback(provision.destroy, new_reg, user.container)
+        ctx = services.Context(paths, new_reg, backend_for(new_reg))
+        services.ensure_forward(ctx, user)
+        undo.callback(services.remove_forward, ctx, name)
+        change.write()
+        undo.pop_all()
+        leftovers.forget(journal)
+        isolated = _isolation_after_change(new_reg)
+    say(
+        f"added {name}: port {user.port}, container {user.container} at {user.address}, "
+        f"ids {user.idmap}-{user.idmap + reg.idmap_size - 1}, "
+        f"{'key installed' if keys else 'no key yet (use --key FILE)'}"
+    )
+    say(f"menu: ssh {name}@{reg.hostname}    container: ssh -p {user.port} {name}@{reg.hostname}")
+    return ExitStatus.OK if isolated else ExitStatus.ERROR
+
+
+def _isolation_after_change(reg: Registry) -> bool:
+    """The nftables isolation tables rebuilt for the changed users; False (warned) when that failed."""
+    from ..system import nftrun
+
+    return nftrun.after_change(reg, lambda line: warn([line]))
+
+
+def cmd_remove(paths: Paths, args: Options) -> int:
+    import datetime
+
+    from ..containers import archive, provision
+    from ..containers.lxc import backend_for
+    from ..core import registry_edit
+    from ..helper import services
+    from ..system import accounts, registry_store
+
+    name = args.user
+    with registry_store.Change(paths) as change:
+        reg = change.old
+        if name not in reg.users:
+            raise GpushellError(
+                f"{name} is not registered in {paths.registry}", status=ExitStatus.NOT_REGISTERED
+            )
+        user = reg.users[name]
+        new_reg = change.propose(registry_edit.remove_user(change.old_text, name))
+        ctx = services.Context(paths, reg, backend_for(reg))
+        with locked(paths.user_lock(name), ADMIN_WAIT, admin_busy(name)):
+            ctx.driver.stop(user.container)
+            kept = ""
+            if args.archive:
+                # Before anything is destroyed; a failure here aborts the remove.
+                rootfs = os.path.join(provision.container_dir(reg, user.container), "rootfs")
+                kept = archive.archive_rootfs(rootfs, args.archive, name, datetime.datetime.now(datetime.UTC))
+            services.remove_forward(ctx, name)
+            provision.destroy(reg, user.container)
+            change.write()
+        isolated = _isolation_after_change(new_reg)
+    if args.purge:
+        accounts.remove_account(name)
+    say(
+        f"removed {name}: container {user.container} destroyed, port {user.port} freed"
+        + (", host account deleted" if args.purge else ", host account kept")
+    )
+    if kept:
+        say(f"rootfs kept in {kept}")
+    return ExitStatus.OK if isolated else ExitStatus.ERROR
+
+
+def cmd_list(paths: Paths, args: Options) -> int:
+    from ..system import registry_store
+    from . import listing
+
+    reg = registry_store.load(paths)
+    found = listing.gather(reg)
+    if args.json:
+        say(listing.to_json(found))
+    else:
+        sys.stdout.write(listing.render_table(found.rows))
+        warn(found.warnings)
+    return ExitStatus.OK
+
+
+def cmd_apply(paths: Paths, args: Options) -> int:
+    from ..system import registry_store
+    from . import apply
+
+    if args.dry_run:
+        reg = registry_store.load_all(paths)
+        plan = apply.plan(reg, paths, apply.observe(reg, paths))
+        warn(plan.warnings)
+        for line in apply.render_dry_run(plan):
+            say(line)
+        return ExitStatus.OK
+    # Under the registry lock: an `add` running meanwhile would otherwise
+    # lose its new forward to this rebuild of the chain.
+    with locked(paths.registry_lock):
+        reg = registry_store.load_all(paths)
+        plan = apply.plan(reg, paths, apply.observe(reg, paths))
+        warn(plan.warnings)
+        if not plan.changes:
+            say(apply.NOTHING_TO_DO)
+            return ExitStatus.OK
+        failures = apply.execute(
+            plan, reg, paths, say, lambda line: print(f"gpushell-admin: {line}", file=sys.stderr)
+        )
+    made = len(plan.changes) - failures
+    say(f"{made} change(s) made" + (f", {failures} failed" if failures else ""))
+    return ExitStatus.ERROR if failures else ExitStatus.OK
+
+
+def cmd_doctor(paths: Paths, args: Options) -> int:
+    from . import doctor
+
+    findings = doctor.examine(paths)
+    for item in findings:
+        say(item.line())
+    failed = sum(1 for item in findings if not item.ok)
+    say(f"{len(findings)} checks, {failed} failed" if failed else f"{len(findings)} checks, all ok")
+    return ExitStatus.ERROR if failed else ExitStatus.OK
+
+
+def cmd_driver_sync(paths: Paths, args: Options) -> int:
+    from ..system import registry_store
+    from . import driversync
+
+    reg = registry_store.load(paths)
+    failures = driversync.sync(reg, paths, args.users, args.installer, say)
+    return ExitStatus.ERROR if failures else ExitStatus.OK
+
+
+def extra_command(name: str) -> Callable[[Paths, Options], int]:
+    """editing's command `name`, imported only when it runs (it pulls in most of gpushell)."""
+
+    def run(paths: Paths, args: Options) -> int:
+        from . import editing
+
+        return int(getattr(editing, name)(paths, args, say))
+
+    return run
+
+
+STUDENT = Arg("user", metavar="USER", help="the student's user name")
+
+
+def _template_commands() -> list[Command]:
+    return [
+        Command(
+            "build",
+            "build the Debian template (cached)",
+            "Build the template with debootstrap from the Debian "
+            "mirror apt uses on this host; cached, so a rebuild takes seconds.",
+            [
+                Arg("--name", metavar="NAME", help="the template's name (default: the registry's template)"),
+                Arg("--suite", default=DEBIAN_SUITE, help="Debian suite (default: %(default)s)"),
+                Arg("--mirror", metavar="URL", help="Debian mirror (default: the one in apt's sources)"),
+                Arg("--packages", metavar="LIST", help="extra packages, comma separated"),
+                Arg("--force", action="store_true", help="rebuild even if the template exists"),
+            ],
+            cmd_template_build,
+        ),
+        Command(
+            "list",
+            "show the built templates",
+            "One row per template in the lxcpath: name, suite, size, the "
+            "students whose containers were copied from it, and which one new students get.",
+            [Arg("--json", action="store_true", help="print JSON instead of a table")],
+            extra_command("cmd_template_list"),
+        ),
+        Command(
+            "use",
+            "make new students get another (built) template",
+            "Set the registry's template: key, keeping its comments.  "
+            "Existing containers are full copies and do not change.",
+            [Arg("name", metavar="NAME", help="a built template")],
+            extra_command("cmd_template_use"),
+        ),
+    ]
+
+
+COMMANDS = Command(
+    "gpushell-admin",
+    "",
+    "Manage gpushell: students' containers, ports and the host set-up.",
+    [
+        Arg("--version", action="version", version=f"%(prog)s {__version__}"),
+        Arg("--registry", metavar="PATH", help="registry file (default: /etc/gpushell.yaml)"),
+    ],
+    dest="command",
+    metavar="COMMAND",
+    epilog="See gpushell-admin(8) and gpushell.yaml(5).",
+    subcommands=[
+        Command(
+            "init",
+            "prepare the host (idempotent)",
+            "Create the registry if missing, the bridge, IP forwarding, "
+            "the nat chain, the gpushell group, the sudoers and sshd drop-ins, and "
+            "root's subordinate ids.  Safe to run again.",
+            run=cmd_init,
+        ),
+        Command(
+            "template",
+            "build the container template",
+            "Manage the template that new students' containers copy.",
+            dest="template_command",
+            subcommands=_template_commands(),
+        ),
+        Command(
+            "add",
+            "register a student and make their container",
+            "Create the host account (login shell gpushell), allocate a "
+            "port, IP and id range, copy the template into the student's container "
+            "and write the registry entry.  A failure undoes every step.",
+            [
+                STUDENT,
+                Arg(
+                    "--key",
+                    metavar="FILE",
+                    help="authorized_keys file for the student "
+                    "(default: the host account's existing keys, if any)",
+                ),
+                Arg("--port", type=int, metavar="N", help="host port to forward (default: lowest free)"),
+                Arg(
+                    "--gpus",
+                    type=gpus_option,
+                    metavar="LIST",
+                    help="GPUs for the container: all, none or numbers like 0,2 "
+                    "(default: the registry's gpus)",
+                ),
+            ],
+            cmd_add,
+        ),
+        Command(
+            "remove",
+            "remove a student's container, forward and entry",
+            "Stop and destroy the container, remove the forward and "
+            "the registry entry.  The host account stays unless --purge.",
+            [
+                STUDENT,
+                Arg("--purge", action="store_true", help="also delete the host account and its home"),
+                Arg(
+                    "--archive",
+                    metavar="DIR",
+                    help="first keep the container's rootfs as DIR/USER-TIME.tar (numeric owners); "
+                    "if that fails, nothing is removed",
+                ),
+            ],
+            cmd_remove,
+        ),
+        Command(
+            "set",
+            "change a student's gpus, port, autostart, snapshot_limit or limits",
+            "Edit the student's registry entry in place (comments kept), "
+            "then apply it: a new port replaces the forward at once, autostart, "
+            "gpus and limits (memory, cpus, pids: kept in the student's own `limits:`) "
+            "regenerate the container's config (gpus and limits take effect at its next start), "
+            "snapshot_limit counts from the student's next snapshot.",
+            [
+                STUDENT,
+                Arg(
+                    "assignments",
+                    nargs="*",
+                    metavar="KEY=VALUE",
+                    help="gpus=all|none|0,2  port=N  autostart=true|false  snapshot_limit=0..100  "
+                    "memory=16G  cpus=4|0.5  pids=4096",
+                ),
+            ],
+            extra_command("cmd_set"),
+        ),
+        Command(
+            "list",
+            "show every student's container, port and resource use",
+            "One row per student: user, port, container IP, state, GPUs "
+            "(from the registry), CPU% (sampled over 0.2 s) and memory (from the "
+            "container's cgroup) and uptime.  Containers in the lxcpath that are "
+            "not registered and stray or wrong forward rules are warnings "
+            "(on standard error).",
+            [Arg("--json", action="store_true", help="print JSON (users and warnings) instead of a table")],
+            cmd_list,
+        ),
+        Command(
+            "apply",
+            "make the host match the registry (idempotent)",
+            "In one pass: bring up the bridge and IP forwarding if needed, "
+            "rebuild the nat chain in one iptables-restore if it differs from the "
+            "registry, regenerate students' LXC configs that differ, fix students' "
+            "login shells and group, and start containers marked autostart.  "
+            "Prints each change; a second run has nothing to do.",
+            [
+                Arg(
+                    "--dry-run",
+                    action="store_true",
+                    help="print the changes it would make and change nothing",
+                )
+            ],
+            cmd_apply,
+        ),
+        Command(
+            "doctor",
+            "check the host and say how to fix each problem",
+            "Check the bridge, IP forwarding, the nat chain and every "
+            "student's forward, the drop-ins and whether sshd applies them (sshd -T for "
+            "each student, and a reload since they last changed), the registry's permissions, root's "
+            "subordinate ids, the template, each container's config, port clashes "
+            "with host services and the students' host accounts.  One line per "
+            "check: 'ok: ...' or 'FAIL: ... — fix: ...'.  Exit status 0 only when "
+            "every check passes.",
+            run=cmd_doctor,
+        ),
+        Command(
+            "driver",
+            "the NVIDIA user-space driver in containers (driver: container)",
+            "Keep containers that carry their own NVIDIA user-space driver at the host's version.",
+            dest="driver_command",
+            subcommands=[
+                Command(
+                    "sync",
+                    "run NVIDIA's installer in containers whose driver differs from the host's",
+                    "For each GPU student's container (or each one named) whose libcuda or "
+                    "libnvidia-ml version differs from the loaded kernel module's, copy the installer "
+                    "into it and run it there with --no-kernel-module --silent --no-questions, "
+                    "starting the container for it if needed; one line per container.",
+                    [
+                        Arg(
+                            "--installer",
+                            metavar="PATH",
+                            help="NVIDIA's .run installer (default: the registry's driver_installer)",
+                        ),
+                        Arg("users", nargs="*", metavar="USER", help="only these students"),
+                    ],
+                    cmd_driver_sync,
+                )
+            ],
+        ),
+    ],
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return cli.build_parser(COMMANDS)
+
+
+def main(paths: Paths = DEFAULT, argv: Sequence[str] | None = None) -> int:
+    words = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(words, namespace=Options())
+    if args.registry:
+        paths = paths.replace(registry=os.path.abspath(args.registry))
+    if os.geteuid() != 0:
+        print("gpushell-admin: must be run as root", file=sys.stderr)
+        return ExitStatus.USAGE
+    try:
+        return int(args.run(paths, args))
+    except GpushellError as exc:
+        print(f"gpushell-admin: {exc.user_message}", file=sys.stderr)
+        return int(exc.status)
+    except KeyboardInterrupt:
+        return ExitStatus.INTERRUPTED

@@ -1,0 +1,270 @@
+"""gpushell-admin set, template list and template use (the commands are wired in admin.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from ..containers import provision, template
+from ..containers.lxc import RUNNING, backend_for
+from ..core import registry, registry_edit, usersettings
+from ..core.errors import ExitStatus, GpushellError
+from ..core.paths import Paths
+from ..helper import services
+from ..system import nftrun, registry_store
+from ..system.files import read_text_or_none
+from ..system.lock import ADMIN_WAIT, admin_busy, locked
+from . import apply
+from .cli import Options
+
+Say = Callable[[str], None]
+
+
+# --- set -------------------------------------------------------------------------
+
+
+def edit_user(text: str, name: str, values: dict[str, Any]) -> str:
+    """The registry text with each key of `values` set in `name`'s block (pure).
+
+    Limits go into the user's own `limits:` mapping, next to any they had.
+    """
+    limits = {key: values[key] for key in usersettings.LIMIT_KEYS if key in values}
+    for key, value in values.items():
+        if key not in limits:
+            text = registry_edit.set_user_key(text, name, key, value)
+    if limits:
+        own = registry_edit.user_value(text, name, "limits")
+        merged = {**(own if isinstance(own, dict) else {}), **limits}
+        text = registry_edit.set_user_key(text, name, "limits", merged)
+    return text
+
+
+def port_owner(reg: registry.Registry, name: str, port: int | None) -> str | None:
+    """The other student who has `port` already, if any (pure)."""
+    others = [user.name for user in reg.users.values() if user.port == port and user.name != name]
+    return others[0] if others else None
+
+
+def set_effects(old: registry.User, new: registry.User, running: bool) -> list[str]:
+    """What `set` tells the administrator about when each change takes effect (pure)."""
+    notes = []
+    if old.port != new.port:
+        notes.append(f"port {old.port} -> {new.port}: forward replaced now")
+    if old.autostart != new.autostart:
+        notes.append(f"autostart {'on' if new.autostart else 'off'}: lxc.start.auto regenerated")
+    if old.gpus != new.gpus:
+        when = "at the container's next start" if running else "when the container next starts"
+        notes.append(f"gpus {_gpus(old.gpus)} -> {_gpus(new.gpus)}: config regenerated, takes effect {when}")
+    if old.limits != new.limits:
+        when = "at the container's next start (restart it to apply now)" if running else "when it next starts"
+        change = f"{limits_text(old.limits)} -> {limits_text(new.limits)}"
+        notes.append(f"limits {change}: config regenerated, takes effect {when}")
+    if old.snapshot_limit != new.snapshot_limit:
+        notes.append(
+            f"snapshot_limit {old.snapshot_limit} -> {new.snapshot_limit}: "
+            "from the next snapshot (existing snapshots are kept)"
+        )
+    return notes or ["nothing changed"]
+
+
+def limits_text(limits: registry.Limits) -> str:
+    return f"memory={registry.size_text(limits.memory)} cpus={limits.cpus:g} pids={limits.pids}"
+
+
+def _gpus(spec: registry.GpuSpec) -> str:
+    return spec if isinstance(spec, str) else ",".join(map(str, spec)) or "none"
+
+
+def cmd_set(paths: Paths, args: Options, say: Say) -> int:
+    values = usersettings.parse_assignments(args.assignments)
+    name = args.user
+    with registry_store.Change(paths) as change:
+        old_user = change.old.user(name)
+        taken = port_owner(change.old, name, values.get("port"))
+        if taken:
+            raise GpushellError(
+                f"not changed: port {values['port']} is already used by {taken}", status=ExitStatus.USAGE
+            )
+        new_reg = change.propose(edit_user(change.old_text, name, values))
+        new_user = new_reg.users[name]
+        change.write()
+        driver = backend_for(new_reg)
+        ctx = services.Context(paths, new_reg, driver)
+        with locked(paths.user_lock(name), ADMIN_WAIT, admin_busy(name)):
+            if new_user.port != old_user.port:
+                services.ensure_forward(ctx, new_user)
+            running = apply.container_state(driver, new_user.container) == RUNNING
+            if (new_user.gpus, new_user.autostart, new_user.limits) != (
+                old_user.gpus,
+                old_user.autostart,
+                old_user.limits,
+            ):
+                regenerate_config(new_reg, paths, new_user.container)
+        # No setting moves an address today, so this finds the tables right and leaves them.
+        isolated = nftrun.after_change(new_reg, _warn)
+    changes = ", ".join(usersettings.describe(key, value) for key, value in values.items())
+    say(f"set {name}: {changes}")
+    for note in set_effects(old_user, new_user, running):
+        say(f"  {note}")
+    return ExitStatus.OK if isolated else ExitStatus.ERROR
+
+
+def _warn(line: str) -> None:
+    sys.stderr.write(f"warning: {line}\n")
+
+
+def regenerate_config(reg: registry.Registry, paths: Paths, container: str) -> None:
+    """Rewrite one container's LXC config exactly as `apply` would."""
+    if not os.path.isdir(provision.container_dir(reg, container)):
+        raise GpushellError(f"container {container} does not exist; registry updated, config not written")
+    plan = apply.plan(reg, paths, apply.observe(reg, paths))
+    for change in plan.changes:
+        if change.kind == apply.CONFIG and change.subject == container:
+            apply.execute_change(change, reg, paths)
+
+
+# --- template list / use -------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TemplateRow:
+    name: str
+    suite: str | None
+    size: int | None  # bytes; None: not built
+    users: list[str]
+    default: bool  # the one new students get
+
+
+def template_rows(
+    reg: registry.Registry,
+    built: dict[str, tuple[str | None, int]],
+    origins: dict[str, str | None],
+) -> list[TemplateRow]:
+    """One row per built template, and the registry's even when it is not built (pure).
+
+    built: template name -> (suite, size in bytes); origins: user -> template it was copied from.
+    """
+    names = sorted(set(built) | {reg.template})
+    rows = []
+    for name in names:
+        suite, size = built.get(name, (None, None))
+        users = sorted(user for user, made_from in origins.items() if made_from == name)
+        rows.append(TemplateRow(name, suite, size, users, name == reg.template))
+    return rows
+
+
+def human_size(size: int | None) -> str:
+    if size is None:
+        return "not built"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def render_templates(rows: list[TemplateRow]) -> str:
+    table = [("TEMPLATE", "SUITE", "SIZE", "USED BY", "NEW STUDENTS")]
+    for row in rows:
+        table.append(
+            (
+                row.name,
+                row.suite or "?",
+                human_size(row.size),
+                ",".join(row.users) or "-",
+                "yes" if row.default else "",
+            )
+        )
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    return "".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() + "\n"
+        for line in table
+    )
+
+
+def templates_to_json(rows: list[TemplateRow]) -> str:
+    return json.dumps([dataclasses.asdict(row) for row in rows], indent=2)
+
+
+def built_templates(reg: registry.Registry) -> dict[str, tuple[str | None, int]]:
+    """Directories in the lxcpath that are gpushell templates: name -> (suite, size)."""
+    found: dict[str, tuple[str | None, int]] = {}
+    try:
+        names = os.listdir(reg.lxcpath)
+    except FileNotFoundError:
+        return found
+    for name in sorted(names):
+        directory = provision.container_dir(reg, name)
+        config = read_text_or_none(os.path.join(directory, "config"))
+        if name.startswith(".") or config is None or not config.startswith("# gpushell template"):
+            continue
+        found[name] = (template.suite_of(config), tree_size(directory))
+    return found
+
+
+def tree_size(directory: str) -> int:
+    """Bytes under directory, each inode counted once, links not followed."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for root, dirs, files in os.walk(directory):
+        for name in dirs + files:
+            try:
+                info = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            if (info.st_dev, info.st_ino) not in seen:
+                seen.add((info.st_dev, info.st_ino))
+                total += info.st_size
+    return total
+
+
+def is_built(reg: registry.Registry, name: str) -> bool:
+    return os.path.isdir(os.path.join(provision.container_dir(reg, name), "rootfs"))
+
+
+def cmd_template_list(paths: Paths, args: Options, say: Say) -> int:
+    reg = registry_store.load(paths)
+    origins = {name: provision.origin(reg, user.container) for name, user in reg.users.items()}
+    rows = template_rows(reg, built_templates(reg), origins)
+    say(templates_to_json(rows) if args.json else render_templates(rows).rstrip("\n"))
+    return ExitStatus.OK
+
+
+def cmd_template_use(paths: Paths, args: Options, say: Say) -> int:
+    name = args.name
+    if not registry.CONTAINER_NAME.fullmatch(name):
+        raise GpushellError(f"{name!r} is not a valid template name", status=ExitStatus.USAGE)
+
+    def use(text: str, reg: registry.Registry) -> str:
+        if not is_built(reg, name) or name not in built_templates_names(reg):
+            raise GpushellError(
+                f"template {name} is not built in {reg.lxcpath}; "
+                f"run: gpushell-admin template build --name {name}"
+            )
+        return text if name == reg.template else registry_edit.set_setting(text, "template", name)
+
+    old, _new = registry_store.update(paths, use)
+    if old.template == name:
+        say(f"new students already get template {name}")
+    else:
+        say(f"new students get template {name} (was {old.template}); existing containers are unchanged")
+    return ExitStatus.OK
+
+
+def built_templates_names(reg: registry.Registry) -> set[str]:
+    """Names of gpushell templates in the lxcpath (a student's container is not one)."""
+    names: set[str] = set()
+    try:
+        entries = os.listdir(reg.lxcpath)
+    except FileNotFoundError:
+        return names
+    for name in entries:
+        config = read_text_or_none(os.path.join(provision.container_dir(reg, name), "config"))
+        if config is not None and config.startswith("# gpushell template"):
+            names.add(name)
+    return names

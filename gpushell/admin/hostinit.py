@@ -1,0 +1,135 @@
+"""`gpushell-admin init`: prepare the host.  Every step is idempotent."""
+
+from __future__ import annotations
+
+import grp
+import os
+from collections.abc import Callable
+
+from ..core import chaincheck, dropins, forward, isolation
+from ..core.model import Registry
+from ..core.paths import Paths
+from ..system import ifaddr, iptables, nftrun, registry_store
+from ..system.accounts import covers_subid
+from ..system.files import write_atomically
+from ..system.runner import run
+
+Report = Callable[[str], None]
+
+
+def ensure_registry(paths: Paths, report: Report) -> None:
+    if os.path.exists(paths.registry):
+        return
+    import socket  # for the host's name, once
+
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    text = dropins.starter_registry(socket.getfqdn(), memory, os.cpu_count() or 1)
+    if registry_store.create(paths, text):
+        report(f"wrote a starter registry to {paths.registry}")
+
+
+def ensure_bridge(reg: Registry, report: Report) -> None:
+    if not os.path.exists(f"/sys/class/net/{reg.bridge}"):
+        run(["ip", "link", "add", reg.bridge, "type", "bridge"])
+        report(f"created bridge {reg.bridge}")
+    address = f"{reg.gateway}/{reg.subnet.prefixlen}"
+    if address not in ifaddr.ipv4_addresses(reg.bridge):
+        run(["ip", "addr", "add", address, "dev", reg.bridge])
+        report(f"gave {reg.bridge} the address {address}")
+    run(["ip", "link", "set", reg.bridge, "up"])
+
+
+def ensure_ip_forwarding(report: Report) -> None:
+    path = "/proc/sys/net/ipv4/ip_forward"
+    with open(path, encoding="ascii") as stream:
+        if stream.read().strip() == "1":
+            return
+    with open(path, "w", encoding="ascii") as stream:
+        stream.write("1\n")
+    report("turned on IPv4 forwarding")
+
+
+def ensure_forwards(reg: Registry, report: Report) -> None:
+    table = iptables.read_nat()
+    # Rebuilding a right chain would still move nf_tables' generation and so
+    # send every student's next login through the full forward check.
+    if not chaincheck.chain_matches(table, reg):
+        iptables.apply(forward.rebuild_lines(table, reg, reg.users.values()))
+    report(f"nat chain {reg.chain}: {len(reg.users)} forward(s)")
+
+
+def ensure_isolation(reg: Registry, report: Report) -> None:
+    nftrun.ensure(reg)  # only when they differ: a rebuild moves nf_tables' generation
+    name = isolation.table_name(reg)
+    report(f"nftables tables bridge {name} and inet {name}: isolation for {len(reg.users)} student(s)")
+
+
+def ensure_group(paths: Paths, report: Report) -> None:
+    try:
+        grp.getgrnam(paths.group)
+    except KeyError:
+        run(["groupadd", "--system", paths.group])
+        report(f"created group {paths.group}")
+
+
+def ensure_file(path: str, text: str, mode: int, report: Report, check: list[str] | None = None) -> None:
+    try:
+        with open(path, encoding="utf-8") as stream:
+            if stream.read() == text:
+                return
+    except FileNotFoundError:
+        pass
+    if check is not None:  # validate a copy before it can take effect
+        candidate = f"{path}.gpushell-new"
+        write_atomically(candidate, text, mode)
+        try:
+            run([*check, candidate])
+        except BaseException:
+            os.unlink(candidate)
+            raise
+        os.rename(candidate, path)  # the checked copy itself: what visudo passed is what takes effect
+    else:
+        write_atomically(path, text, mode)
+    report(f"installed {path}")
+
+
+def ensure_subordinate_ids(reg: Registry, report: Report) -> None:
+    """A root: line in /etc/subuid and /etc/subgid covering the students' ranges."""
+    count = 2**32 - reg.idmap_start - 2  # everything above the start, short of -1
+    for path in ("/etc/subuid", "/etc/subgid"):
+        try:
+            with open(path, encoding="utf-8") as stream:
+                lines = stream.read().splitlines()
+        except FileNotFoundError:
+            lines = []
+        if any(covers_subid(line, reg.idmap_start) for line in lines):
+            continue
+        lines.append(f"root:{reg.idmap_start}:{count}")
+        write_atomically(path, "\n".join(lines) + "\n")
+        report(f"added root:{reg.idmap_start}:{count} to {path}")
+
+
+def ensure_login_shell_listed(paths: Paths, report: Report) -> None:
+    with open("/etc/shells", encoding="utf-8") as stream:
+        if paths.shell in stream.read().split():
+            return
+    with open("/etc/shells", "a", encoding="utf-8") as stream:
+        stream.write(paths.shell + "\n")
+    report(f"added {paths.shell} to /etc/shells")
+
+
+def init(paths: Paths, report: Report) -> Registry:
+    ensure_registry(paths, report)
+    reg = registry_store.load(paths)
+    os.makedirs(paths.run_dir, mode=0o755, exist_ok=True)
+    ensure_group(paths, report)
+    ensure_bridge(reg, report)
+    ensure_ip_forwarding(report)
+    ensure_forwards(reg, report)
+    ensure_isolation(reg, report)
+    ensure_subordinate_ids(reg, report)
+    ensure_login_shell_listed(paths, report)
+    ensure_file(paths.sudoers_dropin, dropins.sudoers(paths), 0o440, report, check=["visudo", "-cqf"])
+    os.makedirs(os.path.dirname(paths.sshd_dropin), mode=0o755, exist_ok=True)
+    ensure_file(paths.sshd_dropin, dropins.sshd(paths), 0o644, report)
+    return reg

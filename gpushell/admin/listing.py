@@ -1,0 +1,213 @@
+"""`gpushell-admin list`: one row per student, plus warnings.
+
+Gathering (LXC, cgroups, iptables, the lxcpath) returns plain data; the
+renderers take that data and return text, so they are tested without a host.
+A container whose numbers cannot be read gets a row with blanks, not a crash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..containers import cgroups
+from ..containers.lxc import MISSING, RUNNING
+from ..core import chaincheck
+from ..core.forward import NatTable
+from ..core.registry import GpuSpec, Limits, Registry
+from ..system import iptables
+
+SAMPLE_SECONDS = 0.2
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    user: str
+    port: int
+    ip: str
+    container: str
+    state: str
+    gpus: GpuSpec
+    cpu_percent: float | None = None
+    memory_bytes: int | None = None
+    uptime_seconds: float | None = None
+    # The registry's limits for the student (applied at the container's next start).
+    limits: Limits | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Inventory:
+    rows: list[Row]
+    warnings: list[str]
+
+
+# --- pure ------------------------------------------------------------------
+
+
+def unregistered_containers(names: Iterable[str], reg: Registry) -> list[str]:
+    """Containers in the lxcpath that are neither the template nor a student's."""
+    known = {reg.template} | {user.container for user in reg.users.values()}
+    return sorted(name for name in names if name not in known)
+
+
+def warnings_for(reg: Registry, table: NatTable, container_names: Iterable[str]) -> list[str]:
+    found = [
+        f"container {name} in {reg.lxcpath} is not in the registry"
+        for name in unregistered_containers(container_names, reg)
+    ]
+    found += [
+        problem.message
+        for problem in chaincheck.problems(table, reg)
+        if problem.kind in (chaincheck.ORPHAN, chaincheck.WRONG, chaincheck.DUPLICATE, chaincheck.UNTAGGED)
+    ]
+    return found
+
+
+def gpus_text(gpus: GpuSpec) -> str:
+    return gpus if isinstance(gpus, str) else ",".join(str(index) for index in gpus) or "none"
+
+
+def size_text(count: int | None) -> str:
+    if count is None:
+        return "-"
+    value = float(count)
+    for unit in ("B", "K", "M", "G", "T"):
+        if value < 1024 or unit == "T":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def duration_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    whole = int(seconds)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    clock = f"{hours:02d}:{minutes:02d}:{secs:02d}"
+    return f"{days}d {clock}" if days else clock
+
+
+def percent_text(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+HEADER = ("USER", "PORT", "IP", "STATE", "GPUS", "CPU%", "MEM", "UPTIME")
+
+
+def render_table(rows: Iterable[Row]) -> str:
+    cells = [HEADER] + [
+        (
+            row.user, str(row.port), row.ip, row.state, gpus_text(row.gpus),
+            percent_text(row.cpu_percent), size_text(row.memory_bytes), duration_text(row.uptime_seconds),
+        )
+        for row in rows
+    ]  # fmt: skip
+    widths = [max(len(line[column]) for line in cells) for column in range(len(HEADER))]
+    numeric = {1, 5, 6, 7}  # right-aligned columns
+    lines = []
+    for line in cells:
+        parts = [
+            cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i]) for i, cell in enumerate(line)
+        ]
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def to_json(inventory: Inventory) -> str:
+    def row_data(row: Row) -> dict[str, Any]:
+        data = {field.name: getattr(row, field.name) for field in dataclasses.fields(row)}
+        data["gpus"] = row.gpus if isinstance(row.gpus, str) else list(row.gpus)
+        if row.limits is not None:
+            data["limits"] = {
+                "memory_bytes": row.limits.memory,
+                "cpus": row.limits.cpus,
+                "pids": row.limits.pids,
+            }
+        return data
+
+    return json.dumps(
+        {"users": [row_data(row) for row in inventory.rows], "warnings": inventory.warnings}, indent=2
+    )
+
+
+# --- gathering ---------------------------------------------------------------
+
+
+def container_names(lxcpath: str) -> list[str]:
+    """Names of the containers defined in lxcpath (a directory with a config)."""
+    try:
+        entries = os.listdir(lxcpath)
+    except FileNotFoundError:
+        return []
+    return sorted(
+        name
+        for name in entries
+        if not name.startswith(".") and os.path.isfile(os.path.join(lxcpath, name, "config"))
+    )
+
+
+def state_and_pid(lxcpath: str, name: str) -> tuple[str, int | None]:
+    import lxc  # python-lxc, imported where it is needed
+
+    container = lxc.Container(name, lxcpath)
+    if not container.defined:
+        return MISSING, None
+    state = str(container.state)
+    pid = int(container.init_pid)
+    return state, (pid if state == RUNNING and pid > 0 else None)
+
+
+def gather(
+    reg: Registry,
+    sample_seconds: float = SAMPLE_SECONDS,
+    probe: Callable[[str, str], tuple[str, int | None]] = state_and_pid,
+) -> Inventory:
+    users = sorted(reg.users.values(), key=lambda user: user.port)
+    warnings: list[str] = []
+    pids: dict[str, int] = {}
+    states: dict[str, str] = {}
+    for user in users:
+        try:
+            states[user.name], pid = probe(reg.lxcpath, user.container)
+        except Exception as exc:  # one broken container is a row with blanks
+            states[user.name], pid = "UNKNOWN", None
+            warnings.append(f"cannot read the state of {user.container}: {exc}")
+        if pid is not None:
+            pids[user.name] = pid
+    # One CPU sample for every container at once: the command waits once.
+    before = {name: cgroups.cpu_nanoseconds(pid) for name, pid in pids.items()}
+    began = time.monotonic()
+    if pids:
+        time.sleep(sample_seconds)
+    after = {name: cgroups.cpu_nanoseconds(pid) for name, pid in pids.items()}
+    elapsed = time.monotonic() - began
+    rows = []
+    for user in users:
+        pid = pids.get(user.name)
+        row = Row(user.name, user.port, user.address, user.container, states[user.name], user.gpus)
+        row = dataclasses.replace(row, limits=user.limits)
+        if pid is not None:
+            row = dataclasses.replace(
+                row,
+                cpu_percent=cgroups.cpu_percent(before[user.name], after[user.name], elapsed),
+                memory_bytes=cgroups.memory_bytes(pid),
+                uptime_seconds=uptime_of(pid),
+            )
+        rows.append(row)
+    warnings += warnings_for(reg, iptables.read_nat(), container_names(reg.lxcpath))
+    return Inventory(rows, warnings)
+
+
+def uptime_of(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return max(0.0, time.time() - psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None

@@ -1,0 +1,188 @@
+"""Network isolation between students as nftables rules (pure: registry in, ruleset text out).
+
+Two tables, named after the registry's chain in lower case (GPUSHELL ->
+`gpushell`), so a test lab with its own chain never touches the real ones:
+
+- `bridge NAME` (layer 2, before the bridge decides anything).  A frame
+  from a student's port (its veth, `lxcconfig.host_interface`) must carry
+  the student's MAC; an IPv4 packet its IP; an ARP packet (Ethernet/IPv4
+  only) its MAC and IP as sender.  Anything else from a student's port,
+  IPv6 included, is dropped: containers get IPv4 only.  A frame from any
+  other port may not claim a student's MAC or IP, nor the gateway's (a
+  container started before its veth got a stable name, say).  Unless
+  `allow_container_traffic`, nothing is bridged from or to a student's port:
+  containers reach only the host, which routes.  A student's port receives
+  only frames for its own MAC, and broadcast and multicast: a unicast frame
+  the bridge floods for a stopped container's MAC reaches no other.
+- `inet NAME` (layer 3, the host).  From the lab's bridge, the host takes
+  replies to its own connections and pings, nothing else: its sshd and
+  other services stay out of containers' reach.  What the host routes from
+  the bridge is a reply, or a new connection that leaves the lab (to
+  another container only when `allow_container_traffic`), and never to an
+  `egress_deny` network.  Replies pass first, so a client in a denied
+  network still reaches a container through its forward.
+
+Sets keep each rule one hash lookup, whatever the number of students.
+Every rule names the lab's bridge or its students' ports, MACs or IPs:
+the host's other traffic never meets a verdict here (a drop in any base
+chain is final, whoever else accepts).
+
+The text is written as `nft list table` prints it, so `normalized` can
+compare what the kernel holds with what the registry wants (doctor,
+apply); element order and line wrapping are nft's own and do not count.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from .allocate import host_interface, mac_address
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .model import Registry, User
+
+BRIDGE, INET = "bridge", "inet"
+FAMILIES = (BRIDGE, INET)
+
+
+def table_name(reg: Registry) -> str:
+    return reg.chain.lower()
+
+
+def _students(reg: Registry) -> list[User]:
+    return sorted(reg.users.values(), key=lambda user: ipaddress.IPv4Address(user.address))
+
+
+def _set(name: str, kind: str, elements: list[str], flags: str = "") -> str:
+    lines = [f"\tset {name} {{", f"\t\ttype {kind}"]
+    if flags:
+        lines.append(f"\t\tflags {flags}")
+    if elements:
+        lines.append(f"\t\telements = {{ {', '.join(elements)} }}")
+    return "\n".join([*lines, "\t}"]) + "\n"
+
+
+def _chain(name: str, rules: list[str], hook: str = "") -> str:
+    lines = [f"\tchain {name} {{"]
+    if hook:
+        lines.append(f"\t\ttype filter hook {hook} priority filter; policy accept;")
+    return "\n".join([*lines, *(f"\t\t{rule}" for rule in rules), "\t}"]) + "\n"
+
+
+def bridge_table(reg: Registry) -> str:
+    students = _students(reg)
+    ports = [f'"{host_interface(user.address)}"' for user in students]
+    macs = [mac_address(user.address) for user in students]
+    ips = sorted([ipaddress.IPv4Address(user.address) for user in students] + [reg.gateway])
+    # To a student's port: frames for its MAC in one lookup, the rest checked (to_student).
+    to_port = ["oifname . ether daddr @port_mac accept", "oifname @ports jump to_student"]
+    forward = to_port if reg.allow_container_traffic else ["iifname @ports drop", "oifname @ports drop"]
+    port_macs = [f"{port} . {mac}" for port, mac in zip(ports, macs, strict=True)]
+    port_ips = [f"{port} . {user.address}" for port, user in zip(ports, students, strict=True)]
+    port_mac_ips = [f"{pair} . {user.address}" for pair, user in zip(port_macs, students, strict=True)]
+    parts = [
+        _set("ports", "ifname", ports),
+        _set("port_mac", "ifname . ether_addr", port_macs),
+        _set("port_ip", "ifname . ipv4_addr", port_ips),
+        _set("port_mac_ip", "ifname . ether_addr . ipv4_addr", port_mac_ips),
+        _set("macs", "ether_addr", macs),
+        _set("ips", "ipv4_addr", [str(ip) for ip in ips]),
+        _chain("prerouting", [
+            # The bulk of it, a student's IPv4 from its own MAC and IP: one lookup.
+            "iifname . ether saddr . ip saddr @port_mac_ip accept",
+            "iifname @ports jump student",
+            # Any other port: no student's (or the gateway's) address.
+            "ether saddr @macs drop",
+            "arp saddr ether @macs drop",
+            "arp saddr ip @ips drop",
+            "ip saddr @ips drop",
+        ], hook="prerouting"),
+        _chain("student", [
+            "iifname . ether saddr != @port_mac drop",
+            # Ethernet/IPv4 ARP only: with other sizes the sender fields lie elsewhere.
+            "arp htype 1 arp ptype ip arp hlen 6 arp plen 4 "
+            "iifname . arp saddr ether @port_mac iifname . arp saddr ip @port_ip accept",
+            "drop",  # IPv6, VLAN tags, any other protocol: none at all
+        ]),
+        _chain("forward", forward, hook="forward"),
+        _chain("output", to_port, hook="output"),
+        # A student's port gets frames for its MAC and group (broadcast, multicast) frames:
+        # no unicast flooded for a MAC whose port is gone (a stopped container).
+        _chain("to_student", [
+            "ether daddr & 01:00:00:00:00:00 == 01:00:00:00:00:00 accept",
+            "drop",
+        ]),
+    ]  # fmt: skip
+    return f"table bridge {table_name(reg)} {{\n" + "\n".join(parts) + "}\n"
+
+
+def deny_networks(reg: Registry) -> list[str]:
+    """egress_deny without overlaps (an interval set refuses them), as nft prints them."""
+    networks = ipaddress.collapse_addresses(ipaddress.IPv4Network(text) for text in reg.egress_deny)
+    return [str(net.network_address) if net.prefixlen == 32 else str(net) for net in networks]
+
+
+def inet_table(reg: Registry) -> str:
+    bridge = f'"{reg.bridge}"'
+    forward = ["ct state established,related accept"]
+    if not reg.allow_container_traffic:
+        forward.append(f"oifname {bridge} drop")  # another container, routed by the host
+    forward.append("ip daddr @deny drop")
+    parts = [
+        _set("deny", "ipv4_addr", deny_networks(reg), flags="interval"),
+        _chain("input", [
+            f"iifname != {bridge} return",
+            "ct state established,related accept",
+            "icmp type echo-request accept",
+            "drop",
+        ], hook="input"),
+        _chain("forward", [f"iifname != {bridge} return", *forward], hook="forward"),
+    ]  # fmt: skip
+    return f"table inet {table_name(reg)} {{\n" + "\n".join(parts) + "}\n"
+
+
+def tables(reg: Registry) -> dict[str, str]:
+    """family -> the table's text, as `nft list table FAMILY NAME` prints it."""
+    return {BRIDGE: bridge_table(reg), INET: inet_table(reg)}
+
+
+def rebuild_script(reg: Registry) -> str:
+    """Input for one `nft -f -`: both tables replaced in one transaction.
+
+    `table` first makes each one exist, so the `delete` cannot fail; the
+    kernel applies all of it or nothing, and packets never see a half.
+    """
+    name = table_name(reg)
+    return "".join(f"table {family} {name}\ndelete table {family} {name}\n{text}"
+                   for family, text in tables(reg).items())  # fmt: skip
+
+
+def delete_script(reg: Registry) -> str:
+    name = table_name(reg)
+    return "".join(f"table {family} {name}\ndelete table {family} {name}\n" for family in FAMILIES)
+
+
+def normalized(text: str) -> str:
+    """The ruleset text with nft's layout taken out: blanks collapsed, set elements sorted."""
+    words = " ".join(text.split())
+    out = []
+    while True:
+        before, found, rest = words.partition("elements = { ")
+        out.append(before)
+        if not found:
+            return "".join(out)
+        elements, _, words = rest.partition(" }")
+        out.append(found + ", ".join(sorted(elements.split(", "))) + " }")
+
+
+def problems(reg: Registry, listed: dict[str, str | None]) -> list[str]:
+    """What is wrong with the tables; listed: family -> `nft list table` output, None when missing."""
+    found = []
+    for family, wanted in tables(reg).items():
+        text = listed.get(family)
+        if text is None:
+            found.append(f"nftables table {family} {table_name(reg)} is missing")
+        elif normalized(text) != normalized(wanted):
+            found.append(f"nftables table {family} {table_name(reg)} differs from what the registry wants")
+    return found

@@ -1,0 +1,1 @@
+"""The root helper: the verbs a student may ask for, and the work behind them."""

@@ -1,0 +1,121 @@
+"""What the helper and gpushell-admin do to one user's container and forward.
+
+Side effects live here, composed from the pure modules; both the root
+helper (for the student) and gpushell-admin (for the admin) call these.
+"""
+
+from __future__ import annotations
+
+from ..containers.lxc import sshd_answers, wait_for_sshd
+from ..core import forward
+from ..system import iptables
+from ..system.files import read_private, write_private
+from ..system.lock import locked
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..containers.lxc import ContainerDriver
+    from ..core.model import Registry, User
+    from ..core.paths import Paths
+
+
+class Context:
+    """Where an action happens: install paths, the registry, the container backend."""
+
+    __slots__ = ("driver", "paths", "registry")
+
+    def __init__(self, paths: Paths, registry: Registry, driver: ContainerDriver) -> None:
+        self.paths, self.registry, self.driver = paths, registry, driver
+
+
+def ensure_forward(ctx: Context, user: User) -> bool:
+    """Make the user's DNAT rule exist and be right; True when it had to change.
+
+    The rules are read only when the ruleset changed since this user's rule
+    was last verified (nf_tables' generation counter, kept in a stamp):
+    a login then costs the same with ten students or a thousand.
+    """
+    wanted = " ".join(forward.user_rule(ctx.registry.chain, user))
+    stamp = ctx.paths.forward_stamp(user.name)
+    # One writer at a time: two users' first logins after a reboot would
+    # otherwise both create the chain.
+    with locked(ctx.paths.forward_lock):
+        before = iptables.generation()
+        if before is not None and read_stamp(stamp) == f"{before} {wanted}":
+            return False
+        if ensure_isolation(ctx):
+            before = iptables.generation()
+        table = iptables.read_nat()
+        changed = iptables.apply(forward.ensure_user_lines(table, ctx.registry.chain, user))
+        after = iptables.generation()
+        # Stamp only if nobody else changed the ruleset between our read and now.
+        if before is not None and after == before + int(changed):
+            write_private(stamp, f"{after} {wanted}")
+        else:
+            write_private(stamp, "")
+        return changed
+
+
+def ensure_isolation(ctx: Context) -> bool:
+    """Rebuild the isolation tables from the whole registry if they are missing or changed.
+
+    On the login's slow path only (the ruleset moved since this user's last
+    check): so a host where `apply` did not run at boot still gets the
+    tables before a container starts, and a failure fails the login closed.
+    """
+    from ..system import nftrun, registry_store  # off the fast path: ipaddress, the whole registry
+
+    return nftrun.ensure(registry_store.load_all(ctx.paths))
+
+
+MAX_STAMP = 4096  # a generation number and one rule
+
+
+def read_stamp(path: str) -> str:
+    return read_private(path, MAX_STAMP) or ""
+
+
+def remove_forward(ctx: Context, name: str) -> bool:
+    with locked(ctx.paths.forward_lock):
+        write_private(ctx.paths.forward_stamp(name), "")
+        table = iptables.read_nat()
+        return iptables.apply(forward.remove_user_lines(table, ctx.registry.chain, name))
+
+
+def ensure_running(ctx: Context, user: User) -> bool:
+    """Start the container if needed and wait for its sshd; True when it was started."""
+    started = start_unless_answering(ctx, user)
+    if started is not None:
+        wait_for_sshd(user.address, ctx.registry.start_timeout)
+    return bool(started)
+
+
+def start_unless_answering(ctx: Context, user: User) -> bool | None:
+    """None when the container's sshd answers already; else start it if stopped (True) and return.
+
+    The common case, a running container, is settled by one connect to its
+    sshd, without asking LXC.  A surely stopped one (no LXC monitor) is
+    started without that probe, which it would make wait its whole 3 ms.
+    The caller waits for sshd (wait_for_sshd), and can do other work while
+    the container boots.
+    """
+    # 3 ms: a running container answers a connect on the bridge in well under one.
+    if ctx.driver.may_be_running(user.container) and sshd_answers(user.address, timeout=0.003):
+        return None
+    return ctx.driver.start(user.container)
+
+
+def describe(ctx: Context, user: User, state: str | None = None, /, **extra: object) -> dict[str, object]:
+    """What the student's side shows: plain data, rendered there."""
+    if ctx.registry.disabled_actions:  # the login shell leaves these out of its menu
+        extra = {"disabled": ",".join(ctx.registry.disabled_actions), **extra}
+    return {
+        "user": user.name,
+        "host": ctx.registry.hostname,
+        "port": user.port,
+        "container": user.container,
+        "ip": user.address,
+        "state": state or ctx.driver.state(user.container),
+        "idle_timeout": ctx.registry.idle_timeout,
+        **extra,
+    }

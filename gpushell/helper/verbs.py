@@ -1,0 +1,390 @@
+"""The root helper: the only privileged code a student can reach.
+
+Run as `sudo -n gpushell-helper VERB`; the sudoers drop-in lists each verb.
+The user is whoever sudo says called it (SUDO_UID), never an argument, and
+only that user's registry entry is ever acted on.  The answer is a few
+`key=value` lines on stdout (see protocol.py), rendered by the login shell.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import sys
+
+from ..containers.lxc import FROZEN, RUNNING, backend_for, wait_for_sshd
+from ..core import menu, protocol
+from ..core.errors import CONTACT_ADMIN, ExitStatus, GpushellError
+from ..core.paths import DEFAULT, Paths
+from ..system import audit, loginproc, registry_store, runner
+from ..system.files import write_private
+from ..system.lock import locked
+from . import services
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ..core.model import User
+
+    Answer = dict[str, object]
+    Action = Callable[[services.Context, User], Answer]
+
+
+# What main() does once the answer is written (the GPU snapshot's refresh): nobody waits for it.
+after_answer: list[Callable[[], None]] = []
+
+
+def _login(ctx: services.Context, user: User) -> Answer:
+    thaw_if_left_frozen(ctx, user)
+    started = services.start_unless_answering(ctx, user)
+    forward_changed = services.ensure_forward(ctx, user)  # while the container boots
+    if started is not None:
+        wait_for_sshd(user.address, ctx.registry.start_timeout)
+    answer = services.describe(ctx, user, RUNNING, started=bool(started), forward_changed=forward_changed)
+    if user.gpus != "none":
+        # The banner's GPU lines, from the cached snapshot (a small file read);
+        # a stale one is refreshed in the background once this answer is out.
+        from ..gpu import gpucache
+
+        keys, stale = gpucache.for_login(ctx.paths)
+        answer.update(keys)
+        if stale:
+            after_answer.append(lambda: gpucache.refresh_in_background(ctx.paths, lambda: _owners(ctx.paths)))
+    return answer
+
+
+def _status(ctx: services.Context, user: User) -> Answer:
+    return services.describe(ctx, user)
+
+
+def _stop(ctx: services.Context, user: User) -> Answer:
+    ctx.driver.stop(user.container)
+    return services.describe(ctx, user)
+
+
+def _restart(ctx: services.Context, user: User) -> Answer:
+    ctx.driver.stop(user.container)
+    return _login(ctx, user)
+
+
+def _owners(paths: Paths) -> dict[str, str]:
+    """Container name -> registry user, with each user's host id range (the full registry)."""
+    from ..gpu import gpustatus
+
+    reg = registry_store.load_all(paths)
+    return gpustatus.Owners(
+        {entry.container: entry.name for entry in reg.users.values()},
+        [(entry.idmap, reg.idmap_size, entry.name) for entry in reg.users.values()],
+    )
+
+
+def _gpus(ctx: services.Context, user: User) -> Answer:
+    from ..gpu import gpucache  # NVML is asked here; the login banner's snapshot is refreshed too
+
+    return gpucache.gpus_answer(ctx.paths, user.name, lambda: _owners(ctx.paths))
+
+
+def _gpu_kill(ctx: services.Context, user: User) -> Answer:
+    """SIGTERM one of the caller's GPU processes; its PID is the one line on stdin."""
+    from ..gpu import gpustatus
+
+    pid = gpustatus.parse_pid(sys.stdin.readline(gpustatus.MAX_PID_TEXT + 2))
+    return gpustatus.kill(pid, user.idmap, ctx.registry.idmap_size)
+
+
+# Arguments come as `key=value` lines on stdin (protocol.py), never in argv:
+# sudoers lists each verb exactly, and each value is checked again here.
+MAX_REQUEST = 512
+
+
+def _request() -> dict[str, str]:
+    return protocol.decode(sys.stdin.read(MAX_REQUEST))
+
+
+def _snapshot_name(request: dict[str, str]) -> str:
+    name = request.get("name", "")
+    if not menu.is_snapshot_name(name):
+        raise GpushellError(menu.SNAPSHOT_NAME_RULE, f"refused snapshot name {name!r}", ExitStatus.USAGE)
+    return name
+
+
+def _confirm(request: dict[str, str], user: User) -> None:
+    """Destructive verbs carry the student's own name, which the login shell got typed or `--yes`."""
+    if request.get("confirm") != user.name:
+        raise GpushellError("not confirmed; nothing changed", "destructive action without confirmation")
+
+
+def _with_snapshots(ctx: services.Context, user: User, **extra: object) -> Answer:
+    from ..containers import snapshots
+    from ..core import snapshotlist
+
+    listed = snapshots.list_snapshots(ctx.registry, user)
+    return services.describe(ctx, user, **snapshotlist.encode(listed, user.snapshot_limit), **extra)
+
+
+def thaw_if_left_frozen(ctx: services.Context, user: User) -> None:
+    """Resume a container that a killed snapshot left frozen (one stat on the login path).
+
+    A frozen container still completes TCP handshakes, so the readiness
+    probe alone would call it ready while its sshd never answers.  Under
+    the user lock no snapshot is running, so a marker left over is stale.
+    """
+    marker = ctx.paths.freeze_marker(user.name)
+    if os.path.exists(marker):
+        if ctx.driver.state(user.container) == FROZEN:
+            ctx.driver.unfreeze(user.container)
+        os.unlink(marker)
+
+
+def _snapshot(ctx: services.Context, user: User) -> Answer:
+    from ..containers import snapshots
+
+    request = _request()
+    name = _snapshot_name(request) if request.get("name") else None  # none given: one with the date
+    marker = ctx.paths.freeze_marker(user.name)
+    write_private(marker, "")  # removed below; only a SIGKILL can leave it
+    try:
+        made = snapshots.create(ctx.registry, user, ctx.driver, name)
+    finally:
+        os.unlink(marker)
+    return _with_snapshots(ctx, user, made=made.name)
+
+
+def _list_snapshots(ctx: services.Context, user: User) -> Answer:
+    return _with_snapshots(ctx, user)
+
+
+def _restore(ctx: services.Context, user: User) -> Answer:
+    from ..containers import snapshots
+
+    request = _request()
+    name = _snapshot_name(request)
+    _confirm(request, user)
+    if snapshots.restore(ctx.registry, user, ctx.driver, name):
+        return _login(ctx, user) | {"restored": name}
+    return services.describe(ctx, user, restored=name)
+
+
+def _delete_snapshot(ctx: services.Context, user: User) -> Answer:
+    from ..containers import snapshots
+
+    request = _request()
+    name = _snapshot_name(request)
+    _confirm(request, user)
+    snapshots.delete(ctx.registry, user, name)
+    return _with_snapshots(ctx, user, deleted=name)
+
+
+def _rebuild(ctx: services.Context, user: User) -> Answer:
+    from ..containers import rebuild
+    from ..system import accounts
+
+    request = _request()
+    _confirm(request, user)
+    keep_home = request.get("home", "keep") != "wipe"
+    rebuild.rebuild(ctx.registry, user, ctx.driver, accounts.existing_keys(user.name), keep_home)
+    return _login(ctx, user) | {"rebuilt": "kept-home" if keep_home else "wiped-home"}
+
+
+def _keys(ctx: services.Context, user: User) -> Answer:
+    from ..containers import keyrescue
+    from ..system import accounts
+
+    repaired = keyrescue.rescue(ctx.registry, user, ctx.driver, accounts.existing_keys(user.name))
+    lines = {f"repaired{index}": protocol_line(line) for index, line in enumerate(repaired)}
+    return services.describe(ctx, user, repaired=len(repaired), **lines)
+
+
+def protocol_line(text: str) -> str:
+    """One line of text made safe for a `key=value` answer."""
+    return "".join(ch if ch.isprintable() else " " for ch in text)[:200]
+
+
+def _status_with_usage(ctx: services.Context, user: User) -> Answer:
+    from ..containers import usage
+
+    measured = usage.container_usage(ctx.registry, user, ctx.driver)
+    return services.describe(ctx, user, **measured)
+
+
+ACTIONS: dict[str, Action] = {
+    "login": _login,
+    "status": _status_with_usage,
+    "help": _status,  # help shows the student's own port and host
+    "start": _login,
+    "stop": _stop,
+    "restart": _restart,
+    "gpus": _gpus,
+    "gpu-kill": _gpu_kill,
+    "snapshot": _snapshot,
+    "snapshots": _list_snapshots,
+    "restore": _restore,
+    "delete-snapshot": _delete_snapshot,
+    "rebuild": _rebuild,
+    "keys": _keys,
+}
+# The menu word an admin turns off (registry `disabled_actions`) for each verb.
+MENU_WORD = {"gpu-kill": menu.KILL_COMMAND}
+
+
+UNSAFE_MESSAGE = "that did not work; the details are in the system log for your administrator"
+
+
+def without_host_paths(message: str) -> str:
+    """The message, unless a word in it is an absolute path: then a plain line instead (pure).
+
+    A student never sees where the host keeps things (a last guard behind
+    every message written for students: a path that slipped into one stays
+    in the log, which has the whole message).  `~/.ssh/...` is theirs.
+    """
+    for word in message.split():
+        if word.strip("'\"`([{<:,;").startswith("/"):
+            return UNSAFE_MESSAGE
+    return message
+
+
+def caller_name(environ: dict[str, str]) -> str:
+    """The invoking user's name, from SUDO_UID only."""
+    if os.geteuid() != 0:
+        raise GpushellError("the helper must run through sudo", "helper run without root")
+    uid_text = environ.get("SUDO_UID", "")
+    if not uid_text.isdigit() or int(uid_text) == 0:
+        raise GpushellError(
+            "the helper must be run by a student through sudo",
+            f"helper called with SUDO_UID={uid_text!r}",
+            ExitStatus.USAGE,
+        )
+    try:
+        return pwd.getpwuid(int(uid_text)).pw_name
+    except KeyError:
+        raise GpushellError(CONTACT_ADMIN, f"SUDO_UID {uid_text} has no account") from None
+
+
+def _real_user() -> str:
+    """Who ran the helper when SUDO_UID could not say: the real uid."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return f"uid {os.getuid()}"
+
+
+# --- deadlines and the user lock -----------------------------------------------------
+
+# Seconds a verb may work once it holds the user lock.  Verbs that may start
+# the container get the registry's start_timeout on top (STARTS); copies of
+# a whole rootfs (snapshot, restore, rebuild) get the copy's own timeout.
+WORK_SECONDS = {
+    "login": 60, "start": 60, "restart": 100, "stop": 60,
+    "status": 60, "help": 30, "gpus": 60, "gpu-kill": 30, "snapshots": 60,
+    "snapshot": 1200, "restore": 1200, "delete-snapshot": 600, "rebuild": 1500, "keys": 300,
+}  # fmt: skip
+STARTS = frozenset({"login", "start", "restart", "restore", "rebuild"})
+# How long a verb waits for the user's lock.  A second login waits for the
+# first one's start (one start, one forward rule); a look waits a little;
+# anything else says "busy" at once rather than queue behind a long action.
+JOINS = frozenset({"login", "start"})
+LOOK_WAIT = 10.0
+OTHER_WAIT = 3.0
+BUSY = "busy: another action of yours is running; try again when it has finished"
+# The alarm that ends a verb stuck outside any program (a backstop: each
+# program already ends at the deadline, runner.py) comes this much later.
+ALARM_GRACE = 15
+# What is left to thaw a container after a verb ran out of time.
+RECOVERY_SECONDS = 30.0
+
+
+def work_deadline(verb: str, start_timeout: float) -> float:
+    return WORK_SECONDS[verb] + (start_timeout if verb in STARTS else 0)
+
+
+def lock_wait(verb: str, start_timeout: float) -> float:
+    if verb in JOINS:
+        return start_timeout + 30
+    return LOOK_WAIT if verb in ("status", "help", "gpus", "snapshots") else OTHER_WAIT
+
+
+def _alarm_ended(_signum: int, _frame: object) -> None:
+    raise runner.Deadline("the helper's alarm ended the action (stuck outside any program)")
+
+
+def run_action(paths: Paths, name: str, verb: str) -> Answer:
+    reg, user = registry_store.load_user(paths, name)
+    word = MENU_WORD.get(verb, verb)
+    if word in reg.disabled_actions:
+        raise GpushellError(f"{word} is turned off on this host; ask your admin", f"{word} is disabled")
+    ctx = services.Context(paths, reg, backend_for(reg))
+    # One action per user at a time: two logins at once start the container
+    # once and leave one forward rule.  The wait is bounded, and so is the
+    # action once the lock is held; the kernel drops the lock however it ends.
+    with locked(paths.user_lock(name), lock_wait(verb, reg.start_timeout), BUSY):
+        return _within_deadline(ctx, user, verb, work_deadline(verb, reg.start_timeout))
+
+
+def _within_deadline(ctx: services.Context, user: User, verb: str, seconds: float) -> Answer:
+    runner.set_deadline(seconds)
+    loginproc.handle(loginproc.SIGALRM, _alarm_ended)
+    loginproc.alarm(int(seconds) + ALARM_GRACE)
+    try:
+        return ACTIONS[verb](ctx, user)
+    except runner.Deadline:
+        loginproc.alarm(0)
+        _recover(ctx, user, verb)
+        raise
+    finally:
+        loginproc.alarm(0)
+        runner.set_deadline(None)
+
+
+def _recover(ctx: services.Context, user: User, verb: str) -> None:
+    """After a verb ran out of time: leave no container frozen (a snapshot freezes it)."""
+    if verb != "snapshot" and not os.path.exists(ctx.paths.freeze_marker(user.name)):
+        return
+    runner.set_deadline(RECOVERY_SECONDS)
+    try:
+        if ctx.driver.state(user.container) == FROZEN:
+            ctx.driver.unfreeze(user.container)
+        if os.path.exists(ctx.paths.freeze_marker(user.name)):
+            os.unlink(ctx.paths.freeze_marker(user.name))
+    except (GpushellError, OSError) as exc:  # the next login's thaw_if_left_frozen tries again
+        audit.record(user.name, verb, "failed", f"thaw after the deadline: {exc}", warning=True)
+
+
+def main(paths: Paths = DEFAULT, argv: list[str] | None = None) -> int:
+    argv = sys.argv if argv is None else argv
+    # Finish what was begun even if the student hangs up or presses Ctrl-C.
+    for signum in (loginproc.SIGINT, loginproc.SIGHUP, loginproc.SIGQUIT, loginproc.SIGTSTP):
+        loginproc.handle(signum, loginproc.SIG_IGN)
+    audit.open_log(f"{paths.syslog_ident}-helper")
+    name = "?"
+    verb = argv[1] if len(argv) == 2 else " ".join(argv[1:])
+    try:
+        if len(argv) != 2 or verb not in ACTIONS:
+            raise GpushellError(
+                "unknown helper request", f"refused helper argv {argv[1:]!r}", ExitStatus.USAGE
+            )
+        name = caller_name(dict(os.environ))
+        runner.for_students()  # a tool's stderr goes to the log, never into the answer
+        answer = run_action(paths, name, verb)
+    except GpushellError as exc:
+        if name == "?":  # refused before SUDO_UID named anyone: log who really ran it
+            name = _real_user()
+        audit.record(name, verb, "failed", exc.log_message, warning=True)
+        message = exc.user_message if exc.status in (ExitStatus.ERROR, ExitStatus.TIMEOUT) else CONTACT_ADMIN
+        message = without_host_paths(message)
+        print(protocol.encode({"error": message, "status": int(exc.status)}), end="")
+        return int(exc.status)
+    except Exception as exc:  # fail closed: the student sees one line, the log the rest
+        audit.record(name, verb, "crashed", f"{type(exc).__name__}: {exc}", warning=True)
+        print(protocol.encode({"error": CONTACT_ADMIN, "status": int(ExitStatus.HELPER)}), end="")
+        return int(ExitStatus.HELPER)
+    detail = " ".join(
+        f"{key}={answer[key]}"
+        for key in ("state", "port", "started", "gpus", "killed", "made", "restored", "deleted", "rebuilt")
+        if key in answer
+    )
+    audit.record(name, verb, "ok", detail)
+    print(protocol.encode(answer), end="")
+    for work in after_answer:
+        work()
+    return 0

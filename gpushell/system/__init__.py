@@ -1,0 +1,1 @@
+"""The host edge: running programs, files, locks, netfilter, accounts, the registry store."""
