@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 def installed_script(module: str, paths_arguments: str) -> str:
     """The entry point `make install` writes, with the lab's paths, from the installed package."""
     code = (
-        "import sys; from gpushell import entrypoints; "
+        "import sys; from gpushell.system import entrypoints; "
         f"sys.stdout.write(entrypoints.script({module!r}, {paths_arguments!r}))"
     )
     return sh(["/usr/bin/python3", "-I", "-c", code]).stdout

@@ -1,4 +1,4 @@
-"""Network isolation between students, on real containers (gpushell/isolation.py).
+"""Network isolation between students, on real containers (gpushell/core/isolation.py).
 
 Two students, both running: a victim and an attacker whose root changes
 its own network (address, MAC, routes) as hostile root would.  Every test

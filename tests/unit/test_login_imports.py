@@ -1,4 +1,4 @@
-"""The login path's modules load no heavy standard-library module (gpushell/loginproc.py says why).
+"""The login path's modules load no heavy standard-library module (gpushell/system/loginproc.py says why).
 
 This checks what a fresh interpreter has loaded after importing exactly
 what a login runs, so a stray `import enum` shows up here rather than
