@@ -59,17 +59,23 @@ $(VENV)/.ready: Makefile | deps
 
 venv: $(VENV)/.ready
 
-# Unit tests first (seconds), then the integration tests on real LXC,
-# iptables and sshd.  `pytest` exits 5 when it collected nothing: that fails.
+# Unit tests first (seconds: every folder but integration/, and the
+# contract suite against the fake backend), then the integration tests on
+# real LXC, iptables and sshd (the contract suite against LXC with them).
+# `pytest` exits 5 when it collected nothing: that fails.
+PYTEST = $(VENV)/bin/python -m pytest -q -p no:cacheprovider
+UNIT = $(PYTEST) tests --ignore=tests/integration -m "not integration"
+INTEGRATION = $(PYTEST) tests/integration -m integration
+
 test: install venv
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/unit
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/integration
+	$(UNIT)
+	$(INTEGRATION)
 
 unit: venv
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/unit
+	$(UNIT)
 
 integration: install venv
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/integration
+	$(INTEGRATION)
 
 lint: venv
 	$(VENV)/bin/ruff check gpushell tests bench

@@ -26,7 +26,7 @@ from gpushell.core.errors import GpushellError
 from gpushell.core.paths import Paths
 from gpushell.gpu import gpucache, gpustatus
 
-DATA = json.loads((pathlib.Path(__file__).parent / "data/nvml_readings.json").read_text())
+DATA = json.loads((pathlib.Path(__file__).parents[1] / "data/nvml_readings.json").read_text())
 # Each student's host id range, as the registry gives it (idmap .. idmap + idmap_size).
 ALICE_IDS, BOB_IDS, SIZE = 1_000_000, 1_065_536, 65_536
 OWNERS = gpustatus.Owners(

@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from fakes import RecordingDriver, host_key_pairs
+from tests.fakes import RecordingDriver, host_key_pairs
 
 from gpushell.containers import keyrescue, template
 from gpushell.core.errors import GpushellError

@@ -15,7 +15,7 @@ from gpushell.core.registry import parse
 from gpushell.system import nftrun
 from gpushell.system.runner import Result
 
-DATA = pathlib.Path(__file__).parent / "data"
+DATA = pathlib.Path(__file__).parents[1] / "data"
 TOP = (
     "bridge: gptabbr\nsubnet: 10.210.3.0/24\nports: 30001-30999\nchain: GPTAB-X\n"
     "egress_deny: [192.168.10.0/24, 10.9.9.9, 11.0.0.0/8, 11.2.0.0/16]\n"

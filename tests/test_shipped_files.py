@@ -13,7 +13,7 @@ import pytest
 from gpushell.admin import commands
 from gpushell.core import dropins, paths, registry
 
-TOP = pathlib.Path(__file__).resolve().parents[2]
+TOP = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_example_registry_loads() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[2] / "gpushell"
+PACKAGE = Path(__file__).resolve().parents[1] / "gpushell"
 
 
 def module_name(path: Path) -> str:

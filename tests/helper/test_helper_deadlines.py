@@ -8,7 +8,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from fakes import RecordingDriver
+from tests.fakes import RecordingDriver
 
 from gpushell.core import protocol
 from gpushell.core.errors import ExitStatus
