@@ -8,13 +8,13 @@ import stat
 from pathlib import Path
 
 import pytest
-from tests.fakes import RecordingDriver, host_key_pairs
 
 from gpushell.containers import keyrescue, template
 from gpushell.core.errors import GpushellError
 from gpushell.core.model import Registry, User
 from gpushell.system import runner
 from gpushell.system.runner import Result
+from tests.fakes import RecordingDriver, host_key_pairs
 
 KEYS = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyOfAnn ann@laptop\n"
 DEFAULT_CONFIG = "# Debian default\nInclude /etc/ssh/sshd_config.d/*.conf\nUsePAM yes\n"

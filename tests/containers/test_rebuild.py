@@ -9,11 +9,11 @@ import stat
 from pathlib import Path
 
 import pytest
-from tests.fakes import RecordingDriver, host_key_pairs
 
 from gpushell.containers import provision, rebuild, snapshots, treecopy
 from gpushell.core.errors import GpushellError
 from gpushell.core.model import Registry, User
+from tests.fakes import RecordingDriver, host_key_pairs
 
 KEYS = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyOfAnn ann@laptop\n"
 USER = User("ann", 22001, ipaddress.IPv4Address("10.0.3.2"), 1065536, "c-ann", "none", ())

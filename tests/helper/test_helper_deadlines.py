@@ -8,7 +8,6 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from tests.fakes import RecordingDriver
 
 from gpushell.core import protocol
 from gpushell.core.errors import ExitStatus
@@ -16,6 +15,7 @@ from gpushell.core.paths import Paths
 from gpushell.helper import verbs
 from gpushell.system import registry_store, runner
 from gpushell.system.lock import Busy
+from tests.fakes import RecordingDriver
 
 
 @pytest.fixture
