@@ -15,7 +15,8 @@ import pwd
 from collections.abc import Callable, Iterable
 
 from ..containers import cgroups, lxcconfig, provision
-from ..containers.lxc import RUNNING, STOPPED, ContainerDriver, backend_for
+from ..containers.backend import RUNNING, STOPPED, ContainerDriver
+from ..containers.factory import backend_for
 from ..core import chaincheck, forward
 from ..core.errors import GpushellError
 from ..core.forward import NatTable

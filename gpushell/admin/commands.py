@@ -96,7 +96,7 @@ def gpus_option(text: str) -> str | list[int]:
 
 def cmd_add(paths: Paths, args: Options) -> int:
     from ..containers import provision
-    from ..containers.lxc import backend_for
+    from ..containers.factory import backend_for
     from ..core import allocate, registry, registry_edit
     from ..helper import services
     from ..system import accounts, registry_store
@@ -160,7 +160,7 @@ def cmd_remove(paths: Paths, args: Options) -> int:
     import datetime
 
     from ..containers import archive, provision
-    from ..containers.lxc import backend_for
+    from ..containers.factory import backend_for
     from ..core import registry_edit
     from ..helper import services
     from ..system import accounts, registry_store

@@ -15,7 +15,8 @@ import os
 from collections.abc import Callable, Sequence
 
 from ..containers import provision
-from ..containers.lxc import RUNNING, backend_for
+from ..containers.backend import RUNNING
+from ..containers.factory import backend_for
 from ..core.errors import ExitStatus, GpushellError
 from ..core.model import Registry, User
 from ..core.paths import Paths

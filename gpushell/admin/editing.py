@@ -10,7 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..containers import provision, template
-from ..containers.lxc import RUNNING, backend_for
+from ..containers.backend import RUNNING
+from ..containers.factory import backend_for
 from ..core import registry, registry_edit, usersettings
 from ..core.errors import ExitStatus, GpushellError
 from ..core.paths import Paths

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..containers import cgroups
-from ..containers.lxc import MISSING, RUNNING
+from ..containers.backend import MISSING, RUNNING
 from ..core import chaincheck
 from ..core.forward import NatTable
 from ..core.registry import GpuSpec, Limits, Registry

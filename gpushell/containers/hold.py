@@ -25,11 +25,11 @@ import time
 from collections.abc import Iterator
 
 from ..core.errors import GpushellError
-from .lxc import FROZEN, RUNNING, STOPPED, ContainerDriver
+from .backend import FROZEN, RUNNING, STOPPED, ContainerDriver
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .lxc import Closable
+    from .backend import Closable
 
 # LXC's states of a running container: its freezer's THAWED, FREEZING, FROZEN (RUNNING for THAWED).
 ALIVE = (RUNNING, "FREEZING", FROZEN, "THAWED")

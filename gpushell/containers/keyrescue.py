@@ -33,7 +33,7 @@ from ..core.model import Registry, User
 from ..system import rootfs
 from ..system.runner import MESSAGE_OUTPUT, run
 from . import provision, template
-from .lxc import RUNNING, ContainerDriver
+from .backend import RUNNING, ContainerDriver
 
 STUDENT = (provision.STUDENT_UID, provision.STUDENT_UID)
 ROOT = (0, 0)

@@ -1,92 +1,22 @@
-"""Containers: the small interface the helper uses, and its LXC backend.
-
-The helper and the menu know only `ContainerDriver`; a multi-host backend
-(an Incus cluster, say) would implement the same few methods.
-"""
+"""The LXC backend: root-owned containers under one lxcpath, through LXC's own tools."""
 
 from __future__ import annotations
 
 import os
-import time
 
 # The C core of `socket`, for the login path (loginproc.py).
-from _socket import AF_INET, AF_UNIX, SOCK_STREAM, socket
+from _socket import AF_UNIX, SOCK_STREAM, socket
 
-from ..core.errors import ExitStatus, GpushellError
+from ..core.errors import GpushellError
 from ..system.runner import LARGE_OUTPUT, run
+from .backend import MISSING, RUNNING, ContainerDriver
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Protocol
-
-    from ..core.model import Registry
-
-    class Closable(Protocol):  # what block_start returns: a socket, for LXC
-        def close(self) -> None: ...
-
-
-RUNNING, STOPPED, MISSING, FROZEN = "RUNNING", "STOPPED", "MISSING", "FROZEN"
 # What lxc-start prints (exit status 0) for a container that runs already.
 ALREADY_RUNNING = "Container is already running"
 # The longest abstract socket name LXC uses as it is (sun_path less its two NULs);
 # longer ones it replaces with a hash.
 MAX_LXC_SOCKET_NAME = 105
 FREEZE_TIMEOUT = 30.0  # seconds lxc-freeze may wait for every task to stop
-
-
-class ContainerDriver:
-    """Where a student's container runs: start, stop, and its state."""
-
-    def state(self, name: str) -> str:
-        raise NotImplementedError
-
-    def may_be_running(self, name: str) -> bool:
-        """False only when the container is surely not running: a cheap hint, never a state."""
-        return True
-
-    def running(self) -> set[str]:
-        """The names of every running container of this backend, in one look."""
-        raise NotImplementedError
-
-    def start(self, name: str) -> bool:
-        """Start it unless it runs already; True when it was started."""
-        raise NotImplementedError
-
-    def stop(self, name: str) -> None:
-        raise NotImplementedError
-
-    def freeze(self, name: str) -> None:
-        """Pause every process of a running container (a consistent point for a snapshot)."""
-        raise NotImplementedError
-
-    def unfreeze(self, name: str) -> None:
-        raise NotImplementedError
-
-    # For root work on a rootfs (snapshots, restore, rebuild): a state known, not hoped for.
-
-    def info(self, name: str) -> tuple[str, int | None]:
-        """Its state and its init's host PID (None when it has none), from one look."""
-        return self.state(name), None
-
-    def cgroup_frozen(self, pid: int) -> bool:
-        """Whether the kernel's freezer (not the backend's word) holds every task of pid's container."""
-        return False
-
-    def block_start(self, name: str) -> Closable:
-        """Make every start of the (stopped) container fail until the result is closed.
-
-        Raises GpushellError when it cannot: the container has begun to start.
-        """
-        raise NotImplementedError
-
-
-def backend_for(reg: Registry) -> ContainerDriver:
-    """The container backend the registry asks for: LXC under its lxcpath, the only one yet.
-
-    Everything above the backend gets its driver here, so a second backend
-    is one class and one branch.
-    """
-    return LxcDriver(reg.lxcpath)
 
 
 class LxcDriver(ContainerDriver):
@@ -105,7 +35,13 @@ class LxcDriver(ContainerDriver):
         return ["-P", self.lxcpath, "-n", name]
 
     def _defined(self, name: str) -> bool:
-        return os.path.exists(os.path.join(self.lxcpath, name, "config"))
+        return self.exists(name)
+
+    def directory(self, name: str) -> str:
+        return os.path.join(self.lxcpath, name)
+
+    def attach(self, name: str, command: list[str]) -> list[str]:
+        return ["lxc-attach", *self._args(name), "--clear-env", "--", *command]
 
     def state(self, name: str) -> str:
         if not self._defined(name):
@@ -263,60 +199,3 @@ def _read_small(path: str) -> str:
             return stream.read(4096)
     except OSError:
         return ""
-
-
-def sshd_answers(ip: str, port: int = 22, timeout: float = 0.01) -> bool:
-    """True when something accepts a TCP connection at ip:port (an IP literal: no DNS).
-
-    A container on the local bridge answers in well under a millisecond; the
-    short timeout only bounds the wait for an address that is not up yet
-    (no ARP reply), so a poll never stalls for long.
-    """
-    probe = socket(AF_INET, SOCK_STREAM)
-    try:
-        probe.settimeout(timeout)
-        probe.connect((ip, port))
-    except OSError:
-        return False
-    finally:
-        probe.close()
-    return True
-
-
-MIN_POLL, MAX_POLL = 0.003, 0.05  # seconds between two probes of a booting sshd
-QUICK_BOOT = 1.0  # seconds a container takes to boot on a host with cores to spare (~0.35)
-
-
-def poll_interval(waited: float) -> float:
-    """Seconds to sleep before the next probe, after waiting `waited` seconds.
-
-    Every 3 ms while a boot is still quick, so a lone cold start is noticed
-    at once.  Past that the host is busy (a class logging in at once): a
-    fraction of the wait so far, so twenty boots sharing two cores do not
-    spend them on thousands of probes, and none is noticed more than about
-    3 % later than it could be.
-    """
-    if waited < QUICK_BOOT:
-        return MIN_POLL
-    return min(MAX_POLL, waited / 32)
-
-
-def wait_for_sshd(ip: str, timeout: float, port: int = 22) -> float:
-    """Wait until sshd accepts a TCP connection on ip:port; return the seconds it took.
-
-    sshd listens only once its configuration and host keys are loaded, so an
-    accepted connection means a client can log in now.  (Waiting for the
-    greeting as well would add sshd's per-connection re-exec, ~9 ms, to
-    every login, and log a dropped pre-auth connection in the container.)
-    """
-    began = time.monotonic()
-    deadline = began + timeout
-    while not sshd_answers(ip, port):
-        if time.monotonic() >= deadline:
-            raise GpushellError(
-                f"your container did not answer on port {port} within {timeout:.0f} s",
-                f"sshd at {ip}:{port} not ready after {timeout} s",
-                ExitStatus.TIMEOUT,
-            )
-        time.sleep(poll_interval(time.monotonic() - began))
-    return time.monotonic() - began

@@ -21,7 +21,7 @@ from ..core.model import Registry, User
 from ..system import rootfs
 from ..system.files import write_atomically
 from . import hold, keyrescue, provision, snapshots, treecopy
-from .lxc import ContainerDriver
+from .backend import ContainerDriver
 
 
 def rebuild(reg: Registry, user: User, driver: ContainerDriver, keys: str, keep_home: bool) -> None:

@@ -34,7 +34,7 @@ from ..core.snapshotlist import Snapshot
 from ..system import rootfs
 from ..system.files import read_private
 from . import hold, provision, treecopy
-from .lxc import FROZEN, RUNNING, ContainerDriver
+from .backend import FROZEN, RUNNING, ContainerDriver
 
 SNAPSHOT_DIR = "gpushell-snapshots"
 INFO_FILE = "info"

@@ -15,7 +15,7 @@ from ..core.model import Registry, User
 from ..system import rootfs
 from ..system.runner import run
 from . import cgroups, provision
-from .lxc import RUNNING, ContainerDriver
+from .backend import RUNNING, ContainerDriver
 
 
 def init_pid(lxcpath: str, container: str) -> int | None:

@@ -6,7 +6,7 @@ helper (for the student) and gpushell-admin (for the admin) call these.
 
 from __future__ import annotations
 
-from ..containers.lxc import sshd_answers, wait_for_sshd
+from ..containers.readiness import sshd_answers, wait_for_sshd
 from ..core import forward
 from ..system import iptables
 from ..system.files import read_private, write_private
@@ -14,7 +14,7 @@ from ..system.lock import locked
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ..containers.lxc import ContainerDriver
+    from ..containers.backend import ContainerDriver
     from ..core.model import Registry, User
     from ..core.paths import Paths
 

@@ -12,7 +12,9 @@ import os
 import pwd
 import sys
 
-from ..containers.lxc import FROZEN, RUNNING, backend_for, wait_for_sshd
+from ..containers.backend import FROZEN, RUNNING
+from ..containers.factory import backend_for
+from ..containers.readiness import wait_for_sshd
 from ..core import menu, protocol
 from ..core.errors import CONTACT_ADMIN, ExitStatus, GpushellError
 from ..core.paths import DEFAULT, Paths

@@ -8,7 +8,8 @@ import socket
 import pytest
 
 from gpushell.containers import lxc
-from gpushell.containers.lxc import ContainerDriver, LxcDriver
+from gpushell.containers.backend import ContainerDriver
+from gpushell.containers.lxc import LxcDriver
 from gpushell.core.model import Registry, User
 from gpushell.helper import services
 

@@ -1,6 +1,6 @@
 """How often a login probes a booting container's sshd: few probes, little lateness."""
 
-from gpushell.containers.lxc import MAX_POLL, MIN_POLL, QUICK_BOOT, poll_interval
+from gpushell.containers.readiness import MAX_POLL, MIN_POLL, QUICK_BOOT, poll_interval
 
 
 def probes_until(ready_at: float) -> tuple[int, float]:

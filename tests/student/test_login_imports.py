@@ -53,7 +53,7 @@ HELPER_WORK = """
 from gpushell.core import forward
 from gpushell.system import registry_cache
 from gpushell.helper import services
-from gpushell.containers.lxc import RUNNING, ContainerDriver
+from gpushell.containers.backend import ContainerDriver, RUNNING
 reg, user = registry_cache.from_plain(PLAIN, "alice")
 rules = forward.user_rule(reg.chain, user) + forward.masquerade_rule(reg)
 answer = services.describe(services.Context(None, reg, ContainerDriver()), user, RUNNING)

@@ -1,0 +1,67 @@
+"""Whether a container's sshd is up yet: a TCP connect, polled while it boots."""
+
+from __future__ import annotations
+
+import time
+
+# The C core of `socket`, for the login path (loginproc.py).
+from _socket import AF_INET, SOCK_STREAM, socket
+
+from ..core.errors import ExitStatus, GpushellError
+
+
+def sshd_answers(ip: str, port: int = 22, timeout: float = 0.01) -> bool:
+    """True when something accepts a TCP connection at ip:port (an IP literal: no DNS).
+
+    A container on the local bridge answers in well under a millisecond; the
+    short timeout only bounds the wait for an address that is not up yet
+    (no ARP reply), so a poll never stalls for long.
+    """
+    probe = socket(AF_INET, SOCK_STREAM)
+    try:
+        probe.settimeout(timeout)
+        probe.connect((ip, port))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+MIN_POLL, MAX_POLL = 0.003, 0.05  # seconds between two probes of a booting sshd
+QUICK_BOOT = 1.0  # seconds a container takes to boot on a host with cores to spare (~0.35)
+
+
+def poll_interval(waited: float) -> float:
+    """Seconds to sleep before the next probe, after waiting `waited` seconds.
+
+    Every 3 ms while a boot is still quick, so a lone cold start is noticed
+    at once.  Past that the host is busy (a class logging in at once): a
+    fraction of the wait so far, so twenty boots sharing two cores do not
+    spend them on thousands of probes, and none is noticed more than about
+    3 % later than it could be.
+    """
+    if waited < QUICK_BOOT:
+        return MIN_POLL
+    return min(MAX_POLL, waited / 32)
+
+
+def wait_for_sshd(ip: str, timeout: float, port: int = 22) -> float:
+    """Wait until sshd accepts a TCP connection on ip:port; return the seconds it took.
+
+    sshd listens only once its configuration and host keys are loaded, so an
+    accepted connection means a client can log in now.  (Waiting for the
+    greeting as well would add sshd's per-connection re-exec, ~9 ms, to
+    every login, and log a dropped pre-auth connection in the container.)
+    """
+    began = time.monotonic()
+    deadline = began + timeout
+    while not sshd_answers(ip, port):
+        if time.monotonic() >= deadline:
+            raise GpushellError(
+                f"your container did not answer on port {port} within {timeout:.0f} s",
+                f"sshd at {ip}:{port} not ready after {timeout} s",
+                ExitStatus.TIMEOUT,
+            )
+        time.sleep(poll_interval(time.monotonic() - began))
+    return time.monotonic() - began
