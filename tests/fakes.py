@@ -1,70 +1,113 @@
-"""Stand-ins shared by the self-service unit tests (what cannot run here without a container)."""
+"""Stand-ins shared by the unit tests: the fake container backend, real host keys."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 from gpushell.containers import provision
+from gpushell.containers.backend import FROZEN, MISSING, RUNNING, STOPPED, ContainerDriver
+from gpushell.core.errors import GpushellError
 
 
-class RecordingDriver:
-    """One container's state, changed by start/stop like LXC would, every call recorded."""
+class FakeBackend(ContainerDriver):
+    """The unit tests' container backend: states in a dict, files under lxcpath, every change recorded.
 
-    def __init__(self, state: str = "STOPPED") -> None:
-        self.current = state
+    The contract suite (tests/contract) holds it to what LXC does.  A name
+    not in `states` is in state `default`: a test about one container
+    needs no set-up.  `calls` reads like `["stop c-ann", "start c-ann"]`.
+    """
+
+    def __init__(
+        self,
+        states: dict[str, str] | None = None,
+        default: str = STOPPED,
+        lxcpath: str = "/nonexistent",
+        maybe_running: bool | None = None,
+    ) -> None:
+        self.states, self.default, self.lxcpath = dict(states or {}), default, lxcpath
+        self.maybe_running = maybe_running  # None: whatever the state says
         self.calls: list[str] = []
+        self.blocked: set[str] = set()
+
+    def define(self, name: str) -> None:
+        """A stopped container with a config and an empty rootfs, as provision leaves one."""
+        os.makedirs(self.rootfs(name))
+        Path(self.config_path(name)).write_text(f"# {name}\n")
+        self.states[name] = STOPPED
+
+    def directory(self, name: str) -> str:
+        return os.path.join(self.lxcpath, name)
+
+    def exists(self, name: str) -> bool:
+        return self.state(name) != MISSING
+
+    def names(self) -> list[str]:
+        return sorted(name for name, state in self.states.items() if state != MISSING)
 
     def state(self, name: str) -> str:
-        return self.current
+        return self.states.get(name, self.default)
+
+    def may_be_running(self, name: str) -> bool:
+        return self.state(name) != STOPPED if self.maybe_running is None else self.maybe_running
+
+    def running(self) -> set[str]:
+        self.calls.append("running")
+        return {name for name, state in self.states.items() if state in (RUNNING, FROZEN)}
+
+    def _set(self, verb: str, name: str, state: str) -> None:
+        self.calls.append(f"{verb} {name}")
+        self.states[name] = state
 
     def start(self, name: str) -> bool:
-        self.calls.append("start")
-        started, self.current = self.current != "RUNNING", "RUNNING"
+        if not self.exists(name):
+            raise GpushellError("your container does not exist", f"container {name} is not defined")
+        if name in self.blocked:
+            raise GpushellError("your container failed to start", f"{name}: starts are blocked")
+        started = self.state(name) == STOPPED
+        self._set("start", name, self.state(name) if not started else RUNNING)
         return started
 
     def stop(self, name: str) -> None:
-        self.calls.append("stop")
-        self.current = "STOPPED"
+        self._set("stop", name, STOPPED if self.exists(name) else MISSING)
 
     def freeze(self, name: str) -> None:
-        self.calls.append("freeze")
-        if self.current == "RUNNING":
-            self.current = "FROZEN"
+        self._set("freeze", name, FROZEN if self.state(name) == RUNNING else self.state(name))
 
     def unfreeze(self, name: str) -> None:
-        self.calls.append("unfreeze")
-        if self.current == "FROZEN":
-            self.current = "RUNNING"
-
-    # What hold.py asks: one init PID for as long as it runs, the freezer agreeing with the state.
+        self._set("unfreeze", name, RUNNING if self.state(name) == FROZEN else self.state(name))
 
     def info(self, name: str) -> tuple[str, int | None]:
-        return self.current, INIT_PID if self.current in ("RUNNING", "FROZEN") else None
+        state = self.state(name)
+        return state, INIT_PID if state in (RUNNING, FROZEN) else None
 
     def cgroup_frozen(self, pid: int) -> bool:
-        return self.current == "FROZEN"
+        return pid == INIT_PID and FROZEN in self.states.values()
 
     def block_start(self, name: str) -> StartBlock:
-        if self.current != "STOPPED":
-            from gpushell.core.errors import GpushellError
-
+        if self.state(name) != STOPPED:
             raise GpushellError("your container is starting or running; try again in a moment")
-        self.calls.append("block-start")
-        return StartBlock(self.calls)
+        self.calls.append(f"block-start {name}")
+        self.blocked.add(name)
+        return StartBlock(self, name)
+
+    def attach(self, name: str, command: list[str]) -> list[str]:
+        return ["env", "-i", *command]  # no container here: the command, environment cleared
 
 
 INIT_PID = 4242
 
 
 class StartBlock:
-    """What a fake block_start returns: its close() recorded."""
+    """What the fake's block_start returns: starts refused until close()."""
 
-    def __init__(self, calls: list[str]) -> None:
-        self.calls = calls
+    def __init__(self, backend: FakeBackend, name: str) -> None:
+        self.backend, self.name = backend, name
 
     def close(self) -> None:
-        self.calls.append("unblock-start")
+        self.backend.calls.append(f"unblock-start {self.name}")
+        self.backend.blocked.discard(self.name)
 
 
 def host_key_pairs(directory: Path) -> dict[str, tuple[bytes, bytes]]:

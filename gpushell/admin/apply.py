@@ -114,7 +114,7 @@ class Plan(Value):
 
 
 def config_path(reg: Registry, container: str) -> str:
-    return os.path.join(provision.container_dir(reg, container), "config")
+    return backend_for(reg).config_path(container)
 
 
 def wanted_config(
@@ -126,7 +126,7 @@ def wanted_config(
     cgroup: cgroups.CgroupLayout = cgroups.CGROUP_V1,
 ) -> str:
     """The config for user; gpu_nodes: every NVIDIA node on the host (the user's are picked here)."""
-    rootfs = os.path.join(provision.container_dir(reg, user.container), "rootfs")
+    rootfs = backend_for(reg).rootfs(user.container)
     nodes = gpudevices.select(gpu_nodes, user.gpus)
     return lxcconfig.container_config(reg, user, rootfs, apparmor_profile, nodes, student_ids, cgroup)
 
@@ -274,7 +274,7 @@ def container_configs(reg: Registry) -> dict[str, str | None]:
     """Each student's container config text; None where there is no container."""
     configs: dict[str, str | None] = {}
     for user in reg.users.values():
-        if os.path.isdir(provision.container_dir(reg, user.container)):
+        if os.path.isdir(backend_for(reg).directory(user.container)):
             # A container without a config is broken: "" makes apply write one.
             configs[user.container] = read_text_or_none(config_path(reg, user.container)) or ""
         else:

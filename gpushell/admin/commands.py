@@ -43,6 +43,7 @@ def cmd_init(paths: Paths, args: Options) -> int:
 
 def cmd_template_build(paths: Paths, args: Options) -> int:
     from ..containers import provision, template
+    from ..containers.factory import backend_for
     from ..core import registry
     from ..system import registry_store
 
@@ -52,7 +53,7 @@ def cmd_template_build(paths: Paths, args: Options) -> int:
         raise GpushellError(f"{name!r} is not a valid template name", status=ExitStatus.USAGE)
     if any(user.container == name for user in reg.users.values()):
         raise GpushellError(f"{name} is a student's container, not a template", status=ExitStatus.USAGE)
-    directory = provision.container_dir(reg, name)
+    directory = backend_for(reg).directory(name)
     if os.path.exists(directory) and not args.force:
         say(f"template {name} is already built ({directory}); --force rebuilds it")
         return ExitStatus.OK
@@ -180,7 +181,7 @@ def cmd_remove(paths: Paths, args: Options) -> int:
             kept = ""
             if args.archive:
                 # Before anything is destroyed; a failure here aborts the remove.
-                rootfs = os.path.join(provision.container_dir(reg, user.container), "rootfs")
+                rootfs = backend_for(reg).rootfs(user.container)
                 kept = archive.archive_rootfs(rootfs, args.archive, name, datetime.datetime.now(datetime.UTC))
             services.remove_forward(ctx, name)
             provision.destroy(reg, user.container)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from ..containers import cgroups, provision
+from ..containers.factory import backend_for
 from ..core import chaincheck, dropins, isolation
 from ..core.errors import GpushellError
 from ..core.forward import JUMP_CHAINS, TAG, NatTable, comment_of, jump_rule, user_rule
@@ -635,7 +636,7 @@ def gather(reg: Registry, paths: Paths) -> Facts:
         sudoers=installed_file(paths.sudoers_dropin),
         sshd=installed_file(paths.sshd_dropin),
         subids={path: read_lines(path) for path in ("/etc/subuid", "/etc/subgid")},
-        template_exists=os.path.isdir(os.path.join(provision.container_dir(reg, reg.template), "rootfs")),
+        template_exists=os.path.isdir(backend_for(reg).rootfs(reg.template)),
         configs=apply.container_configs(reg),
         listeners=listeners(),
         accounts=accounts,
@@ -646,9 +647,7 @@ def gather(reg: Registry, paths: Paths) -> Facts:
         leftovers=tuple(leftovers.find(reg, paths, scan)),
         kept_accounts=kept,
         driver_versions={
-            user.container: driverfiles.read_container_versions(
-                os.path.join(provision.container_dir(reg, user.container), "rootfs")
-            )
+            user.container: driverfiles.read_container_versions(backend_for(reg).rootfs(user.container))
             for user in gpu_users(reg)
         }
         if reg.driver == "container"

@@ -4,7 +4,7 @@ For `driver: container`.  `select` (pure) picks the GPU containers whose
 libcuda/libnvidia-ml version differs from the loaded module's (doctor's
 comparison, driverfiles.mismatch).  `sync_one` streams the installer into
 the container through the link-refusing rootfs writer, runs it there with
-`--no-kernel-module --silent --no-questions` through lxc-attach (starting
+`--no-kernel-module --silent --no-questions` through the backend's attach (starting
 the container for it, and stopping it again if it was stopped), removes
 the copy, and reads the versions again.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 
-from ..containers import provision
 from ..containers.backend import RUNNING
 from ..containers.factory import backend_for
 from ..core.errors import ExitStatus, GpushellError
@@ -67,7 +66,7 @@ def installer_path(reg: Registry, option: str | None) -> str:
 
 
 def container_root(reg: Registry, user: User) -> str:
-    return os.path.join(provision.container_dir(reg, user.container), "rootfs")
+    return backend_for(reg).rootfs(user.container)
 
 
 def copy_installer(root: str, installer: str) -> None:
@@ -90,17 +89,7 @@ def sync_one(reg: Registry, paths: Paths, user: User, installer: str, host_versi
         try:
             driver.start(user.container)
             result = run(
-                [
-                    "lxc-attach",
-                    "-P",
-                    reg.lxcpath,
-                    "-n",
-                    user.container,
-                    "--",
-                    "sh",
-                    INSIDE,
-                    *INSTALLER_OPTIONS,
-                ],
+                driver.attach(user.container, ["sh", INSIDE, *INSTALLER_OPTIONS]),
                 check=False,
                 timeout=INSTALL_TIMEOUT,
             )

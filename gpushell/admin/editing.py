@@ -56,7 +56,7 @@ def set_effects(old: registry.User, new: registry.User, running: bool) -> list[s
     if old.port != new.port:
         notes.append(f"port {old.port} -> {new.port}: forward replaced now")
     if old.autostart != new.autostart:
-        notes.append(f"autostart {'on' if new.autostart else 'off'}: lxc.start.auto regenerated")
+        notes.append(f"autostart {'on' if new.autostart else 'off'}: the container's config regenerated")
     if old.gpus != new.gpus:
         when = "at the container's next start" if running else "when the container next starts"
         notes.append(f"gpus {_gpus(old.gpus)} -> {_gpus(new.gpus)}: config regenerated, takes effect {when}")
@@ -120,7 +120,7 @@ def _warn(line: str) -> None:
 
 def regenerate_config(reg: registry.Registry, paths: Paths, container: str) -> None:
     """Rewrite one container's LXC config exactly as `apply` would."""
-    if not os.path.isdir(provision.container_dir(reg, container)):
+    if not os.path.isdir(backend_for(reg).directory(container)):
         raise GpushellError(f"container {container} does not exist; registry updated, config not written")
     plan = apply.plan(reg, paths, apply.observe(reg, paths))
     for change in plan.changes:
@@ -195,14 +195,11 @@ def templates_to_json(rows: list[TemplateRow]) -> str:
 def built_templates(reg: registry.Registry) -> dict[str, tuple[str | None, int]]:
     """Directories in the lxcpath that are gpushell templates: name -> (suite, size)."""
     found: dict[str, tuple[str | None, int]] = {}
-    try:
-        names = os.listdir(reg.lxcpath)
-    except FileNotFoundError:
-        return found
-    for name in sorted(names):
-        directory = provision.container_dir(reg, name)
-        config = read_text_or_none(os.path.join(directory, "config"))
-        if name.startswith(".") or config is None or not config.startswith("# gpushell template"):
+    driver = backend_for(reg)
+    for name in driver.names():
+        directory = driver.directory(name)
+        config = read_text_or_none(driver.config_path(name))
+        if config is None or not config.startswith("# gpushell template"):
             continue
         found[name] = (template.suite_of(config), tree_size(directory))
     return found
@@ -225,7 +222,7 @@ def tree_size(directory: str) -> int:
 
 
 def is_built(reg: registry.Registry, name: str) -> bool:
-    return os.path.isdir(os.path.join(provision.container_dir(reg, name), "rootfs"))
+    return os.path.isdir(backend_for(reg).rootfs(name))
 
 
 def cmd_template_list(paths: Paths, args: Options, say: Say) -> int:
@@ -259,13 +256,9 @@ def cmd_template_use(paths: Paths, args: Options, say: Say) -> int:
 
 def built_templates_names(reg: registry.Registry) -> set[str]:
     """Names of gpushell templates in the lxcpath (a student's container is not one)."""
-    names: set[str] = set()
-    try:
-        entries = os.listdir(reg.lxcpath)
-    except FileNotFoundError:
-        return names
-    for name in entries:
-        config = read_text_or_none(os.path.join(provision.container_dir(reg, name), "config"))
-        if config is not None and config.startswith("# gpushell template"):
-            names.add(name)
-    return names
+    driver = backend_for(reg)
+    return {
+        name
+        for name in driver.names()
+        if (read_text_or_none(driver.config_path(name)) or "").startswith("# gpushell template")
+    }

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from ..containers import cgroups
-from ..containers.backend import MISSING, RUNNING
+from ..containers.backend import ContainerDriver
+from ..containers.factory import backend_for
 from ..core import chaincheck
 from ..core.forward import NatTable
 from ..core.registry import GpuSpec, Limits, Registry
@@ -139,42 +139,19 @@ def to_json(inventory: Inventory) -> str:
 # --- gathering ---------------------------------------------------------------
 
 
-def container_names(lxcpath: str) -> list[str]:
-    """Names of the containers defined in lxcpath (a directory with a config)."""
-    try:
-        entries = os.listdir(lxcpath)
-    except FileNotFoundError:
-        return []
-    return sorted(
-        name
-        for name in entries
-        if not name.startswith(".") and os.path.isfile(os.path.join(lxcpath, name, "config"))
-    )
-
-
-def state_and_pid(lxcpath: str, name: str) -> tuple[str, int | None]:
-    import lxc  # python-lxc, imported where it is needed
-
-    container = lxc.Container(name, lxcpath)
-    if not container.defined:
-        return MISSING, None
-    state = str(container.state)
-    pid = int(container.init_pid)
-    return state, (pid if state == RUNNING and pid > 0 else None)
-
-
 def gather(
     reg: Registry,
     sample_seconds: float = SAMPLE_SECONDS,
-    probe: Callable[[str, str], tuple[str, int | None]] = state_and_pid,
+    driver: ContainerDriver | None = None,
 ) -> Inventory:
+    driver = driver or backend_for(reg)
     users = sorted(reg.users.values(), key=lambda user: user.port)
     warnings: list[str] = []
     pids: dict[str, int] = {}
     states: dict[str, str] = {}
     for user in users:
         try:
-            states[user.name], pid = probe(reg.lxcpath, user.container)
+            states[user.name], pid = driver.inspect(user.container)
         except Exception as exc:  # one broken container is a row with blanks
             states[user.name], pid = "UNKNOWN", None
             warnings.append(f"cannot read the state of {user.container}: {exc}")
@@ -200,7 +177,7 @@ def gather(
                 uptime_seconds=uptime_of(pid),
             )
         rows.append(row)
-    warnings += warnings_for(reg, iptables.read_nat(), container_names(reg.lxcpath))
+    warnings += warnings_for(reg, iptables.read_nat(), driver.names())
     return Inventory(rows, warnings)
 
 

@@ -45,6 +45,14 @@ class ContainerDriver:
     def exists(self, name: str) -> bool:
         return os.path.exists(self.config_path(name))
 
+    def names(self) -> list[str]:
+        """Every container this backend holds (students', the template, strays), sorted."""
+        raise NotImplementedError
+
+    def inspect(self, name: str) -> tuple[str, int | None]:
+        """info() for a listing of many containers, off the login path (in-process where it can)."""
+        return self.info(name)
+
     def attach(self, name: str, command: list[str]) -> list[str]:
         """The argv that runs command inside the running container, as its root, environment cleared."""
         raise NotImplementedError

@@ -89,7 +89,7 @@ def rescue(reg: Registry, user: User, driver: ContainerDriver, keys: str) -> lis
 
     lines += _attempt("ssh.service", units)
     if driver.state(user.container) == RUNNING:
-        lines += restart_sshd(reg.lxcpath, user.container, root, units_changed)
+        lines += restart_sshd(driver, user.container, root, units_changed)
     else:
         lines.append("your container is stopped; the repairs apply when it starts")
     return lines
@@ -313,11 +313,7 @@ def repair_ssh_unit(root: str) -> tuple[list[str], bool]:
     return lines, bool(lines)
 
 
-def attach_argv(lxcpath: str, container: str, *command: str) -> list[str]:
-    return ["lxc-attach", "-P", lxcpath, "-n", container, "--clear-env", "--", *command]
-
-
-def restart_sshd(lxcpath: str, container: str, root: str, units_changed: bool) -> list[str]:
+def restart_sshd(driver: ContainerDriver, container: str, root: str, units_changed: bool) -> list[str]:
     """Restart sshd inside the running container, through its own systemd."""
     later = "could not restart sshd in your container; restart your container to apply: restart"
     if rootfs.entry_type(root, SYSTEMCTL) != "file" or rootfs.entry_type(root, SSH_UNIT) != "file":
@@ -326,7 +322,7 @@ def restart_sshd(lxcpath: str, container: str, root: str, units_changed: bool) -
     steps.append(("systemctl", "restart", "ssh.service"))
     for step in steps:
         # The container's own systemctl: its output is its root's to choose (capped).
-        done = run(attach_argv(lxcpath, container, *step), check=False, timeout=90, max_output=MESSAGE_OUTPUT)
+        done = run(driver.attach(container, list(step)), check=False, timeout=90, max_output=MESSAGE_OUTPUT)
         if done.returncode != 0:
             return [later]
     return ["restarted sshd in your container"]

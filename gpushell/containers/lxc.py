@@ -24,8 +24,8 @@ class LxcDriver(ContainerDriver):
 
     Not python-lxc here: importing it (liblxc's set-up included) cost about
     10 ms per helper call on the reference machine, `lxc-info` about 1.3 ms,
-    and this sits on every student's login.  gpushell-admin list, off that
-    path, uses python-lxc.
+    and this sits on every student's login.  inspect(), for gpushell-admin
+    list, off that path, uses python-lxc.
     """
 
     def __init__(self, lxcpath: str) -> None:
@@ -42,6 +42,24 @@ class LxcDriver(ContainerDriver):
 
     def attach(self, name: str, command: list[str]) -> list[str]:
         return ["lxc-attach", *self._args(name), "--clear-env", "--", *command]
+
+    def names(self) -> list[str]:
+        """Containers defined in lxcpath: a directory with a config (hidden ones are staging)."""
+        try:
+            entries = os.listdir(self.lxcpath)
+        except FileNotFoundError:
+            return []
+        return sorted(name for name in entries if not name.startswith(".") and self.exists(name))
+
+    def inspect(self, name: str) -> tuple[str, int | None]:
+        import lxc  # python-lxc: no process per container; too slow to load for the login path
+
+        container = lxc.Container(name, self.lxcpath)
+        if not container.defined:
+            return MISSING, None
+        state = str(container.state)
+        pid = int(container.init_pid)
+        return state, (pid if state == RUNNING and pid > 0 else None)
 
     def state(self, name: str) -> str:
         if not self._defined(name):

@@ -11,6 +11,7 @@ from gpushell.admin.listing import Inventory, Row
 from gpushell.core.forward import NatTable, jump_rule, user_rule
 from gpushell.core.model import Limits
 from gpushell.core.registry import parse
+from tests.fakes import FakeBackend
 
 REG = parse(
     "chain: GPUSHELL\nmasquerade: false\ntemplate: tpl\nlxcpath: /var/lib/lxc\nusers:\n"
@@ -85,14 +86,16 @@ def test_json_has_users_and_warnings() -> None:
 
 
 def test_gather_gives_a_broken_container_a_blank_row(monkeypatch: pytest.MonkeyPatch) -> None:
-    def probe(lxcpath: str, name: str) -> tuple[str, int | None]:
+    backend = FakeBackend({"alice": "STOPPED", "bobbox": "STOPPED"})
+
+    def inspect(name: str) -> tuple[str, int | None]:
         if name == "bobbox":
             raise RuntimeError("error during init")
-        return "STOPPED", None
+        return backend.info(name)
 
+    monkeypatch.setattr(backend, "inspect", inspect)
     monkeypatch.setattr(listing.iptables, "read_nat", table)
-    monkeypatch.setattr(listing, "container_names", lambda path: ["alice", "bobbox"])
-    found = listing.gather(REG, sample_seconds=0, probe=probe)
+    found = listing.gather(REG, sample_seconds=0, driver=backend)
     assert [(row.user, row.state, row.memory_bytes) for row in found.rows] == [
         ("alice", "STOPPED", None), ("bob", "UNKNOWN", None),
     ]  # fmt: skip

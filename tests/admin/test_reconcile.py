@@ -11,6 +11,7 @@ from gpushell.admin.apply import Account, HostState
 from gpushell.core.forward import NatTable, jump_rule, user_rule
 from gpushell.core.paths import Paths
 from gpushell.core.registry import parse
+from tests.fakes import FakeBackend
 
 TOP = pathlib.Path(__file__).resolve().parents[2]
 PATHS = Paths()
@@ -214,27 +215,18 @@ def test_host_accounts_in_one_pass_with_a_lookup_for_what_it_did_not_list(monkey
     assert looked_up == ["ldap-bob", "gone"]
 
 
-class CountingDriver:
-    def __init__(self, running: set[str]) -> None:
-        self.running_names, self.asked = running, 0
-
-    def running(self) -> set[str]:
-        self.asked += 1
-        return self.running_names
-
-
 def test_container_states_ask_lxc_once_for_every_container() -> None:
-    driver = CountingDriver({"c-bob", "someone-elses"})
+    driver = FakeBackend({"c-bob": "RUNNING", "someone-elses": "RUNNING"})
     configs = {"c-alice": "lxc.uts.name = c-alice\n", "c-bob": "", "c-carol": None}
-    states = apply.container_states(driver, configs)  # type: ignore[arg-type]
+    states = apply.container_states(driver, configs)
     assert states == {"c-alice": "STOPPED", "c-bob": "RUNNING"}  # no container, no state
-    assert driver.asked == 1
+    assert driver.calls == ["running"]
 
 
 def test_container_states_ask_nothing_when_no_container_exists() -> None:
-    driver = CountingDriver(set())
-    assert apply.container_states(driver, {"c-alice": None}) == {}  # type: ignore[arg-type]
-    assert driver.asked == 0
+    driver = FakeBackend()
+    assert apply.container_states(driver, {"c-alice": None}) == {}
+    assert driver.calls == []
 
 
 def test_the_chain_rebuild_holds_the_forward_lock_and_reuses_a_current_table(tmp_path, monkeypatch) -> None:

@@ -14,7 +14,7 @@ from gpushell.core.errors import GpushellError
 from gpushell.core.model import Registry, User
 from gpushell.system import runner
 from gpushell.system.runner import Result
-from tests.fakes import RecordingDriver, host_key_pairs
+from tests.fakes import FakeBackend, host_key_pairs
 
 KEYS = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyOfAnn ann@laptop\n"
 DEFAULT_CONFIG = "# Debian default\nInclude /etc/ssh/sshd_config.d/*.conf\nUsePAM yes\n"
@@ -88,13 +88,17 @@ def unchanged(outside: Path) -> bool:
     )
 
 
+ATTACH = FakeBackend().attach("c-ann", [])
+
+
 def attach_recorder(monkeypatch, returncode: int = 0) -> list[list[str]]:
-    """lxc-attach recorded, never run; everything else (ssh-keygen) runs for real."""
+    """Commands run inside the container (the fake backend's attach) recorded, never run;
+    everything else (ssh-keygen) runs for real."""
     calls: list[list[str]] = []
     real = keyrescue.run
 
     def fake(argv, **kwargs):
-        if argv[0] == "lxc-attach":
+        if argv[:2] == ATTACH:
             calls.append(list(argv))
             return Result(returncode, "", "")
         return real(argv, **kwargs)
@@ -119,7 +123,7 @@ def assert_keys_in_place(root: Path) -> None:
 def test_keys_are_put_back_and_the_old_file_kept(setup, monkeypatch):
     reg, user, root = setup
     attach_recorder(monkeypatch)
-    lines = keyrescue.rescue(reg, user, RecordingDriver(), KEYS)
+    lines = keyrescue.rescue(reg, user, FakeBackend(), KEYS)
     assert_keys_in_place(root)
     assert (
         root / "home/ann/.ssh/authorized_keys.gpushell-old"
@@ -137,7 +141,7 @@ def test_a_deleted_authorized_keys_and_a_group_writable_home_are_repaired(setup,
     (root / "home/ann/.ssh/authorized_keys").unlink()
     os.chmod(root / "home/ann", 0o777)
     os.chown(root / "home/ann", 1234, 1234)
-    lines = keyrescue.rescue(reg, user, RecordingDriver(), KEYS)
+    lines = keyrescue.rescue(reg, user, FakeBackend(), KEYS)
     assert_keys_in_place(root)
     assert stat.S_IMODE((root / "home/ann").stat().st_mode) == 0o755
     assert "made it yours and not writable by others" in lines[0]
@@ -150,7 +154,7 @@ def test_planted_authorized_keys_link_to_a_host_file_is_moved_aside(setup, outsi
     keys = root / "home/ann/.ssh/authorized_keys"
     keys.unlink()
     keys.symlink_to(outside / "authorized_keys")
-    keyrescue.rescue(reg, user, RecordingDriver(), KEYS)
+    keyrescue.rescue(reg, user, FakeBackend(), KEYS)
     assert unchanged(outside)
     assert_keys_in_place(root)
     assert os.readlink(root / "home/ann/.ssh/authorized_keys.gpushell-old") == str(
@@ -165,7 +169,7 @@ def test_planted_ssh_dir_link_to_a_host_dir_is_moved_aside(setup, outside, monke
     (ssh / "authorized_keys").unlink()
     ssh.rmdir()
     ssh.symlink_to(outside)
-    lines = keyrescue.rescue(reg, user, RecordingDriver(), KEYS)
+    lines = keyrescue.rescue(reg, user, FakeBackend(), KEYS)
     assert unchanged(outside)
     assert_keys_in_place(root)
     assert os.readlink(root / "home/ann/.ssh.gpushell-old") == str(outside)
@@ -180,7 +184,7 @@ def test_planted_home_link_to_the_host_root_is_moved_aside(setup, outside, monke
     # with an ann/.ssh inside, which root must never write into.
     (outside / "ann" / ".ssh").mkdir(parents=True)
     (root / "home").symlink_to(outside)
-    keyrescue.rescue(reg, user, RecordingDriver(), KEYS)
+    keyrescue.rescue(reg, user, FakeBackend(), KEYS)
     assert os.listdir(outside / "ann" / ".ssh") == []
     assert (outside / "authorized_keys").read_text() == "host secret\n"
     assert_keys_in_place(root)
@@ -194,7 +198,7 @@ def test_a_file_where_the_ssh_dir_should_be_is_moved_aside(setup, monkeypatch):
     (ssh / "authorized_keys").unlink()
     ssh.rmdir()
     ssh.write_text("oops\n")
-    keyrescue.rescue(reg, user, RecordingDriver(), KEYS)
+    keyrescue.rescue(reg, user, FakeBackend(), KEYS)
     assert_keys_in_place(root)
     assert (root / "home/ann/.ssh.gpushell-old").read_text() == "oops\n"
 
@@ -206,7 +210,7 @@ def test_sshd_config_and_dropins_go_back_to_a_fresh_containers(setup, monkeypatc
     (root / "etc/ssh/sshd_config.d/lockout.conf").write_text("DenyUsers ann\n")
     (root / "etc/ssh/sshd_config.d/notes.txt").write_text("not read by sshd\n")
     (root / DROPIN).write_text("PasswordAuthentication yes\n")
-    lines = keyrescue.rescue(reg, user, RecordingDriver(), KEYS)
+    lines = keyrescue.rescue(reg, user, FakeBackend(), KEYS)
     assert (root / "etc/ssh/sshd_config").read_text() == DEFAULT_CONFIG
     assert (root / "etc/ssh/sshd_config.gpushell-old").read_text().endswith("AllowUsers nobody\n")
     assert sorted(os.listdir(root / "etc/ssh/sshd_config.d")) == ["gpushell.conf", "notes.txt"]
@@ -228,7 +232,7 @@ def test_a_second_rescue_keeps_the_first_backups(setup, monkeypatch):
     attach_recorder(monkeypatch)
     for text in ("DenyUsers ann\n", "DenyUsers root\n"):
         (root / "etc/ssh/sshd_config.d/lockout.conf").write_text(text)
-        keyrescue.rescue(reg, user, RecordingDriver(), KEYS)
+        keyrescue.rescue(reg, user, FakeBackend(), KEYS)
     backup = root / "etc/ssh/sshd_config.d.gpushell-old"
     assert sorted(path.read_text() for path in backup.iterdir()) == ["DenyUsers ann\n", "DenyUsers root\n"]
 
@@ -240,7 +244,7 @@ def test_a_linked_sshd_config_and_a_fifo_dropin_are_handled_without_following(se
     config.unlink()
     config.symlink_to(outside / "authorized_keys")
     os.mkfifo(root / "etc/ssh/sshd_config.d/hang.conf")
-    keyrescue.rescue(reg, user, RecordingDriver(), KEYS)  # would hang on reading the FIFO
+    keyrescue.rescue(reg, user, FakeBackend(), KEYS)  # would hang on reading the FIFO
     assert unchanged(outside)
     assert config.read_text() == DEFAULT_CONFIG and not config.is_symlink()
     assert stat.S_ISFIFO((root / "etc/ssh/sshd_config.d.gpushell-old/hang.conf").lstat().st_mode)
@@ -250,7 +254,7 @@ def test_without_a_template_the_built_in_default_is_used(setup, monkeypatch):
     reg, user, root = setup
     attach_recorder(monkeypatch)
     (Path(reg.lxcpath) / "tpl" / "rootfs" / "etc/ssh/sshd_config").unlink()
-    keyrescue.rescue(reg, user, RecordingDriver(), KEYS)
+    keyrescue.rescue(reg, user, FakeBackend(), KEYS)
     assert (root / "etc/ssh/sshd_config").read_bytes() == keyrescue.FALLBACK_SSHD_CONFIG
 
 
@@ -259,7 +263,7 @@ def test_valid_host_keys_stay_and_missing_or_broken_ones_are_made(setup, host_ke
     attach_recorder(monkeypatch)
     (root / "etc/ssh/ssh_host_ecdsa_key").write_text("not a key\n")
     os.chmod(root / "etc/ssh/ssh_host_ed25519_key", 0o644)  # sshd would refuse it
-    lines = keyrescue.rescue(reg, user, RecordingDriver(), KEYS)
+    lines = keyrescue.rescue(reg, user, FakeBackend(), KEYS)
     ed25519 = root / "etc/ssh/ssh_host_ed25519_key"
     assert ed25519.read_bytes() == host_keys["ed25519"][0]
     assert stat.S_IMODE(ed25519.stat().st_mode) == 0o600
@@ -270,7 +274,7 @@ def test_valid_host_keys_stay_and_missing_or_broken_ones_are_made(setup, host_ke
     assert "/etc/ssh/ssh_host_ed25519_key: made it root's and private again" in lines
     assert sum("was missing or broken" in line for line in lines) == 1
     (root / "etc/ssh/ssh_host_ecdsa_key").unlink()
-    lines = keyrescue.rescue(reg, user, RecordingDriver(), KEYS)
+    lines = keyrescue.rescue(reg, user, FakeBackend(), KEYS)
     assert sum("was missing or broken" in line for line in lines) == 1
     assert keyrescue.public_key((root / "etc/ssh/ssh_host_ecdsa_key").read_bytes(), "ecdsa") is not None
 
@@ -287,11 +291,11 @@ def test_a_masked_and_disabled_ssh_unit_is_unmasked_and_enabled(setup, monkeypat
     calls = attach_recorder(monkeypatch)
     (root / keyrescue.SSH_WANTS).unlink()
     (root / "etc/systemd/system/ssh.service").symlink_to("/dev/null")
-    lines = keyrescue.rescue(reg, user, RecordingDriver("RUNNING"), KEYS)
+    lines = keyrescue.rescue(reg, user, FakeBackend(default="RUNNING"), KEYS)
     assert os.readlink(root / keyrescue.SSH_WANTS) == "/lib/systemd/system/ssh.service"
     assert os.readlink(root / "etc/systemd/system/ssh.service.gpushell-old") == "/dev/null"
     assert "ssh.service was not enabled; enabled it" in lines
-    attach = ["lxc-attach", "-P", reg.lxcpath, "-n", "c-ann", "--clear-env", "--"]
+    attach = ATTACH
     assert calls == [
         [*attach, "systemctl", "daemon-reload"],
         [*attach, "systemctl", "restart", "ssh.service"],
@@ -302,28 +306,15 @@ def test_a_masked_and_disabled_ssh_unit_is_unmasked_and_enabled(setup, monkeypat
 def test_a_running_container_gets_its_sshd_restarted(setup, monkeypatch):
     reg, user, _root = setup
     calls = attach_recorder(monkeypatch)
-    lines = keyrescue.rescue(reg, user, RecordingDriver("RUNNING"), KEYS)
-    assert calls == [
-        [
-            "lxc-attach",
-            "-P",
-            reg.lxcpath,
-            "-n",
-            "c-ann",
-            "--clear-env",
-            "--",
-            "systemctl",
-            "restart",
-            "ssh.service",
-        ]
-    ]
+    lines = keyrescue.rescue(reg, user, FakeBackend(default="RUNNING"), KEYS)
+    assert calls == [[*ATTACH, "systemctl", "restart", "ssh.service"]]
     assert lines[-1] == "restarted sshd in your container"
 
 
 def test_a_failed_restart_says_to_restart_the_container(setup, monkeypatch):
     reg, user, _root = setup
     attach_recorder(monkeypatch, returncode=1)
-    lines = keyrescue.rescue(reg, user, RecordingDriver("RUNNING"), KEYS)
+    lines = keyrescue.rescue(reg, user, FakeBackend(default="RUNNING"), KEYS)
     assert lines[-1] == "could not restart sshd in your container; restart your container to apply: restart"
 
 
@@ -331,7 +322,7 @@ def test_without_systemd_nothing_is_attached(setup, monkeypatch):
     reg, user, root = setup
     calls = attach_recorder(monkeypatch)
     (root / keyrescue.SYSTEMCTL).unlink()
-    lines = keyrescue.rescue(reg, user, RecordingDriver("RUNNING"), KEYS)
+    lines = keyrescue.rescue(reg, user, FakeBackend(default="RUNNING"), KEYS)
     assert calls == []
     assert lines[-1].endswith("restart your container to apply: restart")
 
@@ -342,7 +333,7 @@ def test_a_linked_systemd_dir_is_reported_not_followed(setup, outside, monkeypat
     system = root / "etc/systemd/system"
     os.rename(system, root / "etc/systemd/system-real")
     system.symlink_to(outside)
-    lines = keyrescue.rescue(reg, user, RecordingDriver(), KEYS)
+    lines = keyrescue.rescue(reg, user, FakeBackend(), KEYS)
     assert unchanged(outside)
     assert any(line.startswith("could not repair ssh.service: refusing to follow a link") for line in lines)
     assert_keys_in_place(root)
@@ -352,7 +343,7 @@ def test_a_missing_account_is_reported(setup, monkeypatch):
     reg, user, root = setup
     attach_recorder(monkeypatch)
     (root / "etc/passwd").write_text("root:x:0:0::/root:/bin/bash\n")
-    lines = keyrescue.rescue(reg, user, RecordingDriver(), KEYS)
+    lines = keyrescue.rescue(reg, user, FakeBackend(), KEYS)
     assert "there is no user ann in your container's /etc/passwd; start afresh with: rebuild --yes" in lines
 
 
@@ -362,7 +353,7 @@ def test_a_linked_etc_is_refused(setup, outside, monkeypatch):
     os.rename(root / "etc", root / "etc-real")
     (root / "etc").symlink_to(outside)
     with pytest.raises(GpushellError, match="/etc is not a directory"):
-        keyrescue.rescue(reg, user, RecordingDriver(), KEYS)
+        keyrescue.rescue(reg, user, FakeBackend(), KEYS)
     assert unchanged(outside)
 
 
@@ -370,7 +361,7 @@ def test_a_missing_container_is_said_so(setup):
     reg, _user, _root = setup
     ghost = User("bob", 22002, ipaddress.IPv4Address("10.0.3.3"), 2065536, "c-bob", "none", ())
     with pytest.raises(GpushellError, match="does not exist"):
-        keyrescue.rescue(reg, ghost, RecordingDriver(), KEYS)
+        keyrescue.rescue(reg, ghost, FakeBackend(), KEYS)
 
 
 def test_many_planted_dropins_are_moved_with_one_listing_each(setup, monkeypatch):

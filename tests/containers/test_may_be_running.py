@@ -12,6 +12,7 @@ from gpushell.containers.backend import ContainerDriver
 from gpushell.containers.lxc import LxcDriver
 from gpushell.core.model import Registry, User
 from gpushell.helper import services
+from tests.fakes import FakeBackend
 
 
 def listening_monitor(lxcpath: str, name: str) -> socket.socket:
@@ -43,18 +44,6 @@ def test_a_name_lxc_would_hash_is_never_called_stopped(lxcpath: str) -> None:
     assert LxcDriver(long_path).may_be_running("alice") is True
 
 
-class Driver(ContainerDriver):
-    def __init__(self, maybe: bool) -> None:
-        self.maybe, self.started = maybe, 0
-
-    def may_be_running(self, name: str) -> bool:
-        return self.maybe
-
-    def start(self, name: str) -> bool:
-        self.started += 1
-        return True
-
-
 def context(driver: ContainerDriver) -> tuple[services.Context, User]:
     user = User("alice", 22001, "10.0.3.2", 1000000, "alice", "none", ())
     reg = Registry("/r", "gpu1", "lxcbr0", "10.0.3.0/24", (22001, 22999), "t", "/var/lib/lxc", "GPUSHELL",
@@ -66,21 +55,21 @@ def context(driver: ContainerDriver) -> tuple[services.Context, User]:
 def test_a_surely_stopped_container_is_started_without_probing_its_sshd(monkeypatch, answers: bool) -> None:
     probes: list[str] = []
     monkeypatch.setattr(services, "sshd_answers", lambda ip, timeout: probes.append(ip) or answers)
-    ctx, user = context(Driver(maybe=False))
+    ctx, user = context(FakeBackend(maybe_running=False))
     assert services.start_unless_answering(ctx, user) is True
-    assert (probes, ctx.driver.started) == ([], 1)  # type: ignore[attr-defined]
+    assert (probes, ctx.driver.calls) == ([], ["start alice"])  # type: ignore[attr-defined]
 
 
 def test_a_maybe_running_container_whose_sshd_answers_is_left_alone(monkeypatch) -> None:
     probes: list[str] = []
     monkeypatch.setattr(services, "sshd_answers", lambda ip, timeout: probes.append(ip) or True)
-    ctx, user = context(Driver(maybe=True))
+    ctx, user = context(FakeBackend(maybe_running=True))
     assert services.start_unless_answering(ctx, user) is None
-    assert (probes, ctx.driver.started) == (["10.0.3.2"], 0)  # type: ignore[attr-defined]
+    assert (probes, ctx.driver.calls) == (["10.0.3.2"], [])  # type: ignore[attr-defined]
 
 
 def test_a_maybe_running_container_whose_sshd_is_silent_goes_to_lxc_start(monkeypatch) -> None:
     monkeypatch.setattr(services, "sshd_answers", lambda ip, timeout: False)
-    ctx, user = context(Driver(maybe=True))
+    ctx, user = context(FakeBackend(maybe_running=True))
     assert services.start_unless_answering(ctx, user) is True
-    assert ctx.driver.started == 1  # type: ignore[attr-defined]
+    assert ctx.driver.calls == ["start alice"]  # type: ignore[attr-defined]

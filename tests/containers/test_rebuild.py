@@ -13,7 +13,7 @@ import pytest
 from gpushell.containers import provision, rebuild, snapshots, treecopy
 from gpushell.core.errors import GpushellError
 from gpushell.core.model import Registry, User
-from tests.fakes import RecordingDriver, host_key_pairs
+from tests.fakes import FakeBackend, host_key_pairs
 
 KEYS = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyOfAnn ann@laptop\n"
 USER = User("ann", 22001, ipaddress.IPv4Address("10.0.3.2"), 1065536, "c-ann", "none", ())
@@ -80,12 +80,15 @@ def host_key_files(root: Path) -> dict[str, bytes]:
 
 def test_rebuild_keeping_home_gives_a_fresh_system_with_the_old_home_and_host_keys(setup, old_keys):
     reg, directory = setup
-    driver = RecordingDriver("RUNNING")
+    driver = FakeBackend(default="RUNNING")
     before = host_key_files(directory / "rootfs")
     rebuild.rebuild(reg, USER, driver, KEYS, keep_home=True)
     root = directory / "rootfs"
     # Left stopped (the caller starts it); nothing could start it between the stop and the swap.
-    assert driver.calls == ["stop", "block-start", "unblock-start"] and driver.current == "STOPPED"
+    assert (
+        driver.calls == ["stop c-ann", "block-start c-ann", "unblock-start c-ann"]
+        and driver.state("c-ann") == "STOPPED"
+    )
     assert (root / "etc/template-version").read_text() == "v2\n"
     assert not (root / "opt").exists()
     assert (root / "home/ann/thesis.tex").read_text() == "years of work\n"
@@ -110,13 +113,13 @@ def test_rebuild_keeping_home_gives_a_fresh_system_with_the_old_home_and_host_ke
 
 def test_rebuild_wiping_home_gives_a_fresh_home_with_the_keys(setup):
     reg, directory = setup
-    driver = RecordingDriver()
+    driver = FakeBackend()
     rebuild.rebuild(reg, USER, driver, KEYS, keep_home=False)
     root = directory / "rootfs"
     assert not (root / "home/ann/thesis.tex").exists()
     assert not (root / "home/ann/.ssh/authorized_keys.gpushell-old").exists()
     assert (root / "home/ann/.ssh/authorized_keys").read_text() == KEYS
-    assert driver.calls == ["block-start", "unblock-start"]  # it was stopped already
+    assert driver.calls == ["block-start c-ann", "unblock-start c-ann"]  # it was stopped already
 
 
 def test_broken_old_host_keys_are_replaced_good_ones_kept(setup, old_keys):
@@ -124,7 +127,7 @@ def test_broken_old_host_keys_are_replaced_good_ones_kept(setup, old_keys):
     root = directory / "rootfs"
     (root / "etc/ssh/ssh_host_ecdsa_key").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nnot really\n")
     (root / "etc/ssh/ssh_host_ed25519_key.pub").write_text("tampered\n")
-    rebuild.rebuild(reg, USER, RecordingDriver(), KEYS, keep_home=True)
+    rebuild.rebuild(reg, USER, FakeBackend(), KEYS, keep_home=True)
     assert (root / "etc/ssh/ssh_host_ed25519_key").read_bytes() == old_keys["ed25519"][0]
     # The public half is derived from the private key, not copied.
     assert (root / "etc/ssh/ssh_host_ed25519_key.pub").read_bytes().split()[:2] == old_keys["ed25519"][
@@ -139,14 +142,14 @@ def test_a_planted_home_link_is_refused_when_keeping_and_nothing_changes(setup, 
     root = directory / "rootfs"
     os.rename(root / "home", root / "home-real")
     (root / "home").symlink_to(outside)  # `home -> /` in the container
-    driver = RecordingDriver("RUNNING")
+    driver = FakeBackend(default="RUNNING")
     with pytest.raises(GpushellError) as refused:
         rebuild.rebuild(reg, USER, driver, KEYS, keep_home=True)
     assert refused.value.user_message == (
         "your /home is not a directory, so it cannot be kept; "
         "to rebuild without it: rebuild --wipe-home --yes"
     )
-    assert driver.calls == [] and driver.current == "RUNNING"
+    assert driver.calls == [] and driver.state("c-ann") == "RUNNING"
     assert (root / "etc/template-version").read_text() == "v1\n"
     assert sorted(os.listdir(directory)) == ["config", "gpushell-snapshots", "gpushell-template", "rootfs"]
     assert os.listdir(outside) == ["ann"] and os.listdir(outside / "ann") == ["secret"]
@@ -164,7 +167,7 @@ def test_a_planted_home_dir_link_is_refused_when_keeping(setup, outside):
     os.rename(root / "home/ann", root / "home/ann-real")
     (root / "home/ann").symlink_to(outside / "ann")
     with pytest.raises(GpushellError, match="your /home/ann is not a directory"):
-        rebuild.rebuild(reg, USER, RecordingDriver(), KEYS, keep_home=True)
+        rebuild.rebuild(reg, USER, FakeBackend(), KEYS, keep_home=True)
     assert os.listdir(outside / "ann") == ["secret"]
     assert (root / "home/ann").is_symlink()
 
@@ -176,7 +179,7 @@ def test_a_planted_ssh_link_in_the_kept_home_is_moved_aside(setup, outside):
     (ssh / "authorized_keys").unlink()
     ssh.rmdir()
     ssh.symlink_to(outside / "ann")
-    rebuild.rebuild(reg, USER, RecordingDriver(), KEYS, keep_home=True)
+    rebuild.rebuild(reg, USER, FakeBackend(), KEYS, keep_home=True)
     assert os.listdir(outside / "ann") == ["secret"]
     assert (root / "home/ann/.ssh/authorized_keys").read_text() == KEYS
     assert os.readlink(root / "home/ann/.ssh.gpushell-old") == str(outside / "ann")
@@ -190,7 +193,7 @@ def test_a_failed_swap_puts_the_home_back_and_starts_the_container_again(setup, 
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(snapshots, "swap", broken_swap)
-    driver = RecordingDriver("RUNNING")
+    driver = FakeBackend(default="RUNNING")
     with pytest.raises(OSError):
         rebuild.rebuild(reg, USER, driver, KEYS, keep_home=True)
     root = directory / "rootfs"
@@ -202,7 +205,10 @@ def test_a_failed_swap_puts_the_home_back_and_starts_the_container_again(setup, 
     assert (root / "etc/template-version").read_text() == "v1\n"
     assert (root / "opt/installed-by-ann").exists()
     assert sorted(os.listdir(directory)) == ["config", "gpushell-snapshots", "gpushell-template", "rootfs"]
-    assert driver.calls == ["stop", "block-start", "unblock-start", "start"] and driver.current == "RUNNING"
+    assert (
+        driver.calls == ["stop c-ann", "block-start c-ann", "unblock-start c-ann", "start c-ann"]
+        and driver.state("c-ann") == "RUNNING"
+    )
     assert (directory / provision.ORIGIN_FILE).read_text() == "old-tpl\n"
 
 
@@ -214,13 +220,13 @@ def test_a_failed_copy_changes_nothing(setup, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device", f"{target}/etc/passwd")
 
     monkeypatch.setattr(treecopy, "copy_tree", half_copy)
-    driver = RecordingDriver("RUNNING")
+    driver = FakeBackend(default="RUNNING")
     with pytest.raises(GpushellError) as caught:
         rebuild.rebuild(reg, USER, driver, KEYS, keep_home=True)
     # What the student reads names no host path; the log has it.
     assert caught.value.user_message == "not enough disk space for the rebuild; nothing was kept"
     assert str(directory) in caught.value.log_message
-    assert driver.calls == [] and driver.current == "RUNNING"
+    assert driver.calls == [] and driver.state("c-ann") == "RUNNING"
     assert sorted(os.listdir(directory)) == ["config", "gpushell-snapshots", "gpushell-template", "rootfs"]
     assert (directory / "rootfs/home/ann/thesis.tex").exists()
 
@@ -229,7 +235,7 @@ def test_a_missing_template_is_said_so(setup):
     reg, directory = setup
     os.rename(Path(reg.lxcpath) / "tpl", Path(reg.lxcpath) / "tpl-gone")
     with pytest.raises(GpushellError, match="template for new containers is missing"):
-        rebuild.rebuild(reg, USER, RecordingDriver(), KEYS, keep_home=True)
+        rebuild.rebuild(reg, USER, FakeBackend(), KEYS, keep_home=True)
     assert (directory / "rootfs/etc/template-version").read_text() == "v1\n"
 
 
@@ -239,7 +245,7 @@ def test_a_student_without_a_home_gets_a_fresh_one(setup):
     import shutil
 
     shutil.rmtree(root / "home/ann")
-    rebuild.rebuild(reg, USER, RecordingDriver(), KEYS, keep_home=True)
+    rebuild.rebuild(reg, USER, FakeBackend(), KEYS, keep_home=True)
     assert (root / "home/ann/.ssh/authorized_keys").read_text() == KEYS
 
 
@@ -252,7 +258,7 @@ def test_the_templates_own_rsa_key_never_reaches_a_clone(setup, tmp_path):
     template_ssh.mkdir(parents=True, exist_ok=True)
     (template_ssh / "ssh_host_rsa_key").write_text("the template's, the same in every copy\n")
     (template_ssh / "ssh_host_rsa_key.pub").write_text("ssh-rsa AAAA root@template\n")
-    rebuild.rebuild(reg, USER, RecordingDriver(), KEYS, keep_home=True)
+    rebuild.rebuild(reg, USER, FakeBackend(), KEYS, keep_home=True)
     ssh = directory / "rootfs" / "etc/ssh"
     assert not (ssh / "ssh_host_rsa_key").exists() and not (ssh / "ssh_host_rsa_key.pub").exists()
     dropin = (ssh / "sshd_config.d/gpushell.conf").read_text()

@@ -14,6 +14,7 @@ from gpushell.containers import snapshots, treecopy
 from gpushell.core.errors import ExitStatus, GpushellError
 from gpushell.core.model import Registry, User
 from gpushell.system import rootfs
+from tests.fakes import FakeBackend
 
 NOW = calendar.timegm((2025, 1, 2, 3, 4, 5))
 
@@ -29,56 +30,6 @@ def make_registry(lxcpath: str, *users: User) -> Registry:
         "tpl", lxcpath, "GPUSHELL", 1000000, 65536, "none", (), 60.0, 3600, True,
         {user.name: user for user in users},
     )  # fmt: skip
-
-
-class FakeDriver:
-    """state/start/stop/freeze/unfreeze on a dict, every call recorded in order."""
-
-    def __init__(self, states: dict[str, str] | None = None) -> None:
-        self.states = dict(states or {})
-        self.calls: list[str] = []
-
-    def state(self, name: str) -> str:
-        return self.states.get(name, "STOPPED")
-
-    def _set(self, verb: str, name: str, state: str) -> None:
-        self.calls.append(f"{verb} {name}")
-        self.states[name] = state
-
-    def start(self, name: str) -> bool:
-        started = self.states.get(name, "STOPPED") != "RUNNING"
-        self._set("start", name, "RUNNING")
-        return started
-
-    def stop(self, name: str) -> None:
-        self._set("stop", name, "STOPPED")
-
-    def freeze(self, name: str) -> None:
-        self._set("freeze", name, "FROZEN")
-
-    def unfreeze(self, name: str) -> None:
-        self._set("unfreeze", name, "RUNNING")
-
-    def info(self, name: str) -> tuple[str, int | None]:
-        state = self.state(name)
-        return state, 4242 if state in ("RUNNING", "FROZEN") else None
-
-    def cgroup_frozen(self, pid: int) -> bool:
-        return "FROZEN" in self.states.values()
-
-    def block_start(self, name: str) -> StartBlock:
-        if self.state(name) != "STOPPED":
-            raise GpushellError("your container is starting or running; try again in a moment")
-        self.calls.append(f"block-start {name}")
-        return StartBlock(self.calls, name)
-
-
-class StartBlock:
-    def __init__(self, calls: list[str], name: str) -> None:
-        self.calls, self.name = calls, name
-
-    def close(self) -> None:
-        self.calls.append(f"unblock-start {self.name}")
 
 
 def make_rootfs(root) -> None:
@@ -109,7 +60,7 @@ def live(reg: Registry, user: User):
     return Path(reg.lxcpath) / user.container / "rootfs"
 
 
-def record_copies(monkeypatch, driver: FakeDriver) -> None:
+def record_copies(monkeypatch, driver: FakeBackend) -> None:
     real = treecopy.copy_tree
 
     def copy(source: str, target: str) -> None:
@@ -121,7 +72,7 @@ def record_copies(monkeypatch, driver: FakeDriver) -> None:
 
 def test_snapshot_of_a_stopped_container_copies_it_as_it_is(lab):
     reg, ann, _bob = lab
-    driver = FakeDriver()
+    driver = FakeBackend()
     made = snapshots.create(reg, ann, driver, None, now=NOW)
     assert made == snapshots.Snapshot("snap-20250102-030405", NOW, made.size, False)
     assert snapshots.list_snapshots(reg, ann) == [made]
@@ -142,7 +93,7 @@ def test_snapshot_of_a_stopped_container_copies_it_as_it_is(lab):
 
 def test_snapshot_of_a_running_container_is_taken_frozen(lab, monkeypatch):
     reg, ann, _bob = lab
-    driver = FakeDriver({ann.container: "RUNNING"})
+    driver = FakeBackend({ann.container: "RUNNING"})
     record_copies(monkeypatch, driver)
     made = snapshots.create(reg, ann, driver, "before-upgrade", now=NOW)
     assert made.running and made.name == "before-upgrade"
@@ -152,7 +103,7 @@ def test_snapshot_of_a_running_container_is_taken_frozen(lab, monkeypatch):
 
 def test_a_failed_copy_unfreezes_and_leaves_nothing_listed(lab, monkeypatch):
     reg, ann, _bob = lab
-    driver = FakeDriver({ann.container: "RUNNING"})
+    driver = FakeBackend({ann.container: "RUNNING"})
 
     def half_copy(source: str, target: str) -> None:
         os.makedirs(os.path.join(target, "etc"))  # part of it, then the disk is full
@@ -176,7 +127,7 @@ def test_a_killed_copy_never_lists_and_is_cleared_by_the_next_snapshot(lab):
     # And a directory with a valid name but no info (never ours).
     (directory / "second" / "rootfs").mkdir(parents=True)
     assert snapshots.list_snapshots(reg, ann) == []
-    snapshots.create(reg, ann, FakeDriver(), "first", now=NOW)
+    snapshots.create(reg, ann, FakeBackend(), "first", now=NOW)
     assert [snap.name for snap in snapshots.list_snapshots(reg, ann)] == ["first"]
     assert ".first.abc123" not in os.listdir(directory)
 
@@ -184,7 +135,7 @@ def test_a_killed_copy_never_lists_and_is_cleared_by_the_next_snapshot(lab):
 def test_limit_is_enforced_with_a_clear_message(lab):
     reg, _ann, _bob = lab
     ann = make_user("ann", 0, limit=2)
-    driver = FakeDriver()
+    driver = FakeBackend()
     snapshots.create(reg, ann, driver, "a", now=NOW)
     snapshots.create(reg, ann, driver, "b", now=NOW + 1)
     with pytest.raises(GpushellError) as refused:
@@ -202,25 +153,25 @@ def test_limit_zero_turns_snapshots_off(lab):
     reg, _ann, _bob = lab
     off = make_user("ann", 0, limit=0)
     with pytest.raises(GpushellError, match="turned off for you"):
-        snapshots.create(reg, off, FakeDriver(), "a", now=NOW)
+        snapshots.create(reg, off, FakeBackend(), "a", now=NOW)
     assert not (live(reg, off).parent / "gpushell-snapshots").exists()
 
 
 def test_an_existing_name_is_refused(lab):
     reg, ann, _bob = lab
-    snapshots.create(reg, ann, FakeDriver(), "same", now=NOW)
+    snapshots.create(reg, ann, FakeBackend(), "same", now=NOW)
     with pytest.raises(GpushellError, match="already have a snapshot named same"):
-        snapshots.create(reg, ann, FakeDriver(), "same", now=NOW + 5)
+        snapshots.create(reg, ann, FakeBackend(), "same", now=NOW + 5)
     # The automatic name of the same second is taken too.
-    snapshots.create(reg, ann, FakeDriver(), None, now=NOW)
+    snapshots.create(reg, ann, FakeBackend(), None, now=NOW)
     with pytest.raises(GpushellError, match="already have"):
-        snapshots.create(reg, ann, FakeDriver(), None, now=NOW)
+        snapshots.create(reg, ann, FakeBackend(), None, now=NOW)
 
 
 @pytest.mark.parametrize("name", ["", "../x", "a/b", "Upper", "-dash", "x" * 33, ".hidden", "a b"])
 def test_bad_names_are_refused_everywhere(lab, name):
     reg, ann, _bob = lab
-    driver = FakeDriver()
+    driver = FakeBackend()
     for action in (
         lambda: snapshots.create(reg, ann, driver, name, now=NOW),
         lambda: snapshots.restore(reg, ann, driver, name),
@@ -234,13 +185,13 @@ def test_bad_names_are_refused_everywhere(lab, name):
 def test_list_is_oldest_first(lab):
     reg, ann, _bob = lab
     for name, when in (("zeta", NOW), ("alpha", NOW + 60), ("mid", NOW + 30)):
-        snapshots.create(reg, ann, FakeDriver(), name, now=when)
+        snapshots.create(reg, ann, FakeBackend(), name, now=when)
     assert [snap.name for snap in snapshots.list_snapshots(reg, ann)] == ["zeta", "mid", "alpha"]
 
 
 def test_restore_of_a_stopped_container_puts_the_old_files_back(lab, monkeypatch):
     reg, ann, _bob = lab
-    driver = FakeDriver()
+    driver = FakeBackend()
     snapshots.create(reg, ann, driver, "v1", now=NOW)
     notes = live(reg, ann) / "home" / "ann" / "notes.txt"
     notes.write_text("version 2\n")
@@ -258,7 +209,7 @@ def test_restore_of_a_stopped_container_puts_the_old_files_back(lab, monkeypatch
 
 def test_restore_of_a_running_container_copies_first_then_stops_swaps_starts(lab, monkeypatch):
     reg, ann, _bob = lab
-    driver = FakeDriver({ann.container: "RUNNING"})
+    driver = FakeBackend({ann.container: "RUNNING"})
     snapshots.create(reg, ann, driver, "v1", now=NOW)
     (live(reg, ann) / "home" / "ann" / "notes.txt").write_text("version 2\n")
     driver.calls.clear()
@@ -273,7 +224,7 @@ def test_restore_of_a_running_container_copies_first_then_stops_swaps_starts(lab
 
 def test_a_failed_restore_keeps_the_current_rootfs_and_starts_it_again(lab, monkeypatch):
     reg, ann, _bob = lab
-    driver = FakeDriver({ann.container: "RUNNING"})
+    driver = FakeBackend({ann.container: "RUNNING"})
     snapshots.create(reg, ann, driver, "v1", now=NOW)
     (live(reg, ann) / "home" / "ann" / "notes.txt").write_text("version 2\n")
 
@@ -290,8 +241,8 @@ def test_a_failed_restore_keeps_the_current_rootfs_and_starts_it_again(lab, monk
 
 def test_another_students_snapshot_name_is_unknown(lab):
     reg, ann, bob = lab
-    snapshots.create(reg, ann, FakeDriver(), "anns-work", now=NOW)
-    driver = FakeDriver()
+    snapshots.create(reg, ann, FakeBackend(), "anns-work", now=NOW)
+    driver = FakeBackend()
     for action in (
         lambda: snapshots.restore(reg, bob, driver, "anns-work"),
         lambda: snapshots.delete(reg, bob, "anns-work"),
@@ -305,7 +256,7 @@ def test_another_students_snapshot_name_is_unknown(lab):
 
 def test_delete_removes_it_and_unknown_names_are_refused(lab):
     reg, ann, _bob = lab
-    snapshots.create(reg, ann, FakeDriver(), "old", now=NOW)
+    snapshots.create(reg, ann, FakeBackend(), "old", now=NOW)
     snapshots.delete(reg, ann, "old")
     assert snapshots.list_snapshots(reg, ann) == []
     assert os.listdir(live(reg, ann).parent / "gpushell-snapshots") == []
@@ -317,7 +268,7 @@ def test_a_missing_container_is_said_so(lab):
     reg, _ann, _bob = lab
     ghost = make_user("cat", 2)
     with pytest.raises(GpushellError, match="does not exist"):
-        snapshots.create(reg, ghost, FakeDriver(), "x", now=NOW)
+        snapshots.create(reg, ghost, FakeBackend(), "x", now=NOW)
 
 
 def test_info_round_trip_and_junk():
@@ -384,7 +335,7 @@ def test_settle_leaves_a_healthy_container_alone(tmp_path):
 def test_refusals_are_errors_the_helper_shows_the_student(lab):
     reg, _ann, _bob = lab
     with pytest.raises(GpushellError) as refused:
-        snapshots.create(reg, make_user("ann", 0, limit=0), FakeDriver(), "a", now=NOW)
+        snapshots.create(reg, make_user("ann", 0, limit=0), FakeBackend(), "a", now=NOW)
     assert refused.value.status == ExitStatus.ERROR
     with pytest.raises(GpushellError) as unknown:
         snapshots.delete(reg, make_user("ann", 0), "nothing")
@@ -419,7 +370,7 @@ def test_lxc_driver_freezes_through_lxc_tools(monkeypatch, verb, tool):
 def test_a_restart_during_the_copy_discards_the_snapshot(lab, monkeypatch):
     """Frozen, verified, copied; then the container shows another init: nothing is kept."""
     reg, ann, _bob = lab
-    driver = FakeDriver({ann.container: "RUNNING"})
+    driver = FakeBackend({ann.container: "RUNNING"})
     real = treecopy.copy_tree
 
     def copy_while_it_restarts(source: str, target: str) -> None:
@@ -439,7 +390,7 @@ def test_a_restart_during_the_copy_discards_the_snapshot(lab, monkeypatch):
 
 def test_a_snapshot_that_will_not_fit_is_refused_before_anything_is_frozen(lab, monkeypatch):
     reg, ann, _bob = lab
-    driver = FakeDriver({ann.container: "RUNNING"})
+    driver = FakeBackend({ann.container: "RUNNING"})
     monkeypatch.setattr(treecopy, "free_bytes", lambda path: 1 << 20)
     with pytest.raises(GpushellError) as caught:
         snapshots.create(reg, ann, driver, "big", now=NOW)
@@ -451,7 +402,7 @@ def test_a_snapshot_that_will_not_fit_is_refused_before_anything_is_frozen(lab, 
 
 def test_a_restore_that_will_not_fit_changes_nothing(lab, monkeypatch):
     reg, ann, _bob = lab
-    driver = FakeDriver({ann.container: "RUNNING"})
+    driver = FakeBackend({ann.container: "RUNNING"})
     snapshots.create(reg, ann, driver, "v1", now=NOW)
     driver.calls.clear()
     monkeypatch.setattr(treecopy, "free_bytes", lambda path: 1 << 20)
@@ -464,7 +415,7 @@ def test_a_restore_that_will_not_fit_changes_nothing(lab, monkeypatch):
 def test_a_container_started_before_the_swap_keeps_its_rootfs(lab):
     """Something started it between the stop and the swap: the swap is refused, the copy dropped."""
     reg, ann, _bob = lab
-    driver = FakeDriver()
+    driver = FakeBackend()
     snapshots.create(reg, ann, driver, "v1", now=NOW)
     (live(reg, ann) / "home" / "ann" / "notes.txt").write_text("version 2\n")
     driver.stop = lambda name: driver.states.__setitem__(name, "RUNNING")  # type: ignore[method-assign]

@@ -15,7 +15,7 @@ from gpushell.core.paths import Paths
 from gpushell.helper import verbs
 from gpushell.system import registry_store, runner
 from gpushell.system.lock import Busy
-from tests.fakes import RecordingDriver
+from tests.fakes import FakeBackend
 
 
 @pytest.fixture
@@ -24,8 +24,8 @@ def paths(tmp_path) -> Paths:
 
 
 @pytest.fixture
-def driver(monkeypatch) -> RecordingDriver:
-    fake = RecordingDriver("RUNNING")
+def driver(monkeypatch) -> FakeBackend:
+    fake = FakeBackend(default="RUNNING")
     reg = SimpleNamespace(disabled_actions=frozenset(), lxcpath="/var/lib/lxc", start_timeout=5.0)
     user = SimpleNamespace(name="alice", container="alice")
     monkeypatch.setattr(registry_store, "load_user", lambda paths, name: (reg, user))
@@ -113,7 +113,7 @@ def test_the_alarm_ends_a_verb_stuck_outside_any_program(paths, records, monkeyp
 
 def test_a_snapshot_past_its_deadline_leaves_no_frozen_container(paths, driver, records, monkeypatch) -> None:
     def stuck_while_frozen():
-        driver.current = "FROZEN"
+        driver.states["alice"] = "FROZEN"
         return runner.run(["/bin/sleep", "30"])
 
     import gpushell.containers.snapshots
@@ -124,5 +124,5 @@ def test_a_snapshot_past_its_deadline_leaves_no_frozen_container(paths, driver, 
     monkeypatch.setattr(verbs, "_request", lambda: {})
     monkeypatch.setitem(verbs.WORK_SECONDS, "snapshot", 0.3)
     assert verbs.main(paths, ["gpushell-helper", "snapshot"]) == ExitStatus.TIMEOUT
-    assert driver.calls == ["unfreeze"]
+    assert driver.calls == ["unfreeze alice"]
     assert not os.path.exists(paths.freeze_marker("alice"))
