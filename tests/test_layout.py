@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "gpushell"
@@ -91,3 +92,41 @@ def test_the_role_packages_depend_one_way() -> None:
     assert {"core", "system", "containers", "helper", "admin"} <= set(roles)
     assert not roles["core"]  # the pure core imports nothing of gpushell's outside it
     assert find_cycle(roles) is None
+
+
+# LXC's own words: its tools, its config keys, the rootfs directory of its layout.
+LXC_WORDS = re.compile(r"^lxc-[a-z]+$|\blxc\.[a-z]+\.[a-z]|(^|/)rootfs(/|$)")
+
+
+def lxc_strings_outside_the_backend() -> list[str]:
+    """String constants (docstrings aside) naming LXC's tools, keys or layout, outside containers/."""
+    found = []
+    for path in sorted(PACKAGE.glob("**/*.py")):
+        if path.parent.name == "containers":
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef))
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
+        }
+        for node in ast.walk(tree):
+            is_text = isinstance(node, ast.Constant) and isinstance(node.value, str)
+            if is_text and id(node) not in docstrings and LXC_WORDS.search(node.value):
+                found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {node.value!r}")
+            if isinstance(node, ast.Import) and any(alias.name == "lxc" for alias in node.names):
+                found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: import lxc")
+    return found
+
+
+def test_the_guard_sees_lxc_words() -> None:
+    assert LXC_WORDS.search("lxc-attach") and LXC_WORDS.search("lxc.hook.mount = x")
+    assert LXC_WORDS.search("rootfs") and LXC_WORDS.search("c-ann/rootfs/etc")
+    assert not LXC_WORDS.search("gpushell-admin") and not LXC_WORDS.search("the rootfsck tool")
+
+
+def test_lxc_lives_only_in_the_container_backend_package() -> None:
+    assert lxc_strings_outside_the_backend() == []

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from ..core.allocate import host_interface, mac_address
 from ..core.model import Limits, Registry, User
 from ..core.paths import DRIVER_HOOK
-from ..gpu.driverfiles import hook_line
 from ..gpu.gpudevices import Node
 from .cgroups import CGROUP_V1, CgroupLayout
 
@@ -15,6 +14,15 @@ COMMON_INCLUDES = (
     "/usr/share/lxc/config/common.conf",
     "/usr/share/lxc/config/userns.conf",
 )
+
+
+def hook_line(hook: str, root: str) -> str:
+    """The config line that has LXC run the driver hook (driverhook.py) at each start.
+
+    LXC runs it through `sh -c` with the container's name, `lxc` and
+    `mount` appended; the registry allows no blanks in driver_root.
+    """
+    return f"lxc.hook.mount = {hook} {root}"
 
 
 CPU_PERIOD_US = 100_000

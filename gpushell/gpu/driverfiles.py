@@ -108,15 +108,6 @@ def mismatch(host_version: str | None, versions: frozenset[str]) -> str | None:
     return None
 
 
-def hook_line(hook: str, root: str) -> str:
-    """The config line that has LXC run the driver hook (driverhook.py) at each start.
-
-    LXC runs it through `sh -c` with the container's name, `lxc` and
-    `mount` appended; the registry allows no blanks in driver_root.
-    """
-    return f"lxc.hook.mount = {hook} {root}"
-
-
 def stale_placeholders(present: dict[str, dict[str, int]], files: tuple[tuple[str, str], ...]) -> list[str]:
     """Empty driver-named files no current driver file is mounted on: an older driver's.
 

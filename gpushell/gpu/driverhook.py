@@ -1,7 +1,7 @@
 """`driver: host`: LXC's mount hook that binds the host's current driver files into a container.
 
 A GPU container's config carries `lxc.hook.mount = gpushell-driver-hook
-DRIVER_ROOT` (driverfiles.hook_line).  LXC runs it at every start in the
+DRIVER_ROOT` (lxcconfig.hook_line).  LXC runs it at every start in the
 container's new mount namespace, after the rootfs is mounted at
 $LXC_ROOTFS_MOUNT and before pivot_root, with the container's name, `lxc`
 and `mount` appended.  It lists the host driver's files of the version
