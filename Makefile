@@ -65,7 +65,7 @@ venv: $(VENV)/.ready
 # `pytest` exits 5 when it collected nothing: that fails.
 PYTEST = $(VENV)/bin/python -m pytest -q -p no:cacheprovider
 UNIT = $(PYTEST) tests --ignore=tests/integration -m "not integration"
-INTEGRATION = $(PYTEST) tests/integration -m integration
+INTEGRATION = $(PYTEST) tests/integration tests/contract -m integration
 
 test: install venv
 	$(UNIT)
