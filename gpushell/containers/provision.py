@@ -20,6 +20,7 @@ from ..gpu import gpudevices
 from ..system import accounts, rootfs
 from ..system.runner import run
 from . import cgroups, lxcconfig, template
+from .factory import storage_for
 
 STUDENT_UID = lxcconfig.STUDENT_ID  # the student's uid inside their own container
 ORIGIN_FILE = "gpushell-template"  # in the container's directory, beside config and rootfs
@@ -47,7 +48,7 @@ def create(reg: Registry, user: User, keys: str) -> str:
         # Only root may enter: the rootfs holds files with plain ids on disk.
         os.chmod(staging, 0o700)
         root = os.path.join(staging, "rootfs")
-        copy_tree(template_root, root)
+        storage_for(reg).copy_template(template_root, root)
         give_identity(root, user)
         create_account(root, user.name, keys)
         final_root = os.path.join(directory, "rootfs")
@@ -83,16 +84,6 @@ def student_ids(user: User) -> tuple[int, int] | None:
         return None
     accounts.ensure_student_ids(entry.pw_uid, entry.pw_gid)
     return entry.pw_uid, entry.pw_gid
-
-
-def copy_tree(source: str, target: str) -> None:
-    """A full copy of a rootfs (target must not exist yet): ids, modes, links, hard links, xattrs.
-
-    `cp -a` copies links as links and special files as special files; it
-    never follows a link, so a copy of a stopped (or frozen) container's
-    rootfs reads nothing outside it.
-    """
-    run(["cp", "-a", "--reflink=auto", source, target], timeout=900)
 
 
 HOST_KEY_KINDS = ("ed25519", "ecdsa")  # what the template's sshd drop-in names (template.py)

@@ -33,8 +33,9 @@ from ..core.model import Registry, User
 from ..core.snapshotlist import Snapshot
 from ..system import rootfs
 from ..system.files import read_private
-from . import hold, provision, treecopy
+from . import hold, provision
 from .backend import FROZEN, RUNNING, ContainerDriver
+from .factory import storage_for
 
 SNAPSHOT_DIR = "gpushell-snapshots"
 INFO_FILE = "info"
@@ -163,12 +164,13 @@ def create(
     os.chmod(directory, 0o700)  # the copies hold the container's files with their ids
     _remove_stale_staging(directory)
     # An estimate, before the freeze keeps the student's processes waiting:
-    # a copy that still runs out of room fails cleanly (copy_safely).
-    treecopy.check_space(directory, rootfs.tree_size(live), "a snapshot")
+    # a copy that still runs out of room fails cleanly (storage.copy_tree).
+    storage = storage_for(reg)
+    storage.check_space(directory, rootfs.tree_size(live), "a snapshot")
     staging = tempfile.mkdtemp(prefix=f".{name}.", dir=directory)
     try:
         with hold.held(driver, user.container, "snapshot") as held:
-            copy_safely(live, os.path.join(staging, ROOTFS), "a snapshot")
+            storage.copy_tree(live, os.path.join(staging, ROOTFS), "a snapshot")
             held.check()  # a restart meanwhile: the copy is no one moment, so it goes
         snapshot = Snapshot(name, int(now), rootfs.tree_size(os.path.join(staging, ROOTFS)), held.running)
         with open(os.path.join(staging, INFO_FILE), "w", encoding="ascii") as info:
@@ -179,21 +181,6 @@ def create(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return snapshot
-
-
-def copy_safely(source: str, target: str, what: str) -> None:
-    """treecopy.copy_tree, its failures told without host paths (the log keeps them)."""
-    try:
-        treecopy.copy_tree(source, target)
-    except OSError as exc:
-        if exc.errno in treecopy.SPACE_ERRORS:
-            raise GpushellError(
-                f"not enough disk space for {what}; nothing was kept", f"copy to {target}: {exc}"
-            ) from None
-        raise GpushellError(
-            f"the copy for {what} failed; nothing was kept; ask your admin",
-            f"copy {source} to {target}: {exc}",
-        ) from None
 
 
 def delete(reg: Registry, user: User, name: str) -> None:
@@ -220,13 +207,14 @@ def restore(reg: Registry, user: User, driver: ContainerDriver, name: str) -> bo
     settle(directory)
     _live_rootfs(reg, user)
     size = sum(snapshot.size for snapshot in list_snapshots(reg, user) if snapshot.name == name)
-    treecopy.check_space(directory, size, "the restore")
+    storage = storage_for(reg)
+    storage.check_space(directory, size, "the restore")
     staging = os.path.join(directory, ROOTFS_NEW)
     running = False
     try:
         # The snapshot is root's and still; rootfs.new is outside the
         # container's view: the copy may run while the container does.
-        copy_safely(source, staging, "the restore")
+        storage.copy_tree(source, staging, "the restore")
         running = stop_for_swap(driver, user.container)
         with hold.stopped(driver, user.container, "restore"):
             swap(directory)
