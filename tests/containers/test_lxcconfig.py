@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gpushell.containers.lxcconfig import INTERFACES, container_config, hosts_file
+from gpushell.containers.lxcconfig import container_config, hosts_file
 from gpushell.core.allocate import mac_address
 from gpushell.core.registry import parse
 
@@ -121,7 +121,3 @@ def test_hosts_file():
     assert hosts_file("alice-box") == (
         "127.0.0.1\tlocalhost\n127.0.1.1\talice-box\n::1\tlocalhost ip6-localhost ip6-loopback\n"
     )
-
-
-def test_interfaces():
-    assert INTERFACES == "auto lo\niface lo inet loopback\n\niface eth0 inet manual\n"
