@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
 from gpushell.containers import provision
 from gpushell.containers.backend import FROZEN, MISSING, RUNNING, STOPPED, ContainerDriver
 from gpushell.core.errors import GpushellError
+from gpushell.core.model import User
 
 
 class FakeBackend(ContainerDriver):
@@ -39,6 +41,18 @@ class FakeBackend(ContainerDriver):
 
     def directory(self, name: str) -> str:
         return os.path.join(self.lxcpath, name)
+
+    def create(self, reg: object, user: User, keys: str) -> str:
+        self.calls.append(f"create {user.container}")
+        self.define(user.container)
+        return self.directory(user.container)
+
+    def destroy(self, reg: object, name: str) -> bool:
+        self.calls.append(f"destroy {name}")
+        existed = self.exists(name)
+        shutil.rmtree(self.directory(name), ignore_errors=True)
+        self.states[name] = MISSING
+        return existed
 
     def exists(self, name: str) -> bool:
         return self.state(name) != MISSING

@@ -42,7 +42,7 @@ def cmd_init(paths: Paths, args: Options) -> int:
 
 
 def cmd_template_build(paths: Paths, args: Options) -> int:
-    from ..containers import provision, template
+    from ..containers import template
     from ..containers.factory import backend_for
     from ..core import registry
     from ..system import registry_store
@@ -64,7 +64,7 @@ def cmd_template_build(paths: Paths, args: Options) -> int:
     # directory for a leftover.
     with locked(paths.registry_lock):
         if os.path.exists(directory):
-            provision.destroy(reg, name)
+            backend_for(reg).destroy(reg, name)
         template.install(tarball, reg.lxcpath, name, args.suite)
     say(f"template {name} built from {tarball}")
     return ExitStatus.OK
@@ -96,7 +96,6 @@ def gpus_option(text: str) -> str | list[int]:
 
 
 def cmd_add(paths: Paths, args: Options) -> int:
-    from ..containers import provision
     from ..containers.factory import backend_for
     from ..core import allocate, registry, registry_edit
     from ..helper import services
@@ -132,9 +131,9 @@ def cmd_add(paths: Paths, args: Options) -> int:
         undo.callback(accounts.undo_account, account, paths.group)
         if keys:
             accounts.install_host_keys(name, keys)
-        provision.create(new_reg, user, keys)
-        undo.callback(provision.destroy, new_reg, user.container)
         ctx = services.Context(paths, new_reg, backend_for(new_reg))
+        ctx.driver.create(new_reg, user, keys)
+        undo.callback(ctx.driver.destroy, new_reg, user.container)
         services.ensure_forward(ctx, user)
         undo.callback(services.remove_forward, ctx, name)
         change.write()
@@ -160,7 +159,7 @@ def _isolation_after_change(reg: Registry) -> bool:
 def cmd_remove(paths: Paths, args: Options) -> int:
     import datetime
 
-    from ..containers import archive, provision
+    from ..containers import archive
     from ..containers.factory import backend_for
     from ..core import registry_edit
     from ..helper import services
@@ -184,7 +183,7 @@ def cmd_remove(paths: Paths, args: Options) -> int:
                 rootfs = backend_for(reg).rootfs(user.container)
                 kept = archive.archive_rootfs(rootfs, args.archive, name, datetime.datetime.now(datetime.UTC))
             services.remove_forward(ctx, name)
-            provision.destroy(reg, user.container)
+            ctx.driver.destroy(reg, user.container)
             change.write()
         isolated = _isolation_after_change(new_reg)
     if args.purge:

@@ -14,6 +14,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Protocol
 
+    from ..core.model import Registry, User
+
     class Closable(Protocol):  # what block_start returns: a socket, for LXC
         def close(self) -> None: ...
 
@@ -44,6 +46,14 @@ class ContainerDriver:
 
     def exists(self, name: str) -> bool:
         return os.path.exists(self.config_path(name))
+
+    def create(self, reg: Registry, user: User, keys: str) -> str:
+        """A new, stopped container for user from the registry's template; its directory."""
+        raise NotImplementedError
+
+    def destroy(self, reg: Registry, name: str) -> bool:
+        """Remove a stopped container with everything in it; False if there was none."""
+        raise NotImplementedError
 
     def names(self) -> list[str]:
         """Every container this backend holds (students', the template, strays), sorted."""

@@ -8,7 +8,6 @@ from .lxc import LxcDriver
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..core.model import Registry
-    from .storage import DirStorage
 
 
 def backend_for(reg: Registry) -> ContainerDriver:
@@ -18,10 +17,3 @@ def backend_for(reg: Registry) -> ContainerDriver:
     is one class and one branch.
     """
     return LxcDriver(reg.lxcpath)
-
-
-def storage_for(reg: Registry) -> DirStorage:
-    """How the registry's containers are stored and copied: directory copies, the only kind yet."""
-    from .storage import DirStorage  # off the login path: the copies' modules
-
-    return DirStorage()

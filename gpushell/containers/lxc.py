@@ -11,6 +11,10 @@ from ..core.errors import GpushellError
 from ..system.runner import LARGE_OUTPUT, run
 from .backend import MISSING, RUNNING, ContainerDriver
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..core.model import Registry, User
+
 # What lxc-start prints (exit status 0) for a container that runs already.
 ALREADY_RUNNING = "Container is already running"
 # The longest abstract socket name LXC uses as it is (sun_path less its two NULs);
@@ -42,6 +46,16 @@ class LxcDriver(ContainerDriver):
 
     def attach(self, name: str, command: list[str]) -> list[str]:
         return ["lxc-attach", *self._args(name), "--clear-env", "--", *command]
+
+    def create(self, reg: Registry, user: User, keys: str) -> str:
+        from . import provision  # the copy and the config: admin work, off the login path
+
+        return provision.create(reg, user, keys)
+
+    def destroy(self, reg: Registry, name: str) -> bool:
+        from . import provision
+
+        return provision.destroy(reg, name)
 
     def names(self) -> list[str]:
         """Containers defined in lxcpath: a directory with a config (hidden ones are staging)."""

@@ -19,8 +19,7 @@ from ..core.model import Registry, User
 from ..gpu import gpudevices
 from ..system import accounts, rootfs
 from ..system.runner import run
-from . import cgroups, lxcconfig, template
-from .factory import storage_for
+from . import cgroups, lxcconfig, storage, template
 
 STUDENT_UID = lxcconfig.STUDENT_ID  # the student's uid inside their own container
 ORIGIN_FILE = "gpushell-template"  # in the container's directory, beside config and rootfs
@@ -48,7 +47,7 @@ def create(reg: Registry, user: User, keys: str) -> str:
         # Only root may enter: the rootfs holds files with plain ids on disk.
         os.chmod(staging, 0o700)
         root = os.path.join(staging, "rootfs")
-        storage_for(reg).copy_template(template_root, root)
+        storage.for_registry(reg).copy_template(template_root, root)
         give_identity(root, user)
         create_account(root, user.name, keys)
         final_root = os.path.join(directory, "rootfs")

@@ -20,9 +20,8 @@ from ..core.errors import GpushellError
 from ..core.model import Registry, User
 from ..system import rootfs
 from ..system.files import write_atomically
-from . import hold, keyrescue, provision, snapshots
+from . import hold, keyrescue, provision, snapshots, storage
 from .backend import ContainerDriver
-from .factory import storage_for
 
 
 def rebuild(reg: Registry, user: User, driver: ContainerDriver, keys: str, keep_home: bool) -> None:
@@ -42,14 +41,14 @@ def rebuild(reg: Registry, user: User, driver: ContainerDriver, keys: str, keep_
     if keep_home:
         check_keepable(current, home)  # before the long copy; checked again at the move
     host_keys = keyrescue.read_host_keys(current)
-    storage = storage_for(reg)
-    storage.check_space(directory, rootfs.tree_size(template_root), "the rebuild")
+    copies = storage.for_registry(reg)
+    copies.check_space(directory, rootfs.tree_size(template_root), "the rebuild")
     staging = os.path.join(directory, snapshots.ROOTFS_NEW)
     was_running = False
     try:
         # The template is root's and never runs, but one copy for all the
         # helper's copies: its failures are told without host paths.
-        storage.copy_tree(template_root, staging, "the rebuild")
+        copies.copy_tree(template_root, staging, "the rebuild")
         provision.give_identity(staging, user, host_keys)
         provision.create_account(staging, user.name, keys)
         was_running = snapshots.stop_for_swap(driver, user.container)

@@ -33,9 +33,8 @@ from ..core.model import Registry, User
 from ..core.snapshotlist import Snapshot
 from ..system import rootfs
 from ..system.files import read_private
-from . import hold, provision
+from . import hold, provision, storage
 from .backend import FROZEN, RUNNING, ContainerDriver
-from .factory import storage_for
 
 SNAPSHOT_DIR = "gpushell-snapshots"
 INFO_FILE = "info"
@@ -165,12 +164,12 @@ def create(
     _remove_stale_staging(directory)
     # An estimate, before the freeze keeps the student's processes waiting:
     # a copy that still runs out of room fails cleanly (storage.copy_tree).
-    storage = storage_for(reg)
-    storage.check_space(directory, rootfs.tree_size(live), "a snapshot")
+    copies = storage.for_registry(reg)
+    copies.check_space(directory, rootfs.tree_size(live), "a snapshot")
     staging = tempfile.mkdtemp(prefix=f".{name}.", dir=directory)
     try:
         with hold.held(driver, user.container, "snapshot") as held:
-            storage.copy_tree(live, os.path.join(staging, ROOTFS), "a snapshot")
+            copies.copy_tree(live, os.path.join(staging, ROOTFS), "a snapshot")
             held.check()  # a restart meanwhile: the copy is no one moment, so it goes
         snapshot = Snapshot(name, int(now), rootfs.tree_size(os.path.join(staging, ROOTFS)), held.running)
         with open(os.path.join(staging, INFO_FILE), "w", encoding="ascii") as info:
@@ -207,14 +206,14 @@ def restore(reg: Registry, user: User, driver: ContainerDriver, name: str) -> bo
     settle(directory)
     _live_rootfs(reg, user)
     size = sum(snapshot.size for snapshot in list_snapshots(reg, user) if snapshot.name == name)
-    storage = storage_for(reg)
-    storage.check_space(directory, size, "the restore")
+    copies = storage.for_registry(reg)
+    copies.check_space(directory, size, "the restore")
     staging = os.path.join(directory, ROOTFS_NEW)
     running = False
     try:
         # The snapshot is root's and still; rootfs.new is outside the
         # container's view: the copy may run while the container does.
-        storage.copy_tree(source, staging, "the restore")
+        copies.copy_tree(source, staging, "the restore")
         running = stop_for_swap(driver, user.container)
         with hold.stopped(driver, user.container, "restore"):
             swap(directory)

@@ -5,7 +5,7 @@ template (root's own tree, never run) by `cp -a`; a snapshot, restore or
 rebuild copies a tree the container wrote by treecopy, which walks it by
 descriptors and never follows a link.  Copy-on-write storage (btrfs
 subvolumes and their snapshots) is another class with these methods,
-picked by factory.storage_for.
+picked by for_registry.
 """
 
 from __future__ import annotations
@@ -13,6 +13,10 @@ from __future__ import annotations
 from ..core.errors import GpushellError
 from ..system.runner import run
 from . import treecopy
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..core.model import Registry
 
 
 class DirStorage:
@@ -46,3 +50,8 @@ class DirStorage:
                 f"the copy for {what} failed; nothing was kept; ask your admin",
                 f"copy {source} to {target}: {exc}",
             ) from None
+
+
+def for_registry(reg: Registry) -> DirStorage:
+    """How the registry's containers are stored and copied: directory copies, the only kind yet."""
+    return DirStorage()

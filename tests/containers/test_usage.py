@@ -10,8 +10,7 @@ import pytest
 from gpushell.containers import cgroups, usage
 from gpushell.core.model import Registry, User
 from gpushell.system import rootfs
-from gpushell.system.runner import Result
-from tests.fakes import FakeBackend
+from tests.fakes import INIT_PID, FakeBackend
 
 USER = User("ann", 22001, ipaddress.IPv4Address("10.0.3.2"), 1065536, "c-ann", "none", ())
 
@@ -39,57 +38,47 @@ def big_host_file(tmp_path):
     return path
 
 
-def fake_lxc_info(monkeypatch, stdout: str, returncode: int = 0) -> list[list[str]]:
-    calls: list[list[str]] = []
-
-    def fake(argv, **kwargs):
-        calls.append(list(argv))
-        return Result(returncode, stdout, "")
-
-    monkeypatch.setattr(usage, "run", fake)
-    return calls
+def backend(reg: Registry, state: str) -> FakeBackend:
+    """The fake backend over the fixture's lxcpath: its rootfs is the one measured."""
+    return FakeBackend(default=state, lxcpath=reg.lxcpath)
 
 
 def test_a_stopped_container_has_only_its_disk(reg, root, monkeypatch):
-    calls = fake_lxc_info(monkeypatch, "")
-    found = usage.container_usage(reg, USER, FakeBackend(default="STOPPED"))
+    driver = backend(reg, "STOPPED")
+    monkeypatch.setattr(cgroups, "read_usage", lambda pid: pytest.fail("a stopped container has no cgroup"))
+    found = usage.container_usage(reg, USER, driver)
     assert list(found) == ["disk_bytes"]
     assert found["disk_bytes"] == rootfs.tree_size(str(root))
     assert 256 * 1024 <= found["disk_bytes"] < 256 * 1024 + 64 * 4096
-    assert calls == []
 
 
 def test_disk_never_counts_a_linked_host_tree_and_hard_links_once(reg, root, big_host_file, monkeypatch):
-    fake_lxc_info(monkeypatch, "")
-    before = usage.container_usage(reg, USER, FakeBackend(default="STOPPED"))["disk_bytes"]
+    before = usage.container_usage(reg, USER, backend(reg, "STOPPED"))["disk_bytes"]
     os.symlink(big_host_file, root / "home" / "ann" / "host-file")
     os.symlink(big_host_file.parent, root / "home" / "ann" / "host-dir")
     os.symlink("/", root / "root-link")
     os.link(root / "home" / "ann" / "data", root / "home" / "ann" / "data-again")
-    after = usage.container_usage(reg, USER, FakeBackend(default="STOPPED"))["disk_bytes"]
+    after = usage.container_usage(reg, USER, backend(reg, "STOPPED"))["disk_bytes"]
     assert after - before < 64 * 1024  # a few link inodes, not 4 MiB, not another 256 KiB
 
 
 def test_a_running_container_has_its_cgroup_numbers_from_its_init(reg, root, monkeypatch):
-    calls = fake_lxc_info(monkeypatch, "4242\n")
     asked: list[int] = []
     measured = {"cpu_ns": 7_000_000_000, "memory_bytes": 512 * 1024 * 1024, "oom_kills": 2}
     monkeypatch.setattr(cgroups, "read_usage", lambda pid: asked.append(pid) or measured)
-    found = usage.container_usage(reg, USER, FakeBackend(default="RUNNING"))
-    assert calls == [["lxc-info", "-P", reg.lxcpath, "-n", "c-ann", "-pH"]]
-    assert asked == [4242]
+    found = usage.container_usage(reg, USER, backend(reg, "RUNNING"))
+    assert asked == [INIT_PID]
     assert found == {**measured, "disk_bytes": rootfs.tree_size(str(root))}
 
 
-@pytest.mark.parametrize(("stdout", "returncode"), [("", 1), ("-1\n", 0), ("garbage\n", 0)])
-def test_no_init_pid_means_no_cgroup_numbers(reg, root, monkeypatch, stdout, returncode):
-    fake_lxc_info(monkeypatch, stdout, returncode)
-    assert list(usage.container_usage(reg, USER, FakeBackend(default="RUNNING"))) == ["disk_bytes"]
+def test_no_init_pid_means_no_cgroup_numbers(reg, root, monkeypatch):
+    driver = backend(reg, "RUNNING")
+    monkeypatch.setattr(driver, "info", lambda name: ("RUNNING", None))  # LXC could not say (parse_info)
+    assert list(usage.container_usage(reg, USER, driver)) == ["disk_bytes"]
 
 
 def test_a_missing_rootfs_has_no_disk_number(reg, monkeypatch):
-    fake_lxc_info(monkeypatch, "")
-    assert usage.container_usage(reg, USER, FakeBackend(default="MISSING")) == {}
+    assert usage.container_usage(reg, USER, backend(reg, "MISSING")) == {}
 
 
 def test_tree_size_stops_at_its_depth_bound(tmp_path):
