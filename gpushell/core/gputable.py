@@ -27,7 +27,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .banner import Palette
+    pass
 
 SEPARATOR = "|"
 MAX_FIELD = 64
@@ -136,39 +136,3 @@ def own_pids(rows: list[Row]) -> list[int]:
             if kind == "you" and pid.isascii() and pid.isdigit() and int(pid) not in pids:
                 pids.append(int(pid))
     return pids
-
-
-def _or(text: str, unit: str) -> str:
-    return f"{text}{unit}" if text else "?"
-
-
-def render(answer: dict[str, str], p: Palette) -> str:
-    """The table a student reads: one row per GPU, own processes numbered."""
-    if answer.get("state") == NO_DRIVER:
-        return NO_DRIVER_TEXT + "\n"
-    rows = decode(answer)
-    if not rows:
-        return "no GPUs found on this host\n"
-    pids = own_pids(rows)
-    lines = [f"{p.bold}{'GPU':<4}{'Name':<24}{'Util':>6}{'Memory':>18}{'Temp':>6}  Processes{p.reset}"]
-    for row in rows:
-        if row.error is not None:
-            lines.append(f"{row.index:<4}{p.bad}did not answer: {row.error}{p.reset}")
-            continue
-        name, util, used, total, temp = row.fields
-        memory = f"{used or '?'}/{total or '?'} MiB"
-        shown = []
-        for kind, pid, proc_name, mib in row.procs:
-            size = _or(mib, " MiB")
-            if kind == "you":
-                number = pids.index(int(pid)) + 1 if pid.isdigit() and int(pid) in pids else 0
-                shown.append(f"{p.good}[{number}] you: pid {pid} {proc_name} {size}{p.reset}")
-            elif kind == "student":
-                shown.append(f"{proc_name} {size}")
-            else:
-                shown.append(f"{p.dim}other {size}{p.reset}")
-        lines.append(
-            f"{row.index:<4}{name[:23]:<24}{_or(util, ' %'):>6}{memory:>18}{_or(temp, ' C'):>6}  "
-            + ("; ".join(shown) if shown else "-")
-        )
-    return "\n".join(lines) + "\n"

@@ -14,14 +14,11 @@ they hold no separator.  Imported by the login shell: nothing heavy.
 
 from __future__ import annotations
 
-import time  # loaded at interpreter start-up anyway
-
 from .model import Value
-from .units import size_text
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .banner import Palette
+    pass
 
 SEPARATOR = "|"
 
@@ -43,35 +40,15 @@ def encode(snapshots: list[Snapshot], limit: int) -> dict[str, object]:
     return answer
 
 
-def _int(text: str) -> int:
+def count(text: str) -> int:
     return int(text) if text.isascii() and text.isdigit() else 0
 
 
 def decode(info: dict[str, str]) -> list[Snapshot]:
     """The snapshots in an answer; malformed lines are skipped, never fatal."""
     listed = []
-    for index in range(min(_int(info.get("snapshots", "0")), 1000)):
+    for index in range(min(count(info.get("snapshots", "0")), 1000)):
         fields = info.get(f"snapshot{index}", "").split(SEPARATOR)
         if len(fields) == 4 and fields[0]:
-            listed.append(Snapshot(fields[0], _int(fields[1]), _int(fields[2]), fields[3] == "running"))
+            listed.append(Snapshot(fields[0], count(fields[1]), count(fields[2]), fields[3] == "running"))
     return listed
-
-
-def when_text(created: int) -> str:
-    """UTC time of day and date, without `time.strftime`'s locale (it is the same everywhere)."""
-    t = time.gmtime(created)
-    return f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d} {t.tm_hour:02d}:{t.tm_min:02d} UTC"
-
-
-def render(info: dict[str, str], p: Palette) -> str:
-    listed = decode(info)
-    limit = _int(info.get("snapshot_limit", "0"))
-    if not listed:
-        return f"You have no snapshots (you may keep {limit}).\n"
-    rows = [
-        f"  {p.bold}{n}{p.reset}) {s.name:<32} {when_text(s.created)}  {size_text(s.size):>10}"
-        f"  {p.dim}taken while {'running' if s.running else 'stopped'}{p.reset}"
-        for n, s in enumerate(listed, 1)
-    ]
-    total = size_text(sum(s.size for s in listed))
-    return f"Your snapshots ({len(listed)} of {limit}, {total} in all):\n" + "\n".join(rows) + "\n"

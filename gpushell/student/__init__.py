@@ -1,1 +1,1 @@
-"""The student's side: the login shell, run as the student; it reaches root only through the helper."""
+"""The student's side: the login shell and what it shows, run as the student; root only through the helper."""

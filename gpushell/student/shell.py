@@ -11,13 +11,14 @@ import os
 import pwd
 import sys
 
-from ..core import banner, gputable, menu, protocol, snapshotlist
+from ..core import gputable, menu, protocol, snapshotlist
 from ..core.errors import CONTACT_ADMIN, ExitStatus, GpushellError
 from ..core.paths import DEFAULT, Paths
 from ..core.protocol import Answer
 from ..system import audit, loginproc, spawn
 from ..system.environment import SAFE_ENV
 from ..system.ownership import check_owned_by_root, check_tree_owned_by_root
+from . import banner, tables
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -146,7 +147,7 @@ class Session:
         if action == "help":
             self.term.write(f"Connect:         {banner.connect_command(info)}\n" + banner.help_text(info, p))
         elif action == "snapshots":
-            self.term.write(snapshotlist.render(info, p))
+            self.term.write(tables.snapshot_list(info, p))
         elif action == "keys":
             self.term.write(banner.repaired(info))
         else:
@@ -155,7 +156,7 @@ class Session:
     def snapshot(self, name: str) -> None:
         info = self.request("snapshot", {"name": name})
         self.term.write(
-            f"Saved snapshot {info.get('made', name)}.\n" + snapshotlist.render(info, self.term.palette)
+            f"Saved snapshot {info.get('made', name)}.\n" + tables.snapshot_list(info, self.term.palette)
         )
 
     def named_change(self, action: str, name: str) -> None:
@@ -164,7 +165,7 @@ class Session:
         if action == "restore":
             self.term.write(f"Restored snapshot {name}.\n" + banner.status(info, self.term.palette))
         else:
-            self.term.write(f"Deleted snapshot {name}.\n" + snapshotlist.render(info, self.term.palette))
+            self.term.write(f"Deleted snapshot {name}.\n" + tables.snapshot_list(info, self.term.palette))
 
     def rebuild(self, keep_home: bool) -> None:
         fields = {"confirm": self.user, "home": "keep" if keep_home else "wipe"}
@@ -175,7 +176,7 @@ class Session:
     def gpus(self) -> list[int]:
         """Show the GPU table; return the PIDs of the student's own GPU processes, numbered from 1."""
         info = self.helper("gpus", "Asking the GPUs")
-        self.term.write(gputable.render(info, self.term.palette))
+        self.term.write(tables.gpu_table(info, self.term.palette))
         audit.record(self.user, "gpus", "ok", info.get("state", ""))
         return gputable.own_pids(gputable.decode(info))
 
@@ -257,7 +258,7 @@ class Session:
         """Show the student's snapshots, take one by number or name, confirm, act."""
         info = self.request("snapshots")
         names = [snap.name for snap in snapshotlist.decode(info)]
-        self.term.write(snapshotlist.render(info, self.term.palette))
+        self.term.write(tables.snapshot_list(info, self.term.palette))
         if not names:
             return
         line = self.ask(

@@ -21,10 +21,11 @@ from typing import Any
 import pytest
 
 from gpushell.core import gputable, protocol
-from gpushell.core.banner import PLAIN, Palette
 from gpushell.core.errors import GpushellError
 from gpushell.core.paths import Paths
 from gpushell.gpu import gpucache, gpustatus
+from gpushell.student import tables
+from gpushell.student.banner import PLAIN, Palette
 
 DATA = json.loads((pathlib.Path(__file__).parents[1] / "data/nvml_readings.json").read_text())
 # Each student's host id range, as the registry gives it (idmap .. idmap + idmap_size).
@@ -182,7 +183,7 @@ def test_the_wire_form_for_bob_cleans_his_command_name(tmp_path):
 
 
 def test_render_for_alice(tmp_path):
-    text = gputable.render(answer_for("alice", tmp_path), PLAIN)
+    text = tables.gpu_table(answer_for("alice", tmp_path), PLAIN)
     assert text.splitlines() == [
         "GPU Name                      Util            Memory  Temp  Processes",
         "0   NVIDIA A100-SXM4-40GB     87 %   12288/40960 MiB  61 C  other 1024 MiB; "
@@ -196,14 +197,14 @@ def test_render_numbers_own_processes_in_order(tmp_path):
     answer = answer_for("bob", tmp_path)
     rows = gputable.decode(answer)
     assert gputable.own_pids(rows) == [5151, 5152]
-    text = gputable.render(answer, Palette(bold="<B>", good="<G>", bad="<R>", dim="<D>", reset="</>"))
+    text = tables.gpu_table(answer, Palette(bold="<B>", good="<G>", bad="<R>", dim="<D>", reset="</>"))
     assert "<G>[1] you: pid 5151 python?evil?[2J 3072 MiB</>" in text
     assert "<G>[2] you: pid 5152 train.py 2048 MiB</>" in text
     assert "<R>did not answer: GPU is lost</>" in text
 
 
 def test_render_without_a_driver_is_one_line():
-    assert gputable.render({"state": "no-driver"}, PLAIN) == "no NVIDIA driver/GPU on this host\n"
+    assert tables.gpu_table({"state": "no-driver"}, PLAIN) == "no NVIDIA driver/GPU on this host\n"
 
 
 @pytest.mark.parametrize(
@@ -217,7 +218,7 @@ def test_render_without_a_driver_is_one_line():
     ],
 )
 def test_malformed_answers_render_without_a_crash(answer):
-    text = gputable.render(answer, PLAIN)
+    text = tables.gpu_table(answer, PLAIN)
     assert text.endswith("\n")
     assert "Traceback" not in text
 

@@ -8,9 +8,9 @@ import subprocess
 
 import pytest
 
-from gpushell.core.banner import PLAIN, Palette
 from gpushell.core.errors import ExitStatus
 from gpushell.student import shell
+from gpushell.student.banner import PLAIN, Palette
 from gpushell.student.shell import Terminal, main
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gpushell.core.banner import (
+from gpushell.core.menu import offered
+from gpushell.student.banner import (
     PLAIN,
     Palette,
     banner,
@@ -17,7 +18,6 @@ from gpushell.core.banner import (
     state_text,
     status,
 )
-from gpushell.core.menu import offered
 
 INFO = {
     "user": "alice",

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .menu import MENU
-from .protocol import Answer
+from ..core.menu import MENU
+from ..core.protocol import Answer
 
 
 class Palette:
