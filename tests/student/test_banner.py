@@ -216,10 +216,6 @@ def test_ansi_palette_uses_escapes():
     assert f"{palette.bold}ssh -p 22001 alice@gpu1{palette.reset}" in text
 
 
-def test_plain_is_all_empty():
-    assert Palette("", "", "", "", "") == PLAIN
-
-
 # --- the GPU lines: the login answer's gpu_* keys, as gpucache writes them ---------
 
 # Recorded: the snapshot taken from data/nvml_readings.json (test_gpustatus), as a login got it.
