@@ -18,7 +18,7 @@ def hold(path: str) -> int:
     return fd
 
 
-def test_a_free_lock_is_taken_at_once(tmp_path) -> None:
+def test_a_free_lock_is_taken_and_private(tmp_path) -> None:
     path = str(tmp_path / "run" / "user-alice.lock")
     with locked(path, timeout=5):
         other = os.open(path, os.O_RDWR)
