@@ -20,8 +20,9 @@ from ..containers.factory import backend_for
 from ..core import chaincheck, forward
 from ..core.errors import GpushellError
 from ..core.forward import NatTable
-from ..core.model import Registry, User, Value
+from ..core.model import Registry, User
 from ..core.paths import Paths
+from ..core.value import Value
 from ..gpu import gpudevices
 from ..helper import services
 from ..system import ifaddr, iptables, nftrun

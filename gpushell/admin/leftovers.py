@@ -23,8 +23,9 @@ import shutil
 import stat
 
 from ..core.errors import GpushellError
-from ..core.model import Registry, Value
+from ..core.model import Registry
 from ..core.paths import Paths
+from ..core.value import Value
 from ..system.files import read_private
 from ..system.runner import run
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from ..core.model import Value
+from ..core.value import Value
 
 ROOT = "/sys/fs/cgroup"
 PAYLOAD_PREFIX = "lxc.payload."

@@ -5,7 +5,8 @@ from __future__ import annotations
 import ipaddress
 
 from .errors import GpushellError
-from .model import Registry, Value
+from .model import Registry
+from .value import Value
 
 
 class Allocation(Value):

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from .forward import JUMP_CHAINS, TAG, NatTable, comment_of, jump_rule, masquerade_rule, user_rule
-from .model import Registry, Value
+from .model import Registry
+from .value import Value
 
 # Kinds of problem, in the order they are reported.
 NO_CHAIN, NO_JUMP, MISSING, WRONG, DUPLICATE, ORPHAN, UNTAGGED, NO_MASQUERADE = (

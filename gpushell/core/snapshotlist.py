@@ -14,7 +14,7 @@ they hold no separator.  Imported by the login shell: nothing heavy.
 
 from __future__ import annotations
 
-from .model import Value
+from .value import Value
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

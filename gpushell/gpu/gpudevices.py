@@ -17,7 +17,8 @@ import re
 import stat
 
 from ..core.errors import GpushellError
-from ..core.model import GpuSpec, Value
+from ..core.model import GpuSpec
+from ..core.value import Value
 
 NVIDIA_MAJOR = 195  # fixed by the driver ("nvidia-frontend" or "nvidia" in /proc/devices)
 CTL_MINOR, MODESET_MINOR = 255, 254

@@ -8,7 +8,7 @@ import re
 import stat
 
 from ..core.errors import GpushellError
-from ..core.model import Value
+from ..core.value import Value
 from . import rootfs
 from .files import write_atomically
 from .runner import run
