@@ -194,15 +194,18 @@ def templates_to_json(rows: list[TemplateRow]) -> str:
 
 def built_templates(reg: registry.Registry) -> dict[str, tuple[str | None, int]]:
     """Directories in the lxcpath that are gpushell templates: name -> (suite, size)."""
-    found: dict[str, tuple[str | None, int]] = {}
     driver = backend_for(reg)
-    for name in driver.names():
-        directory = driver.directory(name)
-        config = read_text_or_none(driver.config_path(name))
-        if config is None or not config.startswith("# gpushell template"):
-            continue
-        found[name] = (template.suite_of(config), tree_size(directory))
-    return found
+    return {
+        name: (template.suite_of(config), tree_size(driver.directory(name)))
+        for name, config in template_configs(reg).items()
+    }
+
+
+def template_configs(reg: registry.Registry) -> dict[str, str]:
+    """The config text of each gpushell template in the lxcpath (a student's container is not one)."""
+    driver = backend_for(reg)
+    configs = {name: read_text_or_none(driver.config_path(name)) for name in driver.names()}
+    return {name: text for name, text in configs.items() if text and text.startswith("# gpushell template")}
 
 
 def tree_size(directory: str) -> int:
@@ -239,7 +242,7 @@ def cmd_template_use(paths: Paths, args: Options, say: Say) -> int:
         raise GpushellError(f"{name!r} is not a valid template name", status=ExitStatus.USAGE)
 
     def use(text: str, reg: registry.Registry) -> str:
-        if not is_built(reg, name) or name not in built_templates_names(reg):
+        if not is_built(reg, name) or name not in template_configs(reg):
             raise GpushellError(
                 f"template {name} is not built in {reg.lxcpath}; "
                 f"run: gpushell-admin template build --name {name}"
@@ -252,13 +255,3 @@ def cmd_template_use(paths: Paths, args: Options, say: Say) -> int:
     else:
         say(f"new students get template {name} (was {old.template}); existing containers are unchanged")
     return ExitStatus.OK
-
-
-def built_templates_names(reg: registry.Registry) -> set[str]:
-    """Names of gpushell templates in the lxcpath (a student's container is not one)."""
-    driver = backend_for(reg)
-    return {
-        name
-        for name in driver.names()
-        if (read_text_or_none(driver.config_path(name)) or "").startswith("# gpushell template")
-    }

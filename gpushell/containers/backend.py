@@ -28,9 +28,9 @@ class ContainerDriver:
     """A student's container for its whole life, whatever runs it.
 
     Everything above the backend asks it: where the container's files are
-    (its directory, rootfs and config), what state it is in, to start,
-    stop, freeze it, and how to run a command inside.  Making one from the
-    template and destroying it (provision.py) build on these.
+    (its directory, rootfs and config), to make one from the template or
+    destroy it, what state it is in, to start, stop or freeze it, and how
+    to run a command inside.
     """
 
     def directory(self, name: str) -> str:

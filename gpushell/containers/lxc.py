@@ -38,9 +38,6 @@ class LxcDriver(ContainerDriver):
     def _args(self, name: str) -> list[str]:
         return ["-P", self.lxcpath, "-n", name]
 
-    def _defined(self, name: str) -> bool:
-        return self.exists(name)
-
     def directory(self, name: str) -> str:
         return os.path.join(self.lxcpath, name)
 
@@ -76,7 +73,7 @@ class LxcDriver(ContainerDriver):
         return state, (pid if state == RUNNING and pid > 0 else None)
 
     def state(self, name: str) -> str:
-        if not self._defined(name):
+        if not self.exists(name):
             return MISSING
         result = run(["lxc-info", *self._args(name), "-sH"], check=False)
         return result.stdout.strip() or MISSING
@@ -112,7 +109,7 @@ class LxcDriver(ContainerDriver):
         return set(result.stdout.split())
 
     def start(self, name: str) -> bool:
-        if not self._defined(name):
+        if not self.exists(name):
             raise GpushellError("your container does not exist", f"container {name} is not defined")
         log = os.path.join(self.lxcpath, name, "lxc.log")
         # Daemonized: lxc-start returns once init runs, with its standard
@@ -130,7 +127,7 @@ class LxcDriver(ContainerDriver):
         )
 
     def stop(self, name: str, timeout: int = 10) -> None:
-        if not self._defined(name) or self.state(name) != RUNNING:
+        if not self.exists(name) or self.state(name) != RUNNING:
             return
         # A clean shutdown first (its init flushes the journal), a kill after timeout.
         result = run(["lxc-stop", *self._args(name), "-t", str(timeout)], check=False, timeout=timeout + 30)
@@ -156,7 +153,7 @@ class LxcDriver(ContainerDriver):
             )
 
     def info(self, name: str) -> tuple[str, int | None]:
-        if not self._defined(name):
+        if not self.exists(name):
             return MISSING, None
         result = run(["lxc-info", *self._args(name), "-s", "-p"], check=False)
         return parse_info(result.stdout)

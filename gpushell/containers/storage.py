@@ -22,8 +22,6 @@ if TYPE_CHECKING:
 class DirStorage:
     """Full directory copies on whatever filesystem holds the lxcpath."""
 
-    kind = "dir"
-
     def copy_template(self, template_root: str, target: str) -> None:
         """A full copy of the template's rootfs (target must not exist yet): ids, modes, links, xattrs.
 
