@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import secrets
 import shutil
 import tempfile
 
@@ -98,7 +97,7 @@ def give_identity(root: str, user: User, host_keys: dict[str, tuple[bytes, bytes
     """
     rootfs.write_file(root, "etc/hostname", f"{user.container}\n")
     rootfs.write_file(root, "etc/hosts", lxcconfig.hosts_file(user.container))
-    rootfs.write_file(root, "etc/machine-id", secrets.token_hex(16) + "\n", mode=0o444)
+    rootfs.write_file(root, "etc/machine-id", os.urandom(16).hex() + "\n", mode=0o444)
     rootfs.write_file(root, "etc/network/interfaces", lxcconfig.INTERFACES)
     # The template's own keys are the same in every copy: none may stay.
     # (A template cached before its drop-in named the host keys still has

@@ -75,16 +75,22 @@ def bridge_table(reg: Registry) -> str:
     ports = [f'"{host_interface(user.address)}"' for user in students]
     macs = [mac_address(user.address) for user in students]
     ips = sorted([ipaddress.IPv4Address(user.address) for user in students] + [reg.gateway])
-    # To a student's port: frames for its MAC in one lookup, the rest checked (to_student).
-    to_port = ["oifname . ether daddr @port_mac accept", "oifname @ports jump to_student"]
+    # Ethernet/IPv4 ARP only: with other sizes the sender and target fields lie elsewhere.
+    arp = "arp htype 1 arp ptype ip arp hlen 6 arp plen 4"
+    # To a student's port: its own IPv4 and ARP in one lookup each, the rest checked (to_student).
+    to_port = [
+        "oifname . ether daddr . ip daddr @port_mac_ip accept",
+        f"{arp} oifname . ether daddr . arp daddr ip @port_mac_ip accept",
+        "oifname @ports jump to_student",
+    ]
     forward = to_port if reg.allow_container_traffic else ["iifname @ports drop", "oifname @ports drop"]
-    port_macs = [f"{port} . {mac}" for port, mac in zip(ports, macs, strict=True)]
-    port_ips = [f"{port} . {user.address}" for port, user in zip(ports, students, strict=True)]
-    port_mac_ips = [f"{pair} . {user.address}" for pair, user in zip(port_macs, students, strict=True)]
+    port_mac_ips = [
+        f"{port} . {mac} . {user.address}" for port, mac, user in zip(ports, macs, students, strict=True)
+    ]
+    # One set of (port, MAC, IP) serves every check on a student's port: a port has one of
+    # each, so two lookups that both hit it pin the frame's MAC and IP to the port's own.
     parts = [
         _set("ports", "ifname", ports),
-        _set("port_mac", "ifname . ether_addr", port_macs),
-        _set("port_ip", "ifname . ipv4_addr", port_ips),
         _set("port_mac_ip", "ifname . ether_addr . ipv4_addr", port_mac_ips),
         _set("macs", "ether_addr", macs),
         _set("ips", "ipv4_addr", [str(ip) for ip in ips]),
@@ -99,10 +105,8 @@ def bridge_table(reg: Registry) -> str:
             "ip saddr @ips drop",
         ], hook="prerouting"),
         _chain("student", [
-            "iifname . ether saddr != @port_mac drop",
-            # Ethernet/IPv4 ARP only: with other sizes the sender fields lie elsewhere.
-            "arp htype 1 arp ptype ip arp hlen 6 arp plen 4 "
-            "iifname . arp saddr ether @port_mac iifname . arp saddr ip @port_ip accept",
+            f"{arp} iifname . ether saddr . arp saddr ip @port_mac_ip "
+            "iifname . arp saddr ether . arp saddr ip @port_mac_ip accept",
             "drop",  # IPv6, VLAN tags, any other protocol: none at all
         ]),
         _chain("forward", forward, hook="forward"),

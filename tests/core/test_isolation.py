@@ -36,16 +36,6 @@ table bridge gptab-x {
 		elements = { "gs0ad20303", "gs0ad2030c" }
 	}
 
-	set port_mac {
-		type ifname . ether_addr
-		elements = { "gs0ad20303" . 02:00:0a:d2:03:03, "gs0ad2030c" . 02:00:0a:d2:03:0c }
-	}
-
-	set port_ip {
-		type ifname . ipv4_addr
-		elements = { "gs0ad20303" . 10.210.3.3, "gs0ad2030c" . 10.210.3.12 }
-	}
-
 	set port_mac_ip {
 		type ifname . ether_addr . ipv4_addr
 		elements = { "gs0ad20303" . 02:00:0a:d2:03:03 . 10.210.3.3, "gs0ad2030c" . 02:00:0a:d2:03:0c . 10.210.3.12 }
@@ -72,8 +62,7 @@ table bridge gptab-x {
 	}
 
 	chain student {
-		iifname . ether saddr != @port_mac drop
-		arp htype 1 arp ptype ip arp hlen 6 arp plen 4 iifname . arp saddr ether @port_mac iifname . arp saddr ip @port_ip accept
+		arp htype 1 arp ptype ip arp hlen 6 arp plen 4 iifname . ether saddr . arp saddr ip @port_mac_ip iifname . arp saddr ether . arp saddr ip @port_mac_ip accept
 		drop
 	}
 
@@ -85,7 +74,8 @@ table bridge gptab-x {
 
 	chain output {
 		type filter hook output priority filter; policy accept;
-		oifname . ether daddr @port_mac accept
+		oifname . ether daddr . ip daddr @port_mac_ip accept
+		arp htype 1 arp ptype ip arp hlen 6 arp plen 4 oifname . ether daddr . arp daddr ip @port_mac_ip accept
 		oifname @ports jump to_student
 	}
 
@@ -140,7 +130,9 @@ def test_container_traffic_allowed_takes_out_the_drops_between_containers() -> N
     bridge, inet = isolation.bridge_table(ALLOWING), isolation.inet_table(ALLOWING)
     assert bridge == BRIDGE.replace(
         "\t\tiifname @ports drop\n\t\toifname @ports drop\n",
-        "\t\toifname . ether daddr @port_mac accept\n\t\toifname @ports jump to_student\n",
+        "\t\toifname . ether daddr . ip daddr @port_mac_ip accept\n"
+        "\t\tarp htype 1 arp ptype ip arp hlen 6 arp plen 4 oifname . ether daddr . arp daddr ip @port_mac_ip accept\n"
+        "\t\toifname @ports jump to_student\n",
     )
     assert inet == INET.replace('\t\toifname "gptabbr" drop\n', "")
 
