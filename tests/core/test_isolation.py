@@ -131,7 +131,8 @@ def test_container_traffic_allowed_takes_out_the_drops_between_containers() -> N
     assert bridge == BRIDGE.replace(
         "\t\tiifname @ports drop\n\t\toifname @ports drop\n",
         "\t\toifname . ether daddr . ip daddr @port_mac_ip accept\n"
-        "\t\tarp htype 1 arp ptype ip arp hlen 6 arp plen 4 oifname . ether daddr . arp daddr ip @port_mac_ip accept\n"
+        "\t\tarp htype 1 arp ptype ip arp hlen 6 arp plen 4 "
+        "oifname . ether daddr . arp daddr ip @port_mac_ip accept\n"
         "\t\toifname @ports jump to_student\n",
     )
     assert inet == INET.replace('\t\toifname "gptabbr" drop\n', "")
