@@ -73,7 +73,10 @@ def set_effects(old: registry.User, new: registry.User, running: bool) -> list[s
 
 
 def limits_text(limits: registry.Limits) -> str:
-    return f"memory={registry.size_text(limits.memory)} cpus={limits.cpus:g} pids={limits.pids}"
+    return (
+        f"memory={registry.size_text(limits.memory)} cpus={limits.cpus:g} pids={limits.pids} "
+        f"disk={registry.size_text(limits.disk)}"
+    )
 
 
 def _gpus(spec: registry.GpuSpec) -> str:

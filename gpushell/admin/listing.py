@@ -128,6 +128,7 @@ def to_json(inventory: Inventory) -> str:
                 "memory_bytes": row.limits.memory,
                 "cpus": row.limits.cpus,
                 "pids": row.limits.pids,
+                "disk_bytes": row.limits.disk,
             }
         return data
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
 import tempfile
 
 from ..core.errors import GpushellError
@@ -41,12 +40,12 @@ def create(reg: Registry, user: User, keys: str) -> str:
     directory = container_dir(reg, user.container)
     if os.path.lexists(directory):
         raise GpushellError(f"container {user.container} already exists in {reg.lxcpath}")
-    staging = tempfile.mkdtemp(prefix=f".{user.container}-", dir=reg.lxcpath)
+    store = storage.for_registry(reg)
+    staging = store.new_container_dir(reg.lxcpath, f".{user.container}-")
     try:
-        # Only root may enter: the rootfs holds files with plain ids on disk.
-        os.chmod(staging, 0o700)
         root = os.path.join(staging, "rootfs")
-        storage.for_registry(reg).copy_template(template_root, root)
+        store.copy_template(template_root, root)
+        store.set_quota(staging, user.limits.disk)
         give_identity(root, user)
         create_account(root, user.name, keys)
         final_root = os.path.join(directory, "rootfs")
@@ -63,7 +62,7 @@ def create(reg: Registry, user: User, keys: str) -> str:
             origin_file.write(f"{reg.template}\n")
         os.rename(staging, directory)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        store.remove(staging, ignore_errors=True)
         raise
     return directory
 
@@ -156,11 +155,11 @@ def install_keys(root: str, home: str, keys: str, owner: tuple[int, int]) -> Non
 
 
 def destroy(reg: Registry, name: str) -> bool:
-    """Remove a (stopped) container's directory; False if there was none."""
+    """Remove a (stopped) container's directory, snapshots and all; False if there was none."""
     directory = container_dir(reg, name)
     if not os.path.lexists(directory):
         return False
-    shutil.rmtree(directory)
+    storage.for_registry(reg).remove(directory)
     return True
 
 

@@ -33,7 +33,8 @@ def rebuild(reg: Registry, user: User, driver: ContainerDriver, keys: str, keep_
             "the template for new containers is missing; ask your admin",
             f"template {reg.template} has no rootfs; run: gpushell-admin template build",
         )
-    snapshots.settle(directory)
+    copies = storage.for_registry(reg)
+    snapshots.settle(directory, copies)
     current = os.path.join(directory, snapshots.ROOTFS)
     if not os.path.isdir(current):
         raise GpushellError("your container does not exist", f"{current} is missing")
@@ -41,8 +42,7 @@ def rebuild(reg: Registry, user: User, driver: ContainerDriver, keys: str, keep_
     if keep_home:
         check_keepable(current, home)  # before the long copy; checked again at the move
     host_keys = keyrescue.read_host_keys(current)
-    copies = storage.for_registry(reg)
-    copies.check_space(directory, rootfs.tree_size(template_root), "the rebuild")
+    copies.check_space(directory, lambda: rootfs.tree_size(template_root), "the rebuild")
     staging = os.path.join(directory, snapshots.ROOTFS_NEW)
     was_running = False
     try:
@@ -56,10 +56,10 @@ def rebuild(reg: Registry, user: User, driver: ContainerDriver, keys: str, keep_
         with hold.stopped(driver, user.container, "rebuild"):
             if keep_home:
                 move_home(directory, staging, user.name, keys)
-            snapshots.swap(directory)
+            snapshots.swap(directory, copies)
     except BaseException:
         with contextlib.suppress(OSError, GpushellError):  # the first error is the one to report
-            _undo(directory, home if keep_home else None)
+            _undo(directory, home if keep_home else None, copies)
         if was_running:
             with contextlib.suppress(GpushellError):
                 driver.start(user.container)
@@ -96,7 +96,7 @@ def move_home(directory: str, staging: str, name: str, keys: str) -> None:
     keyrescue.install_authorized_keys(staging, name, keys)
 
 
-def _undo(directory: str, home: str | None) -> None:
+def _undo(directory: str, home: str | None, copies: storage.Storage) -> None:
     """After a failure before the swap: the home back where it was, no rootfs.new left."""
     current = os.path.join(directory, snapshots.ROOTFS)
     staging = os.path.join(directory, snapshots.ROOTFS_NEW)
@@ -112,7 +112,7 @@ def _undo(directory: str, home: str | None) -> None:
             return  # rootfs.new and the marker stay: settle() gives the home back next time
     with contextlib.suppress(FileNotFoundError):
         os.unlink(marker)
-    shutil.rmtree(staging, ignore_errors=True)
+    copies.remove(staging, ignore_errors=True)
 
 
 def _record_origin(directory: str, template_name: str) -> None:

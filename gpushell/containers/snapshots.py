@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
 import time
 
@@ -102,8 +101,12 @@ def _checked_name(name: str) -> str:
     return name
 
 
-def list_snapshots(reg: Registry, user: User) -> list[Snapshot]:
-    """The user's complete snapshots, oldest first."""
+def list_snapshots(reg: Registry, user: User, measured: bool = False) -> list[Snapshot]:
+    """The user's complete snapshots, oldest first.
+
+    measured: each one's size as the storage tells it now where it can (on
+    btrfs, the bytes that snapshot alone keeps) instead of its recorded size.
+    """
     directory = snapshots_dir(reg, user)
     try:
         names = os.listdir(directory)
@@ -118,7 +121,12 @@ def list_snapshots(reg: Registry, user: User) -> list[Snapshot]:
         snapshot = None if text is None else parse_info(name, text)
         if snapshot is not None:
             found.append(snapshot)
-    return sorted(found, key=lambda snap: (snap.created, snap.name))
+    found.sort(key=lambda snap: (snap.created, snap.name))
+    if measured and found:
+        roots = {snap.name: os.path.join(directory, snap.name, ROOTFS) for snap in found}
+        sizes = storage.for_registry(reg).snapshot_sizes(container_dir(reg, user), roots)
+        found = [snap.replace(size=sizes.get(snap.name, snap.size)) for snap in found]
+    return found
 
 
 def _find(reg: Registry, user: User, name: str) -> str:
@@ -136,12 +144,12 @@ def _live_rootfs(reg: Registry, user: User) -> str:
     return path
 
 
-def _remove_stale_staging(directory: str) -> None:
+def _remove_stale_staging(directory: str, copies: storage.Storage) -> None:
     """Leftovers of a killed copy or delete (dot names).  The helper holds the user's lock."""
     with contextlib.suppress(FileNotFoundError):
         for name in os.listdir(directory):
             if name.startswith("."):
-                shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+                copies.remove(os.path.join(directory, name), ignore_errors=True)
 
 
 # --- create, delete ----------------------------------------------------------
@@ -161,23 +169,25 @@ def create(
     directory = snapshots_dir(reg, user)
     os.makedirs(directory, mode=0o700, exist_ok=True)
     os.chmod(directory, 0o700)  # the copies hold the container's files with their ids
-    _remove_stale_staging(directory)
+    copies = storage.for_registry(reg)
+    _remove_stale_staging(directory, copies)
     # An estimate, before the freeze keeps the student's processes waiting:
     # a copy that still runs out of room fails cleanly (storage.copy_tree).
-    copies = storage.for_registry(reg)
-    copies.check_space(directory, rootfs.tree_size(live), "a snapshot")
+    copies.check_space(directory, lambda: rootfs.tree_size(live), "a snapshot")
     staging = tempfile.mkdtemp(prefix=f".{name}.", dir=directory)
     try:
         with hold.held(driver, user.container, "snapshot") as held:
-            copies.copy_tree(live, os.path.join(staging, ROOTFS), "a snapshot")
+            copies.snapshot(live, os.path.join(staging, ROOTFS), "a snapshot")
             held.check()  # a restart meanwhile: the copy is no one moment, so it goes
-        snapshot = Snapshot(name, int(now), rootfs.tree_size(os.path.join(staging, ROOTFS)), held.running)
+        # The copy's size on disk; 0 where the storage tells what a snapshot keeps when listed.
+        size = 0 if copies.has_quota else rootfs.tree_size(os.path.join(staging, ROOTFS))
+        snapshot = Snapshot(name, int(now), size, held.running)
         with open(os.path.join(staging, INFO_FILE), "w", encoding="ascii") as info:
             info.write(format_info(snapshot))
         # Fails (not replaces) if the name appeared meanwhile: it is a non-empty directory.
         os.rename(staging, os.path.join(directory, name))
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        copies.remove(staging, ignore_errors=True)
         raise
     return snapshot
 
@@ -187,7 +197,7 @@ def delete(reg: Registry, user: User, name: str) -> None:
     # Out of the listing at once (a dot name), then removed.
     doomed = f"{snapshots_dir(reg, user)}/.deleting-{name}-{os.urandom(4).hex()}"
     os.rename(path, doomed)
-    shutil.rmtree(doomed, ignore_errors=True)
+    storage.for_registry(reg).remove(doomed, ignore_errors=True)
 
 
 # --- restore, and the rootfs swap it shares with rebuild ----------------------
@@ -203,11 +213,11 @@ def restore(reg: Registry, user: User, driver: ContainerDriver, name: str) -> bo
     """
     source = os.path.join(_find(reg, user, name), ROOTFS)
     directory = container_dir(reg, user)
-    settle(directory)
+    copies = storage.for_registry(reg)
+    settle(directory, copies)
     _live_rootfs(reg, user)
     size = sum(snapshot.size for snapshot in list_snapshots(reg, user) if snapshot.name == name)
-    copies = storage.for_registry(reg)
-    copies.check_space(directory, size, "the restore")
+    copies.check_space(directory, lambda: size, "the restore")
     staging = os.path.join(directory, ROOTFS_NEW)
     running = False
     try:
@@ -216,9 +226,9 @@ def restore(reg: Registry, user: User, driver: ContainerDriver, name: str) -> bo
         copies.copy_tree(source, staging, "the restore")
         running = stop_for_swap(driver, user.container)
         with hold.stopped(driver, user.container, "restore"):
-            swap(directory)
+            swap(directory, copies)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        copies.remove(staging, ignore_errors=True)
         if running:
             with contextlib.suppress(GpushellError):
                 driver.start(user.container)
@@ -239,8 +249,11 @@ def stop_for_swap(driver: ContainerDriver, container: str) -> bool:
     return False
 
 
-def swap(directory: str) -> None:
-    """Make directory/rootfs.new the rootfs (the container is stopped); the old one goes."""
+def swap(directory: str, copies: storage.Storage | None = None) -> None:
+    """Make directory/rootfs.new the rootfs (the container is stopped); the old one goes.
+
+    Two renames: subvolumes rename like directories within one filesystem.
+    """
     current, new, old = (os.path.join(directory, name) for name in (ROOTFS, ROOTFS_NEW, ROOTFS_OLD))
     os.rename(current, old)
     try:
@@ -251,10 +264,10 @@ def swap(directory: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(os.path.join(directory, HOLDS_HOME))
     # Done; a failed removal only leaves garbage that settle() takes next time.
-    shutil.rmtree(old, ignore_errors=True)
+    (copies or storage.DirStorage()).remove(old, ignore_errors=True)
 
 
-def settle(directory: str) -> None:
+def settle(directory: str, copies: storage.Storage | None = None) -> None:
     """Finish or undo a swap that a killed helper left half done; then drop the leftovers.
 
     Nothing that may hold a student's only copy of their files is removed:
@@ -271,7 +284,7 @@ def settle(directory: str) -> None:
         os.unlink(marker)
     for leftover in (new, old):
         if os.path.lexists(leftover):
-            shutil.rmtree(leftover, ignore_errors=True)
+            (copies or storage.DirStorage()).remove(leftover, ignore_errors=True)
 
 
 def _give_home_back(current: str, new: str, marker: str) -> None:

@@ -1,55 +1,43 @@
-"""Where a container's trees live and how they are copied: the storage seam.
+"""Where a container's trees live and how they are made, copied and removed: the storage seam.
 
-Directory copies today (`dir`): a new container gets a full copy of the
-template (root's own tree, never run) by `cp -a`; a snapshot, restore or
-rebuild copies a tree the container wrote by treecopy, which walks it by
-descriptors and never follows a link.  Copy-on-write storage (btrfs
-subvolumes and their snapshots) is another class with these methods,
-picked by for_registry.
+Everything provision, snapshots, rebuild and template do to a tree goes
+through a `Storage`: make a template's (or a container's) empty place,
+clone the template into a new container root, snapshot a live root, copy
+a snapshot (or the template) back as a new root, remove any of them,
+check room up front, hold a container to its disk quota and say what it
+uses.  for_registry picks the kind from the registry's `storage:`.
+
+`dir` (dirstorage.py, whose `Storage` is also the interface): directory copies on whatever filesystem holds
+the lxcpath.  A new container gets a full copy of the template (root's
+own tree, never run) by `cp -a`; a snapshot, restore or rebuild copies a
+tree the container wrote by treecopy, which walks it by descriptors and
+never follows a link.  No quota: a container's disk is only counted.
+
+`btrfs` (btrfs.py): subvolumes and their snapshots, with a quota group
+per container.  Another copy-on-write kind (ZFS datasets, LVM thin
+volumes) is one more module with these methods and one branch below.
 """
 
 from __future__ import annotations
 
-from ..core.errors import GpushellError
-from ..system.runner import run
-from . import treecopy
+from .btrfs import BtrfsStorage, check_lxcpath
+from .dirstorage import DirStorage, Storage
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..core.model import Registry
 
-
-class DirStorage:
-    """Full directory copies on whatever filesystem holds the lxcpath."""
-
-    def copy_template(self, template_root: str, target: str) -> None:
-        """A full copy of the template's rootfs (target must not exist yet): ids, modes, links, xattrs.
-
-        `cp -a` copies links as links and special files as special files; it
-        never follows a link.  The template is root's and never runs, so a
-        path walk is safe here, unlike in a container's own tree.
-        """
-        run(["cp", "-a", "--reflink=auto", template_root, target], timeout=900)
-
-    def check_space(self, directory: str, size: int, what: str) -> None:
-        """Refuse up front (a clear message) when `size` bytes more will not fit beside directory."""
-        treecopy.check_space(directory, size, what)
-
-    def copy_tree(self, source: str, target: str, what: str) -> None:
-        """A copy of a tree a container wrote, its failures told without host paths (the log keeps them)."""
-        try:
-            treecopy.copy_tree(source, target)
-        except OSError as exc:
-            if exc.errno in treecopy.SPACE_ERRORS:
-                raise GpushellError(
-                    f"not enough disk space for {what}; nothing was kept", f"copy to {target}: {exc}"
-                ) from None
-            raise GpushellError(
-                f"the copy for {what} failed; nothing was kept; ask your admin",
-                f"copy {source} to {target}: {exc}",
-            ) from None
+__all__ = ["DirStorage", "Storage", "check_supported", "for_registry"]
 
 
-def for_registry(reg: Registry) -> DirStorage:
-    """How the registry's containers are stored and copied: directory copies, the only kind yet."""
+def for_registry(reg: Registry) -> Storage:
+    """How the registry's containers are stored: `dir` (the default) or `btrfs`."""
+    if reg.storage == "btrfs":
+        return BtrfsStorage(reg.lxcpath)
     return DirStorage()
+
+
+def check_supported(reg: Registry) -> None:
+    """Refuse, in one line, a `storage:` the lxcpath's filesystem cannot give (before any work)."""
+    if reg.storage == "btrfs":
+        check_lxcpath(reg.lxcpath)

@@ -17,7 +17,7 @@ from ..core.errors import GpushellError
 from ..core.paths import DEBIAN_SUITE
 from ..system import rootfs
 from ..system.runner import run
-from . import lxcconfig
+from . import lxcconfig, storage
 
 SUITE = DEBIAN_SUITE
 PACKAGES = (
@@ -150,8 +150,15 @@ def suite_of(config: str) -> str | None:
     return None
 
 
-def install(tarball: str, lxcpath: str, name: str, suite: str | None = None) -> str:
-    """Unpack the tarball as container `name` (never started: only copied)."""
+def install(
+    tarball: str, lxcpath: str, name: str, suite: str | None = None, store: storage.Storage | None = None
+) -> str:
+    """Unpack the tarball as container `name` (never started: only copied).
+
+    store: the registry's storage (storage.for_registry); its rootfs is a
+    subvolume on btrfs, which every new container is a snapshot of.
+    """
+    store = store or storage.DirStorage()
     directory = os.path.join(lxcpath, name)
     if os.path.exists(directory):
         raise GpushellError(f"{directory} already exists; remove it or choose another template name")
@@ -159,7 +166,7 @@ def install(tarball: str, lxcpath: str, name: str, suite: str | None = None) -> 
     staging = tempfile.mkdtemp(prefix=f".{name}-", dir=lxcpath)
     try:
         os.chmod(staging, 0o700)
-        os.mkdir(os.path.join(staging, "rootfs"), 0o755)
+        store.make_root(os.path.join(staging, "rootfs"))
         run(
             ["tar", "--numeric-owner", "--xattrs", "-C", os.path.join(staging, "rootfs"), "-xf", tarball],
             timeout=600,
@@ -172,6 +179,6 @@ def install(tarball: str, lxcpath: str, name: str, suite: str | None = None) -> 
             )
         os.rename(staging, directory)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        store.remove(staging, ignore_errors=True)
         raise
     return directory

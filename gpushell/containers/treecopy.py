@@ -98,17 +98,20 @@ def check_space(directory: str, tree_bytes: int, what: str) -> None:
 # --- the copy -----------------------------------------------------------------
 
 
-def copy_tree(source: str, target: str, hook: Hook | None = None) -> None:
+def copy_tree(source: str, target: str, hook: Hook | None = None, *, target_made: bool = False) -> None:
     """Copy the directory source to target (which must not exist); see the module's notes.
 
     hook(relative path, kind) runs after each entry is looked at and
     before it is opened: tests change the tree there, at the worst moment.
-    A partial target is left for the caller to remove.
+    target_made: target is an empty directory made by the caller (a btrfs
+    subvolume, say) that the copy fills.  A partial target is left for the
+    caller to remove.
     """
     source_fd = os.open(source, _DIR_FLAGS)
     try:
         info = os.fstat(source_fd)
-        os.mkdir(target, 0o700)
+        if not target_made:
+            os.mkdir(target, 0o700)
         target_fd = os.open(target, _DIR_FLAGS)
         try:
             _Copy(target_fd, info.st_dev, hook).directory(source_fd, target_fd, "", 1)

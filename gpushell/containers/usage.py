@@ -2,16 +2,17 @@
 
 For `status`.  CPU and memory come from the container's cgroup (found
 from its init process, as for `gpushell-admin list`), so they exist only
-while it runs; disk is the rootfs's size on disk, counted without
-following a link (the helper runs as root, the rootfs is the container's).
+while it runs; disk is the storage's word (storage.disk_used): on `dir`
+the rootfs's size on disk, counted without following a link (the helper
+runs as root, the rootfs is the container's), with no limit; on btrfs
+what the container's quota group holds against its limit.
 A number that cannot be read is left out rather than guessed.
 """
 
 from __future__ import annotations
 
 from ..core.model import Registry, User
-from ..system import rootfs
-from . import cgroups
+from . import cgroups, storage
 from .backend import RUNNING, ContainerDriver
 
 
@@ -21,14 +22,10 @@ def container_usage(reg: Registry, user: User, driver: ContainerDriver) -> dict[
     state, pid = driver.info(user.container)
     if state == RUNNING and pid is not None:
         found.update(cgroups.read_usage(pid))
-    disk = disk_bytes(driver.rootfs(user.container))
+    copies = storage.for_registry(reg)
+    disk = copies.disk_used(driver.directory(user.container))
     if disk is not None:
         found["disk_bytes"] = disk
+        if copies.has_quota:  # on `dir` the disk is counted, never held: no limit to show
+            found["disk_limit_bytes"] = user.limits.disk
     return found
-
-
-def disk_bytes(root: str) -> int | None:
-    try:
-        return rootfs.tree_size(root)
-    except OSError:
-        return None

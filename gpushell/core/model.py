@@ -26,17 +26,21 @@ class Mount(Value):
 
 
 class Limits(Value):
-    """What the kernel lets one container use: memory (bytes, and as much swap), CPUs, processes."""
+    """What one container may use: memory (bytes, and as much swap), CPUs, processes, disk (bytes).
 
-    __slots__ = ("cpus", "memory", "pids")
+    The kernel holds the first three (cgroups); disk is held by the storage
+    (a btrfs quota group) and only counted on plain directories.
+    """
 
-    def __init__(self, memory: int, cpus: float, pids: int) -> None:
-        self.memory, self.cpus, self.pids = memory, cpus, pids
+    __slots__ = ("cpus", "disk", "memory", "pids")
+
+    def __init__(self, memory: int, cpus: float, pids: int, disk: int = 50 * 2**30) -> None:
+        self.memory, self.cpus, self.pids, self.disk = memory, cpus, pids, disk
 
 
 # Used where a registry says nothing: finite, never unlimited.  `init`
 # writes values sized from the host into a new registry instead.
-DEFAULT_LIMITS = Limits(memory=8 * 2**30, cpus=4.0, pids=4096)
+DEFAULT_LIMITS = Limits(memory=8 * 2**30, cpus=4.0, pids=4096, disk=50 * 2**30)
 
 
 class User(Value):
@@ -76,10 +80,33 @@ _SUBNETS: dict[str, ipaddress.IPv4Network] = {}
 
 class Registry(Value):
     __slots__ = (
-        "allow_container_traffic", "bridge", "chain", "disabled_actions", "driver", "driver_installer",
-        "driver_root", "egress_deny", "gpu_devices", "gpus", "hostname", "idle_timeout", "idmap_size",
-        "idmap_start", "limits", "lxcpath", "masquerade", "mounts", "network", "path", "ports",
-        "snapshot_limit", "start_timeout", "template", "users",
+        "allow_container_traffic",
+        "bridge",
+        "chain",
+        "disabled_actions",
+        "driver",
+        "driver_installer",
+        "driver_root",
+        "egress_deny",
+        "gpu_devices",
+        "gpus",
+        "hostname",
+        "idle_timeout",
+        "idmap_size",
+        "idmap_start",
+        "limits",
+        "lxcpath",
+        "masquerade",
+        "mounts",
+        "network",
+        "path",
+        "pool_file",
+        "ports",
+        "snapshot_limit",
+        "start_timeout",
+        "storage",
+        "template",
+        "users",
     )  # fmt: skip
 
     def __init__(
@@ -109,6 +136,8 @@ class Registry(Value):
         limits: Limits = DEFAULT_LIMITS,
         allow_container_traffic: bool = False,
         egress_deny: tuple[str, ...] = (),
+        storage: str = "dir",
+        pool_file: str = "",
     ) -> None:
         self.path, self.hostname, self.bridge = path, hostname, bridge
         self.network = str(subnet)  # the bridge's subnet as text, `10.0.3.0/24`
@@ -125,6 +154,9 @@ class Registry(Value):
         # Whether containers may open connections to each other (off: only through the forwards).
         self.allow_container_traffic = allow_container_traffic
         self.egress_deny = egress_deny  # CIDRs no container may reach (a NAS server, a management LAN)
+        # How containers' trees are kept: `dir` (plain copies) or `btrfs` (subvolumes, snapshots, quotas).
+        self.storage = storage
+        self.pool_file = pool_file  # a file holding the btrfs filesystem mounted at lxcpath; "" when none
 
     def __hash__(self) -> int:
         return hash((self.path, self.hostname))  # users is a dict

@@ -72,6 +72,8 @@ SETTINGS_DEFAULTS: dict[str, Any] = {
     "limits": {},
     "allow_container_traffic": False,
     "egress_deny": [],
+    "storage": "dir",
+    "pool_file": "",
     "users": {},
 }
 USER_KEYS = frozenset(
@@ -79,13 +81,15 @@ USER_KEYS = frozenset(
 )
 MAX_SNAPSHOTS = 100
 MOUNT_KEYS = frozenset({"source", "target", "mode"})
-LIMIT_KEYS = frozenset({"memory", "cpus", "pids"})
+LIMIT_KEYS = frozenset({"memory", "cpus", "pids", "disk"})
 SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?", re.IGNORECASE)
 SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 MIN_MEMORY = 64 * 2**20  # below this a Debian userland with sshd does not start
 MAX_MEMORY = 2**50
 MIN_CPUS, MAX_CPUS = 0.01, 1024.0
 MIN_PIDS, MAX_PIDS = 32, 4194304
+MIN_DISK = 256 * 2**20  # a quota below the first boot's own writes only locks the student out
+STORAGE_KINDS = ("dir", "btrfs")
 
 
 class _Parser:
@@ -248,10 +252,24 @@ def _cpus(value: Any) -> float:
     return float(value)
 
 
+def _disk(value: Any) -> int:
+    size = size_in_bytes(value)
+    if not MIN_DISK <= size <= MAX_MEMORY:
+        raise ValueError(f"{value!r} must be between 256M and 1024T")
+    return size
+
+
+def _storage(value: Any) -> str:
+    if value not in STORAGE_KINDS:
+        raise ValueError(f"{value!r} is not a storage kind ({' or '.join(STORAGE_KINDS)})")
+    return str(value)
+
+
 LIMIT_CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "memory": _memory,
     "cpus": _cpus,
     "pids": _integer(MIN_PIDS, MAX_PIDS),
+    "disk": _disk,
 }
 
 
@@ -339,6 +357,8 @@ class _Validator:
             "disabled_actions": setting("disabled_actions", _actions),
             "allow_container_traffic": setting("allow_container_traffic", _boolean),
             "egress_deny": setting("egress_deny", _cidrs),
+            "storage": setting("storage", _storage),
+            "pool_file": setting("pool_file", _optional_path),
         }
         limits = (
             self.limits(nodes["limits"], "limits", DEFAULT_LIMITS) if "limits" in nodes else DEFAULT_LIMITS

@@ -12,9 +12,9 @@ from typing import Any
 
 from .errors import ExitStatus, GpushellError
 
-SETTABLE = ("gpus", "port", "autostart", "snapshot_limit", "memory", "cpus", "pids")
+SETTABLE = ("gpus", "port", "autostart", "snapshot_limit", "memory", "cpus", "pids", "disk")
 # Kept in the user's own `limits:` mapping rather than as keys of their own.
-LIMIT_KEYS = ("memory", "cpus", "pids")
+LIMIT_KEYS = ("memory", "cpus", "pids", "disk")
 GPU_LIST = re.compile(r"\d{1,4}(,\d{1,4})*")
 
 
@@ -51,15 +51,23 @@ def snapshot_limit_value(text: str) -> int:
     return int(text)
 
 
-def memory_value(text: str) -> str:
-    """The size as the admin wrote it (`16G`), once the registry's own rule accepts it."""
+def _size_value(key: str, text: str, example: str) -> str:
+    """The size as the admin wrote it (`16G`), once the registry's own rule for key accepts it."""
     from .registry import LIMIT_CONVERTERS
 
     try:
-        LIMIT_CONVERTERS["memory"](text)
+        LIMIT_CONVERTERS[key](text)
     except ValueError:
-        raise _usage(f"memory={text}: use a size like 16G or 512M (at least 64M)") from None
+        raise _usage(f"{key}={text}: use a size like {example}") from None
     return text.upper()
+
+
+def memory_value(text: str) -> str:
+    return _size_value("memory", text, "16G or 512M (at least 64M)")
+
+
+def disk_value(text: str) -> str:
+    return _size_value("disk", text, "50G or 1T (at least 256M)")
 
 
 def cpus_value(text: str) -> int | float:
@@ -90,6 +98,7 @@ CONVERTERS = {
     "memory": memory_value,
     "cpus": cpus_value,
     "pids": pids_value,
+    "disk": disk_value,
 }
 
 

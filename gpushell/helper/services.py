@@ -102,7 +102,19 @@ def start_unless_answering(ctx: Context, user: User) -> bool | None:
     # 3 ms: a running container answers a connect on the bridge in well under one.
     if ctx.driver.may_be_running(user.container) and sshd_answers(user.address, timeout=0.003):
         return None
+    if ctx.registry.storage != "dir":
+        apply_disk_quota(ctx, user)
     return ctx.driver.start(user.container)
+
+
+def apply_disk_quota(ctx: Context, user: User) -> None:
+    """The registry's disk limit on the container's storage, as the other limits: at each start.
+
+    Only where the storage holds one (btrfs); `dir` has no quota and no call.
+    """
+    from ..containers import storage  # off the login path but for a start on quota storage
+
+    storage.for_registry(ctx.registry).set_quota(ctx.driver.directory(user.container), user.limits.disk)
 
 
 def describe(ctx: Context, user: User, state: str | None = None, /, **extra: object) -> dict[str, object]:

@@ -121,7 +121,9 @@ def _with_snapshots(ctx: services.Context, user: User, **extra: object) -> Answe
     from ..containers import snapshots
     from ..core import snapshotlist
 
-    listed = snapshots.list_snapshots(ctx.registry, user)
+    listed = snapshots.list_snapshots(ctx.registry, user, measured=True)
+    if ctx.registry.storage == "btrfs":  # sizes are what each snapshot alone keeps
+        extra = {"snapshot_sizes": "own", **extra}
     return services.describe(ctx, user, **snapshotlist.encode(listed, user.snapshot_limit), **extra)
 
 

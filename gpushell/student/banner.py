@@ -81,7 +81,9 @@ def usage(info: Answer) -> str:
         parts.append(f"processes {processes}" + (f" of {most}" if most is not None else ""))
     disk = _count(info, "disk_bytes")
     if disk is not None:
-        parts.append(f"disk {disk / 2**30:.2f} GiB")
+        quota = _count(info, "disk_limit_bytes")
+        of = f" of {quota / 2**30:.3g} GiB" if quota else " GiB (no quota)"
+        parts.append(f"disk {disk / 2**30:.2f}{of}")
     if not parts:
         return ""
     text = f"Using:           {', '.join(parts)}\n"

@@ -69,4 +69,6 @@ def snapshot_list(info: dict[str, str], p: Palette) -> str:
         for n, s in enumerate(listed, 1)
     ]
     total = size_text(sum(s.size for s in listed))
-    return f"Your snapshots ({len(listed)} of {limit}, {total} in all):\n" + "\n".join(rows) + "\n"
+    # On copy-on-write storage a snapshot's size is what it alone keeps: the rest it shares.
+    held = "kept by them alone" if info.get("snapshot_sizes") == "own" else "in all"
+    return f"Your snapshots ({len(listed)} of {limit}, {total} {held}):\n" + "\n".join(rows) + "\n"

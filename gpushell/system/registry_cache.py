@@ -27,7 +27,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-FORMAT = 8
+FORMAT = 9
 Identity = tuple[int, int, int, int, int]
 
 
@@ -39,8 +39,8 @@ def _mounts(mounts: tuple[Mount, ...]) -> tuple[tuple[str, str, bool], ...]:
     return tuple((m.source, m.target, m.readonly) for m in mounts)
 
 
-def _limits(limits: Limits) -> tuple[int, float, int]:
-    return (limits.memory, limits.cpus, limits.pids)
+def _limits(limits: Limits) -> tuple[int, float, int, int]:
+    return (limits.memory, limits.cpus, limits.pids, limits.disk)
 
 
 # Registry's fields but `users`, in the order the cache stores them.
@@ -48,7 +48,7 @@ SETTINGS = (
     "path", "hostname", "bridge", "subnet", "ports", "template", "lxcpath", "chain", "idmap_start",
     "idmap_size", "gpus", "mounts", "start_timeout", "idle_timeout", "masquerade", "gpu_devices",
     "driver", "driver_root", "snapshot_limit", "disabled_actions", "driver_installer", "limits",
-    "allow_container_traffic", "egress_deny",
+    "allow_container_traffic", "egress_deny", "storage", "pool_file",
 )  # fmt: skip
 _MOUNTS = SETTINGS.index("mounts")
 _LIMITS = SETTINGS.index("limits")

@@ -189,7 +189,7 @@ def test_a_planted_ssh_link_in_the_kept_home_is_moved_aside(setup, outside):
 def test_a_failed_swap_puts_the_home_back_and_starts_the_container_again(setup, monkeypatch):
     reg, directory = setup
 
-    def broken_swap(path: str) -> None:
+    def broken_swap(path: str, *_: object) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(snapshots, "swap", broken_swap)

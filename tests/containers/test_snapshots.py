@@ -228,7 +228,7 @@ def test_a_failed_restore_keeps_the_current_rootfs_and_starts_it_again(lab, monk
     snapshots.create(reg, ann, driver, "v1", now=NOW)
     (live(reg, ann) / "home" / "ann" / "notes.txt").write_text("version 2\n")
 
-    def broken_swap(directory: str) -> None:
+    def broken_swap(directory: str, *_: object) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(snapshots, "swap", broken_swap)

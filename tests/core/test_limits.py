@@ -163,7 +163,7 @@ def test_set_says_limits_apply_at_the_next_start():
     new = old.replace(limits=old.limits.replace(memory=2**30))
     notes = editing.set_effects(old, new, running=True)
     assert notes == [
-        "limits memory=32G cpus=0.5 pids=4096 -> memory=1G cpus=0.5 pids=4096: "
+        "limits memory=32G cpus=0.5 pids=4096 disk=50G -> memory=1G cpus=0.5 pids=4096 disk=50G: "
         "config regenerated, takes effect at the container's next start (restart it to apply now)"
     ]
 

@@ -152,10 +152,12 @@ def test_status_shows_what_the_helper_measured():
     }
     assert status(measured) == (
         "Container alice: running, IP 10.0.3.2, port 22001\n"
-        "Using:           CPU time 12.3 s, memory 245 MiB, disk 1.50 GiB\n"
+        "Using:           CPU time 12.3 s, memory 245 MiB, disk 1.50 GiB (no quota)\n"
     )
     stopped = {**INFO, "state": "STOPPED", "disk_bytes": str(2**30)}
-    assert status(stopped).endswith("Using:           disk 1.00 GiB\n")
+    assert status(stopped).endswith("Using:           disk 1.00 GiB (no quota)\n")
+    held = {**stopped, "disk_limit_bytes": str(50 * 2**30), "disk_bytes": str(12 * 2**28)}
+    assert status(held).endswith("Using:           disk 3.00 of 50 GiB\n")
     assert "Using" not in status({**INFO, "cpu_ns": "-1", "memory_bytes": "12x"})
 
 
