@@ -25,7 +25,7 @@ from ..core.paths import Paths
 from ..core.value import Value
 from ..gpu import gpudevices
 from ..helper import services
-from ..system import ifaddr, iptables, nftrun
+from ..system import ifaddr, iptables, nftrun, pool
 from ..system.files import read_text_or_none, write_atomically
 from ..system.lock import ADMIN_WAIT, admin_busy, locked
 from ..system.runner import run
@@ -206,6 +206,28 @@ def plan(reg: Registry, paths: Paths, state: HostState) -> Plan:
         else:
             changes.append(Change(LEFTOVER, item.subject, f"remove leftover: {item.what}", leftover=item))
     return Plan(changes, warnings)
+
+
+def unmounted_pool(reg: Registry) -> str | None:
+    """The registry's pool file when it is not what is mounted at the lxcpath (after a reboot); else None.
+
+    Looked at before anything else: until the pool is back, the lxcpath is
+    an empty directory and every container looks missing.
+    """
+    if not reg.pool_file or pool.pool_mounted(reg.pool_file, reg.lxcpath):
+        return None
+    return reg.pool_file
+
+
+def mount_pool_text(reg: Registry) -> str:
+    return f"mount the pool {reg.pool_file} at {reg.lxcpath}"
+
+
+def mount_pool(reg: Registry, report: Report) -> None:
+    """Mount the registry's pool file at the lxcpath if it is not (losetup and mount, by mount -o loop)."""
+    if unmounted_pool(reg) is not None:
+        pool.mount(reg.pool_file, reg.lxcpath)
+        report(f"done: {mount_pool_text(reg)}")
 
 
 NOTHING_TO_DO = "nothing to do: the host matches the registry"

@@ -33,12 +33,26 @@ def warn(warnings: Sequence[str]) -> None:
 def cmd_init(paths: Paths, args: Options) -> int:
     from . import hostinit
 
-    reg = hostinit.init(paths, say)
+    request = None
+    if args.storage is not None or args.pool_file is not None or args.size is not None:
+        pool_file = None if args.pool_file is None else os.path.abspath(args.pool_file)
+        request = hostinit.StorageRequest(args.storage or "btrfs", pool_file, args.size)
+    reg = hostinit.init(paths, say, request)
     say(
         f"host ready: bridge {reg.bridge} {reg.gateway}/{reg.subnet.prefixlen}, chain {reg.chain}, "
-        f"group {paths.group}"
+        f"group {paths.group}, storage {reg.storage} in {reg.lxcpath}"
     )
     return ExitStatus.OK
+
+
+def size_option(text: str) -> int:
+    """--size: a size like 200G or 512M (powers of 1024)."""
+    from ..core import registry
+
+    try:
+        return registry.size_in_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_template_build(paths: Paths, args: Options) -> int:
@@ -217,6 +231,9 @@ def cmd_apply(paths: Paths, args: Options) -> int:
 
     if args.dry_run:
         reg = registry_store.load_all(paths)
+        if apply.unmounted_pool(reg) is not None:
+            say(f"would {apply.mount_pool_text(reg)} (the containers are in it; not looked at until it is)")
+            return ExitStatus.OK
         plan = apply.plan(reg, paths, apply.observe(reg, paths))
         warn(plan.warnings)
         for line in apply.render_dry_run(plan):
@@ -226,6 +243,7 @@ def cmd_apply(paths: Paths, args: Options) -> int:
     # lose its new forward to this rebuild of the chain.
     with locked(paths.registry_lock):
         reg = registry_store.load_all(paths)
+        apply.mount_pool(reg, say)  # first: the containers are in it
         plan = apply.plan(reg, paths, apply.observe(reg, paths))
         warn(plan.warnings)
         if not plan.changes:
@@ -256,6 +274,15 @@ def cmd_driver_sync(paths: Paths, args: Options) -> int:
 
     reg = registry_store.load(paths)
     failures = driversync.sync(reg, paths, args.users, args.installer, say)
+    return ExitStatus.ERROR if failures else ExitStatus.OK
+
+
+def cmd_storage_migrate(paths: Paths, args: Options) -> int:
+    from . import migrate
+
+    failures = migrate.migrate(
+        paths, args.users, say, lambda line: print(f"gpushell-admin: {line}", file=sys.stderr)
+    )
     return ExitStatus.ERROR if failures else ExitStatus.OK
 
 
@@ -325,7 +352,33 @@ COMMANDS = Command(
             "prepare the host (idempotent)",
             "Create the registry if missing, the bridge, IP forwarding, "
             "the nat chain, the gpushell group, the sudoers and sshd drop-ins, and "
-            "root's subordinate ids.  Safe to run again.",
+            "root's subordinate ids.  Safe to run again.  With --storage btrfs the "
+            "lxcpath must be on btrfs (a disk or partition mounted there); init turns on "
+            "btrfs quotas and writes storage: btrfs into the registry.  Without a spare "
+            "disk, --pool-file PATH --size SIZE makes a loop-backed pool to try it: a sparse "
+            "file holding a btrfs filesystem, mounted at the (empty) lxcpath, and mounted "
+            "again by apply at boot.  A lab that has students on dir storage moves with "
+            "`gpushell-admin storage migrate`.",
+            [
+                Arg(
+                    "--storage",
+                    choices=("dir", "btrfs"),
+                    help="how containers are stored: dir (full copies, no disk quota) or btrfs "
+                    "(copy-on-write snapshots, a disk quota per student); default: as the registry says",
+                ),
+                Arg(
+                    "--pool-file",
+                    metavar="PATH",
+                    help="make a loop-backed btrfs pool in this new file and mount it at the lxcpath "
+                    "(for trying btrfs; use a real disk or partition in production)",
+                ),
+                Arg(
+                    "--size",
+                    type=size_option,
+                    metavar="SIZE",
+                    help="the pool file's size, like 200G (sparse: disk is taken as it fills)",
+                ),
+            ],
             run=cmd_init,
         ),
         Command(
@@ -411,7 +464,8 @@ COMMANDS = Command(
         Command(
             "apply",
             "make the host match the registry (idempotent)",
-            "In one pass: bring up the bridge and IP forwarding if needed, "
+            "In one pass: mount the registry's pool_file at the lxcpath if it is not (at boot), "
+            "bring up the bridge and IP forwarding if needed, "
             "rebuild the nat chain in one iptables-restore if it differs from the "
             "registry, regenerate students' LXC configs that differ, fix students' "
             "login shells and group, and start containers marked autostart.  "
@@ -436,6 +490,28 @@ COMMANDS = Command(
             "check: 'ok: ...' or 'FAIL: ... — fix: ...'.  Exit status 0 only when "
             "every check passes.",
             run=cmd_doctor,
+        ),
+        Command(
+            "storage",
+            "move a dir lab onto btrfs (subvolumes, snapshots, disk quotas)",
+            "How the students' containers are stored (the registry's storage:).",
+            dest="storage_command",
+            subcommands=[
+                Command(
+                    "migrate",
+                    "move students' containers from dir storage into btrfs subvolumes",
+                    "For a lab on storage: dir whose lxcpath is already on btrfs (to move to a new "
+                    "disk, first move the lxcpath onto it).  One student at a time: their container "
+                    "directory is copied into a subvolume with its own quota group, their snapshots "
+                    "into read-only subvolumes while the container runs on, then the rootfs with the "
+                    "container stopped (it is started again if it ran); the new directory takes the old "
+                    "one's place by rename, then the old copy goes and the disk quota (limits.disk) "
+                    "is set.  A failure leaves that student as they were and goes on to the next.  "
+                    "The registry says storage: btrfs once every student has moved.  Safe to run again.",
+                    [Arg("users", nargs="*", metavar="USER", help="only these students (default: all)")],
+                    cmd_storage_migrate,
+                )
+            ],
         ),
         Command(
             "driver",

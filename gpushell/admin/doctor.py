@@ -13,16 +13,16 @@ import stat
 import time
 from collections.abc import Callable, Iterable
 
-from ..containers import cgroups, provision
+from ..containers import btrfs, cgroups, provision
 from ..containers.factory import backend_for
 from ..core import chaincheck, dropins, isolation
 from ..core.errors import GpushellError
 from ..core.forward import JUMP_CHAINS, TAG, NatTable, comment_of, jump_rule, user_rule
 from ..core.model import User
 from ..core.paths import Paths
-from ..core.registry import Registry
+from ..core.registry import Registry, size_text
 from ..gpu import driverfiles, gpudevices
-from ..system import ifaddr, iptables, nftrun, registry_store, sshdcheck
+from ..system import ifaddr, iptables, nftrun, pool, registry_store, sshdcheck
 from ..system.ownership import check_owned_by_root
 from . import apply, leftovers
 
@@ -35,8 +35,11 @@ class Finding:
     ok: bool
     what: str
     fix: str = ""
+    warning: bool = False  # ok, but the admin should know (fix: what would make it go away)
 
     def line(self) -> str:
+        if self.warning:
+            return f"warning: {self.what} — {self.fix}"
         return f"ok: {self.what}" if self.ok else f"FAIL: {self.what} — fix: {self.fix}"
 
 
@@ -49,6 +52,17 @@ class InstalledFile:
     text: str | None  # None: missing
     mode: int = 0
     uid: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class StorageFacts:
+    filesystem: str  # what the lxcpath is on: btrfs, ext4, ...
+    free: int  # bytes still free for new data there
+    size: int  # the filesystem's size in bytes
+    pool_mounted: bool | None = None  # the registry's pool_file is what is mounted; None: no pool_file
+    quotas: bool | None = None  # btrfs quotas on; None: not btrfs
+    # container -> (bytes its rootfs uses, its quota or None); absent: its rootfs is no subvolume
+    usage: dict[str, tuple[int, int | None]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +89,7 @@ class Facts:
     sshd_effect: sshdcheck.SshdFacts | None = None  # None: not examined
     # nftrun.problems: what is wrong with the isolation tables; None: not examined
     isolation: tuple[str, ...] | None = None
+    storage: StorageFacts | None = None  # None: not examined
 
 
 # --- checks (pure) -----------------------------------------------------------
@@ -440,6 +455,122 @@ def check_containers(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]
     return found
 
 
+# Below this much free space (or this share of the filesystem) a lab is about to fill its disk.
+LOW_SPACE, LOW_SHARE = 2 * 2**30, 0.05
+# A student past this share of their quota is told about before they hit it.
+QUOTA_NEAR = 0.9
+
+
+def percent(part: int, whole: int) -> str:
+    return f"{100 * part // whole}%" if whole else "?"
+
+
+def check_storage(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
+    """The storage kind and its filesystem, btrfs quotas and each student's use, the free space."""
+    found: list[Finding] = []
+    storage = facts.storage
+    if storage is None:
+        return found
+    where = reg.lxcpath
+    if reg.pool_file:
+        found.append(
+            finding(
+                bool(storage.pool_mounted),
+                f"pool {reg.pool_file} is mounted at {where}",
+                f"pool {reg.pool_file} is not mounted at {where}",
+                f"{APPLY} (mounts it)",
+            )
+        )
+    if reg.storage == "btrfs":
+        found.extend(_btrfs_findings(reg, storage))
+    else:
+        migrate = (
+            "gpushell-admin storage migrate"
+            if storage.filesystem == "btrfs"
+            else (f"put {where} on btrfs, then gpushell-admin storage migrate")
+        )
+        found.append(
+            Finding(
+                True,
+                f"storage dir on {storage.filesystem}: no hard disk quota; one student can fill {where}",
+                f"a quota per student needs btrfs storage: {migrate}",
+                warning=True,
+            )
+        )
+    grow = (
+        f", or grow the pool: truncate -s +SIZE {reg.pool_file}, losetup -c on its loop device, "
+        f"btrfs filesystem resize max {where}"
+    )
+    low = storage.free < min(LOW_SPACE, storage.size) or storage.free < LOW_SHARE * storage.size
+    found.append(
+        finding(
+            not low,
+            f"{where}: {size_text(storage.free)} free of {size_text(storage.size)}",
+            f"{where}: only {size_text(storage.free)} free of {size_text(storage.size)}",
+            "free space (old snapshots, removed students' archives)" + (grow if reg.pool_file else ""),
+        )
+    )
+    return found
+
+
+def _btrfs_findings(reg: Registry, storage: StorageFacts) -> list[Finding]:
+    where = reg.lxcpath
+    if storage.filesystem != "btrfs":
+        return [
+            Finding(
+                False,
+                f"the registry says storage: btrfs but {where} is on {storage.filesystem}",
+                f"{APPLY} (mounts the pool)"
+                if reg.pool_file
+                else f"mount the lab's btrfs filesystem at {where}",
+            )
+        ]
+    found = [
+        Finding(True, f"storage btrfs: {where} is on btrfs"),
+        finding(
+            bool(storage.quotas),
+            f"btrfs quotas are on for {where}",
+            f"btrfs quotas are off for {where}: no student's disk is limited",
+            f"btrfs quota enable {where}",
+        ),
+    ]
+    if not storage.quotas:
+        return found
+    for user in sorted(reg.users.values(), key=lambda u: u.port):
+        use = storage.usage.get(user.container)
+        if use is None:
+            found.append(
+                Finding(
+                    False,
+                    f"{user.name}: container {user.container} is no btrfs subvolume yet",
+                    f"gpushell-admin storage migrate {user.name}",
+                )
+            )
+            continue
+        used, limit = use
+        if limit is None:
+            found.append(
+                Finding(
+                    False,
+                    f"{user.name}: no disk quota on container {user.container} ({size_text(used)} used)",
+                    f"gpushell-admin set {user.name} disk={size_text(user.limits.disk)}",
+                )
+            )
+            continue
+        what = (
+            f"{user.name}: {size_text(used)} of {size_text(limit)} disk quota used ({percent(used, limit)})"
+        )
+        found.append(
+            finding(
+                used < QUOTA_NEAR * limit,
+                what,
+                what,
+                f"the student deletes files or snapshots, or: gpushell-admin set {user.name} disk=SIZE",
+            )
+        )
+    return found
+
+
 def check_ports(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
     clashes = [
         Finding(
@@ -563,6 +694,7 @@ CHECKS: tuple[Check, ...] = (
     check_sshd_running,
     check_subids,
     check_template,
+    check_storage,
     check_gpu_nodes,
     check_drivers,
     check_containers,
@@ -623,6 +755,25 @@ def sshd_users(accounts: dict[str, apply.Account | None], kept: Iterable[str]) -
     return students or list(kept)[:1]
 
 
+def storage_facts(reg: Registry) -> StorageFacts:
+    """The lxcpath's filesystem, free space, quotas and each student's use of their quota."""
+    kind = pool.filesystem_type(reg.lxcpath)
+    info = os.statvfs(pool.existing_part(reg.lxcpath))
+    mounted = pool.pool_mounted(reg.pool_file, reg.lxcpath) if reg.pool_file else None
+    quotas = pool.quotas_enabled(reg.lxcpath) if kind == pool.BTRFS else None
+    usage: dict[str, tuple[int, int | None]] = {}
+    if quotas:
+        storage = btrfs.BtrfsStorage(reg.lxcpath)
+        for user in reg.users.values():
+            directory = provision.container_dir(reg, user.container)
+            used = storage.disk_used(directory) if btrfs.is_subvolume(directory) else None
+            if used is not None:
+                usage[user.container] = (used, storage.quota_of(directory))
+    return StorageFacts(
+        kind, pool.free_bytes(reg.lxcpath), info.f_blocks * info.f_frsize, mounted, quotas, usage
+    )
+
+
 def gather(reg: Registry, paths: Paths) -> Facts:
     scan = leftovers.scan(reg, paths)
     exists = os.path.exists(f"/sys/class/net/{reg.bridge}")
@@ -654,6 +805,7 @@ def gather(reg: Registry, paths: Paths) -> Facts:
         else {},
         sshd_effect=sshdcheck.gather(paths.sshd_config, paths.sshd_dropin, sshd_users(accounts, kept)),
         isolation=tuple(nftrun.problems(reg)),
+        storage=storage_facts(reg),
     )
 
 

@@ -6,10 +6,11 @@ import grp
 import os
 from collections.abc import Callable
 
-from ..core import chaincheck, dropins, forward, isolation
+from ..core import chaincheck, dropins, forward, isolation, registry, registry_edit
+from ..core.errors import ExitStatus, GpushellError
 from ..core.model import Registry
 from ..core.paths import Paths
-from ..system import ifaddr, iptables, nftrun, registry_store
+from ..system import ifaddr, iptables, nftrun, pool, registry_store
 from ..system.accounts import covers_subid
 from ..system.files import write_atomically
 from ..system.runner import run
@@ -118,8 +119,101 @@ def ensure_login_shell_listed(paths: Paths, report: Report) -> None:
     report(f"added {paths.shell} to /etc/shells")
 
 
-def init(paths: Paths, report: Report) -> Registry:
+class StorageRequest:
+    """What `init --storage` asked for: the kind, and a loop-backed pool to make for it (or not)."""
+
+    __slots__ = ("kind", "pool_file", "size")
+
+    def __init__(self, kind: str, pool_file: str | None = None, size: int | None = None) -> None:
+        self.kind, self.pool_file, self.size = kind, pool_file, size
+
+
+def request_problem(request: StorageRequest, lxcpath: str) -> str | None:
+    """Why the options of `init --storage` do not go together, or None (pure)."""
+    if request.kind != "btrfs":
+        if request.pool_file is not None or request.size is not None:
+            return "--pool-file and --size make a btrfs pool: use them with --storage btrfs"
+        return None
+    if request.pool_file is None:
+        return (
+            "--size is the size of a new pool: give --pool-file PATH too"
+            if request.size is not None
+            else None
+        )
+    return pool.pool_problem(request.pool_file, lxcpath, request.size)
+
+
+def storage_refusal(reg: Registry, request: StorageRequest) -> str | None:
+    """Why the registry cannot take the storage asked for, or None (pure)."""
+    if request.kind == reg.storage:
+        if request.pool_file is not None and reg.pool_file and reg.pool_file != request.pool_file:
+            return f"the registry already names the pool file {reg.pool_file}"
+        return None
+    if request.kind == "dir":
+        return "the registry says storage: btrfs; there is no way back to dir storage"
+    if reg.users:
+        return (
+            f"the registry has {len(reg.users)} student(s) on dir storage; move them to btrfs with: "
+            "gpushell-admin storage migrate (the lxcpath must be on btrfs first)"
+        )
+    return None
+
+
+NOT_BTRFS = (
+    "{lxcpath} is on {kind}, not btrfs: mount a btrfs disk or partition there first "
+    "(or, to try it, make a loop-backed pool: --pool-file PATH --size SIZE)"
+)
+
+
+def ensure_storage(paths: Paths, request: StorageRequest, report: Report) -> None:
+    """The lxcpath on btrfs with quotas on (a new pool first, if asked), then the registry says so.
+
+    The registry is changed last: it says `storage: btrfs` only once the
+    filesystem is there.
+    """
+    reg = registry_store.load(paths)
+    why = request_problem(request, reg.lxcpath) or storage_refusal(reg, request)
+    if why is not None:
+        raise GpushellError(why, status=ExitStatus.USAGE)
+    if request.kind != "btrfs":
+        return
+    lxcpath, pool_file = reg.lxcpath, request.pool_file or reg.pool_file
+    if pool_file and pool.pool_mounted(pool_file, lxcpath):
+        pass
+    elif request.pool_file is not None and request.size is not None and not os.path.exists(request.pool_file):
+        pool.create(request.pool_file, request.size, lxcpath)
+        size = registry.size_text(request.size)
+        report(f"made a btrfs pool of {size} in {request.pool_file}, mounted at {lxcpath}")
+    elif pool_file and pool_file == reg.pool_file:
+        pool.mount(pool_file, lxcpath)
+        report(f"mounted the pool {pool_file} at {lxcpath}")
+    elif request.pool_file is not None:
+        raise GpushellError(
+            f"{request.pool_file} already exists; remove it or choose another --pool-file",
+            status=ExitStatus.USAGE,
+        )
+    kind = pool.filesystem_type(lxcpath)
+    if kind != pool.BTRFS:
+        raise GpushellError(NOT_BTRFS.format(lxcpath=lxcpath, kind=kind), status=ExitStatus.USAGE)
+    os.makedirs(lxcpath, mode=0o755, exist_ok=True)
+    if pool.enable_quotas(lxcpath):
+        report(f"turned on btrfs quotas for {lxcpath}")
+
+    def edit(text: str, old: Registry) -> str:
+        text = registry_edit.set_setting(text, "storage", "btrfs")
+        if request.pool_file is not None:
+            text = registry_edit.set_setting(text, "pool_file", request.pool_file)
+        return text
+
+    old, new = registry_store.update(paths, edit)
+    if (old.storage, old.pool_file) != (new.storage, new.pool_file):
+        report("registry: storage: btrfs" + (f", pool_file: {new.pool_file}" if new.pool_file else ""))
+
+
+def init(paths: Paths, report: Report, storage: StorageRequest | None = None) -> Registry:
     ensure_registry(paths, report)
+    if storage is not None:
+        ensure_storage(paths, storage, report)
     reg = registry_store.load(paths)
     os.makedirs(paths.run_dir, mode=0o755, exist_ok=True)
     ensure_group(paths, report)
