@@ -9,7 +9,7 @@ BINDIR       := $(PREFIX)/bin
 MANDIR       := $(PREFIX)/share/man
 APT_PACKAGES := lxc lxc-templates python3-lxc lxc-dev iptables nftables openssh-server openssh-client \
                 debootstrap uidmap tmux sudo python3-yaml python3-psutil python3-colorama \
-                python3-venv python3-pip python3-setuptools iproute2 groff-base man-db
+                python3-venv python3-pip python3-setuptools iproute2 groff-base man-db btrfs-progs
 DEV_PACKAGES := pytest pexpect hypothesis ruff mypy types-PyYAML types-psutil
 STAMP        := .make
 

@@ -13,6 +13,7 @@ changed, and a failure puts a moved home back.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 
@@ -55,7 +56,7 @@ def rebuild(reg: Registry, user: User, driver: ContainerDriver, keys: str, keep_
         # From here to the swap the old rootfs is worked on: nothing may start it.
         with hold.stopped(driver, user.container, "rebuild"):
             if keep_home:
-                move_home(directory, staging, user.name, keys)
+                move_home(directory, staging, user.name, keys, copies)
             snapshots.swap(directory, copies)
     except BaseException:
         with contextlib.suppress(OSError, GpushellError):  # the first error is the one to report
@@ -79,8 +80,15 @@ def check_keepable(root: str, home: str) -> None:
             )
 
 
-def move_home(directory: str, staging: str, name: str, keys: str) -> None:
-    """Move the old rootfs's /home/NAME into the new one (the container is stopped), keys put in."""
+def move_home(
+    directory: str, staging: str, name: str, keys: str, copies: storage.Storage | None = None
+) -> None:
+    """Move the old rootfs's /home/NAME into the new one (the container is stopped), keys put in.
+
+    Where the two rootfs are separate filesystems to rename (btrfs
+    subvolumes), the home is copied instead: the container is stopped and
+    kept so, and the copy follows no link.
+    """
     current = os.path.join(directory, snapshots.ROOTFS)
     home = f"home/{name}"
     check_keepable(current, home)
@@ -92,7 +100,14 @@ def move_home(directory: str, staging: str, name: str, keys: str) -> None:
     # The fresh home from the template's skeleton is ours: it makes way.
     shutil.rmtree(os.path.join(staging, home))
     # Both parents opened with O_NOFOLLOW from their rootfs; the rename moves the directory itself.
-    rootfs.move(current, home, staging, home)
+    try:
+        rootfs.move(current, home, staging, home)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        (copies or storage.DirStorage()).copy_tree(
+            os.path.join(current, home), os.path.join(staging, home), "your home"
+        )
     keyrescue.install_authorized_keys(staging, name, keys)
 
 

@@ -27,7 +27,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..core.model import Registry
 
-__all__ = ["DirStorage", "Storage", "check_supported", "for_registry"]
+__all__ = ["BtrfsStorage", "DirStorage", "Storage", "check_supported", "for_registry"]
 
 
 def for_registry(reg: Registry) -> Storage:

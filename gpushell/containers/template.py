@@ -17,7 +17,7 @@ from ..core.errors import GpushellError
 from ..core.paths import DEBIAN_SUITE
 from ..system import rootfs
 from ..system.runner import run
-from . import lxcconfig, storage
+from . import btrfs, lxcconfig, storage
 
 SUITE = DEBIAN_SUITE
 PACKAGES = (
@@ -155,10 +155,12 @@ def install(
 ) -> str:
     """Unpack the tarball as container `name` (never started: only copied).
 
-    store: the registry's storage (storage.for_registry); its rootfs is a
-    subvolume on btrfs, which every new container is a snapshot of.
+    store: the registry's storage (storage.for_registry).  Without one, the
+    lxcpath's filesystem decides: on btrfs the rootfs is a subvolume (every
+    new container a snapshot of it), else a plain directory.
     """
-    store = store or storage.DirStorage()
+    if store is None:
+        store = storage.BtrfsStorage(lxcpath) if btrfs.is_btrfs(lxcpath) else storage.DirStorage()
     directory = os.path.join(lxcpath, name)
     if os.path.exists(directory):
         raise GpushellError(f"{directory} already exists; remove it or choose another template name")
