@@ -61,7 +61,9 @@ def existing_part(path: str) -> str:
 
 def filesystem_type(path: str) -> str:
     """The kind of filesystem path (or the nearest existing directory above it) is on: btrfs, ext4, ..."""
-    return run(["stat", "--file-system", "--format=%T", existing_part(path)]).stdout.strip()
+    return run(
+        ["findmnt", "--noheadings", "--output", "FSTYPE", "--target", existing_part(path)]
+    ).stdout.strip()
 
 
 def quotas_enabled(path: str) -> bool:
