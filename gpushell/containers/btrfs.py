@@ -256,17 +256,17 @@ class BtrfsStorage(Storage):
             run(["cp", "-a", "--reflink=auto", "-T", template_root, target], timeout=900)
         else:
             self._snapshot(template_root, target, "your new container", readonly=False)
-        self._settle_counts()
+        self.settle_counts()
 
     def snapshot(self, live: str, target: str, what: str) -> None:
-        self._snapshot(live, target, what, readonly=True)
+        self._snapshot(live, target, what, readonly=True)  # the caller settles the counts, unfrozen
 
     def copy_tree(self, source: str, target: str, what: str) -> None:
         if not is_subvolume(source):
             super().copy_tree(source, target, what)  # a snapshot kept from `dir` days
             return
         self._snapshot(source, target, what, readonly=False)
-        self._settle_counts()  # from the template (a rebuild); a restore's source is in the group already
+        self.settle_counts()
 
     def _snapshot(self, source: str, target: str, what: str, readonly: bool) -> None:
         argv = [
@@ -360,12 +360,13 @@ class BtrfsStorage(Storage):
     def _groups(self, path: str) -> dict[str, Qgroup]:
         return parse_qgroups(btrfs("qgroup", "show", "-pcre", "--raw", path, check=False))
 
-    def _settle_counts(self) -> None:
-        """Rescan when a snapshot left the quota counts inconsistent (one from outside the group).
+    def settle_counts(self) -> None:
+        """Rescan when a snapshot into a quota group left the counts inconsistent.
 
-        Until then the kernel counts nothing, so no limit holds.  A snapshot
-        of a subvolume already in the group alone (a container's own rootfs
-        or snapshot) keeps them consistent and costs no rescan.
+        Until then the kernel counts nothing, so no limit holds.  The kernel
+        (6.x) marks them so after a snapshot from outside the group (the
+        template) and, as seen here, after some from inside it too; when it
+        does not, this costs one `qgroup show`.
         """
         shown = run(["btrfs", "qgroup", "show", "--raw", self.lxcpath], check=False, max_output=LARGE_OUTPUT)
         if "inconsistent" in shown.stderr:

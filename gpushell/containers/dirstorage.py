@@ -90,6 +90,9 @@ class Storage:
         """
         treecopy.check_space(directory, size(), what)
 
+    def settle_counts(self) -> None:
+        """Bring the storage's use counts up to date after snapshots (held back by snapshot())."""
+
     def set_quota(self, directory: str, limit: int) -> None:
         """Hold the container in directory (its rootfs and snapshots together) to limit bytes."""
 

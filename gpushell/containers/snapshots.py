@@ -179,6 +179,7 @@ def create(
         with hold.held(driver, user.container, "snapshot") as held:
             copies.snapshot(live, os.path.join(staging, ROOTFS), "a snapshot")
             held.check()  # a restart meanwhile: the copy is no one moment, so it goes
+        copies.settle_counts()  # after the hold: a quota rescan must not keep the container frozen
         # The copy's size on disk; 0 where the storage tells what a snapshot keeps when listed.
         size = 0 if copies.has_quota else rootfs.tree_size(os.path.join(staging, ROOTFS))
         snapshot = Snapshot(name, int(now), size, held.running)

@@ -175,3 +175,44 @@ def test_egress_deny_and_the_traffic_switch():
     with pytest.raises(RegistryError) as caught:
         parse("egress_deny: [nas]\n" + BASE, "/r")
     assert "egress_deny: 'nas' is not an IPv4 network" in caught.value.problems[0]
+
+
+def test_disk_is_a_limit_like_the_others_and_storage_a_setting():
+    reg = parse(
+        "storage: btrfs\nlimits: {disk: 100G}\n" + BASE.replace("cpus: 0.5}", "cpus: 0.5, disk: 20G}"), "/r"
+    )
+    assert reg.storage == "btrfs"
+    assert reg.limits.disk == 100 * 2**30
+    assert reg.users["alice"].limits.disk == 20 * 2**30
+    assert reg.users["bob"].limits.disk == 100 * 2**30
+    assert parse(BASE, "/r").storage == "dir" and DEFAULT_LIMITS.disk == 50 * 2**30
+    copy = registry_cache.registry_from_plain(registry_cache.to_plain(reg))
+    assert (copy.storage, copy.limits, copy.users["alice"].limits) == (
+        "btrfs",
+        reg.limits,
+        reg.users["alice"].limits,
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("storage: zfs\n", "/r:1: storage: 'zfs' is not a storage kind (dir or btrfs)"),
+        ("limits: {disk: 10M}\n", "/r:1: limits.disk: '10M' must be between 256M and 1024T"),
+        ("limits: {disk: much}\n", "/r:1: limits.disk: 'much' is not a size like 16G or 512M"),
+    ],
+)
+def test_bad_storage_or_disk_is_one_line(text: str, message: str):
+    with pytest.raises(RegistryError) as caught:
+        parse(text + BASE, "/r")
+    assert caught.value.problems[0].startswith(message)
+
+
+def test_set_disk_goes_into_the_users_limits_and_applies_at_the_next_start():
+    values = usersettings.parse_assignments(["disk=80g"])
+    assert values == {"disk": "80G"} and "disk" in usersettings.SETTABLE
+    reg = parse(editing.edit_user(BASE, "alice", values), "/r")
+    assert reg.users["alice"].limits == Limits(memory=32 * 2**30, cpus=0.5, pids=4096, disk=80 * 2**30)
+    with pytest.raises(GpushellError) as caught:
+        usersettings.parse_assignments(["disk=100M"])
+    assert caught.value.user_message == "disk=100M: use a size like 50G or 1T (at least 256M)"

@@ -1,0 +1,110 @@
+"""btrfs storage's pure parts: quota group ids, `btrfs` output (recorded here), mountinfo, removal order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gpushell.containers import btrfs, storage
+from gpushell.containers.dirstorage import DirStorage
+from gpushell.core.registry import parse
+
+DATA = Path(__file__).parent.parent / "data"
+
+
+def test_the_quota_group_is_level_one_named_after_the_container_directorys_subvolume():
+    assert btrfs.quota_group(257) == "1/257"
+
+
+def test_qgroup_show_gives_each_groups_bytes_limit_and_members():
+    groups = btrfs.parse_qgroups((DATA / "btrfs_qgroup_show.txt").read_text())
+    assert set(groups) == {"0/5", "0/256", "0/257", "0/258", "0/259", "1/257"}
+    container = groups["1/257"]
+    assert (container.referenced, container.exclusive, container.max_exclusive) == (
+        4227072,
+        32768,
+        50 * 2**30,
+    )
+    assert container.children == ("0/257", "0/258", "0/259")
+    assert groups["0/259"].parents == ("1/257",) and groups["0/259"].exclusive == 16384
+    assert groups["0/256"].parents == () and groups["0/256"].max_exclusive is None
+
+
+def test_qgroup_lines_that_are_not_rows_are_skipped():
+    assert btrfs.parse_qgroups("Qgroupid Referenced\n-------- ---\nWARNING: inconsistent\n0/5 x y\n") == {}
+
+
+def test_subvolume_list_gives_parents_and_a_forged_line_is_refused():
+    text = (DATA / "btrfs_subvolume_list.txt").read_text()
+    parents = btrfs.parse_subvolume_parents(text)
+    assert parents == {256: 5, 257: 5, 258: 257, 259: 257}
+    # A name with a newline in it, made to look like another container's subvolume under ours.
+    forged = text + (
+        "ID 300 gen 12 parent 258 top level 258 path alice/rootfs/x\n"
+        "ID 256 gen 1 parent 258 top level 1 path y\n"
+    )
+    with pytest.raises(btrfs.BtrfsError):
+        btrfs.parse_subvolume_parents(forged)
+
+
+def test_descendants_come_deepest_first_and_only_below_the_top():
+    parents = {256: 5, 257: 5, 258: 257, 259: 257, 260: 258, 261: 260, 262: 256}
+    order = btrfs.descendants(parents, 257)
+    assert set(order) == {258, 259, 260, 261}
+    assert order.index(261) < order.index(260) < order.index(258)
+    assert btrfs.descendants(parents, 259) == []
+
+
+MOUNTINFO = """\
+22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+40 22 7:0 / /var/lib/lxc rw,relatime shared:20 - btrfs /dev/loop0 rw,space_cache=v2,subvolid=5,subvol=/
+41 22 7:1 / /srv/with\\040space rw,relatime - btrfs /dev/loop1 rw
+42 40 0:50 / /var/lib/lxc/tmpfs rw - tmpfs tmpfs rw
+"""
+
+
+@pytest.mark.parametrize(
+    ("path", "kind"),
+    [
+        ("/var/lib/lxc", "btrfs"),
+        ("/var/lib/lxc/alice/rootfs", "btrfs"),
+        ("/var/lib/lxcfoo", "ext4"),
+        ("/var/lib/lxc/tmpfs/x", "tmpfs"),
+        ("/srv/with space/lab", "btrfs"),
+        ("/home", "ext4"),
+    ],
+)
+def test_the_mount_holding_a_path_names_its_filesystem(path: str, kind: str):
+    assert btrfs.mount_fstype(MOUNTINFO, path) == kind
+
+
+def test_a_btrfs_registry_on_another_filesystem_is_one_clear_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(btrfs, "is_btrfs", lambda path: False)
+    reg = parse(f"storage: btrfs\nlxcpath: {tmp_path}/lxc\n", "/r")  # parsing never looks at the disk
+    with pytest.raises(btrfs.GpushellError) as caught:
+        storage.check_supported(reg)
+    assert caught.value.user_message.startswith(f"storage: btrfs needs the lxcpath {tmp_path}/lxc on a btrfs")
+    assert "\n" not in caught.value.user_message
+    storage.check_supported(parse(f"lxcpath: {tmp_path}/lxc\n", "/r"))  # dir: anything goes
+
+
+def test_the_registry_picks_the_storage_kind(tmp_path):
+    assert isinstance(storage.for_registry(parse(f"lxcpath: {tmp_path}\n", "/r")), DirStorage)
+    chosen = storage.for_registry(parse(f"storage: btrfs\nlxcpath: {tmp_path}\n", "/r"))
+    assert isinstance(chosen, btrfs.BtrfsStorage) and chosen.has_quota
+
+
+def test_dir_storage_has_no_quota_and_removes_trees_without_following_links(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("host file")
+    tree = tmp_path / "c" / "rootfs"
+    tree.mkdir(parents=True)
+    (tree / "link").symlink_to(outside)
+    copies = DirStorage()
+    copies.set_quota(str(tmp_path / "c"), 2**30)  # nothing to hold on plain directories
+    assert copies.snapshot_sizes(str(tmp_path / "c"), {"s": str(tree)}) == {}
+    assert copies.disk_used(str(tmp_path / "c")) is not None
+    copies.remove(str(tmp_path / "c"))
+    assert not (tmp_path / "c").exists() and (outside / "keep").read_text() == "host file"
