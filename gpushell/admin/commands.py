@@ -56,7 +56,7 @@ def size_option(text: str) -> int:
 
 
 def cmd_template_build(paths: Paths, args: Options) -> int:
-    from ..containers import template
+    from ..containers import storage, template
     from ..containers.factory import backend_for
     from ..core import registry
     from ..system import registry_store
@@ -71,6 +71,8 @@ def cmd_template_build(paths: Paths, args: Options) -> int:
     if os.path.exists(directory) and not args.force:
         say(f"template {name} is already built ({directory}); --force rebuilds it")
         return ExitStatus.OK
+    store = storage.for_registry(reg)  # the registry's kind, not the filesystem's, decides the tree
+    storage.check_supported(reg)  # before a debootstrap that may take minutes
     extra = tuple(p for p in (args.packages or "").split(",") if p)
     tarball = template.ensure_cached(paths.template_cache, args.suite, extra, args.mirror)
     # Under the registry lock: an add copying this template meanwhile must
@@ -79,7 +81,7 @@ def cmd_template_build(paths: Paths, args: Options) -> int:
     with locked(paths.registry_lock):
         if os.path.exists(directory):
             backend_for(reg).destroy(reg, name)
-        template.install(tarball, reg.lxcpath, name, args.suite)
+        template.install(tarball, reg.lxcpath, name, args.suite, store)
     say(f"template {name} built from {tarball}")
     return ExitStatus.OK
 

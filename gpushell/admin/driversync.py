@@ -5,7 +5,8 @@ libcuda/libnvidia-ml version differs from the loaded module's (doctor's
 comparison, driverfiles.mismatch).  `sync_one` streams the installer into
 the container through the link-refusing rootfs writer, runs it there with
 `--no-kernel-module --silent --no-questions` through the backend's attach (starting
-the container for it, and stopping it again if it was stopped), removes
+the container for it as every start does, its disk quota set first, and
+stopping it again if it was stopped), removes
 the copy, and reads the versions again.
 """
 
@@ -20,6 +21,7 @@ from ..core.errors import ExitStatus, GpushellError
 from ..core.model import Registry, User
 from ..core.paths import Paths
 from ..gpu import driverfiles
+from ..helper import services
 from ..system import rootfs
 from ..system.lock import ADMIN_WAIT, admin_busy, locked
 from ..system.runner import run
@@ -87,7 +89,9 @@ def sync_one(reg: Registry, paths: Paths, user: User, installer: str, host_versi
         was_running = driver.state(user.container) == RUNNING
         copy_installer(root, installer)
         try:
-            driver.start(user.container)
+            if not was_running:
+                # As every start: the disk quota first (the installer writes hundreds of MB).
+                services.start(services.Context(paths, reg, driver), user)
             result = run(
                 driver.attach(user.container, ["sh", INSIDE, *INSTALLER_OPTIONS]),
                 check=False,

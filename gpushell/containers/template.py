@@ -17,7 +17,11 @@ from ..core.errors import GpushellError
 from ..core.paths import DEBIAN_SUITE
 from ..system import rootfs
 from ..system.runner import run
-from . import btrfs, lxcconfig, storage
+from . import lxcconfig
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .dirstorage import Storage
 
 SUITE = DEBIAN_SUITE
 PACKAGES = (
@@ -150,17 +154,15 @@ def suite_of(config: str) -> str | None:
     return None
 
 
-def install(
-    tarball: str, lxcpath: str, name: str, suite: str | None = None, store: storage.Storage | None = None
-) -> str:
+def install(tarball: str, lxcpath: str, name: str, suite: str | None, store: Storage) -> str:
     """Unpack the tarball as container `name` (never started: only copied).
 
-    store: the registry's storage (storage.for_registry).  Without one, the
-    lxcpath's filesystem decides: on btrfs the rootfs is a subvolume (every
-    new container a snapshot of it), else a plain directory.
+    store: the registry's storage (storage.for_registry), which decides the
+    tree, never the lxcpath's filesystem: with `btrfs` the rootfs is a
+    subvolume (every new container a snapshot of it); with `dir` a plain
+    directory, on btrfs too (`storage migrate` copes with it, and
+    BtrfsStorage.copy_template with a template from `dir` days).
     """
-    if store is None:
-        store = storage.BtrfsStorage(lxcpath) if btrfs.is_btrfs(lxcpath) else storage.DirStorage()
     directory = os.path.join(lxcpath, name)
     if os.path.exists(directory):
         raise GpushellError(f"{directory} already exists; remove it or choose another template name")

@@ -102,6 +102,15 @@ def start_unless_answering(ctx: Context, user: User) -> bool | None:
     # 3 ms: a running container answers a connect on the bridge in well under one.
     if ctx.driver.may_be_running(user.container) and sshd_answers(user.address, timeout=0.003):
         return None
+    return start(ctx, user)
+
+
+def start(ctx: Context, user: User) -> bool:
+    """Start the container (True when it was stopped), its disk quota set first: every start's way.
+
+    The login's, apply's and the admin's starts come here, and so does
+    driver sync's, so a `set disk=` since the last start holds from this one.
+    """
     if ctx.registry.storage != "dir":
         apply_disk_quota(ctx, user)
     return ctx.driver.start(user.container)

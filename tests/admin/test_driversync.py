@@ -10,6 +10,7 @@ import tracemalloc
 import pytest
 
 from gpushell.admin import driversync
+from gpushell.containers.backend import RUNNING, STOPPED
 from gpushell.core.errors import GpushellError
 from gpushell.core.model import Registry, User
 from gpushell.system import rootfs
@@ -125,3 +126,47 @@ def test_the_installer_copy_never_follows_a_link_the_container_planted(tmp_path)
     with pytest.raises(GpushellError, match="link"):
         driversync.copy_installer(str(root), str(installer))
     assert os.listdir(outside) == []
+
+
+@pytest.mark.parametrize(
+    ("storage", "state", "calls"),
+    [
+        # A stopped container is started for the installer as every start is: disk quota first.
+        ("btrfs", STOPPED, [f"quota {1 << 30} c-ann", "start c-ann", "stop c-ann"]),
+        ("dir", STOPPED, ["start c-ann", "stop c-ann"]),  # no quota on dir: no call
+        ("btrfs", RUNNING, []),  # running: started by a start that set it, left running
+    ],
+)
+def test_sync_starts_the_container_the_way_every_start_goes(tmp_path, monkeypatch, storage, state, calls):
+    from gpushell.containers import storage as storage_module
+    from gpushell.core.model import Limits
+    from gpushell.core.paths import Paths
+    from gpushell.gpu import driverfiles
+    from tests.fakes import FakeBackend
+
+    backend = FakeBackend({"c-ann": state}, lxcpath=str(tmp_path / "lxc"))
+    os.makedirs(os.path.join(backend.rootfs("c-ann"), "root"))
+    base = registry()
+    ann = base.users["ann"].replace(limits=Limits(2**30, 1.0, 512, 1 << 30))
+    reg = base.replace(users={"ann": ann}, storage=storage)
+
+    class Quotas:
+        def set_quota(self, directory: str, limit: int) -> None:
+            backend.calls.append(f"quota {limit} {os.path.basename(directory)}")
+
+    ran: list[list[str]] = []
+    monkeypatch.setattr(driversync, "backend_for", lambda reg: backend)
+    monkeypatch.setattr(storage_module, "for_registry", lambda reg: Quotas())
+    monkeypatch.setattr(driversync, "run", lambda argv, **kw: ran.append(argv) or Done())
+    monkeypatch.setattr(driverfiles, "read_container_versions", lambda root: frozenset({HOST}))
+    installer = tmp_path / "NVIDIA.run"
+    installer.write_bytes(b"#!/bin/sh\n")
+    paths = Paths(run_dir=str(tmp_path / "run"))
+    assert driversync.sync_one(reg, paths, ann, str(installer), HOST) == f"installed NVIDIA driver {HOST}"
+    assert backend.calls == calls
+    assert ran == [["env", "-i", "sh", driversync.INSIDE, *driversync.INSTALLER_OPTIONS]]
+    assert os.listdir(os.path.join(backend.rootfs("c-ann"), "root")) == []  # the copy removed
+
+
+class Done:
+    returncode, stdout, stderr = 0, "", ""

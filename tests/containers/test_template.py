@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+
 import pytest
 
 from gpushell.containers import template
@@ -115,3 +118,43 @@ def test_cache_key_changes_with_recipe_version(monkeypatch):
     monkeypatch.setattr(template, "RECIPE_VERSION", RECIPE_VERSION + "x")
     assert cache_key(SUITE, PACKAGES) != before
     assert cache_key(SUITE, PACKAGES).startswith(f"{SUITE}-")
+
+
+@pytest.mark.parametrize(("kind", "made_by"), [("dir", "DirStorage"), ("btrfs", "BtrfsStorage")])
+def test_template_build_takes_the_tree_kind_from_the_registry_not_the_filesystem(
+    tmp_path, monkeypatch, kind: str, made_by: str
+):
+    from gpushell.admin import commands
+    from gpushell.admin.cli import Options
+    from gpushell.containers import btrfs, dirstorage
+    from gpushell.core.paths import Paths
+    from gpushell.core.registry import parse
+    from gpushell.system import registry_store
+
+    lxcpath = tmp_path / "lxc"
+    reg = parse(
+        f"storage: {kind}\nlxcpath: {lxcpath}\ntemplate: tpl\n"
+        "idmap:\n  start: 1000000\n  size: 65536\nusers:\n",
+        "/etc/gpushell.yaml",
+    )
+    payload = tmp_path / "payload"
+    (payload / "etc").mkdir(parents=True)
+    (payload / "etc" / "hostname").write_text("tpl\n")
+    tarball = tmp_path / "tpl.tar"
+    subprocess.run(["tar", "-C", str(payload), "-cf", str(tarball), "."], check=True)
+    roots: list[str] = []
+
+    def make_root(store: object, path: str) -> None:
+        roots.append(type(store).__name__)
+        os.mkdir(path, 0o755)
+
+    monkeypatch.setattr(registry_store, "load", lambda paths: reg)
+    monkeypatch.setattr(btrfs, "is_btrfs", lambda path: True)  # the lxcpath is on btrfs either way
+    monkeypatch.setattr(dirstorage.Storage, "make_root", make_root)
+    monkeypatch.setattr(btrfs.BtrfsStorage, "make_root", make_root)
+    monkeypatch.setattr(template, "ensure_cached", lambda *args: str(tarball))
+    args = commands.build_parser().parse_args(["template", "build"], namespace=Options())
+    assert args.run(Paths(run_dir=str(tmp_path / "run")), args) == 0
+    assert roots == [made_by]
+    assert (lxcpath / "tpl" / "rootfs" / "etc" / "hostname").read_text() == "tpl\n"
+    assert sorted(os.listdir(lxcpath)) == ["tpl"]
