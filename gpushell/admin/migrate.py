@@ -10,13 +10,17 @@ each student, under the registry lock and their own lock:
                                        while the container still runs (it never sees them)
         rootfs                         the rootfs copied into a subvolume, the container
                                        stopped and unable to start for this copy only
-    rename NAME -> .NAME.dir-old, .NAME.migrating -> NAME; start it again if it ran;
-    then the old tree goes and the disk quota is set.
+    rename NAME -> .NAME.dir-old, .NAME.migrating -> NAME (snapshots.replace); the disk
+    quota set, then the container started again if it ran; the old tree goes.
 
-Until the first rename the student's container is untouched: a failure
-removes `.NAME.migrating` and starts the container again if it ran.  A
-killed run is finished or undone by the next one (`settle`): while NAME
-is missing, `.NAME.migrating` is complete (it is renamed only when it is).
+Before anything is made, the pool must have room for a full copy of the
+student's directory (BtrfsStorage.check_space), or they are refused and
+left as they were.  Until the first rename the student's container is
+untouched: a failure removes `.NAME.migrating` and starts the container
+again if it ran.  A killed run is finished or undone by the next one
+(`settle`): while NAME is missing, `.NAME.migrating` is complete (it is
+renamed only when it is); a `.NAME.new-…` (the subvolume made, not yet
+renamed `.NAME.migrating`) and any other leftover go.
 The registry says `storage: btrfs` only once every student's container
 directory is a subvolume; until then the lab runs on as `dir`, which copes
 with both.
@@ -25,6 +29,7 @@ with both.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterable
 
@@ -37,12 +42,12 @@ from ..core.menu import is_snapshot_name
 from ..core.model import Registry, User
 from ..core.paths import Paths
 from ..core.registry import size_text
-from ..system import pool, registry_store
+from ..system import pool, registry_store, rootfs
 from ..system.lock import ADMIN_WAIT, admin_busy, locked
 from ..system.runner import run
 
 Report = Callable[[str], None]
-MIGRATING, OLD = ".migrating", ".dir-old"
+MIGRATING, OLD, NEW = ".migrating", ".dir-old", ".new-"
 ACTION = "storage migrate"
 
 
@@ -84,6 +89,12 @@ def place(reg: Registry, container: str, suffix: str = "") -> str:
 # --- one student ---------------------------------------------------------------
 
 
+def strays(reg: Registry, container: str, entries: Iterable[str]) -> list[str]:
+    """The `.NAME.new-…` subvolumes a run killed before renaming one `.NAME.migrating` left (pure)."""
+    made = re.compile(re.escape(f".{container}{NEW}") + "[0-9a-f]+")
+    return [os.path.join(reg.lxcpath, entry) for entry in sorted(entries) if made.fullmatch(entry)]
+
+
 def settle(reg: Registry, container: str, storage: BtrfsStorage) -> None:
     """Finish or undo what a killed migrate left of this container; then drop the leftovers."""
     current, new, old = (place(reg, container, suffix) for suffix in ("", MIGRATING, OLD))
@@ -92,8 +103,10 @@ def settle(reg: Registry, container: str, storage: BtrfsStorage) -> None:
             os.rename(new, current)
         elif os.path.isdir(old):
             os.rename(old, current)
-    for leftover in (new, old):
-        if os.path.lexists(leftover) and os.path.lexists(current):
+    if not os.path.lexists(current):
+        return  # nothing to keep the leftovers for, nor to take them from
+    for leftover in (new, old, *strays(reg, container, os.listdir(reg.lxcpath))):
+        if os.path.lexists(leftover):
             storage.remove(leftover)
 
 
@@ -120,8 +133,7 @@ def copy_snapshots(source_dir: str, target_dir: str, storage: BtrfsStorage, user
         if os.path.isfile(info):
             copy_entry(info, os.path.join(target, name, snapshots.INFO_FILE))
         copied = os.path.join(target, name, snapshots.ROOTFS)
-        storage.tree_to_subvolume(root, copied, f"{user.name}'s snapshot {name}")
-        run(["btrfs", "property", "set", "-ts", copied, "ro", "true"])
+        storage.tree_to_subvolume(root, copied, f"{user.name}'s snapshot {name}", readonly=True)
         count += 1
     return count
 
@@ -133,7 +145,9 @@ def move_student(reg: Registry, user: User, storage: BtrfsStorage, report: Repor
     settle(reg, user.container, storage)
     if is_subvolume(current):
         return
-    made = storage.new_container_dir(reg.lxcpath, f".{user.container}.new-")
+    # Snapshots and rootfs are copied whole (the old tree goes only after the swap).
+    storage.check_space(reg.lxcpath, lambda: rootfs.tree_size(current), f"moving {user.name}", copied=True)
+    made = storage.new_container_dir(reg.lxcpath, f".{user.container}{NEW}")
     was_running = False
     try:
         os.rename(made, new)
@@ -148,21 +162,18 @@ def move_student(reg: Registry, user: User, storage: BtrfsStorage, report: Repor
             storage.tree_to_subvolume(
                 os.path.join(current, snapshots.ROOTFS), os.path.join(new, snapshots.ROOTFS), "the migration"
             )
-            os.rename(current, old)
-            try:
-                os.rename(new, current)
-            except BaseException:
-                os.rename(old, current)
-                raise
+            snapshots.replace(current, new, old)
     except BaseException:
         storage.remove(made, ignore_errors=True)
         if was_running:
             driver.start(user.container)
         raise
-    if was_running:
-        driver.start(user.container)
+    try:
+        storage.set_quota(current, user.limits.disk)  # before it starts again, as every start
+    finally:
+        if was_running:
+            driver.start(user.container)
     shutil.rmtree(old, ignore_errors=True)  # a plain tree; what stays is taken by the next run's settle
-    storage.set_quota(current, user.limits.disk)
     report(
         f"moved {user.name}: container {user.container} is a subvolume now"
         + (f", {kept} snapshot(s) converted" if kept else "")

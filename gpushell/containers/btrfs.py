@@ -228,17 +228,20 @@ class BtrfsStorage(Storage):
         btrfs("subvolume", "create", path)
         os.chmod(path, 0o755)
 
-    def tree_to_subvolume(self, source: str, target: str, what: str) -> None:
+    def tree_to_subvolume(self, source: str, target: str, what: str, readonly: bool = False) -> None:
         """A new subvolume at target holding a copy of the directory tree source.
 
         For moving a container from `dir` storage: the copy is treecopy's
         (descriptors, no link followed), so source may be a tree a
         container wrote; the subvolume joins the quota group of the
-        container directory it is made in.  A failed copy leaves nothing.
+        container directory it is made in.  readonly: made read-only once
+        full, as every snapshot is.  A failed copy leaves nothing.
         """
         btrfs("subvolume", "create", *self._inherit(target), target)
         try:
             treecopy.copy_tree(source, target, target_made=True)
+            if readonly:
+                btrfs("property", "set", "-ts", target, "ro", "true")
         except BaseException as exc:
             self.remove(target, ignore_errors=True)
             if isinstance(exc, OSError):
@@ -333,8 +336,20 @@ class BtrfsStorage(Storage):
 
     # --- room, quota, use ---------------------------------------------------------
 
-    def check_space(self, directory: str, size: Callable[[], int], what: str) -> None:
-        """Nothing to check: a snapshot takes no room when made; a write past room or quota fails cleanly."""
+    def check_space(
+        self, directory: str, size: Callable[[], int], what: str, *, copied: bool = False
+    ) -> None:
+        """Room for a copy of size() bytes, asked only for one that takes room (copied).
+
+        A snapshot or a clone takes none when made (a write past room or
+        quota fails cleanly): nothing to check.  copied: a tree copied in
+        by tree_to_subvolume, checked as dir's copies are; it may share
+        extents (copy_file_range clones within one filesystem) but need
+        not, so room for all of it is asked: a copy never fills the pool
+        every student writes to.
+        """
+        if copied:
+            super().check_space(directory, size, what)
 
     def set_quota(self, directory: str, limit: int) -> None:
         """Hold 1/D (the directory's subvolume, its rootfs and snapshots) to limit exclusive bytes."""

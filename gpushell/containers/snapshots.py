@@ -256,16 +256,25 @@ def swap(directory: str, copies: storage.Storage | None = None) -> None:
     Two renames: subvolumes rename like directories within one filesystem.
     """
     current, new, old = (os.path.join(directory, name) for name in (ROOTFS, ROOTFS_NEW, ROOTFS_OLD))
+    replace(current, new, old)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(directory, HOLDS_HOME))
+    # Done; a failed removal only leaves garbage that settle() takes next time.
+    (copies or storage.DirStorage()).remove(old, ignore_errors=True)
+
+
+def replace(current: str, new: str, old: str) -> None:
+    """Put new in current's place, current kept as old: two renames, the first undone if the second fails.
+
+    Killed between them, current is missing and new complete: the caller's
+    settle finishes it (this module's, or storage migrate's).
+    """
     os.rename(current, old)
     try:
         os.rename(new, current)
     except BaseException:
         os.rename(old, current)
         raise
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(os.path.join(directory, HOLDS_HOME))
-    # Done; a failed removal only leaves garbage that settle() takes next time.
-    (copies or storage.DirStorage()).remove(old, ignore_errors=True)
 
 
 def settle(directory: str, copies: storage.Storage | None = None) -> None:

@@ -224,3 +224,56 @@ def test_migrate_settle_finishes_or_undoes_a_killed_run(tmp_path: object) -> Non
     layout(".bob.migrating", "bob")
     migrate.settle(reg, "bob", Plain())  # type: ignore[arg-type]
     assert sorted(os.listdir(lxcpath)) == ["alice", "bob"]
+
+
+def test_migrate_strays_are_only_this_containers_unrenamed_subvolumes() -> None:
+    entries = [".alice.new-0a1b2c3d4e5f", ".alice.migrating", ".alice.new-", ".alice.new-XYZ", "alice"]
+    entries += [".alice.newt-0a1b2c", ".bob.new-0a1b2c3d4e5f", ".alice.new-0a1b2c3d4e5f.x", ".alice-0a1b2c"]
+    assert migrate.strays(DIR_LAB, "alice", entries) == ["/var/lib/lxc/.alice.new-0a1b2c3d4e5f"]
+
+
+def test_migrate_settle_removes_a_subvolume_made_but_never_renamed(tmp_path: object) -> None:
+    lxcpath = str(tmp_path)
+    reg = parse(f"lxcpath: {lxcpath}\n" + STUDENTS, "/r.yaml")
+    removed: list[str] = []
+
+    class Recorded:  # stands in for BtrfsStorage.remove
+        def remove(self, path: str, ignore_errors: bool = False) -> None:
+            import shutil
+
+            removed.append(os.path.basename(path))
+            shutil.rmtree(path)
+
+    for name in ("alice/rootfs", ".alice.new-0a1b2c3d4e5f", ".bob.new-0a1b2c3d4e5f", ".alice.migrating"):
+        os.makedirs(os.path.join(lxcpath, name))
+    migrate.settle(reg, "alice", Recorded())  # type: ignore[arg-type]
+    assert removed == [".alice.migrating", ".alice.new-0a1b2c3d4e5f"]
+    assert sorted(os.listdir(lxcpath)) == [".bob.new-0a1b2c3d4e5f", "alice"]  # bob's: his own run's
+
+
+def test_migrate_refuses_a_student_the_pool_has_no_room_for_and_leaves_them_as_they_were(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gpushell.containers import btrfs, treecopy
+    from tests.fakes import FakeBackend
+
+    lxcpath = str(tmp_path)
+    reg = parse(f"lxcpath: {lxcpath}\n" + STUDENTS, "/r.yaml")
+    backend = FakeBackend({"alice": "RUNNING"}, lxcpath=lxcpath)
+    os.makedirs(os.path.join(lxcpath, "alice", "rootfs", "root"))
+    with open(os.path.join(lxcpath, "alice", "rootfs", "root", "work"), "wb") as stream:
+        stream.write(b"x" * 65536)
+
+    class NothingMade(btrfs.BtrfsStorage):
+        def new_container_dir(self, lxcpath: str, prefix: str) -> str:
+            raise AssertionError("a subvolume made for a student refused for room")
+
+    monkeypatch.setattr(migrate, "backend_for", lambda reg: backend)
+    monkeypatch.setattr(
+        treecopy, "free_bytes", lambda path: treecopy.SPACE_MARGIN
+    )  # the margin, not the tree
+    before = sorted(os.walk(lxcpath))
+    with pytest.raises(GpushellError) as caught:
+        migrate.move_student(reg, reg.users["alice"], NothingMade(lxcpath), print)
+    assert caught.value.user_message.startswith("not enough disk space for moving alice: needs ")
+    assert sorted(os.walk(lxcpath)) == before and backend.calls == []  # still running, untouched

@@ -8,6 +8,7 @@ import pytest
 
 from gpushell.containers import btrfs, storage
 from gpushell.containers.dirstorage import DirStorage
+from gpushell.core.errors import GpushellError
 from gpushell.core.registry import parse
 
 DATA = Path(__file__).parent.parent / "data"
@@ -108,3 +109,49 @@ def test_dir_storage_has_no_quota_and_removes_trees_without_following_links(tmp_
     assert copies.disk_used(str(tmp_path / "c")) is not None
     copies.remove(str(tmp_path / "c"))
     assert not (tmp_path / "c").exists() and (outside / "keep").read_text() == "host file"
+
+
+def recorded_btrfs(monkeypatch, calls: list[tuple[str, ...]], copy=None) -> btrfs.BtrfsStorage:
+    """A BtrfsStorage whose `btrfs` calls are recorded (subvolume create makes a plain directory)."""
+
+    def fake(*args: str, check: bool = True, timeout: float = 300.0) -> str:
+        calls.append(args)
+        if args[:2] == ("subvolume", "create"):
+            Path(args[-1]).mkdir()
+        return ""
+
+    monkeypatch.setattr(btrfs, "btrfs", fake)
+    monkeypatch.setattr(btrfs.treecopy, "copy_tree", copy or (lambda source, target, target_made: None))
+    monkeypatch.setattr(btrfs.BtrfsStorage, "_inherit", lambda self, target: [])
+    return btrfs.BtrfsStorage("/nonexistent")
+
+
+@pytest.mark.parametrize("readonly", [True, False])
+def test_a_tree_made_a_subvolume_is_read_only_when_asked_once_full(tmp_path, monkeypatch, readonly):
+    calls: list[tuple[str, ...]] = []
+    target = str(tmp_path / "rootfs")
+    recorded_btrfs(monkeypatch, calls).tree_to_subvolume(str(tmp_path), target, "a snapshot", readonly)
+    made = [("subvolume", "create", target)]
+    assert calls == made + ([("property", "set", "-ts", target, "ro", "true")] if readonly else [])
+
+
+def test_a_failed_copy_into_a_subvolume_leaves_nothing_and_is_never_made_read_only(tmp_path, monkeypatch):
+    def full(source: str, target: str, target_made: bool) -> None:
+        raise OSError(28, "No space left on device")
+
+    calls: list[tuple[str, ...]] = []
+    store = recorded_btrfs(monkeypatch, calls, full)
+    with pytest.raises(GpushellError, match="not enough disk space for a snapshot"):
+        store.tree_to_subvolume(str(tmp_path), str(tmp_path / "rootfs"), "a snapshot", readonly=True)
+    assert not (tmp_path / "rootfs").exists()
+    assert not any(call[0] == "property" for call in calls)
+
+
+def test_btrfs_asks_room_only_for_a_copy_that_takes_it(tmp_path, monkeypatch):
+    asked: list[str] = []
+    monkeypatch.setattr(btrfs.treecopy, "free_bytes", lambda path: 0)
+    store = btrfs.BtrfsStorage(str(tmp_path))
+    store.check_space(str(tmp_path), lambda: asked.append("size") or 1, "a snapshot")  # type: ignore[func-returns-value]
+    assert asked == []  # a snapshot takes no room when made: its size is never even walked
+    with pytest.raises(GpushellError, match="not enough disk space for moving ann: needs"):
+        store.check_space(str(tmp_path), lambda: 2**30, "moving ann", copied=True)

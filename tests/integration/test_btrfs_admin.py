@@ -12,6 +12,7 @@ lab's pool file (and no other) and removes the file, even after a failure.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import time
 from collections.abc import Iterator
@@ -190,12 +191,19 @@ def test_migrate_moves_a_running_dir_lab_one_student_at_a_time(pool_lab: PoolLab
     alice_dir = os.path.join(pool_lab.lxcpath, alice.container)
     assert is_subvolume(alice_dir) and is_subvolume(os.path.join(alice_dir, "rootfs"))
     assert is_subvolume(snapshot)
-    assert "ro=true" in sh(["btrfs", "property", "get", "-ts", snapshot, "ro"]).stdout
+    # Read-only, as every snapshot made on btrfs is: not even root writes into it.
+    assert sh(["btrfs", "property", "get", "-ts", snapshot, "ro"]).stdout.strip() == "ro=true"
+    with pytest.raises(OSError) as refused:
+        open(os.path.join(snapshot, "root", "planted"), "w").close()
+    assert refused.value.errno == errno.EROFS
     wait_running(pool_lab, alice)
     assert pool_lab.init_pid(alice) != alice_pid  # stopped for its copy, started again
     assert pool_lab.init_pid(bob) == bob_pid  # never stopped for alice's
     assert not is_subvolume(os.path.join(pool_lab.lxcpath, bob.container))
 
+    # As a run killed between making bob's subvolume and renaming it leaves one: the next run removes it.
+    stray = os.path.join(pool_lab.lxcpath, f".{bob.container}.new-0123456789ab")
+    sh(["btrfs", "subvolume", "create", stray])
     second = pool_lab.admin("storage", "migrate")
     assert f"{alice.name}: already moved" in second.stdout and f"moved {bob.name}" in second.stdout
     assert "every student has moved: the registry says storage: btrfs" in second.stdout
@@ -203,7 +211,12 @@ def test_migrate_moves_a_running_dir_lab_one_student_at_a_time(pool_lab: PoolLab
     for student in (alice, bob):
         wait_running(pool_lab, student)
         assert attach(pool_lab, student, "cat", "/root/mark").strip() == student.name
-    assert [entry for entry in os.listdir(pool_lab.lxcpath) if "migrat" in entry or "dir-old" in entry] == []
+    left = [
+        entry
+        for entry in os.listdir(pool_lab.lxcpath)
+        if any(w in entry for w in ("migrat", "-old", ".new-"))
+    ]
+    assert left == []
 
     doctor = pool_lab.admin("doctor", check=False).stdout.splitlines()
     assert f"ok: pool {pool_lab.pool_file} is mounted at {pool_lab.lxcpath}" in doctor
