@@ -259,7 +259,8 @@ class BtrfsStorage(Storage):
             run(["cp", "-a", "--reflink=auto", "-T", template_root, target], timeout=900)
         else:
             self._snapshot(template_root, target, "your new container", readonly=False)
-        self.settle_counts()
+        # Waited for: the new container has not run yet, so the limit holds from its first start.
+        self.settle_counts(wait=True)
 
     def snapshot(self, live: str, target: str, what: str) -> None:
         self._snapshot(live, target, what, readonly=True)  # the caller settles the counts, unfrozen
@@ -375,23 +376,34 @@ class BtrfsStorage(Storage):
     def _groups(self, path: str) -> dict[str, Qgroup]:
         return parse_qgroups(btrfs("qgroup", "show", "-pcre", "--raw", path, check=False))
 
-    def settle_counts(self) -> None:
-        """Rescan when a snapshot into a quota group left the counts inconsistent.
+    def settle_counts(self, wait: bool = False) -> None:
+        """Start a rescan when a snapshot into a quota group left the counts inconsistent.
 
-        Until then the kernel counts nothing, so no limit holds.  The kernel
-        (6.x) marks them so after a snapshot from outside the group (the
-        template) and, as seen here, after some from inside it too; when it
-        does not, this costs one `qgroup show`.
+        Until a rescan ends the kernel counts nothing, so no limit holds.
+        The kernel (6.x) marks them so after a snapshot from outside the
+        group (the template) and after one from inside it whose group shares
+        blocks (with the template, always); when it does not, this costs one
+        `qgroup show`.  The rescan walks the whole pool (seconds for a few
+        GB, more for a big lab); where the container runs meanwhile, waiting
+        would shorten no window, so only a caller whose container has not
+        run yet, or that reads the counts next, waits (wait).
         """
         shown = run(["btrfs", "qgroup", "show", "--raw", self.lxcpath], check=False, max_output=LARGE_OUTPUT)
         if "inconsistent" in shown.stderr:
-            self._rescan()
+            self._rescan(wait)
+        elif wait:  # one started earlier may still run
+            run(["btrfs", "quota", "rescan", "-W", self.lxcpath], check=False, timeout=RESCAN_TIMEOUT)
 
-    def _rescan(self) -> None:
-        """Bring the quota counts back in line and wait for it (one already running is waited for)."""
-        result = run(["btrfs", "quota", "rescan", "-w", self.lxcpath], check=False, timeout=RESCAN_TIMEOUT)
-        if result.returncode != 0:
+    def _rescan(self, wait: bool) -> None:
+        """Start a rescan (and wait for it when asked).
+
+        One already running began before this snapshot, and its end leaves
+        the counts inconsistent still: wait for it, then start one again.
+        """
+        rescan = ["btrfs", "quota", "rescan", *(["-w"] if wait else []), self.lxcpath]
+        if run(rescan, check=False, timeout=RESCAN_TIMEOUT).returncode != 0:
             btrfs("quota", "rescan", "-W", self.lxcpath, timeout=RESCAN_TIMEOUT)
+            btrfs(*rescan[1:], timeout=RESCAN_TIMEOUT)
 
     def disk_used(self, directory: str) -> int | None:
         """The container's exclusive bytes: its rootfs and snapshots, less what the template shares."""

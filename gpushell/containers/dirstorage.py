@@ -90,8 +90,9 @@ class Storage:
         """
         treecopy.check_space(directory, size(), what)
 
-    def settle_counts(self) -> None:
-        """Bring the storage's use counts up to date after snapshots (held back by snapshot())."""
+    def settle_counts(self, wait: bool = False) -> None:
+        """Bring the storage's use counts up to date after snapshots (held back by snapshot());
+        wait: until they are, for a caller that reads them next."""
 
     def set_quota(self, directory: str, limit: int) -> None:
         """Hold the container in directory (its rootfs and snapshots together) to limit bytes."""

@@ -10,6 +10,7 @@ from gpushell.containers import btrfs, storage
 from gpushell.containers.dirstorage import DirStorage
 from gpushell.core.errors import GpushellError
 from gpushell.core.registry import parse
+from gpushell.system.runner import Result
 
 DATA = Path(__file__).parent.parent / "data"
 
@@ -155,3 +156,47 @@ def test_btrfs_asks_room_only_for_a_copy_that_takes_it(tmp_path, monkeypatch):
     assert asked == []  # a snapshot takes no room when made: its size is never even walked
     with pytest.raises(GpushellError, match="not enough disk space for moving ann: needs"):
         store.check_space(str(tmp_path), lambda: 2**30, "moving ann", copied=True)
+
+
+def rescans_run(monkeypatch, stderr: str, busy: bool = False) -> list[list[str]]:
+    """The `btrfs quota rescan` calls settle_counts makes (through run and btrfs), in order."""
+    calls: list[list[str]] = []
+
+    def fake_run(argv: list[str], check: bool = True, **_: object) -> Result:
+        calls.append(argv)
+        if argv[1:3] == ["qgroup", "show"]:
+            return Result(0, "", stderr)
+        return Result(1 if busy and len(calls) == 2 else 0, "", "")
+
+    monkeypatch.setattr(btrfs, "run", fake_run)
+    monkeypatch.setattr(btrfs, "btrfs", lambda *args, **_: calls.append(["btrfs", *args]) or "")
+    return calls
+
+
+INCONSISTENT = "WARNING: qgroup data inconsistent, rescan recommended\n"
+
+
+@pytest.mark.parametrize("wait", [False, True])
+def test_inconsistent_counts_start_a_rescan_waited_for_only_when_asked(monkeypatch, wait):
+    calls = rescans_run(monkeypatch, INCONSISTENT)
+    btrfs.BtrfsStorage("/pool").settle_counts(wait=wait)
+    assert calls[1:] == [["btrfs", "quota", "rescan", *(["-w"] if wait else []), "/pool"]]
+
+
+def test_a_rescan_already_running_is_waited_for_then_started_again(monkeypatch):
+    calls = rescans_run(monkeypatch, INCONSISTENT, busy=True)
+    btrfs.BtrfsStorage("/pool").settle_counts()
+    assert calls[1:] == [
+        ["btrfs", "quota", "rescan", "/pool"],
+        ["btrfs", "quota", "rescan", "-W", "/pool"],
+        ["btrfs", "quota", "rescan", "/pool"],
+    ]
+
+
+def test_consistent_counts_start_nothing_and_a_reader_waits_for_a_running_rescan(monkeypatch):
+    calls = rescans_run(monkeypatch, "")
+    btrfs.BtrfsStorage("/pool").settle_counts()
+    assert calls == [["btrfs", "qgroup", "show", "--raw", "/pool"]]
+    calls.clear()
+    btrfs.BtrfsStorage("/pool").settle_counts(wait=True)
+    assert calls[1:] == [["btrfs", "quota", "rescan", "-W", "/pool"]]
