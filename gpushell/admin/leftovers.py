@@ -19,9 +19,9 @@ import json
 import os
 import pwd
 import re
-import shutil
 import stat
 
+from ..containers import storage
 from ..core.errors import GpushellError
 from ..core.model import Registry
 from ..core.paths import Paths
@@ -248,7 +248,9 @@ def remove(leftover: Leftover, reg: Registry, paths: Paths) -> None:
         if os.path.dirname(path) != os.path.normpath(reg.lxcpath):
             raise GpushellError(f"refusing to delete {path}: not directly in {reg.lxcpath}")
         if leftover.action == RMTREE:
-            shutil.rmtree(path)  # lstat said dir: never a link; rmtree does not follow links inside
+            # lstat said dir: never a link; nor does removal follow one inside.  Through the
+            # storage: on btrfs an interrupted add leaves subvolumes there.
+            storage.for_registry(reg).remove(path)
         else:
             os.unlink(path)
     elif leftover.action == USERDEL:

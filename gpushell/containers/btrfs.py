@@ -213,7 +213,8 @@ class BtrfsStorage(Storage):
 
     def new_container_dir(self, lxcpath: str, prefix: str) -> str:
         check_lxcpath(lxcpath)
-        directory = os.path.join(lxcpath, f"{prefix}{os.urandom(6).hex()}")
+        # Eight characters after the prefix, as mkdtemp's: leftovers knows an interrupted add's by them.
+        directory = os.path.join(lxcpath, f"{prefix}{os.urandom(4).hex()}")
         btrfs("subvolume", "create", directory)
         os.chmod(directory, 0o700)
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
 
 import pytest
 
@@ -283,3 +284,15 @@ def test_port_owner() -> None:
     assert editing.port_owner(REG, "alice", 22002) == "bob"
     assert editing.port_owner(REG, "alice", 22001) is None
     assert editing.port_owner(REG, "alice", None) is None
+
+
+def test_an_interrupted_btrfs_add_leaves_a_name_leftovers_knows(tmp_path, monkeypatch) -> None:
+    from gpushell.containers import btrfs
+
+    made: list[str] = []
+    monkeypatch.setattr(btrfs, "check_lxcpath", lambda path: None)
+    monkeypatch.setattr(btrfs, "btrfs", lambda *args, **_: made.append(os.path.basename(args[-1])) or "")
+    monkeypatch.setattr(btrfs.BtrfsStorage, "_ensure_group", lambda self, directory: "1/256")
+    monkeypatch.setattr(btrfs.os, "chmod", lambda path, mode: None)
+    btrfs.BtrfsStorage(str(tmp_path)).new_container_dir(str(tmp_path), ".carol-")
+    assert len(made) == 1 and leftovers.STAGING.fullmatch(made[0]) is not None
