@@ -294,12 +294,21 @@ def host_accounts(names: Iterable[str], group: str) -> dict[str, Account | None]
 
 
 def container_configs(reg: Registry) -> dict[str, str | None]:
-    """Each student's container config text; None where there is no container."""
+    """Each student's container config text; None where there is no container.
+
+    The config and the seccomp profile beside it are one: where the profile
+    is missing or not gpushell's current one, the config counts as "" too.
+    """
     configs: dict[str, str | None] = {}
+    profile = lxcconfig.seccomp_profile()
     for user in reg.users.values():
-        if os.path.isdir(backend_for(reg).directory(user.container)):
+        directory = backend_for(reg).directory(user.container)
+        if os.path.isdir(directory):
             # A container without a config is broken: "" makes apply write one.
-            configs[user.container] = read_text_or_none(config_path(reg, user.container)) or ""
+            text = read_text_or_none(config_path(reg, user.container)) or ""
+            if read_text_or_none(os.path.join(directory, lxcconfig.SECCOMP_FILE)) != profile:
+                text = ""
+            configs[user.container] = text
         else:
             configs[user.container] = None
     return configs
@@ -385,6 +394,8 @@ def execute_change(change: Change, reg: Registry, paths: Paths) -> None:
         for user in reg.users.values():
             if user.container == change.subject:
                 provision.student_ids(user)  # root's subordinate ids for the student's own
+        # The profile first: the config names it, and LXC refuses to start without it.
+        provision.write_seccomp_profile(backend_for(reg).directory(change.subject))
         write_atomically(config_path(reg, change.subject), change.config, 0o644)
     elif change.kind == ACCOUNT:
         run(["usermod", "--shell", paths.shell, "--append", "--groups", paths.group, change.subject])

@@ -16,6 +16,7 @@ from ..core.errors import GpushellError
 from ..core.model import Registry, User
 from ..gpu import gpudevices
 from ..system import accounts, rootfs
+from ..system.files import write_atomically
 from ..system.runner import run
 from . import cgroups, lxcconfig, storage, template
 
@@ -57,6 +58,7 @@ def create(reg: Registry, user: User, keys: str) -> str:
                 reg, user, final_root, apparmor_profile(), nodes, ids, cgroups.layout()
             )
             config.write(text)
+        write_seccomp_profile(staging)
         # Which template it was copied from, for `gpushell-admin template list`.
         with open(os.path.join(staging, ORIGIN_FILE), "w", encoding="utf-8") as origin_file:
             origin_file.write(f"{reg.template}\n")
@@ -65,6 +67,11 @@ def create(reg: Registry, user: User, keys: str) -> str:
         store.remove(staging, ignore_errors=True)
         raise
     return directory
+
+
+def write_seccomp_profile(directory: str) -> None:
+    """The seccomp profile its config names (lxcconfig.seccomp_profile), in the container's directory."""
+    write_atomically(os.path.join(directory, lxcconfig.SECCOMP_FILE), lxcconfig.seccomp_profile(), 0o644)
 
 
 def student_ids(user: User) -> tuple[int, int] | None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 
 import pytest
 
 from gpushell.admin import apply
 from gpushell.admin.apply import Account, HostState
+from gpushell.containers import lxcconfig
 from gpushell.core.forward import NatTable, jump_rule, user_rule
+from gpushell.core.model import Registry
 from gpushell.core.paths import Paths
 from gpushell.core.registry import parse
 from tests.fakes import FakeBackend
@@ -258,3 +261,32 @@ def test_the_chain_rebuild_holds_the_forward_lock_and_reuses_a_current_table(tmp
     ((lines, held),) = applied
     assert held  # no login's fix of its own forward interleaves with the rebuild
     assert lines[0] == "-F GPUSHELL" and len(lines) == 3  # flush, then alice's and bob's rules
+
+
+def lab_in(lxcpath: pathlib.Path) -> Registry:
+    text = f"chain: GPUSHELL\nlxcpath: {lxcpath}\nusers:\n  alice:\n    port: 22001\n    ip: 10.0.3.2\n"
+    return parse(text + "    idmap: 1000000\n", "/etc/gpushell.yaml")
+
+
+def test_a_missing_or_stale_seccomp_profile_makes_the_config_count_as_stale(tmp_path: pathlib.Path) -> None:
+    reg = lab_in(tmp_path)
+    directory = tmp_path / "alice"
+    directory.mkdir()
+    (directory / "config").write_text("the config\n")
+    assert apply.container_configs(reg) == {"alice": ""}  # no profile: apply writes both
+    (directory / "seccomp").write_text("2\ndenylist\n")
+    assert apply.container_configs(reg) == {"alice": ""}  # an older profile: the same
+    (directory / "seccomp").write_text(lxcconfig.seccomp_profile())
+    assert apply.container_configs(reg) == {"alice": "the config\n"}
+
+
+def test_a_config_change_writes_the_profile_it_names(tmp_path: pathlib.Path) -> None:
+    reg = lab_in(tmp_path)
+    (tmp_path / "alice").mkdir()
+    config = apply.wanted_config(reg, reg.users["alice"], "generated")
+    apply.execute_change(apply.Change(apply.CONFIG, "alice", "regenerate", config), reg, PATHS)
+    profile = tmp_path / "alice" / "seccomp"
+    assert f"lxc.seccomp.profile = {profile}\n" in (tmp_path / "alice" / "config").read_text()
+    assert profile.read_text() == lxcconfig.seccomp_profile()
+    assert profile.stat().st_mode & 0o7777 == 0o644 and profile.stat().st_uid == os.getuid()
+    assert apply.container_configs(reg) == {"alice": config}

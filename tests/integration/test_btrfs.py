@@ -211,3 +211,83 @@ def test_a_snapshot_while_root_plants_links_holds_only_the_containers_files(
         assert canary.read_text() == "host canary\n"
     finally:
         blab.admin("remove", victim.name, "--purge", check=False)
+
+
+# Container root's way out of the quota: a subvolume (or snapshot) of its own inside its
+# rootfs, which is in no quota group of gpushell's.  Each of the four btrfs ioctls that
+# make one, through syscall(2) with the ioctl's number as is and with bit 32 set: the
+# kernel takes the cmd as a 32-bit int and drops it, seccomp sees all 64 bits.
+# ARGV: the directory to make them in, a subvolume to snapshot.
+SUBVOLUME_ESCAPES = r"""
+use strict;
+use Fcntl;
+sysopen(my $dir, $ARGV[0], O_RDONLY | O_DIRECTORY) or die "open $ARGV[0]: $!";
+sysopen(my $src, $ARGV[1], O_RDONLY | O_DIRECTORY) or die "open $ARGV[1]: $!";
+my $from = fileno($src);
+my @calls = (
+    ["snap", 0x50009401, sub { pack("q a4088", $from, $_[0]) }],
+    ["subvol", 0x5000940e, sub { pack("q a4088", 0, $_[0]) }],
+    ["snap-v2", 0x50009417, sub { pack("q Q Q a32 a4040", $from, 0, 0, "", $_[0]) }],
+    ["subvol-v2", 0x50009418, sub { pack("q Q Q a32 a4040", 0, 0, 0, "", $_[0]) }],
+);
+for my $call (@calls) {
+    my ($name, $number, $args) = @$call;
+    for my $high (0, 1) {
+        my $buffer = $args->("escape-$name-$high");
+        my $made = syscall(16, fileno($dir), $number | ($high << 32), $buffer);  # 16: ioctl on x86_64
+        print "$name $high: ", ($made == -1 ? "$!" : "made"), "\n";
+    }
+}
+# No btrfs ioctl: SUBVOL_CREATE's number with two more bits of the size field.  Refused if
+# the profile's value and mask were read the wrong way round (mask 0x5000940e: every
+# number holding all its bits matches); the kernel's ENOTTY proves the cmd is compared whole.
+my $buffer = pack("q a4088", 0, "escape-near-miss");
+syscall(16, fileno($dir), 0x50a0940e, $buffer) == -1 or die "near miss made something";
+print "near-miss: $!\n";
+"""
+ESCAPE_CALLS = [f"{name} {high}" for name in ("snap", "subvol", "snap-v2", "subvol-v2") for high in (0, 1)]
+NEAR_MISS = "near-miss: Inappropriate ioctl for device"  # the kernel's ENOTTY: it got there
+
+
+def test_container_root_cannot_make_a_subvolume_out_of_its_quota(blab: BtrfsLab, bstudent: Student) -> None:
+    if os.uname().machine != "x86_64":
+        pytest.skip("the script calls ioctl by its x86_64 system call number")
+    # Unfiltered, the script makes all eight, and needs no privilege: nobody in a subvolume of its own.
+    control = Path(blab.lxcpath) / ".seccomp-control"
+    sh(["btrfs", "subvolume", "create", str(control)])
+    try:
+        os.chown(control, 65534, 65534)
+        made = sh(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+             "perl", "-", str(control), str(control)],
+            input=SUBVOLUME_ESCAPES,
+        )  # fmt: skip
+        expected = [*(f"{call}: made" for call in ESCAPE_CALLS), NEAR_MISS]
+        assert made.stdout.splitlines() == expected, made.stdout + made.stderr
+    finally:
+        for name in os.listdir(control):
+            sh(["btrfs", "subvolume", "delete", str(control / name)], check=False)
+        sh(["btrfs", "subvolume", "delete", str(control)])
+
+    started(blab, bstudent)
+    init_status = Path(f"/proc/{blab.init_pid(bstudent)}/status").read_text()
+    assert "\nSeccomp:\t2\n" in init_status  # LXC loaded the container's profile
+    before = subvolume_paths(blab)
+    refused = [*(f"{call}: Operation not permitted" for call in ESCAPE_CALLS), NEAR_MISS]
+    # As the student over ssh into the container (a child of its init), root by sudo ...
+    inside = blab.ssh(bstudent, "sudo -n perl - /root /", port=bstudent.port, command_input=SUBVOLUME_ESCAPES)
+    assert inside.stdout.splitlines() == refused, inside.stdout + inside.stderr
+    # ... and as root attached from the host.
+    attached = sh(
+        ["lxc-attach", "-P", blab.lxcpath, "-n", bstudent.container, "--clear-env", "--",
+         "perl", "-", f"/home/{bstudent.name}", "/"],
+        check=False, input=SUBVOLUME_ESCAPES,
+    )  # fmt: skip
+    assert attached.stdout.splitlines() == refused, attached.stdout + attached.stderr
+    assert subvolume_paths(blab) == before
+    rootfs = Path(blab.lxcpath) / bstudent.container / "rootfs"
+    for directory in (rootfs / "root", rootfs / "home" / bstudent.name):
+        assert not [path for path in directory.iterdir() if path.name.startswith("escape-")]
+    # Other ioctls still work inside (lsattr's FS_IOC_GETFLAGS): the profile names those four only.
+    flags = attach(blab, bstudent, "lsattr -d /root >/dev/null && echo ok")
+    assert flags.stdout == "ok\n", flags.stdout + flags.stderr
