@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 
 import pytest
 
@@ -173,3 +174,43 @@ def test_cgroup_frozen_reads_the_v1_freezer(tmp_path, monkeypatch):
     for text, frozen in (("FROZEN\n", True), ("FREEZING\n", False), ("THAWED\n", False)):
         (freezer / "freezer.state").write_text(text)
         assert lxc.cgroup_frozen(1234) is frozen
+
+
+def test_ask_freezer_writes_the_v1_freezer_of_the_containers_level(tmp_path, monkeypatch):
+    from gpushell.containers import cgroups
+
+    freezer = tmp_path / "freezer" / "lxc.payload.c"
+    freezer.mkdir(parents=True)
+    (freezer / "freezer.state").write_text("THAWED\n")
+    monkeypatch.setattr(cgroups, "controller_dir", lambda pid, controller: str(freezer))
+    assert lxc.ask_freezer(1234) is True
+    assert (freezer / "freezer.state").read_text() == "FROZEN"
+
+
+def test_ask_freezer_on_v2_writes_cgroup_freeze_and_reads_events(tmp_path, monkeypatch):
+    from gpushell.containers import cgroups
+
+    level = tmp_path / "lxc.payload.c"
+    (level / "nested").mkdir(parents=True)  # a cgroup the container made below its own
+    (level / "cgroup.freeze").write_text("0\n")
+    (level / "cgroup.events").write_text("populated 1\nfrozen 0\n")
+    monkeypatch.setattr(cgroups, "controller_dir", lambda pid, controller: None)
+    monkeypatch.setattr(cgroups, "ROOT", str(tmp_path))
+
+    def read(path: str) -> str:  # the init's own cgroup file, and the real ones under tmp_path
+        return "0::/lxc.payload.c/nested\n" if path.startswith("/proc/") else pathlib.Path(path).read_text()
+
+    monkeypatch.setattr(lxc, "_read_small", read)
+    assert lxc.ask_freezer(1234) is True
+    assert (level / "cgroup.freeze").read_text() == "1"
+    assert lxc.cgroup_frozen(1234) is False
+    (level / "cgroup.events").write_text("populated 1\nfrozen 1\n")
+    assert lxc.cgroup_frozen(1234) is True
+
+
+def test_ask_freezer_is_false_where_the_freezer_is_unknown(monkeypatch):
+    from gpushell.containers import cgroups
+
+    monkeypatch.setattr(cgroups, "controller_dir", lambda pid, controller: None)
+    monkeypatch.setattr(lxc, "_read_small", lambda path: "")
+    assert lxc.ask_freezer(1234) is False
