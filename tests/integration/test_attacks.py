@@ -652,7 +652,7 @@ def test_odd_locale_from_the_client_changes_nothing(
     state = lab.state(attacker).lower()
     first, using = good.stdout.split("\n", 1)
     assert first == f"Container {attacker.container}: {state}, IP {attacker.ip}, port {attacker.port}"
-    assert re.fullmatch(r"Using: +disk \d+\.\d\d GiB\n", using), using  # stopped: disk only
+    assert re.fullmatch(r"Using: +disk \d+\.\d\d GiB \(no quota\)\n", using), using  # stopped: disk only
     bad = lab.ssh(attacker, "--", "status\udcff;id", options=options)
     assert bad.returncode == 2
     one_gpushell_line(bad.stderr)

@@ -109,7 +109,7 @@ def test_remote_actions_change_the_real_container(lab: Lab, student: Student) ->
     # against the default limits (8 GiB, 4 CPUs, 4096 processes)
     pattern = (
         r"Using: +CPU time \d+\.\d s \(at most 4 CPUs\), memory [1-9]\d* MiB of 8 GiB, "
-        r"processes [1-9]\d* of 4096, disk 0\.[1-9]\d GiB\n"
+        r"processes [1-9]\d* of 4096, disk 0\.[1-9]\d GiB \(no quota\)\n"
     )
     assert re.fullmatch(pattern, using), using
 
