@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
+import io
 import ipaddress
 import os
 import pwd
@@ -22,13 +23,17 @@ import socket
 import statistics
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from gpushell.containers import snapshots, storage
+from gpushell.containers.factory import backend_for
 from gpushell.core import forward, registry
 from gpushell.system import iptables
+from tests.integration.btrfs_pool import btrfs_pool
 from tests.integration.lab import Lab, Student, sh
 
 REPEAT = int(os.environ.get("BENCH_REPEAT", "21"))  # --repeat sets it
@@ -342,6 +347,161 @@ def measure_add(lab: Lab, lxcpath: str, where: str, tag: str, goal: str) -> list
     return names
 
 
+DATA_FILES, DATA_FILE_SIZE = 20_000, 100 * 1024  # 2 GB in 20 000 files
+
+
+class StorageModes:
+    """One lab, two storage kinds: the registry's lxcpath and `storage:` switched
+    between the lab's own directory (dir, on this VM's disk) and a btrfs pool."""
+
+    def __init__(self, lab: Lab, pool: str) -> None:
+        self.lab, self.pool = lab, pool
+        self.dir_text = lab.read_registry()
+
+    def use(self, kind: str) -> None:
+        text = self.lab.read_registry()
+        text = text.replace(f"lxcpath: {self.pool}\n", f"lxcpath: {self.lab.lxcpath}\n")
+        text = text.replace("storage: btrfs\n", "")
+        if kind == "btrfs":
+            text = text.replace(f"lxcpath: {self.lab.lxcpath}\n", f"lxcpath: {self.pool}\n")
+            text = text.replace("users:\n", "storage: btrfs\nusers:\n", 1)
+        self.lab.write_registry(text)
+
+    def registry(self) -> registry.Registry:
+        return registry.parse(self.lab.read_registry(), self.lab.registry)
+
+
+def fill(reg: registry.Registry, container: str) -> None:
+    """DATA_FILES files of DATA_FILE_SIZE bytes into the container's /srv, written inside by its root."""
+    block = os.urandom(DATA_FILE_SIZE)
+    with subprocess.Popen(backend_for(reg).attach(container, ["tar", "-x", "-C", "/srv"]),
+                          stdin=subprocess.PIPE) as tar:  # fmt: skip
+        assert tar.stdin is not None
+        with tarfile.open(fileobj=tar.stdin, mode="w|") as stream:
+            for number in range(DATA_FILES):
+                info = tarfile.TarInfo(f"data/{number // 1000}/{number}")
+                info.size = DATA_FILE_SIZE
+                # Each file its own bytes: no two share a block.
+                stream.addfile(info, io.BytesIO(number.to_bytes(8, "big") + block[8:]))
+        tar.stdin.close()
+        if tar.wait() != 0:
+            raise RuntimeError(f"filling {container} failed")
+
+
+def bench_storage(lab: Lab) -> None:
+    """btrfs storage against dir, each in the same run on the same lab: add, a new
+    container's disk, and snapshot and restore of a container holding 2 GB in
+    20 000 files (the storage's own work, called in-process as the helper does)."""
+    pool = f"{lab.root}/pool"
+    with btrfs_pool(pool, size="12G"):
+        modes = StorageModes(lab, pool)
+        made: dict[str, list[str]] = {"dir": [], "btrfs": []}
+        try:
+            modes.use("btrfs")
+            lab.admin("template", "build")
+            measure_storage(lab, modes, made)
+        finally:
+            for kind, names in made.items():
+                modes.use(kind)
+                for name in names:
+                    lab.admin("remove", name, "--purge", check=False)
+            lab.write_registry(modes.dir_text)
+
+
+def measure_storage(lab: Lab, modes: StorageModes, made: dict[str, list[str]]) -> None:
+    def adder(kind: str) -> Callable[[], object]:
+        def add() -> None:
+            modes.use(kind)
+            made[kind].append(f"{lab.prefix}{kind[0]}{len(made[kind])}")
+            lab.admin("add", made[kind][-1])
+
+        return add
+
+    def settle() -> None:
+        sh(["sync"])
+
+    def on_disk(work: Callable[[], object]) -> float:  # as in measure_add
+        return timed(lambda: (work(), sh(["sync"])))
+
+    cow, full = paired_samples(adder("btrfs"), adder("dir"), max(3, REPEAT // 6), settle, measure=on_disk)
+    report("5. gpushell-admin add, btrfs, until on disk", cow, "add on dir", full, ">= 20x faster",
+           lambda r: r <= 1 / 20, paired=True)  # fmt: skip
+    used = {kind: disk_of(modes, kind, made[kind][0]) for kind in ("btrfs", "dir")}
+    report("5. disk per student before writes, btrfs", [used["btrfs"]], "on dir", [used["dir"]], "<= 5 MB",
+           lambda r: used["btrfs"] <= 5, unit="MB")  # fmt: skip
+    students = {kind: modes.registry().users[made[kind][0]] for kind in ("btrfs", "dir")}
+    for kind, user in students.items():
+        modes.use(kind)
+        reg = modes.registry()
+        backend_for(reg).start(user.container)
+        fill(reg, user.container)
+
+    taken: dict[str, list[str]] = {"dir": [], "btrfs": []}
+
+    def snapshot(kind: str) -> Callable[[], object]:
+        def take() -> None:
+            modes.use(kind)
+            reg = modes.registry()
+            taken[kind].append(f"bench{len(taken[kind])}")
+            snapshots.create(reg, students[kind], backend_for(reg), taken[kind][-1])
+
+        return take
+
+    def only_the_newest() -> None:  # each side's newest stays, for the size and the restore
+        for kind, user in students.items():
+            modes.use(kind)
+            reg = modes.registry()
+            for name in taken[kind][:-1]:
+                if any(snap.name == name for snap in snapshots.list_snapshots(reg, user)):
+                    snapshots.delete(reg, user, name)
+        sh(["sync"])
+
+    count = max(3, REPEAT // 7)
+    cow, full = paired_samples(snapshot("btrfs"), snapshot("dir"), count, only_the_newest, measure=on_disk)
+    report("5. snapshot of a running container, 2 GB in 20 000 files, btrfs", cow, "on dir", full,
+           ">= 100x faster", lambda r: r <= 1 / 100, paired=True)  # fmt: skip
+    kept = {kind: snapshot_size(modes, kind, students[kind], taken[kind][-1]) for kind in ("btrfs", "dir")}
+    report("5. disk taken by a snapshot before the container changes, btrfs", [kept["btrfs"]], "on dir",
+           [kept["dir"]], "<= 1 MB", lambda r: kept["btrfs"] <= 1, unit="MB")  # fmt: skip
+
+    def restore(kind: str) -> Callable[[], object]:
+        def put_back() -> None:
+            modes.use(kind)
+            reg = modes.registry()
+            snapshots.restore(reg, students[kind], backend_for(reg), taken[kind][-1])
+
+        return put_back
+
+    for kind, user in students.items():  # the swap's stop and start are the container's, not storage's
+        modes.use(kind)
+        backend_for(modes.registry()).stop(user.container)
+    cow, full = paired_samples(restore("btrfs"), restore("dir"), count, settle, measure=on_disk)
+    report("5. restore of a stopped container, 2 GB in 20 000 files, btrfs", cow, "on dir", full,
+           ">= 100x faster", lambda r: r <= 1 / 100, paired=True)  # fmt: skip
+
+
+def disk_of(modes: StorageModes, kind: str, name: str) -> float:
+    """MB a student's new container takes: its quota group's exclusive bytes on btrfs, du on dir."""
+    modes.use(kind)
+    reg = modes.registry()
+    directory = os.path.join(reg.lxcpath, reg.users[name].container)
+    if kind == "btrfs":
+        store = storage.for_registry(reg)
+        store.settle_counts(wait=True)
+        return (store.disk_used(directory) or 0) / 2**20
+    return int(sh(["du", "-sb", directory]).stdout.split()[0]) / 2**20
+
+
+def snapshot_size(modes: StorageModes, kind: str, user: registry.User, name: str) -> float:
+    """MB the snapshot keeps alone (btrfs), or its recorded size (dir's full copy)."""
+    modes.use(kind)
+    reg = modes.registry()
+    if kind == "btrfs":
+        storage.for_registry(reg).settle_counts(wait=True)
+    sizes = {snap.name: snap.size for snap in snapshots.list_snapshots(reg, user, measured=True)}
+    return sizes[name] / 2**20
+
+
 def bench_memory(lab: Lab, student: Student) -> None:
     waiting: list[subprocess.Popen[bytes]] = []
     sizes = []
@@ -637,7 +797,7 @@ def send(ip: str) -> float:
     return TRANSFER / (time.perf_counter() - began) / 1e6
 
 
-FIGURES = ("login", "cold", "growth", "memory", "overhead", "crowd", "limits", "isolation", "add")
+FIGURES = ("login", "cold", "growth", "memory", "overhead", "crowd", "limits", "isolation", "add", "storage")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -699,7 +859,9 @@ def main(argv: list[str] | None = None) -> int:
         if "crowd" in args.only:
             bench_crowd(lab)  # adds and removes its own students
         if "add" in args.only:
-            bench_add(lab)  # last: its copies leave the disk busy writing back
+            bench_add(lab)  # its copies leave the disk busy writing back
+        if "storage" in args.only:
+            bench_storage(lab)  # last: 2 GB written, copied and copied back
     finally:
         lab.destroy()
     print(f"\n{len(ROWS)} figures in {time.monotonic() - began:.0f} s, repeat={REPEAT}; lab removed.")
