@@ -63,7 +63,12 @@ def test_a_new_container_has_the_finite_default_limits(lab: Lab, student: Studen
     assert cgroup_file(lab, student, "cpu", "cpu.cfs_quota_us") == "400000"
     assert cgroup_file(lab, student, "cpu", "cpu.cfs_period_us") == "100000"
     listed = {row["user"]: row for row in json.loads(lab.admin("list", "--json").stdout)["users"]}
-    assert listed[student.name]["limits"] == {"memory_bytes": 8 * GIB, "cpus": 4.0, "pids": 4096}
+    assert listed[student.name]["limits"] == {
+        "memory_bytes": 8 * GIB,
+        "cpus": 4.0,
+        "pids": 4096,
+        "disk_bytes": 50 * GIB,
+    }
 
 
 def test_set_changes_the_limits_at_the_next_start(lab: Lab, student: Student) -> None:
