@@ -14,7 +14,7 @@ import os
 import pwd
 from collections.abc import Callable, Iterable
 
-from ..containers import cgroups, lxcconfig, provision
+from ..containers import cgroups, confinement, lxcconfig
 from ..containers.backend import RUNNING, STOPPED, ContainerDriver
 from ..containers.factory import backend_for
 from ..core import chaincheck, forward
@@ -25,11 +25,11 @@ from ..core.paths import Paths
 from ..core.value import Value
 from ..gpu import gpudevices
 from ..helper import services
-from ..system import ifaddr, iptables, nftrun, pool
+from ..system import accounts, hostnet, ifaddr, iptables, nftrun, pool
 from ..system.files import read_text_or_none, write_atomically
 from ..system.lock import ADMIN_WAIT, admin_busy, locked
 from ..system.runner import run
-from . import hostinit, leftovers
+from . import leftovers
 from .leftovers import Leftover
 
 Report = Callable[[str], None]
@@ -356,7 +356,7 @@ def observe(reg: Registry, paths: Paths) -> HostState:
         configs=configs,
         accounts=host_accounts(reg.users, paths.group),
         states=container_states(backend_for(reg), configs),
-        apparmor_profile=provision.apparmor_profile(),
+        apparmor_profile=confinement.apparmor_profile(),
         gpu=gpudevices.read_host(reg.gpu_devices, reg.driver_root),
         student_ids=host_ids(reg),
         leftovers=tuple(leftovers.find(reg, paths, leftovers.scan(reg, paths))),
@@ -374,9 +374,9 @@ def _quiet(_: str) -> None:
 
 def execute_change(change: Change, reg: Registry, paths: Paths) -> None:
     if change.kind == BRIDGE:
-        hostinit.ensure_bridge(reg, _quiet)
+        hostnet.ensure_bridge(reg, _quiet)
     elif change.kind == FORWARDING:
-        hostinit.ensure_ip_forwarding(_quiet)
+        hostnet.ensure_ip_forwarding(_quiet)
     elif change.kind == FORWARDS:
         # The whole chain in one iptables-restore, under the forward lock (no
         # login's fix of its own forward interleaves); the jumps into the chain stay.
@@ -393,9 +393,9 @@ def execute_change(change: Change, reg: Registry, paths: Paths) -> None:
     elif change.kind == CONFIG:
         for user in reg.users.values():
             if user.container == change.subject:
-                provision.student_ids(user)  # root's subordinate ids for the student's own
+                accounts.student_ids(user)  # root's subordinate ids for the student's own
         # The profile first: the config names it, and LXC refuses to start without it.
-        provision.write_seccomp_profile(backend_for(reg).directory(change.subject))
+        confinement.write_seccomp_profile(backend_for(reg).directory(change.subject))
         write_atomically(config_path(reg, change.subject), change.config, 0o644)
     elif change.kind == ACCOUNT:
         run(["usermod", "--shell", paths.shell, "--append", "--groups", paths.group, change.subject])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..core.errors import ExitStatus, GpushellError
@@ -14,6 +13,7 @@ from ..system.lock import ADMIN_WAIT, admin_busy, locked
 from . import cli
 from .cli import Arg, Command, Options
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 

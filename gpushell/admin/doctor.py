@@ -13,7 +13,7 @@ import stat
 import time
 from collections.abc import Callable, Iterable
 
-from ..containers import btrfs, cgroups, provision
+from ..containers import btrfs, cgroups, confinement, provision
 from ..containers.factory import backend_for
 from ..core import chaincheck, dropins, isolation
 from ..core.errors import GpushellError
@@ -791,7 +791,7 @@ def gather(reg: Registry, paths: Paths) -> Facts:
         configs=apply.container_configs(reg),
         listeners=listeners(),
         accounts=accounts,
-        apparmor_profile=provision.apparmor_profile(),
+        apparmor_profile=confinement.apparmor_profile(),
         cgroup=cgroups.layout(),
         gpu=gpudevices.read_host(reg.gpu_devices, reg.driver_root),
         student_ids=apply.host_ids(reg),

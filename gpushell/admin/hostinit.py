@@ -10,7 +10,7 @@ from ..core import chaincheck, dropins, forward, isolation, registry, registry_e
 from ..core.errors import ExitStatus, GpushellError
 from ..core.model import Registry
 from ..core.paths import Paths
-from ..system import ifaddr, iptables, nftrun, pool, registry_store
+from ..system import hostnet, iptables, nftrun, pool, registry_store
 from ..system.accounts import covers_subid
 from ..system.files import write_atomically
 from ..system.runner import run
@@ -27,27 +27,6 @@ def ensure_registry(paths: Paths, report: Report) -> None:
     text = dropins.starter_registry(socket.getfqdn(), memory, os.cpu_count() or 1)
     if registry_store.create(paths, text):
         report(f"wrote a starter registry to {paths.registry}")
-
-
-def ensure_bridge(reg: Registry, report: Report) -> None:
-    if not os.path.exists(f"/sys/class/net/{reg.bridge}"):
-        run(["ip", "link", "add", reg.bridge, "type", "bridge"])
-        report(f"created bridge {reg.bridge}")
-    address = f"{reg.gateway}/{reg.subnet.prefixlen}"
-    if address not in ifaddr.ipv4_addresses(reg.bridge):
-        run(["ip", "addr", "add", address, "dev", reg.bridge])
-        report(f"gave {reg.bridge} the address {address}")
-    run(["ip", "link", "set", reg.bridge, "up"])
-
-
-def ensure_ip_forwarding(report: Report) -> None:
-    path = "/proc/sys/net/ipv4/ip_forward"
-    with open(path, encoding="ascii") as stream:
-        if stream.read().strip() == "1":
-            return
-    with open(path, "w", encoding="ascii") as stream:
-        stream.write("1\n")
-    report("turned on IPv4 forwarding")
 
 
 def ensure_forwards(reg: Registry, report: Report) -> None:
@@ -217,8 +196,8 @@ def init(paths: Paths, report: Report, storage: StorageRequest | None = None) ->
     reg = registry_store.load(paths)
     os.makedirs(paths.run_dir, mode=0o755, exist_ok=True)
     ensure_group(paths, report)
-    ensure_bridge(reg, report)
-    ensure_ip_forwarding(report)
+    hostnet.ensure_bridge(reg, report)
+    hostnet.ensure_ip_forwarding(report)
     ensure_forwards(reg, report)
     ensure_isolation(reg, report)
     ensure_subordinate_ids(reg, report)

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import grp
-import json
 import os
 import pwd
 import re
 import stat
 
-from ..containers import storage
 from ..core.errors import GpushellError
 from ..core.model import Registry
 from ..core.paths import Paths
@@ -51,10 +49,14 @@ class Journal(Value):
         self.account_existed, self.old_shell = account_existed, old_shell
 
     def dumps(self) -> str:
+        import json  # journals exist only while an add runs, or after one failed: rarely read
+
         return json.dumps({name: getattr(self, name) for name in self.__slots__}, sort_keys=True) + "\n"
 
 
 def parse_journal(text: str) -> Journal | None:
+    import json
+
     try:
         data = json.loads(text)
         journal = Journal(
@@ -250,6 +252,8 @@ def remove(leftover: Leftover, reg: Registry, paths: Paths) -> None:
         if leftover.action == RMTREE:
             # lstat said dir: never a link; nor does removal follow one inside.  Through the
             # storage: on btrfs an interrupted add leaves subvolumes there.
+            from ..containers import storage
+
             storage.for_registry(reg).remove(path)
         else:
             os.unlink(path)

@@ -9,16 +9,14 @@ the copy goes through rootfs.write_file, which never follows a link.
 from __future__ import annotations
 
 import os
-import pwd
 import tempfile
 
 from ..core.errors import GpushellError
 from ..core.model import Registry, User
 from ..gpu import gpudevices
 from ..system import accounts, rootfs
-from ..system.files import write_atomically
 from ..system.runner import run
-from . import cgroups, lxcconfig, storage, template
+from . import cgroups, confinement, lxcconfig, storage, template
 
 STUDENT_UID = lxcconfig.STUDENT_ID  # the student's uid inside their own container
 ORIGIN_FILE = "gpushell-template"  # in the container's directory, beside config and rootfs
@@ -26,11 +24,6 @@ ORIGIN_FILE = "gpushell-template"  # in the container's directory, beside config
 
 def container_dir(reg: Registry, name: str) -> str:
     return os.path.join(reg.lxcpath, name)
-
-
-def apparmor_profile() -> str:
-    # "generated" needs AppArmor in the kernel; without it LXC refuses to start.
-    return "generated" if os.path.isdir("/sys/kernel/security/apparmor") else "unconfined"
 
 
 def create(reg: Registry, user: User, keys: str) -> str:
@@ -53,12 +46,12 @@ def create(reg: Registry, user: User, keys: str) -> str:
         with open(os.path.join(staging, "config"), "w", encoding="utf-8") as config:
             host = gpudevices.read_host(reg.gpu_devices, reg.driver_root)
             nodes = gpudevices.select(host.nodes, user.gpus)
-            ids = student_ids(user)
+            ids = accounts.student_ids(user)
             text = lxcconfig.container_config(
-                reg, user, final_root, apparmor_profile(), nodes, ids, cgroups.layout()
+                reg, user, final_root, confinement.apparmor_profile(), nodes, ids, cgroups.layout()
             )
             config.write(text)
-        write_seccomp_profile(staging)
+        confinement.write_seccomp_profile(staging)
         # Which template it was copied from, for `gpushell-admin template list`.
         with open(os.path.join(staging, ORIGIN_FILE), "w", encoding="utf-8") as origin_file:
             origin_file.write(f"{reg.template}\n")
@@ -67,27 +60,6 @@ def create(reg: Registry, user: User, keys: str) -> str:
         store.remove(staging, ignore_errors=True)
         raise
     return directory
-
-
-def write_seccomp_profile(directory: str) -> None:
-    """The seccomp profile its config names (lxcconfig.seccomp_profile), in the container's directory."""
-    write_atomically(os.path.join(directory, lxcconfig.SECCOMP_FILE), lxcconfig.seccomp_profile(), 0o644)
-
-
-def student_ids(user: User) -> tuple[int, int] | None:
-    """The host account's uid and gid, for a user with mounts (see lxcconfig.id_map_lines).
-
-    Also gives root those two ids in /etc/subuid and /etc/subgid, which
-    LXC's newuidmap needs to map them.
-    """
-    if not user.mounts:
-        return None
-    try:
-        entry = pwd.getpwnam(user.name)
-    except KeyError:
-        return None
-    accounts.ensure_student_ids(entry.pw_uid, entry.pw_gid)
-    return entry.pw_uid, entry.pw_gid
 
 
 HOST_KEY_KINDS = ("ed25519", "ecdsa")  # what the template's sshd drop-in names (template.py)

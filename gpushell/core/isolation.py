@@ -50,8 +50,13 @@ def table_name(reg: Registry) -> str:
     return reg.chain.lower()
 
 
+def _numeric(address: str) -> tuple[int, ...]:
+    """Sort key of a dotted IPv4 address: numeric order, without an IPv4Address per student."""
+    return tuple(map(int, address.split(".")))
+
+
 def _students(reg: Registry) -> list[User]:
-    return sorted(reg.users.values(), key=lambda user: ipaddress.IPv4Address(user.address))
+    return sorted(reg.users.values(), key=lambda user: _numeric(user.address))
 
 
 def _set(name: str, kind: str, elements: list[str], flags: str = "") -> str:
@@ -74,7 +79,7 @@ def bridge_table(reg: Registry) -> str:
     students = _students(reg)
     ports = [f'"{host_interface(user.address)}"' for user in students]
     macs = [mac_address(user.address) for user in students]
-    ips = sorted([ipaddress.IPv4Address(user.address) for user in students] + [reg.gateway])
+    ips = sorted([*(user.address for user in students), str(reg.gateway)], key=_numeric)
     # Ethernet/IPv4 ARP only: with other sizes the sender and target fields lie elsewhere.
     arp = "arp htype 1 arp ptype ip arp hlen 6 arp plen 4"
     # To a student's port: its own IPv4 and ARP in one lookup each, the rest checked (to_student).
@@ -93,7 +98,7 @@ def bridge_table(reg: Registry) -> str:
         _set("ports", "ifname", ports),
         _set("port_mac_ip", "ifname . ether_addr . ipv4_addr", port_mac_ips),
         _set("macs", "ether_addr", macs),
-        _set("ips", "ipv4_addr", [str(ip) for ip in ips]),
+        _set("ips", "ipv4_addr", ips),
         _chain("prerouting", [
             # The bulk of it, a student's IPv4 from its own MAC and IP: one lookup.
             "iifname . ether saddr . ip saddr @port_mac_ip accept",

@@ -13,6 +13,10 @@ from . import rootfs
 from .files import write_atomically
 from .runner import run
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..core.model import User
+
 # Options (unquoted characters or whole "quoted strings", the two never
 # overlap, so matching stays linear on hostile input), then the key type
 # and its base64 blob, then an optional comment.
@@ -163,6 +167,22 @@ def install_host_keys(name: str, keys: str) -> None:
 
 def remove_account(name: str) -> None:
     run(["userdel", "--remove", name])
+
+
+def student_ids(user: User) -> tuple[int, int] | None:
+    """The host account's uid and gid, for a user with mounts (see lxcconfig.id_map_lines).
+
+    Also gives root those two ids in /etc/subuid and /etc/subgid, which
+    LXC's newuidmap needs to map them.
+    """
+    if not user.mounts:
+        return None
+    try:
+        entry = pwd.getpwnam(user.name)
+    except KeyError:
+        return None
+    ensure_student_ids(entry.pw_uid, entry.pw_gid)
+    return entry.pw_uid, entry.pw_gid
 
 
 def ensure_student_ids(uid: int, gid: int) -> bool:

@@ -1,0 +1,36 @@
+"""The host's side of the lab network: the bridge and IPv4 forwarding (init and apply)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from . import ifaddr
+from .runner import run
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..core.model import Registry
+
+Report = Callable[[str], None]
+
+
+def ensure_bridge(reg: Registry, report: Report) -> None:
+    if not os.path.exists(f"/sys/class/net/{reg.bridge}"):
+        run(["ip", "link", "add", reg.bridge, "type", "bridge"])
+        report(f"created bridge {reg.bridge}")
+    address = f"{reg.gateway}/{reg.subnet.prefixlen}"
+    if address not in ifaddr.ipv4_addresses(reg.bridge):
+        run(["ip", "addr", "add", address, "dev", reg.bridge])
+        report(f"gave {reg.bridge} the address {address}")
+    run(["ip", "link", "set", reg.bridge, "up"])
+
+
+def ensure_ip_forwarding(report: Report) -> None:
+    path = "/proc/sys/net/ipv4/ip_forward"
+    with open(path, encoding="ascii") as stream:
+        if stream.read().strip() == "1":
+            return
+    with open(path, "w", encoding="ascii") as stream:
+        stream.write("1\n")
+    report("turned on IPv4 forwarding")
