@@ -43,10 +43,48 @@ class Limits(Value):
 DEFAULT_LIMITS = Limits(memory=8 * 2**30, cpus=4.0, pids=4096, disk=50 * 2**30)
 
 
+class LoanLimits(Value):
+    """What one student may borrow: how many GPUs at a time (0: none), each for how long (seconds)."""
+
+    __slots__ = ("max_duration", "max_per_student")
+
+    def __init__(self, max_per_student: int, max_duration: int) -> None:
+        self.max_per_student, self.max_duration = max_per_student, max_duration
+
+
+class Lending(Value):
+    """The lab's GPU lending (the registry's `lending:`); a registry without one lends nothing.
+
+    gpus: "all" or the GPU numbers that may be lent (less, always, any GPU
+    fixed to a student); max_per_student and max_duration (seconds): each
+    student's allowance unless their entry has its own; idle_return: seconds
+    a lent GPU may sit without a process before it goes back (0: never);
+    notify_command: an argv run at warning time with the student's name,
+    the GPU and the loan's end (epoch seconds) appended; () when none.
+    """
+
+    __slots__ = ("gpus", "idle_return", "max_duration", "max_per_student", "notify_command")
+
+    def __init__(
+        self,
+        gpus: GpuSpec = "all",
+        max_per_student: int = 1,
+        max_duration: int = 86400,
+        idle_return: int = 7200,
+        notify_command: tuple[str, ...] = (),
+    ) -> None:
+        self.gpus, self.max_per_student, self.max_duration = gpus, max_per_student, max_duration
+        self.idle_return, self.notify_command = idle_return, notify_command
+
+    def limits_for(self, user: User) -> LoanLimits:
+        """The student's own allowance where their entry has one, else the lab's."""
+        return user.lending or LoanLimits(self.max_per_student, self.max_duration)
+
+
 class User(Value):
     __slots__ = (
-        "address", "autostart", "container", "gpus", "idmap", "limits", "mounts", "name", "port",
-        "snapshot_limit",
+        "address", "autostart", "container", "gpus", "idmap", "lending", "limits", "mounts", "name",
+        "port", "snapshot_limit",
     )  # fmt: skip
 
     def __init__(
@@ -61,9 +99,11 @@ class User(Value):
         autostart: bool = False,
         snapshot_limit: int = 3,
         limits: Limits = DEFAULT_LIMITS,
+        lending: LoanLimits | None = None,
     ) -> None:
         self.name, self.port, self.idmap = name, port, idmap
         self.limits = limits
+        self.lending = lending  # the student's own borrowing allowance; None: the lab's
         self.address = str(ip)  # the container's IPv4 address as dotted text
         self.container, self.gpus, self.mounts, self.autostart = container, gpus, mounts, autostart
         self.snapshot_limit = snapshot_limit  # how many snapshots the student may keep; 0: none
@@ -94,6 +134,7 @@ class Registry(Value):
         "idle_timeout",
         "idmap_size",
         "idmap_start",
+        "lending",
         "limits",
         "lxcpath",
         "masquerade",
@@ -138,6 +179,7 @@ class Registry(Value):
         egress_deny: tuple[str, ...] = (),
         storage: str = "dir",
         pool_file: str = "",
+        lending: Lending | None = None,
     ) -> None:
         self.path, self.hostname, self.bridge = path, hostname, bridge
         self.network = str(subnet)  # the bridge's subnet as text, `10.0.3.0/24`
@@ -157,6 +199,7 @@ class Registry(Value):
         # How containers' trees are kept: `dir` (plain copies) or `btrfs` (subvolumes, snapshots, quotas).
         self.storage = storage
         self.pool_file = pool_file  # a file holding the btrfs filesystem mounted at lxcpath; "" when none
+        self.lending = lending  # GPU lending; None: this lab lends no GPUs
 
     def __hash__(self) -> int:
         return hash((self.path, self.hostname))  # users is a dict

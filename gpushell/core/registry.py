@@ -13,16 +13,27 @@ import re
 
 import yaml
 
+from .durations import duration_text, parse_duration
 from .errors import ExitStatus, GpushellError
 from .menu import DISABLEABLE
-from .model import DEFAULT_LIMITS, GpuSpec, Limits, Mount, Registry, User
+from .model import DEFAULT_LIMITS, GpuSpec, Lending, Limits, LoanLimits, Mount, Registry, User
 
 TYPE_CHECKING = False  # `typing` (~3 ms) for mypy only
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-__all__ = ["GpuSpec", "Limits", "Mount", "Registry", "RegistryError", "User", "parse"]
+__all__ = [
+    "GpuSpec",
+    "Lending",
+    "Limits",
+    "LoanLimits",
+    "Mount",
+    "Registry",
+    "RegistryError",
+    "User",
+    "parse",
+]
 
 try:  # the C loader is several times faster, and this runs on every login
     _Loader: Any = yaml.CSafeLoader
@@ -74,10 +85,11 @@ SETTINGS_DEFAULTS: dict[str, Any] = {
     "egress_deny": [],
     "storage": "dir",
     "pool_file": "",
+    "lending": None,  # no lending: this lab lends no GPUs
     "users": {},
 }
 USER_KEYS = frozenset(
-    {"port", "ip", "idmap", "container", "gpus", "mounts", "autostart", "snapshot_limit", "limits"}
+    {"port", "ip", "idmap", "container", "gpus", "mounts", "autostart", "snapshot_limit", "limits", "lending"}
 )
 MAX_SNAPSHOTS = 100
 MOUNT_KEYS = frozenset({"source", "target", "mode"})
@@ -90,6 +102,11 @@ MIN_CPUS, MAX_CPUS = 0.01, 1024.0
 MIN_PIDS, MAX_PIDS = 32, 4194304
 MIN_DISK = 256 * 2**20  # a quota below the first boot's own writes only locks the student out
 STORAGE_KINDS = ("dir", "btrfs")
+LENDING_KEYS = frozenset({"gpus", "max_per_student", "max_duration", "idle_return", "notify_command"})
+USER_LENDING_KEYS = frozenset({"max_per_student", "max_duration"})
+MAX_GPUS = 1024  # GPU numbers are below it (_gpus)
+MIN_LOAN, MAX_LOAN = 60, 365 * 86400  # seconds: a loan's shortest and longest maximum
+MAX_NOTIFY_ARGS, MAX_NOTIFY_ARG = 32, 1024
 
 
 class _Parser:
@@ -297,6 +314,39 @@ def _gpus(value: Any) -> GpuSpec:
     raise ValueError(f"{value!r} must be all, none or a list of GPU numbers")
 
 
+def _lendable_gpus(value: Any) -> GpuSpec:
+    if value == "none" or value == []:
+        raise ValueError("lends no GPU: leave lending out to lend none")
+    return _gpus(value)
+
+
+def _loan_duration(low: int) -> Callable[[Any], int]:
+    """A duration from MIN_LOAN to MAX_LOAN; also 0 (never) when low is 0."""
+
+    def convert(value: Any) -> int:
+        seconds = parse_duration(value, never=low == 0)
+        if (seconds or low) and not MIN_LOAN <= seconds <= MAX_LOAN:
+            never = " (or 0: never)" if low == 0 else ""
+            span = f"{duration_text(MIN_LOAN)} and {duration_text(MAX_LOAN)}"
+            raise ValueError(f"{value!r} must be between {span}{never}")
+        return seconds
+
+    return convert
+
+
+def _notify_command(value: Any) -> tuple[str, ...]:
+    """An argv (a list, or a string split at blanks, no quoting): an absolute program, never a shell line."""
+    argv = value.split() if isinstance(value, str) else value
+    if not isinstance(argv, list) or not argv or not all(isinstance(arg, str) for arg in argv):
+        raise ValueError("must be a command: a list of words, or one line of words, starting with a program")
+    _absolute_path(argv[0])
+    if len(argv) > MAX_NOTIFY_ARGS or any(len(arg) > MAX_NOTIFY_ARG for arg in argv):
+        raise ValueError(f"is longer than {MAX_NOTIFY_ARGS} words of at most {MAX_NOTIFY_ARG} characters")
+    if any(not arg or not arg.isprintable() for arg in argv):
+        raise ValueError("has an empty word or one with a control character")
+    return tuple(argv)
+
+
 def parse(text: str, path: str) -> Registry:
     """Parse and validate registry text; raise RegistryError listing every problem."""
     try:
@@ -364,12 +414,14 @@ class _Validator:
             self.limits(nodes["limits"], "limits", DEFAULT_LIMITS) if "limits" in nodes else DEFAULT_LIMITS
         )
         mounts = self.mounts(nodes["mounts"], "mounts") if "mounts" in nodes else ()
+        lending = self.lending(nodes["lending"]) if "lending" in nodes else None
         defaults = Registry(
             path=p.path,
             idmap_start=idmap_start,
             idmap_size=idmap_size,
             mounts=mounts,
             limits=limits,
+            lending=lending,
             users={},
             **settings,
         )
@@ -399,6 +451,39 @@ class _Validator:
             for key in sorted(keys)
         }
         return defaults.replace(**given)
+
+    def lending(self, node: yaml.Node) -> Lending:
+        """The lab's `lending:` mapping; keys it leaves out keep Lending's defaults."""
+        keys = self.p.mapping(node, "lending", LENDING_KEYS)
+        default = Lending()
+        converters: dict[str, Callable[[Any], Any]] = {
+            "gpus": _lendable_gpus,
+            "max_per_student": _integer(1, MAX_GPUS),
+            "max_duration": _loan_duration(MIN_LOAN),
+            "idle_return": _loan_duration(0),
+            "notify_command": _notify_command,
+        }
+        given = {
+            key: self.p.typed(keys[key], f"lending.{key}", converters[key], getattr(default, key))
+            for key in sorted(keys)
+        }
+        return default.replace(**given)
+
+    def user_lending(self, node: yaml.Node, field: str, lab: Lending | None) -> LoanLimits | None:
+        """A student's own `lending:` (max_per_student, max_duration); what it leaves out is the lab's."""
+        keys = self.p.mapping(node, field, USER_LENDING_KEYS)
+        if lab is None:
+            self.p.problem(node, field, "this registry has no top-level lending: (no GPU is lent)")
+            return None
+        converters: dict[str, Callable[[Any], Any]] = {
+            "max_per_student": _integer(0, MAX_GPUS),  # 0: this student borrows none
+            "max_duration": _loan_duration(MIN_LOAN),
+        }
+        given = {
+            key: self.p.typed(keys[key], f"{field}.{key}", converters[key], getattr(lab, key))
+            for key in sorted(keys)
+        }
+        return LoanLimits(**{key: getattr(lab, key) for key in USER_LENDING_KEYS} | given)
 
     def mounts(self, node: yaml.Node, field: str) -> tuple[Mount, ...]:
         if not isinstance(node, yaml.SequenceNode):
@@ -498,9 +583,14 @@ class _Validator:
         limits = (
             self.limits(keys["limits"], f"{field}.limits", reg.limits) if "limits" in keys else reg.limits
         )
+        lending = (
+            self.user_lending(keys["lending"], f"{field}.lending", reg.lending) if "lending" in keys else None
+        )
         if len(p.problems) > before or port is None or ip is None or idmap is None:
             return None
-        return User(name, port, ip, idmap, container, gpus, mounts, autostart, snapshot_limit, limits)
+        return User(
+            name, port, ip, idmap, container, gpus, mounts, autostart, snapshot_limit, limits, lending
+        )
 
 
 def _reserved_addresses(reg: Registry) -> set[ipaddress.IPv4Address]:

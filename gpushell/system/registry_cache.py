@@ -20,14 +20,14 @@ import os
 
 from .. import __version__
 from ..core.errors import ExitStatus, GpushellError
-from ..core.model import Limits, Mount, Registry, User
+from ..core.model import Lending, Limits, LoanLimits, Mount, Registry, User
 from .files import write_atomically
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-FORMAT = 9
+FORMAT = 10
 Identity = tuple[int, int, int, int, int]
 
 
@@ -43,20 +43,36 @@ def _limits(limits: Limits) -> tuple[int, float, int, int]:
     return (limits.memory, limits.cpus, limits.pids, limits.disk)
 
 
+def _lending(lending: Lending | None) -> tuple[object, ...] | None:
+    if lending is None:
+        return None
+    return tuple(getattr(lending, field) for field in Lending.__slots__)
+
+
+def _loan_limits(limits: LoanLimits | None) -> tuple[int, int] | None:
+    return None if limits is None else (limits.max_per_student, limits.max_duration)
+
+
 # Registry's fields but `users`, in the order the cache stores them.
 SETTINGS = (
     "path", "hostname", "bridge", "subnet", "ports", "template", "lxcpath", "chain", "idmap_start",
     "idmap_size", "gpus", "mounts", "start_timeout", "idle_timeout", "masquerade", "gpu_devices",
     "driver", "driver_root", "snapshot_limit", "disabled_actions", "driver_installer", "limits",
-    "allow_container_traffic", "egress_deny", "storage", "pool_file",
+    "allow_container_traffic", "egress_deny", "storage", "pool_file", "lending",
 )  # fmt: skip
 _MOUNTS = SETTINGS.index("mounts")
 _LIMITS = SETTINGS.index("limits")
+_LENDING = SETTINGS.index("lending")
 
 
 def to_plain(reg: Registry) -> dict[str, object]:
     """The registry as marshal-able values (str, int, float, bool, tuple, dict)."""
-    plain = {"subnet": reg.network, "mounts": _mounts(reg.mounts), "limits": _limits(reg.limits)}
+    plain = {
+        "subnet": reg.network,
+        "mounts": _mounts(reg.mounts),
+        "limits": _limits(reg.limits),
+        "lending": _lending(reg.lending),
+    }
     settings = tuple(plain.get(field, getattr(reg, field)) for field in SETTINGS)
     users = {
         u.name: (
@@ -69,6 +85,7 @@ def to_plain(reg: Registry) -> dict[str, object]:
             u.autostart,
             u.snapshot_limit,
             _limits(u.limits),
+            _loan_limits(u.lending),
         )
         for u in reg.users.values()
     }
@@ -77,15 +94,18 @@ def to_plain(reg: Registry) -> dict[str, object]:
 
 
 def _user(name: str, entry: tuple[Any, ...]) -> User:
-    port, ip, idmap, container, gpus, mounts, autostart, snapshot_limit, limits = entry
+    port, ip, idmap, container, gpus, mounts, autostart, snapshot_limit, limits, lending = entry
     return User(name, port, ip, idmap, container, gpus,
-                tuple(Mount(*m) for m in mounts), autostart, snapshot_limit, Limits(*limits))  # fmt: skip
+                tuple(Mount(*m) for m in mounts), autostart, snapshot_limit, Limits(*limits),
+                None if lending is None else LoanLimits(*lending))  # fmt: skip
 
 
 def _registry(plain: dict[str, Any], users: dict[str, User]) -> Registry:
     settings = list(plain["settings"])
     settings[_MOUNTS] = tuple(Mount(*m) for m in settings[_MOUNTS])
     settings[_LIMITS] = Limits(*settings[_LIMITS])
+    if settings[_LENDING] is not None:
+        settings[_LENDING] = Lending(**dict(zip(Lending.__slots__, settings[_LENDING], strict=True)))
     return Registry(**dict(zip(SETTINGS, settings, strict=True)), users=users)
 
 

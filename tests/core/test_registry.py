@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpushell.core.errors import ExitStatus, GpushellError
-from gpushell.core.registry import Mount, RegistryError, User, parse
+from gpushell.core.registry import Lending, LoanLimits, Mount, RegistryError, User, parse
 
 PATH = "/etc/gpushell.yaml"
 
@@ -558,3 +558,140 @@ def test_idmap_overlaps_match_a_pairwise_check(slots):
         return
     found = [line.split(": ", 1)[1] for line in problems(text)]
     assert found == expected
+
+
+# --- lending: ---------------------------------------------------------------
+
+
+def test_no_lending_section_means_no_lending():
+    reg = parse("users:\n" + user_yaml("alice", 22001, "10.0.3.2", 1000000), PATH)
+    assert reg.lending is None
+    assert reg.users["alice"].lending is None
+
+
+def test_lending_defaults():
+    reg = parse("lending: {}\n", PATH)
+    assert reg.lending == Lending(gpus="all", max_per_student=1, max_duration=86400, idle_return=7200)
+    assert reg.lending.notify_command == ()
+
+
+def test_lending_settings_given():
+    text = (
+        "lending:\n"
+        "  gpus: [3, 2]\n"
+        "  max_per_student: 2\n"
+        "  max_duration: 1d12h\n"
+        "  idle_return: 0\n"
+        "  notify_command: [/usr/local/bin/lab-notify, --via, mail]\n"
+    )
+    assert parse(text, PATH).lending == Lending(
+        gpus=(2, 3),
+        max_per_student=2,
+        max_duration=86400 + 12 * 3600,
+        idle_return=0,
+        notify_command=("/usr/local/bin/lab-notify", "--via", "mail"),
+    )
+    line = parse("lending: {notify_command: /usr/bin/logger -t gpushell, idle_return: 30m}\n", PATH)
+    assert line.lending.notify_command == ("/usr/bin/logger", "-t", "gpushell")
+    assert line.lending.idle_return == 1800
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("gpus: none", "lending.gpus: lends no GPU: leave lending out to lend none"),
+        ("gpus: []", "lending.gpus: lends no GPU: leave lending out to lend none"),
+        ("gpus: [1, 1]", "lending.gpus: lists a GPU twice"),
+        ("max_per_student: 0", "lending.max_per_student: 0 is outside 1..1024"),
+        ("max_per_student: two", "lending.max_per_student: 'two' is not a whole number"),
+        ("max_duration: 86400", "lending.max_duration: 86400 is not a duration like 30m, 8h or 2d"),
+        ("max_duration: 0", "lending.max_duration: 0 is not a duration like 30m, 8h or 2d"),
+        ("max_duration: 0m", "lending.max_duration: '0m' must be between 1m and 365d"),
+        ("max_duration: 59s", "lending.max_duration: '59s' must be between 1m and 365d"),
+        ("max_duration: 366d", "lending.max_duration: '366d' must be between 1m and 365d"),
+        ("idle_return: 30s", "lending.idle_return: '30s' must be between 1m and 365d (or 0: never)"),
+        ("idle_return: never", "lending.idle_return: 'never' is not a duration like 30m, 8h or 2d"),
+        (
+            "notify_command: mail -s warning",
+            "lending.notify_command: 'mail' is not an absolute path without blanks",
+        ),
+        ("notify_command: 'sh -c \"mail x\"'", "lending.notify_command: 'sh' is not an absolute path"),
+        ("notify_command: []", "lending.notify_command: must be a command"),
+        ("notify_command: [/bin/x, 3]", "lending.notify_command: must be a command"),
+        (
+            "notify_command: [/bin/../bin/sh]",
+            "lending.notify_command: '/bin/../bin/sh' must not contain '..'",
+        ),
+        (
+            'notify_command: ["/bin/x", "a\\nb"]',
+            "lending.notify_command: has an empty word or one with a control",
+        ),
+        ('notify_command: ["/bin/x", ""]', "lending.notify_command: has an empty word"),
+        ("notify_command: [/bin/x" + ", a" * 32 + "]", "lending.notify_command: is longer than 32 words"),
+        ("max_wait: 1h", "lending.max_wait: unknown key"),
+    ],
+)
+def test_lending_validated(setting, message):
+    (problem,) = problems(f"hostname: gpu1\nlending:\n  {setting}\n")
+    assert problem.startswith(f"{PATH}:3: {message}"), problem
+
+
+def test_lending_must_be_a_mapping():
+    assert problems("lending: yes\n") == [f"{PATH}:1: lending: must be a mapping"]
+
+
+def test_a_student_may_have_their_own_allowance():
+    text = (
+        "lending: {max_per_student: 1, max_duration: 8h}\n"
+        "users:\n"
+        + user_yaml("alice", 22001, "10.0.3.2", 1000000)
+        + "    lending: {max_per_student: 3}\n"
+        + user_yaml("bob", 22002, "10.0.3.3", 1065536)
+        + "    lending: {max_duration: 2d}\n"
+        + user_yaml("carol", 22003, "10.0.3.4", 1131072)
+        + "    lending: {max_per_student: 0}\n"
+        + user_yaml("dave", 22004, "10.0.3.5", 1196608)
+    )
+    reg = parse(text, PATH)
+    assert reg.users["alice"].lending == LoanLimits(max_per_student=3, max_duration=8 * 3600)
+    assert reg.users["bob"].lending == LoanLimits(max_per_student=1, max_duration=2 * 86400)
+    assert reg.users["carol"].lending == LoanLimits(max_per_student=0, max_duration=8 * 3600)
+    assert reg.users["dave"].lending is None
+    assert reg.lending.limits_for(reg.users["dave"]) == LoanLimits(1, 8 * 3600)
+    assert reg.lending.limits_for(reg.users["alice"]) == LoanLimits(3, 8 * 3600)
+
+
+def test_a_students_own_allowance_is_validated():
+    base = "lending: {}\nusers:\n" + user_yaml("alice", 22001, "10.0.3.2", 1000000)
+    assert problems(base + "    lending: {max_per_student: -1, gpus: all}\n") == [
+        f"{PATH}:7: users.alice.lending.gpus: unknown key",
+        f"{PATH}:7: users.alice.lending.max_per_student: -1 is outside 0..1024",
+    ]
+    assert problems(base + "    lending: {max_duration: 1m30}\n") == [
+        f"{PATH}:7: users.alice.lending.max_duration: '1m30' is not a duration like 30m, 8h or 2d"
+    ]
+
+
+def test_a_students_own_allowance_needs_the_labs_lending():
+    text = "users:\n" + user_yaml("alice", 22001, "10.0.3.2", 1000000) + "    lending: {max_per_student: 2}\n"
+    assert problems(text) == [
+        f"{PATH}:6: users.alice.lending: this registry has no top-level lending: (no GPU is lent)"
+    ]
+
+
+def test_lending_survives_the_helpers_compiled_copy():
+    from gpushell.system import registry_cache
+
+    text = (
+        "lending: {gpus: [1], max_duration: 2d, notify_command: [/usr/bin/logger, -t, gp]}\n"
+        "users:\n"
+        + user_yaml("alice", 22001, "10.0.3.2", 1000000)
+        + "    lending: {max_per_student: 2}\n"
+        + user_yaml("bob", 22002, "10.0.3.3", 1065536)
+    )
+    for full in (parse(text, PATH), parse("lending: {}\n", PATH), parse("hostname: x\n", PATH)):
+        assert registry_cache.registry_from_plain(registry_cache.to_plain(full)) == full
+    full = parse(text, PATH)
+    reg, alice = registry_cache.from_plain(registry_cache.to_plain(full), "alice")
+    assert (reg.lending, alice.lending) == (full.lending, LoanLimits(2, 2 * 86400))
+    assert reg.lending is not None and reg.lending.notify_command == ("/usr/bin/logger", "-t", "gp")
