@@ -24,6 +24,7 @@ class Paths:
         "shell",
         "sshd_config",
         "sshd_dropin",
+        "state_dir",
         "sudo",
         "sudoers_dropin",
         "syslog_ident",
@@ -43,12 +44,14 @@ class Paths:
         sshd_config: str = "/etc/ssh/sshd_config",  # doctor asks sshd what it applies
         group: str = "gpushell",
         syslog_ident: str = "gpushell",
+        state_dir: str = "/var/lib/gpushell",  # root-only state that outlives a boot: the GPU loans
     ) -> None:
         self.registry, self.helper, self.shell, self.sudo = registry, helper, shell, sudo
         self.run_dir, self.template_cache = run_dir, template_cache
         self.sudoers_dropin, self.sshd_dropin = sudoers_dropin, sshd_dropin
         self.sshd_config = sshd_config
         self.group, self.syslog_ident = group, syslog_ident
+        self.state_dir = state_dir
 
     def replace(self, **changes: str) -> Paths:
         values = {name: getattr(self, name) for name in self.__slots__}
@@ -93,6 +96,18 @@ class Paths:
     def gpu_lock(self) -> str:
         """One refresh of the GPU snapshot at a time."""
         return f"{self.run_dir}/gpus.lock"
+
+    @property
+    def loans_lock(self) -> str:
+        """One change of the GPU loans at a time (loanstore.py)."""
+        return f"{self.run_dir}/loans.lock"
+
+    # The state directory's files: root's, private, kept across reboots.
+
+    @property
+    def loans(self) -> str:
+        """Which GPU is lent to whom until when, and who waits (loanstore.py)."""
+        return f"{self.state_dir}/loans.json"
 
 
 DEFAULT = Paths()

@@ -102,6 +102,7 @@ class Lab:
             "helper": f"{self.root}/bin/gpushell-helper",
             "shell": f"{self.root}/bin/gpushell",
             "run_dir": f"{self.root}/run",
+            "state_dir": f"{self.root}/state",
             "group": self.group,
             "sudoers_dropin": f"/etc/sudoers.d/{self.prefix}",
             "sshd_dropin": f"{self.root}/sshd-gpushell.conf",
