@@ -11,6 +11,7 @@ from gpushell.containers import provision
 from gpushell.containers.backend import FROZEN, MISSING, RUNNING, STOPPED, ContainerDriver
 from gpushell.core.errors import GpushellError
 from gpushell.core.model import User
+from gpushell.gpu.gpudevices import Node
 
 
 class FakeBackend(ContainerDriver):
@@ -32,6 +33,8 @@ class FakeBackend(ContainerDriver):
         self.maybe_running = maybe_running  # None: whatever the state says
         self.calls: list[str] = []
         self.blocked: set[str] = set()
+        self.devices: dict[str, set[str]] = {}  # container -> node names added live
+        self.holding: dict[tuple[str, str], list[int]] = {}  # (container, node name) -> PIDs a test started
 
     def define(self, name: str) -> None:
         """A stopped container with a config and an empty rootfs, as provision leaves one."""
@@ -108,6 +111,34 @@ class FakeBackend(ContainerDriver):
 
     def attach(self, name: str, command: list[str]) -> list[str]:
         return ["env", "-i", *command]  # no container here: the command, environment cleared
+
+    def _live(self, name: str) -> bool:
+        return self.state(name) in (RUNNING, FROZEN)
+
+    def add_device(self, name: str, source: str, node: Node) -> None:
+        self.calls.append(f"add-device {name} {node.name}")
+        if self._live(name):  # stopped: its config gives it the node at its next start
+            self.devices.setdefault(name, set()).add(node.name)
+
+    def remove_device(self, name: str, node: Node) -> None:
+        self.calls.append(f"remove-device {name} {node.name}")
+        self.devices.get(name, set()).discard(node.name)
+
+    def device_holders(self, name: str, node: Node) -> list[int]:
+        """The PIDs a test put in `holding` for this node, those still alive (real processes)."""
+        if not self._live(name):
+            return []
+        return sorted(pid for pid in self.holding.get((name, node.name), []) if alive(pid))
+
+
+def alive(pid: int) -> bool:
+    """Whether pid is a process that has not ended (a zombie has)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stream:
+            state = stream.read().rpartition(")")[2].split()[:1]
+    except OSError:
+        return False
+    return state not in (["Z"], ["X"], [])
 
 
 INIT_PID = 4242

@@ -15,6 +15,8 @@ from .backend import MISSING, RUNNING, ContainerDriver
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..core.model import Registry, User
+    from ..gpu.gpudevices import Node
+    from .lxcdevices import Container
 
 # What lxc-start prints (exit status 0) for a container that runs already.
 ALREADY_RUNNING = "Container is already running"
@@ -201,6 +203,49 @@ class LxcDriver(ContainerDriver):
                 f"cannot block starts of {name}: {exc} (an LXC monitor holds {name_text})",
             ) from None
         return guard
+
+    # Devices, live: lxcdevices.py does the work (a GPU lent, off the login path).
+
+    def _running_container(self, name: str) -> Container | None:
+        from . import lxcdevices
+
+        return lxcdevices.find(name, self.info(name)[1])
+
+    def add_device(self, name: str, source: str, node: Node) -> None:
+        from . import lxcdevices
+
+        container = self._running_container(name)
+        if container is None:
+            return  # stopped: its config gives it the node at its next start
+        try:
+            # The node before the rule: a failure between leaves a node that will not open.
+            lxcdevices.add_node(container, source, node)
+            lxcdevices.allow(self.lxcpath, name, container, node)
+        finally:
+            container.close()
+
+    def remove_device(self, name: str, node: Node) -> None:
+        from . import lxcdevices
+
+        container = self._running_container(name)
+        if container is None:
+            return
+        try:
+            lxcdevices.deny(self.lxcpath, name, container, node)
+            lxcdevices.remove_node(container, node)
+        finally:
+            container.close()
+
+    def device_holders(self, name: str, node: Node) -> list[int]:
+        from . import lxcdevices
+
+        container = self._running_container(name)
+        if container is None:
+            return []
+        try:
+            return lxcdevices.holders(container, node)
+        finally:
+            container.close()
 
 
 def parse_info(text: str) -> tuple[str, int | None]:
