@@ -20,6 +20,9 @@ MENU: tuple[tuple[str, str], ...] = (
     ("delete-snapshot", "delete one of your snapshots"),
     ("rebuild", "a fresh container from the current template"),
     ("keys", "locked out? re-copy your ssh keys, repair sshd"),
+    ("borrow", "borrow free GPUs for a while"),
+    ("extend", "keep a borrowed GPU longer"),
+    ("return", "give borrowed GPUs back"),
     ("help", "how to connect, copy files and reach Jupyter"),
     ("quit", "log out"),
 )
@@ -27,6 +30,12 @@ MENU_WORDS = tuple(word for word, _ in MENU)
 KILL_COMMAND = "kill-gpu-process"
 # Words that take no argument through `ssh HOST WORD`.
 REMOTE_WORDS = ("status", "start", "stop", "restart", "gpus", "snapshots", "keys", "help")
+# GPU lending's words: offered where the registry has a `lending:` mapping.
+LENDING_WORDS = ("borrow", "extend", "return")
+WAIT = "--wait"
+ALL_GPUS = "all"
+MAX_GPU_DIGITS = 4  # GPU numbers are below 1024, as in the registry
+MAX_DURATION_TEXT = 16
 # What an admin may turn off for a lab (`disabled_actions:` in the registry).
 DISABLEABLE = (
     "stop", "restart", "gpus", KILL_COMMAND, "snapshot", "snapshots", "restore", "delete-snapshot",
@@ -36,7 +45,7 @@ DISABLEABLE = (
 # of root, and nothing else (helper.ACTIONS implements exactly these).
 HELPER_VERBS = (
     "login", "status", "help", "start", "stop", "restart", "gpus", "gpu-kill", "snapshot", "snapshots",
-    "restore", "delete-snapshot", "rebuild", "keys",
+    "restore", "delete-snapshot", "rebuild", "keys", *LENDING_WORDS,
 )  # fmt: skip
 # These replace or delete a student's files: the menu asks for their user
 # name typed out, `-c` wants the word YES.
@@ -52,7 +61,7 @@ MAX_COMMAND = 64
 GRAMMAR = (
     "status, start, stop, restart, gpus, snapshots, keys, help, snapshot [NAME], "
     "restore NAME --yes, delete-snapshot NAME --yes, rebuild [--wipe-home] --yes, "
-    f"{KILL_COMMAND} PID"
+    f"{KILL_COMMAND} PID, borrow N [DURATION] [{WAIT}], extend GPU DURATION, return GPU|{ALL_GPUS}"
 )
 
 
@@ -104,6 +113,8 @@ def decide_command(command: str) -> Decision:
         return _decide_named_destructive(word, arguments)
     if word == "rebuild":
         return _decide_rebuild(arguments)
+    if word in LENDING_WORDS:
+        return decide_lending(word, arguments)
     if not command.strip():
         return Decision(None, "an empty command is not allowed")
     shown = command if len(command) <= MAX_COMMAND and command.isprintable() else repr(command[:MAX_COMMAND])
@@ -146,6 +157,65 @@ def _decide_rebuild(arguments: list[str]) -> Decision:
             None, f"rebuild replaces your container with a fresh one and {keeps}; to confirm: {confirmed}"
         )
     return Decision(None, f"usage: rebuild [{WIPE_HOME}] {YES}")
+
+
+LENDING_USAGE = {
+    "borrow": f"usage: borrow N [DURATION] [{WAIT}] (N GPUs, DURATION like 30m, 8h or 2d)",
+    "extend": "usage: extend GPU DURATION (GPU as `gpus` shows your loan, DURATION like 2h)",
+    "return": f"usage: return GPU|{ALL_GPUS}",
+}
+
+
+def decide_lending(word: str, arguments: list[str]) -> Decision:
+    """borrow N [DURATION] [--wait], extend GPU DURATION, return GPU|all; the argument is the
+    checked words joined by one space (lending_request turns it into the helper's fields).
+
+    A duration here is only shaped like one (digits and d/h/m/s, bounded);
+    the helper parses it and holds it to the lab's limits.
+    """
+    wait = word == "borrow" and arguments[-1:] == [WAIT]
+    words = arguments[:-1] if wait else arguments
+    if word == "borrow":
+        shaped = 1 <= len(words) <= 2 and _is_count(words[0]) and all(map(_is_duration, words[1:]))
+    elif word == "extend":
+        shaped = len(words) == 2 and _is_gpu(words[0]) and _is_duration(words[1])
+    else:
+        shaped = len(words) == 1 and (words[0] == ALL_GPUS or _is_gpu(words[0]))
+    if not shaped:
+        return Decision(None, LENDING_USAGE[word])
+    return Decision(word, argument=" ".join(arguments))
+
+
+def lending_request(word: str, argument: str) -> dict[str, str]:
+    """The helper's `key=value` fields for a lending word decide_lending allowed."""
+    words = argument.split(" ")
+    if word == "borrow":
+        fields = {"count": words[0], "wait": "1" if WAIT in words else ""}
+        durations = [w for w in words[1:] if w != WAIT]
+        return {**fields, "duration": durations[0]} if durations else fields
+    if word == "extend":
+        return {"gpu": words[0], "duration": words[1]}
+    return {"gpu": words[0]}
+
+
+def _is_count(text: str) -> bool:
+    """How many GPUs to borrow: 1-99."""
+    return text.isascii() and text.isdigit() and len(text) <= 2 and int(text) > 0
+
+
+def _is_gpu(text: str) -> bool:
+    """A GPU's number, as in /dev/nvidiaN: 0-1023."""
+    return text.isascii() and text.isdigit() and len(text) <= MAX_GPU_DIGITS and int(text) < 1024
+
+
+def _is_duration(text: str) -> bool:
+    return (
+        0 < len(text) <= MAX_DURATION_TEXT
+        and text.isascii()
+        and text[0].isdigit()
+        and text[-1] in "dhms"
+        and all(ch.isdigit() or ch in "dhms" for ch in text)
+    )
 
 
 def is_snapshot_name(text: str) -> bool:

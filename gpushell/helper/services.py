@@ -7,25 +7,15 @@ helper (for the student) and gpushell-admin (for the admin) call these.
 from __future__ import annotations
 
 from ..containers.readiness import sshd_answers, wait_for_sshd
-from ..core import forward
+from ..core import forward, menu
 from ..system import iptables
 from ..system.files import read_private, write_private
 from ..system.lock import locked
+from .context import Context as Context  # where everyone has found it
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ..containers.backend import ContainerDriver
-    from ..core.model import Registry, User
-    from ..core.paths import Paths
-
-
-class Context:
-    """Where an action happens: install paths, the registry, the container backend."""
-
-    __slots__ = ("driver", "paths", "registry")
-
-    def __init__(self, paths: Paths, registry: Registry, driver: ContainerDriver) -> None:
-        self.paths, self.registry, self.driver = paths, registry, driver
+    from ..core.model import User
 
 
 def ensure_forward(ctx: Context, user: User) -> bool:
@@ -113,7 +103,12 @@ def start(ctx: Context, user: User) -> bool:
     """
     if ctx.registry.storage != "dir":
         apply_disk_quota(ctx, user)
-    return ctx.driver.start(user.container)
+    started = ctx.driver.start(user.container)
+    if started and ctx.registry.lending is not None:
+        from . import loans  # the student's borrowed GPUs, which the config does not name
+
+        loans.give_lent(ctx, user)
+    return started
 
 
 def apply_disk_quota(ctx: Context, user: User) -> None:
@@ -128,8 +123,9 @@ def apply_disk_quota(ctx: Context, user: User) -> None:
 
 def describe(ctx: Context, user: User, state: str | None = None, /, **extra: object) -> dict[str, object]:
     """What the student's side shows: plain data, rendered there."""
-    if ctx.registry.disabled_actions:  # the login shell leaves these out of its menu
-        extra = {"disabled": ",".join(ctx.registry.disabled_actions), **extra}
+    disabled = ctx.registry.disabled_actions + (() if ctx.registry.lending else menu.LENDING_WORDS)
+    if disabled:  # the login shell leaves these out of its menu
+        extra = {"disabled": ",".join(disabled), **extra}
     return {
         "user": user.name,
         "host": ctx.registry.hostname,

@@ -44,6 +44,10 @@ def _login(ctx: services.Context, user: User) -> Answer:
     if started is not None:
         wait_for_sshd(user.address, ctx.registry.start_timeout)
     answer = services.describe(ctx, user, RUNNING, started=bool(started), forward_changed=forward_changed)
+    if ctx.registry.lending is not None:  # the banner's loan lines; `json` only where the lab lends
+        from . import loans
+
+        answer.update(loans.loan_keys(ctx, user))
     if user.gpus != "none":
         # The banner's GPU lines, from the cached snapshot (a small file read);
         # a stale one is refreshed in the background once this answer is out.
@@ -84,7 +88,12 @@ def _owners(paths: Paths) -> dict[str, str]:
 def _gpus(ctx: services.Context, user: User) -> Answer:
     from ..gpu import gpucache  # NVML is asked here; the login banner's snapshot is refreshed too
 
-    return gpucache.gpus_answer(ctx.paths, user.name, lambda: _owners(ctx.paths))
+    answer = gpucache.gpus_answer(ctx.paths, user.name, lambda: _owners(ctx.paths))
+    if ctx.registry.lending is not None:
+        from . import loans
+
+        answer.update(loans.loan_keys(ctx, user))
+    return answer
 
 
 def _gpu_kill(ctx: services.Context, user: User) -> Answer:
@@ -205,6 +214,24 @@ def protocol_line(text: str) -> str:
     return "".join(ch if ch.isprintable() else " " for ch in text)[:200]
 
 
+def _borrow(ctx: services.Context, user: User) -> Answer:
+    from . import loans
+
+    return services.describe(ctx, user, **loans.borrow(ctx, user, _request()))
+
+
+def _extend(ctx: services.Context, user: User) -> Answer:
+    from . import loans
+
+    return services.describe(ctx, user, **loans.extend(ctx, user, _request()))
+
+
+def _return(ctx: services.Context, user: User) -> Answer:
+    from . import loans
+
+    return services.describe(ctx, user, **loans.give_back(ctx, user, _request()))
+
+
 def _status_with_usage(ctx: services.Context, user: User) -> Answer:
     from ..containers import usage
 
@@ -227,6 +254,9 @@ ACTIONS: dict[str, Action] = {
     "delete-snapshot": _delete_snapshot,
     "rebuild": _rebuild,
     "keys": _keys,
+    "borrow": _borrow,
+    "extend": _extend,
+    "return": _return,
 }
 # The menu word an admin turns off (registry `disabled_actions`) for each verb.
 MENU_WORD = {"gpu-kill": menu.KILL_COMMAND}
@@ -282,6 +312,7 @@ WORK_SECONDS = {
     "login": 60, "start": 60, "restart": 100, "stop": 60,
     "status": 60, "help": 30, "gpus": 60, "gpu-kill": 30, "snapshots": 60,
     "snapshot": 1200, "restore": 1200, "delete-snapshot": 600, "rebuild": 1500, "keys": 300,
+    "borrow": 60, "extend": 30, "return": 60,
 }  # fmt: skip
 STARTS = frozenset({"login", "start", "restart", "restore", "rebuild"})
 # How long a verb waits for the user's lock.  A second login waits for the

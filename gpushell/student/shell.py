@@ -18,7 +18,7 @@ from ..core.protocol import Answer
 from ..system import audit, loginproc, spawn
 from ..system.environment import SAFE_ENV
 from ..system.ownership import check_owned_by_root, check_tree_owned_by_root
-from . import banner, tables
+from . import banner, loans, tables
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -131,6 +131,8 @@ class Session:
             self.named_change(action, argument)
         elif action == "rebuild":
             self.rebuild(keep_home=argument != menu.WIPE_HOME)
+        elif action in menu.LENDING_WORDS:
+            self.lend(action, argument)
         else:
             self.simple(action)
 
@@ -152,6 +154,36 @@ class Session:
             self.term.write(banner.repaired(info))
         else:
             self.term.write(banner.status(info, p))
+
+    def lend(self, action: str, argument: str) -> None:
+        """borrow, extend or return, with arguments decide_lending checked."""
+        info = self.request(action, menu.lending_request(action, argument))
+        self.term.write(loans.outcome(action, info, self.term.palette))
+
+    def ask_lending(self, action: str) -> None:
+        """The menu's borrow, extend and return: ask for what the `-c` form takes as words."""
+        if action == "borrow":
+            questions = [
+                "How many GPUs? [1]: ",
+                "For how long (like 30m, 8h or 2d; Enter: the longest allowed)? ",
+            ]
+        elif action == "extend":
+            questions = ["Which borrowed GPU (its number)? ", "By how long (like 1h or 30m)? "]
+        else:
+            questions = [f"Which GPU to return (its number, or {menu.ALL_GPUS})? "]
+        answers = []
+        for question in questions:
+            answer = self.ask(question)
+            if answer is None:
+                return
+            answers.append(answer.strip())
+        if action == "borrow":
+            answers[0] = answers[0] or "1"
+        decision = menu.decide_lending(action, [word for word in answers if word])
+        if decision.action is None:
+            self.term.write(decision.reason + "\n")
+        else:
+            self.lend(action, decision.argument)
 
     def snapshot(self, name: str) -> None:
         info = self.request("snapshot", {"name": name})
@@ -207,7 +239,7 @@ class Session:
         info = self.helper("login", progress="Starting your container")
         audit.record(self.user, "login", "ok", f"started={info.get('started')}")
         disabled = tuple(info.get("disabled", "").split(","))
-        term.write(banner.banner(info, p) + banner.menu(p, menu.offered(disabled)))
+        term.write(banner.banner(info, p) + loans.lines(info, p) + banner.menu(p, menu.offered(disabled)))
         self.idle = int(info.get("idle_timeout", 0))
         while True:
             term.write(f"{p.bold}gpushell>{p.reset} ")
@@ -241,6 +273,8 @@ class Session:
                 self.term.write(f"Not a snapshot name: {menu.SNAPSHOT_NAME_RULE}.\n")
         elif action in ("restore", "delete-snapshot"):
             self.pick_and_change(action)
+        elif action in menu.LENDING_WORDS:
+            self.ask_lending(action)
         elif action == "rebuild":
             answer = self.ask("Keep your home directory? [Y/n]: ")
             if answer is None:

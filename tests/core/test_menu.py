@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpushell.core.menu import (
+    LENDING_WORDS,
     MENU,
     REMOTE_WORDS,
     SNAPSHOT_NAME_RULE,
@@ -17,13 +18,16 @@ from gpushell.core.menu import (
     decide_choice,
     decide_command,
     decide_kill_choice,
+    decide_lending,
+    lending_request,
     decide_snapshot_pick,
     is_snapshot_name,
 )
 
 ALLOWED = (
     "(allowed commands: status, start, stop, restart, gpus, snapshots, keys, help, snapshot [NAME], "
-    "restore NAME --yes, delete-snapshot NAME --yes, rebuild [--wipe-home] --yes, kill-gpu-process PID)"
+    "restore NAME --yes, delete-snapshot NAME --yes, rebuild [--wipe-home] --yes, kill-gpu-process PID, "
+    "borrow N [DURATION] [--wait], extend GPU DURATION, return GPU|all)"
 )
 TRANSFER = "copy files to your container's port instead"
 
@@ -151,9 +155,10 @@ def test_only_the_grammar_is_allowed(command):
     ],
 )
 def test_choice_allowed(line, action):
-    assert decide_choice(line) == Decision(action)
+    assert decide_choice(line, NO_LENDING) == Decision(action)
 
 
+NO_LENDING = LENDING_WORDS  # what the login answer turns off in a lab without `lending:`
 REFUSAL = (
     "please choose 1-13 or one of: status, start, stop, restart, gpus, snapshot, snapshots, restore, "
     "delete-snapshot, rebuild, keys, help, quit"
@@ -165,20 +170,23 @@ REFUSAL = (
     ["0", "14", "0001", "-1", "sh", "", "\n", "1 2", "status;id", "01x", "+1", "1.0", "\x00", "restore x"],
 )
 def test_choice_refused(line):
-    assert decide_choice(line) == Decision(None, REFUSAL)
+    assert decide_choice(line, NO_LENDING) == Decision(None, REFUSAL)
 
 
 def test_menu_numbering():
+    """The lending rows sit after keys: a lab without lending keeps the numbers it always had."""
     assert [word for word, _ in MENU] == [
         "status", "start", "stop", "restart", "gpus", "snapshot", "snapshots", "restore", "delete-snapshot",
-        "rebuild", "keys", "help", "quit",
+        "rebuild", "keys", "borrow", "extend", "return", "help", "quit",
     ]  # fmt: skip
     for number, (word, _) in enumerate(MENU, 1):
         assert decide_choice(str(number)).action == word
+    assert decide_choice("12", NO_LENDING) == Decision("help")
+    assert decide_choice("borrow", NO_LENDING) == Decision(None, "borrow is turned off on this host")
 
 
 def test_choice_superscript_digit_refused():
-    assert decide_choice("\u00b2") == Decision(None, REFUSAL)
+    assert decide_choice("\u00b2", NO_LENDING) == Decision(None, REFUSAL)
 
 
 KILL_USAGE = "usage: kill-gpu-process PID (a process number that `gpus` shows as yours)"
@@ -213,7 +221,7 @@ def test_kill_choice_is_a_number_from_the_list(line, own, chosen):
 
 
 def test_turned_off_actions_leave_the_menu_and_its_numbers():
-    disabled = ("gpus", "rebuild")
+    disabled = ("gpus", "rebuild", *NO_LENDING)
     assert decide_choice("5", disabled) == Decision("snapshot")
     assert decide_choice("rebuild", disabled) == Decision(None, "rebuild is turned off on this host")
     assert decide_choice("11", disabled) == Decision("quit")
@@ -298,3 +306,40 @@ def test_confirmation_is_the_exact_user_name():
 )
 def test_snapshot_pick(line, chosen):
     assert decide_snapshot_pick(line, ["a", "b"]) == chosen
+
+
+@pytest.mark.parametrize(
+    ("command", "argument", "fields"),
+    [
+        ("borrow 1", "1", {"count": "1", "wait": ""}),
+        ("borrow 2 8h", "2 8h", {"count": "2", "wait": "", "duration": "8h"}),
+        ("borrow 2 8h --wait", "2 8h --wait", {"count": "2", "wait": "1", "duration": "8h"}),
+        ("borrow 1 --wait", "1 --wait", {"count": "1", "wait": "1"}),
+        ("extend 3 2h", "3 2h", {"gpu": "3", "duration": "2h"}),
+        ("extend 0 1h30m", "0 1h30m", {"gpu": "0", "duration": "1h30m"}),
+        ("return all", "all", {"gpu": "all"}),
+        ("return 0", "0", {"gpu": "0"}),
+    ],
+)
+def test_lending_commands_and_their_helper_fields(command, argument, fields):
+    word = command.split(" ")[0]
+    assert decide_command(command) == Decision(word, argument=argument)
+    assert lending_request(word, argument) == fields
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["borrow", "borrow 0", "borrow 100", "borrow x", "borrow 1 8h 9h", "borrow 1 ../etc", "borrow 1 8h --yes",
+     "borrow --wait", "borrow 1 h8", "borrow 1 8", "extend 3", "extend x 2h", "extend 3 2h --wait",
+     "return", "return 1024", "return 3 4", "return -1", "return ALL", "borrow 1 8h\n", "borrow 1  8h"],
+)  # fmt: skip
+def test_lending_commands_refused_with_their_usage(command):
+    decision = decide_command(command)
+    assert decision.action is None
+    assert decision.reason.startswith("usage: ")
+
+
+def test_menu_lending_answers_are_held_to_the_same_grammar():
+    assert decide_lending("borrow", ["1", "30m"]) == Decision("borrow", argument="1 30m")
+    assert decide_lending("return", ["all"]) == Decision("return", argument="all")
+    assert decide_lending("extend", ["1"]).action is None

@@ -42,6 +42,7 @@ STATUS = {
     "state": "RUNNING",
     "idle_timeout": 0,  # no alarm in a unit test
     "started": False,
+    "disabled": "borrow,extend,return",  # a lab without `lending:`, as services.describe says
 }
 SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGTSTP, signal.SIGQUIT, signal.SIGALRM)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpushell.core.menu import offered
+from gpushell.core.menu import LENDING_WORDS, offered
 from gpushell.student.banner import (
     PLAIN,
     Palette,
@@ -111,7 +111,7 @@ def test_banner_with_markers():
 
 
 def test_menu_plain():
-    assert menu() == (
+    assert menu(offered=offered(LENDING_WORDS)) == (
         "\n"
         "   1) status          your container's state, CPU, memory and disk use\n"
         "   2) start           start your container\n"
@@ -130,7 +130,7 @@ def test_menu_plain():
 
 
 def test_menu_leaves_out_what_the_admin_turned_off():
-    text = menu(PLAIN, offered(("rebuild", "snapshot", "restore")))
+    text = menu(PLAIN, offered(("rebuild", "snapshot", "restore", *LENDING_WORDS)))
     words = [line.split()[1] for line in text.strip().splitlines()]
     assert words == ["status", "start", "stop", "restart", "gpus", "snapshots", "delete-snapshot", "keys",
                      "help", "quit"]  # fmt: skip
@@ -138,7 +138,7 @@ def test_menu_leaves_out_what_the_admin_turned_off():
 
 
 def test_menu_with_markers():
-    lines = menu(MARKS).splitlines()
+    lines = menu(MARKS, offered(LENDING_WORDS)).splitlines()
     assert lines[1] == "  <B> 1</>) status          <D>your container's state, CPU, memory and disk use</>"
     assert lines[13] == "  <B>13</>) quit            <D>log out</>"
 

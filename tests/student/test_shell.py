@@ -96,7 +96,8 @@ def test_terminal_write_and_error():
 
 ALLOWED = (
     "(allowed commands: status, start, stop, restart, gpus, snapshots, keys, help, snapshot [NAME], "
-    "restore NAME --yes, delete-snapshot NAME --yes, rebuild [--wipe-home] --yes, kill-gpu-process PID)"
+    "restore NAME --yes, delete-snapshot NAME --yes, rebuild [--wipe-home] --yes, kill-gpu-process PID, "
+    "borrow N [DURATION] [--wait], extend GPU DURATION, return GPU|all)"
 )
 REFUSED = f"gpushell: bash: not allowed here {ALLOWED}\n"
 

@@ -1,0 +1,163 @@
+"""A student's GPU loans, root side: borrow, extend, return, and the loans an answer shows.
+
+The decisions are core/lending.py's and the book is system/loanstore.py's;
+this module reads the host (its GPU nodes, NVML where there is a driver),
+writes the book first and then gives or takes the devices, so a helper
+killed between the two leaves a loan that `tick` and `apply` finish, never
+a device without a loan.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..containers.backend import RUNNING, end_holders
+from ..core import lending, menu
+from ..core.durations import parse_duration
+from ..core.errors import ExitStatus, GpushellError
+from ..gpu import gpudevices
+from ..system import loanstore
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..core.model import Registry, User
+    from ..gpu.gpudevices import Node
+    from .context import Context
+
+    Answer = dict[str, object]
+
+GRACE = 5.0  # seconds a returned GPU's processes get between SIGTERM and SIGKILL
+
+
+def host_nodes(reg: Registry) -> tuple[Node, ...]:
+    return gpudevices.read_host(reg.gpu_devices, reg.driver_root).nodes
+
+
+def host_gpus(nodes: tuple[Node, ...]) -> tuple[int, ...]:
+    return tuple(sorted(node.gpu for node in nodes if node.gpu is not None))
+
+
+def busy_gpus() -> frozenset[int] | None:
+    """The GPUs (by /dev/nvidiaN number) with a process on them; None where NVML cannot tell."""
+    from ..gpu import gpustatus
+
+    nvml = gpustatus.load_nvml()
+    return None if nvml is None else gpustatus.busy_minors(nvml)
+
+
+def _duration(request: dict[str, str], default: int | None = None) -> int:
+    text = request.get("duration", "")
+    if not text and default is not None:
+        return default
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise GpushellError(str(exc), "refused duration", ExitStatus.USAGE) from None
+
+
+def _whole(text: str, usage: str) -> int:
+    if not (text.isascii() and text.isdigit() and len(text) <= menu.MAX_GPU_DIGITS):
+        raise GpushellError(usage, f"refused number {text!r}", ExitStatus.USAGE)
+    return int(text)
+
+
+def borrow(ctx: Context, user: User, request: dict[str, str]) -> Answer:
+    reg = ctx.registry
+    count = _whole(request.get("count", ""), menu.LENDING_USAGE["borrow"])
+    duration = _duration(request, lending.allowance(reg, user.name).max_duration)
+    queue = request.get("wait") == "1"
+    nodes = host_nodes(reg)
+    gpus, busy, now = host_gpus(nodes), busy_gpus(), time.time()
+
+    def change(book: lending.LoanBook) -> tuple[lending.LoanBook, tuple[tuple[int, ...], int]]:
+        free = lending.free_gpus(reg, book, gpus, busy)
+        if queue:
+            new, lent, place = lending.wait(reg, user.name, book, count, duration, now, free)
+            return new, (lent, place)
+        new, lent = lending.borrow(reg, user.name, book, count, duration, now, free)
+        return new, (lent, 0)
+
+    lent, place = loanstore.update(ctx.paths, change)
+    if lent:
+        give(ctx, user, lent, nodes)
+    return answer(ctx, user, lent=",".join(map(str, lent)), place=place)
+
+
+def extend(ctx: Context, user: User, request: dict[str, str]) -> Answer:
+    gpu = _whole(request.get("gpu", ""), menu.LENDING_USAGE["extend"])
+    duration, now = _duration(request), time.time()
+    loanstore.update(
+        ctx.paths, lambda book: lending.extend(ctx.registry, user.name, book, gpu, duration, now)
+    )
+    return answer(ctx, user, extended=gpu)
+
+
+def give_back(ctx: Context, user: User, request: dict[str, str]) -> Answer:
+    which_text = request.get("gpu", "")
+    which: int | str = (
+        lending.ALL if which_text == menu.ALL_GPUS else _whole(which_text, menu.LENDING_USAGE["return"])
+    )
+    ended = loanstore.update(ctx.paths, lambda book: lending.give_back(book, user.name, which))
+    take(ctx, user, tuple(loan.gpu for loan in ended), host_nodes(ctx.registry))
+    return answer(ctx, user, returned=",".join(str(loan.gpu) for loan in ended))
+
+
+# --- the devices ------------------------------------------------------------
+
+
+def give(ctx: Context, user: User, gpus: tuple[int, ...], nodes: tuple[Node, ...]) -> None:
+    """Put the GPUs' nodes (and the shared ones they need) into the running container.
+
+    A stopped container gets them at its next start (services.start).
+    """
+    if not gpus or ctx.driver.state(user.container) != RUNNING:
+        return
+    for node in gpudevices.select(nodes, gpus):
+        ctx.driver.add_device(user.container, f"{ctx.registry.gpu_devices}/{node.name}", node)
+
+
+def take(
+    ctx: Context, user: User, gpus: tuple[int, ...], nodes: tuple[Node, ...], grace: float = GRACE
+) -> None:
+    """Take the GPUs' nodes out of the container and end the processes that hold them.
+
+    The devices-cgroup rule goes first (no new open), then the processes
+    with the node open are ended: an open descriptor outlives the rule.
+    The shared nodes go too when the student keeps no GPU at all.
+    """
+    if not gpus or ctx.driver.state(user.container) != RUNNING:
+        return
+    keeps = user.gpus != "none" or loanstore.read(ctx.paths).of(user.name)
+    for node in gpudevices.select(nodes, gpus):
+        if node.gpu is None and keeps:
+            continue
+        ctx.driver.remove_device(user.container, node)
+        end_holders(ctx.driver, user.container, node, grace)
+
+
+def give_lent(ctx: Context, user: User) -> None:
+    """After a start: the student's loans back into the container (services.start calls this)."""
+    loans = loanstore.read(ctx.paths).of(user.name)
+    if loans:
+        give(ctx, user, tuple(loan.gpu for loan in loans), host_nodes(ctx.registry))
+
+
+# --- what the student sees --------------------------------------------------
+
+
+def loan_keys(ctx: Context, user: User, now: float | None = None) -> dict[str, object]:
+    """The student's loans and place in line for an answer: `loans=GPU:ENDS:WARNED,...`."""
+    book = loanstore.read(ctx.paths)
+    keys: dict[str, object] = {"now": int(time.time() if now is None else now)}
+    mine = book.of(user.name)
+    if mine:
+        keys["loans"] = ",".join(f"{loan.gpu}:{int(loan.ends)}:{int(loan.warned)}" for loan in mine)
+    place = book.place(user.name)
+    if place is not None:
+        keys["queue_place"] = place
+    return keys
+
+
+def answer(ctx: Context, user: User, **extra: object) -> Answer:
+    """The keys a borrow, extend or return adds to the helper's answer (verbs.py describes the rest)."""
+    return {**loan_keys(ctx, user), **{key: value for key, value in extra.items() if value}}
