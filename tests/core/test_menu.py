@@ -19,9 +19,9 @@ from gpushell.core.menu import (
     decide_command,
     decide_kill_choice,
     decide_lending,
-    lending_request,
     decide_snapshot_pick,
     is_snapshot_name,
+    lending_request,
 )
 
 ALLOWED = (
