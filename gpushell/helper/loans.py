@@ -77,10 +77,10 @@ def borrow(ctx: Context, user: User, request: dict[str, str]) -> Answer:
         new, lent = lending.borrow(reg, user.name, book, count, duration, now, free)
         return new, (lent, 0)
 
-    lent, place = loanstore.update(ctx.paths, change)
+    lent, _place = loanstore.update(ctx.paths, change)  # a waiter's place: in loan_keys, from the book
     if lent:
         give(ctx, user, lent, nodes)
-    return answer(ctx, user, lent=",".join(map(str, lent)), place=place)
+    return answer(ctx, user, lent=",".join(map(str, lent)))
 
 
 def extend(ctx: Context, user: User, request: dict[str, str]) -> Answer:
@@ -160,4 +160,4 @@ def loan_keys(ctx: Context, user: User, now: float | None = None) -> dict[str, o
 
 def answer(ctx: Context, user: User, **extra: object) -> Answer:
     """The keys a borrow, extend or return adds to the helper's answer (verbs.py describes the rest)."""
-    return {**loan_keys(ctx, user), **{key: value for key, value in extra.items() if value}}
+    return {**loan_keys(ctx, user), **{key: value for key, value in extra.items() if value not in ("", None)}}
