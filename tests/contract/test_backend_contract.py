@@ -9,6 +9,7 @@ parameter list and must pass the same suite.
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,19 +19,24 @@ import pytest
 from gpushell.containers.backend import FROZEN, MISSING, RUNNING, STOPPED, ContainerDriver
 from gpushell.containers.lxc import LxcDriver
 from gpushell.core.errors import GpushellError
+from gpushell.gpu.gpudevices import Node
 from tests.fakes import FakeBackend
+
+# A device node for the live device tests: GPU 7's numbers, a node no container here gets at start.
+LENT = Node("nvidia7", 195, 7)
 
 
 @dataclass
 class Subject:
     backend: ContainerDriver
     name: str  # a defined container, stopped between tests
+    lent_source: str  # the host's node for LENT (a stand-in made with mknod for LXC)
 
 
 def fake_subject(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Subject]:
     backend = FakeBackend(default=MISSING, lxcpath=str(tmp_path_factory.mktemp("lxc")))
     backend.define("contract")
-    yield Subject(backend, "contract")
+    yield Subject(backend, "contract", "/nonexistent/nvidia7")
 
 
 def lxc_subject() -> Iterator[Subject]:
@@ -42,7 +48,9 @@ def lxc_subject() -> Iterator[Subject]:
     try:
         lab.create()
         student = lab.add_student("contract")
-        yield Subject(LxcDriver(lab.lxcpath), student.container)
+        source = f"{lab.root}/nvidia7"  # under the lab's root, removed with it
+        os.mknod(source, 0o666 | stat.S_IFCHR, os.makedev(LENT.major, LENT.minor))
+        yield Subject(LxcDriver(lab.lxcpath), student.container, source)
     finally:
         lab.destroy()
 
@@ -128,3 +136,19 @@ def test_a_missing_container_is_said_to_be_missing(subject: Subject) -> None:
     assert backend.state(name) == MISSING and backend.info(name) == (MISSING, None)
     with pytest.raises(GpushellError):
         backend.start(name)
+
+
+def test_a_device_comes_and_goes_in_a_running_container_any_number_of_times(stopped: Subject) -> None:
+    backend, name = stopped.backend, stopped.name
+    backend.add_device(name, stopped.lent_source, LENT)  # stopped: nothing to do, no error
+    backend.remove_device(name, LENT)
+    assert backend.device_holders(name, LENT) == []
+    backend.start(name)
+    for _ in range(2):
+        backend.add_device(name, stopped.lent_source, LENT)
+    assert backend.device_holders(name, LENT) == []  # there, and nobody has it open
+    for _ in range(2):
+        backend.remove_device(name, LENT)
+    assert backend.device_holders(name, LENT) == []
+    backend.add_device(name, stopped.lent_source, LENT)  # and back again after a return
+    backend.remove_device(name, LENT)
