@@ -405,7 +405,9 @@ def main(paths: Paths = DEFAULT, argv: list[str] | None = None) -> int:
         if name == "?":  # refused before SUDO_UID named anyone: log who really ran it
             name = _real_user()
         audit.record(name, verb, "failed", exc.log_message, warning=True)
-        message = exc.user_message if exc.status in (ExitStatus.ERROR, ExitStatus.TIMEOUT) else CONTACT_ADMIN
+        # A refusal of what the student asked (ERROR, USAGE) or a deadline is theirs to read.
+        shown = (ExitStatus.ERROR, ExitStatus.USAGE, ExitStatus.TIMEOUT)
+        message = exc.user_message if exc.status in shown else CONTACT_ADMIN
         message = without_host_paths(message)
         print(protocol.encode({"error": message, "status": int(exc.status)}), end="")
         return int(exc.status)

@@ -208,7 +208,7 @@ class Session:
     def gpus(self) -> list[int]:
         """Show the GPU table; return the PIDs of the student's own GPU processes, numbered from 1."""
         info = self.helper("gpus", "Asking the GPUs")
-        self.term.write(tables.gpu_table(info, self.term.palette))
+        self.term.write(tables.gpu_table(info, self.term.palette) + loans.lines(info, self.term.palette))
         audit.record(self.user, "gpus", "ok", info.get("state", ""))
         return gputable.own_pids(gputable.decode(info))
 
