@@ -88,6 +88,7 @@ class FakeBackend(ContainerDriver):
 
     def stop(self, name: str) -> None:
         self._set("stop", name, STOPPED if self.exists(name) else MISSING)
+        self.devices.pop(name, None)  # what was added live goes with the running container
 
     def freeze(self, name: str) -> None:
         self._set("freeze", name, FROZEN if self.state(name) == RUNNING else self.state(name))

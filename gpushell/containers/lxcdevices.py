@@ -508,4 +508,16 @@ def holders(container: Container, node: Node) -> list[int]:
     for directory in cgroup_tree(container.cgroup):
         for pid in parse_pids(_read(f"{directory}/cgroup.procs", MAX_PIDS_TEXT)):
             pids.setdefault(pid, None)
-    return sorted(pid for pid in pids if holds(pid, rdev))
+    # A PID that ended after the listing may be another process's by now: still in the tree?
+    return sorted(pid for pid in pids if holds(pid, rdev) and in_tree(pid, container))
+
+
+def in_tree(pid: int, container: Container, root: str = cgroups.ROOT) -> bool:
+    """Whether process pid is in the container's cgroup or one below it, now."""
+    path = cgroups.controller_path(
+        _read(f"/proc/{pid}/cgroup", cgroups.MAX_FILE), "" if container.v2 else "devices"
+    )
+    if path is None:
+        return False
+    where = (f"{root}{path}" if container.v2 else f"{root}/devices{path}").rstrip("/")
+    return where == container.cgroup or where.startswith(container.cgroup + "/")

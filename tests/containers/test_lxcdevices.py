@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gpushell.containers import lxcdevices
+from gpushell.containers import cgroups, lxcdevices
 from gpushell.containers.backend import RUNNING, STOPPED, end_holders
 from gpushell.core.errors import GpushellError
 from gpushell.gpu.gpudevices import Node
@@ -248,7 +248,7 @@ def test_a_holder_is_found_by_its_open_file_in_any_threads_table(
 
 
 def test_holders_are_the_cgroup_trees_processes_with_the_node(
-    tmp_path: Path, processes: list[subprocess.Popen[str]]
+    tmp_path: Path, processes: list[subprocess.Popen[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     opened, idle, threaded = (start(processes, how) for how in ("open", "idle", "thread"))
     make_tree(tmp_path)
@@ -256,7 +256,19 @@ def test_holders_are_the_cgroup_trees_processes_with_the_node(
     (tmp_path / "init.scope" / "cgroup.procs").write_text(f"{opened}\n{idle}\n")
     (tmp_path / "system.slice" / "ssh.service" / "cgroup.procs").write_text(f"{threaded}\n99999999\n")
     container = lxcdevices.Container(-1, str(tmp_path), v2=False)
+    monkeypatch.setattr(lxcdevices, "in_tree", lambda pid, container: pid != threaded)
+    assert lxcdevices.holders(container, ZERO_NODE) == [opened]  # threaded: left the tree meanwhile
+    monkeypatch.setattr(lxcdevices, "in_tree", lambda pid, container: True)
     assert lxcdevices.holders(container, ZERO_NODE) == sorted([opened, threaded])
+
+
+def test_a_process_is_in_the_tree_of_its_own_cgroup_and_not_of_another() -> None:
+    v2 = cgroups.unified()
+    own = cgroups.controller_dir(os.getpid(), "" if v2 else "devices")
+    assert own is not None
+    assert lxcdevices.in_tree(os.getpid(), lxcdevices.Container(-1, own, v2))
+    assert not lxcdevices.in_tree(os.getpid(), lxcdevices.Container(-1, f"{own}/lxc.payload.nobody", v2))
+    assert not lxcdevices.in_tree(os.getpid(), lxcdevices.Container(-1, f"{own}-sibling", v2))
 
 
 # --- end_holders, on the fake backend with real processes ---------------------------------
