@@ -422,3 +422,33 @@ def execute(result: Plan, reg: Registry, paths: Paths, report: Report, fail: Rep
             continue
         report(f"done: {change.text}")
     return failures
+
+
+# --- GPU loans, after the containers started ----------------------------------------
+
+
+def restore_loans(reg: Registry, paths: Paths, report: Report, fail: Report) -> int:
+    """Drop the loans that ended (while the host was down) and put lent GPUs back into running containers.
+
+    A container started by gpushell gets its loans at its start; this puts
+    them back into those started otherwise.  Nothing to import or do for a
+    lab that lends no GPUs.  Returns how many devices could not be moved.
+    """
+    if reg.lending is None:
+        return 0
+    from . import lendingops
+
+    try:
+        return lendingops.restore(paths, reg, report, fail)
+    except GpushellError as exc:
+        fail(f"failed to restore the GPU loans: {exc.user_message}")
+        return 1
+
+
+def loans_dry_run(reg: Registry, paths: Paths) -> list[str]:
+    """What restore_loans would drop."""
+    if reg.lending is None:
+        return []
+    from . import lendingops
+
+    return lendingops.expired_text(paths)

@@ -53,8 +53,11 @@ def _fill(parser: argparse.ArgumentParser, command: Command) -> None:
     for arg in command.args:
         parser.add_argument(*arg.flags, **arg.options)  # type: ignore[arg-type]
     if command.subcommands:
-        choices = parser.add_subparsers(dest=command.dest, required=True, metavar=command.metavar)
+        # A command with its own `run` as well runs that when no subcommand is named.
+        choices = parser.add_subparsers(
+            dest=command.dest, required=command.run is None, metavar=command.metavar
+        )
         for sub in command.subcommands:
             _fill(choices.add_parser(sub.name, help=sub.help, description=sub.description), sub)
-    else:
+    if command.run is not None or not command.subcommands:
         parser.set_defaults(run=command.run)

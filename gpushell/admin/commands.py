@@ -30,6 +30,10 @@ def warn(warnings: Sequence[str]) -> None:
     sys.stderr.flush()
 
 
+def fail(text: str) -> None:
+    print(f"gpushell-admin: {text}", file=sys.stderr)
+
+
 def cmd_init(paths: Paths, args: Options) -> int:
     from . import hostinit
 
@@ -238,7 +242,7 @@ def cmd_apply(paths: Paths, args: Options) -> int:
             return ExitStatus.OK
         plan = apply.plan(reg, paths, apply.observe(reg, paths))
         warn(plan.warnings)
-        for line in apply.render_dry_run(plan):
+        for line in apply.render_dry_run(plan) + apply.loans_dry_run(reg, paths):
             say(line)
         return ExitStatus.OK
     # Under the registry lock: an `add` running meanwhile would otherwise
@@ -250,10 +254,9 @@ def cmd_apply(paths: Paths, args: Options) -> int:
         warn(plan.warnings)
         if not plan.changes:
             say(apply.NOTHING_TO_DO)
-            return ExitStatus.OK
-        failures = apply.execute(
-            plan, reg, paths, say, lambda line: print(f"gpushell-admin: {line}", file=sys.stderr)
-        )
+            return ExitStatus.ERROR if apply.restore_loans(reg, paths, say, fail) else ExitStatus.OK
+        failures = apply.execute(plan, reg, paths, say, fail)
+        failures += apply.restore_loans(reg, paths, say, fail)  # after the starts: their lent GPUs
     made = len(plan.changes) - failures
     say(f"{made} change(s) made" + (f", {failures} failed" if failures else ""))
     return ExitStatus.ERROR if failures else ExitStatus.OK
@@ -286,6 +289,79 @@ def cmd_storage_migrate(paths: Paths, args: Options) -> int:
         paths, args.users, say, lambda line: print(f"gpushell-admin: {line}", file=sys.stderr)
     )
     return ExitStatus.ERROR if failures else ExitStatus.OK
+
+
+def cmd_tick(paths: Paths, args: Options) -> int:
+    from . import lendingops
+
+    failures = lendingops.tick(paths, say, lambda line: warn([line]))
+    return ExitStatus.ERROR if failures else ExitStatus.OK
+
+
+def cmd_loans(paths: Paths, args: Options) -> int:
+    import time
+
+    from ..system import loanstore, registry_store
+    from . import loansview
+
+    reg = registry_store.load_all(paths)
+    book, now = loanstore.read(paths), time.time()
+    if args.json:
+        say(loansview.to_json(book, now))
+        return ExitStatus.OK
+    sys.stdout.write(loansview.render(book, now))
+    if reg.lending is None:
+        warn(["this registry lends no GPUs (no lending:); loans still in the book end at the next tick"])
+    return ExitStatus.OK
+
+
+def cmd_loans_revoke(paths: Paths, args: Options) -> int:
+    from . import lendingops
+
+    failures = lendingops.revoke(paths, args.user, args.gpu, say, lambda line: warn([line]))
+    return ExitStatus.ERROR if failures else ExitStatus.OK
+
+
+def date_option(text: str) -> str:
+    """--since/--until: a day as YYYY-MM-DD."""
+    import datetime
+
+    try:
+        if len(text) != 10:
+            raise ValueError(text)
+        datetime.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: use a date like 2024-06-30") from None
+    return text
+
+
+def day_start(text: str, days_after: int = 0) -> float:
+    """The local midnight that starts the day `text` (plus days_after days), as epoch seconds."""
+    import datetime
+
+    day = datetime.date.fromisoformat(text) + datetime.timedelta(days=days_after)
+    return datetime.datetime.combine(day, datetime.time()).timestamp()
+
+
+def cmd_report(paths: Paths, args: Options) -> int:
+    from ..core import usagereport
+    from . import samples
+
+    if args.json and args.csv:
+        raise GpushellError("choose one of --json and --csv", status=ExitStatus.USAGE)
+    since = None if args.since is None else day_start(args.since)
+    until = None if args.until is None else day_start(args.until, 1)  # the whole of that day
+    found, bad = samples.read(paths, since, until)
+    rows = usagereport.aggregate(found, since, until)
+    if args.json:
+        say(usagereport.to_json(rows, args.since, args.until))
+    elif args.csv:
+        sys.stdout.write(usagereport.to_csv(rows))
+    else:
+        sys.stdout.write(usagereport.render_table(rows))
+    if bad:
+        warn([f"{bad} line(s) of the samples were not samples (a line cut by a crash?) and were skipped"])
+    return ExitStatus.OK
 
 
 def extra_command(name: str) -> Callable[[Paths, Options], int]:
@@ -480,6 +556,58 @@ COMMANDS = Command(
                 )
             ],
             cmd_apply,
+        ),
+        Command(
+            "tick",
+            "one minute of GPU lending and usage samples (run by a timer)",
+            "Run every minute by gpushell-tick.timer (or cron).  With lending: on, warn "
+            "students whose loan ends soon (a banner line, and the registry's notify_command), "
+            "end loans that expired, sat idle for lending.idle_return (NVML only) or that the "
+            "registry no longer allows (the student's processes on the GPU get SIGTERM, then "
+            "SIGKILL, and the device leaves the container), and lend freed GPUs to the students "
+            "waiting in line.  Then append one usage sample per student holding a GPU to "
+            "the state directory's samples/YYYY-MM.jsonl (for report).  Prints one line per "
+            "change; nothing on a quiet minute.",
+            run=cmd_tick,
+        ),
+        Command(
+            "loans",
+            "show the GPU loans and the line, or revoke a loan",
+            "Without an action: one row per lent GPU (student, GPU, start, end, time left, "
+            "whether the student was warned), then the students waiting in line, in order.",
+            [Arg("--json", action="store_true", help="print JSON (loans and queue) instead of tables")],
+            cmd_loans,
+            dest="loans_command",
+            metavar="[ACTION]",
+            subcommands=[
+                Command(
+                    "revoke",
+                    "end a student's loan of a GPU now",
+                    "End the loan at once, as an expiry does: the student's processes on the GPU "
+                    "get SIGTERM, then SIGKILL after a grace period, and the device leaves the "
+                    "container.  The GPU goes to the line at the next tick.",
+                    [
+                        STUDENT,
+                        Arg("gpu", type=int, metavar="GPU", help="the GPU's number (as in /dev/nvidiaN)"),
+                    ],
+                    cmd_loans_revoke,
+                )
+            ],
+        ),
+        Command(
+            "report",
+            "GPU-hours held and busy, loans, CPU-hours and peak memory per student",
+            "Sum tick's usage samples per student: GPU-hours held (loans and the student's "
+            "own GPUs while the container runs), GPU-hours busy (a process of theirs on the GPU, "
+            "from NVML; unknown without a driver), loans, CPU-hours and peak memory of the "
+            "container (sampled once a minute).",
+            [
+                Arg("--since", type=date_option, metavar="DATE", help="from this day on (YYYY-MM-DD)"),
+                Arg("--until", type=date_option, metavar="DATE", help="up to and including this day"),
+                Arg("--json", action="store_true", help="print JSON (unknown figures are null)"),
+                Arg("--csv", action="store_true", help="print CSV (unknown figures read unknown)"),
+            ],
+            cmd_report,
         ),
         Command(
             "doctor",
