@@ -45,12 +45,15 @@ install: deps
 	install -m 0644 man/gpushell.yaml.5 $(MANDIR)/man5/
 	install -m 0644 man/gpushell-admin.8 $(MANDIR)/man8/
 	install -D -m 0644 etc/gpushell-apply.service /etc/systemd/system/gpushell-apply.service
+	install -D -m 0644 etc/gpushell-tick.service /etc/systemd/system/gpushell-tick.service
+	install -D -m 0644 etc/gpushell-tick.timer /etc/systemd/system/gpushell-tick.timer
 	rm -rf build gpushell.egg-info
 
 uninstall:
 	$(PYTHON) -m pip uninstall --yes --break-system-packages --root-user-action=ignore gpushell
 	rm -f $(MANDIR)/man1/gpushell.1 $(MANDIR)/man5/gpushell.yaml.5 $(MANDIR)/man8/gpushell-admin.8
 	rm -f /etc/systemd/system/gpushell-apply.service
+	rm -f /etc/systemd/system/gpushell-tick.service /etc/systemd/system/gpushell-tick.timer
 
 $(VENV)/.ready: Makefile | deps
 	$(PYTHON) -m venv --system-site-packages $(VENV)

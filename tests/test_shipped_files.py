@@ -72,3 +72,39 @@ def test_student_man_page_lists_every_action_with_its_number() -> None:
     for number, word in enumerate(MENU_WORDS, 1):
         roff_word = word.replace("-", "\\-")  # a hyphen in roff source is written \-
         assert f'.BR {number} ", " {roff_word}' in page
+
+
+def unit(name: str) -> dict[str, dict[str, str]]:
+    """A systemd unit file's sections and keys (comments and blank lines left out)."""
+    sections: dict[str, dict[str, str]] = {}
+    current: dict[str, str] = {}
+    for line in (TOP / "etc" / name).read_text().splitlines():
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), {})
+        elif line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            current[key] = value
+    return sections
+
+
+SYSTEMD_UNITS = sorted(path.name for path in (TOP / "etc").iterdir() if path.suffix in (".service", ".timer"))
+
+
+def test_make_install_installs_and_uninstall_removes_every_systemd_unit() -> None:
+    assert SYSTEMD_UNITS == ["gpushell-apply.service", "gpushell-tick.service", "gpushell-tick.timer"]
+    makefile = (TOP / "Makefile").read_text()
+    install, _, uninstall = makefile.partition("\nuninstall:")
+    for name in SYSTEMD_UNITS:
+        assert f"install -D -m 0644 etc/{name} /etc/systemd/system/{name}\n" in install
+        assert f"/etc/systemd/system/{name}" in uninstall.partition("\n\n")[0]
+
+
+def test_the_tick_timer_runs_gpushell_admin_tick_every_minute() -> None:
+    service, timer = unit("gpushell-tick.service"), unit("gpushell-tick.timer")
+    assert service["Service"] == {"Type": "oneshot", "ExecStart": "/usr/local/bin/gpushell-admin tick"}
+    assert service["Unit"]["After"] == "gpushell-apply.service"  # apply's loans step first at boot
+    assert timer["Timer"]["OnCalendar"] == "minutely"
+    assert timer["Install"]["WantedBy"] == "timers.target"
+    assert "Install" not in service  # the timer starts it
+    args = commands.build_parser().parse_args(["tick"], namespace=commands.Options())
+    assert args.run is commands.cmd_tick
