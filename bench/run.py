@@ -35,6 +35,7 @@ from gpushell.core import forward, registry
 from gpushell.system import iptables
 from tests.integration.btrfs_pool import btrfs_pool
 from tests.integration.lab import Lab, Student, sh
+from tests.integration.test_gpus import open_errno, stand_in_devices
 
 REPEAT = int(os.environ.get("BENCH_REPEAT", "21"))  # --repeat sets it
 ROWS: list[str] = []
@@ -705,6 +706,31 @@ TRANSFER = 1 << 30  # bytes per sample: long enough (~0.3 s and up) that start-u
 LISTEN_PORT = 5001  # inside the container: its own network, no clash with the host's
 
 
+LENDING = "lending: {gpus: all, max_per_student: 1}\n"
+
+
+def bench_lending(lab: Lab, student: Student) -> None:
+    """A GPU borrowed into the running container: `gpushell -c borrow` until it returns, which
+    the helper does once the device is in place; the same path with `status` beside it."""
+    kwargs = as_student(student)
+
+    def shell(command: str) -> None:
+        subprocess.run([lab.paths["shell"], "-c", command], check=True, capture_output=True, **kwargs)  # type: ignore[call-overload]
+
+    with stand_in_devices(lab), lab.setting_added(LENDING):
+        lab.ssh(student, "start")
+        shell("borrow 1 1h")
+        usable = open_errno(lab, student, "/dev/nvidia0")
+        shell("return all")
+        if usable != "6":  # ENXIO: the devices cgroup let the open reach the (missing) driver
+            raise RuntimeError(f"a borrowed GPU did not open as expected inside: errno {usable}")
+        borrow = samples(lambda: shell("borrow 1 1h"), setup=lambda: shell("return all"))
+        shell("return all")
+        status = samples(lambda: shell("status"))
+    report("8. borrow a GPU into the running container, until usable", borrow, "gpushell -c status", status,
+           "<= 150 ms abs.", lambda r: statistics.median(borrow) <= 150)  # fmt: skip
+
+
 def bench_isolation(lab: Lab, student: Student) -> None:
     """TCP throughput host<->container with the isolation tables (isolation.py) against without.
 
@@ -797,7 +823,10 @@ def send(ip: str) -> float:
     return TRANSFER / (time.perf_counter() - began) / 1e6
 
 
-FIGURES = ("login", "cold", "growth", "memory", "overhead", "crowd", "limits", "isolation", "add", "storage")
+FIGURES = (
+    "login", "cold", "growth", "memory", "overhead", "crowd", "limits", "isolation", "lending", "add",
+    "storage",
+)  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -856,6 +885,8 @@ def main(argv: list[str] | None = None) -> int:
             bench_limits(lab, student)
         if "isolation" in args.only:
             bench_isolation(lab, student)
+        if "lending" in args.only:
+            bench_lending(lab, student)
         if "crowd" in args.only:
             bench_crowd(lab)  # adds and removes its own students
         if "add" in args.only:

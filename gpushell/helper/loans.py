@@ -131,8 +131,10 @@ def take(
     for node in gpudevices.select(nodes, gpus):
         if node.gpu is None and keeps:
             continue
-        ctx.driver.remove_device(user.container, node)
-        end_holders(ctx.driver, user.container, node, grace)
+        try:
+            ctx.driver.remove_device(user.container, node)
+        finally:  # a failure past the deny (container root broke its /dev) still ends the holders
+            end_holders(ctx.driver, user.container, node, grace)
 
 
 def give_lent(ctx: Context, user: User) -> None:
