@@ -103,13 +103,14 @@ def tick(
         host = host_gpus(nodes)
         use = gpuuse.from_host(reg, load_nvml)
         held = loanstore.read(paths)  # no loans and no lending: the book is not touched
-        failures = 0
+        given: list[Loan] = []
         if reg.lending is not None or held.loans or held.queue:
             held, decided = _decide(paths, reg, now, host, use, warn)
             _tell(decided, now, report)
             _notify(reg, decided.warned, warn)
-            failures += finish_taking(paths, reg, driver, nodes, warn)
-            failures += _give(paths, reg, driver, nodes, _to_give(decided, now), warn)
+            given = _to_give(decided, now)
+        failures = finish_taking(paths, reg, driver, nodes, warn)  # this tick's ends, and any left before
+        failures += _give(paths, reg, driver, nodes, given, warn)
         try:  # the minute's samples: what was held during it, the book as the tick found it
             samples.append(paths, samples.gather(reg, held, driver, use, host, now))
         except (OSError, GpushellError) as exc:

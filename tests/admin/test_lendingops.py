@@ -272,6 +272,15 @@ def test_lending_turned_off_ends_every_loan(lab: Lab) -> None:
     assert lab.said[0].startswith("ended: ann's loan of GPU 1 (the registry no longer lends it")
 
 
+def test_a_take_left_over_is_retried_after_lending_was_turned_off(lab: Lab) -> None:
+    lab.reg = registry(None)
+    lab.book([])
+    lendingops.write_taking(lab.paths, [("ann", 1)])
+    lab.tick()
+    assert "remove ann nvidia1" in lab.driver.calls
+    assert lendingops.read_taking(lab.paths, print) == []
+
+
 def test_no_lending_no_book_and_no_gpus_writes_nothing(lab: Lab) -> None:
     lab.reg = registry(None, cal_gpus="none")
     assert lab.tick() == 0
