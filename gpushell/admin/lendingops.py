@@ -39,13 +39,13 @@ from ..core import lending
 from ..core.durations import duration_text
 from ..core.errors import ExitStatus, GpushellError
 from ..core.lending import Loan, LoanBook
-from ..gpu import gpudevices, gpustatus
+from ..gpu import gpudevices, gpustatus, gpuuse
 from ..helper import loans, services
 from ..system import audit, loanstore, registry_store
 from ..system.files import read_private, write_atomically
 from ..system.lock import admin_busy, locked
 from ..system.runner import MESSAGE_OUTPUT, run
-from . import gpuuse, samples
+from . import samples
 from .loansview import clock
 
 TYPE_CHECKING = False

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from ..core.lending import LoanBook
     from ..core.model import Registry
     from ..core.paths import Paths
-    from .gpuuse import GpuUse
+    from ..gpu.gpuuse import GpuUse
 
 SUFFIX = ".jsonl"
 USAGE_KEYS = ("cpu_ns", "memory_bytes")

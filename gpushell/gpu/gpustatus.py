@@ -272,18 +272,3 @@ def kill(
     finally:
         os.close(pidfd)
     return {"state": "ok", "killed": pid}
-
-
-def busy_minors(nvml: Any) -> frozenset[int]:
-    """The GPUs, by /dev/nvidiaN number, with a process on them (or that NVML cannot read: busy)."""
-    busy: set[int] = set()
-    for index in range(int(nvml.nvmlDeviceGetCount())):
-        minor = index
-        try:
-            handle = nvml.nvmlDeviceGetHandleByIndex(index)
-            minor = int(nvml.nvmlDeviceGetMinorNumber(handle))
-            if _processes(nvml, handle):
-                busy.add(minor)
-        except nvml.NVMLError:
-            busy.add(minor)
-    return frozenset(busy)

@@ -37,12 +37,12 @@ def host_gpus(nodes: tuple[Node, ...]) -> tuple[int, ...]:
     return tuple(sorted(node.gpu for node in nodes if node.gpu is not None))
 
 
-def busy_gpus() -> frozenset[int] | None:
+def busy_gpus(reg: Registry) -> frozenset[int] | None:
     """The GPUs (by /dev/nvidiaN number) with a process on them; None where NVML cannot tell."""
-    from ..gpu import gpustatus
+    from ..gpu import gpuuse
 
-    nvml = gpustatus.load_nvml()
-    return None if nvml is None else gpustatus.busy_minors(nvml)
+    use = gpuuse.from_host(reg)
+    return None if use is None else use.busy
 
 
 def _duration(request: dict[str, str], default: int | None = None) -> int:
@@ -67,7 +67,7 @@ def borrow(ctx: Context, user: User, request: dict[str, str]) -> Answer:
     duration = _duration(request, lending.allowance(reg, user.name).max_duration)
     queue = request.get("wait") == "1"
     nodes = host_nodes(reg)
-    gpus, busy, now = host_gpus(nodes), busy_gpus(), time.time()
+    gpus, busy, now = host_gpus(nodes), busy_gpus(reg), time.time()
 
     def change(book: lending.LoanBook) -> tuple[lending.LoanBook, tuple[tuple[int, ...], int]]:
         free = lending.free_gpus(reg, book, gpus, busy)

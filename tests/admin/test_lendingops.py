@@ -19,14 +19,14 @@ from typing import Any
 
 import pytest
 
-from gpushell.admin import commands, gpuuse, lendingops, loansview, samples
+from gpushell.admin import commands, lendingops, loansview, samples
 from gpushell.containers.backend import RUNNING, STOPPED
 from gpushell.core import usagereport
 from gpushell.core.errors import ExitStatus, GpushellError
 from gpushell.core.lending import Loan, LoanBook, Waiter
 from gpushell.core.paths import Paths
 from gpushell.core.registry import parse
-from gpushell.gpu import gpudevices
+from gpushell.gpu import gpudevices, gpuuse
 from gpushell.gpu.gpudevices import Node
 from gpushell.system import loanstore, runner
 from tests.fakes import FakeBackend

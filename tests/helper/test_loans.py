@@ -40,7 +40,7 @@ def registry(lending: str = "lending: {gpus: all, max_per_student: 2}\n", ann_gp
 @pytest.fixture
 def lab(tmp_path, monkeypatch):
     monkeypatch.setattr(loans, "host_nodes", lambda reg: NODES)
-    monkeypatch.setattr(loans, "busy_gpus", lambda: None)  # no NVML here
+    monkeypatch.setattr(loans, "busy_gpus", lambda reg: None)  # no NVML here
     paths = Paths(run_dir=str(tmp_path / "run"), state_dir=str(tmp_path / "state"))
     (tmp_path / "run").mkdir()
     driver = FakeBackend({"ann": RUNNING, "ben": RUNNING})

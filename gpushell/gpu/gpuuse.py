@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 
 from ..core.value import Value
-from ..gpu import gpustatus
+from . import gpustatus
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
