@@ -49,10 +49,10 @@ def test_admin_man_page_lists_exactly_the_argparse_options() -> None:
 
 def test_admin_man_page_has_a_section_per_command() -> None:
     page = (TOP / "man/gpushell-admin.8").read_text()
-    sections = re.findall(r"^\.SS (\S+(?: build| list| use| migrate| sync)?)", page, flags=re.MULTILINE)
+    sections = re.findall(r"^\.SS (\S+(?: build| list| use| migrate| sync| revoke)?)", page, flags=re.MULTILINE)
     assert sections == [
         "init", "template build", "template list", "template use", "add", "remove", "set", "list",
-        "apply", "doctor", "storage migrate", "driver sync",
+        "apply", "doctor", "storage migrate", "driver sync", "tick", "loans", "loans revoke", "report",
     ]  # fmt: skip
 
 
