@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import dataclasses
 import io
 import ipaddress
@@ -20,12 +21,13 @@ import select
 import shutil
 import signal
 import socket
+import stat
 import statistics
 import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -214,7 +216,7 @@ def bench_cold_start(lab: Lab, student: Student) -> None:
            paired=True)  # fmt: skip
 
 
-def with_synthetic_students(text: str, lab: Lab, count: int) -> str:
+def with_synthetic_students(text: str, lab: Lab, count: int, tag: str = "x") -> str:
     """The registry text plus `count` students that have no container (only entries and forwards)."""
     reg = registry.parse(text, lab.registry)
     used_ips = {u.ip for u in reg.users.values()} | {reg.gateway}
@@ -223,7 +225,7 @@ def with_synthetic_students(text: str, lab: Lab, count: int) -> str:
     ports = (p for p in range(reg.ports[0], reg.ports[1] + 1) if p not in used_ports)
     top = max([u.idmap for u in reg.users.values()] + [reg.idmap_start])
     lines = [
-        f"  {lab.prefix}x{i}:\n    port: {next(ports)}\n    ip: {next(hosts)}\n"
+        f"  {lab.prefix}{tag}{i}:\n    port: {next(ports)}\n    ip: {next(hosts)}\n"
         f"    idmap: {top + (i + 1) * reg.idmap_size}"
         for i in range(count)
     ]
@@ -729,6 +731,57 @@ def bench_lending(lab: Lab, student: Student) -> None:
         status = samples(lambda: shell("status"))
     report("8. borrow a GPU into the running container, until usable", borrow, "gpushell -c status", status,
            "<= 150 ms abs.", lambda r: statistics.median(borrow) <= 150)  # fmt: skip
+    bench_tick(lab)
+
+
+TICK_GPUS = 64
+
+
+@contextlib.contextmanager
+def many_stand_in_gpus(lab: Lab, count: int) -> Iterator[str]:
+    """count stand-in GPU nodes (c 195 N) and nvidiactl in a directory named by the registry."""
+    directory = f"{lab.root}/gpudev-many"
+    os.mkdir(directory, 0o755)
+    nodes = {f"nvidia{n}": n for n in range(count)} | {"nvidiactl": 255}
+    try:
+        for name, minor in nodes.items():
+            os.mknod(f"{directory}/{name}", 0o666 | stat.S_IFCHR, os.makedev(195, minor))
+        with lab.setting_added(f"gpu_devices: {directory}\n"):
+            yield directory
+    finally:
+        shutil.rmtree(directory)
+
+
+def bench_tick(lab: Lab) -> None:
+    """gpushell-admin tick, a lab of 1000 students and 64 GPUs: every GPU lent, 100 in line."""
+    from gpushell.core import lending
+    from gpushell.core.paths import Paths
+    from gpushell.system import loanstore
+
+    original = lab.read_registry()
+    paths = Paths(**lab.paths)  # type: ignore[arg-type]
+    try:
+        with many_stand_in_gpus(lab, TICK_GPUS):
+            text = with_synthetic_students(lab.read_registry(), lab, 1000, tag="t").replace(
+                "users:\n", "lending: {gpus: all, max_duration: 1d}\nusers:\n", 1
+            )
+            lab.write_registry(text)
+            names = sorted(registry.parse(text, lab.registry).users)
+            now = time.time()
+            book = lending.LoanBook(
+                [lending.Loan(names[n], n, now, now + 86400) for n in range(TICK_GPUS)],
+                [lending.Waiter(names[TICK_GPUS + n], 1, 3600, now) for n in range(100)],
+            )
+            loanstore.update(paths, lambda _old: (book, None))
+            lab.admin("tick")  # the registry's compiled copy made once, as every minute after the first
+            ticks = samples(lambda: lab.admin("tick"))
+            floor = samples(lambda: lab.admin("--version"))
+    finally:
+        loanstore.update(paths, lambda _old: (lending.EMPTY, None))
+        lab.write_registry(original)
+    report(f"8. gpushell-admin tick, 1000 students, {TICK_GPUS} GPUs lent, 100 in line", ticks,
+           "gpushell-admin --version", floor, "<= 500 ms abs.",
+           lambda r: statistics.median(ticks) <= 500)  # fmt: skip
 
 
 def bench_isolation(lab: Lab, student: Student) -> None:
