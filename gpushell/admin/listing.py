@@ -19,6 +19,7 @@ from ..containers.factory import backend_for
 from ..core import chaincheck
 from ..core.forward import NatTable
 from ..core.registry import GpuSpec, Limits, Registry
+from ..core.units import short_size
 from ..system import iptables
 
 SAMPLE_SECONDS = 0.2
@@ -72,14 +73,7 @@ def gpus_text(gpus: GpuSpec) -> str:
 
 
 def size_text(count: int | None) -> str:
-    if count is None:
-        return "-"
-    value = float(count)
-    for unit in ("B", "K", "M", "G", "T"):
-        if value < 1024 or unit == "T":
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
+    return "-" if count is None else short_size(count)
 
 
 def duration_text(seconds: float | None) -> str:

@@ -194,9 +194,6 @@ def borrow(
 ) -> tuple[LoanBook, tuple[int, ...]]:
     """Lend `count` of the `free` GPUs for `duration` seconds: the new book and the GPUs lent."""
     _check_request(reg, user, book, count, duration)
-    place = book.place(user)
-    if place is not None:
-        raise _refused(f"you are already waiting for a GPU (place {place} in line)")
     if book.queue:
         raise _refused(f"none free: {_people(len(book.queue))} waiting before you{WAIT_HINT}")
     if len(free) < count:
@@ -219,9 +216,6 @@ def wait(
     line (0 when lent).
     """
     _check_request(reg, user, book, count, duration)
-    place = book.place(user)
-    if place is not None:
-        raise _refused(f"you are already waiting for a GPU (place {place} in line)")
     if not book.queue and len(free) >= count:
         return (*_grant(book, user, free[:count], duration, now), 0)
     line = (*book.queue, Waiter(user, count, duration, now))
@@ -463,6 +457,10 @@ def _user(value: Any) -> str:
 
 
 def _check_request(reg: Registry, user: str, book: LoanBook, count: int, duration: int) -> LoanLimits:
+    """What every borrow and wait is held to: the limits, and not already in line."""
+    place = book.place(user)
+    if place is not None:
+        raise _refused(f"you are already waiting for a GPU (place {place} in line)")
     limits = allowance(reg, user)
     if limits.max_per_student < 1:
         raise _refused("you may not borrow GPUs in this lab")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 
+from .units import short_size
 from .value import Value
 
 TYPE_CHECKING = False
@@ -205,14 +206,7 @@ def hours_text(hours: float | None) -> str:
 
 
 def size_text(count: int | None) -> str:
-    if count is None:
-        return UNKNOWN
-    value = float(count)
-    for unit in ("B", "K", "M", "G", "T"):
-        if value < 1024 or unit == "T":
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
+    return UNKNOWN if count is None else short_size(count)
 
 
 def render_table(rows: Sequence[UsageRow]) -> str:
