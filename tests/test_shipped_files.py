@@ -49,7 +49,8 @@ def test_admin_man_page_lists_exactly_the_argparse_options() -> None:
 
 def test_admin_man_page_has_a_section_per_command() -> None:
     page = (TOP / "man/gpushell-admin.8").read_text()
-    sections = re.findall(r"^\.SS (\S+(?: build| list| use| migrate| sync| revoke)?)", page, flags=re.MULTILINE)
+    second_words = "(?: build| list| use| migrate| sync| revoke)?"
+    sections = re.findall(rf"^\.SS (\S+{second_words})", page, flags=re.MULTILINE)
     assert sections == [
         "init", "template build", "template list", "template use", "add", "remove", "set", "list",
         "apply", "doctor", "storage migrate", "driver sync", "tick", "loans", "loans revoke", "report",
