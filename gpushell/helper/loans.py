@@ -16,7 +16,7 @@ from ..core import lending, menu
 from ..core.durations import parse_duration
 from ..core.errors import ExitStatus, GpushellError
 from ..gpu import gpudevices
-from ..system import loanstore
+from ..system import audit, loanstore
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -158,6 +158,27 @@ def loan_keys(ctx: Context, user: User, now: float | None = None) -> dict[str, o
     if place is not None:
         keys["queue_place"] = place
     return keys
+
+
+def shown_loans(ctx: Context, user: User) -> dict[str, object]:
+    """loan_keys for a login's banner: a book that cannot be read costs the banner its loan
+    lines (and the log a warning), never the login."""
+    try:
+        return loan_keys(ctx, user)
+    except GpushellError as exc:
+        audit.record(user.name, "loans", "failed", exc.log_message, warning=True)
+        return {}
+
+
+def give_lent_after_start(ctx: Context, user: User) -> None:
+    """give_lent for services.start: the container runs either way; a loan not given is logged,
+    and `apply` or the student's `return` and `borrow` set it right."""
+    try:
+        give_lent(ctx, user)
+    except GpushellError as exc:
+        audit.record(
+            user.name, "loans", "failed", f"loans not given at start: {exc.log_message}", warning=True
+        )
 
 
 def answer(ctx: Context, user: User, **extra: object) -> Answer:

@@ -107,7 +107,7 @@ def start(ctx: Context, user: User) -> bool:
     if started and ctx.registry.lending is not None:
         from . import loans  # the student's borrowed GPUs, which the config does not name
 
-        loans.give_lent(ctx, user)
+        loans.give_lent_after_start(ctx, user)
     return started
 
 

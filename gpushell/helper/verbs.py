@@ -47,7 +47,7 @@ def _login(ctx: services.Context, user: User) -> Answer:
     if ctx.registry.lending is not None:  # the banner's loan lines; `json` only where the lab lends
         from . import loans
 
-        answer.update(loans.loan_keys(ctx, user))
+        answer.update(loans.shown_loans(ctx, user))
     if user.gpus != "none":
         # The banner's GPU lines, from the cached snapshot (a small file read);
         # a stale one is refreshed in the background once this answer is out.

@@ -7,6 +7,8 @@ the integration tests (test_lending.py) make.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from gpushell.containers.backend import RUNNING, STOPPED
@@ -156,3 +158,19 @@ def test_a_lab_without_lending_lends_nothing(lab) -> None:
     with pytest.raises(GpushellError, match="does not lend"):
         loans.borrow(ctx, ctx.registry.users["ann"], {"count": "1"})
     assert services.describe(ctx, ctx.registry.users["ann"], RUNNING)["disabled"] == "borrow,extend,return"
+
+
+def test_a_damaged_loan_book_costs_the_banner_its_loan_lines_not_the_login(lab, monkeypatch) -> None:
+    ctx = context(lab)
+    os.makedirs(ctx.paths.state_dir, mode=0o700, exist_ok=True)
+    with open(ctx.paths.loans, "w", encoding="utf-8") as book_file:
+        book_file.write("{not json")
+    os.chmod(ctx.paths.loans, 0o600)
+    warned = []
+    monkeypatch.setattr(loans.audit, "record", lambda *args, **kwargs: warned.append(args))
+    assert loans.shown_loans(ctx, ctx.registry.users["ann"]) == {}
+    ctx.driver.states["ann"] = STOPPED
+    assert services.start(ctx, ctx.registry.users["ann"]) is True  # the container starts all the same
+    assert [entry[1:3] for entry in warned] == [("loans", "failed"), ("loans", "failed")]
+    with pytest.raises(GpushellError, match="unavailable"):
+        loans.borrow(ctx, ctx.registry.users["ann"], {"count": "1"})  # a change is refused, never a guess

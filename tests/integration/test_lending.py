@@ -9,7 +9,12 @@ ENOENT or EPERM once it is returned.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import os
 import re
+import signal
+import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -17,8 +22,9 @@ import pytest
 from gpushell.core.paths import Paths
 from gpushell.system import loanstore
 
-from .lab import Lab, Student
+from .lab import ENV, Lab, Student
 from .test_gpus import open_errno, stand_in_devices
+from .test_selfservice import helper_pids
 
 ENOENT, ENXIO, EPERM = "2", "6", "1"
 LENDING = "lending: {gpus: all, max_per_student: 2, max_duration: 8h}\n"
@@ -121,4 +127,40 @@ def test_bad_lending_commands_are_refused_by_the_shell(lab: Lab, lenders: tuple[
         assert result.returncode == 2 and "usage: " in result.stderr, (command, result.stderr)
     too_long = lab.ssh(first, "borrow 1 9h")
     assert too_long.returncode != 0 and "at most 8h" in too_long.stderr
+    assert book(lab) == {}
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.005, 0.015, 0.03])
+def test_a_borrow_killed_midway_leaves_a_loan_apply_completes_or_nothing(
+    lab: Lab, lenders: tuple[Student, Student], delay: float
+) -> None:
+    """kill -9 of the helper at some point of a borrow: the book is written before the device
+    is given, so what is left is no loan and no device, or a loan whose device `apply` puts in."""
+    first, _ = lenders
+    client = subprocess.Popen(
+        [*lab.ssh_argv(first), "borrow 1 1h"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV
+    )
+    try:
+        deadline = time.monotonic() + 60
+        pids = helper_pids(lab, "borrow")
+        while not pids and client.poll() is None and time.monotonic() < deadline:
+            pids = helper_pids(lab, "borrow")
+        time.sleep(delay)
+        for pid in pids:  # the helper this test's ssh started, by PID
+            with contextlib.suppress(ProcessLookupError):  # finished already: a whole borrow
+                os.kill(pid, signal.SIGKILL)
+        client.wait(timeout=60)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    try:
+        lent = book(lab).get(first.name, ())
+        seen = open_errno(lab, first, "/dev/nvidia0")
+        assert lent or seen in (ENOENT, EPERM), (lent, seen)  # never a device without a loan
+        if lent:
+            lab.admin("apply")
+            assert open_errno(lab, first, "/dev/nvidia0") == ENXIO
+    finally:
+        assert lab.ssh(first, "return all").returncode == 0
     assert book(lab) == {}
