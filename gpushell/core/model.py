@@ -83,8 +83,8 @@ class Lending(Value):
 
 class User(Value):
     __slots__ = (
-        "address", "autostart", "container", "gpus", "idmap", "lending", "limits", "mounts", "name",
-        "port", "snapshot_limit",
+        "address", "autostart", "container", "expires", "gpus", "idmap", "lending", "limits", "mounts",
+        "name", "port", "snapshot_limit",
     )  # fmt: skip
 
     def __init__(
@@ -100,8 +100,11 @@ class User(Value):
         snapshot_limit: int = 3,
         limits: Limits = DEFAULT_LIMITS,
         lending: LoanLimits | None = None,
+        expires: tuple[int, int, int] | None = None,
     ) -> None:
         self.name, self.port, self.idmap = name, port, idmap
+        # The day the account expires, (year, month, day), from 00:00 local time; None: never (expiry.py).
+        self.expires = expires
         self.limits = limits
         self.lending = lending  # the student's own borrowing allowance; None: the lab's
         self.address = str(ip)  # the container's IPv4 address as dotted text
@@ -123,11 +126,13 @@ class Registry(Value):
         "allow_container_traffic",
         "bridge",
         "chain",
+        "contact",
         "disabled_actions",
         "driver",
         "driver_installer",
         "driver_root",
         "egress_deny",
+        "expire_grace",
         "gpu_devices",
         "gpus",
         "hostname",
@@ -180,6 +185,8 @@ class Registry(Value):
         storage: str = "dir",
         pool_file: str = "",
         lending: Lending | None = None,
+        expire_grace: int = 30 * 86400,
+        contact: str = "your administrator",
     ) -> None:
         self.path, self.hostname, self.bridge = path, hostname, bridge
         self.network = str(subnet)  # the bridge's subnet as text, `10.0.3.0/24`
@@ -200,6 +207,9 @@ class Registry(Value):
         self.storage = storage
         self.pool_file = pool_file  # a file holding the btrfs filesystem mounted at lxcpath; "" when none
         self.lending = lending  # GPU lending; None: this lab lends no GPUs
+        # Seconds after an account's expiry day begins before `gpushell-admin expire` removes it.
+        self.expire_grace = expire_grace
+        self.contact = contact  # whom an expired student is told to ask (one printable line)
 
     def __hash__(self) -> int:
         return hash((self.path, self.hostname))  # users is a dict

@@ -15,6 +15,7 @@ import yaml
 
 from .durations import duration_text, parse_duration
 from .errors import ExitStatus, GpushellError
+from .expiry import DEFAULT_CONTACT, parse_day
 from .menu import DISABLEABLE
 from .model import DEFAULT_LIMITS, GpuSpec, Lending, Limits, LoanLimits, Mount, Registry, User
 
@@ -86,11 +87,16 @@ SETTINGS_DEFAULTS: dict[str, Any] = {
     "storage": "dir",
     "pool_file": "",
     "lending": None,  # no lending: this lab lends no GPUs
+    "expire_grace": "30d",
+    "contact": DEFAULT_CONTACT,
     "users": {},
 }
 USER_KEYS = frozenset(
-    {"port", "ip", "idmap", "container", "gpus", "mounts", "autostart", "snapshot_limit", "limits", "lending"}
-)
+    {
+        "port", "ip", "idmap", "container", "gpus", "mounts", "autostart", "snapshot_limit", "limits",
+        "lending", "expires",
+    }
+)  # fmt: skip
 MAX_SNAPSHOTS = 100
 MOUNT_KEYS = frozenset({"source", "target", "mode"})
 LIMIT_KEYS = frozenset({"memory", "cpus", "pids", "disk"})
@@ -107,6 +113,8 @@ USER_LENDING_KEYS = frozenset({"max_per_student", "max_duration"})
 MAX_GPUS = 1024  # GPU numbers are below it (_gpus)
 MIN_LOAN, MAX_LOAN = 60, 365 * 86400  # seconds: a loan's shortest and longest maximum
 MAX_NOTIFY_ARGS, MAX_NOTIFY_ARG = 32, 1024
+MAX_GRACE = 3650 * 86400  # ten years: longer is keeping the account, not a grace period
+MAX_CONTACT = 200  # characters: one line of a refusal
 
 
 class _Parser:
@@ -347,6 +355,33 @@ def _notify_command(value: Any) -> tuple[str, ...]:
     return tuple(argv)
 
 
+def _expires(value: Any) -> tuple[int, int, int]:
+    """A day, YYYY-MM-DD, as written (unquoted or quoted): never YAML's own reading of a timestamp."""
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a date like 2025-06-30")
+    return parse_day(value)
+
+
+def _grace(value: Any) -> int:
+    """A duration like 30d or 12h (0: removable on the expiry day itself)."""
+    seconds = parse_duration(value, never=True)
+    if seconds > MAX_GRACE:
+        raise ValueError(f"{value!r} is longer than {duration_text(MAX_GRACE)}")
+    return seconds
+
+
+def _contact(value: Any) -> str:
+    """Whom expired students ask: one printable line, bounded, naming no host path."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("must be one line of text, like 'Dr. Rossi, room 3.14, rossi@lab.example'")
+    if not value.isprintable() or len(value) > MAX_CONTACT:
+        raise ValueError(f"must be one line of at most {MAX_CONTACT} printable characters")
+    if any(word.strip("'\"`([{<:,;").startswith("/") for word in value.split()):
+        # The helper replaces any student message with a host path in it (verbs.without_host_paths).
+        raise ValueError("must not contain a word starting with / (students are never shown a path)")
+    return value.strip()
+
+
 def parse(text: str, path: str) -> Registry:
     """Parse and validate registry text; raise RegistryError listing every problem."""
     try:
@@ -409,6 +444,8 @@ class _Validator:
             "egress_deny": setting("egress_deny", _cidrs),
             "storage": setting("storage", _storage),
             "pool_file": setting("pool_file", _optional_path),
+            "expire_grace": setting("expire_grace", _grace),
+            "contact": setting("contact", _contact),
         }
         limits = (
             self.limits(nodes["limits"], "limits", DEFAULT_LIMITS) if "limits" in nodes else DEFAULT_LIMITS
@@ -586,11 +623,20 @@ class _Validator:
         lending = (
             self.user_lending(keys["lending"], f"{field}.lending", reg.lending) if "lending" in keys else None
         )
+        expires = None
+        if "expires" in keys:  # the text as written: YAML would make `2025-06-31` an error of its own
+            node = keys["expires"]
+            written = node.value if isinstance(node, yaml.ScalarNode) else p.value(node)
+            try:
+                expires = _expires(written)
+            except ValueError as exc:
+                p.problem(node, f"{field}.expires", str(exc))
         if len(p.problems) > before or port is None or ip is None or idmap is None:
             return None
-        return User(
+        user = User(
             name, port, ip, idmap, container, gpus, mounts, autostart, snapshot_limit, limits, lending
         )
+        return user if expires is None else user.replace(expires=expires)
 
 
 def _reserved_addresses(reg: Registry) -> set[ipaddress.IPv4Address]:

@@ -15,7 +15,7 @@ import sys
 from ..containers.backend import FROZEN, RUNNING
 from ..containers.factory import backend_for
 from ..containers.readiness import wait_for_sshd
-from ..core import menu, protocol
+from ..core import expiry, menu, protocol
 from ..core.errors import CONTACT_ADMIN, ExitStatus, GpushellError
 from ..core.paths import DEFAULT, Paths
 from ..system import audit, loginproc, registry_store, runner
@@ -44,6 +44,9 @@ def _login(ctx: services.Context, user: User) -> Answer:
     if started is not None:
         wait_for_sshd(user.address, ctx.registry.start_timeout)
     answer = services.describe(ctx, user, RUNNING, started=bool(started), forward_changed=forward_changed)
+    today = expiry.today()
+    if user.expires is not None and expiry.shown_soon(user.expires, today):  # the banner's last 14 days
+        answer.update(expires=expiry.day_text(user.expires), expires_in=expiry.days_left(user.expires, today))
     if ctx.registry.lending is not None:  # the banner's loan lines; `json` only where the lab lends
         from . import loans
 
@@ -343,8 +346,38 @@ def _alarm_ended(_signum: int, _frame: object) -> None:
     raise runner.Deadline("the helper's alarm ended the action (stuck outside any program)")
 
 
+def refuse_expired(ctx: services.Context, user: User, expires: expiry.Day, verb: str) -> GpushellError:
+    """An expired student's every verb: their container stopped if it runs, then one line saying why.
+
+    Called under the user lock; the error is theirs to read (ExitStatus.ERROR),
+    and the login shell prints it and ends.
+    """
+    stopped = ""
+    if ctx.driver.may_be_running(user.container):
+        runner.set_deadline(WORK_SECONDS["stop"])
+        try:
+            state = ctx.driver.state(user.container)
+            if state == FROZEN:  # a killed snapshot's leftover: lxc-stop stops only a running one
+                ctx.driver.unfreeze(user.container)
+            if state in (RUNNING, FROZEN):
+                ctx.driver.stop(user.container)
+                stopped = "; container stopped"
+        finally:
+            runner.set_deadline(None)
+    return GpushellError(
+        expiry.expired_message(expires, ctx.registry.contact),
+        f"{verb} refused: account expired on {expiry.day_text(expires)}{stopped}",
+        ExitStatus.ERROR,
+    )
+
+
 def run_action(paths: Paths, name: str, verb: str) -> Answer:
     reg, user = registry_store.load_user(paths, name)
+    if user.expires is not None and expiry.is_expired(user.expires, expiry.today()):
+        # Before anything else, disabled or not: an ended account does nothing but stop.
+        ctx = services.Context(paths, reg, backend_for(reg))
+        with locked(paths.user_lock(name), lock_wait(verb, reg.start_timeout), BUSY):
+            raise refuse_expired(ctx, user, user.expires, verb)
     word = MENU_WORD.get(verb, verb)
     if word in reg.disabled_actions:
         raise GpushellError(f"{word} is turned off on this host; ask your admin", f"{word} is disabled")

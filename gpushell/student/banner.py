@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..core.expiry import WARN_DAYS, soon_text
 from ..core.menu import MENU
 from ..core.protocol import Answer
 
@@ -107,10 +108,25 @@ def banner(info: Answer, p: Palette = PLAIN) -> str:
     return (
         f"\n{p.bold}Welcome, {info['user']}.{p.reset} This host gives you your own container.\n"
         + status(info, p)
+        + expiry_line(info, p)
         + gpu_lines(info, p)
         + f"\nConnect to it:   {p.bold}{connect_command(info)}{p.reset}\n"
         + help_text(info, p, brief=True)
     )
+
+
+def expiry_line(info: Answer, p: Palette = PLAIN) -> str:
+    """`Your account expires on 2025-06-30 (in 3 days)` during the last days; '' otherwise.
+
+    The helper sends `expires=` and `expires_in=` only then; anything
+    malformed says nothing rather than something wrong.
+    """
+    day, days = info.get("expires", ""), _whole(info.get("expires_in", ""))
+    shape = [len(part) for part in day.split("-")]
+    well_formed = shape == [4, 2, 2] and day.isascii() and day.replace("-", "").isdigit()
+    if not well_formed or days is None or not 0 < days <= WARN_DAYS:
+        return ""
+    return f"{p.bad}{soon_text(day, days)}{p.reset}\n"
 
 
 # --- the banner's GPU lines: the login answer's gpu_* keys (gpucache.py writes them) ---

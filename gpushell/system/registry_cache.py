@@ -27,7 +27,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-FORMAT = 10
+FORMAT = 11
 Identity = tuple[int, int, int, int, int]
 
 
@@ -58,7 +58,7 @@ SETTINGS = (
     "path", "hostname", "bridge", "subnet", "ports", "template", "lxcpath", "chain", "idmap_start",
     "idmap_size", "gpus", "mounts", "start_timeout", "idle_timeout", "masquerade", "gpu_devices",
     "driver", "driver_root", "snapshot_limit", "disabled_actions", "driver_installer", "limits",
-    "allow_container_traffic", "egress_deny", "storage", "pool_file", "lending",
+    "allow_container_traffic", "egress_deny", "storage", "pool_file", "lending", "expire_grace", "contact",
 )  # fmt: skip
 _MOUNTS = SETTINGS.index("mounts")
 _LIMITS = SETTINGS.index("limits")
@@ -86,6 +86,7 @@ def to_plain(reg: Registry) -> dict[str, object]:
             u.snapshot_limit,
             _limits(u.limits),
             _loan_limits(u.lending),
+            u.expires,  # (year, month, day) or None: compared on every call without `datetime`
         )
         for u in reg.users.values()
     }
@@ -94,10 +95,10 @@ def to_plain(reg: Registry) -> dict[str, object]:
 
 
 def _user(name: str, entry: tuple[Any, ...]) -> User:
-    port, ip, idmap, container, gpus, mounts, autostart, snapshot_limit, limits, lending = entry
+    port, ip, idmap, container, gpus, mounts, autostart, snapshot_limit, limits, lending, expires = entry
     return User(name, port, ip, idmap, container, gpus,
                 tuple(Mount(*m) for m in mounts), autostart, snapshot_limit, Limits(*limits),
-                None if lending is None else LoanLimits(*lending))  # fmt: skip
+                None if lending is None else LoanLimits(*lending), expires)  # fmt: skip
 
 
 def _registry(plain: dict[str, Any], users: dict[str, User]) -> Registry:

@@ -27,7 +27,7 @@ def paths(tmp_path) -> Paths:
 def driver(monkeypatch) -> FakeBackend:
     fake = FakeBackend(default="RUNNING")
     reg = SimpleNamespace(disabled_actions=frozenset(), lxcpath="/var/lib/lxc", start_timeout=5.0)
-    user = SimpleNamespace(name="alice", container="alice")
+    user = SimpleNamespace(name="alice", container="alice", expires=None)
     monkeypatch.setattr(registry_store, "load_user", lambda paths, name: (reg, user))
     monkeypatch.setattr(verbs, "backend_for", lambda reg: fake)
     return fake
