@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 
 from ..containers import btrfs, cgroups, confinement, provision
 from ..containers.factory import backend_for
-from ..core import chaincheck, dropins, isolation
+from ..core import chaincheck, dropins, isolation, upgrade
 from ..core.errors import GpushellError
 from ..core.forward import JUMP_CHAINS, TAG, NatTable, comment_of, jump_rule, user_rule
 from ..core.model import User
@@ -708,6 +708,12 @@ def run_checks(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
     return [item for check in CHECKS for item in check(reg, paths, facts)]
 
 
+def upgrade_findings(text: str, reg: Registry) -> list[Finding]:
+    """What to write into a registry from an earlier release (upgrade.advice), as warnings."""
+    split = (line.partition(upgrade.SEP) for line in upgrade.advice(text, reg))
+    return [Finding(True, f"upgrade: {what}", fix, warning=True) for what, _, fix in split]
+
+
 def all_ok(findings: Iterable[Finding]) -> bool:
     return all(item.ok for item in findings)
 
@@ -822,8 +828,8 @@ def examine(paths: Paths) -> list[Finding]:
             " (and make every directory above it root's, not writable by others)",
         )
     try:
-        reg = registry_store.load_for_doctor(paths)
+        text, reg = registry_store.load_text_for_doctor(paths)
     except GpushellError as exc:
         first = exc.user_message.splitlines()[0] if exc.user_message else "cannot be read"
         return [safe, Finding(False, f"registry does not load: {first}", f"correct {paths.registry}")]
-    return [safe, *run_checks(reg, paths, gather(reg, paths))]
+    return [safe, *run_checks(reg, paths, gather(reg, paths)), *upgrade_findings(text, reg)]

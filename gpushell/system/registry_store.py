@@ -4,6 +4,7 @@
     load_user(paths, name)   the settings and one student's entry  } from the compiled copy
     load_all(paths)          the whole registry                    } while it is current
     load_for_doctor(paths)   the registry even when its file is unsafe (doctor reports, it does not act)
+    load_text_for_doctor(paths)  the same, with its text
     update(paths, edit)      one change: lock, read, parse, edit, validate, atomic write
     Change(paths)            the same, for commands with work to do under the lock around the write
     create(paths, text)      init's starter registry, where there is none
@@ -102,6 +103,11 @@ def load_all(paths: Paths) -> Registry:
 
 def load_for_doctor(paths: Paths) -> Registry:
     """The registry even when its file is unsafe: doctor checks ownership itself and reports."""
+    return load_text_for_doctor(paths)[1]
+
+
+def load_text_for_doctor(paths: Paths) -> tuple[str, Registry]:
+    """The same, with the text it was parsed from (doctor's upgrade advice reads which keys are written)."""
     from ..core import registry
 
     try:
@@ -109,7 +115,7 @@ def load_for_doctor(paths: Paths) -> Registry:
             text = stream.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise GpushellError(f"cannot read {paths.registry}: {exc}") from None
-    return registry.parse(text, paths.registry)
+    return text, registry.parse(text, paths.registry)
 
 
 # --- changing --------------------------------------------------------------------------------

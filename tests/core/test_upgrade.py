@@ -162,3 +162,28 @@ def test_many_names_are_cut_short() -> None:
     )
     (line,) = advice_for(HEAD + "limits: {memory: 8G}\n" + ISOLATION + "users:\n" + users)
     assert "(s0, s1, s2, s3, s4 and 3 more)" in line
+
+
+# --- doctor's lines ----------------------------------------------------------------------------
+
+
+def test_doctor_shows_each_piece_of_advice_as_an_upgrade_warning() -> None:
+    from gpushell.admin import doctor
+
+    text = (REGISTRIES / "init-add-first-4590e9e.yaml").read_text(encoding="utf-8")
+    found = doctor.upgrade_findings(text, parse(text, "/etc/gpushell.yaml"))
+    assert [item.line().split(" — ")[0] for item in found] == [
+        "warning: upgrade: no top-level `limits:`: 2 of 2 students get the built-in memory 8G, cpus 4, "
+        "pids 4096, disk 50G",
+        "warning: upgrade: no `allow_container_traffic:` (written before network isolation): containers can "
+        "no longer connect to each other (only through the forwarded ports) nor to this host's services",
+    ]
+    assert (
+        found[0]
+        .line()
+        .endswith(
+            " — write `limits:` sized for this host (`gpushell-admin init` puts "
+            "half its memory and CPUs there, but only in a new registry)"
+        )
+    )
+    assert doctor.all_ok(found)  # advice, not a failure: doctor still exits 0
