@@ -74,6 +74,7 @@ def test_old_registry_loads_with_its_students(name: str) -> None:
         assert user.container == user.name
         assert user.ip in reg.subnet
         assert user.lending is None
+        assert user.expires is None  # no earlier release knew expiry: never
 
 
 @pytest.mark.parametrize("name", NAMES)
