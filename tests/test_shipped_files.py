@@ -54,6 +54,7 @@ def test_admin_man_page_has_a_section_per_command() -> None:
     assert sections == [
         "init", "template build", "template list", "template use", "add", "remove", "set", "list",
         "apply", "doctor", "storage migrate", "driver sync", "tick", "loans", "loans revoke", "report",
+        "expire",
     ]  # fmt: skip
 
 

@@ -9,7 +9,7 @@ import sys
 from .. import __version__
 from ..core.errors import ExitStatus, GpushellError
 from ..core.paths import DEBIAN_SUITE, DEFAULT, Paths
-from ..system.lock import ADMIN_WAIT, admin_busy, locked
+from ..system.lock import locked
 from . import cli
 from .cli import Arg, Command, Options
 
@@ -115,6 +115,21 @@ def gpus_option(text: str) -> str | list[int]:
     return sorted(numbers)
 
 
+def expires_option(text: str) -> object:
+    """--expires: the day the account expires (YYYY-MM-DD), today or later; a date YAML writes unquoted."""
+    import datetime
+
+    from ..core import expiry
+
+    try:
+        day = expiry.parse_day(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if expiry.is_expired(day, expiry.today()):
+        raise argparse.ArgumentTypeError(f"{text} has begun or is past: the account would be expired already")
+    return datetime.date(*day)
+
+
 def cmd_add(paths: Paths, args: Options) -> int:
     from ..containers.factory import backend_for
     from ..core import allocate, registry, registry_edit
@@ -137,7 +152,8 @@ def cmd_add(paths: Paths, args: Options) -> int:
         if name in reg.users:
             raise GpushellError(f"{name} is already registered (port {reg.users[name].port})")
         alloc = allocate.allocate(reg, args.port)
-        extra = {"gpus": args.gpus} if args.gpus is not None else None
+        given = {"gpus": args.gpus, "expires": args.expires}
+        extra = {key: value for key, value in given.items() if value is not None} or None
         new_reg = change.propose(registry_edit.add_user(change.old_text, name, alloc, extra))
         user = new_reg.users[name]
 
@@ -177,44 +193,19 @@ def _isolation_after_change(reg: Registry) -> bool:
 
 
 def cmd_remove(paths: Paths, args: Options) -> int:
-    import datetime
+    from . import removal
 
-    from ..containers import archive
-    from ..containers.factory import backend_for
-    from ..core import registry_edit
-    from ..helper import services
-    from ..system import accounts, registry_store
-
-    name = args.user
-    with registry_store.Change(paths) as change:
-        reg = change.old
-        if name not in reg.users:
-            raise GpushellError(
-                f"{name} is not registered in {paths.registry}", status=ExitStatus.NOT_REGISTERED
-            )
-        user = reg.users[name]
-        new_reg = change.propose(registry_edit.remove_user(change.old_text, name))
-        ctx = services.Context(paths, reg, backend_for(reg))
-        with locked(paths.user_lock(name), ADMIN_WAIT, admin_busy(name)):
-            ctx.driver.stop(user.container)
-            kept = ""
-            if args.archive:
-                # Before anything is destroyed; a failure here aborts the remove.
-                rootfs = backend_for(reg).rootfs(user.container)
-                kept = archive.archive_rootfs(rootfs, args.archive, name, datetime.datetime.now(datetime.UTC))
-            services.remove_forward(ctx, name)
-            ctx.driver.destroy(reg, user.container)
-            change.write()
-        isolated = _isolation_after_change(new_reg)
-    if args.purge:
-        accounts.remove_account(name)
-    say(
-        f"removed {name}: container {user.container} destroyed, port {user.port} freed"
-        + (", host account deleted" if args.purge else ", host account kept")
-    )
-    if kept:
-        say(f"rootfs kept in {kept}")
-    return ExitStatus.OK if isolated else ExitStatus.ERROR
+    done = removal.remove_student(paths, args.user, args.archive, args.purge, lambda line: warn([line]))
+    user = done.user
+    if not args.purge:
+        account = ", host account kept"
+    else:
+        account = ", host account deleted" if done.account_deleted else ", no host account to delete"
+    loans = f", {done.loans} GPU loan(s) dropped" if done.loans else ""
+    say(f"removed {args.user}: container {user.container} destroyed, port {user.port} freed{account}{loans}")
+    if done.kept:
+        say(f"rootfs kept in {done.kept}")
+    return ExitStatus.OK if done.isolated else ExitStatus.ERROR
 
 
 def cmd_list(paths: Paths, args: Options) -> int:
@@ -364,13 +355,13 @@ def cmd_report(paths: Paths, args: Options) -> int:
     return ExitStatus.OK
 
 
-def extra_command(name: str) -> Callable[[Paths, Options], int]:
-    """editing's command `name`, imported only when it runs (it pulls in most of gpushell)."""
+def extra_command(name: str, module: str = "editing") -> Callable[[Paths, Options], int]:
+    """`module`'s command `name`, imported only when it runs (it pulls in most of gpushell)."""
 
     def run(paths: Paths, args: Options) -> int:
-        from . import editing
+        import importlib
 
-        return int(getattr(editing, name)(paths, args, say))
+        return int(getattr(importlib.import_module(f"{__package__}.{module}"), name)(paths, args, say))
 
     return run
 
@@ -488,6 +479,13 @@ COMMANDS = Command(
                     help="GPUs for the container: all, none or numbers like 0,2 "
                     "(default: the registry's gpus)",
                 ),
+                Arg(
+                    "--expires",
+                    type=expires_option,
+                    metavar="DATE",
+                    help="the day the account expires (YYYY-MM-DD): from then its logins are refused "
+                    "and `expire` removes it after the registry's expire_grace (default: never)",
+                ),
             ],
             cmd_add,
         ),
@@ -510,12 +508,13 @@ COMMANDS = Command(
         ),
         Command(
             "set",
-            "change a student's gpus, port, autostart, snapshot_limit or limits",
+            "change a student's gpus, port, autostart, snapshot_limit, limits or expiry",
             "Edit the student's registry entry in place (comments kept), "
             "then apply it: a new port replaces the forward at once, autostart, "
             "gpus and limits (memory, cpus, pids: kept in the student's own `limits:`) "
             "regenerate the container's config (gpus and limits take effect at its next start), "
-            "snapshot_limit counts from the student's next snapshot.",
+            "snapshot_limit counts from the student's next snapshot, "
+            "expires refuses every login from that day on (a day already begun stops the container now).",
             [
                 STUDENT,
                 Arg(
@@ -523,7 +522,7 @@ COMMANDS = Command(
                     nargs="*",
                     metavar="KEY=VALUE",
                     help="gpus=all|none|0,2  port=N  autostart=true|false  snapshot_limit=0..100  "
-                    "memory=16G  cpus=4|0.5  pids=4096",
+                    "memory=16G  cpus=4|0.5  pids=4096  expires=YYYY-MM-DD|never",
                 ),
             ],
             extra_command("cmd_set"),
@@ -608,6 +607,26 @@ COMMANDS = Command(
                 Arg("--csv", action="store_true", help="print CSV (unknown figures read unknown)"),
             ],
             cmd_report,
+        ),
+        Command(
+            "expire",
+            "remove the students whose account expired longer than expire_grace ago",
+            "For each student whose expires: day has passed by more than the registry's "
+            "expire_grace (default 30d): remove them as `remove USER --purge` does (container "
+            "and its snapshots, forward, isolation rules, registry entry, host account) and drop "
+            "their GPU loans and place in line; with --archive DIR keep each container's rootfs "
+            "first.  Students expired but still within their grace are named and kept.  One line "
+            "per student; exit status 1 if any removal failed.",
+            [
+                Arg("--dry-run", action="store_true", help="print what it would remove and change nothing"),
+                Arg(
+                    "--archive",
+                    metavar="DIR",
+                    help="first keep each container's rootfs as DIR/USER-TIME.tar (numeric owners); "
+                    "a student whose archive fails is not removed",
+                ),
+            ],
+            extra_command("cmd_expire", "expiring"),
         ),
         Command(
             "doctor",

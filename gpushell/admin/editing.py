@@ -12,7 +12,7 @@ from typing import Any
 from ..containers import provision, template
 from ..containers.backend import RUNNING
 from ..containers.factory import backend_for
-from ..core import registry, registry_edit, usersettings
+from ..core import expiry, registry, registry_edit, usersettings
 from ..core.errors import ExitStatus, GpushellError
 from ..core.paths import Paths
 from ..helper import services
@@ -35,7 +35,9 @@ def edit_user(text: str, name: str, values: dict[str, Any]) -> str:
     """
     limits = {key: values[key] for key in usersettings.LIMIT_KEYS if key in values}
     for key, value in values.items():
-        if key not in limits:
+        if key == "expires" and value is None:  # expires=never: no key at all
+            text = registry_edit.remove_user_key(text, name, key)
+        elif key not in limits:
             text = registry_edit.set_user_key(text, name, key, value)
     if limits:
         own = registry_edit.user_value(text, name, "limits")
@@ -50,9 +52,13 @@ def port_owner(reg: registry.Registry, name: str, port: int | None) -> str | Non
     return others[0] if others else None
 
 
-def set_effects(old: registry.User, new: registry.User, running: bool) -> list[str]:
+def set_effects(
+    old: registry.User, new: registry.User, running: bool, today: expiry.Day = (1970, 1, 1)
+) -> list[str]:
     """What `set` tells the administrator about when each change takes effect (pure)."""
     notes = []
+    if old.expires != new.expires:
+        notes.append(expiry_effect(old.expires, new.expires, today))
     if old.port != new.port:
         notes.append(f"port {old.port} -> {new.port}: forward replaced now")
     if old.autostart != new.autostart:
@@ -70,6 +76,20 @@ def set_effects(old: registry.User, new: registry.User, running: bool) -> list[s
             "from the next snapshot (existing snapshots are kept)"
         )
     return notes or ["nothing changed"]
+
+
+def expiry_effect(old: expiry.Day | None, new: expiry.Day | None, today: expiry.Day) -> str:
+    """What an expiry change does, and from when (pure)."""
+    shown = f"expires {_day(old)} -> {_day(new)}"
+    if new is None:
+        return f"{shown}: the account no longer expires"
+    if expiry.is_expired(new, today):
+        return f"{shown}: expired now: every login refused, the container stopped"
+    return f"{shown}: logins refused from {_day(new)} (the banner says so from 14 days before)"
+
+
+def _day(day: expiry.Day | None) -> str:
+    return "never" if day is None else expiry.day_text(day)
 
 
 def limits_text(limits: registry.Limits) -> str:
@@ -102,6 +122,9 @@ def cmd_set(paths: Paths, args: Options, say: Say) -> int:
             if new_user.port != old_user.port:
                 services.ensure_forward(ctx, new_user)
             running = apply.container_state(driver, new_user.container) == RUNNING
+            today = expiry.today()
+            if running and expiry.is_expired(new_user.expires, today):  # as the student's next call would
+                driver.stop(new_user.container)
             if (new_user.gpus, new_user.autostart, new_user.limits) != (
                 old_user.gpus,
                 old_user.autostart,
@@ -112,7 +135,7 @@ def cmd_set(paths: Paths, args: Options, say: Say) -> int:
         isolated = nftrun.after_change(new_reg, _warn)
     changes = ", ".join(usersettings.describe(key, value) for key, value in values.items())
     say(f"set {name}: {changes}")
-    for note in set_effects(old_user, new_user, running):
+    for note in set_effects(old_user, new_user, running, today):
         say(f"  {note}")
     return ExitStatus.OK if isolated else ExitStatus.ERROR
 

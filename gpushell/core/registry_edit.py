@@ -136,6 +136,27 @@ def set_user_key(text: str, name: str, key: str, value: Any) -> str:
     raise GpushellError(f"{name} is not registered")
 
 
+def remove_user_key(text: str, name: str, key: str) -> str:
+    """Text without `key` in user `name`'s block (its lines; comment lines kept); unchanged when absent."""
+    _, users = _users_node(text)
+    if isinstance(users, yaml.MappingNode):
+        for user_key, entry in users.value:
+            if user_key.value != name:
+                continue
+            if users.flow_style or not isinstance(entry, yaml.MappingNode) or entry.flow_style:
+                raise GpushellError(f"cannot edit {name}'s entry in flow style; please use a block mapping")
+            if len(entry.value) == 1 and entry.value[0][0].value == key:
+                raise GpushellError(f"cannot remove {key}: it is all of {name}'s entry")
+            lines = text.splitlines()
+            for key_node, _value in entry.value:
+                if key_node.value == key:
+                    first = key_node.start_mark.line
+                    last = _block_end(lines, first, key_node.start_mark.column)
+                    return "\n".join(lines[:first] + lines[last + 1 :]) + "\n"
+            return text
+    raise GpushellError(f"{name} is not registered")
+
+
 def set_setting(text: str, key: str, value: Any) -> str:
     """Text with the top-level `key: value` replaced, or added before `users:` (or at the end)."""
     root = yaml.compose(text, Loader=yaml.SafeLoader)

@@ -7,12 +7,13 @@ runs afterwards on the edited text.
 
 from __future__ import annotations
 
+import datetime
 import re
 from typing import Any
 
 from .errors import ExitStatus, GpushellError
 
-SETTABLE = ("gpus", "port", "autostart", "snapshot_limit", "memory", "cpus", "pids", "disk")
+SETTABLE = ("gpus", "port", "autostart", "snapshot_limit", "memory", "cpus", "pids", "disk", "expires")
 # Kept in the user's own `limits:` mapping rather than as keys of their own.
 LIMIT_KEYS = ("memory", "cpus", "pids", "disk")
 GPU_LIST = re.compile(r"\d{1,4}(,\d{1,4})*")
@@ -90,6 +91,18 @@ def pids_value(text: str) -> int:
         raise _usage(f"pids={text}: use a number of processes from {MIN_PIDS} to {MAX_PIDS}") from None
 
 
+def expires_value(text: str) -> datetime.date | None:
+    """The day the account expires (a date: YAML writes it unquoted), or None for `never` (no key)."""
+    from .expiry import parse_day
+
+    if text == "never":
+        return None
+    try:
+        return datetime.date(*parse_day(text))
+    except ValueError:
+        raise _usage(f"expires={text}: use a date like 2025-06-30, or never") from None
+
+
 CONVERTERS = {
     "gpus": gpus_value,
     "port": port_value,
@@ -99,6 +112,7 @@ CONVERTERS = {
     "cpus": cpus_value,
     "pids": pids_value,
     "disk": disk_value,
+    "expires": expires_value,
 }
 
 
@@ -120,6 +134,8 @@ def parse_assignments(words: list[str]) -> dict[str, Any]:
 
 
 def describe(key: str, value: Any) -> str:
+    if key == "expires":
+        return f"expires={'never' if value is None else value.isoformat()}"
     if key == "gpus" and isinstance(value, list):
         return f"gpus={','.join(map(str, value))}"
     if isinstance(value, bool):
