@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from ..containers import cgroups, confinement, lxcconfig
 from ..containers.backend import RUNNING, STOPPED, ContainerDriver
 from ..containers.factory import backend_for
-from ..core import chaincheck, forward
+from ..core import chaincheck, expiry, forward
 from ..core.errors import GpushellError
 from ..core.forward import NatTable
 from ..core.model import Registry, User
@@ -193,9 +193,11 @@ def plan(reg: Registry, paths: Paths, state: HostState) -> Plan:
             fixes.append(f"add to group {paths.group}")
         if fixes:
             changes.append(Change(ACCOUNT, user.name, f"fix account {user.name}: " + ", ".join(fixes)))
+    today = expiry.today()
     for user in users:
         if (
             user.autostart
+            and not expiry.is_expired(user.expires, today)  # an expired account's container stays stopped
             and state.configs.get(user.container) is not None
             and state.states.get(user.container) != RUNNING
         ):

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 
 from ..containers import btrfs, cgroups, confinement, provision
 from ..containers.factory import backend_for
-from ..core import chaincheck, dropins, isolation, upgrade
+from ..core import chaincheck, dropins, expiry, isolation, upgrade
 from ..core.errors import GpushellError
 from ..core.forward import JUMP_CHAINS, TAG, NatTable, comment_of, jump_rule, user_rule
 from ..core.model import User
@@ -90,6 +90,7 @@ class Facts:
     # nftrun.problems: what is wrong with the isolation tables; None: not examined
     isolation: tuple[str, ...] | None = None
     storage: StorageFacts | None = None  # None: not examined
+    now: float | None = None  # when doctor looked (epoch seconds), for expiries; None: not examined
 
 
 # --- checks (pure) -----------------------------------------------------------
@@ -682,6 +683,36 @@ def check_leftovers(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
     return found
 
 
+def check_expiries(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
+    """Students whose account expires within 14 days, and those expired (their grace over or not)."""
+    if facts.now is None or not any(user.expires is not None for user in reg.users.values()):
+        return []
+    from . import expiring
+
+    found = [
+        Finding(
+            True,
+            f"{name}'s account expires on {expiry.day_text(day)} (in {left} day{'' if left == 1 else 's'})",
+        )
+        for name, day, left in expiring.upcoming(reg, facts.now)
+    ]
+    for item in expiring.plan(reg, facts.now):
+        expired = f"{item.name}'s account expired on {expiry.day_text(item.expires)}"
+        if item.due:
+            removable = f"{expired} and its grace ended {expiring.when(item.removable)}"
+            found.append(
+                Finding(True, removable, "gpushell-admin expire [--archive DIR] removes it", warning=True)
+            )
+        else:
+            found.append(
+                Finding(
+                    True,
+                    f"{expired}; kept until {expiring.when(item.removable)} ({expiring.grace_text(reg)})",
+                )
+            )
+    return found or [Finding(True, f"no student's account expires within {expiry.WARN_DAYS} days")]
+
+
 Check = Callable[[Registry, Paths, Facts], list[Finding]]
 CHECKS: tuple[Check, ...] = (
     check_bridge,
@@ -700,6 +731,7 @@ CHECKS: tuple[Check, ...] = (
     check_containers,
     check_ports,
     check_accounts,
+    check_expiries,
     check_leftovers,
 )
 
@@ -812,6 +844,7 @@ def gather(reg: Registry, paths: Paths) -> Facts:
         sshd_effect=sshdcheck.gather(paths.sshd_config, paths.sshd_dropin, sshd_users(accounts, kept)),
         isolation=tuple(nftrun.problems(reg)),
         storage=storage_facts(reg),
+        now=time.time(),
     )
 
 

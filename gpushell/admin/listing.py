@@ -16,7 +16,7 @@ from typing import Any
 from ..containers import cgroups
 from ..containers.backend import ContainerDriver
 from ..containers.factory import backend_for
-from ..core import chaincheck
+from ..core import chaincheck, expiry
 from ..core.forward import NatTable
 from ..core.registry import GpuSpec, Limits, Registry
 from ..core.units import short_size
@@ -38,6 +38,8 @@ class Row:
     uptime_seconds: float | None = None
     # The registry's limits for the student (applied at the container's next start).
     limits: Limits | None = None
+    expires: str | None = None  # the day the account expires, YYYY-MM-DD; None: never
+    expires_in_days: int | None = None  # days from today to that day (0 or less: expired)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,15 +96,30 @@ def percent_text(value: float | None) -> str:
 HEADER = ("USER", "PORT", "IP", "STATE", "GPUS", "CPU%", "MEM", "UPTIME")
 
 
+def expires_text(row: Row) -> str:
+    """`-` (never), `2025-06-30`, `2025-06-30 (in 3 days)` in the last 14 days, `2025-06-30 (expired)`."""
+    if row.expires is None or row.expires_in_days is None:
+        return "-"
+    if row.expires_in_days <= 0:
+        return f"{row.expires} (expired)"
+    if row.expires_in_days <= expiry.WARN_DAYS:
+        return f"{row.expires} (in {row.expires_in_days} day{'' if row.expires_in_days == 1 else 's'})"
+    return row.expires
+
+
 def render_table(rows: Iterable[Row]) -> str:
-    cells = [HEADER] + [
+    """The table; an EXPIRES column only where some student's account expires (a lab with semesters)."""
+    rows = list(rows)
+    semesters = any(row.expires is not None for row in rows)
+    header = HEADER + (("EXPIRES",) if semesters else ())
+    cells = [header] + [
         (
             row.user, str(row.port), row.ip, row.state, gpus_text(row.gpus),
             percent_text(row.cpu_percent), size_text(row.memory_bytes), duration_text(row.uptime_seconds),
-        )
+        ) + ((expires_text(row),) if semesters else ())
         for row in rows
     ]  # fmt: skip
-    widths = [max(len(line[column]) for line in cells) for column in range(len(HEADER))]
+    widths = [max(len(line[column]) for line in cells) for column in range(len(header))]
     numeric = {1, 5, 6, 7}  # right-aligned columns
     lines = []
     for line in cells:
@@ -160,10 +177,17 @@ def gather(
     after = {name: cgroups.cpu_nanoseconds(pid) for name, pid in pids.items()}
     elapsed = time.monotonic() - began
     rows = []
+    today = expiry.today()
     for user in users:
         pid = pids.get(user.name)
         row = Row(user.name, user.port, user.address, user.container, states[user.name], user.gpus)
         row = dataclasses.replace(row, limits=user.limits)
+        if user.expires is not None:
+            row = dataclasses.replace(
+                row,
+                expires=expiry.day_text(user.expires),
+                expires_in_days=expiry.days_left(user.expires, today),
+            )
         if pid is not None:
             row = dataclasses.replace(
                 row,

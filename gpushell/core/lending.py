@@ -32,6 +32,7 @@ The rules:
 
 from __future__ import annotations
 
+from . import expiry
 from .durations import duration_text
 from .errors import ExitStatus, GpushellError
 from .model import LoanLimits, Registry
@@ -288,7 +289,8 @@ def tick(
     revoked, expired, idle, warned, kept = [], [], [], [], []
     for loan in book.loans:
         used = busy is None or loan.gpu in busy
-        if reg.lending is None or loan.user not in reg.users or loan.gpu not in allowed:
+        gone = loan.user not in reg.users or account_expired(reg, loan.user, now)  # expired: stopped
+        if reg.lending is None or gone or loan.gpu not in allowed:
             revoked.append(loan)
         elif loan.ends <= now:
             expired.append(loan)
@@ -306,13 +308,19 @@ def tick(
     return Tick(served, tuple(expired), tuple(idle), tuple(revoked), tuple(warned), granted, dropped)
 
 
+def account_expired(reg: Registry, user: str, now: float) -> bool:
+    """Whether the student's account has expired at `now` (their helper verbs are refused, expiry.py)."""
+    entry = reg.users.get(user)
+    return entry is not None and expiry.is_expired(entry.expires, expiry.today(now))
+
+
 def serve_queue(
     reg: Registry, book: LoanBook, now: float, free: tuple[int, ...]
 ) -> tuple[LoanBook, tuple[Loan, ...], tuple[Waiter, ...]]:
     """Lend to the line's head while enough GPUs are free for its whole request.
 
     Returns the new book, the loans made and the waiters dropped (no longer
-    registered, lending off, or asking past their allowance now).  A loan
+    registered, expired, lending off, or asking past their allowance now).  A loan
     from the line starts now, for the time asked, within today's maximum.
     """
     line, granted, dropped = list(book.queue), list[Loan](), list[Waiter]()
@@ -321,6 +329,9 @@ def serve_queue(
         try:
             limits = allowance(reg, head.user)
         except GpushellError:
+            dropped.append(line.pop(0))
+            continue
+        if account_expired(reg, head.user, now):
             dropped.append(line.pop(0))
             continue
         if not 1 <= head.count <= limits.max_per_student - len(book.of(head.user)):

@@ -246,3 +246,58 @@ def test_remove_command_prints_as_before(monkeypatch, capsys) -> None:
         capsys.readouterr().out
         == "removed alice: container alice destroyed, port 22001 freed, host account kept\n"
     )
+
+
+# --- list, doctor and apply ----------------------------------------------------------------
+
+
+def test_list_shows_an_expires_column_only_in_a_lab_with_semesters() -> None:
+    from gpushell.admin.listing import Row, render_table
+
+    plain = Row("dave", 22004, "10.0.3.5", "dave", "STOPPED", "none")
+    assert "EXPIRES" not in render_table([plain])
+    rows = [
+        Row("alice", 22001, "10.0.3.2", "alice", "STOPPED", "none", expires="2025-06-30", expires_in_days=-3),
+        Row("bob", 22002, "10.0.3.3", "bob", "STOPPED", "none", expires="2025-07-20", expires_in_days=1),
+        Row("carol", 22003, "10.0.3.4", "carol", "STOPPED", "none", expires="2025-08-10", expires_in_days=22),
+        plain,
+    ]
+    lines = render_table(rows).splitlines()
+    assert lines[0].endswith("UPTIME  EXPIRES")
+    assert [line.split("  ")[-1].strip() for line in lines[1:]] == [
+        "2025-06-30 (expired)", "2025-07-20 (in 1 day)", "2025-08-10", "-"
+    ]  # fmt: skip
+
+
+def test_doctor_names_upcoming_and_expired_accounts() -> None:
+    from gpushell.admin import doctor
+
+    facts = SimpleNamespace(now=at((2025, 7, 30)))
+    lines = [item.line() for item in doctor.check_expiries(REG, Paths(), facts)]  # type: ignore[arg-type]
+    assert lines[0] == "ok: carol's account expires on 2025-08-10 (in 11 days)"
+    assert lines[1].startswith(
+        "warning: alice's account expired on 2025-06-30 and its grace ended 2025-07-30 "
+    )
+    assert lines[1].endswith("— gpushell-admin expire [--archive DIR] removes it")
+    assert lines[2].startswith("ok: bob's account expired on 2025-07-20; kept until 2025-08-19 ")
+    assert len(lines) == 3
+    quiet = doctor.check_expiries(REG, Paths(), SimpleNamespace(now=at((2025, 1, 1))))  # type: ignore[arg-type]
+    assert [item.line() for item in quiet] == ["ok: no student's account expires within 14 days"]
+    assert doctor.check_expiries(parse("users: {}\n", PATH), Paths(), facts) == []  # type: ignore[arg-type]
+
+
+def test_apply_starts_no_expired_autostart_container(monkeypatch) -> None:
+    from gpushell.admin import apply
+
+    text = TEXT.replace("    expires: 2025-06-30   # end of the summer term\n", "    autostart: true\n")
+    text = text.replace("    expires: 2025-07-20\n", "    expires: 2025-07-20\n    autostart: true\n")
+    reg = parse(text, PATH)
+    monkeypatch.setattr(expiry, "today", lambda now=None: (2025, 7, 21))
+    from gpushell.core.forward import NatTable
+
+    state = apply.HostState(
+        table=NatTable(""), bridge_ready=True, forwarding_on=True,
+        configs={"alice": "x", "bob": "x"}, accounts={}, states={"alice": "STOPPED", "bob": "STOPPED"},
+    )  # fmt: skip
+    changes = apply.plan(reg, Paths(), state).changes
+    assert [change.subject for change in changes if change.kind == apply.START] == ["alice"]

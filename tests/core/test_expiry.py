@@ -159,3 +159,32 @@ def test_the_compiled_copy_keeps_a_plain_tuple_and_round_trips() -> None:
     assert user.expires == (2025, 6, 30) and user == full.users["alice"]
     assert (reg.expire_grace, reg.contact) == (7 * 86400, "Dr. Rossi")
     assert registry_cache.registry_from_plain(plain) == full
+
+
+# --- GPU loans of an expired student ---------------------------------------------------------
+
+
+def test_a_tick_revokes_an_expired_students_loans_and_drops_them_from_the_line() -> None:
+    from gpushell.core import lending
+    from gpushell.core.lending import Loan, LoanBook, Waiter
+
+    text = (
+        "lending: {gpus: all, max_per_student: 2}\n" + ALICE + "    expires: 2025-06-30\n"
+        "  bob:\n    port: 22002\n    ip: 10.0.3.3\n    idmap: 1065536\n"
+    )
+    reg = parse(text, PATH)
+    before = expiry.day_start((2025, 6, 30)) - 60
+    book = LoanBook([Loan("alice", 0, before - 600, before + 86400)], [Waiter("alice", 1, 3600, before)])
+    kept = lending.tick(reg, book, before, [0, 1], None)
+    assert kept.revoked == () and [loan.user for loan in kept.book.loans] == ["alice", "alice"]
+    after = expiry.day_start((2025, 6, 30)) + 60
+    book = LoanBook(
+        [Loan("alice", 0, after - 600, after + 86400)],
+        [Waiter("alice", 1, 3600, after), Waiter("bob", 1, 3600, after)],
+    )
+    decided = lending.tick(reg, book, after, [0, 1], None)
+    assert [(loan.user, loan.gpu) for loan in decided.revoked] == [("alice", 0)]
+    assert [waiter.user for waiter in decided.dropped] == ["alice"]
+    assert [(loan.user, loan.gpu) for loan in decided.book.loans] == [
+        ("bob", 1)
+    ]  # bob's turn: GPU 0 ended now
