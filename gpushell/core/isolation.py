@@ -8,8 +8,9 @@ Two tables, named after the registry's chain in lower case (GPUSHELL ->
   the student's MAC; an IPv4 packet its IP; an ARP packet (Ethernet/IPv4
   only) its MAC and IP as sender.  Anything else from a student's port,
   IPv6 included, is dropped: containers get IPv4 only.  A frame from any
-  other port may not claim a student's MAC or IP, nor the gateway's (a
-  container started before its veth got a stable name, say).  Unless
+  other port may not claim any MAC or IP of the lab's subnet, the
+  gateway's included (a container started before its veth got a stable
+  name, say): one range each, whether a student holds the address yet or not.  Unless
   `allow_container_traffic`, nothing is bridged from or to a student's port:
   containers reach only the host, which routes.  A student's port receives
   only frames for its own MAC, and broadcast and multicast: a unicast frame
@@ -79,7 +80,8 @@ def bridge_table(reg: Registry) -> str:
     students = _students(reg)
     ports = [f'"{host_interface(user.address)}"' for user in students]
     macs = [mac_address(user.address) for user in students]
-    ips = sorted([*(user.address for user in students), str(reg.gateway)], key=_numeric)
+    subnet = reg.subnet
+    lab_macs = f"{mac_address(str(subnet.network_address))}-{mac_address(str(subnet.broadcast_address))}"
     # Ethernet/IPv4 ARP only: with other sizes the sender and target fields lie elsewhere.
     arp = "arp htype 1 arp ptype ip arp hlen 6 arp plen 4"
     # To a student's port: its own IPv4 and ARP in one lookup each, the rest checked (to_student).
@@ -97,17 +99,15 @@ def bridge_table(reg: Registry) -> str:
     parts = [
         _set("ports", "ifname", ports),
         _set("port_mac_ip", "ifname . ether_addr . ipv4_addr", port_mac_ips),
-        _set("macs", "ether_addr", macs),
-        _set("ips", "ipv4_addr", ips),
         _chain("prerouting", [
             # The bulk of it, a student's IPv4 from its own MAC and IP: one lookup.
             "iifname . ether saddr . ip saddr @port_mac_ip accept",
             "iifname @ports jump student",
-            # Any other port: no student's (or the gateway's) address.
-            "ether saddr @macs drop",
-            "arp saddr ether @macs drop",
-            "arp saddr ip @ips drop",
-            "ip saddr @ips drop",
+            # Any other port: no address of the lab's.
+            f"ether saddr {lab_macs} drop",
+            f"arp saddr ether {lab_macs} drop",
+            f"arp saddr ip {subnet} drop",
+            f"ip saddr {subnet} drop",
         ], hook="prerouting"),
         _chain("student", [
             f"{arp} iifname . ether saddr . arp saddr ip @port_mac_ip "

@@ -41,24 +41,14 @@ table bridge gptab-x {
 		elements = { "gs0ad20303" . 02:00:0a:d2:03:03 . 10.210.3.3, "gs0ad2030c" . 02:00:0a:d2:03:0c . 10.210.3.12 }
 	}
 
-	set macs {
-		type ether_addr
-		elements = { 02:00:0a:d2:03:03, 02:00:0a:d2:03:0c }
-	}
-
-	set ips {
-		type ipv4_addr
-		elements = { 10.210.3.1, 10.210.3.3, 10.210.3.12 }
-	}
-
 	chain prerouting {
 		type filter hook prerouting priority filter; policy accept;
 		iifname . ether saddr . ip saddr @port_mac_ip accept
 		iifname @ports jump student
-		ether saddr @macs drop
-		arp saddr ether @macs drop
-		arp saddr ip @ips drop
-		ip saddr @ips drop
+		ether saddr 02:00:0a:d2:03:00-02:00:0a:d2:03:ff drop
+		arp saddr ether 02:00:0a:d2:03:00-02:00:0a:d2:03:ff drop
+		arp saddr ip 10.210.3.0/24 drop
+		ip saddr 10.210.3.0/24 drop
 	}
 
 	chain student {
@@ -138,10 +128,12 @@ def test_container_traffic_allowed_takes_out_the_drops_between_containers() -> N
     assert inet == INET.replace('\t\toifname "gptabbr" drop\n', "")
 
 
-def test_no_students_leaves_empty_sets_and_guards_the_gateway() -> None:
+def test_no_students_leaves_empty_sets_and_guards_the_whole_subnet() -> None:
     bridge, inet = isolation.bridge_table(EMPTY), isolation.inet_table(EMPTY)
     assert "\tset ports {\n\t\ttype ifname\n\t}\n" in bridge
-    assert "\tset ips {\n\t\ttype ipv4_addr\n\t\telements = { 10.0.3.1 }\n\t}\n" in bridge
+    # The gateway's address and every one not yet given to a student.
+    assert "\t\tip saddr 10.0.3.0/24 drop\n" in bridge
+    assert "\t\tether saddr 02:00:0a:00:03:00-02:00:0a:00:03:ff drop\n" in bridge
     assert "\tset deny {\n\t\ttype ipv4_addr\n\t\tflags interval\n\t}\n" in inet
     assert 'iifname != "lxcbr0" return' in inet
 
