@@ -37,6 +37,13 @@ def fail(text: str) -> None:
 def cmd_init(paths: Paths, args: Options) -> int:
     from . import hostinit
 
+    if args.drop_ins:
+        if args.storage is not None or args.pool_file is not None or args.size is not None:
+            fail("--drop-ins installs the drop-ins only: leave out --storage, --pool-file and --size")
+            return ExitStatus.USAGE
+        hostinit.ensure_dropins(paths, say)
+        say(f"drop-ins ready: {paths.sudoers_dropin}, {paths.sshd_dropin}")
+        return ExitStatus.OK
     request = None
     if args.storage is not None or args.pool_file is not None or args.size is not None:
         pool_file = None if args.pool_file is None else os.path.abspath(args.pool_file)
@@ -446,6 +453,12 @@ COMMANDS = Command(
                     type=size_option,
                     metavar="SIZE",
                     help="the pool file's size, like 200G (sparse: disk is taken as it fills)",
+                ),
+                Arg(
+                    "--drop-ins",
+                    action="store_true",
+                    help="only the sudoers and sshd drop-ins, each checked before it takes effect; "
+                    "nothing else is read or changed (the Debian package runs this on install and upgrade)",
                 ),
             ],
             run=cmd_init,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grp
 import os
+import tempfile
 from collections.abc import Callable
 
 from ..core import chaincheck, dropins, forward, isolation, registry, registry_edit
@@ -52,7 +53,9 @@ def ensure_group(paths: Paths, report: Report) -> None:
         report(f"created group {paths.group}")
 
 
-def ensure_file(path: str, text: str, mode: int, report: Report, check: list[str] | None = None) -> None:
+def ensure_file(
+    path: str, text: str, mode: int, report: Report, check: Callable[[str], object] | None = None
+) -> None:
     try:
         with open(path, encoding="utf-8") as stream:
             if stream.read() == text:
@@ -63,14 +66,38 @@ def ensure_file(path: str, text: str, mode: int, report: Report, check: list[str
         candidate = f"{path}.gpushell-new"
         write_atomically(candidate, text, mode)
         try:
-            run([*check, candidate])
+            check(candidate)
         except BaseException:
             os.unlink(candidate)
             raise
-        os.rename(candidate, path)  # the checked copy itself: what visudo passed is what takes effect
+        os.rename(candidate, path)  # the checked copy itself: what passed is what takes effect
     else:
         write_atomically(path, text, mode)
     report(f"installed {path}")
+
+
+def check_sudoers(candidate: str) -> None:
+    run(["visudo", "-cqf", candidate])
+
+
+def check_sshd(candidate: str) -> None:
+    """`sshd -t` on a configuration that holds only the candidate: sshd's own parser judges it."""
+    with tempfile.NamedTemporaryFile("w", prefix="gpushell-sshd-", suffix=".conf") as config:
+        config.write(f"Include {candidate}\n")
+        config.flush()
+        run(["sshd", "-t", "-f", config.name])
+
+
+def ensure_dropins(paths: Paths, report: Report) -> None:
+    """The sudoers and sshd drop-ins, each checked before it takes effect.
+
+    init's last step, and all that `init --drop-ins` does: the Debian
+    package runs that on every install and upgrade, since the sudoers
+    drop-in lists the helper's verbs of this release.
+    """
+    ensure_file(paths.sudoers_dropin, dropins.sudoers(paths), 0o440, report, check=check_sudoers)
+    os.makedirs(os.path.dirname(paths.sshd_dropin), mode=0o755, exist_ok=True)
+    ensure_file(paths.sshd_dropin, dropins.sshd(paths), 0o644, report, check=check_sshd)
 
 
 def ensure_subordinate_ids(reg: Registry, report: Report) -> None:
@@ -202,7 +229,5 @@ def init(paths: Paths, report: Report, storage: StorageRequest | None = None) ->
     ensure_isolation(reg, report)
     ensure_subordinate_ids(reg, report)
     ensure_login_shell_listed(paths, report)
-    ensure_file(paths.sudoers_dropin, dropins.sudoers(paths), 0o440, report, check=["visudo", "-cqf"])
-    os.makedirs(os.path.dirname(paths.sshd_dropin), mode=0o755, exist_ok=True)
-    ensure_file(paths.sshd_dropin, dropins.sshd(paths), 0o644, report)
+    ensure_dropins(paths, report)
     return reg

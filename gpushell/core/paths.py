@@ -8,6 +8,12 @@ entry-point scripts that pass another `Paths` (root-owned, like the real ones).
 
 from __future__ import annotations
 
+# Where the entry points of this copy of gpushell are: `make install` puts
+# them here; the Debian package's build writes /usr/bin into its own copy
+# (debian/rules).  The helper, the login shell and the driver hook are named
+# from it, so each copy names only its own programs.
+BIN_DIR = "/usr/local/bin"
+
 
 class Paths:
     """The install-time locations; keyword arguments override the defaults.
@@ -25,6 +31,7 @@ class Paths:
         "sshd_config",
         "sshd_dropin",
         "state_dir",
+        "status_dir",
         "sudo",
         "sudoers_dropin",
         "syslog_ident",
@@ -34,8 +41,8 @@ class Paths:
     def __init__(
         self,
         registry: str = "/etc/gpushell.yaml",
-        helper: str = "/usr/local/bin/gpushell-helper",
-        shell: str = "/usr/local/bin/gpushell",
+        helper: str = f"{BIN_DIR}/gpushell-helper",
+        shell: str = f"{BIN_DIR}/gpushell",
         sudo: str = "/usr/bin/sudo",
         run_dir: str = "/run/gpushell",  # per-user, forward and registry locks; the registry cache
         template_cache: str = "/var/cache/gpushell/templates",
@@ -45,6 +52,7 @@ class Paths:
         group: str = "gpushell",
         syslog_ident: str = "gpushell",
         state_dir: str = "/var/lib/gpushell",  # root-only state that outlives a boot: the GPU loans
+        status_dir: str = "",  # the status page, for a web server to read; "": STATE_DIR-status
     ) -> None:
         self.registry, self.helper, self.shell, self.sudo = registry, helper, shell, sudo
         self.run_dir, self.template_cache = run_dir, template_cache
@@ -52,6 +60,8 @@ class Paths:
         self.sshd_config = sshd_config
         self.group, self.syslog_ident = group, syslog_ident
         self.state_dir = state_dir
+        # Beside the state directory, not in it: that one is root's alone (0700).
+        self.status_dir = status_dir or f"{state_dir}-status"
 
     def replace(self, **changes: str) -> Paths:
         values = {name: getattr(self, name) for name in self.__slots__}
@@ -113,6 +123,6 @@ class Paths:
 DEFAULT = Paths()
 # Run by LXC (lxc.hook.mount) at each GPU container's start: written into
 # container configs, so fixed at install like the entry points, not per Paths.
-DRIVER_HOOK = "/usr/local/bin/gpushell-driver-hook"
+DRIVER_HOOK = f"{BIN_DIR}/gpushell-driver-hook"
 # The Debian suite templates are built from unless `template build --suite` says otherwise.
 DEBIAN_SUITE = "bookworm"

@@ -3,11 +3,15 @@
 -I ignores PYTHON* variables and the user's site directory; -S skips the
 site module too, so no .pth file anywhere runs before gpushell.  The package
 directories are written in at install time instead.  `make install`
-writes these over the console scripts pip made.
+writes these over the console scripts pip made, with this Python's site
+directories; the Debian package writes its own with its directory alone
+(`--site-dir /usr/lib/python3/dist-packages`), so a copy under /usr/local
+never shadows the one the package installed.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import site
 import sys
@@ -44,10 +48,26 @@ def script(module: str, paths_arguments: str = "", site_dirs: list[str] | None =
     )
 
 
-def install(directory: str) -> None:
+def install(directory: str, site_dirs: list[str] | None = None) -> None:
     for program, module in PROGRAMS.items():
-        write_atomically(os.path.join(directory, program), script(module), 0o755)
+        write_atomically(os.path.join(directory, program), script(module, site_dirs=site_dirs), 0o755)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python3 -m gpushell.system.entrypoints", description="Write gpushell's entry-point scripts."
+    )
+    parser.add_argument("directory", help="where to write them")
+    parser.add_argument(
+        "--site-dir",
+        action="append",
+        dest="site_dirs",
+        metavar="DIR",
+        help="a directory the scripts import from (repeatable); default: this Python's site directories",
+    )
+    args = parser.parse_args(argv)
+    install(args.directory, args.site_dirs)
 
 
 if __name__ == "__main__":
-    install(sys.argv[1])
+    main()
