@@ -231,7 +231,7 @@ def cmd_list(paths: Paths, args: Options) -> int:
 
 def cmd_apply(paths: Paths, args: Options) -> int:
     from ..system import registry_store
-    from . import apply
+    from . import apply, statuspage
 
     if args.dry_run:
         reg = registry_store.load_all(paths)
@@ -252,11 +252,13 @@ def cmd_apply(paths: Paths, args: Options) -> int:
         warn(plan.warnings)
         if not plan.changes:
             say(apply.NOTHING_TO_DO)
-            return ExitStatus.ERROR if apply.restore_loans(reg, paths, say, fail) else ExitStatus.OK
         failures = apply.execute(plan, reg, paths, say, fail)
         failures += apply.restore_loans(reg, paths, say, fail)  # after the starts: their lent GPUs
-    made = len(plan.changes) - failures
-    say(f"{made} change(s) made" + (f", {failures} failed" if failures else ""))
+    # The page too: a lab without lending runs no tick, and gets one at each boot.
+    statuspage.for_apply(paths, reg, lambda line: warn([line]))
+    if plan.changes:
+        made = len(plan.changes) - failures
+        say(f"{made} change(s) made" + (f", {failures} failed" if failures else ""))
     return ExitStatus.ERROR if failures else ExitStatus.OK
 
 

@@ -9,7 +9,8 @@ student's own borrow and return.  This module carries the decisions out:
   then, outside it: the lab's notify_command for each loan warned, the
   devices taken from loans that ended (their processes ended: SIGTERM,
   GRACE seconds, SIGKILL), the devices given for loans from the line,
-  and one usage sample per student holding a GPU (samples.py).
+  and one usage sample per student holding a GPU (samples.py); last, the
+  status page (statuspage.py) from the same look at the GPUs.
 - `revoke`: one loan ended by the administrator, as an expiry ends it.
 - `restore` (apply, after the containers started): loans that ended while
   the host was down dropped, the others' GPUs back in running containers.
@@ -31,6 +32,7 @@ ticks (REGIVE) or from the container's next start.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
@@ -39,13 +41,13 @@ from ..core import lending
 from ..core.durations import duration_text
 from ..core.errors import ExitStatus, GpushellError
 from ..core.lending import Loan, LoanBook
-from ..gpu import gpudevices, gpustatus, gpuuse
+from ..gpu import gpudevices, gpufigures, gpustatus, gpuuse
 from ..helper import loans, services
 from ..system import audit, loanstore, registry_store
 from ..system.files import read_private, write_atomically
 from ..system.lock import admin_busy, locked
 from ..system.runner import MESSAGE_OUTPUT, run
-from . import samples
+from . import samples, statuspage
 from .loansview import clock
 
 TYPE_CHECKING = False
@@ -56,6 +58,7 @@ if TYPE_CHECKING:
     from ..containers.backend import ContainerDriver
     from ..core.model import Registry
     from ..core.paths import Paths
+    from ..core.statusmodel import GpuReading
     from ..gpu.gpudevices import Node
 
     Report = Callable[[str], None]
@@ -101,11 +104,12 @@ def tick(
         driver = driver or backend_for(reg)
         nodes = gpudevices.scan(reg.gpu_devices)
         host = host_gpus(nodes)
-        use = gpuuse.from_host(reg, load_nvml)
-        held = loanstore.read(paths)  # no loans and no lending: the book is not touched
+        use, readings = look(reg, load_nvml)
+        held = book = loanstore.read(paths)  # no loans and no lending: the book is not touched
         given: list[Loan] = []
         if reg.lending is not None or held.loans or held.queue:
             held, decided = _decide(paths, reg, now, host, use, warn)
+            book = decided.book
             _tell(decided, now, report)
             _notify(reg, decided.warned, warn)
             given = _to_give(decided, now)
@@ -115,7 +119,24 @@ def tick(
             samples.append(paths, samples.gather(reg, held, driver, use, host, now))
         except (OSError, GpushellError) as exc:
             warn(f"usage samples not written: {_why(exc)}")
+        try:  # the page shows the book after this tick's changes
+            statuspage.publish(paths, reg, book, driver, readings, host, now, warn)
+        except (OSError, GpushellError) as exc:
+            warn(statuspage.not_written(exc))
         return failures
+
+
+def look(reg: Registry, load_nvml: Callable[[], Any | None]) -> tuple[gpuuse.GpuUse | None, list[GpuReading]]:
+    """The tick's one look at the GPUs: who uses them (lending, samples), what they show (the status page)."""
+    nvml = load_nvml()
+    if nvml is None:
+        return None, []
+    try:
+        readings = gpufigures.read(nvml) if reg.status_page.enabled else []
+        return gpuuse.read(nvml, gpuuse.owners(reg)), readings
+    finally:
+        with contextlib.suppress(nvml.NVMLError):
+            nvml.nvmlShutdown()
 
 
 def _decide(

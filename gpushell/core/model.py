@@ -81,6 +81,22 @@ class Lending(Value):
         return user.lending or LoanLimits(self.max_per_student, self.max_duration)
 
 
+class StatusPage(Value):
+    """The registry's `status_page:`: whether tick and apply write the page, and whether it names students.
+
+    Written unless turned off; without `names: true` the page says how many
+    students hold a GPU, not who: anyone who can reach the page reads it.
+    """
+
+    __slots__ = ("enabled", "names")
+
+    def __init__(self, enabled: bool = True, names: bool = False) -> None:
+        self.enabled, self.names = enabled, names
+
+
+DEFAULT_STATUS_PAGE = StatusPage()
+
+
 class User(Value):
     __slots__ = (
         "address", "autostart", "container", "expires", "gpus", "idmap", "lending", "limits", "mounts",
@@ -150,6 +166,7 @@ class Registry(Value):
         "ports",
         "snapshot_limit",
         "start_timeout",
+        "status_page",
         "storage",
         "template",
         "users",
@@ -187,6 +204,7 @@ class Registry(Value):
         lending: Lending | None = None,
         expire_grace: int = 30 * 86400,
         contact: str = "your administrator",
+        status_page: StatusPage = DEFAULT_STATUS_PAGE,
     ) -> None:
         self.path, self.hostname, self.bridge = path, hostname, bridge
         self.network = str(subnet)  # the bridge's subnet as text, `10.0.3.0/24`
@@ -210,6 +228,7 @@ class Registry(Value):
         # Seconds after an account's expiry day begins before `gpushell-admin expire` removes it.
         self.expire_grace = expire_grace
         self.contact = contact  # whom an expired student is told to ask (one printable line)
+        self.status_page = status_page  # the status page tick and apply write (statusmodel.py)
 
     def __hash__(self) -> int:
         return hash((self.path, self.hostname))  # users is a dict

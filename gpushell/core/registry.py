@@ -17,7 +17,18 @@ from .durations import duration_text, parse_duration
 from .errors import ExitStatus, GpushellError
 from .expiry import DEFAULT_CONTACT, parse_day
 from .menu import DISABLEABLE
-from .model import DEFAULT_LIMITS, GpuSpec, Lending, Limits, LoanLimits, Mount, Registry, User
+from .model import (
+    DEFAULT_LIMITS,
+    DEFAULT_STATUS_PAGE,
+    GpuSpec,
+    Lending,
+    Limits,
+    LoanLimits,
+    Mount,
+    Registry,
+    StatusPage,
+    User,
+)
 
 TYPE_CHECKING = False  # `typing` (~3 ms) for mypy only
 if TYPE_CHECKING:
@@ -89,6 +100,7 @@ SETTINGS_DEFAULTS: dict[str, Any] = {
     "lending": None,  # no lending: this lab lends no GPUs
     "expire_grace": "30d",
     "contact": DEFAULT_CONTACT,
+    "status_page": {},  # written, naming nobody (model.StatusPage)
     "users": {},
 }
 USER_KEYS = frozenset(
@@ -108,6 +120,7 @@ MIN_CPUS, MAX_CPUS = 0.01, 1024.0
 MIN_PIDS, MAX_PIDS = 32, 4194304
 MIN_DISK = 256 * 2**20  # a quota below the first boot's own writes only locks the student out
 STORAGE_KINDS = ("dir", "btrfs")
+STATUS_PAGE_KEYS = frozenset({"enabled", "names"})
 LENDING_KEYS = frozenset({"gpus", "max_per_student", "max_duration", "idle_return", "notify_command"})
 USER_LENDING_KEYS = frozenset({"max_per_student", "max_duration"})
 MAX_GPUS = 1024  # GPU numbers are below it (_gpus)
@@ -452,6 +465,9 @@ class _Validator:
         )
         mounts = self.mounts(nodes["mounts"], "mounts") if "mounts" in nodes else ()
         lending = self.lending(nodes["lending"]) if "lending" in nodes else None
+        status_page = (
+            self.status_page(nodes["status_page"]) if "status_page" in nodes else DEFAULT_STATUS_PAGE
+        )
         defaults = Registry(
             path=p.path,
             idmap_start=idmap_start,
@@ -459,6 +475,7 @@ class _Validator:
             mounts=mounts,
             limits=limits,
             lending=lending,
+            status_page=status_page,
             users={},
             **settings,
         )
@@ -505,6 +522,18 @@ class _Validator:
             for key in sorted(keys)
         }
         return default.replace(**given)
+
+    def status_page(self, node: yaml.Node) -> StatusPage:
+        """The lab's `status_page:` mapping (enabled, names: true or false); keys left out keep defaults."""
+        if not isinstance(node, yaml.MappingNode):
+            self.p.problem(node, "status_page", "must be a mapping like {enabled: false} or {names: true}")
+            return DEFAULT_STATUS_PAGE
+        keys = self.p.mapping(node, "status_page", STATUS_PAGE_KEYS)
+        given = {
+            key: self.p.typed(keys[key], f"status_page.{key}", _boolean, getattr(DEFAULT_STATUS_PAGE, key))
+            for key in sorted(keys)
+        }
+        return DEFAULT_STATUS_PAGE.replace(**given)
 
     def user_lending(self, node: yaml.Node, field: str, lab: Lending | None) -> LoanLimits | None:
         """A student's own `lending:` (max_per_student, max_duration); what it leaves out is the lab's."""

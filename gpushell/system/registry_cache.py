@@ -20,14 +20,14 @@ import os
 
 from .. import __version__
 from ..core.errors import ExitStatus, GpushellError
-from ..core.model import Lending, Limits, LoanLimits, Mount, Registry, User
+from ..core.model import Lending, Limits, LoanLimits, Mount, Registry, StatusPage, User
 from .files import write_atomically
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-FORMAT = 11
+FORMAT = 12
 Identity = tuple[int, int, int, int, int]
 
 
@@ -59,10 +59,12 @@ SETTINGS = (
     "idmap_size", "gpus", "mounts", "start_timeout", "idle_timeout", "masquerade", "gpu_devices",
     "driver", "driver_root", "snapshot_limit", "disabled_actions", "driver_installer", "limits",
     "allow_container_traffic", "egress_deny", "storage", "pool_file", "lending", "expire_grace", "contact",
+    "status_page",
 )  # fmt: skip
 _MOUNTS = SETTINGS.index("mounts")
 _LIMITS = SETTINGS.index("limits")
 _LENDING = SETTINGS.index("lending")
+_STATUS_PAGE = SETTINGS.index("status_page")
 
 
 def to_plain(reg: Registry) -> dict[str, object]:
@@ -72,6 +74,7 @@ def to_plain(reg: Registry) -> dict[str, object]:
         "mounts": _mounts(reg.mounts),
         "limits": _limits(reg.limits),
         "lending": _lending(reg.lending),
+        "status_page": (reg.status_page.enabled, reg.status_page.names),
     }
     settings = tuple(plain.get(field, getattr(reg, field)) for field in SETTINGS)
     users = {
@@ -105,6 +108,7 @@ def _registry(plain: dict[str, Any], users: dict[str, User]) -> Registry:
     settings = list(plain["settings"])
     settings[_MOUNTS] = tuple(Mount(*m) for m in settings[_MOUNTS])
     settings[_LIMITS] = Limits(*settings[_LIMITS])
+    settings[_STATUS_PAGE] = StatusPage(*settings[_STATUS_PAGE])
     if settings[_LENDING] is not None:
         settings[_LENDING] = Lending(**dict(zip(Lending.__slots__, settings[_LENDING], strict=True)))
     return Registry(**dict(zip(SETTINGS, settings, strict=True)), users=users)

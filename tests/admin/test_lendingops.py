@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import types
@@ -24,6 +25,7 @@ from gpushell.containers.backend import RUNNING, STOPPED
 from gpushell.core import usagereport
 from gpushell.core.errors import ExitStatus, GpushellError
 from gpushell.core.lending import Loan, LoanBook, Waiter
+from gpushell.core.model import StatusPage
 from gpushell.core.paths import Paths
 from gpushell.core.registry import parse
 from gpushell.gpu import gpudevices, gpuuse
@@ -161,6 +163,15 @@ class FakeNvml:
     def nvmlDeviceGetGraphicsRunningProcesses(self, handle: tuple[int, Any]) -> list[types.SimpleNamespace]:
         return []
 
+    def nvmlDeviceGetName(self, handle: tuple[int, Any]) -> str:
+        return "NVIDIA A100-SXM4-40GB"
+
+    def nvmlDeviceGetUtilizationRates(self, handle: tuple[int, list[int] | str]) -> types.SimpleNamespace:
+        return types.SimpleNamespace(gpu=90 if handle[1] else 0)
+
+    def nvmlDeviceGetMemoryInfo(self, handle: tuple[int, list[int] | str]) -> types.SimpleNamespace:
+        return types.SimpleNamespace(used=2**30 * len(handle[1]), total=40 * 2**30)
+
     def nvmlShutdown(self) -> None:
         self.shut_down = True
 
@@ -281,11 +292,17 @@ def test_a_take_left_over_is_retried_after_lending_was_turned_off(lab: Lab) -> N
     assert lendingops.read_taking(lab.paths, print) == []
 
 
-def test_no_lending_no_book_and_no_gpus_writes_nothing(lab: Lab) -> None:
+def test_no_lending_no_book_and_no_gpus_writes_the_status_page_alone(lab: Lab) -> None:
     lab.reg = registry(None, cal_gpus="none")
     assert lab.tick() == 0
-    assert not os.path.exists(lab.paths.state_dir)
+    assert os.listdir(lab.paths.state_dir) == ["status-history.json"]
+    assert sorted(os.listdir(lab.paths.status_dir)) == ["index.html", "status.json"]
     assert lab.said == lab.warned == []
+    shutil.rmtree(lab.paths.state_dir)
+    lab.reg = lab.reg.replace(status_page=StatusPage(enabled=False))
+    assert lab.tick() == 0
+    assert not os.path.exists(lab.paths.state_dir)
+    assert os.listdir(lab.paths.status_dir) == []  # the page turned off: the old one removed
 
 
 # --- tick: warnings, idle return, the line ---------------------------------------------------
