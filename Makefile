@@ -12,10 +12,12 @@ APT_PACKAGES := lxc lxc-templates python3-lxc lxc-dev iptables nftables openssh-
                 python3-venv python3-pip python3-setuptools iproute2 groff-base man-db btrfs-progs
 # What `make deb` builds and checks the package with.
 DEB_PACKAGES := debhelper dh-python python3-all python3-setuptools pybuild-plugin-pyproject lintian
-DEV_PACKAGES := pytest pexpect hypothesis ruff mypy types-PyYAML types-psutil
+# What the tests alone need: a headless browser for the status page's test.
+TEST_PACKAGES := chromium chromium-driver
+DEV_PACKAGES := pytest pexpect hypothesis ruff mypy types-PyYAML types-psutil selenium
 STAMP        := .make
 
-.PHONY: all deps deb-deps deb install uninstall venv test unit integration lint demo demo-clean bench clean
+.PHONY: all deps deb-deps test-deps deb install uninstall venv test unit integration lint demo demo-clean bench clean
 
 all: install
 
@@ -38,6 +40,9 @@ deps: | $(STAMP)
 
 deb-deps:
 	$(call apt-ensure,$(DEB_PACKAGES))
+
+test-deps:
+	$(call apt-ensure,$(TEST_PACKAGES))
 
 # System-wide for Debian's python3, so the login shell runs as `python3 -I`
 # for every user; the entry points get that shebang.
@@ -90,7 +95,7 @@ $(VENV)/.ready: Makefile | deps
 	$(VENV)/bin/pip install --quiet $(DEV_PACKAGES)
 	touch $@
 
-venv: $(VENV)/.ready
+venv: $(VENV)/.ready test-deps
 
 # Unit tests first (seconds: every folder but integration/, and the
 # contract suite against the fake backend), then the integration tests on
