@@ -560,8 +560,8 @@ COMMANDS = Command(
             "bring up the bridge and IP forwarding if needed, "
             "rebuild the nat chain in one iptables-restore if it differs from the "
             "registry, regenerate students' LXC configs that differ, fix students' "
-            "login shells and group, and start containers marked autostart.  "
-            "Prints each change; a second run has nothing to do.",
+            "login shells and group, and start containers marked autostart; then write the "
+            "status page, as tick does.  Prints each change; a second run has nothing to do.",
             [
                 Arg(
                     "--dry-run",
@@ -580,8 +580,10 @@ COMMANDS = Command(
             "registry no longer allows (the student's processes on the GPU get SIGTERM, then "
             "SIGKILL, and the device leaves the container), and lend freed GPUs to the students "
             "waiting in line.  Then append one usage sample per student holding a GPU to "
-            "the state directory's samples/YYYY-MM.jsonl (for report).  Prints one line per "
-            "change; nothing on a quiet minute.",
+            "the state directory's samples/YYYY-MM.jsonl (for report), and write the status "
+            "page (index.html and status.json: each GPU's use over the last day, free or lent, "
+            "the host's figures) into /var/lib/gpushell-status for a web server to serve.  "
+            "Prints one line per change; nothing on a quiet minute.",
             run=cmd_tick,
         ),
         Command(
