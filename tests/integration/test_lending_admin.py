@@ -18,6 +18,7 @@ import stat
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -110,6 +111,23 @@ def test_tick_ends_an_expired_loan_its_device_and_the_program_holding_it(
     assert opens(lab, borrower, "/dev/nvidiactl") == ENOENT  # no GPU left: the shared nodes went too
     assert loanstore.read(paths).loans == ()
     assert not lab.admin("tick").stdout  # nothing left to end
+
+
+def test_tick_writes_the_status_page_counting_the_loan_and_naming_nobody(
+    lab: Lab, borrower: Student, paths: Paths
+) -> None:
+    now = time.time()
+    lend(paths, Loan(borrower.name, 7, now - 30, now + 3600))
+    ticked = lab.admin("tick")
+    assert ticked.stderr == ""
+    assert stat.S_IMODE(os.stat(paths.status_dir).st_mode) == 0o755
+    page = json.loads(Path(paths.status_dir, "status.json").read_text())
+    gpus = {gpu["gpu"]: gpu for gpu in page["gpus"]}
+    assert {1, 7} <= set(gpus)  # stand-in nodes, no driver: listed, with no reading
+    assert (gpus[7]["state"], gpus[7]["students"], gpus[7]["reading"]) == ("lent", 1, False)
+    assert gpus[1]["state"] == "free" and page["host_figures"]["containers_running"] >= 1
+    html = Path(paths.status_dir, "index.html").read_text()
+    assert 'id="gpu-7"' in html and "lent to 1 student" in html and borrower.name not in html
 
 
 def test_loans_shows_the_book_and_revoke_ends_a_loan(lab: Lab, borrower: Student, paths: Paths) -> None:
