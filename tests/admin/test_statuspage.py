@@ -139,3 +139,13 @@ def test_apply_looks_at_the_gpus_itself_and_says_in_one_line_when_the_page_canno
     os.chmod(paths.status_dir, 0o775)
     statuspage.for_apply(paths, reg, warned.append, lambda: None)
     assert len(warned) == 1 and warned[0].startswith("status page not written: refusing ")
+
+
+def test_no_login_loads_the_status_page_or_what_it_needs() -> None:
+    from tests.student.test_login_imports import LOGIN_MODULES, loaded_after
+
+    page = {"gpuhistory", "statusmodel", "statushtml", "statuspage", "gpufigures", "hostfigures"}
+    for modules in LOGIN_MODULES.values():
+        loaded = loaded_after(modules)
+        assert set(modules) <= loaded
+        assert sorted(name for name in loaded if name.rpartition(".")[2] in page | {"html", "psutil"}) == []
