@@ -130,6 +130,17 @@ def test_tick_writes_the_status_page_counting_the_loan_and_naming_nobody(
     assert 'id="gpu-7"' in html and "lent to 1 student" in html and borrower.name not in html
 
 
+def test_apply_writes_the_status_page_too(lab: Lab, borrower: Student, paths: Paths) -> None:
+    for name in ("index.html", "status.json"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{paths.status_dir}/{name}")
+    applied = lab.admin("apply")
+    assert "status page" not in applied.stderr
+    page = json.loads(Path(paths.status_dir, "status.json").read_text())
+    assert {gpu["gpu"]: gpu["state"] for gpu in page["gpus"]}[7] == "free"
+    assert stat.S_IMODE(os.stat(f"{paths.status_dir}/index.html").st_mode) == 0o644
+
+
 def test_loans_shows_the_book_and_revoke_ends_a_loan(lab: Lab, borrower: Student, paths: Paths) -> None:
     now = time.time()
     lend(paths, Loan(borrower.name, 7, now - 45, now + 2 * 3600))  # another start: another loan
