@@ -1,7 +1,8 @@
 """A stored day of a four-GPU host, replayed for the status page's tests.
 
 There is no GPU or NVIDIA driver where the tests run.  data/status_day.json
-holds a day of recorded readings (every 10 minutes: each GPU's utilization
+holds a made-up day of readings in NVML's units, not a capture from real
+hardware (every 10 minutes: each GPU's utilization
 and memory, the host's CPU and memory); `DayNvml` answers pynvml's calls
 from the reading of one moment, so the figures reach the page through
 gpufigures.read, the way a tick reads a real GPU.  `replay` runs the day

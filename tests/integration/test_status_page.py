@@ -1,7 +1,7 @@
 """The status page in a real headless browser (Debian's chromium, driven by selenium).
 
-The page is written by admin/statuspage.py from recorded data: the day of
-readings in data/status_day.json (a four-GPU host, replayed through a
+The page is written by admin/statuspage.py from stored data: the made-up day
+of readings in data/status_day.json (a four-GPU host, replayed through a
 stand-in NVML by tests/statusday.py; there is no GPU here).  A web server
 on the loopback serves the directory, as the host's own nginx or Apache
 would; the browser loads the page and the test checks what it shows: no
@@ -50,7 +50,7 @@ PLOT_BLUE = (31, 95, 168)  # the plots' stroke, statushtml.STYLE
 
 
 def write_page(paths: Paths, names: bool) -> None:
-    """The day's last minute as a tick writes it, after a day of ticks (the history from the recording)."""
+    """The day's last minute as a tick writes it, after a day of ticks (the history from the stored day)."""
     os.makedirs(paths.state_dir, 0o700, exist_ok=True)
     Path(statuspage.history_path(paths)).write_text(gpuhistory.to_json(statusday.day_history()))
     os.chmod(statuspage.history_path(paths), 0o600)
