@@ -95,7 +95,7 @@ $(VENV)/.ready: Makefile | deps
 	$(VENV)/bin/pip install --quiet $(DEV_PACKAGES)
 	touch $@
 
-venv: $(VENV)/.ready test-deps
+venv: $(VENV)/.ready
 
 # Unit tests first (seconds: every folder but integration/, and the
 # contract suite against the fake backend), then the integration tests on
@@ -105,14 +105,14 @@ PYTEST = $(VENV)/bin/python -m pytest -q -p no:cacheprovider
 UNIT = $(PYTEST) tests --ignore=tests/integration -m "not integration"
 INTEGRATION = $(PYTEST) tests/integration tests/contract -m integration
 
-test: install venv
+test: install venv test-deps
 	$(UNIT)
 	$(INTEGRATION)
 
 unit: venv
 	$(UNIT)
 
-integration: install venv
+integration: install venv test-deps
 	$(INTEGRATION)
 
 lint: venv
