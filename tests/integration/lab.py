@@ -25,13 +25,18 @@ import time
 from collections.abc import Iterator, Sequence
 
 
-def installed_script(module: str, paths_arguments: str) -> str:
-    """The entry point `make install` writes, with the lab's paths, from the installed package."""
+def installed_script(module: str, paths_arguments: str, site_dir: str | None = None) -> str:
+    """The entry point an installation writes, with the lab's paths, from that installation's package.
+
+    `make install`'s by default, importing from Python's site directories; with
+    site_dir, the Debian package's, importing from that directory alone.
+    """
+    site_dirs = None if site_dir is None else [site_dir]
     code = (
-        "import sys; from gpushell.system import entrypoints; "
-        f"sys.stdout.write(entrypoints.script({module!r}, {paths_arguments!r}))"
+        f"import sys; sys.path.extend({site_dirs or []!r}); from gpushell.system import entrypoints; "
+        f"sys.stdout.write(entrypoints.script({module!r}, {paths_arguments!r}, {site_dirs!r}))"
     )
-    return sh(["/usr/bin/python3", "-I", "-c", code]).stdout
+    return sh(["/usr/bin/python3", "-I" if site_dir is None else "-IS", "-c", code]).stdout
 
 
 ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
@@ -76,7 +81,8 @@ class Student:
 
 
 class Lab:
-    def __init__(self) -> None:
+    def __init__(self, site_dir: str | None = None) -> None:
+        self.site_dir = site_dir  # whose gpushell the entry points import (installed_script)
         self.prefix = "gpt" + secrets.token_hex(2)
         self.root = f"/run/gpushell-test-{self.prefix}"
         self.lxcpath = f"/var/lib/gpushell-test-{self.prefix}"
@@ -129,7 +135,7 @@ class Lab:
             ("admin.commands", "gpushell-admin"),
         ):
             with open(f"{self.root}/bin/{name}", "w", encoding="utf-8") as script:
-                script.write(installed_script(module, arguments))
+                script.write(installed_script(module, arguments, self.site_dir))
             os.chmod(f"{self.root}/bin/{name}", 0o755)
         self.write_registry(self.registry_text())
         self.admin("init")
