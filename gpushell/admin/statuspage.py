@@ -129,9 +129,10 @@ def for_apply(
         remove(paths)
         return
     try:
-        nvml = (load_nvml or gpustatus.load_nvml)()
-        readings = [] if nvml is None else _looked(nvml, gpufigures.read)
         host_gpus = [node.gpu for node in gpudevices.scan(reg.gpu_devices) if node.gpu is not None]
+        # No GPU node, nothing NVML could read: a GPU-less host skips its import and init.
+        nvml = (load_nvml or gpustatus.load_nvml)() if host_gpus else None
+        readings = [] if nvml is None else _looked(nvml, gpufigures.read)
         publish(paths, reg, loanstore.read(paths), backend_for(reg), readings, host_gpus, time.time(), warn)
     except (OSError, GpushellError) as exc:
         warn(not_written(exc))

@@ -141,6 +141,23 @@ def test_apply_looks_at_the_gpus_itself_and_says_in_one_line_when_the_page_canno
     assert len(warned) == 1 and warned[0].startswith("status page not written: refusing ")
 
 
+def test_apply_on_a_host_without_gpu_nodes_never_loads_nvml(
+    paths: Paths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reg = parse(REGISTRY, "/r")
+    monkeypatch.setattr(gpudevices, "scan", lambda dev_dir: ())
+    monkeypatch.setattr("gpushell.containers.factory.backend_for", lambda reg: FakeBackend())
+
+    def load_nvml() -> None:
+        raise AssertionError("NVML loaded on a host with no GPU node")
+
+    warned: list[str] = []
+    statuspage.for_apply(paths, reg, warned.append, load_nvml)
+    gpus = json.loads(Path(paths.status_dir, "status.json").read_text())["gpus"]
+    assert warned == [] and gpus  # the registry's GPUs still listed, with no reading
+    assert not any(gpu["reading"] for gpu in gpus)
+
+
 def test_no_login_loads_the_status_page_or_what_it_needs() -> None:
     from tests.student.test_login_imports import LOGIN_MODULES, loaded_after
 
