@@ -53,6 +53,24 @@ def sh(argv: Sequence[str], check: bool = True, **kwargs: object) -> subprocess.
     )
 
 
+def remove_session_cgroups(prefix: str) -> None:
+    """The lab's users' login cgroups: pam_cgfs (Debian's common-session) makes
+    /sys/fs/cgroup/HIERARCHY/user/NAME/N at each ssh login and never removes them.
+
+    Innermost first, as cgroupfs wants; one still holding a process stays.
+    """
+    root = "/sys/fs/cgroup"
+    for hierarchy in os.listdir(root):
+        top = os.path.join(root, hierarchy, "user")
+        with contextlib.suppress(OSError):
+            for name in os.listdir(top):
+                if not name.startswith(prefix) or not os.path.isdir(os.path.join(top, name)):
+                    continue
+                for folder, _, _ in os.walk(os.path.join(top, name), topdown=False):
+                    with contextlib.suppress(OSError):
+                        os.rmdir(folder)
+
+
 def free_subnets(count: int) -> list[ipaddress.IPv4Network]:
     """/24s in 10.200-249.x.0 that no interface here uses."""
     used = sh(["ip", "-4", "-o", "addr"]).stdout + sh(["ip", "-4", "route"]).stdout
@@ -299,6 +317,7 @@ class Lab:
             shutil.rmtree(self.lxcpath, ignore_errors=True)
         for name in self.students_on_host():
             attempt(["userdel", "--remove", name])
+        remove_session_cgroups(self.prefix)
         with contextlib.suppress(KeyError):
             grp.getgrnam(self.group)
             attempt(["groupdel", self.group])
