@@ -159,7 +159,7 @@ def cmd_add(paths: Paths, args: Options) -> int:
         if name in reg.users:
             raise GpushellError(f"{name} is already registered (port {reg.users[name].port})")
         alloc = allocate.allocate(reg, args.port)
-        given = {"gpus": args.gpus, "expires": args.expires}
+        given = {"gpus": args.gpus, "expires": args.expires, "member": where_to(reg, args)}
         extra = {key: value for key, value in given.items() if value is not None} or None
         new_reg = change.propose(registry_edit.add_user(change.old_text, name, alloc, extra))
         user = new_reg.users[name]
@@ -183,13 +183,34 @@ def cmd_add(paths: Paths, args: Options) -> int:
         undo.pop_all()
         leftovers.forget(journal)
         isolated = _isolation_after_change(new_reg)
+    on = f" on {user.member}" if user.member else ""
     say(
-        f"added {name}: port {user.port}, container {user.container} at {user.address}, "
+        f"added {name}: port {user.port}, container {user.container}{on} at {user.address}, "
         f"ids {user.idmap}-{user.idmap + reg.idmap_size - 1}, "
         f"{'key installed' if keys else 'no key yet (use --key FILE)'}"
     )
     say(f"menu: ssh {name}@{reg.hostname}    container: ssh -p {user.port} {name}@{reg.hostname}")
     return ExitStatus.OK if isolated else ExitStatus.ERROR
+
+
+USAGE = ExitStatus.USAGE
+
+
+def where_to(reg: Registry, args: Options) -> str | None:
+    """The cluster member for a new student: --on MEMBER if it fits, else placement's; None on one host."""
+    from ..core import placement
+
+    if reg.cluster is None:
+        if args.on is not None:
+            raise GpushellError(
+                "--on needs a cluster (backend: lxd in the registry)", status=ExitStatus.USAGE
+            )
+        return None
+    gpus = reg.gpus if args.gpus is None else args.gpus if isinstance(args.gpus, str) else tuple(args.gpus)
+    if args.on is not None:
+        placement.check_on(reg.cluster, reg.users.values(), args.on, gpus, reg.limits.memory)
+        return str(args.on)
+    return placement.place(reg.cluster, reg.users.values(), gpus, reg.limits.memory)
 
 
 def _isolation_after_change(reg: Registry) -> bool:
@@ -501,6 +522,12 @@ COMMANDS = Command(
                     help="the day the account expires (YYYY-MM-DD): from then its logins are refused "
                     "and `expire` removes it after the registry's expire_grace (default: never)",
                 ),
+                Arg(
+                    "--on",
+                    metavar="MEMBER",
+                    help="on a cluster: the member for the container (default: the one with the most free "
+                    "GPUs, then the most unclaimed memory)",
+                ),
             ],
             cmd_add,
         ),
@@ -520,6 +547,21 @@ COMMANDS = Command(
                 ),
             ],
             cmd_remove,
+        ),
+        Command(
+            "move",
+            "move a student's container to another cluster member",
+            "On a cluster (backend: lxd): move the student's stopped container, snapshots and all, "
+            "to MEMBER and point their forward there; their port stays the same.  "
+            "Refused when the student does not fit MEMBER (GPUs taken, memory claimed).",
+            [
+                STUDENT,
+                Arg("member", metavar="MEMBER", help="the cluster member to move to"),
+                Arg(
+                    "--stop", action="store_true", help="stop a running container first, start it there after"
+                ),
+            ],
+            extra_command("cmd_move", "moving"),
         ),
         Command(
             "set",

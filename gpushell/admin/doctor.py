@@ -146,7 +146,7 @@ def check_forwards(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
     rules = facts.table.rules_of(reg.chain)
     found = []
     for user in sorted(reg.users.values(), key=lambda u: u.port):
-        wanted = user_rule(reg.chain, user)
+        wanted = user_rule(reg.chain, user, reg.cluster)
         tagged = [rule for rule in rules if comment_of(rule) == f"{TAG}{user.name}"]
         found.append(
             finding(

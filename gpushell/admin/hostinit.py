@@ -223,11 +223,15 @@ def init(paths: Paths, report: Report, storage: StorageRequest | None = None) ->
     reg = registry_store.load(paths)
     os.makedirs(paths.run_dir, mode=0o755, exist_ok=True)
     ensure_group(paths, report)
-    hostnet.ensure_bridge(reg, report)
+    # A cluster's front door holds no container: no bridge, isolation tables
+    # or id ranges here; the members' engine has them (README: "Several servers").
+    if reg.cluster is None:
+        hostnet.ensure_bridge(reg, report)
     hostnet.ensure_ip_forwarding(report)
     ensure_forwards(reg, report)
-    ensure_isolation(reg, report)
-    ensure_subordinate_ids(reg, report)
+    if reg.cluster is None:
+        ensure_isolation(reg, report)
+        ensure_subordinate_ids(reg, report)
     ensure_login_shell_listed(paths, report)
     ensure_dropins(paths, report)
     return reg

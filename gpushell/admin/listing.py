@@ -17,8 +17,9 @@ from ..containers import cgroups
 from ..containers.backend import ContainerDriver
 from ..containers.factory import backend_for
 from ..core import chaincheck, expiry
+from ..core.errors import GpushellError
 from ..core.forward import NatTable
-from ..core.registry import GpuSpec, Limits, Registry
+from ..core.registry import GpuSpec, Limits, Registry, User
 from ..core.units import short_size
 from ..system import iptables
 
@@ -40,6 +41,7 @@ class Row:
     limits: Limits | None = None
     expires: str | None = None  # the day the account expires, YYYY-MM-DD; None: never
     expires_in_days: int | None = None  # days from today to that day (0 or less: expired)
+    member: str = ""  # the cluster member holding the container (backend lxd); "" on one host
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +61,7 @@ def unregistered_containers(names: Iterable[str], reg: Registry) -> list[str]:
 
 def warnings_for(reg: Registry, table: NatTable, container_names: Iterable[str]) -> list[str]:
     found = [
-        f"container {name} in {reg.lxcpath} is not in the registry"
+        f"container {name} in {reg.lxcpath if reg.cluster is None else 'the cluster'} is not in the registry"
         for name in unregistered_containers(container_names, reg)
     ]
     found += [
@@ -108,15 +110,17 @@ def expires_text(row: Row) -> str:
 
 
 def render_table(rows: Iterable[Row]) -> str:
-    """The table; an EXPIRES column only where some student's account expires (a lab with semesters)."""
+    """The table; an EXPIRES column only where some student's account expires (a lab with semesters),
+    a MEMBER column only on a cluster."""
     rows = list(rows)
     semesters = any(row.expires is not None for row in rows)
-    header = HEADER + (("EXPIRES",) if semesters else ())
+    cluster = any(row.member for row in rows)
+    header = HEADER + (("EXPIRES",) if semesters else ()) + (("MEMBER",) if cluster else ())
     cells = [header] + [
         (
             row.user, str(row.port), row.ip, row.state, gpus_text(row.gpus),
             percent_text(row.cpu_percent), size_text(row.memory_bytes), duration_text(row.uptime_seconds),
-        ) + ((expires_text(row),) if semesters else ())
+        ) + ((expires_text(row),) if semesters else ()) + ((row.member,) if cluster else ())
         for row in rows
     ]  # fmt: skip
     widths = [max(len(line[column]) for line in cells) for column in range(len(header))]
@@ -157,6 +161,8 @@ def gather(
     driver: ContainerDriver | None = None,
 ) -> Inventory:
     driver = driver or backend_for(reg)
+    if reg.cluster is not None:
+        return gather_cluster(reg, driver)
     users = sorted(reg.users.values(), key=lambda user: user.port)
     warnings: list[str] = []
     pids: dict[str, int] = {}
@@ -181,13 +187,7 @@ def gather(
     for user in users:
         pid = pids.get(user.name)
         row = Row(user.name, user.port, user.address, user.container, states[user.name], user.gpus)
-        row = dataclasses.replace(row, limits=user.limits)
-        if user.expires is not None:
-            row = dataclasses.replace(
-                row,
-                expires=expiry.day_text(user.expires),
-                expires_in_days=expiry.days_left(user.expires, today),
-            )
+        row = with_expiry(dataclasses.replace(row, limits=user.limits), user, today)
         if pid is not None:
             row = dataclasses.replace(
                 row,
@@ -197,6 +197,42 @@ def gather(
             )
         rows.append(row)
     warnings += warnings_for(reg, iptables.read_nat(), driver.names())
+    return Inventory(rows, warnings)
+
+
+def with_expiry(row: Row, user: User, today: expiry.Day) -> Row:
+    if user.expires is None:
+        return row
+    return dataclasses.replace(
+        row, expires=expiry.day_text(user.expires), expires_in_days=expiry.days_left(user.expires, today)
+    )
+
+
+def gather_cluster(reg: Registry, driver: ContainerDriver) -> Inventory:
+    """The rows of a cluster's students, their states and members from one request to the engine.
+
+    The engine's word on where a container is wins the MEMBER column; a
+    registry that says otherwise is warned about (`move` keeps them equal).
+    """
+    from ..containers.lxd import LxdDriver
+
+    assert isinstance(driver, LxdDriver)
+    warnings: list[str] = []
+    try:
+        found = driver.states()
+    except GpushellError as exc:
+        found = {}
+        warnings.append(f"cannot ask the cluster: {exc.log_message}")
+    rows = []
+    today = expiry.today()
+    for user in sorted(reg.users.values(), key=lambda user: user.port):
+        state, member = found.get(user.container, ("MISSING" if found else "UNKNOWN", ""))
+        if member and member != user.member:
+            warnings.append(f"{user.name}: the registry says member {user.member}, the cluster says {member}")
+        row = Row(user.name, user.port, user.address, user.container, state, user.gpus, limits=user.limits,
+                  member=member or user.member)  # fmt: skip
+        rows.append(with_expiry(row, user, today))
+    warnings += warnings_for(reg, iptables.read_nat(), found)
     return Inventory(rows, warnings)
 
 

@@ -11,9 +11,12 @@ if TYPE_CHECKING:
 
 
 def backend_for(reg: Registry) -> ContainerDriver:
-    """The container backend the registry asks for: LXC under its lxcpath, the only one yet.
+    """The container backend the registry asks for: LXC under its lxcpath, or an LXD/Incus cluster.
 
-    Everything above the backend gets its driver here, so a second backend
-    is one class and one branch.
+    Everything above the backend gets its driver here.
     """
+    if reg.backend == "lxd":
+        from .lxd import LxdDriver  # its client imports ssl and http: only where a cluster is used
+
+        return LxdDriver(reg)
     return LxcDriver(reg.lxcpath)

@@ -28,6 +28,24 @@ def sshd_answers(ip: str, port: int = 22, timeout: float = 0.01) -> bool:
     return True
 
 
+def sshd_greets(ip: str, port: int, timeout: float = 1.0) -> bool:
+    """True when an SSH server's greeting comes back from ip:port.
+
+    For a port that accepts before sshd is up: an engine's proxy device
+    listens on the member as soon as the container runs, and drops the
+    connection while nothing inside listens yet.
+    """
+    probe = socket(AF_INET, SOCK_STREAM)
+    try:
+        probe.settimeout(timeout)
+        probe.connect((ip, port))
+        return probe.recv(4) == b"SSH-"
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
 MIN_POLL, MAX_POLL = 0.003, 0.05  # seconds between two probes of a booting sshd
 QUICK_BOOT = 1.0  # seconds a container takes to boot on a host with cores to spare (~0.35)
 
@@ -46,17 +64,18 @@ def poll_interval(waited: float) -> float:
     return min(MAX_POLL, waited / 32)
 
 
-def wait_for_sshd(ip: str, timeout: float, port: int = 22) -> float:
+def wait_for_sshd(ip: str, timeout: float, port: int = 22, greeting: bool = False) -> float:
     """Wait until sshd accepts a TCP connection on ip:port; return the seconds it took.
 
     sshd listens only once its configuration and host keys are loaded, so an
     accepted connection means a client can log in now.  (Waiting for the
     greeting as well would add sshd's per-connection re-exec, ~9 ms, to
     every login, and log a dropped pre-auth connection in the container.)
+    With greeting, wait for sshd's greeting instead (sshd_greets).
     """
     began = time.monotonic()
     deadline = began + timeout
-    while not sshd_answers(ip, port):
+    while not (sshd_greets(ip, port) if greeting else sshd_answers(ip, port)):
         if time.monotonic() >= deadline:
             raise GpushellError(
                 f"your container did not answer on port {port} within {timeout:.0f} s",

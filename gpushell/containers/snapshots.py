@@ -107,6 +107,10 @@ def list_snapshots(reg: Registry, user: User, measured: bool = False) -> list[Sn
     measured: each one's size as the storage tells it now where it can (on
     btrfs, the bytes that snapshot alone keeps) instead of its recorded size.
     """
+    if reg.cluster is not None:
+        from . import lxdsnapshots
+
+        return lxdsnapshots.list_snapshots(reg, user)
     directory = snapshots_dir(reg, user)
     try:
         names = os.listdir(directory)
@@ -161,11 +165,15 @@ def create(
     """Copy the user's rootfs into a new snapshot; a running container is frozen meanwhile."""
     now = time.time() if now is None else now
     name = _checked_name(auto_name(now) if name is None else name)
-    live = _live_rootfs(reg, user)
     why_not = refusal([snapshot.name for snapshot in list_snapshots(reg, user)], name, user.snapshot_limit)
     if why_not is not None:
         # ERROR, not USAGE: the helper shows the student only ERROR's message.
         raise GpushellError(why_not, f"snapshot {name!r} refused: {why_not}")
+    if reg.cluster is not None:
+        from . import lxdsnapshots
+
+        return lxdsnapshots.create(reg, user, driver, name, now)
+    live = _live_rootfs(reg, user)
     directory = snapshots_dir(reg, user)
     os.makedirs(directory, mode=0o700, exist_ok=True)
     os.chmod(directory, 0o700)  # the copies hold the container's files with their ids
@@ -194,6 +202,10 @@ def create(
 
 
 def delete(reg: Registry, user: User, name: str) -> None:
+    if reg.cluster is not None:
+        from . import lxdsnapshots
+
+        return lxdsnapshots.delete(reg, user, _checked_name(name))
     path = _find(reg, user, name)
     # Out of the listing at once (a dot name), then removed.
     doomed = f"{snapshots_dir(reg, user)}/.deleting-{name}-{os.urandom(4).hex()}"
@@ -210,8 +222,12 @@ def restore(reg: Registry, user: User, driver: ContainerDriver, name: str) -> bo
     The copy is made while the container keeps running; it is stopped only
     for the swap, which nothing can start it during (hold.stopped), and
     started again afterwards if it ran (its sshd is not waited for here).
-    On any failure the current rootfs stays.
+    On any failure the current rootfs stays.  On a cluster the engine restores.
     """
+    if reg.cluster is not None:
+        from . import lxdsnapshots
+
+        return lxdsnapshots.restore(reg, user, driver, _checked_name(name))
     source = os.path.join(_find(reg, user, name), ROOTFS)
     directory = container_dir(reg, user)
     copies = storage.for_registry(reg)

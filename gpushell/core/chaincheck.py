@@ -10,7 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from .forward import JUMP_CHAINS, TAG, NatTable, comment_of, jump_rule, masquerade_rule, user_rule
+from .forward import (
+    JUMP_CHAINS,
+    TAG,
+    NatTable,
+    comment_of,
+    destination,
+    jump_rule,
+    masquerade_rule,
+    member_masquerade_rule,
+    user_rule,
+)
 from .model import Registry
 from .value import Value
 
@@ -55,11 +65,12 @@ def _each_problem(table: NatTable, reg: Registry) -> Iterator[Problem]:
     for rule in rules:
         tagged.setdefault(comment_of(rule), []).append(rule)
     for name, user in sorted(reg.users.items(), key=lambda item: item[1].port):
-        wanted = user_rule(chain, user)  # carries the tag, so only tagged rules can equal it
+        wanted = user_rule(chain, user, reg.cluster)  # carries the tag, so only tagged rules can equal it
         own = tagged.get(f"{TAG}{name}", [])
         count = sum(1 for rule in own if rule == wanted)
         if count == 0:
-            wanted_text = f"port {user.port} -> {user.address}:22"
+            address, port = destination(user, reg.cluster)
+            wanted_text = f"port {user.port} -> {address}:{port}"
             yield Problem(MISSING, f"no forward for {name} ({wanted_text})", name)
         elif count > 1:
             yield Problem(DUPLICATE, f"{count} copies of the forward for {name}", name)
@@ -73,7 +84,13 @@ def _each_problem(table: NatTable, reg: Registry) -> Iterator[Problem]:
                 yield Problem(ORPHAN, f"orphan rule for unregistered {comment}: {rule_text(rule)}")
         else:
             yield Problem(UNTAGGED, f"rule not made by gpushell: {rule_text(rule)}")
-    if reg.masquerade and not table.has(masquerade_rule(reg)):
+    if reg.cluster is not None:
+        for member in reg.cluster.members.values():
+            if not table.has(member_masquerade_rule(chain, member.address)):
+                yield Problem(
+                    NO_MASQUERADE, f"no MASQUERADE rule for forwards to {member.name} ({member.address})"
+                )
+    elif reg.masquerade and not table.has(masquerade_rule(reg)):
         yield Problem(NO_MASQUERADE, f"no MASQUERADE rule for {reg.subnet}")
 
 

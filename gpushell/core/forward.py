@@ -12,7 +12,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-    from .model import Registry, User
+    from .model import Cluster, Registry, User
 
 TAG = "gpushell:"
 JUMP_CHAINS = ("PREROUTING", "OUTPUT")
@@ -22,13 +22,40 @@ def jump_rule(parent: str, chain: str) -> list[str]:
     return ["-A", parent, "-m", "addrtype", "--dst-type", "LOCAL", "-j", chain]
 
 
-def user_rule(chain: str, user: User) -> list[str]:
+def destination(user: User, cluster: Cluster | None = None) -> tuple[str, int]:
+    """Where the user's port leads: their container's sshd on this host, or their member's proxy.
+
+    On a cluster the member holding the container listens on the student's
+    own port (an engine proxy device into the container's port 22), so
+    the front door's rule only names the member: a `move` changes the
+    address and nothing else.
+    """
+    if cluster is not None and user.member:
+        return cluster.members[user.member].address, user.port
+    return user.address, 22
+
+
+def user_rule(chain: str, user: User, cluster: Cluster | None = None) -> list[str]:
     """The DNAT rule for one user, exactly as iptables-save prints it."""
+    address, port = destination(user, cluster)
     return [
         "-A", chain, "-p", "tcp", "-m", "tcp", "--dport", str(user.port),
         "-m", "comment", "--comment", f"{TAG}{user.name}",
-        "-j", "DNAT", "--to-destination", f"{user.address}:22",
+        "-j", "DNAT", "--to-destination", f"{address}:{port}",
     ]  # fmt: skip
+
+
+def member_masquerade_rule(chain: str, member_address: str) -> list[str]:
+    """Forwarded connections to a member leave with the front door's address.
+
+    The member then answers through the front door, which undoes the DNAT;
+    without it a member with its own gateway would answer the student
+    straight from its own address, and their ssh would drop the reply.
+    Only connections the front door translated (ctstate DNAT) are touched.
+    """
+    return ["-A", "POSTROUTING", "-d", f"{member_address}/32", "-p", "tcp",
+            "-m", "conntrack", "--ctstate", "DNAT",
+            "-m", "comment", "--comment", f"{TAG}{chain}:{member_address}", "-j", "MASQUERADE"]  # fmt: skip
 
 
 def masquerade_rule(reg: Registry) -> list[str]:
@@ -146,22 +173,26 @@ def chain_lines(table: NatTable, chain: str) -> list[str]:
     return lines
 
 
-def ensure_user_lines(table: NatTable, chain: str, user: User) -> list[str]:
+def ensure_user_lines(table: NatTable, chain: str, user: User, cluster: Cluster | None = None) -> list[str]:
     """Lines that leave exactly one correct rule for user, nothing if it is there.
 
     A rule tagged with the user's name but pointing elsewhere (an old IP or
     port) goes, and so does any rule for the same port: an earlier rule for
     the port would shadow the right one.
     """
-    wanted = user_rule(chain, user)
+    wanted = user_rule(chain, user, cluster)
+    lines = chain_lines(table, chain)
+    if cluster is not None and user.member:
+        back = member_masquerade_rule(chain, cluster.members[user.member].address)
+        lines += [] if table.has(back) else [_line(back)]
     candidates = table.rules_of(chain, f"{TAG}{user.name}", f"--dport {user.port}")
     mine = [
         rule for rule in candidates
         if comment_of(rule) == f"{TAG}{user.name}" or dport_of(rule) == str(user.port)
     ]  # fmt: skip
     if mine == [wanted]:
-        return chain_lines(table, chain)
-    return chain_lines(table, chain) + [_delete(rule) for rule in mine] + [_line(wanted)]
+        return lines
+    return lines + [_delete(rule) for rule in mine] + [_line(wanted)]
 
 
 def remove_user_lines(table: NatTable, chain: str, name: str) -> list[str]:
@@ -173,8 +204,12 @@ def rebuild_lines(table: NatTable, reg: Registry, users: Iterable[User]) -> list
     lines = chain_lines(table, reg.chain)
     if reg.chain in table.chains:
         lines.append(f"-F {reg.chain}")
-    lines += [_line(user_rule(reg.chain, user)) for user in sorted(users, key=lambda u: u.port)]
-    if reg.masquerade and not table.has(masquerade_rule(reg)):
+    lines += [_line(user_rule(reg.chain, user, reg.cluster)) for user in sorted(users, key=lambda u: u.port)]
+    if reg.cluster is not None:
+        for member in reg.cluster.members.values():
+            back = member_masquerade_rule(reg.chain, member.address)
+            lines += [] if table.has(back) else [_line(back)]
+    elif reg.masquerade and not table.has(masquerade_rule(reg)):
         lines.append(_line(masquerade_rule(reg)))
     return lines
 

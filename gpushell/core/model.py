@@ -97,10 +97,56 @@ class StatusPage(Value):
 DEFAULT_STATUS_PAGE = StatusPage()
 
 
+class Member(Value):
+    """One server of an LXD/Incus cluster: its name in the cluster, its address, what placement counts.
+
+    gpus: the GPU numbers it has (as in its /dev/nvidiaN); memory: bytes
+    students' limits may add up to there.  `add` places a student where
+    most GPUs are free, then most memory (placement.py).
+    """
+
+    __slots__ = ("address", "gpus", "memory", "name")
+
+    def __init__(self, name: str, address: str, gpus: tuple[int, ...], memory: int) -> None:
+        self.name, self.address, self.gpus, self.memory = name, address, gpus, memory
+
+
+class Cluster(Value):
+    """The registry's `lxd:`: the engine's project gpushell works in, its API port, the members, and more.
+
+    Only with `backend: lxd`; the front door reaches a member's API at
+    address:port, and a student's forward at address:student port.
+    """
+
+    __slots__ = ("credentials", "members", "pool", "port", "project")
+
+    def __init__(
+        self,
+        members: dict[str, Member],
+        project: str = "gpushell",
+        port: int = 8443,
+        credentials: str = "/etc/gpushell/lxd",
+        pool: str = "default",
+    ) -> None:
+        self.members, self.project, self.port = members, project, port
+        # The directory with gpushell's client certificate and key and the cluster's certificate (lxdapi.py).
+        self.credentials = credentials
+        self.pool = pool  # the storage pool students' root disks are on
+
+    def __hash__(self) -> int:
+        return hash((self.project, self.port, tuple(self.members)))
+
+    def member(self, name: str) -> Member:
+        try:
+            return self.members[name]
+        except KeyError:
+            raise GpushellError(f"{name} is not a member in the registry's lxd.members") from None
+
+
 class User(Value):
     __slots__ = (
-        "address", "autostart", "container", "expires", "gpus", "idmap", "lending", "limits", "mounts",
-        "name", "port", "snapshot_limit",
+        "address", "autostart", "container", "expires", "gpus", "idmap", "lending", "limits", "member",
+        "mounts", "name", "port", "snapshot_limit",
     )  # fmt: skip
 
     def __init__(
@@ -117,8 +163,10 @@ class User(Value):
         limits: Limits = DEFAULT_LIMITS,
         lending: LoanLimits | None = None,
         expires: tuple[int, int, int] | None = None,
+        member: str = "",
     ) -> None:
         self.name, self.port, self.idmap = name, port, idmap
+        self.member = member  # the cluster member holding the container (backend lxd); "" on one host
         # The day the account expires, (year, month, day), from 00:00 local time; None: never (expiry.py).
         self.expires = expires
         self.limits = limits
@@ -140,8 +188,10 @@ _SUBNETS: dict[str, ipaddress.IPv4Network] = {}
 class Registry(Value):
     __slots__ = (
         "allow_container_traffic",
+        "backend",
         "bridge",
         "chain",
+        "cluster",
         "contact",
         "disabled_actions",
         "driver",
@@ -205,6 +255,8 @@ class Registry(Value):
         expire_grace: int = 30 * 86400,
         contact: str = "your administrator",
         status_page: StatusPage = DEFAULT_STATUS_PAGE,
+        backend: str = "lxc",
+        cluster: Cluster | None = None,
     ) -> None:
         self.path, self.hostname, self.bridge = path, hostname, bridge
         self.network = str(subnet)  # the bridge's subnet as text, `10.0.3.0/24`
@@ -229,6 +281,8 @@ class Registry(Value):
         self.expire_grace = expire_grace
         self.contact = contact  # whom an expired student is told to ask (one printable line)
         self.status_page = status_page  # the status page tick and apply write (statusmodel.py)
+        # What runs the containers: `lxc` on this host, or `lxd`, an LXD/Incus cluster (cluster: its members).
+        self.backend, self.cluster = backend, cluster
 
     def __hash__(self) -> int:
         return hash((self.path, self.hostname))  # users is a dict

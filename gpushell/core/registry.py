@@ -20,10 +20,12 @@ from .menu import DISABLEABLE
 from .model import (
     DEFAULT_LIMITS,
     DEFAULT_STATUS_PAGE,
+    Cluster,
     GpuSpec,
     Lending,
     Limits,
     LoanLimits,
+    Member,
     Mount,
     Registry,
     StatusPage,
@@ -101,12 +103,14 @@ SETTINGS_DEFAULTS: dict[str, Any] = {
     "expire_grace": "30d",
     "contact": DEFAULT_CONTACT,
     "status_page": {},  # written, naming nobody (model.StatusPage)
+    "backend": "lxc",
+    "lxd": None,  # the cluster's members and project, with `backend: lxd` only (model.Cluster)
     "users": {},
 }
 USER_KEYS = frozenset(
     {
         "port", "ip", "idmap", "container", "gpus", "mounts", "autostart", "snapshot_limit", "limits",
-        "lending", "expires",
+        "lending", "expires", "member",
     }
 )  # fmt: skip
 MAX_SNAPSHOTS = 100
@@ -123,6 +127,10 @@ STORAGE_KINDS = ("dir", "btrfs")
 STATUS_PAGE_KEYS = frozenset({"enabled", "names"})
 LENDING_KEYS = frozenset({"gpus", "max_per_student", "max_duration", "idle_return", "notify_command"})
 USER_LENDING_KEYS = frozenset({"max_per_student", "max_duration"})
+BACKENDS = ("lxc", "lxd")
+LXD_KEYS = frozenset({"project", "port", "members", "credentials", "pool"})
+MEMBER_KEYS = frozenset({"address", "gpus", "memory"})
+LXD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}")  # a cluster member's or project's name
 MAX_GPUS = 1024  # GPU numbers are below it (_gpus)
 MIN_LOAN, MAX_LOAN = 60, 365 * 86400  # seconds: a loan's shortest and longest maximum
 MAX_NOTIFY_ARGS, MAX_NOTIFY_ARG = 32, 1024
@@ -311,6 +319,24 @@ LIMIT_CONVERTERS: dict[str, Callable[[Any], Any]] = {
 }
 
 
+def _backend(value: Any) -> str:
+    if value not in BACKENDS:
+        raise ValueError(f"{value!r} must be one of {', '.join(BACKENDS)}")
+    return str(value)
+
+
+def _gpu_numbers(value: Any) -> tuple[int, ...]:
+    """A member's GPUs: a list of numbers, or how many (numbered from 0)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_GPUS:
+        return tuple(range(value))
+    spec = _gpus(value)
+    if isinstance(spec, tuple):
+        return spec
+    if spec == "all":
+        raise ValueError("must list the member's GPU numbers, or say how many")
+    return ()
+
+
 def _cidrs(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise ValueError("must be a list of IPv4 networks like 192.168.10.0/24")
@@ -459,6 +485,7 @@ class _Validator:
             "pool_file": setting("pool_file", _optional_path),
             "expire_grace": setting("expire_grace", _grace),
             "contact": setting("contact", _contact),
+            "backend": setting("backend", _backend),
         }
         limits = (
             self.limits(nodes["limits"], "limits", DEFAULT_LIMITS) if "limits" in nodes else DEFAULT_LIMITS
@@ -468,8 +495,12 @@ class _Validator:
         status_page = (
             self.status_page(nodes["status_page"]) if "status_page" in nodes else DEFAULT_STATUS_PAGE
         )
+        cluster = self.cluster(nodes.get("lxd"), settings["backend"], root)
+        if settings["backend"] == "lxd" and settings["storage"] != "dir":
+            p.problem(nodes["storage"], "storage", "with backend: lxd the cluster's storage pool keeps trees")
         defaults = Registry(
             path=p.path,
+            cluster=cluster,
             idmap_start=idmap_start,
             idmap_size=idmap_size,
             mounts=mounts,
@@ -481,6 +512,49 @@ class _Validator:
         )
         users = self.users(nodes.get("users"), defaults)
         return defaults.with_users(users)
+
+    def cluster(self, node: yaml.Node | None, backend: str, root: yaml.Node) -> Cluster | None:
+        """The `lxd:` mapping: wanted with `backend: lxd` (and at least one member), refused without."""
+        p = self.p
+        if backend != "lxd":
+            if node is not None:
+                p.problem(node, "lxd", "only with backend: lxd")
+            return None
+        if node is None:
+            p.problem(root, "lxd", "backend: lxd needs an lxd: mapping with the cluster's members")
+            return None
+        keys = p.mapping(node, "lxd", LXD_KEYS)
+        project = "gpushell"
+        if "project" in keys:
+            project = p.typed(keys["project"], "lxd.project", _matching(LXD_NAME, "project name"), project)
+        port = p.typed(keys["port"], "lxd.port", _integer(1, 65535), 8443) if "port" in keys else 8443
+        credentials = "/etc/gpushell/lxd"
+        if "credentials" in keys:
+            credentials = p.typed(keys["credentials"], "lxd.credentials", _absolute_path, credentials)
+        pool = (
+            p.typed(keys["pool"], "lxd.pool", _matching(LXD_NAME, "pool name"), "default")
+            if "pool" in keys
+            else "default"
+        )
+        members: dict[str, Member] = {}
+        listed = p.mapping(keys["members"], "lxd.members", frozenset()) if "members" in keys else {}
+        for name, entry in listed.items():
+            field = f"lxd.members.{name}"
+            if not LXD_NAME.fullmatch(name):
+                p.problem(entry, field, f"{name!r} is not a cluster member's name")
+                continue
+            items = p.mapping(entry, field, MEMBER_KEYS)
+            if "address" not in items:
+                p.problem(entry, field, "needs address")
+                continue
+            address = p.typed(items["address"], f"{field}.address", _ipv4, None)
+            gpus = p.typed(items["gpus"], f"{field}.gpus", _gpu_numbers, ()) if "gpus" in items else ()
+            memory = p.typed(items["memory"], f"{field}.memory", _memory, 0) if "memory" in items else 0
+            if address is not None:
+                members[name] = Member(name, str(address), gpus, memory)
+        if not members and not p.problems:
+            p.problem(node, "lxd.members", "needs at least one member")
+        return Cluster(members, project, port, credentials, pool)
 
     def idmap_settings(self, node: yaml.Node | None) -> tuple[int, int]:
         default = SETTINGS_DEFAULTS["idmap"]
@@ -660,12 +734,30 @@ class _Validator:
                 expires = _expires(written)
             except ValueError as exc:
                 p.problem(node, f"{field}.expires", str(exc))
+        member = self.member(keys.get("member"), entry, field, reg)
         if len(p.problems) > before or port is None or ip is None or idmap is None:
             return None
         user = User(
-            name, port, ip, idmap, container, gpus, mounts, autostart, snapshot_limit, limits, lending
-        )
-        return user if expires is None else user.replace(expires=expires)
+            name, port, ip, idmap, container, gpus, mounts, autostart, snapshot_limit, limits, lending,
+            expires, member,
+        )  # fmt: skip
+        return user
+
+    def member(self, node: yaml.Node | None, entry: yaml.Node, field: str, reg: Registry) -> str:
+        """The cluster member a student's container is on: needed with backend lxd, refused on one host."""
+        if reg.cluster is None:
+            if node is not None:
+                self.p.problem(node, f"{field}.member", "only with backend: lxd")
+            return ""
+        if node is None:
+            self.p.problem(entry, f"{field}.member", "needs member: the cluster member holding the container")
+            return ""
+        name = self.p.value(node)
+        if name not in reg.cluster.members:
+            known = ", ".join(sorted(reg.cluster.members)) or "none"
+            self.p.problem(node, f"{field}.member", f"{name!r} is not in lxd.members ({known})")
+            return ""
+        return str(name)
 
 
 def _reserved_addresses(reg: Registry) -> set[ipaddress.IPv4Address]:

@@ -25,7 +25,7 @@ def ensure_forward(ctx: Context, user: User) -> bool:
     was last verified (nf_tables' generation counter, kept in a stamp):
     a login then costs the same with ten students or a thousand.
     """
-    wanted = " ".join(forward.user_rule(ctx.registry.chain, user))
+    wanted = " ".join(forward.user_rule(ctx.registry.chain, user, ctx.registry.cluster))
     stamp = ctx.paths.forward_stamp(user.name)
     # One writer at a time: two users' first logins after a reboot would
     # otherwise both create the chain.
@@ -36,7 +36,9 @@ def ensure_forward(ctx: Context, user: User) -> bool:
         if ensure_isolation(ctx):
             before = iptables.generation()
         table = iptables.read_nat()
-        changed = iptables.apply(forward.ensure_user_lines(table, ctx.registry.chain, user))
+        changed = iptables.apply(
+            forward.ensure_user_lines(table, ctx.registry.chain, user, ctx.registry.cluster)
+        )
         after = iptables.generation()
         # Stamp only if nobody else changed the ruleset between our read and now.
         if before is not None and after == before + int(changed):
@@ -76,8 +78,14 @@ def ensure_running(ctx: Context, user: User) -> bool:
     """Start the container if needed and wait for its sshd; True when it was started."""
     started = start_unless_answering(ctx, user)
     if started is not None:
-        wait_for_sshd(user.address, ctx.registry.start_timeout)
+        wait_until_ready(ctx, user)
     return bool(started)
+
+
+def wait_until_ready(ctx: Context, user: User) -> None:
+    """Until the container's sshd takes connections, where the student's forward leads."""
+    address, port = forward.destination(user, ctx.registry.cluster)
+    wait_for_sshd(address, ctx.registry.start_timeout, port, greeting=ctx.registry.cluster is not None)
 
 
 def start_unless_answering(ctx: Context, user: User) -> bool | None:
@@ -89,8 +97,11 @@ def start_unless_answering(ctx: Context, user: User) -> bool | None:
     The caller waits for sshd (wait_for_sshd), and can do other work while
     the container boots.
     """
-    # 3 ms: a running container answers a connect on the bridge in well under one.
-    if ctx.driver.may_be_running(user.container) and sshd_answers(user.address, timeout=0.003):
+    # 3 ms: a running container answers a connect on the bridge in well under one;
+    # on a cluster its member's proxy accepts while it runs, across the lab's LAN.
+    address, port = forward.destination(user, ctx.registry.cluster)
+    timeout = 0.003 if ctx.registry.cluster is None else 0.05
+    if ctx.driver.may_be_running(user.container) and sshd_answers(address, port, timeout):
         return None
     return start(ctx, user)
 

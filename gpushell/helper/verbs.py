@@ -14,7 +14,6 @@ import sys
 
 from ..containers.backend import FROZEN, RUNNING
 from ..containers.factory import backend_for
-from ..containers.readiness import wait_for_sshd
 from ..core import expiry, menu, protocol
 from ..core.errors import CONTACT_ADMIN, ExitStatus, GpushellError
 from ..core.paths import DEFAULT, Paths
@@ -42,7 +41,7 @@ def _login(ctx: services.Context, user: User) -> Answer:
     started = services.start_unless_answering(ctx, user)
     forward_changed = services.ensure_forward(ctx, user)  # while the container boots
     if started is not None:
-        wait_for_sshd(user.address, ctx.registry.start_timeout)
+        services.wait_until_ready(ctx, user)
     answer = services.describe(ctx, user, RUNNING, started=bool(started), forward_changed=forward_changed)
     today = expiry.today()
     if user.expires is not None and expiry.shown_soon(user.expires, today):  # the banner's last 14 days

@@ -20,14 +20,14 @@ import os
 
 from .. import __version__
 from ..core.errors import ExitStatus, GpushellError
-from ..core.model import Lending, Limits, LoanLimits, Mount, Registry, StatusPage, User
+from ..core.model import Cluster, Lending, Limits, LoanLimits, Member, Mount, Registry, StatusPage, User
 from .files import write_atomically
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-FORMAT = 12
+FORMAT = 13
 Identity = tuple[int, int, int, int, int]
 
 
@@ -59,12 +59,27 @@ SETTINGS = (
     "idmap_size", "gpus", "mounts", "start_timeout", "idle_timeout", "masquerade", "gpu_devices",
     "driver", "driver_root", "snapshot_limit", "disabled_actions", "driver_installer", "limits",
     "allow_container_traffic", "egress_deny", "storage", "pool_file", "lending", "expire_grace", "contact",
-    "status_page",
+    "status_page", "backend", "cluster",
 )  # fmt: skip
 _MOUNTS = SETTINGS.index("mounts")
 _LIMITS = SETTINGS.index("limits")
 _LENDING = SETTINGS.index("lending")
 _STATUS_PAGE = SETTINGS.index("status_page")
+_CLUSTER = SETTINGS.index("cluster")
+
+
+def _cluster(cluster: Cluster | None) -> tuple[object, ...] | None:
+    if cluster is None:
+        return None
+    members = tuple((m.name, m.address, m.gpus, m.memory) for m in cluster.members.values())
+    return (members, cluster.project, cluster.port, cluster.credentials, cluster.pool)
+
+
+def _cluster_from(plain: tuple[Any, ...] | None) -> Cluster | None:
+    if plain is None:
+        return None
+    members, *settings = plain
+    return Cluster({entry[0]: Member(*entry) for entry in members}, *settings)
 
 
 def to_plain(reg: Registry) -> dict[str, object]:
@@ -75,6 +90,7 @@ def to_plain(reg: Registry) -> dict[str, object]:
         "limits": _limits(reg.limits),
         "lending": _lending(reg.lending),
         "status_page": (reg.status_page.enabled, reg.status_page.names),
+        "cluster": _cluster(reg.cluster),
     }
     settings = tuple(plain.get(field, getattr(reg, field)) for field in SETTINGS)
     users = {
@@ -90,6 +106,7 @@ def to_plain(reg: Registry) -> dict[str, object]:
             _limits(u.limits),
             _loan_limits(u.lending),
             u.expires,  # (year, month, day) or None: compared on every call without `datetime`
+            u.member,
         )
         for u in reg.users.values()
     }
@@ -98,10 +115,12 @@ def to_plain(reg: Registry) -> dict[str, object]:
 
 
 def _user(name: str, entry: tuple[Any, ...]) -> User:
-    port, ip, idmap, container, gpus, mounts, autostart, snapshot_limit, limits, lending, expires = entry
+    port, ip, idmap, container, gpus, mounts, autostart, snapshot_limit, limits, lending, expires, member = (
+        entry
+    )
     return User(name, port, ip, idmap, container, gpus,
                 tuple(Mount(*m) for m in mounts), autostart, snapshot_limit, Limits(*limits),
-                None if lending is None else LoanLimits(*lending), expires)  # fmt: skip
+                None if lending is None else LoanLimits(*lending), expires, member)  # fmt: skip
 
 
 def _registry(plain: dict[str, Any], users: dict[str, User]) -> Registry:
@@ -109,6 +128,7 @@ def _registry(plain: dict[str, Any], users: dict[str, User]) -> Registry:
     settings[_MOUNTS] = tuple(Mount(*m) for m in settings[_MOUNTS])
     settings[_LIMITS] = Limits(*settings[_LIMITS])
     settings[_STATUS_PAGE] = StatusPage(*settings[_STATUS_PAGE])
+    settings[_CLUSTER] = _cluster_from(settings[_CLUSTER])
     if settings[_LENDING] is not None:
         settings[_LENDING] = Lending(**dict(zip(Lending.__slots__, settings[_LENDING], strict=True)))
     return Registry(**dict(zip(SETTINGS, settings, strict=True)), users=users)

@@ -81,7 +81,7 @@ def test_json_has_users_and_warnings() -> None:
         "user": "alice", "port": 22001, "ip": "10.0.3.2", "container": "alice", "state": "RUNNING",
         "gpus": [0, 1], "cpu_percent": 12.345, "memory_bytes": 300 * 2**20, "uptime_seconds": 3725.0,
         "limits": {"memory_bytes": 16 * 2**30, "cpus": 0.5, "pids": 4096, "disk_bytes": 50 * 2**30},
-        "expires": None, "expires_in_days": None,
+        "expires": None, "expires_in_days": None, "member": "",
     }  # fmt: skip
     assert data["users"][1]["gpus"] == "none" and data["users"][1]["memory_bytes"] is None
 

@@ -54,7 +54,7 @@ def context(driver: ContainerDriver) -> tuple[services.Context, User]:
 @pytest.mark.parametrize("answers", [True, False])
 def test_a_surely_stopped_container_is_started_without_probing_its_sshd(monkeypatch, answers: bool) -> None:
     probes: list[str] = []
-    monkeypatch.setattr(services, "sshd_answers", lambda ip, timeout: probes.append(ip) or answers)
+    monkeypatch.setattr(services, "sshd_answers", lambda ip, port, timeout: probes.append(ip) or answers)
     ctx, user = context(FakeBackend(maybe_running=False))
     assert services.start_unless_answering(ctx, user) is True
     assert (probes, ctx.driver.calls) == ([], ["start alice"])  # type: ignore[attr-defined]
@@ -62,14 +62,14 @@ def test_a_surely_stopped_container_is_started_without_probing_its_sshd(monkeypa
 
 def test_a_maybe_running_container_whose_sshd_answers_is_left_alone(monkeypatch) -> None:
     probes: list[str] = []
-    monkeypatch.setattr(services, "sshd_answers", lambda ip, timeout: probes.append(ip) or True)
+    monkeypatch.setattr(services, "sshd_answers", lambda ip, port, timeout: probes.append(ip) or True)
     ctx, user = context(FakeBackend(maybe_running=True))
     assert services.start_unless_answering(ctx, user) is None
     assert (probes, ctx.driver.calls) == (["10.0.3.2"], [])  # type: ignore[attr-defined]
 
 
 def test_a_maybe_running_container_whose_sshd_is_silent_goes_to_lxc_start(monkeypatch) -> None:
-    monkeypatch.setattr(services, "sshd_answers", lambda ip, timeout: False)
+    monkeypatch.setattr(services, "sshd_answers", lambda ip, port, timeout: False)
     ctx, user = context(FakeBackend(maybe_running=True))
     assert services.start_unless_answering(ctx, user) is True
     assert ctx.driver.calls == ["start alice"]  # type: ignore[attr-defined]

@@ -1,0 +1,272 @@
+"""The LXD/Incus backend: students' containers on the members of a cluster, driven by its REST API.
+
+gpushell does not manage the cluster: the engine places nothing by itself
+(each create names its member, placement.py chose it), replicates its
+database, moves stopped instances and holds the limits.  This module turns
+ContainerDriver's calls into API requests (lxdapi.py) and the engine's
+answers into the backend's states.  A container has no directory on the
+front door: its files are reached through the engine's file API only.
+"""
+
+from __future__ import annotations
+
+from ..core.errors import ExitStatus, GpushellError
+from . import lxdapi, lxdinstance
+from .backend import FROZEN, MISSING, RUNNING, STOPPED, ContainerDriver
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..core.model import Registry, User
+    from ..gpu.gpudevices import Node
+    from .backend import Closable
+
+STATES = {"Running": RUNNING, "Stopped": STOPPED, "Frozen": FROZEN}
+STUDENT_UID = 1000  # the student's uid inside, as on one host (lxcconfig.STUDENT_ID)
+STATE_WAIT = 120.0  # seconds a start, stop or freeze may take the engine
+
+
+class MemberDown(GpushellError):
+    """The member holding a container does not answer: one line for the student, the rest for the log."""
+
+    def __init__(self, member: str, detail: str) -> None:
+        super().__init__(
+            f"the server holding your container ({member}) is not answering; "
+            "your files are safe there; try again later or tell your administrator",
+            f"member {member}: {detail}",
+            ExitStatus.ERROR,
+        )
+        self.member = member
+
+
+class LxdDriver(ContainerDriver):
+    def __init__(self, reg: Registry) -> None:
+        assert reg.cluster is not None
+        self.reg, self.cluster = reg, reg.cluster
+        self.member_of = {user.container: user.member for user in reg.users.values()}
+        self._clients: dict[str, lxdapi.Client] = {}
+
+    def client(self, name: str | None = None) -> lxdapi.Client:
+        """A client for requests about container name: its own member's API alone.
+
+        Any member would forward the request, but only to the container's
+        member: asking that one directly makes a member that is down a
+        refused or timed-out connect (seconds), not a forwarded wait.
+        Without a name (listings, the cluster's members): the first member
+        that answers.
+        """
+        members = self.cluster.members
+        own = members.get(self.member_of.get(name or "", ""))
+        addresses = [own.address] if own is not None else [member.address for member in members.values()]
+        key = ",".join(addresses)
+        if key not in self._clients:
+            cluster = self.cluster
+            self._clients[key] = lxdapi.Client(addresses, cluster.port, cluster.project, cluster.credentials)
+        return self._clients[key]
+
+    def request(
+        self, method: str, name: str, path: str = "", body: object = None, query: dict[str, str] | None = None
+    ) -> object:
+        """A request about one instance; a member that is down becomes MemberDown naming it."""
+        try:
+            return self.client(name).call(method, f"/instances/{name}{path}", body, query, STATE_WAIT)
+        except lxdapi.Unreachable as exc:
+            raise MemberDown(self.member_of.get(name, "?"), exc.log_message) from None
+        except lxdapi.ApiError as exc:
+            if _offline(exc):
+                raise MemberDown(self.member_of.get(name, "?"), exc.log_message) from None
+            raise
+
+    # --- where it is ------------------------------------------------------
+
+    def directory(self, name: str) -> str:
+        raise GpushellError(f"container {name} is on a cluster member: it has no directory here")
+
+    def exists(self, name: str) -> bool:
+        return self.state(name) != MISSING
+
+    def location(self, name: str) -> str | None:
+        """The member the engine says holds the container; None when there is none."""
+        try:
+            found = self.request("GET", name)
+        except lxdapi.ApiError as exc:
+            if exc.http_status == 404:
+                return None
+            raise
+        assert isinstance(found, dict)
+        return str(found.get("location") or "") or None
+
+    def names(self) -> list[str]:
+        listed = self.client().get("/instances")
+        return sorted(url.rsplit("/", 1)[-1] for url in listed or [])
+
+    # --- making and destroying ----------------------------------------------
+
+    def create(self, reg: Registry, user: User, keys: str) -> str:
+        """The container on the user's member, from the image, with its identity and account pushed in.
+
+        Everything is written through the engine's file API into a
+        container that has never run: nothing in it is the student's yet.
+        """
+        self.member_of[user.container] = user.member
+        client = self.client(user.container)
+        try:
+            client.call(
+                "POST", "/instances", lxdinstance.body(reg, user), {"target": user.member}, STATE_WAIT
+            )
+        except lxdapi.Unreachable as exc:
+            raise MemberDown(user.member, exc.log_message) from None
+        self._give_identity(user, keys)
+        return ""
+
+    def _give_identity(self, user: User, keys: str) -> None:
+        import time
+
+        from .lxcconfig import hosts_file
+        from .provision import HOST_KEY_KINDS, SSHD_DROPIN, new_host_key
+        from .template import CUSTOM_FILES
+
+        client, name = self.client(user.container), user.container
+        client.push_file(name, "/etc/hostname", f"{name}\n".encode())
+        client.push_file(name, "/etc/hosts", hosts_file(name).encode())
+        client.push_file(name, "/etc/machine-id", _random_id().encode(), mode=0o444)
+        client.push_file(name, "/etc/network/interfaces", lxdinstance.interfaces(self.reg, user).encode())
+        client.push_file(name, f"/{SSHD_DROPIN}", CUSTOM_FILES[SSHD_DROPIN].encode())
+        for kind in HOST_KEY_KINDS:
+            private, public = new_host_key(kind, name)
+            client.push_file(name, f"/etc/ssh/ssh_host_{kind}_key", private, mode=0o600)
+            client.push_file(name, f"/etc/ssh/ssh_host_{kind}_key.pub", public)
+        days = int(time.time() // 86400)
+        for path, line in lxdinstance.account_lines(user.name, STUDENT_UID, days).items():
+            secret = path in ("/etc/shadow", "/etc/gshadow")
+            text = client.pull_file(name, path).decode()  # the image's own file: the container never ran
+            client.push_file(name, path, lxdinstance.with_line(text, line).encode(), 0, 42 if secret else 0,
+                             0o640 if secret else 0o644)  # fmt: skip
+        sudoers = f"{user.name} ALL=(ALL:ALL) NOPASSWD: ALL\n".encode()
+        client.push_file(name, f"/etc/sudoers.d/gpushell-{user.name}", sudoers, mode=0o440)
+        self.install_keys(user, keys)
+
+    def install_keys(self, user: User, keys: str) -> None:
+        """The student's authorized_keys inside, owned by them (the engine writes it, following no link)."""
+        client, home, uid = self.client(user.container), f"/home/{user.name}", STUDENT_UID
+        client.make_directory(user.container, home, uid, uid, 0o750)
+        client.make_directory(user.container, f"{home}/.ssh", uid, uid, 0o700)
+        client.push_file(user.container, f"{home}/.ssh/authorized_keys", keys.encode(), uid, uid, 0o600)
+
+    def destroy(self, reg: Registry, name: str) -> bool:
+        try:
+            self.request("DELETE", name)
+        except lxdapi.ApiError as exc:
+            if exc.http_status == 404:
+                return False
+            raise
+        return True
+
+    def move(self, name: str, member: str) -> None:
+        """Move the stopped container to member (the engine copies it there and drops the old copy)."""
+        self.request("POST", name, "", {"name": name, "migration": True}, {"target": member})
+        self.member_of[name] = member
+
+    def reconfigure(self, user: User) -> None:
+        """Make the instance's config and devices the registry's again (limits, GPUs, mounts, port)."""
+        current = self.request("GET", user.container)
+        assert isinstance(current, dict)
+        wanted = lxdinstance.body(self.reg, user)
+        config = {
+            key: value for key, value in current.get("config", {}).items() if key.startswith("volatile.")
+        }
+        body = {
+            "config": {**config, **wanted["config"]},  # type: ignore[dict-item]
+            "devices": wanted["devices"],
+            "profiles": wanted["profiles"],
+            "description": current.get("description", ""),
+            "architecture": current.get("architecture"),
+            "ephemeral": False,
+            "stateful": False,
+        }
+        self.request("PUT", user.container, "", body)
+
+    # --- state --------------------------------------------------------------
+
+    def state(self, name: str) -> str:
+        try:
+            found = self.request("GET", name, "/state")
+        except lxdapi.ApiError as exc:
+            if exc.http_status == 404:
+                return MISSING
+            raise
+        assert isinstance(found, dict)
+        return STATES.get(str(found.get("status")), STOPPED)
+
+    def inspect(self, name: str) -> tuple[str, int | None]:
+        return self.state(name), None  # the init's PID is the member's, not this host's
+
+    def running(self) -> set[str]:
+        listed = self.client().get("/instances", recursion="1") or []
+        return {entry["name"] for entry in listed if entry.get("status") == "Running"}
+
+    def states(self) -> dict[str, tuple[str, str]]:
+        """Every instance of the project: name -> (state, member), from one request."""
+        listed = self.client().get("/instances", recursion="1") or []
+        return {
+            entry["name"]: (STATES.get(entry.get("status"), STOPPED), entry.get("location") or "")
+            for entry in listed
+        }
+
+    def _act(self, name: str, action: str) -> None:
+        self.request("PUT", name, "/state", {"action": action, "timeout": 30, "force": action == "stop"})
+
+    def start(self, name: str) -> bool:
+        state = self.state(name)
+        if state == RUNNING:
+            return False
+        if state == MISSING:
+            raise GpushellError(
+                "your container does not exist; ask your administrator", f"no instance {name} on the cluster"
+            )
+        self._act(name, "unfreeze" if state == FROZEN else "start")
+        return state != FROZEN
+
+    def stop(self, name: str) -> None:
+        if self.state(name) in (RUNNING, FROZEN):
+            self._act(name, "stop")
+
+    def freeze(self, name: str) -> None:
+        self._act(name, "freeze")
+
+    def unfreeze(self, name: str) -> None:
+        self._act(name, "unfreeze")
+
+    def attach(self, name: str, command: list[str]) -> list[str]:
+        raise GpushellError(f"container {name} is on a cluster member; its commands run through the engine")
+
+    def block_start(self, name: str) -> Closable:
+        raise GpushellError(f"container {name} is on a cluster member: the engine keeps its snapshots")
+
+    # --- GPUs ---------------------------------------------------------------
+
+    def add_device(self, name: str, source: str, node: Node) -> None:
+        raise GpushellError("GPU lending is not available on a cluster yet")
+
+    def remove_device(self, name: str, node: Node) -> None:
+        raise GpushellError("GPU lending is not available on a cluster yet")
+
+    def device_holders(self, name: str, node: Node) -> list[int]:
+        return []
+
+    # --- the cluster --------------------------------------------------------
+
+    def members(self) -> list[dict[str, object]]:
+        """The engine's word on each member: server_name, status (Online, Offline, ...), message."""
+        return list(self.client().get("/cluster/members", recursion="1") or [])
+
+
+def _offline(error: lxdapi.ApiError) -> bool:
+    """Whether the engine refused because the instance's member is away (its words in 5.0 and Incus)."""
+    text = error.log_message.lower()
+    return any(words in text for words in ("offline", "unreachable", "no route", "connection refused"))
+
+
+def _random_id() -> str:
+    import os
+
+    return os.urandom(16).hex() + "\n"

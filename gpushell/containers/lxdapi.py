@@ -1,0 +1,252 @@
+"""A small client of the LXD/Incus REST API (`/1.0`), over TLS with a client certificate.
+
+Why not pylxd: importing it (requests, cryptography, ws4py) costs 200-250 ms,
+more than a whole ssh login, and the student's login asks the engine one or
+two questions.  The API is versioned JSON over HTTPS; the few calls gpushell
+makes (instances, their state, files, snapshots, operations, cluster
+members) fit in this module on the standard library alone.  LXD 5.0 and
+Incus answer the same `/1.0` paths.
+
+Trust both ways: gpushell presents its own client certificate, which the
+cluster trusts restricted to gpushell's project (README: "Several
+servers"); the cluster's certificate is pinned by its SHA-256, checked
+before any request goes out.  The files are root's, in the registry's
+`lxd.credentials` directory: client.crt, client.key, cluster.crt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ..core.errors import ExitStatus, GpushellError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import http.client
+    from typing import Any
+
+CLIENT_CERT, CLIENT_KEY, CLUSTER_CERT = "client.crt", "client.key", "cluster.crt"
+CONNECT_TIMEOUT = 3.0  # seconds to reach a member's API before the next member is tried
+REQUEST_TIMEOUT = 30.0  # seconds for one answer; a frozen member must not hang a login
+MAX_ANSWER = 64 * 2**20  # bytes of one answer read at most (a file pulled back, a listing)
+
+
+class ApiError(GpushellError):
+    """The engine refused or failed a request: its HTTP status and its own words."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"the container engine says: {message}", f"LXD API {status}: {message}")
+        self.http_status = status
+
+
+class Unreachable(GpushellError):
+    """No member's API answered."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            "the container cluster does not answer; try again in a minute or tell your administrator",
+            f"no LXD member answered: {detail}",
+            ExitStatus.ERROR,
+        )
+
+
+def fingerprint(pem_path: str) -> str:
+    """SHA-256 of a PEM certificate's DER bytes, as lowercase hex (what `lxc config trust list` shows)."""
+    import hashlib
+    import ssl
+
+    with open(pem_path, encoding="ascii") as stream:
+        return hashlib.sha256(ssl.PEM_cert_to_DER_cert(stream.read())).hexdigest()
+
+
+class Client:
+    """Requests to one project of the cluster, through the first member that answers.
+
+    addresses: the members' API addresses in the order to try them (the
+    member a request is about first, so a member that is down costs only
+    requests about its own containers).
+    """
+
+    def __init__(self, addresses: list[str], port: int, project: str, credentials: str) -> None:
+        self.addresses, self.port, self.project, self.credentials = addresses, port, project, credentials
+        self._connection: http.client.HTTPSConnection | None = None
+
+    # --- the wire ---------------------------------------------------------
+
+    def _context(self) -> Any:
+        import ssl
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        # The cluster's certificate names no host and no CA signs it: it is
+        # pinned below instead, before a request is sent.
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        context.load_cert_chain(
+            os.path.join(self.credentials, CLIENT_CERT), os.path.join(self.credentials, CLIENT_KEY)
+        )
+        return context
+
+    def _connect(self) -> http.client.HTTPSConnection:
+        import hashlib
+        import http.client
+
+        if self._connection is not None:
+            return self._connection
+        pinned = fingerprint(os.path.join(self.credentials, CLUSTER_CERT))
+        context = self._context()
+        failures = []
+        for address in self.addresses:
+            connection = http.client.HTTPSConnection(
+                address, self.port, timeout=CONNECT_TIMEOUT, context=context
+            )
+            try:
+                connection.connect()
+            except OSError as exc:
+                failures.append(f"{address}:{self.port}: {exc}")
+                connection.close()
+                continue
+            assert connection.sock is not None
+            presented = connection.sock.getpeercert(binary_form=True) or b""
+            if hashlib.sha256(presented).hexdigest() != pinned:
+                connection.close()
+                raise GpushellError(
+                    "the container cluster could not be verified; tell your administrator",
+                    f"{address}:{self.port} presented a certificate other than {CLUSTER_CERT}",
+                )
+            connection.sock.settimeout(REQUEST_TIMEOUT)
+            self._connection = connection
+            return connection
+        raise Unreachable("; ".join(failures) or "no member address")
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def raw(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes, dict[str, str]]:
+        """One request; the status, the body and the headers of its answer.  One retry on a new connection.
+
+        A kept-alive connection the member closed meanwhile fails on first
+        use; the retry (the same request) is safe for the calls made here,
+        which either read or carry their own end state.
+        """
+        import http.client
+
+        for attempt in (1, 2):
+            connection = self._connect()
+            try:
+                connection.request(method, path, body=body, headers=headers or {})
+                answer = connection.getresponse()
+                data = answer.read(MAX_ANSWER + 1)
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                if attempt == 2 or isinstance(exc, TimeoutError):
+                    raise Unreachable(f"{method} {path}: {exc}") from None
+                continue
+            if len(data) > MAX_ANSWER:
+                self.close()
+                raise ApiError(answer.status, f"answer to {method} {path} larger than {MAX_ANSWER} bytes")
+            return answer.status, data, {key.lower(): value for key, value in answer.getheaders()}
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # --- the API ----------------------------------------------------------
+
+    def url(self, endpoint: str, query: dict[str, str] | None = None) -> str:
+        from urllib.parse import quote, urlencode
+
+        params = {"project": self.project, **(query or {})}
+        return f"/1.0{quote(endpoint)}?{urlencode(params)}"
+
+    def call(
+        self,
+        method: str,
+        endpoint: str,
+        body: object = None,
+        query: dict[str, str] | None = None,
+        wait: float | None = 120.0,
+    ) -> Any:
+        """A JSON request; its answer's metadata.  An operation is waited for (up to wait seconds).
+
+        Raises ApiError with the engine's message when it refuses or the
+        operation fails, Unreachable when no member answers.
+        """
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        status, answer, _ = self.raw(method, self.url(endpoint, query), data, headers)
+        document = _document(status, answer)
+        if document.get("type") == "async" and wait is not None:
+            return self.wait(document["operation"], wait)
+        return document.get("metadata")
+
+    def get(self, endpoint: str, **query: str) -> Any:
+        return self.call("GET", endpoint, query=query)
+
+    def wait(self, operation: str, seconds: float) -> Any:
+        """Wait for an operation (its URL, as the API gave it) to end; its metadata, or ApiError."""
+        from urllib.parse import urlsplit
+
+        path = urlsplit(operation).path
+        status, answer, _ = self.raw("GET", f"{path}/wait?timeout={int(seconds)}")
+        metadata = _document(status, answer).get("metadata") or {}
+        if metadata.get("status") == "Running":
+            raise ApiError(504, f"operation {path} still running after {int(seconds)} s")
+        if metadata.get("status_code") != 200:
+            raise ApiError(
+                int(metadata.get("status_code") or 500), str(metadata.get("err") or "operation failed")
+            )
+        return metadata
+
+    def push_file(
+        self, instance: str, path: str, content: bytes, uid: int = 0, gid: int = 0, mode: int = 0o644
+    ) -> None:
+        """Write a file inside the instance (ids as its root sees them); the engine does the writing.
+
+        The engine opens the path inside the container's own mount
+        namespace (or its storage, stopped), so no link the container made
+        leads a write of root's out of it.
+        """
+        self._file(instance, path, content, "file", uid, gid, mode)
+
+    def make_directory(self, instance: str, path: str, uid: int = 0, gid: int = 0, mode: int = 0o755) -> None:
+        self._file(instance, path, b"", "directory", uid, gid, mode)
+
+    def _file(
+        self, instance: str, path: str, content: bytes, kind: str, uid: int, gid: int, mode: int
+    ) -> None:
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "X-LXD-type": kind,
+            "X-LXD-uid": str(uid),
+            "X-LXD-gid": str(gid),
+            "X-LXD-mode": f"{mode:04o}",
+            "X-LXD-write": "overwrite",
+        }
+        url = self.url(f"/instances/{instance}/files", {"path": path})
+        status, answer, _ = self.raw("POST", url, content, headers)
+        _document(status, answer)
+
+    def pull_file(self, instance: str, path: str) -> bytes:
+        """A file's content from inside the instance (attacker input: the caller bounds its use)."""
+        status, answer, headers = self.raw("GET", self.url(f"/instances/{instance}/files", {"path": path}))
+        if status != 200 or headers.get("content-type", "").startswith("application/json"):
+            _document(status, answer)
+            raise ApiError(status, f"{path} is not a file")
+        return answer
+
+
+def _document(status: int, answer: bytes) -> dict[str, Any]:
+    """The API's JSON envelope, or ApiError for an error answer."""
+    try:
+        document = json.loads(answer)
+    except ValueError:
+        raise ApiError(status, f"not a JSON answer (HTTP {status})") from None
+    if not isinstance(document, dict):
+        raise ApiError(status, "not a JSON object")
+    if document.get("type") == "error" or status >= 400:
+        raise ApiError(
+            int(document.get("error_code") or status), str(document.get("error") or f"HTTP {status}")
+        )
+    return document

@@ -1,0 +1,219 @@
+"""A cluster in the registry (`backend: lxd`): its keys, placement, forwards to members, the cache."""
+
+from __future__ import annotations
+
+import marshal
+
+import pytest
+
+from gpushell.containers import lxdinstance
+from gpushell.containers.lxdsnapshots import epoch, from_engine
+from gpushell.core import chaincheck, placement
+from gpushell.core.errors import GpushellError
+from gpushell.core.forward import NatTable, destination, ensure_user_lines, rebuild_lines, user_rule
+from gpushell.core.registry import RegistryError, parse
+from gpushell.system import registry_cache
+
+CLUSTER = """\
+backend: lxd
+bridge: labnet
+subnet: 10.9.0.0/24
+limits: {memory: 16G}
+lxd:
+  credentials: /etc/gpushell/lxd
+  members:
+    m1: {address: 192.168.5.11, gpus: 2, memory: 64G}
+    m2: {address: 192.168.5.12, gpus: [0, 1, 2, 3], memory: 64G}
+    m3: {address: 192.168.5.13, memory: 256G}
+users:
+  alice: {port: 22001, ip: 10.9.0.2, idmap: 1000000, member: m2, gpus: [0, 1]}
+  bob: {port: 22002, ip: 10.9.0.3, idmap: 1065536, member: m1, gpus: all}
+"""
+
+
+def registry(text: str = CLUSTER):
+    return parse(text, "/etc/gpushell.yaml")
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(RegistryError) as caught:
+        registry(text)
+    return caught.value.problems
+
+
+def test_members_and_their_students_parse() -> None:
+    reg = registry()
+    assert reg.backend == "lxd"
+    assert reg.cluster is not None
+    assert reg.cluster.project == "gpushell" and reg.cluster.port == 8443 and reg.cluster.pool == "default"
+    assert reg.cluster.members["m1"].gpus == (0, 1)  # a count numbers them from 0
+    assert reg.cluster.members["m2"].gpus == (0, 1, 2, 3)
+    assert reg.cluster.members["m3"].gpus == () and reg.cluster.members["m3"].memory == 256 * 2**30
+    assert reg.users["alice"].member == "m2" and reg.users["bob"].member == "m1"
+
+
+def test_one_host_registries_have_no_cluster_and_no_member() -> None:
+    reg = registry("users:\n  alice: {port: 22001, ip: 10.0.3.2, idmap: 1000000}\n")
+    assert reg.backend == "lxc" and reg.cluster is None and reg.users["alice"].member == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("backend: lxd\n", "lxd: backend: lxd needs an lxd: mapping"),
+        ("backend: lxc\nlxd: {members: {m1: {address: 10.1.1.1}}}\n", "lxd: only with backend: lxd"),
+        ("backend: lxd\nlxd: {members: {}}\n", "lxd.members: needs at least one member"),
+        ("backend: kvm\n", "backend: 'kvm' must be one of lxc, lxd"),
+        ("backend: lxd\nlxd: {members: {m1: {gpus: 2}}}\n", "lxd.members.m1: needs address"),
+        ("backend: lxd\nlxd: {members: {m1: {address: nope}}}\n", "lxd.members.m1.address"),
+        ("backend: lxd\nlxd: {members: {m1: {address: 10.1.1.1, gpus: all}}}\n", "say how many"),
+        ("backend: lxd\nlxd: {port: 0, members: {m1: {address: 10.1.1.1}}}\n", "lxd.port"),
+        ("backend: lxd\nlxd: {members: {'bad name': {address: 10.1.1.1}}}\n", "not a cluster member's name"),
+        ("backend: lxd\nstorage: btrfs\nlxd: {members: {m1: {address: 10.1.1.1}}}\n", "storage pool keeps"),
+        (CLUSTER.replace("member: m2", "member: m9"), "'m9' is not in lxd.members (m1, m2, m3)"),
+        (CLUSTER.replace(", member: m2", ""), "users.alice.member: needs member"),
+        ("users:\n  a: {port: 22001, ip: 10.0.3.2, idmap: 1000000, member: m1}\n", "only with backend: lxd"),
+    ],
+)
+def test_bad_cluster_settings_are_one_line_each(text: str, expected: str) -> None:
+    found = problems(text)
+    assert any(expected in line for line in found), found
+
+
+def test_the_cache_keeps_the_cluster_and_each_member() -> None:
+    reg = registry()
+    plain = registry_cache.to_plain(reg)
+    assert registry_cache.registry_from_plain(marshal.loads(marshal.dumps(plain))) == reg
+    one, alice = registry_cache.from_plain(plain, "alice")
+    assert one.cluster == reg.cluster and alice.member == "m2"
+
+
+# --- placement --------------------------------------------------------------
+
+
+def test_a_student_goes_where_most_gpus_are_free_then_most_memory() -> None:
+    reg = registry()
+    assert reg.cluster is not None
+    rooms = placement.rooms(reg.cluster, reg.users.values())
+    assert rooms["m1"].free_gpus == () and rooms["m2"].free_gpus == (2, 3) and rooms["m3"].free_gpus == ()
+    assert rooms["m2"].free_memory == 48 * 2**30
+    assert placement.place(reg.cluster, reg.users.values(), "none", 16 * 2**30) == "m2"
+    # With m2's GPUs taken too, memory decides: m3 has the most left.
+    more = dict(reg.users) | {"carol": reg.users["alice"].replace(name="carol", gpus=(2, 3))}
+    assert placement.place(reg.cluster, more.values(), "none", 16 * 2**30) == "m3"
+
+
+def test_placement_refuses_with_each_members_reason() -> None:
+    reg = registry()
+    assert reg.cluster is not None
+    with pytest.raises(GpushellError) as caught:
+        placement.place(reg.cluster, reg.users.values(), (0,), 300 * 2**30)
+    message = caught.value.user_message
+    assert "m1 GPU 0 already assigned" in message
+    assert "m2 GPU 0 already assigned" in message
+    assert "m3 has no GPU 0" in message
+
+
+def test_on_member_checks_the_fit() -> None:
+    reg = registry()
+    assert reg.cluster is not None
+    placement.check_on(reg.cluster, reg.users.values(), "m2", (2,), 2**30)
+    with pytest.raises(GpushellError, match="m1 GPU 1 already assigned"):
+        placement.check_on(reg.cluster, reg.users.values(), "m1", (1,), 2**30)
+    with pytest.raises(GpushellError, match="m7 is not a member"):
+        placement.check_on(reg.cluster, reg.users.values(), "m7", "none", 2**30)
+    with pytest.raises(GpushellError, match="only 48.0 GiB of memory unclaimed"):
+        placement.check_on(reg.cluster, reg.users.values(), "m2", "none", 60 * 2**30)
+
+
+def test_a_member_without_memory_in_the_registry_is_not_counted() -> None:
+    reg = registry(CLUSTER.replace("memory: 256G", "gpus: 0"))
+    assert reg.cluster is not None
+    placement.check_on(reg.cluster, reg.users.values(), "m3", "none", 2**40)
+
+
+# --- forwards to members ----------------------------------------------------
+
+
+def test_a_students_port_leads_to_their_member_on_the_same_port() -> None:
+    reg = registry()
+    alice = reg.users["alice"]
+    assert destination(alice, reg.cluster) == ("192.168.5.12", 22001)
+    assert destination(alice) == ("10.9.0.2", 22)  # one host: the container's own sshd
+    assert user_rule("GPUSHELL", alice, reg.cluster)[-1] == "192.168.5.12:22001"
+
+
+def test_forwards_to_members_leave_with_the_front_doors_address() -> None:
+    reg = registry()
+    lines = rebuild_lines(NatTable(""), reg, reg.users.values())
+    masquerades = [line for line in lines if "MASQUERADE" in line]
+    assert masquerades == [
+        f"-A POSTROUTING -d 192.168.5.1{n}/32 -p tcp -m conntrack --ctstate DNAT -m comment "
+        f"--comment gpushell:GPUSHELL:192.168.5.1{n} -j MASQUERADE"
+        for n in (1, 2, 3)
+    ]
+    assert not any("10.9.0.0/24" in line for line in lines)  # no bridge of its own on the front door
+    login = ensure_user_lines(NatTable(""), "GPUSHELL", reg.users["alice"], reg.cluster)
+    assert masquerades[1] in login and login[-1].endswith("--to-destination 192.168.5.12:22001")
+
+
+def test_the_chain_check_knows_a_cluster() -> None:
+    reg = registry()
+    saved = "*nat\n:GPUSHELL - [0:0]\n" + "".join(
+        line + "\n" for line in rebuild_lines(NatTable(""), reg, reg.users.values()) if line.startswith("-A")
+    )
+    assert chaincheck.problems(NatTable(saved + "COMMIT\n"), reg) == [
+        problem
+        for problem in chaincheck.problems(NatTable(saved + "COMMIT\n"), reg)
+        if "jump" in problem.message
+    ]
+    missing = chaincheck.problems(NatTable(saved.replace("192.168.5.12:22001", "10.9.0.2:22")), reg)
+    assert any("port 22001 -> 192.168.5.12:22001" in problem.message for problem in missing)
+
+
+# --- the engine's description of a container ------------------------------
+
+
+def test_the_instance_carries_limits_ids_filters_port_gpus_and_mounts() -> None:
+    reg = registry(CLUSTER.replace("users:", "mounts:\n  - {source: /nas/data, target: /data}\nusers:"))
+    body = lxdinstance.body(reg, reg.users["alice"])
+    config, devices = body["config"], body["devices"]
+    assert isinstance(config, dict) and isinstance(devices, dict)
+    assert config["limits.memory"] == str(16 * 2**30)
+    assert config["limits.cpu.allowance"] == "400ms/100ms" and config["limits.processes"] == "4096"
+    assert config["security.idmap.isolated"] == "true" and config["security.privileged"] == "false"
+    assert devices["root"] == {"type": "disk", "path": "/", "pool": "default", "size": str(50 * 2**30)}
+    assert devices["eth0"]["ipv4.address"] == "10.9.0.2" and devices["eth0"]["network"] == "labnet"
+    assert devices["eth0"]["security.ipv4_filtering"] == "true"
+    assert devices[lxdinstance.SSH_DEVICE] == {
+        "type": "proxy", "listen": "tcp:0.0.0.0:22001", "connect": "tcp:127.0.0.1:22", "bind": "host",
+    }  # fmt: skip
+    assert {name: device["id"] for name, device in devices.items() if device["type"] == "gpu"} == {
+        "gpu0": "0",
+        "gpu1": "1",
+    }
+    assert devices["mount0"] == {"type": "disk", "source": "/nas/data", "path": "/data", "readonly": "true"}
+    assert body["source"] == {"type": "image", "alias": reg.template}
+    assert "gateway 10.9.0.1" in lxdinstance.interfaces(reg, reg.users["alice"])
+
+
+def test_account_lines_are_added_once() -> None:
+    lines = lxdinstance.account_lines("alice", 1000, 20000)
+    passwd = "root:x:0:0:root:/root:/bin/bash\n"
+    once = lxdinstance.with_line(passwd, lines["/etc/passwd"])
+    assert once == passwd + "alice:x:1000:1000::/home/alice:/bin/bash\n"
+    assert lxdinstance.with_line(once, lines["/etc/passwd"]) == once
+    assert lxdinstance.with_line("root:x:0:", "alice:x:1000:\n") == "root:x:0:\nalice:x:1000:\n"
+
+
+def test_engine_snapshots_become_ours() -> None:
+    assert epoch("2026-12-03T10:20:30.123456789Z") == 1796293230
+    snap = from_engine(
+        {
+            "name": "before-exam",
+            "created_at": "2026-12-03T10:20:30Z",
+            "config": {"volatile.last_state.power": "RUNNING"},
+        }
+    )
+    assert (snap.name, snap.created, snap.size, snap.running) == ("before-exam", 1796293230, 0, True)
+    assert not from_engine({"name": "x", "created_at": "2026-12-03T10:20:30Z", "config": {}}).running
