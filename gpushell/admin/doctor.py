@@ -24,27 +24,11 @@ from ..core.registry import Registry, size_text
 from ..gpu import driverfiles, gpudevices
 from ..system import ifaddr, iptables, nftrun, pool, registry_store, sshdcheck
 from ..system.ownership import check_owned_by_root
-from . import apply, leftovers
+from . import apply, clusterdoctor, leftovers
+from .findings import Finding, finding
 
 APPLY = "gpushell-admin apply"
 INIT = "gpushell-admin init"
-
-
-@dataclasses.dataclass(frozen=True)
-class Finding:
-    ok: bool
-    what: str
-    fix: str = ""
-    warning: bool = False  # ok, but the admin should know (fix: what would make it go away)
-
-    def line(self) -> str:
-        if self.warning:
-            return f"warning: {self.what} — {self.fix}"
-        return f"ok: {self.what}" if self.ok else f"FAIL: {self.what} — fix: {self.fix}"
-
-
-def finding(ok: bool, good: str, bad: str, fix: str) -> Finding:
-    return Finding(True, good) if ok else Finding(False, bad, fix)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +75,7 @@ class Facts:
     isolation: tuple[str, ...] | None = None
     storage: StorageFacts | None = None  # None: not examined
     now: float | None = None  # when doctor looked (epoch seconds), for expiries; None: not examined
+    cluster: clusterdoctor.ClusterFacts | None = None  # the members and their containers (backend lxd)
 
 
 # --- checks (pure) -----------------------------------------------------------
@@ -736,8 +721,33 @@ CHECKS: tuple[Check, ...] = (
 )
 
 
+def check_cluster(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
+    if facts.cluster is None:
+        return []
+    return clusterdoctor.check_members(reg, facts.cluster) + clusterdoctor.check_containers(
+        reg, facts.cluster
+    )
+
+
+# A cluster's front door holds no container, bridge or template: its
+# checks are the forwards, the login's files and accounts, and the members.
+CLUSTER_CHECKS: tuple[Check, ...] = (
+    check_forwarding,
+    check_chain,
+    check_forwards,
+    check_dropins,
+    check_sshd_settings,
+    check_sshd_running,
+    check_ports,
+    check_accounts,
+    check_expiries,
+    check_cluster,
+)
+
+
 def run_checks(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
-    return [item for check in CHECKS for item in check(reg, paths, facts)]
+    checks = CHECKS if reg.cluster is None else CLUSTER_CHECKS
+    return [item for check in checks for item in check(reg, paths, facts)]
 
 
 def upgrade_findings(text: str, reg: Registry) -> list[Finding]:
@@ -812,7 +822,30 @@ def storage_facts(reg: Registry) -> StorageFacts:
     )
 
 
+def gather_front_door(reg: Registry, paths: Paths) -> Facts:
+    """A cluster's front door: what CLUSTER_CHECKS read, the members asked once each."""
+    accounts = apply.host_accounts(reg.users, paths.group)
+    return Facts(
+        bridge_exists=False,
+        bridge_addresses=[],
+        forwarding_on=apply.forwarding_on(),
+        table=iptables.read_nat(),
+        sudoers=installed_file(paths.sudoers_dropin),
+        sshd=installed_file(paths.sshd_dropin),
+        subids={},
+        template_exists=False,
+        configs={},
+        listeners=listeners(),
+        accounts=accounts,
+        sshd_effect=sshdcheck.gather(paths.sshd_config, paths.sshd_dropin, sshd_users(accounts, ())),
+        now=time.time(),
+        cluster=clusterdoctor.gather(reg),
+    )
+
+
 def gather(reg: Registry, paths: Paths) -> Facts:
+    if reg.cluster is not None:
+        return gather_front_door(reg, paths)
     scan = leftovers.scan(reg, paths)
     exists = os.path.exists(f"/sys/class/net/{reg.bridge}")
     accounts = apply.host_accounts(reg.users, paths.group)

@@ -197,6 +197,27 @@ class LxdDriver(ContainerDriver):
         assert isinstance(found, dict)
         return STATES.get(str(found.get("status")), STOPPED)
 
+    def usage(self, user: User) -> dict[str, int]:
+        """usage.container_usage's keys, from the engine's own readings of the running container.
+
+        The limits are the registry's, which the engine holds (lxdinstance.config).
+        """
+        found = self.request("GET", user.container, "/state")
+        if not isinstance(found, dict) or found.get("status") != "Running":
+            return {}
+        memory, cpu = found.get("memory") or {}, found.get("cpu") or {}
+        disk = (found.get("disk") or {}).get("root") or {}
+        readings = {
+            "cpu_ns": cpu.get("usage"),
+            "memory_bytes": memory.get("usage"),
+            "pids": found.get("processes"),
+            "disk_bytes": disk.get("usage"),
+        }
+        usage = {key: value for key, value in readings.items() if isinstance(value, int) and value >= 0}
+        usage.update(memory_limit_bytes=user.limits.memory, pids_limit=user.limits.pids)
+        usage["cpu_limit_millis"] = round(user.limits.cpus * 1000)
+        return usage
+
     def inspect(self, name: str) -> tuple[str, int | None]:
         return self.state(name), None  # the init's PID is the member's, not this host's
 

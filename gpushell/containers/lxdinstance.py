@@ -24,10 +24,11 @@ def config(reg: Registry, user: User) -> dict[str, str]:
         "limits.memory.swap": "false",  # the memory limit is the limit; no swap to spill into
         "limits.cpu.allowance": f"{round(limits.cpus * 100)}ms/100ms",
         "limits.processes": str(limits.pids),
-        # Each container its own id range, which the engine picks and records:
-        # container root is nobody on the member, and nobody else's files.
+        # Each container its own id range (65536 ids), which the engine picks and
+        # records: container root is nobody on the member, and nobody else's
+        # files.  The size is the engine's own: a restricted project forbids
+        # setting it (a "low-level" key).
         "security.idmap.isolated": "true",
-        "security.idmap.size": str(reg.idmap_size),
         "security.privileged": "false",
         "security.nesting": "false",
         "boot.autostart": "true" if user.autostart else "false",

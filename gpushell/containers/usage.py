@@ -18,6 +18,11 @@ from .backend import RUNNING, ContainerDriver
 
 def container_usage(reg: Registry, user: User, driver: ContainerDriver) -> dict[str, int]:
     """cgroups.read_usage's keys (while it runs) and disk_bytes; each left out when unknown."""
+    if reg.cluster is not None:
+        from .lxd import LxdDriver
+
+        assert isinstance(driver, LxdDriver)
+        return driver.usage(user)
     found: dict[str, int] = {}
     state, pid = driver.info(user.container)
     if state == RUNNING and pid is not None:

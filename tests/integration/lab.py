@@ -157,9 +157,12 @@ class Lab:
             os.chmod(f"{self.root}/bin/{name}", 0o755)
         self.write_registry(self.registry_text())
         self.admin("init")
-        self.admin("template", "build")
+        self.create_template()
         self.start_client_namespace()
         self.start_sshd()
+
+    def create_template(self) -> None:
+        self.admin("template", "build")
 
     def registry_text(self, idle_timeout: int = 600) -> str:
         return (
