@@ -13,7 +13,7 @@ APT_PACKAGES := lxc lxc-templates python3-lxc lxc-dev iptables nftables openssh-
 # What `make deb` builds and checks the package with.
 DEB_PACKAGES := debhelper dh-python python3-all python3-setuptools pybuild-plugin-pyproject lintian
 # What the tests alone need: a headless browser for the status page's test.
-TEST_PACKAGES := chromium chromium-driver
+TEST_PACKAGES := chromium chromium-driver lxd
 DEV_PACKAGES := pytest pexpect hypothesis ruff mypy types-PyYAML types-psutil selenium
 STAMP        := .make
 
@@ -128,6 +128,7 @@ demo-clean:
 
 bench: install venv
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
+	$(VENV)/bin/python bench/cluster.py
 
 clean:
 	rm -rf $(VENV) $(STAMP) build *.egg-info .pytest_cache .mypy_cache .ruff_cache gpushell_*.deb
