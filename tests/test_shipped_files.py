@@ -52,7 +52,7 @@ def test_admin_man_page_has_a_section_per_command() -> None:
     second_words = "(?: build| list| use| migrate| sync| revoke)?"
     sections = re.findall(rf"^\.SS (\S+{second_words})", page, flags=re.MULTILINE)
     assert sections == [
-        "init", "template build", "template list", "template use", "add", "remove", "set", "list",
+        "init", "template build", "template list", "template use", "add", "remove", "move", "set", "list",
         "apply", "doctor", "storage migrate", "driver sync", "tick", "loans", "loans revoke", "report",
         "expire",
     ]  # fmt: skip
