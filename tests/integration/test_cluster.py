@@ -1,0 +1,234 @@
+"""gpushell on a real three-member LXD cluster: placement, logins through the front door, move, limits,
+snapshots, and a member that is down.
+
+The cluster (lxdcluster.py) runs three LXD daemons on this machine, each in
+its own network namespace with its own state directory, joined with the
+engine's own tokens.  The front door is this host's root namespace: a real
+sshd with gpushell as the students' shell, the registry, the forwards.
+Students ssh from the client namespace, as on one host.  The GPUs the
+registry gives the members are stand-ins (there is no GPU here): placement
+counts them, and a container given one is made but never started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from gpushell.core import registry
+
+from .lab import Lab, Student, sh
+from .lxd_fixtures import IMAGE_ALIAS, cluster  # noqa: F401 - the session's cluster fixture
+from .lxdcluster import Cluster
+
+MEMORY = 512 * 2**20  # every student's memory limit here
+
+
+class FrontDoor(Lab):
+    """A lab whose registry says `backend: lxd`, with the cluster's members and gpushell's credentials."""
+
+    def __init__(self, engine: Cluster) -> None:
+        super().__init__()
+        self.cluster = engine
+        self.credentials = f"{self.root}/lxd"
+
+    def create(self) -> None:
+        os.makedirs(f"{self.root}/lxd", mode=0o700)
+        for source, name in (
+            (self.cluster.cert_path, "client.crt"),
+            (self.cluster.key_path, "client.key"),
+            (self.cluster.cluster_cert_path, "cluster.crt"),
+        ):
+            shutil.copyfile(source, f"{self.credentials}/{name}")
+        os.chmod(f"{self.credentials}/client.key", 0o600)
+        super().create()
+
+    def registry_text(self, idle_timeout: int = 600) -> str:
+        # m1 and m2 one stand-in GPU each and 1 GiB; m3 no GPU and 4 GiB.
+        members = {"m1": "gpus: 1, memory: 1G", "m2": "gpus: 1, memory: 1G", "m3": "gpus: 0, memory: 4G"}
+        return (
+            f"# test registry for {self.prefix} on cluster {self.cluster.prefix}\n"
+            "backend: lxd\n"
+            f"hostname: {self.host_ip}\n"
+            f"bridge: {self.cluster.network}\n"
+            f"subnet: {self.cluster.container_subnet}\n"
+            f"ports: {self.ports[0]}-{self.ports[1]}\n"
+            f"template: {IMAGE_ALIAS}\n"
+            f"lxcpath: {self.lxcpath}\n"
+            f"chain: {self.chain}\n"
+            "start_timeout: 120\n"
+            f"idle_timeout: {idle_timeout}\n"
+            "limits: {memory: 512M, cpus: 1, pids: 300, disk: 2G}\n"
+            "lxd:\n"
+            f"  credentials: {self.credentials}\n"
+            "  members:\n"
+            + "".join(
+                f"    {name}: {{address: {address}, {members[name]}}}\n"
+                for name, address in self.cluster.members
+            )
+            + "users:\n"
+        )
+
+    def create_template(self) -> None:
+        """The cluster has the image already (lxd_fixtures imports it)."""
+
+    def member_of(self, student: Student) -> str:
+        return registry.parse(self.read_registry(), self.registry).users[student.name].member
+
+    def instance(self, student: Student) -> dict[str, object]:
+        """The engine's word on the student's container, asked as its admin (member 1's unix socket)."""
+        listed = json.loads(
+            self.cluster.lxc("m1", "list", "--project", "gpushell", "--format", "json").stdout
+        )
+        return next(entry for entry in listed if entry["name"] == student.container)
+
+    def inside(self, student: Student, command: str) -> subprocess.CompletedProcess[str]:
+        """A command in the student's container, through the front door's forward (their own ssh -p)."""
+        return self.ssh(student, command, port=student.port)
+
+
+@pytest.fixture(scope="module")
+def front(cluster: Cluster) -> Iterator[FrontDoor]:  # noqa: F811 - the fixture of that name
+    lab = FrontDoor(cluster)
+    try:
+        lab.create()
+        yield lab
+    finally:
+        lab.destroy()
+
+
+@pytest.fixture(scope="module")
+def placed(front: FrontDoor) -> dict[str, Student]:
+    """Students added in an order that places one by GPUs on m1, on m2, then by memory on m3."""
+    return {
+        "gpu-on-m1": front.add_student("g1", "--gpus", "0"),
+        "gpu-on-m2": front.add_student("g2", "--gpus", "0"),
+        "m3": front.add_student("c3"),
+        "m1": front.add_student("c1", "--on", "m1"),
+        "m2": front.add_student("c2", "--on", "m2"),
+    }
+
+
+def test_add_places_students_by_free_gpus_then_memory(front: FrontDoor, placed: dict[str, Student]) -> None:
+    for where, student in placed.items():
+        member = where.removeprefix("gpu-on-")
+        assert front.member_of(student) == member
+        engine = front.instance(student)
+        assert engine["location"] == member, engine
+        assert engine["status"] == "Stopped"  # add makes the container; the first login starts it
+    gpu = front.instance(placed["gpu-on-m2"])["devices"]
+    assert isinstance(gpu, dict) and gpu["gpu0"] == {"type": "gpu", "gputype": "physical", "id": "0"}
+    listed = front.admin("list").stdout
+    assert "MEMBER" in listed.splitlines()[0]
+    assert any(placed["m3"].name in line and line.rstrip().endswith("m3") for line in listed.splitlines())
+    # Every member is full now but m3: a fourth GPU student fits nowhere, and says why.
+    refused = front.admin("add", f"{front.prefix}nx", "--gpus", "0", check=False)
+    assert refused.returncode != 0
+    assert "no member has room for this student" in refused.stderr
+    assert "m1 GPU 0 already assigned" in refused.stderr and "m3 has no GPU 0" in refused.stderr
+    assert f"{front.prefix}nx" not in front.read_registry()
+
+
+@pytest.mark.parametrize("where", ["m1", "m2", "m3"])
+def test_logins_through_the_front_door_reach_each_member(
+    front: FrontDoor, placed: dict[str, Student], where: str
+) -> None:
+    student = placed[where]
+    started = front.ssh(student, "start")
+    assert started.returncode == 0, started.stderr
+    status = front.ssh(student, "status")
+    assert status.returncode == 0, status.stderr
+    assert f"Container {student.container}: running, IP {student.ip}, port {student.port}" in status.stdout
+    rules = front.rules_for(student.name)
+    assert rules and rules[0].endswith(f"--to-destination {front.cluster.address(where)}:{student.port}")
+    inside = front.inside(student, "hostname; id -un")
+    assert inside.returncode == 0, inside.stderr
+    assert inside.stdout.split() == [student.container, student.name]
+    assert front.instance(student)["location"] == where
+
+
+def test_limits_hold_on_each_member(front: FrontDoor, placed: dict[str, Student]) -> None:
+    for where in ("m1", "m2", "m3"):
+        student = placed[where]
+        assert front.ssh(student, "start").returncode == 0
+        config = front.instance(student)["config"]
+        assert isinstance(config, dict)
+        assert config["limits.memory"] == str(MEMORY) and config["limits.processes"] == "300"
+        # The kernel's word, from inside: the container's own cgroup.
+        seen = front.inside(
+            student,
+            "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max 2>/dev/null"
+            " || cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max",
+        )
+        assert seen.returncode == 0, seen.stderr
+        assert seen.stdout.split() == [str(MEMORY), "300"], (where, seen.stdout)
+
+
+def test_snapshots_on_each_member_restore_files(front: FrontDoor, placed: dict[str, Student]) -> None:
+    for where in ("m1", "m2", "m3"):
+        student = placed[where]
+        assert front.inside(student, "echo kept > ~/work.txt").returncode == 0
+        made = front.ssh(student, "snapshot before")
+        assert made.returncode == 0, made.stderr
+        assert "before" in front.ssh(student, "snapshots").stdout
+        engine = front.cluster.lxc("m1", "info", student.container, "--project", "gpushell").stdout
+        assert "before" in engine  # the engine's own snapshot
+        assert front.inside(student, "rm ~/work.txt").returncode == 0
+        unconfirmed = front.ssh(student, "restore before")
+        assert unconfirmed.returncode != 0
+        restored = front.ssh(student, "restore before --yes")
+        assert restored.returncode == 0, restored.stderr
+        assert front.inside(student, "cat ~/work.txt").stdout.strip() == "kept", where
+        unknown = front.ssh(student, "restore nothing-here --yes")
+        assert unknown.returncode != 0 and "no snapshot nothing-here; see: snapshots" in unknown.stderr
+        assert front.ssh(student, "delete-snapshot before --yes").returncode == 0
+        assert "before" not in front.ssh(student, "snapshots").stdout
+
+
+def test_move_keeps_the_students_port(front: FrontDoor, placed: dict[str, Student]) -> None:
+    student = placed["m1"]
+    assert front.ssh(student, "start").returncode == 0
+    assert front.inside(student, "echo moved-with-me > ~/file.txt").returncode == 0
+    running = front.admin("move", student.name, "m3", check=False)
+    assert running.returncode != 0 and "pass --stop" in running.stderr
+    moved = front.admin("move", student.name, "m3", "--stop")
+    assert f"moved {student.name} from m1 to m3" in moved.stdout
+    assert front.member_of(student) == "m3"
+    assert front.instance(student)["location"] == "m3"
+    rules = front.rules_for(student.name)
+    assert rules[0].endswith(f"--to-destination {front.cluster.address('m3')}:{student.port}")
+    inside = front.inside(student, "hostname; cat ~/file.txt")
+    assert inside.stdout.split() == [student.container, "moved-with-me"]
+    full = front.admin("move", placed["gpu-on-m1"].name, "m2", check=False)
+    assert full.returncode != 0 and "m2 GPU 0 already assigned" in full.stderr
+    assert front.admin("move", student.name, "m1", "--stop").returncode == 0  # back, for the tests after
+
+
+def test_a_member_that_is_down_gives_one_clear_line(front: FrontDoor, placed: dict[str, Student]) -> None:
+    on_m2, on_m3 = placed["m2"], placed["m3"]
+    assert front.ssh(on_m2, "stop").returncode == 0
+    netns = front.cluster.netns("m2")
+    sh(["ip", "-n", netns, "link", "set", "eth0", "down"])  # the server is off the network
+    try:
+        refused = front.ssh(on_m2, "start")
+        assert refused.returncode != 0
+        lines = [line for line in refused.stderr.splitlines() if line.strip()]
+        assert lines == [
+            "gpushell: the server holding your container (m2) is not answering; your files are safe there; "
+            "try again later or tell your administrator"
+        ], refused.stderr
+        assert front.ssh(on_m3, "start").returncode == 0  # the other members' students go on
+        doctor = front.admin("doctor", check=False)
+        assert doctor.returncode != 0
+        assert any("m2" in line and "does not answer" in line for line in doctor.stdout.splitlines()), (
+            doctor.stdout
+        )
+    finally:
+        sh(["ip", "-n", netns, "link", "set", "eth0", "up"])
+    back = front.ssh(on_m2, "start")
+    assert back.returncode == 0, back.stderr
