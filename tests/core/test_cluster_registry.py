@@ -122,7 +122,7 @@ def test_on_member_checks_the_fit() -> None:
         placement.check_on(reg.cluster, reg.users.values(), "m1", (1,), 2**30)
     with pytest.raises(GpushellError, match="m7 is not a member"):
         placement.check_on(reg.cluster, reg.users.values(), "m7", "none", 2**30)
-    with pytest.raises(GpushellError, match="only 48.0 GiB of memory unclaimed"):
+    with pytest.raises(GpushellError, match=r"only 48\.0 GiB of memory unclaimed"):
         placement.check_on(reg.cluster, reg.users.values(), "m2", "none", 60 * 2**30)
 
 

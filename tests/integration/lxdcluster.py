@@ -37,7 +37,7 @@ PORT = 8443
 # (it refuses unknown keys).  restricted=true blocks privileged containers.
 RESTRICTIONS = (
     "restricted=true", "restricted.cluster.target=allow", "restricted.devices.proxy=allow",
-    "restricted.devices.gpu=allow", "restricted.devices.disk=allow",
+    "restricted.devices.gpu=allow", "restricted.devices.disk=allow", "restricted.snapshots=allow",
 )  # fmt: skip
 ROOT_DISK = {"type": "disk", "path": "/", "pool": "default"}
 DELETE_SECONDS = 60
