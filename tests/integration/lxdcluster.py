@@ -359,7 +359,10 @@ class Cluster:
             time.sleep(0.1)
 
     def _unmount(self) -> None:
-        """LXD mounts in the host's mount namespace (devlxd, shmounts, storage): deepest first."""
+        """Whatever reached the host's mount namespace under the state dirs, deepest first.
+
+        LXD's own mounts (devlxd, shmounts) stay in its mount namespace (SYSFS_SWAP's, slave
+        to the host's); this is for the ones that still appear here, if any."""
         for _ in range(3):
             mounts = mounts_under(self.root)
             if not mounts:
