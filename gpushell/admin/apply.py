@@ -118,6 +118,13 @@ def config_path(reg: Registry, container: str) -> str:
     return backend_for(reg).config_path(container)
 
 
+def config_name(reg: Registry, container: str) -> str:
+    """What apply calls a container's config: its file, or on a cluster the engine's instance."""
+    if reg.cluster is not None:
+        return f"the config and devices of instance {container}"
+    return config_path(reg, container)
+
+
 def wanted_config(
     reg: Registry,
     user: User,
@@ -126,7 +133,14 @@ def wanted_config(
     student_ids: tuple[int, int] | None = None,
     cgroup: cgroups.CgroupLayout = cgroups.CGROUP_V1,
 ) -> str:
-    """The config for user; gpu_nodes: every NVIDIA node on the host (the user's are picked here)."""
+    """The config for user; gpu_nodes: every NVIDIA node on the host (the user's are picked here).
+
+    On a cluster: the engine's config and devices the registry decides (lxdinstance.wanted).
+    """
+    if reg.cluster is not None:
+        from ..containers import lxdinstance
+
+        return lxdinstance.wanted(reg, user)
     rootfs = backend_for(reg).rootfs(user.container)
     nodes = gpudevices.select(gpu_nodes, user.gpus)
     return lxcconfig.container_config(reg, user, rootfs, apparmor_profile, nodes, student_ids, cgroup)
@@ -172,12 +186,14 @@ def plan(reg: Registry, paths: Paths, state: HostState) -> Plan:
             state.cgroup,
         )
         if current != config:
-            note = " (takes effect at its next start)" if state.states.get(user.container) == RUNNING else ""
+            running = state.states.get(user.container) == RUNNING
+            # The engine applies a cluster container's new limits and devices at once.
+            note = " (takes effect at its next start)" if running and reg.cluster is None else ""
             changes.append(
                 Change(
                     CONFIG,
                     user.container,
-                    f"regenerate {config_path(reg, user.container)} from the registry{note}",
+                    f"regenerate {config_name(reg, user.container)} from the registry{note}",
                     config,
                 )
             )
@@ -350,6 +366,8 @@ def container_states(driver: ContainerDriver, configs: dict[str, str | None]) ->
 
 def observe(reg: Registry, paths: Paths) -> HostState:
     """The host as it is."""
+    if reg.cluster is not None:
+        return observe_front_door(reg, paths)
     configs = container_configs(reg)
     return HostState(
         table=iptables.read_nat(),
@@ -364,6 +382,27 @@ def observe(reg: Registry, paths: Paths) -> HostState:
         leftovers=tuple(leftovers.find(reg, paths, leftovers.scan(reg, paths))),
         cgroup=cgroups.layout(),
         isolation=tuple(nftrun.problems(reg)),
+    )
+
+
+def observe_front_door(reg: Registry, paths: Paths) -> HostState:
+    """A cluster's front door: its forwards and accounts, and each container as the engine has it.
+
+    It has no bridge, isolation tables or GPU nodes of its own to look at.
+    """
+    from ..containers.lxd import LxdDriver
+
+    driver = backend_for(reg)
+    assert isinstance(driver, LxdDriver)
+    found = driver.managed_texts()
+    states = {name: state for name, (state, _) in driver.states().items()}
+    return HostState(
+        table=iptables.read_nat(),
+        bridge_ready=True,
+        forwarding_on=forwarding_on(),
+        configs={user.container: found.get(user.container) for user in reg.users.values()},
+        accounts=host_accounts(reg.users, paths.group),
+        states=states,
     )
 
 
@@ -392,6 +431,12 @@ def execute_change(change: Change, reg: Registry, paths: Paths) -> None:
         host = gpudevices.read_host(change.subject)
         for node in gpudevices.missing(host):
             gpudevices.make_node(host.dev_dir, node)
+    elif change.kind == CONFIG and reg.cluster is not None:
+        from ..containers.lxd import LxdDriver
+
+        driver = backend_for(reg)
+        assert isinstance(driver, LxdDriver)
+        driver.reconfigure(next(user for user in reg.users.values() if user.container == change.subject))
     elif change.kind == CONFIG:
         for user in reg.users.values():
             if user.container == change.subject:

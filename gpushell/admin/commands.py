@@ -78,6 +78,8 @@ def cmd_template_build(paths: Paths, args: Options) -> int:
         raise GpushellError(f"{name!r} is not a valid template name", status=ExitStatus.USAGE)
     if any(user.container == name for user in reg.users.values()):
         raise GpushellError(f"{name} is a student's container, not a template", status=ExitStatus.USAGE)
+    if reg.cluster is not None:
+        return cluster_image_build(paths, args, reg, name)
     directory = backend_for(reg).directory(name)
     if os.path.exists(directory) and not args.force:
         say(f"template {name} is already built ({directory}); --force rebuilds it")
@@ -94,6 +96,31 @@ def cmd_template_build(paths: Paths, args: Options) -> int:
             backend_for(reg).destroy(reg, name)
         template.install(tarball, reg.lxcpath, name, args.suite, store)
     say(f"template {name} built from {tarball}")
+    return ExitStatus.OK
+
+
+def cluster_image_build(paths: Paths, args: Options, reg: Registry, name: str) -> int:
+    """On a cluster the template is an image of the engine: the same Debian tree, packed and imported."""
+    from ..containers import lxdapi, lxdimage, template
+    from ..containers.lxd import LxdDriver
+
+    assert reg.cluster is not None
+    client = LxdDriver(reg).client()
+    if not args.force:
+        try:
+            client.get(f"/images/aliases/{name}")
+            say(f"image {name} is already in project {reg.cluster.project}; --force imports it again")
+            return ExitStatus.OK
+        except lxdapi.ApiError as exc:
+            if exc.http_status != 404:
+                raise
+    extra = tuple(p for p in (args.packages or "").split(",") if p)
+    tarball = template.ensure_cached(paths.template_cache, args.suite, extra, args.mirror)
+    image = tarball.removesuffix(".tar") + f"-lxd{lxdimage.RECIPE}.tar"
+    if not os.path.exists(image):
+        lxdimage.pack(tarball, image, f"gpushell {args.suite} from {os.path.basename(tarball)}")
+    fingerprint = client.upload_image(image, name)
+    say(f"image {name} ({fingerprint[:12]}) imported into project {reg.cluster.project} from {tarball}")
     return ExitStatus.OK
 
 

@@ -146,7 +146,7 @@ def _warn(line: str) -> None:
 
 def regenerate_config(reg: registry.Registry, paths: Paths, container: str) -> None:
     """Rewrite one container's LXC config exactly as `apply` would."""
-    if not os.path.isdir(backend_for(reg).directory(container)):
+    if reg.cluster is None and not os.path.isdir(backend_for(reg).directory(container)):
         raise GpushellError(f"container {container} does not exist; registry updated, config not written")
     plan = apply.plan(reg, paths, apply.observe(reg, paths))
     for change in plan.changes:

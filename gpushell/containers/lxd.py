@@ -146,9 +146,13 @@ class LxdDriver(ContainerDriver):
         self.install_keys(user, keys)
 
     def install_keys(self, user: User, keys: str) -> None:
-        """The student's authorized_keys inside, owned by them (the engine writes it, following no link)."""
+        """The student's authorized_keys inside, owned by them.
+
+        The engine writes as the container's root inside the container, so
+        a link the container planted leads nowhere but into the container.
+        """
         client, home, uid = self.client(user.container), f"/home/{user.name}", STUDENT_UID
-        client.make_directory(user.container, home, uid, uid, 0o750)
+        client.make_directory(user.container, home, uid, uid, 0o700)
         client.make_directory(user.container, f"{home}/.ssh", uid, uid, 0o700)
         client.push_file(user.container, f"{home}/.ssh/authorized_keys", keys.encode(), uid, uid, 0o600)
 
@@ -167,23 +171,37 @@ class LxdDriver(ContainerDriver):
         self.member_of[name] = member
 
     def reconfigure(self, user: User) -> None:
-        """Make the instance's config and devices the registry's again (limits, GPUs, mounts, port)."""
+        """Make the instance's config and devices the registry's (limits, GPUs, mounts, port).
+
+        The engine applies limits to a running container at once and plugs
+        devices in and out; its own keys (volatile.*, image.*) stay as they are.
+        """
         current = self.request("GET", user.container)
         assert isinstance(current, dict)
-        wanted = lxdinstance.body(self.reg, user)
-        config = {
-            key: value for key, value in current.get("config", {}).items() if key.startswith("volatile.")
+        kept = {
+            key: value
+            for key, value in (current.get("config") or {}).items()
+            if key.startswith(lxdinstance.ENGINE_KEYS)
         }
+        wanted = lxdinstance.body(self.reg, user)
         body = {
-            "config": {**config, **wanted["config"]},  # type: ignore[dict-item]
+            "architecture": current.get("architecture"),
+            "config": kept | lxdinstance.config(self.reg, user),
             "devices": wanted["devices"],
             "profiles": wanted["profiles"],
-            "description": current.get("description", ""),
-            "architecture": current.get("architecture"),
             "ephemeral": False,
             "stateful": False,
+            "description": current.get("description", ""),
         }
         self.request("PUT", user.container, "", body)
+
+    def managed_texts(self) -> dict[str, str]:
+        """Every instance's lxdinstance.managed() text, from one request."""
+        listed = self.client().get("/instances", recursion="1") or []
+        return {
+            entry["name"]: lxdinstance.managed(entry.get("config") or {}, entry.get("devices") or {})
+            for entry in listed
+        }
 
     # --- state --------------------------------------------------------------
 
@@ -256,6 +274,27 @@ class LxdDriver(ContainerDriver):
 
     def unfreeze(self, name: str) -> None:
         self._act(name, "unfreeze")
+
+    def run_inside(self, name: str, command: list[str], timeout: float = 90.0) -> int:
+        """Run command in the running container as its root, environment cleared; its exit status.
+
+        The engine runs it in the container's own namespaces: it acts on
+        that container alone, whatever the container made of its files.
+        Output is not collected (nothing the container prints reaches root).
+        """
+        body = {
+            "command": command,
+            "environment": {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"},
+            "wait-for-websocket": False,
+            "interactive": False,
+            "record-output": False,
+        }
+        try:
+            done = self.client(name).call("POST", f"/instances/{name}/exec", body, None, timeout)
+        except lxdapi.Unreachable as exc:
+            raise MemberDown(self.member_of.get(name, "?"), exc.log_message) from None
+        status = (done.get("metadata") or {}).get("return") if isinstance(done, dict) else None
+        return status if isinstance(status, int) else -1
 
     def attach(self, name: str, command: list[str]) -> list[str]:
         raise GpushellError(f"container {name} is on a cluster member; its commands run through the engine")

@@ -22,6 +22,7 @@ from typing import BinaryIO
 from ..core.paths import DEBIAN_SUITE
 
 ROOTFS = "rootfs"
+RECIPE = "1"  # bumped whenever pack's output changes: an image cached by an older one is not reused
 # pax keys that would override a member's new name (tarfile writes the pax
 # header's own `path` over TarInfo.name, and the same for `linkpath`).
 RENAMED_PAX_KEYS = ("path", "linkpath")

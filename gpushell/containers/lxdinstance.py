@@ -87,6 +87,26 @@ def body(reg: Registry, user: User) -> dict[str, object]:
     }
 
 
+ENGINE_KEYS = ("volatile.", "image.")  # config the engine keeps for itself; never the registry's
+
+
+def managed(config_: dict[str, str], devices_: dict[str, dict[str, str]]) -> str:
+    """The part of an instance the registry decides, as canonical text (apply compares these).
+
+    The engine's own keys (volatile.*, image.*) are left out: it sets them.
+    """
+    import json
+
+    ours = {key: value for key, value in config_.items() if not key.startswith(ENGINE_KEYS)}
+    return json.dumps({"config": ours, "devices": devices_}, sort_keys=True)
+
+
+def wanted(reg: Registry, user: User) -> str:
+    """managed() of what the registry asks for the user's container."""
+    assert reg.cluster is not None
+    return managed(config(reg, user), devices(reg, user, reg.cluster))
+
+
 def interfaces(reg: Registry, user: User) -> str:
     """/etc/network/interfaces inside: the registry's address, the member's bridge as the gateway.
 

@@ -197,6 +197,13 @@ def _rebuild(ctx: services.Context, user: User) -> Answer:
 
     request = _request()
     _confirm(request, user)
+    if ctx.registry.cluster is not None:
+        # The engine (LXD 5.0) has no rebuild of an instance in place, and a new
+        # instance would take neither the home nor the snapshots along.
+        raise GpushellError(
+            "rebuild is not available on this lab's cluster yet; ask your administrator",
+            f"rebuild refused for {user.name}: backend lxd",
+        )
     keep_home = request.get("home", "keep") != "wipe"
     rebuild.rebuild(ctx.registry, user, ctx.driver, accounts.existing_keys(user.name), keep_home)
     return _login(ctx, user) | {"rebuilt": "kept-home" if keep_home else "wiped-home"}
@@ -206,7 +213,15 @@ def _keys(ctx: services.Context, user: User) -> Answer:
     from ..containers import keyrescue
     from ..system import accounts
 
-    repaired = keyrescue.rescue(ctx.registry, user, ctx.driver, accounts.existing_keys(user.name))
+    keys = accounts.existing_keys(user.name)
+    if ctx.registry.cluster is not None:
+        from ..containers import lxdkeys
+        from ..containers.lxd import LxdDriver
+
+        assert isinstance(ctx.driver, LxdDriver)
+        repaired = lxdkeys.rescue(ctx.driver, user, keys)
+    else:
+        repaired = keyrescue.rescue(ctx.registry, user, ctx.driver, keys)
     lines = {f"repaired{index}": protocol_line(line) for index, line in enumerate(repaired)}
     return services.describe(ctx, user, repaired=len(repaired), **lines)
 

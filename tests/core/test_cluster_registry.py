@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import marshal
 
 import pytest
@@ -217,3 +218,68 @@ def test_engine_snapshots_become_ours() -> None:
     )
     assert (snap.name, snap.created, snap.size, snap.running) == ("before-exam", 1796293230, 0, True)
     assert not from_engine({"name": "x", "created_at": "2026-12-03T10:20:30Z", "config": {}}).running
+
+
+# --- apply on a front door ------------------------------------------------------
+
+
+def test_apply_compares_the_engines_instances_with_the_registry() -> None:
+    from gpushell.admin import apply
+    from gpushell.admin.apply import Account, HostState
+    from gpushell.core.paths import Paths
+
+    reg, paths = registry(), Paths()
+    lines = rebuild_lines(NatTable(""), reg, reg.users.values())
+    table = NatTable("*nat\n:GPUSHELL - [0:0]\n" + "".join(f"{line}\n" for line in lines[1:]) + "COMMIT\n")
+    engine = {user.container: lxdinstance.wanted(reg, user) for user in reg.users.values()}
+    healthy = HostState(
+        table=table, bridge_ready=True, forwarding_on=True, configs=engine,
+        accounts={name: Account(paths.shell, True) for name in reg.users}, states={"alice": "RUNNING"},
+    )  # fmt: skip
+    assert [c.text for c in apply.plan(reg, paths, healthy).changes if c.kind != apply.FORWARDS] == []
+    # An instance whose limit was changed behind gpushell's back, one the engine lost.
+    changed = json.loads(engine["alice"])
+    changed["config"]["limits.processes"] = "9999"
+    changed["config"]["volatile.eth0.hwaddr"] = "00:16:3e:00:00:01"  # the engine's own: never compared
+    drifted = healthy.replace(configs={"alice": lxdinstance.managed(changed["config"], changed["devices"])})
+    result = apply.plan(reg, paths, drifted)
+    assert [(c.kind, c.subject, c.text) for c in result.changes if c.kind == apply.CONFIG] == [
+        (apply.CONFIG, "alice", "regenerate the config and devices of instance alice from the registry")
+    ]
+    assert result.warnings == [
+        "bob: container bob does not exist; "
+        "recreate it with: gpushell-admin remove bob && gpushell-admin add bob"
+    ]
+    unchanged = json.loads(engine["alice"])
+    unchanged["config"]["volatile.eth0.hwaddr"] = "00:16:3e:00:00:01"
+    quiet = healthy.replace(
+        configs={**engine, "alice": lxdinstance.managed(unchanged["config"], unchanged["devices"])}
+    )
+    assert [c for c in apply.plan(reg, paths, quiet).changes if c.kind == apply.CONFIG] == []
+
+
+# --- doctor on a front door -------------------------------------------------------
+
+
+def test_doctor_names_a_member_down_an_offline_one_and_a_misplaced_container() -> None:
+    from gpushell.admin import clusterdoctor
+
+    reg = registry()
+    facts = clusterdoctor.ClusterFacts(
+        reachable={"m1": "", "m2": "", "m3": "192.168.5.13:8443: timed out"},
+        members={"m1": ("Online", "Fully operational"), "m2": ("Offline", "No heartbeat since 30s")},
+        instances={"alice": ("RUNNING", "m1")},
+    )
+    members = [(f.ok, f.what) for f in clusterdoctor.check_members(reg, facts)]
+    assert members == [
+        (True, "member m1 (192.168.5.11) answers and is online"),
+        (False, "member m2: the cluster says Offline (No heartbeat since 30s)"),
+        (False, "member m3 (192.168.5.13): its API does not answer: 192.168.5.13:8443: timed out"),
+    ]
+    containers = [(f.ok, f.what) for f in clusterdoctor.check_containers(reg, facts)]
+    assert containers == [
+        (False, "alice: the registry says member m2, the cluster says m1"),
+        (False, "bob: container bob does not exist on the cluster"),
+    ]
+    unknown = clusterdoctor.ClusterFacts({}, {}, None)
+    assert [f.ok for f in clusterdoctor.check_containers(reg, unknown)] == [False]

@@ -30,7 +30,6 @@ from .lab import ENV, sh
 STATE_ROOT = "/var/lib/gpushell-test-lxd"  # short: unix socket paths must stay under 108 bytes
 TEMPLATE_CACHE = "/var/cache/gpushell/templates"
 IMAGE_CACHE = "/var/cache/gpushell/lxd-images"
-IMAGE_RECIPE = "1"  # bumped whenever lxdimage.pack's output changes, so old images are not reused
 PROJECT = "gpushell"
 PORT = 8443
 # The project restrictions gpushell relies on, all of which LXD 5.0.2 knows
@@ -250,7 +249,7 @@ class Cluster:
 
     def _cached_image(self, tarball: str) -> str:
         stem = os.path.basename(tarball).removesuffix(".tar")
-        image = f"{IMAGE_CACHE}/{stem}-lxd{IMAGE_RECIPE}.tar"
+        image = f"{IMAGE_CACHE}/{stem}-lxd{lxdimage.RECIPE}.tar"
         if not os.path.exists(image):
             started = time.monotonic()
             os.makedirs(IMAGE_CACHE, mode=0o755, exist_ok=True)

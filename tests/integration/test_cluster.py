@@ -209,6 +209,66 @@ def test_move_keeps_the_students_port(front: FrontDoor, placed: dict[str, Studen
     assert front.admin("move", student.name, "m1", "--stop").returncode == 0  # back, for the tests after
 
 
+def test_keys_lets_a_locked_out_student_back_in(front: FrontDoor, placed: dict[str, Student]) -> None:
+    student = placed["m2"]
+    assert front.ssh(student, "start").returncode == 0
+    planted = (
+        "rm ~/.ssh/authorized_keys; echo 'PubkeyAuthentication no' | sudo tee /etc/ssh/sshd_config.d/x.conf"
+    )
+    assert front.inside(student, planted + " >/dev/null && sudo systemctl restart ssh").returncode == 0
+    assert front.inside(student, "true").returncode != 0  # locked out
+    repaired = front.ssh(student, "keys")
+    assert repaired.returncode == 0, repaired.stderr
+    assert "restarted sshd in your container" in repaired.stdout
+    inside = front.inside(
+        student, "ls /etc/ssh/sshd_config.d.gpushell-old; stat -c %a ~/.ssh/authorized_keys"
+    )
+    assert inside.stdout.split() == ["x.conf", "600"], inside.stdout + inside.stderr
+
+
+def test_set_and_apply_keep_the_engine_on_the_registry(front: FrontDoor, placed: dict[str, Student]) -> None:
+    student = placed["m3"]
+    assert front.ssh(student, "start").returncode == 0
+    front.admin("set", student.name, "memory=768M", "pids=400")
+    config = front.instance(student)["config"]
+    assert isinstance(config, dict)
+    assert (config["limits.memory"], config["limits.processes"]) == (str(768 * 2**20), "400")
+    seen = front.inside(
+        student,
+        "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max",
+    )
+    assert seen.stdout.strip() == str(768 * 2**20)  # at once, no restart
+    # Changed behind gpushell's back: apply puts the registry's values back.
+    front.cluster.lxc(
+        "m1", "config", "set", student.container, "limits.processes=9999", "--project", "gpushell"
+    )
+    dry = front.admin("apply", "--dry-run").stdout
+    assert f"instance {student.container}" in dry, dry
+    front.admin("apply")
+    config = front.instance(student)["config"]
+    assert isinstance(config, dict) and config["limits.processes"] == "400"
+    assert "nothing to do" in front.admin("apply").stdout.lower()
+    front.admin("set", student.name, "memory=512M", "pids=300")  # as the other tests expect
+
+
+def test_template_build_imports_the_image(front: FrontDoor) -> None:
+    name = f"{front.prefix}-img"
+    built = front.admin("template", "build", "--name", name)
+    assert f"image {name}" in built.stdout and "imported into project gpushell" in built.stdout
+    aliases = json.loads(
+        front.cluster.lxc("m1", "image", "alias", "list", "--project", "gpushell", "--format", "json").stdout
+    )
+    assert name in [alias["name"] for alias in aliases]
+    again = front.admin("template", "build", "--name", name)
+    assert "already in project gpushell" in again.stdout
+
+
+def test_rebuild_is_refused_on_a_cluster_with_one_line(front: FrontDoor, placed: dict[str, Student]) -> None:
+    refused = front.ssh(placed["m3"], "rebuild --yes")
+    assert refused.returncode != 0
+    assert "rebuild is not available on this lab's cluster yet" in refused.stderr
+
+
 def test_a_member_that_is_down_gives_one_clear_line(front: FrontDoor, placed: dict[str, Student]) -> None:
     on_m2, on_m3 = placed["m2"], placed["m3"]
     assert front.ssh(on_m2, "stop").returncode == 0
