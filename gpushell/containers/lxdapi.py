@@ -222,14 +222,11 @@ class Client:
     def _file(
         self, instance: str, path: str, content: bytes, kind: str, uid: int, gid: int, mode: int
     ) -> None:
-        headers = {
-            "Content-Type": "application/octet-stream",
-            "X-LXD-type": kind,
-            "X-LXD-uid": str(uid),
-            "X-LXD-gid": str(gid),
-            "X-LXD-mode": f"{mode:04o}",
-            "X-LXD-write": "overwrite",
-        }
+        fields = {"type": kind, "uid": str(uid), "gid": str(gid), "mode": f"{mode:04o}", "write": "overwrite"}
+        # LXD reads X-LXD-*, Incus X-Incus-* (newer releases only those): both go, each ignores the other's.
+        headers = {"Content-Type": "application/octet-stream"}
+        for prefix in ("X-LXD-", "X-Incus-"):
+            headers.update({prefix + key: value for key, value in fields.items()})
         url = self.url(f"/instances/{instance}/files", {"path": path})
         status, answer, _ = self.raw("POST", url, content, headers)
         _document(status, answer)

@@ -49,6 +49,9 @@ def devices(reg: Registry, user: User, cluster: Cluster) -> dict[str, dict[str, 
             "security.mac_filtering": "true",
             "security.ipv4_filtering": "true",
             "security.ipv6_filtering": "true",
+            # An isolated bridge port talks to the member (gateway, NAT) only,
+            # never to another container's port, unless the lab allows it.
+            "security.port_isolation": "false" if reg.allow_container_traffic else "true",
         },
         SSH_DEVICE: ssh_proxy(user),
     }

@@ -496,6 +496,8 @@ class _Validator:
             self.status_page(nodes["status_page"]) if "status_page" in nodes else DEFAULT_STATUS_PAGE
         )
         cluster = self.cluster(nodes.get("lxd"), settings["backend"], root)
+        if settings["backend"] == "lxd" and "lending" in nodes:
+            p.problem(nodes["lending"], "lending", "GPU lending is not available with backend: lxd yet")
         if settings["backend"] == "lxd" and settings["storage"] != "dir":
             p.problem(nodes["storage"], "storage", "with backend: lxd the cluster's storage pool keeps trees")
         defaults = Registry(

@@ -50,7 +50,7 @@ def _login(ctx: services.Context, user: User) -> Answer:
         from . import loans
 
         answer.update(loans.shown_loans(ctx, user))
-    if user.gpus != "none":
+    if user.gpus != "none" and ctx.registry.cluster is None:
         # The banner's GPU lines, from the cached snapshot (a small file read);
         # a stale one is refreshed in the background once this answer is out.
         from ..gpu import gpucache
@@ -87,9 +87,20 @@ def _owners(paths: Paths) -> dict[str, str]:
     )
 
 
+def on_this_host(ctx: services.Context) -> None:
+    """Refuse what reads this host's GPUs where the student's GPUs are on a cluster member."""
+    if ctx.registry.cluster is not None:
+        raise GpushellError(
+            "GPU readings from the cluster's servers are not available yet; "
+            "inside your container: nvidia-smi",
+            "GPU readings refused: backend lxd",
+        )
+
+
 def _gpus(ctx: services.Context, user: User) -> Answer:
     from ..gpu import gpucache  # NVML is asked here; the login banner's snapshot is refreshed too
 
+    on_this_host(ctx)
     answer = gpucache.gpus_answer(ctx.paths, user.name, lambda: _owners(ctx.paths))
     if ctx.registry.lending is not None:
         from . import loans
@@ -102,6 +113,7 @@ def _gpu_kill(ctx: services.Context, user: User) -> Answer:
     """SIGTERM one of the caller's GPU processes; its PID is the one line on stdin."""
     from ..gpu import gpustatus
 
+    on_this_host(ctx)
     pid = gpustatus.parse_pid(sys.stdin.readline(gpustatus.MAX_PID_TEXT + 2))
     return gpustatus.kill(pid, user.idmap, ctx.registry.idmap_size)
 

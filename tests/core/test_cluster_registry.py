@@ -74,6 +74,7 @@ def test_one_host_registries_have_no_cluster_and_no_member() -> None:
         (CLUSTER.replace("member: m2", "member: m9"), "'m9' is not in lxd.members (m1, m2, m3)"),
         (CLUSTER.replace(", member: m2", ""), "users.alice.member: needs member"),
         ("users:\n  a: {port: 22001, ip: 10.0.3.2, idmap: 1000000, member: m1}\n", "only with backend: lxd"),
+        (CLUSTER.replace("users:", "lending: {gpus: all}\nusers:"), "lending: GPU lending is not available"),
     ],
 )
 def test_bad_cluster_settings_are_one_line_each(text: str, expected: str) -> None:
@@ -186,6 +187,14 @@ def test_the_instance_carries_limits_ids_filters_port_gpus_and_mounts() -> None:
     assert devices["root"] == {"type": "disk", "path": "/", "pool": "default", "size": str(50 * 2**30)}
     assert devices["eth0"]["ipv4.address"] == "10.9.0.2" and devices["eth0"]["network"] == "labnet"
     assert devices["eth0"]["security.ipv4_filtering"] == "true"
+    assert devices["eth0"]["security.port_isolation"] == "true"
+    open_lab = registry(CLUSTER.replace("users:", "allow_container_traffic: true\nusers:"))
+    assert (
+        lxdinstance.devices(open_lab, open_lab.users["alice"], open_lab.cluster)["eth0"][
+            "security.port_isolation"
+        ]
+        == "false"
+    )
     assert devices[lxdinstance.SSH_DEVICE] == {
         "type": "proxy", "listen": "tcp:0.0.0.0:22001", "connect": "tcp:127.0.0.1:22", "bind": "host",
     }  # fmt: skip

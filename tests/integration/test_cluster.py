@@ -18,6 +18,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 
+import pexpect
 import pytest
 
 from gpushell.core import registry
@@ -25,6 +26,7 @@ from gpushell.core import registry
 from .lab import Lab, Student, sh
 from .lxd_fixtures import IMAGE_ALIAS, cluster  # noqa: F401 - the session's cluster fixture
 from .lxdcluster import Cluster
+from .test_login import login
 
 MEMORY = 512 * 2**20  # every student's memory limit here
 
@@ -152,6 +154,24 @@ def test_logins_through_the_front_door_reach_each_member(
     assert front.instance(student)["location"] == where
 
 
+def test_the_menu_login_starts_the_container_and_says_where_to_connect(
+    front: FrontDoor, placed: dict[str, Student]
+) -> None:
+    student = placed["m2"]
+    assert front.ssh(student, "stop").returncode == 0
+    child = login(front, student)
+    banner = child.before
+    assert f"Welcome, {student.name}." in banner
+    assert f"ssh -p {student.port} {student.name}@{front.host_ip}" in banner  # the same banner as on one host
+    # Ready means ready: the container's sshd answers through the member's proxy at once.
+    inside = front.inside(student, "hostname")
+    assert inside.returncode == 0 and inside.stdout.strip() == student.container, inside.stderr
+    child.sendline("quit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
 def test_limits_hold_on_each_member(front: FrontDoor, placed: dict[str, Student]) -> None:
     for where in ("m1", "m2", "m3"):
         student = placed[where]
@@ -167,6 +187,36 @@ def test_limits_hold_on_each_member(front: FrontDoor, placed: dict[str, Student]
         )
         assert seen.returncode == 0, seen.stderr
         assert seen.stdout.split() == [str(MEMORY), "300"], (where, seen.stdout)
+
+
+def test_containers_on_one_member_cannot_reach_each_other(
+    front: FrontDoor, placed: dict[str, Student]
+) -> None:
+    first = placed["m3"]
+    second = front.add_student("i3", "--on", "m3")
+    for student in (first, second):
+        assert front.ssh(student, "start").returncode == 0
+    probe = "timeout 3 bash -c '</dev/tcp/{}/{}' 2>/dev/null && echo open || echo closed"
+    subnet = front.cluster.container_subnet
+    gateway = subnet.network_address + 1
+    assert front.inside(first, probe.format(second.ip, 22)).stdout.strip() == "closed"  # the neighbour's sshd
+    assert front.inside(first, probe.format(gateway, 53)).stdout.strip() == "open"  # the member's DNS
+    # Taking the neighbour's address gets nothing through: the engine filters it.
+    # (The student's own session comes through the proxy, inside: it stays.)
+    readdress = (
+        "sudo ip addr flush dev eth0; sudo ip addr add {}/{} dev eth0; sudo ip route add default via {}"
+    )
+    spoofed = (
+        readdress.format(second.ip, subnet.prefixlen, gateway)
+        + "; "
+        + probe.format(gateway, 53)
+        + "; "
+        + readdress.format(first.ip, subnet.prefixlen, gateway)
+    )
+    assert front.inside(first, spoofed).stdout.strip().splitlines()[-1] == "closed"
+    assert front.inside(first, probe.format(gateway, 53)).stdout.strip() == "open"  # its own address again
+    assert front.admin("remove", second.name, "--purge").returncode == 0
+    front.students.remove(second.name)
 
 
 def test_snapshots_on_each_member_restore_files(front: FrontDoor, placed: dict[str, Student]) -> None:
@@ -263,10 +313,15 @@ def test_template_build_imports_the_image(front: FrontDoor) -> None:
     assert "already in project gpushell" in again.stdout
 
 
-def test_rebuild_is_refused_on_a_cluster_with_one_line(front: FrontDoor, placed: dict[str, Student]) -> None:
+def test_rebuild_and_gpu_readings_are_refused_with_one_line(
+    front: FrontDoor, placed: dict[str, Student]
+) -> None:
     refused = front.ssh(placed["m3"], "rebuild --yes")
     assert refused.returncode != 0
     assert "rebuild is not available on this lab's cluster yet" in refused.stderr
+    readings = front.ssh(placed["gpu-on-m2"], "gpus")
+    assert readings.returncode != 0
+    assert "GPU readings from the cluster's servers are not available yet" in readings.stderr
 
 
 def test_a_member_that_is_down_gives_one_clear_line(front: FrontDoor, placed: dict[str, Student]) -> None:
