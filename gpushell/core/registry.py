@@ -496,6 +496,11 @@ class _Validator:
             self.status_page(nodes["status_page"]) if "status_page" in nodes else DEFAULT_STATUS_PAGE
         )
         cluster = self.cluster(nodes.get("lxd"), settings["backend"], root)
+        if settings["backend"] == "lxd" and settings["egress_deny"]:
+            p.problem(
+                nodes["egress_deny"], "egress_deny",
+                "with backend: lxd, deny those networks with a network ACL on the cluster's bridge (README)",
+            )  # fmt: skip
         if settings["backend"] == "lxd" and "lending" in nodes:
             p.problem(nodes["lending"], "lending", "GPU lending is not available with backend: lxd yet")
         if settings["backend"] == "lxd" and settings["storage"] != "dir":

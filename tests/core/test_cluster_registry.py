@@ -75,6 +75,7 @@ def test_one_host_registries_have_no_cluster_and_no_member() -> None:
         (CLUSTER.replace(", member: m2", ""), "users.alice.member: needs member"),
         ("users:\n  a: {port: 22001, ip: 10.0.3.2, idmap: 1000000, member: m1}\n", "only with backend: lxd"),
         (CLUSTER.replace("users:", "lending: {gpus: all}\nusers:"), "lending: GPU lending is not available"),
+        (CLUSTER.replace("users:", "egress_deny: [10.1.0.0/16]\nusers:"), "egress_deny: with backend: lxd"),
     ],
 )
 def test_bad_cluster_settings_are_one_line_each(text: str, expected: str) -> None:
