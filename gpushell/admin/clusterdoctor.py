@@ -119,4 +119,16 @@ def check_containers(reg: Registry, facts: ClusterFacts) -> list[Finding]:
             )
         else:
             found.append(Finding(True, f"{user.name}: container {user.container} on {user.member} ({state})"))
+    assert reg.cluster is not None
+    project, known = reg.cluster.project, {user.container for user in reg.users.values()}
+    for name in sorted(set(facts.instances) - known):
+        state, member = facts.instances[name]
+        found.append(
+            Finding(
+                False,
+                f"instance {name} on {member or '?'} ({state}) belongs to no student in the registry"
+                " (an add that was stopped half way, or one made by hand)",
+                f"lxc delete --force {name} --project {project} once nothing in it is needed",
+            )
+        )
     return found

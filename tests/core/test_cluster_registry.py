@@ -278,7 +278,7 @@ def test_doctor_names_a_member_down_an_offline_one_and_a_misplaced_container() -
     facts = clusterdoctor.ClusterFacts(
         reachable={"m1": "", "m2": "", "m3": "192.168.5.13:8443: timed out"},
         members={"m1": ("Online", "Fully operational"), "m2": ("Offline", "No heartbeat since 30s")},
-        instances={"alice": ("RUNNING", "m1")},
+        instances={"alice": ("RUNNING", "m1"), "half-made": ("STOPPED", "m3")},
     )
     members = [(f.ok, f.what) for f in clusterdoctor.check_members(reg, facts)]
     assert members == [
@@ -290,6 +290,11 @@ def test_doctor_names_a_member_down_an_offline_one_and_a_misplaced_container() -
     assert containers == [
         (False, "alice: the registry says member m2, the cluster says m1"),
         (False, "bob: container bob does not exist on the cluster"),
+        (
+            False,
+            "instance half-made on m3 (STOPPED) belongs to no student in the registry"
+            " (an add that was stopped half way, or one made by hand)",
+        ),
     ]
     unknown = clusterdoctor.ClusterFacts({}, {}, None)
     assert [f.ok for f in clusterdoctor.check_containers(reg, unknown)] == [False]
