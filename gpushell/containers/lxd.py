@@ -10,6 +10,8 @@ front door: its files are reached through the engine's file API only.
 
 from __future__ import annotations
 
+import contextlib
+
 from ..core.errors import ExitStatus, GpushellError
 from . import lxdapi, lxdinstance
 from .backend import FROZEN, MISSING, RUNNING, STOPPED, ContainerDriver
@@ -115,7 +117,12 @@ class LxdDriver(ContainerDriver):
             )
         except lxdapi.Unreachable as exc:
             raise MemberDown(user.member, exc.log_message) from None
-        self._give_identity(user, keys)
+        try:
+            self._give_identity(user, keys)
+        except BaseException:
+            with contextlib.suppress(GpushellError):  # the first error is the one to report
+                self.destroy(reg, user.container)
+            raise
         return ""
 
     def _give_identity(self, user: User, keys: str) -> None:

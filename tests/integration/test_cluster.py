@@ -82,12 +82,13 @@ class FrontDoor(Lab):
     def member_of(self, student: Student) -> str:
         return registry.parse(self.read_registry(), self.registry).users[student.name].member
 
+    def instances(self) -> list[dict[str, object]]:
+        """The engine's word on the project's containers, asked as its admin (member 1's unix socket)."""
+        listing = self.cluster.lxc("m1", "list", "--project", "gpushell", "--format", "json")
+        return list(json.loads(listing.stdout))
+
     def instance(self, student: Student) -> dict[str, object]:
-        """The engine's word on the student's container, asked as its admin (member 1's unix socket)."""
-        listed = json.loads(
-            self.cluster.lxc("m1", "list", "--project", "gpushell", "--format", "json").stdout
-        )
-        return next(entry for entry in listed if entry["name"] == student.container)
+        return next(entry for entry in self.instances() if entry["name"] == student.container)
 
     def inside(self, student: Student, command: str) -> subprocess.CompletedProcess[str]:
         """A command in the student's container, through the front door's forward (their own ssh -p)."""
@@ -299,6 +300,17 @@ def test_set_and_apply_keep_the_engine_on_the_registry(front: FrontDoor, placed:
     assert isinstance(config, dict) and config["limits.processes"] == "400"
     assert "nothing to do" in front.admin("apply").stdout.lower()
     front.admin("set", student.name, "memory=512M", "pids=300")  # as the other tests expect
+
+
+def test_a_failed_add_leaves_nothing_behind(front: FrontDoor) -> None:
+    name = f"{front.prefix}fx"
+    before = front.read_registry()
+    with front.registry_replaced(before.replace(f"template: {IMAGE_ALIAS}\n", "template: no-such-image\n")):
+        failed = front.admin("add", name, "--on", "m1", check=False)
+        assert failed.returncode != 0 and failed.stderr.count("\n") == 1, failed.stderr
+        assert name not in front.read_registry()
+    assert name not in [entry["name"] for entry in front.instances()]
+    assert sh(["id", name], check=False).returncode != 0  # no host account either
 
 
 def test_template_build_imports_the_image(front: FrontDoor) -> None:
