@@ -22,6 +22,7 @@ class ClusterFacts:
     reachable: dict[str, str]  # registry member -> "" when its API answered, else why not
     members: dict[str, tuple[str, str]]  # the engine's members: name -> (status, message)
     instances: dict[str, tuple[str, str]] | None  # container -> (state, member); None: not listed
+    image: bool | None = None  # the registry's template is an image alias of the project; None: not asked
 
 
 def gather(reg: Registry) -> ClusterFacts:
@@ -42,15 +43,16 @@ def gather(reg: Registry) -> ClusterFacts:
             client.close()
     driver = LxdDriver(reg)
     members: dict[str, tuple[str, str]] = {}
-    instances = None
+    instances, image = None, None
     if any(not why for why in reachable.values()):
         try:
             for entry in driver.members():
                 members[str(entry.get("server_name"))] = (str(entry.get("status")), str(entry.get("message")))
             instances = driver.states()
+            image = driver.has_image(reg.template)
         except GpushellError:
             pass
-    return ClusterFacts(reachable, members, instances)
+    return ClusterFacts(reachable, members, instances, image)
 
 
 def check_members(reg: Registry, facts: ClusterFacts) -> list[Finding]:
@@ -90,6 +92,22 @@ def check_members(reg: Registry, facts: ClusterFacts) -> list[Finding]:
             )
         )
     return found
+
+
+def check_image(reg: Registry, facts: ClusterFacts) -> list[Finding]:
+    """The image new students' containers are made from (the registry's template)."""
+    assert reg.cluster is not None
+    if facts.image is None:
+        return []
+    if facts.image:
+        return [Finding(True, f"image {reg.template} is in project {reg.cluster.project}")]
+    return [
+        Finding(
+            False,
+            f"image {reg.template} is not in project {reg.cluster.project}: adds will fail",
+            "gpushell-admin template build",
+        )
+    ]
 
 
 def check_containers(reg: Registry, facts: ClusterFacts) -> list[Finding]:

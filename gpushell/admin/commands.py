@@ -101,25 +101,20 @@ def cmd_template_build(paths: Paths, args: Options) -> int:
 
 def cluster_image_build(paths: Paths, args: Options, reg: Registry, name: str) -> int:
     """On a cluster the template is an image of the engine: the same Debian tree, packed and imported."""
-    from ..containers import lxdapi, lxdimage, template
+    from ..containers import lxdimage, template
     from ..containers.lxd import LxdDriver
 
     assert reg.cluster is not None
-    client = LxdDriver(reg).client()
-    if not args.force:
-        try:
-            client.get(f"/images/aliases/{name}")
-            say(f"image {name} is already in project {reg.cluster.project}; --force imports it again")
-            return ExitStatus.OK
-        except lxdapi.ApiError as exc:
-            if exc.http_status != 404:
-                raise
+    driver = LxdDriver(reg)
+    if not args.force and driver.has_image(name):
+        say(f"image {name} is already in project {reg.cluster.project}; --force imports it again")
+        return ExitStatus.OK
     extra = tuple(p for p in (args.packages or "").split(",") if p)
     tarball = template.ensure_cached(paths.template_cache, args.suite, extra, args.mirror)
     image = tarball.removesuffix(".tar") + f"-lxd{lxdimage.RECIPE}.tar"
     if not os.path.exists(image):
         lxdimage.pack(tarball, image, f"gpushell {args.suite} from {os.path.basename(tarball)}")
-    fingerprint = client.upload_image(image, name)
+    fingerprint = driver.client().upload_image(image, name)
     say(f"image {name} ({fingerprint[:12]}) imported into project {reg.cluster.project} from {tarball}")
     return ExitStatus.OK
 

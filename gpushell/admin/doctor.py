@@ -724,9 +724,9 @@ CHECKS: tuple[Check, ...] = (
 def check_cluster(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
     if facts.cluster is None:
         return []
-    return clusterdoctor.check_members(reg, facts.cluster) + clusterdoctor.check_containers(
-        reg, facts.cluster
-    )
+    members = clusterdoctor.check_members(reg, facts.cluster)
+    image = clusterdoctor.check_image(reg, facts.cluster)
+    return members + image + clusterdoctor.check_containers(reg, facts.cluster)
 
 
 # A cluster's front door holds no container, bridge or template: its

@@ -322,6 +322,16 @@ class LxdDriver(ContainerDriver):
 
     # --- the cluster --------------------------------------------------------
 
+    def has_image(self, alias: str) -> bool:
+        """Whether the project has an image of that alias (what create makes containers from)."""
+        try:
+            self.client().get(f"/images/aliases/{alias}")
+        except lxdapi.ApiError as exc:
+            if exc.http_status == 404:
+                return False
+            raise
+        return True
+
     def members(self) -> list[dict[str, object]]:
         """The engine's word on each member: server_name, status (Online, Offline, ...), message."""
         return list(self.client().get("/cluster/members", recursion="1") or [])

@@ -296,5 +296,14 @@ def test_doctor_names_a_member_down_an_offline_one_and_a_misplaced_container() -
             " (an add that was stopped half way, or one made by hand)",
         ),
     ]
+    assert clusterdoctor.check_image(reg, facts) == []  # not asked: no member answered
+    missing = clusterdoctor.check_image(reg, clusterdoctor.ClusterFacts({}, {}, {}, image=False))
+    assert [(f.ok, f.what, f.fix) for f in missing] == [
+        (
+            False,
+            f"image {reg.template} is not in project gpushell: adds will fail",
+            "gpushell-admin template build",
+        )
+    ]
     unknown = clusterdoctor.ClusterFacts({}, {}, None)
     assert [f.ok for f in clusterdoctor.check_containers(reg, unknown)] == [False]

@@ -323,6 +323,10 @@ def test_template_build_imports_the_image(front: FrontDoor) -> None:
     assert name in [alias["name"] for alias in aliases]
     again = front.admin("template", "build", "--name", name)
     assert "already in project gpushell" in again.stdout
+    doctor = front.admin("doctor", check=False).stdout
+    assert f"ok: image {IMAGE_ALIAS} is in project gpushell" in doctor
+    for member, address in front.cluster.members:
+        assert f"ok: member {member} ({address}) answers and is online" in doctor, doctor
 
 
 def test_rebuild_and_gpu_readings_are_refused_with_one_line(
