@@ -91,8 +91,11 @@ class Client:
         import hashlib
         import http.client
 
-        if self._connection is not None:
+        if self._connection is not None and self._connection.sock is not None:
             return self._connection
+        # A connection the member closed (its answer said so) is made anew here, pinned
+        # again: http.client would otherwise reopen it by itself, unchecked (auto_open).
+        self.close()
         pinned = fingerprint(os.path.join(self.credentials, CLUSTER_CERT))
         context = self._context()
         failures = []
@@ -100,6 +103,7 @@ class Client:
             connection = http.client.HTTPSConnection(
                 address, self.port, timeout=CONNECT_TIMEOUT, context=context
             )
+            connection.auto_open = 0  # never reconnect past the pin
             try:
                 connection.connect()
             except OSError as exc:
@@ -114,7 +118,6 @@ class Client:
                     "the container cluster could not be verified; tell your administrator",
                     f"{address}:{self.port} presented a certificate other than {CLUSTER_CERT}",
                 )
-            connection.sock.settimeout(REQUEST_TIMEOUT)
             self._connection = connection
             return connection
         raise Unreachable("; ".join(failures) or "no member address")
@@ -130,12 +133,14 @@ class Client:
         path: str,
         body: bytes | BinaryIO | None = None,
         headers: dict[str, str] | None = None,
+        timeout: float = REQUEST_TIMEOUT,
     ) -> tuple[int, bytes, dict[str, str]]:
         """One request; the status, the body and the headers of its answer.  One retry on a new connection.
 
         A kept-alive connection the member closed meanwhile fails on first
         use; the retry (the same request) is safe for the calls made here,
-        which either read or carry their own end state.
+        which either read or carry their own end state.  timeout: seconds
+        the answer may take (an operation's wait is answered when it ends).
         """
         import http.client
 
@@ -143,6 +148,8 @@ class Client:
             if attempt == 2 and body is not None and not isinstance(body, bytes):
                 body.seek(0)  # a file sent in part the first time goes again whole
             connection = self._connect()
+            assert connection.sock is not None
+            connection.sock.settimeout(timeout)
             try:
                 connection.request(method, path, body=body, headers=headers or {})
                 answer = connection.getresponse()
@@ -195,7 +202,8 @@ class Client:
         from urllib.parse import urlsplit
 
         path = urlsplit(operation).path
-        status, answer, _ = self.raw("GET", f"{path}/wait?timeout={int(seconds)}")
+        # The engine answers when the operation ends: the socket waits as long, and a little more.
+        status, answer, _ = self.raw("GET", f"{path}/wait?timeout={int(seconds)}", timeout=seconds + 10)
         metadata = _document(status, answer).get("metadata") or {}
         if metadata.get("status") == "Running":
             raise ApiError(504, f"operation {path} still running after {int(seconds)} s")

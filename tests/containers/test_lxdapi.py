@@ -13,6 +13,7 @@ import shutil
 import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -37,6 +38,7 @@ class Member(http.server.BaseHTTPRequestHandler):
     """Answers like the engine: sync JSON for GETs, an operation for POSTs, errors as the envelope."""
 
     seen: ClassVar[list[tuple[str, str, bytes]]] = []  # what the member was asked, in order
+    wait_seconds: ClassVar[float] = 0.0  # how long an operation takes to end
 
     def log_message(self, *_: object) -> None:
         pass
@@ -52,6 +54,7 @@ class Member(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self.seen.append(("GET", self.path, b""))
         if self.path.startswith("/1.0/operations/op1/wait"):
+            time.sleep(self.wait_seconds)
             self._answer(200, {"type": "sync", "metadata": {"status": "Success", "status_code": 200,
                                                             "metadata": {"return": 0}}})  # fmt: skip
         elif self.path.startswith("/1.0/instances/missing"):
@@ -107,6 +110,17 @@ def test_requests_go_out_with_the_project_and_operations_are_waited_for(member: 
     assert json.loads(Member.seen[1][2]) == {"command": ["true"]}
 
 
+def test_an_operation_may_take_longer_than_one_answer(member: tuple[Path, int], monkeypatch) -> None:
+    credentials, port = member
+    monkeypatch.setattr(lxdapi, "REQUEST_TIMEOUT", 0.5)
+    monkeypatch.setattr(Member, "wait_seconds", 1.5)  # the engine ends the operation after 1.5 s
+    client = lxdapi.Client(["127.0.0.1"], port, "gpushell", str(credentials))
+    done = client.call("POST", "/instances/alice/state", {"action": "start"}, wait=5)
+    assert done["status"] == "Success"
+    monkeypatch.setattr(Member, "wait_seconds", 0.0)
+    assert client.get("/instances/alice/state") == {"status": "Running"}  # the short timeout again
+
+
 def test_an_error_answer_is_an_api_error_with_the_engines_words(member: tuple[Path, int]) -> None:
     credentials, port = member
     client = lxdapi.Client(["127.0.0.1"], port, "gpushell", str(credentials))
@@ -123,6 +137,21 @@ def test_a_server_with_another_certificate_gets_no_request(member: tuple[Path, i
     with pytest.raises(GpushellError, match="could not be verified"):
         client.get("/instances/alice/state")
     assert Member.seen == []
+
+
+def test_a_connection_the_member_closed_is_made_anew_and_pinned_again(
+    member: tuple[Path, int], tmp_path: Path
+) -> None:
+    credentials, port = member
+    client = lxdapi.Client(["127.0.0.1"], port, "gpushell", str(credentials))
+    assert client.get("/instances/alice/state") == {
+        "status": "Running"
+    }  # the member closes after each answer
+    other, _ = certificate(tmp_path, "impostor")
+    shutil.copy(other, credentials / lxdapi.CLUSTER_CERT)
+    with pytest.raises(GpushellError, match="could not be verified"):
+        client.get("/instances/alice/state")
+    assert len(Member.seen) == 1
 
 
 def test_members_that_do_not_answer_are_skipped_then_unreachable(member: tuple[Path, int]) -> None:
