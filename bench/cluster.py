@@ -87,20 +87,15 @@ def main() -> int:
         print("bench: run as root (make bench)", file=sys.stderr)
         return 2
     began = time.monotonic()
-    with running_cluster() as cluster:
-        front = FrontDoor(cluster)
-        try:
-            front.create()
-            student = front.add_student("bench", "--on", "m2")
-            for index in range(4):
-                front.add_student(f"o{index}")
-            print("| figure | median (min..max) | baseline | median (min..max) | ratio | target | |")
-            print("|---|---|---|---|---|---|---|")
-            few = bench_login(front, student)
-            bench_many(front, student, few)
-            bench_add(front)
-        finally:
-            front.destroy()
+    with running_cluster() as cluster, FrontDoor(cluster).made() as front:
+        student = front.add_student("bench", "--on", "m2")
+        for index in range(4):
+            front.add_student(f"o{index}")
+        print("| figure | median (min..max) | baseline | median (min..max) | ratio | target | |")
+        print("|---|---|---|---|---|---|---|")
+        few = bench_login(front, student)
+        bench_many(front, student, few)
+        bench_add(front)
     print(f"\n{len(ROWS)} figures in {time.monotonic() - began:.0f} s, repeat={REPEAT}; cluster removed.")
     return 0
 

@@ -394,8 +394,9 @@ def observe_front_door(reg: Registry, paths: Paths) -> HostState:
 
     driver = backend_for(reg)
     assert isinstance(driver, LxdDriver)
-    found = driver.managed_texts()
-    states = {name: state for name, (state, _) in driver.states().items()}
+    listed = driver.listing()  # one request for the configs and the states
+    found = driver.managed_texts(listed)
+    states = {name: state for name, (state, _) in driver.states(listed).items()}
     return HostState(
         table=iptables.read_nat(),
         bridge_ready=True,

@@ -215,9 +215,6 @@ def cmd_add(paths: Paths, args: Options) -> int:
     return ExitStatus.OK if isolated else ExitStatus.ERROR
 
 
-USAGE = ExitStatus.USAGE
-
-
 def where_to(reg: Registry, args: Options) -> str | None:
     """The cluster member for a new student: --on MEMBER if it fits, else placement's; None on one host."""
     from ..core import placement

@@ -26,9 +26,6 @@ if TYPE_CHECKING:
     from ..core.paths import Paths
 
 
-USAGE = ExitStatus.USAGE
-
-
 def cmd_move(paths: Paths, args: Options, say: Callable[[str], None]) -> int:
     name, target = args.user, args.member
     with registry_store.Change(paths) as change:

@@ -15,15 +15,17 @@ import contextlib
 from ..core.errors import ExitStatus, GpushellError
 from . import lxdapi, lxdinstance
 from .backend import FROZEN, MISSING, RUNNING, STOPPED, ContainerDriver
+from .lxcconfig import STUDENT_ID, hosts_file  # the student's uid and /etc/hosts, as on one host
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from ..core.model import Registry, User
     from ..gpu.gpudevices import Node
     from .backend import Closable
 
 STATES = {"Running": RUNNING, "Stopped": STOPPED, "Frozen": FROZEN}
-STUDENT_UID = 1000  # the student's uid inside, as on one host (lxcconfig.STUDENT_ID)
 STATE_WAIT = 120.0  # seconds a start, stop or freeze may take the engine
 
 
@@ -66,11 +68,17 @@ class LxdDriver(ContainerDriver):
         return self._clients[key]
 
     def request(
-        self, method: str, name: str, path: str = "", body: object = None, query: dict[str, str] | None = None
+        self,
+        method: str,
+        name: str,
+        path: str = "",
+        body: object = None,
+        query: dict[str, str] | None = None,
+        wait: float = STATE_WAIT,
     ) -> object:
         """A request about one instance; a member that is down becomes MemberDown naming it."""
         try:
-            return self.client(name).call(method, f"/instances/{name}{path}", body, query, STATE_WAIT)
+            return self.client(name).call(method, f"/instances/{name}{path}", body, query, wait)
         except lxdapi.Unreachable as exc:
             raise MemberDown(self.member_of.get(name, "?"), exc.log_message) from None
         except lxdapi.ApiError as exc:
@@ -85,17 +93,6 @@ class LxdDriver(ContainerDriver):
 
     def exists(self, name: str) -> bool:
         return self.state(name) != MISSING
-
-    def location(self, name: str) -> str | None:
-        """The member the engine says holds the container; None when there is none."""
-        try:
-            found = self.request("GET", name)
-        except lxdapi.ApiError as exc:
-            if exc.http_status == 404:
-                return None
-            raise
-        assert isinstance(found, dict)
-        return str(found.get("location") or "") or None
 
     def names(self) -> list[str]:
         listed = self.client().get("/instances")
@@ -128,14 +125,13 @@ class LxdDriver(ContainerDriver):
     def _give_identity(self, user: User, keys: str) -> None:
         import time
 
-        from .lxcconfig import hosts_file
-        from .provision import HOST_KEY_KINDS, SSHD_DROPIN, new_host_key
+        from .provision import HOST_KEY_KINDS, SSHD_DROPIN, new_host_key, new_machine_id
         from .template import CUSTOM_FILES
 
         client, name = self.client(user.container), user.container
         client.push_file(name, "/etc/hostname", f"{name}\n".encode())
         client.push_file(name, "/etc/hosts", hosts_file(name).encode())
-        client.push_file(name, "/etc/machine-id", _random_id().encode(), mode=0o444)
+        client.push_file(name, "/etc/machine-id", new_machine_id().encode(), mode=0o444)
         client.push_file(name, "/etc/network/interfaces", lxdinstance.interfaces(self.reg, user).encode())
         client.push_file(name, f"/{SSHD_DROPIN}", CUSTOM_FILES[SSHD_DROPIN].encode())
         for kind in HOST_KEY_KINDS:
@@ -143,7 +139,7 @@ class LxdDriver(ContainerDriver):
             client.push_file(name, f"/etc/ssh/ssh_host_{kind}_key", private, mode=0o600)
             client.push_file(name, f"/etc/ssh/ssh_host_{kind}_key.pub", public)
         days = int(time.time() // 86400)
-        for path, line in lxdinstance.account_lines(user.name, STUDENT_UID, days).items():
+        for path, line in lxdinstance.account_lines(user.name, STUDENT_ID, days).items():
             secret = path in ("/etc/shadow", "/etc/gshadow")
             text = client.pull_file(name, path).decode()  # the image's own file: the container never ran
             client.push_file(name, path, lxdinstance.with_line(text, line).encode(), 0, 42 if secret else 0,
@@ -158,7 +154,7 @@ class LxdDriver(ContainerDriver):
         The engine writes as the container's root inside the container, so
         a link the container planted leads nowhere but into the container.
         """
-        client, home, uid = self.client(user.container), f"/home/{user.name}", STUDENT_UID
+        client, home, uid = self.client(user.container), f"/home/{user.name}", STUDENT_ID
         client.make_directory(user.container, home, uid, uid, 0o700)
         client.make_directory(user.container, f"{home}/.ssh", uid, uid, 0o700)
         client.push_file(user.container, f"{home}/.ssh/authorized_keys", keys.encode(), uid, uid, 0o600)
@@ -167,7 +163,7 @@ class LxdDriver(ContainerDriver):
         try:
             self.request("DELETE", name)
         except lxdapi.ApiError as exc:
-            if exc.http_status == 404:
+            if _missing(exc):
                 return False
             raise
         return True
@@ -202,9 +198,13 @@ class LxdDriver(ContainerDriver):
         }
         self.request("PUT", user.container, "", body)
 
-    def managed_texts(self) -> dict[str, str]:
-        """Every instance's lxdinstance.managed() text, from one request."""
-        listed = self.client().get("/instances", recursion="1") or []
+    def listing(self) -> list[dict[str, Any]]:
+        """Every instance of the project with its status, member, config and devices: one request."""
+        return list(self.client().get("/instances", recursion="1") or [])
+
+    @staticmethod
+    def managed_texts(listed: list[dict[str, Any]]) -> dict[str, str]:
+        """Each listed instance's lxdinstance.managed() text."""
         return {
             entry["name"]: lxdinstance.managed(entry.get("config") or {}, entry.get("devices") or {})
             for entry in listed
@@ -216,7 +216,7 @@ class LxdDriver(ContainerDriver):
         try:
             found = self.request("GET", name, "/state")
         except lxdapi.ApiError as exc:
-            if exc.http_status == 404:
+            if _missing(exc):
                 return MISSING
             raise
         assert isinstance(found, dict)
@@ -247,15 +247,13 @@ class LxdDriver(ContainerDriver):
         return self.state(name), None  # the init's PID is the member's, not this host's
 
     def running(self) -> set[str]:
-        listed = self.client().get("/instances", recursion="1") or []
-        return {entry["name"] for entry in listed if entry.get("status") == "Running"}
+        return {name for name, (state, _) in self.states().items() if state == RUNNING}
 
-    def states(self) -> dict[str, tuple[str, str]]:
-        """Every instance of the project: name -> (state, member), from one request."""
-        listed = self.client().get("/instances", recursion="1") or []
+    def states(self, listed: list[dict[str, Any]] | None = None) -> dict[str, tuple[str, str]]:
+        """Every instance of the project: name -> (state, member), from one request (or a listing)."""
         return {
-            entry["name"]: (STATES.get(entry.get("status"), STOPPED), entry.get("location") or "")
-            for entry in listed
+            entry["name"]: (STATES.get(str(entry.get("status")), STOPPED), entry.get("location") or "")
+            for entry in (self.listing() if listed is None else listed)
         }
 
     def _act(self, name: str, action: str) -> None:
@@ -296,10 +294,7 @@ class LxdDriver(ContainerDriver):
             "interactive": False,
             "record-output": False,
         }
-        try:
-            done = self.client(name).call("POST", f"/instances/{name}/exec", body, None, timeout)
-        except lxdapi.Unreachable as exc:
-            raise MemberDown(self.member_of.get(name, "?"), exc.log_message) from None
+        done = self.request("POST", name, "/exec", body, wait=timeout)
         status = (done.get("metadata") or {}).get("return") if isinstance(done, dict) else None
         return status if isinstance(status, int) else -1
 
@@ -327,7 +322,7 @@ class LxdDriver(ContainerDriver):
         try:
             self.client().get(f"/images/aliases/{alias}")
         except lxdapi.ApiError as exc:
-            if exc.http_status == 404:
+            if _missing(exc):
                 return False
             raise
         return True
@@ -337,13 +332,12 @@ class LxdDriver(ContainerDriver):
         return list(self.client().get("/cluster/members", recursion="1") or [])
 
 
+def _missing(error: lxdapi.ApiError) -> bool:
+    """Whether the engine says the thing asked about does not exist (HTTP 404)."""
+    return error.http_status == 404
+
+
 def _offline(error: lxdapi.ApiError) -> bool:
     """Whether the engine refused because the instance's member is away (its words in 5.0 and Incus)."""
     text = error.log_message.lower()
     return any(words in text for words in ("offline", "unreachable", "no route", "connection refused"))
-
-
-def _random_id() -> str:
-    import os
-
-    return os.urandom(16).hex() + "\n"

@@ -75,7 +75,7 @@ def give_identity(root: str, user: User, host_keys: dict[str, tuple[bytes, bytes
     """
     rootfs.write_file(root, "etc/hostname", f"{user.container}\n")
     rootfs.write_file(root, "etc/hosts", lxcconfig.hosts_file(user.container))
-    rootfs.write_file(root, "etc/machine-id", os.urandom(16).hex() + "\n", mode=0o444)
+    rootfs.write_file(root, "etc/machine-id", new_machine_id(), mode=0o444)
     rootfs.write_file(root, "etc/network/interfaces", lxcconfig.INTERFACES)
     # The template's own keys are the same in every copy: none may stay.
     # (A template cached before its drop-in named the host keys still has
@@ -86,6 +86,11 @@ def give_identity(root: str, user: User, host_keys: dict[str, tuple[bytes, bytes
     for kind in HOST_KEY_KINDS:
         private, public = (host_keys or {}).get(kind) or new_host_key(kind, user.container)
         write_host_key(root, kind, private, public)
+
+
+def new_machine_id() -> str:
+    """A fresh /etc/machine-id: 128 random bits as hex, one line."""
+    return os.urandom(16).hex() + "\n"
 
 
 def new_host_key(kind: str, container: str) -> tuple[bytes, bytes]:

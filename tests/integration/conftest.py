@@ -31,12 +31,8 @@ def lab() -> Iterator[Lab]:
     missing = [tool for tool in REQUIRED if shutil.which(tool, path=path) is None]
     if missing:
         pytest.fail(f"missing tools: {', '.join(missing)}; run `make test`, which installs them")
-    instance = Lab()
-    try:
-        instance.create()
+    with Lab().made() as instance:
         yield instance
-    finally:
-        instance.destroy()
 
 
 class Syslog:

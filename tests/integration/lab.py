@@ -23,6 +23,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
+from typing import Self
 
 
 def installed_script(module: str, paths_arguments: str, site_dir: str | None = None) -> str:
@@ -136,6 +137,15 @@ class Lab:
         self.admin_path = f"{self.root}/bin/gpushell-admin"
 
     # --- set-up ---------------------------------------------------------
+
+    @contextlib.contextmanager
+    def made(self) -> Iterator[Self]:
+        """The lab created, and destroyed after, also when creating it failed half way."""
+        try:
+            self.create()
+            yield self
+        finally:
+            self.destroy()
 
     def create(self) -> None:
         for path in SAVED_FILES:

@@ -97,12 +97,8 @@ class FrontDoor(Lab):
 
 @pytest.fixture(scope="module")
 def front(cluster: Cluster) -> Iterator[FrontDoor]:  # noqa: F811 - the fixture of that name
-    lab = FrontDoor(cluster)
-    try:
-        lab.create()
+    with FrontDoor(cluster).made() as lab:
         yield lab
-    finally:
-        lab.destroy()
 
 
 @pytest.fixture(scope="module")

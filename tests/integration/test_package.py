@@ -191,12 +191,8 @@ def previous_installed(packages: tuple[Package, Package], machine: Machine) -> P
 @pytest.fixture(scope="module")
 def packaged_lab(previous_installed: Package) -> Iterator[Lab]:
     """A lab whose gpushell, gpushell-helper and gpushell-admin import the package's copy."""
-    instance = Lab(site_dir=SITE)
-    try:
-        instance.create()
+    with Lab(site_dir=SITE).made() as instance:
         yield instance
-    finally:
-        instance.destroy()
 
 
 @pytest.fixture(scope="module")
