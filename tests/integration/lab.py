@@ -18,6 +18,7 @@ import os
 import pwd
 import random
 import secrets
+import shlex
 import shutil
 import socket
 import subprocess
@@ -336,12 +337,11 @@ class Lab:
             attempt(["groupdel", self.group])
         save = sh(["iptables-save", "-t", "nat"]).stdout
         for line in save.splitlines():
-            if (
-                line.startswith("-A ")
-                and (f"-j {self.chain}" in line)
-                and not line.startswith(f"-A {self.chain} ")
-            ):
-                attempt(["iptables", "-t", "nat", "-D", *line.split()[1:]])
+            jump = f"-j {self.chain}" in line and not line.startswith(f"-A {self.chain} ")
+            # A cluster front door's MASQUERADE per member carries the chain in its comment.
+            member_rule = line.startswith("-A POSTROUTING ") and f'"gpushell:{self.chain}:' in line
+            if line.startswith("-A ") and (jump or member_rule):
+                attempt(["iptables", "-t", "nat", "-D", *shlex.split(line)[1:]])
         if f":{self.chain} " in save:
             attempt(["iptables", "-t", "nat", "-F", self.chain])
             attempt(["iptables", "-t", "nat", "-X", self.chain])
