@@ -23,36 +23,41 @@ class ClusterFacts:
     members: dict[str, tuple[str, str]]  # the engine's members: name -> (status, message)
     instances: dict[str, tuple[str, str]] | None  # container -> (state, member); None: not listed
     image: bool | None = None  # the registry's template is an image alias of the project; None: not asked
+    project: dict[str, str] | None = None  # the project's config (its restrictions); None: not read
+    gpus: dict[str, dict[int, str]] = dataclasses.field(default_factory=dict)  # member -> its cards, asked
 
 
 def gather(reg: Registry) -> ClusterFacts:
     from ..containers import lxdapi
-    from ..containers.lxd import LxdDriver
+    from ..containers.lxd import LxdDriver, gpu_cards
 
     assert reg.cluster is not None
     cluster = reg.cluster
-    reachable = {}
+    reachable, gpus = {}, {}
     for name, member in cluster.members.items():
         client = lxdapi.Client([member.address], cluster.port, cluster.project, cluster.credentials)
         try:
             client.get("")
             reachable[name] = ""
+            if member.gpus:  # what the registry's GPU numbers are on that server
+                gpus[name] = gpu_cards(client.get("/resources"))
         except GpushellError as exc:
-            reachable[name] = exc.log_message
+            reachable[name] = reachable.get(name, exc.log_message)
         finally:
             client.close()
     driver = LxdDriver(reg)
     members: dict[str, tuple[str, str]] = {}
-    instances, image = None, None
+    instances, image, project = None, None, None
     if any(not why for why in reachable.values()):
         try:
             for entry in driver.members():
                 members[str(entry.get("server_name"))] = (str(entry.get("status")), str(entry.get("message")))
             instances = driver.states()
             image = driver.has_image(reg.template)
+            project = driver.project_config()
         except GpushellError:
             pass
-    return ClusterFacts(reachable, members, instances, image)
+    return ClusterFacts(reachable, members, instances, image, project, gpus)
 
 
 def check_members(reg: Registry, facts: ClusterFacts) -> list[Finding]:
@@ -91,6 +96,31 @@ def check_members(reg: Registry, facts: ClusterFacts) -> list[Finding]:
                 warning=True,
             )
         )
+    return found
+
+
+def check_gpus(reg: Registry, facts: ClusterFacts) -> list[Finding]:
+    """The registry's GPU numbers of each member are GPUs its engine has (a `gpu` device's id)."""
+    assert reg.cluster is not None
+    found = []
+    for name, member in reg.cluster.members.items():
+        cards = facts.gpus.get(name)
+        if cards is None or not member.gpus:
+            continue  # not asked: no GPU in the registry, or the member did not answer
+        seen = ", ".join(f"{number}: {what}" for number, what in sorted(cards.items())) or "none"
+        missing = [number for number in member.gpus if number not in cards]
+        if missing:
+            found.append(
+                Finding(
+                    False,
+                    f"member {name}: the registry gives GPU {', '.join(map(str, missing))}, "
+                    f"which its engine does not have (its GPUs: {seen}); containers with it will not start",
+                    f"correct lxd.members.{name}.gpus to the ids `lxc info --resources --target {name}` "
+                    "shows (a card's DRM number, not always its /dev/nvidiaN)",
+                )
+            )
+        else:
+            found.append(Finding(True, f"member {name}: GPUs {seen}"))
     return found
 
 
@@ -150,3 +180,102 @@ def check_containers(reg: Registry, facts: ClusterFacts) -> list[Finding]:
             )
         )
     return found
+
+
+# What a restricted project may still allow that gpushell never needs, and
+# that would let whoever holds its certificate reach past the containers.
+RISKY = (
+    ("restricted.containers.privilege", "allow", "privileged containers"),
+    ("restricted.containers.lowlevel", "allow", "raw LXC settings"),
+    ("restricted.containers.nesting", "allow", "nested containers"),
+    ("restricted.devices.unix", "allow", "host device nodes in containers"),
+)
+RANGES = ("restricted.idmap.uid", "restricted.idmap.gid")  # host ids a container may map as its own
+
+
+def check_project(reg: Registry, config: dict[str, str] | None) -> list[Finding]:
+    """The project's restrictions: what gpushell needs (targets, proxies, snapshots, GPUs, the NAS
+    paths) allowed, and nothing more (no privileged container, no host path outside the NAS)."""
+    assert reg.cluster is not None
+    project = reg.cluster.project
+    if config is None:
+        return []
+    if config.get("restricted") != "true":
+        return [
+            Finding(
+                False,
+                f"project {project} is not restricted: gpushell's certificate could make privileged "
+                "containers and attach any host path",
+                f"lxc project set {project} restricted=true (README: Several servers)",
+            )
+        ]
+    found = [
+        Finding(
+            False,
+            f"project {project} allows {what} ({key}={config[key]})",
+            f"lxc project unset {project} {key}",
+        )
+        for key, value, what in RISKY
+        if config.get(key) == value
+    ]
+    found += [
+        Finding(False, f"project {project} lets containers map host ids {config[key]} ({key})",
+                f"lxc project unset {project} {key}")
+        for key in RANGES if config.get(key)
+    ]  # fmt: skip
+    needed = ["restricted.cluster.target", "restricted.devices.proxy", "restricted.snapshots"]
+    if any(member.gpus for member in reg.cluster.members.values()):
+        needed.append("restricted.devices.gpu")
+    found += [
+        Finding(
+            False,
+            f"project {project} blocks what gpushell needs: {key}",
+            f"lxc project set {project} {key}=allow",
+        )
+        for key in needed
+        if config.get(key) != "allow"
+    ]
+    found += _check_disks(reg, config)
+    if not found:
+        found.append(Finding(True, f"project {project} is restricted to what gpushell needs"))
+    return found
+
+
+def _check_disks(reg: Registry, config: dict[str, str]) -> list[Finding]:
+    """Host paths reach containers only as the registry's NAS mounts."""
+    assert reg.cluster is not None
+    project = reg.cluster.project
+    sources = sorted(
+        {mount.source for user in reg.users.values() for mount in user.mounts}
+        | {mount.source for mount in reg.mounts}
+    )
+    allowed = config.get("restricted.devices.disk", "managed") == "allow"
+    paths = [path for path in config.get("restricted.devices.disk.paths", "").split(",") if path]
+    setting = f"restricted.devices.disk=allow restricted.devices.disk.paths={','.join(sources)}"
+    if allowed and not paths:
+        fix = setting if sources else "restricted.devices.disk=managed"
+        return [
+            Finding(
+                False,
+                f"project {project} lets any host path be attached to a container "
+                "(restricted.devices.disk=allow without restricted.devices.disk.paths)",
+                f"lxc project set {project} {fix}",
+            )
+        ]
+    outside = [source for source in sources if not (allowed and any(_under(source, path) for path in paths))]
+    if outside:
+        return [
+            Finding(
+                False,
+                f"project {project} does not allow the NAS mounts {', '.join(outside)}: "
+                "adds and applies with them fail",
+                f"lxc project set {project} {setting}",
+            )
+        ]
+    return []
+
+
+def _under(path: str, prefix: str) -> bool:
+    """Whether path is prefix or inside it, as the engine matches restricted.devices.disk.paths."""
+    path, prefix = path.rstrip("/") or "/", prefix.rstrip("/") or "/"
+    return path == prefix or path.startswith(prefix if prefix == "/" else f"{prefix}/")

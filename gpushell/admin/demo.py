@@ -21,7 +21,7 @@ from ..core.paths import DEFAULT
 from ..system import registry_store
 from ..system.environment import SAFE_ENV
 from ..system.runner import run
-from . import commands
+from . import commands, hostinit
 
 STUDENT = "demo"
 KEY = "/root/.ssh/gpushell-demo"
@@ -65,7 +65,7 @@ def ensure_sshd() -> int:
     if os.path.exists(SSHD_PID) and ssh_greets(_demo_port()):
         return _demo_port()
     port = 22 if port_is_free(22) else next(p for p in range(2222, 2300) if port_is_free(p))
-    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+    os.makedirs(hostinit.PRIVSEP_DIR, mode=0o755, exist_ok=True)
     if not os.path.exists("/etc/ssh/ssh_host_ed25519_key"):
         run(["ssh-keygen", "-A"])
     # The host's own sshd_config (which includes sshd_config.d/, and so the

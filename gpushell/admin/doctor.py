@@ -17,7 +17,7 @@ from ..containers import btrfs, cgroups, confinement, provision
 from ..containers.factory import backend_for
 from ..core import chaincheck, dropins, expiry, isolation, upgrade
 from ..core.errors import GpushellError
-from ..core.forward import JUMP_CHAINS, TAG, NatTable, comment_of, jump_rule, user_rule
+from ..core.forward import JUMP_CHAINS, TAG, NatTable, comment_of, destination, jump_rule, user_rule
 from ..core.model import User
 from ..core.paths import Paths
 from ..core.registry import Registry, size_text
@@ -133,20 +133,18 @@ def check_forwards(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
     for user in sorted(reg.users.values(), key=lambda u: u.port):
         wanted = user_rule(reg.chain, user, reg.cluster)
         tagged = [rule for rule in rules if comment_of(rule) == f"{TAG}{user.name}"]
+        address, port = destination(user, reg.cluster)
         found.append(
             finding(
                 tagged == [wanted],
-                f"{user.name}: one forward, port {user.port} -> {user.address}:22",
+                f"{user.name}: one forward, port {user.port} -> {address}:{port}",
                 f"{user.name}: {len(tagged)} rule(s) tagged {TAG}{user.name}, "
-                f"{tagged.count(wanted)} of them right (port {user.port} -> {user.address}:22)",
+                f"{tagged.count(wanted)} of them right (port {user.port} -> {address}:{port})",
                 APPLY,
             )
         )
-    strays = [
-        problem.message
-        for problem in chaincheck.problems(facts.table, reg)
-        if problem.kind in (chaincheck.ORPHAN, chaincheck.UNTAGGED)
-    ]
+    problems = chaincheck.problems(facts.table, reg)
+    strays = [problem.message for problem in problems if problem.kind in STRAY_KINDS]
     found.append(
         finding(
             not strays,
@@ -155,7 +153,16 @@ def check_forwards(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
             APPLY,
         )
     )
+    found += [
+        Finding(False, problem.message, APPLY)
+        for problem in problems
+        if problem.kind == chaincheck.NO_MASQUERADE
+    ]
     return found
+
+
+# A rule gpushell did not make, or made for a student or member the registry no longer has.
+STRAY_KINDS = (chaincheck.ORPHAN, chaincheck.UNTAGGED, chaincheck.STALE_MASQUERADE)
 
 
 def check_isolation(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
@@ -726,7 +733,9 @@ def check_cluster(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
         return []
     members = clusterdoctor.check_members(reg, facts.cluster)
     image = clusterdoctor.check_image(reg, facts.cluster)
-    return members + image + clusterdoctor.check_containers(reg, facts.cluster)
+    project = clusterdoctor.check_project(reg, facts.cluster.project)
+    gpus = clusterdoctor.check_gpus(reg, facts.cluster)
+    return members + gpus + image + project + clusterdoctor.check_containers(reg, facts.cluster)
 
 
 # A cluster's front door holds no container, bridge or template: its

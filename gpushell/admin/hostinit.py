@@ -85,7 +85,13 @@ def check_sshd(candidate: str) -> None:
     with tempfile.NamedTemporaryFile("w", prefix="gpushell-sshd-", suffix=".conf") as config:
         config.write(f"Include {candidate}\n")
         config.flush()
+        # sshd -t refuses without its privilege separation directory, which
+        # ssh.service makes only when it starts: a host whose sshd is stopped.
+        os.makedirs(PRIVSEP_DIR, mode=0o755, exist_ok=True)
         run(["sshd", "-t", "-f", config.name])
+
+
+PRIVSEP_DIR = "/run/sshd"
 
 
 def ensure_dropins(paths: Paths, report: Report) -> None:

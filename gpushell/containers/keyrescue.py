@@ -41,19 +41,6 @@ MAX_KEY_FILE = 16 * 1024
 MAX_CONFIG = 256 * 1024
 DROPIN_DIR = "etc/ssh/sshd_config.d"
 DROPIN_BACKUP = "etc/ssh/sshd_config.d.gpushell-old"
-GPUSHELL_DROPIN = "etc/ssh/sshd_config.d/gpushell.conf"
-# The non-comment lines of Debian bookworm's default, used only when the
-# template's own copy cannot be read (the template was removed, say).
-FALLBACK_SSHD_CONFIG = (
-    "# Debian's default sshd_config, put back by gpushell `keys`\n"
-    "Include /etc/ssh/sshd_config.d/*.conf\n"
-    "KbdInteractiveAuthentication no\n"
-    "UsePAM yes\n"
-    "X11Forwarding yes\n"
-    "PrintMotd no\n"
-    "AcceptEnv LANG LC_*\n"
-    "Subsystem\tsftp\t/usr/lib/openssh/sftp-server\n"
-).encode("ascii")
 # What `ssh-keygen -y` prints first for each host key kind.
 KEY_TYPES = {"ed25519": "ssh-ed25519", "ecdsa": "ecdsa-sha2-nistp"}
 SSH_UNIT = "usr/lib/systemd/system/ssh.service"
@@ -65,6 +52,12 @@ SYSTEMCTL = "usr/bin/systemctl"
 
 def rescue(reg: Registry, user: User, driver: ContainerDriver, keys: str) -> list[str]:
     """Repair the student's way in; short lines saying what was repaired."""
+    if reg.cluster is not None:
+        from . import lxdkeys
+        from .lxd import LxdDriver
+
+        assert isinstance(driver, LxdDriver)
+        return lxdkeys.rescue(driver, user, keys)
     root = os.path.join(provision.container_dir(reg, user.container), "rootfs")
     if not os.path.isdir(root):
         raise GpushellError("your container does not exist", f"{root} is missing")
@@ -158,7 +151,7 @@ def account_check(root: str, name: str) -> list[str]:
 def default_sshd_config(template_root: str) -> bytes:
     """Debian's default sshd_config from the template (never started: root's), or the fallback."""
     text = rootfs.read_file(template_root, "etc/ssh/sshd_config", MAX_CONFIG)
-    return text if text else FALLBACK_SSHD_CONFIG
+    return text if text else template.FALLBACK_SSHD_CONFIG
 
 
 def repair_sshd_config(root: str, default: bytes) -> list[str]:
@@ -182,15 +175,15 @@ def repair_sshd_config(root: str, default: bytes) -> list[str]:
         moved.append(name)
     if moved:
         lines.append(f"moved {', '.join(moved)} from /{DROPIN_DIR} to /{DROPIN_BACKUP}/")
-    if rootfs.entry_type(root, GPUSHELL_DROPIN) is None:
-        rootfs.write_file(root, GPUSHELL_DROPIN, template.CUSTOM_FILES[GPUSHELL_DROPIN])
+    if rootfs.entry_type(root, template.GPUSHELL_DROPIN) is None:
+        rootfs.write_file(root, template.GPUSHELL_DROPIN, template.CUSTOM_FILES[template.GPUSHELL_DROPIN])
     return lines
 
 
 def _is_our_dropin(root: str, name: str, kind: str) -> bool:
     path = f"{DROPIN_DIR}/{name}"
     return (
-        path == GPUSHELL_DROPIN
+        path == template.GPUSHELL_DROPIN
         and kind == "file"
         and rootfs.read_file(root, path, MAX_CONFIG) == template.CUSTOM_FILES[path].encode()
     )

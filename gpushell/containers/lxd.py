@@ -327,9 +327,32 @@ class LxdDriver(ContainerDriver):
             raise
         return True
 
+    def project_config(self) -> dict[str, str]:
+        """The project's config: the restrictions that bound what gpushell's certificate may do."""
+        answer = self.client().get(f"/projects/{self.cluster.project}") or {}
+        config = answer.get("config") if isinstance(answer, dict) else None
+        return {str(key): str(value) for key, value in (config or {}).items()}
+
     def members(self) -> list[dict[str, object]]:
         """The engine's word on each member: server_name, status (Online, Offline, ...), message."""
         return list(self.client().get("/cluster/members", recursion="1") or [])
+
+
+def gpu_cards(resources: object) -> dict[int, str]:
+    """The GPUs a member's /1.0/resources lists: the id a `gpu` device names (the DRM card number)
+    -> what the card is, for a person (vendor, model, PCI address)."""
+    gpu = resources.get("gpu") if isinstance(resources, dict) else None
+    cards = gpu.get("cards") if isinstance(gpu, dict) else None
+    found = {}
+    for card in cards if isinstance(cards, list) else []:
+        drm = card.get("drm") if isinstance(card, dict) else None
+        if not isinstance(drm, dict) or not isinstance(drm.get("id"), int):
+            continue  # a card without a DRM node cannot be given by id
+        nvidia = card.get("nvidia")
+        model = nvidia.get("model") if isinstance(nvidia, dict) else None
+        name = model or f"{card.get('vendor', '?')} {card.get('product', '?')}"
+        found[drm["id"]] = f"{name} at {card.get('pci_address', '?')}"
+    return found
 
 
 def _missing(error: lxdapi.ApiError) -> bool:

@@ -10,7 +10,7 @@ sshd drop-ins were, they are moved aside, not deleted.
 from __future__ import annotations
 
 from ..core.model import User
-from . import keyrescue, template
+from . import template
 from .backend import RUNNING
 from .lxd import LxdDriver
 
@@ -31,9 +31,9 @@ def rescue(driver: LxdDriver, user: User, keys: str) -> list[str]:
     client, name = driver.client(user.container), user.container
     driver.install_keys(user, keys)
     lines = ["~/.ssh/authorized_keys: copied your keys from the host"]
-    client.push_file(name, "/etc/ssh/sshd_config", keyrescue.FALLBACK_SSHD_CONFIG)
-    dropin = f"/{keyrescue.GPUSHELL_DROPIN}"
-    client.push_file(name, dropin, template.CUSTOM_FILES[keyrescue.GPUSHELL_DROPIN].encode())
+    client.push_file(name, "/etc/ssh/sshd_config", template.FALLBACK_SSHD_CONFIG)
+    dropin = f"/{template.GPUSHELL_DROPIN}"
+    client.push_file(name, dropin, template.CUSTOM_FILES[template.GPUSHELL_DROPIN].encode())
     lines.append("/etc/ssh/sshd_config: put back Debian's default and gpushell's drop-in")
     if driver.state(name) != RUNNING:
         return [*lines, "your container is stopped; run keys again once it runs to restart sshd"]

@@ -31,6 +31,20 @@ PACKAGES = (
 # Bumped whenever the customisation below changes, so old caches are not reused.
 RECIPE_VERSION = "2"
 
+GPUSHELL_DROPIN = "etc/ssh/sshd_config.d/gpushell.conf"
+# The non-comment lines of Debian bookworm's default, used only when the
+# template's own copy cannot be read (the template was removed, say).
+FALLBACK_SSHD_CONFIG = (
+    "# Debian's default sshd_config, put back by gpushell `keys`\n"
+    "Include /etc/ssh/sshd_config.d/*.conf\n"
+    "KbdInteractiveAuthentication no\n"
+    "UsePAM yes\n"
+    "X11Forwarding yes\n"
+    "PrintMotd no\n"
+    "AcceptEnv LANG LC_*\n"
+    "Subsystem\tsftp\t/usr/lib/openssh/sftp-server\n"
+).encode("ascii")
+
 # A volatile journal: a killed container otherwise leaves ~8 MB of dirty
 # journal on disk each time.  The masked units cannot work in a container.
 CUSTOM_FILES = {
@@ -39,7 +53,7 @@ CUSTOM_FILES = {
     # Each clone gets its own ed25519 and ECDSA host keys (provision.give_identity).
     # No RSA: making one took ~0.8 s of every `add`, and every OpenSSH client
     # since 6.5 (2014) takes ed25519.
-    "etc/ssh/sshd_config.d/gpushell.conf": (
+    GPUSHELL_DROPIN: (
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
         "HostKey /etc/ssh/ssh_host_ed25519_key\nHostKey /etc/ssh/ssh_host_ecdsa_key\n"
     ),

@@ -19,14 +19,16 @@ from .forward import (
     jump_rule,
     masquerade_rule,
     member_masquerade_rule,
+    stale_member_rules,
     user_rule,
 )
 from .model import Registry
 from .value import Value
 
 # Kinds of problem, in the order they are reported.
-NO_CHAIN, NO_JUMP, MISSING, WRONG, DUPLICATE, ORPHAN, UNTAGGED, NO_MASQUERADE = (
+NO_CHAIN, NO_JUMP, MISSING, WRONG, DUPLICATE, ORPHAN, UNTAGGED, NO_MASQUERADE, STALE_MASQUERADE = (
     "no-chain", "no-jump", "missing", "wrong", "duplicate", "orphan", "untagged", "no-masquerade",
+    "stale-masquerade",
 )  # fmt: skip
 
 
@@ -90,7 +92,9 @@ def _each_problem(table: NatTable, reg: Registry) -> Iterator[Problem]:
                 yield Problem(
                     NO_MASQUERADE, f"no MASQUERADE rule for forwards to {member.name} ({member.address})"
                 )
-    elif reg.masquerade and not table.has(masquerade_rule(reg)):
+    for rule in stale_member_rules(table, reg):
+        yield Problem(STALE_MASQUERADE, f"MASQUERADE rule for no member of the registry: {rule_text(rule)}")
+    if reg.cluster is None and reg.masquerade and not table.has(masquerade_rule(reg)):
         yield Problem(NO_MASQUERADE, f"no MASQUERADE rule for {reg.subnet}")
 
 

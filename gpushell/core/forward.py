@@ -58,6 +58,22 @@ def member_masquerade_rule(chain: str, member_address: str) -> list[str]:
             "-m", "comment", "--comment", f"{TAG}{chain}:{member_address}", "-j", "MASQUERADE"]  # fmt: skip
 
 
+def wanted_member_rules(reg: Registry) -> list[list[str]]:
+    """The MASQUERADE rule for each member the registry names; none on one host."""
+    members = [] if reg.cluster is None else reg.cluster.members.values()
+    return [member_masquerade_rule(reg.chain, member.address) for member in members]
+
+
+def stale_member_rules(table: NatTable, reg: Registry) -> list[list[str]]:
+    """This chain's member MASQUERADE rules that no member of the registry wants (removed, readdressed)."""
+    wanted = wanted_member_rules(reg)
+    tag = f"{TAG}{reg.chain}:"
+    return [
+        rule for rule in table.rules_of("POSTROUTING", tag)
+        if (comment_of(rule) or "").startswith(tag) and rule not in wanted
+    ]  # fmt: skip
+
+
 def masquerade_rule(reg: Registry) -> list[str]:
     subnet = reg.network
     return ["-A", "POSTROUTING", "-s", subnet, "!", "-d", subnet,
@@ -205,11 +221,9 @@ def rebuild_lines(table: NatTable, reg: Registry, users: Iterable[User]) -> list
     if reg.chain in table.chains:
         lines.append(f"-F {reg.chain}")
     lines += [_line(user_rule(reg.chain, user, reg.cluster)) for user in sorted(users, key=lambda u: u.port)]
-    if reg.cluster is not None:
-        for member in reg.cluster.members.values():
-            back = member_masquerade_rule(reg.chain, member.address)
-            lines += [] if table.has(back) else [_line(back)]
-    elif reg.masquerade and not table.has(masquerade_rule(reg)):
+    lines += [_delete(rule) for rule in stale_member_rules(table, reg)]
+    lines += [_line(back) for back in wanted_member_rules(reg) if not table.has(back)]
+    if reg.cluster is None and reg.masquerade and not table.has(masquerade_rule(reg)):
         lines.append(_line(masquerade_rule(reg)))
     return lines
 

@@ -225,15 +225,7 @@ def _keys(ctx: services.Context, user: User) -> Answer:
     from ..containers import keyrescue
     from ..system import accounts
 
-    keys = accounts.existing_keys(user.name)
-    if ctx.registry.cluster is not None:
-        from ..containers import lxdkeys
-        from ..containers.lxd import LxdDriver
-
-        assert isinstance(ctx.driver, LxdDriver)
-        repaired = lxdkeys.rescue(ctx.driver, user, keys)
-    else:
-        repaired = keyrescue.rescue(ctx.registry, user, ctx.driver, keys)
+    repaired = keyrescue.rescue(ctx.registry, user, ctx.driver, accounts.existing_keys(user.name))
     lines = {f"repaired{index}": protocol_line(line) for index, line in enumerate(repaired)}
     return services.describe(ctx, user, repaired=len(repaired), **lines)
 

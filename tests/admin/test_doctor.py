@@ -8,7 +8,7 @@ from gpushell.admin import apply, doctor
 from gpushell.admin.apply import Account
 from gpushell.admin.doctor import Facts, Finding, InstalledFile
 from gpushell.core import dropins
-from gpushell.core.forward import NatTable, jump_rule, user_rule
+from gpushell.core.forward import NatTable, jump_rule, member_masquerade_rule, user_rule
 from gpushell.core.paths import Paths
 from gpushell.core.registry import parse
 from gpushell.system import sshdcheck
@@ -121,6 +121,15 @@ def test_stray_rules() -> None:
     (line,) = failures(dataclasses.replace(healthy(), table=nat(ALICE, BOB, ghost)))
     assert line.startswith("FAIL: 1 stray rule(s) in GPUSHELL: orphan rule for unregistered gpushell:ghost")
     assert line.endswith(" — fix: gpushell-admin apply")
+
+
+def test_a_masquerade_rule_left_from_a_cluster_is_a_stray() -> None:
+    left = member_masquerade_rule("GPUSHELL", "192.168.5.11")  # the lab went back to one host
+    (line,) = failures(dataclasses.replace(healthy(), table=nat(ALICE, BOB, left)))
+    assert line.startswith(
+        "FAIL: 1 stray rule(s) in GPUSHELL: MASQUERADE rule for no member of the registry:"
+    )
+    assert "-d 192.168.5.11/32" in line and line.endswith(" — fix: gpushell-admin apply")
 
 
 def test_sshd_would_allow_forwarding_and_has_not_reloaded() -> None:

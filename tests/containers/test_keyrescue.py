@@ -255,7 +255,7 @@ def test_without_a_template_the_built_in_default_is_used(setup, monkeypatch):
     attach_recorder(monkeypatch)
     (Path(reg.lxcpath) / "tpl" / "rootfs" / "etc/ssh/sshd_config").unlink()
     keyrescue.rescue(reg, user, FakeBackend(), KEYS)
-    assert (root / "etc/ssh/sshd_config").read_bytes() == keyrescue.FALLBACK_SSHD_CONFIG
+    assert (root / "etc/ssh/sshd_config").read_bytes() == template.FALLBACK_SSHD_CONFIG
 
 
 def test_valid_host_keys_stay_and_missing_or_broken_ones_are_made(setup, host_keys, monkeypatch):

@@ -174,6 +174,31 @@ def test_the_chain_check_knows_a_cluster() -> None:
     assert any("port 22001 -> 192.168.5.12:22001" in problem.message for problem in missing)
 
 
+def test_a_member_that_left_the_registry_loses_its_masquerade_rule() -> None:
+    reg = registry()
+    built = [line for line in rebuild_lines(NatTable(""), reg, reg.users.values()) if line.startswith("-A")]
+    gone = built[-1].replace("192.168.5.13", "192.168.5.99")  # a member since removed or readdressed
+    other_lab = gone.replace("gpushell:GPUSHELL:", "gpushell:OTHER:")  # another chain's member: not ours
+    saved = (
+        "*nat\n:GPUSHELL - [0:0]\n" + "".join(f"{line}\n" for line in [*built, gone, other_lab]) + "COMMIT\n"
+    )
+    table = NatTable(saved)
+    stale = [
+        problem for problem in chaincheck.problems(table, reg) if problem.kind == chaincheck.STALE_MASQUERADE
+    ]
+    assert [problem.message for problem in stale] == [
+        "MASQUERADE rule for no member of the registry: -A POSTROUTING -d 192.168.5.99/32 -p tcp "
+        "-m conntrack --ctstate DNAT -m comment --comment gpushell:GPUSHELL:192.168.5.99 -j MASQUERADE"
+    ]
+    assert not chaincheck.chain_matches(table, reg)
+    lines = rebuild_lines(table, reg, reg.users.values())
+    assert [line for line in lines if "POSTROUTING" in line] == ["-D" + gone[2:]]
+    one_host = registry(
+        "users:\n  alice: {port: 22001, ip: 10.0.3.2, idmap: 1000000}\n"
+    )  # gone back to one host
+    assert rebuild_lines(table, one_host, one_host.users.values()).count("-D" + built[-1][2:]) == 1
+
+
 # --- the engine's description of a container ------------------------------
 
 
@@ -307,3 +332,138 @@ def test_doctor_names_a_member_down_an_offline_one_and_a_misplaced_container() -
     ]
     unknown = clusterdoctor.ClusterFacts({}, {}, None)
     assert [f.ok for f in clusterdoctor.check_containers(reg, unknown)] == [False]
+
+
+# What the lab's set-up gives the project (README: Several servers), with the NAS paths it mounts.
+NEEDED = {
+    "restricted": "true",
+    "restricted.cluster.target": "allow",
+    "restricted.devices.proxy": "allow",
+    "restricted.snapshots": "allow",
+    "restricted.devices.gpu": "allow",
+}
+
+
+def project_findings(config: dict[str, str], mounts: str = "") -> list[tuple[bool, str, str]]:
+    from gpushell.admin import clusterdoctor
+
+    reg = registry(CLUSTER.replace("users:", f"{mounts}users:"))
+    return [(f.ok, f.what, f.fix) for f in clusterdoctor.check_project(reg, config)]
+
+
+def test_doctor_passes_a_project_restricted_to_what_gpushell_needs() -> None:
+    assert project_findings(NEEDED) == [(True, "project gpushell is restricted to what gpushell needs", "")]
+    nas = "mounts:\n  - {source: /srv/nas/data, target: /data}\n"
+    allowed = {**NEEDED, "restricted.devices.disk": "allow", "restricted.devices.disk.paths": "/srv/nas"}
+    assert project_findings(allowed, nas)[0][0]
+    exact = {**allowed, "restricted.devices.disk.paths": "/srv/other,/srv/nas/data/"}
+    assert project_findings(exact, nas)[0][0]
+
+
+def test_doctor_fails_a_project_that_lets_the_certificate_reach_the_host() -> None:
+    assert project_findings({}) == [
+        (
+            False,
+            "project gpushell is not restricted: gpushell's certificate could make privileged containers "
+            "and attach any host path",
+            "lxc project set gpushell restricted=true (README: Several servers)",
+        )
+    ]
+    loose = {**NEEDED, "restricted.containers.privilege": "allow", "restricted.idmap.uid": "0-65535"}
+    assert project_findings(loose) == [
+        (
+            False,
+            "project gpushell allows privileged containers (restricted.containers.privilege=allow)",
+            "lxc project unset gpushell restricted.containers.privilege",
+        ),
+        (
+            False,
+            "project gpushell lets containers map host ids 0-65535 (restricted.idmap.uid)",
+            "lxc project unset gpushell restricted.idmap.uid",
+        ),
+    ]
+    any_path = project_findings({**NEEDED, "restricted.devices.disk": "allow"})
+    assert any_path == [
+        (
+            False,
+            "project gpushell lets any host path be attached to a container "
+            "(restricted.devices.disk=allow without restricted.devices.disk.paths)",
+            "lxc project set gpushell restricted.devices.disk=managed",
+        )
+    ]
+
+
+def test_doctor_names_what_the_project_blocks_that_gpushell_needs() -> None:
+    blocked = {key: value for key, value in NEEDED.items() if key != "restricted.snapshots"}
+    assert project_findings(blocked) == [
+        (
+            False,
+            "project gpushell blocks what gpushell needs: restricted.snapshots",
+            "lxc project set gpushell restricted.snapshots=allow",
+        )
+    ]
+    nas = "mounts:\n  - {source: /srv/nas, target: /nas}\n"
+    # A sibling whose name starts the same is not inside the allowed path.
+    beside = {**NEEDED, "restricted.devices.disk": "allow", "restricted.devices.disk.paths": "/srv/na"}
+    fix = "lxc project set gpushell restricted.devices.disk=allow restricted.devices.disk.paths=/srv/nas"
+    expected = (
+        False,
+        "project gpushell does not allow the NAS mounts /srv/nas: adds and applies with them fail",
+        fix,
+    )
+    assert project_findings(beside, nas) == [expected]
+    assert project_findings(NEEDED, nas) == [expected]  # `managed`, the default: pool volumes only
+
+
+# A member's GPUs as /1.0/resources lists them (the fields of LXD 5.0's api.ResourcesGPUCard,
+# written by hand: no machine here has an NVIDIA card): on-board graphics is DRM card 0.
+RESOURCES = {
+    "gpu": {
+        "cards": [
+            {"driver": "ast", "vendor": "ASPEED Technology, Inc.", "product": "ASPEED Graphics Family",
+             "pci_address": "0000:03:00.0", "drm": {"id": 0, "card_name": "card0"}},
+            {"driver": "nvidia", "vendor": "NVIDIA Corporation", "product": "GH100 [H100 PCIe]",
+             "pci_address": "0000:41:00.0", "drm": {"id": 1, "card_name": "card1"},
+             "nvidia": {"model": "NVIDIA H100 PCIe", "card_name": "nvidia0", "uuid": "GPU-5a1c"}},
+            {"driver": "vfio-pci", "vendor": "NVIDIA Corporation", "pci_address": "0000:42:00.0"},  # no DRM
+        ],
+        "total": 3,
+    }
+}  # fmt: skip
+
+
+def test_a_members_gpus_are_the_cards_its_engine_lists_by_drm_number() -> None:
+    from gpushell.containers.lxd import gpu_cards
+
+    assert gpu_cards(RESOURCES) == {
+        0: "ASPEED Technology, Inc. ASPEED Graphics Family at 0000:03:00.0",
+        1: "NVIDIA H100 PCIe at 0000:41:00.0",
+    }
+    assert gpu_cards({}) == {} and gpu_cards({"gpu": {"cards": None}}) == {} and gpu_cards([]) == {}
+
+
+def test_doctor_names_a_registry_gpu_the_member_does_not_have() -> None:
+    from gpushell.admin import clusterdoctor
+    from gpushell.containers.lxd import gpu_cards
+
+    reg = registry(CLUSTER.replace("gpus: 2, memory: 64G", "gpus: [1], memory: 64G"))
+    facts = clusterdoctor.ClusterFacts(
+        {}, {}, {}, gpus={"m1": gpu_cards(RESOURCES), "m2": gpu_cards(RESOURCES)}
+    )
+    found = [(f.ok, f.what, f.fix) for f in clusterdoctor.check_gpus(reg, facts)]
+    seen = (
+        "0: ASPEED Technology, Inc. ASPEED Graphics Family at 0000:03:00.0, "
+        "1: NVIDIA H100 PCIe at 0000:41:00.0"
+    )
+    assert found == [
+        (True, f"member m1: GPUs {seen}", ""),
+        (
+            False,
+            f"member m2: the registry gives GPU 2, 3, which its engine does not have (its GPUs: {seen}); "
+            "containers with it will not start",
+            "correct lxd.members.m2.gpus to the ids `lxc info --resources --target m2` shows "
+            "(a card's DRM number, not always its /dev/nvidiaN)",
+        ),
+    ]  # m3 has no GPU in the registry: not asked
+    bare = clusterdoctor.ClusterFacts({}, {}, {}, gpus={"m1": {}})
+    assert "which its engine does not have (its GPUs: none)" in clusterdoctor.check_gpus(reg, bare)[0].what

@@ -38,6 +38,7 @@ RESTRICTIONS = (
     "restricted=true", "restricted.cluster.target=allow", "restricted.devices.proxy=allow",
     "restricted.devices.gpu=allow", "restricted.devices.disk=allow", "restricted.snapshots=allow",
 )  # fmt: skip
+# ... and host paths from the NAS alone (Cluster.nas, each cluster's own): restricted.devices.disk.paths.
 ROOT_DISK = {"type": "disk", "path": "/", "pool": "default"}
 DELETE_SECONDS = 60
 SHUTDOWN_SECONDS = 30
@@ -78,6 +79,7 @@ class Cluster:
         self.root = f"{STATE_ROOT}/{prefix}"
         self.cert_path = f"{self.root}/gpushell.crt"
         self.key_path = f"{self.root}/gpushell.key"
+        self.nas = f"{self.root}/nas"  # the one host directory the project lets containers mount
         self.cluster_cert_path = f"{self.state_dir('m1')}/cluster.crt"
         self.cluster_fingerprint = ""
         self.daemons: dict[str, subprocess.Popen[bytes]] = {}
@@ -133,6 +135,7 @@ class Cluster:
     def up(self) -> None:
         started = time.monotonic()
         os.makedirs(self.root, mode=0o711)
+        os.makedirs(self.nas, mode=0o755)
         self._make_front_door()
         for name, _ in self.members:
             self._start_daemon(name)
@@ -222,7 +225,7 @@ class Cluster:
         )
         self.lxc("m1", "profile", "device", "add", "default", "root", "disk", "path=/", "pool=default",
                  "--project", PROJECT)  # fmt: skip
-        self.lxc("m1", "project", "set", PROJECT, *RESTRICTIONS)
+        self.lxc("m1", "project", "set", PROJECT, *RESTRICTIONS, f"restricted.devices.disk.paths={self.nas}")
 
     def _trust_gpushell(self) -> None:
         """gpushell's client certificate, trusted for its project alone."""

@@ -22,6 +22,7 @@ import pexpect
 import pytest
 
 from gpushell.core import registry
+from gpushell.core.forward import member_masquerade_rule
 
 from .lab import Lab, Student, sh
 from .lxd_fixtures import IMAGE_ALIAS, cluster  # noqa: F401 - the session's cluster fixture
@@ -291,9 +292,16 @@ def test_set_and_apply_keep_the_engine_on_the_registry(front: FrontDoor, placed:
     )
     dry = front.admin("apply", "--dry-run").stdout
     assert f"instance {student.container}" in dry, dry
+    # A member the registry no longer names (removed, or given a new address) leaves a MASQUERADE rule.
+    stale = member_masquerade_rule(front.chain, "192.0.2.99")
+    sh(["iptables", "-t", "nat", *stale])
+    assert "MASQUERADE rule for no member of the registry" in front.admin("apply", "--dry-run").stdout
     front.admin("apply")
     config = front.instance(student)["config"]
     assert isinstance(config, dict) and config["limits.processes"] == "400"
+    assert sh(["iptables", "-t", "nat", "-C", *stale[1:]], check=False).returncode != 0  # gone
+    kept = member_masquerade_rule(front.chain, front.cluster.address("m1"))
+    assert sh(["iptables", "-t", "nat", "-C", *kept[1:]], check=False).returncode == 0
     assert "nothing to do" in front.admin("apply").stdout.lower()
     front.admin("set", student.name, "memory=512M", "pids=300")  # as the other tests expect
 
@@ -321,6 +329,13 @@ def test_template_build_imports_the_image(front: FrontDoor) -> None:
     assert "already in project gpushell" in again.stdout
     doctor = front.admin("doctor", check=False).stdout
     assert f"ok: image {IMAGE_ALIAS} is in project gpushell" in doctor
+    assert "ok: project gpushell is restricted to what gpushell needs" in doctor, doctor
+    # The registry's stand-in GPUs: each member's engine lists the cards it has, and this machine has none.
+    for member in ("m1", "m2"):
+        assert (
+            f"member {member}: the registry gives GPU 0, which its engine does not have (its GPUs: none)"
+            in doctor
+        )
     for member, address in front.cluster.members:
         assert f"ok: member {member} ({address}) answers and is online" in doctor, doctor
 

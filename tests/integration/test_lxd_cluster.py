@@ -205,6 +205,40 @@ def test_idmap_size_is_refused(cluster: Cluster, api: Api) -> None:
 # --- an instance of gpushell's ---------------------------------------------
 
 
+def test_host_paths_reach_an_instance_from_the_nas_alone(cluster: Cluster, api: Api, instance: str) -> None:
+    """A stolen certificate cannot mount a member's /etc into a container: restricted.devices.disk.paths."""
+
+    def patch(source: str) -> tuple[int, dict[str, object]]:
+        device = {"type": "disk", "source": source, "path": "/mnt/host"}
+        status, answer = api.request("PATCH", f"/1.0/instances/{instance}?project={PROJECT}",
+                                     {"devices": {"host": device}})  # fmt: skip
+        if status == 202:
+            finished = api.wait(answer)
+            return (200 if finished["status"] == "Success" else 500), finished
+        return status, answer
+
+    status, answer = patch("/etc")
+    assert status >= 400 and "not allowed" in str(answer.get("error")), answer
+    for sibling in (f"{cluster.nas}-other", f"{cluster.nas}/../m1"):  # a name that starts the same; a way out
+        assert patch(sibling)[0] >= 400, sibling
+    with open(f"{cluster.nas}/shared.txt", "w", encoding="utf-8") as stream:
+        stream.write("from the NAS\n")
+    try:
+        status, answer = patch(cluster.nas)
+        assert status == 200, answer
+        assert read(f"/proc/{init_pid(api, instance)}/root/mnt/host/shared.txt") == "from the NAS"
+    finally:
+        status, answer = api.request("GET", f"/1.0/instances/{instance}?project={PROJECT}")
+        devices = dict(metadata(answer)["devices"])  # type: ignore[call-overload]
+        devices.pop("host", None)
+        put = {key: metadata(answer)[key] for key in ("architecture", "config", "profiles", "ephemeral")}
+        status, answer = api.request("PUT", f"/1.0/instances/{instance}?project={PROJECT}",
+                                     {**put, "devices": devices})  # fmt: skip
+        assert status in (200, 202), answer
+        if status == 202:
+            assert api.wait(answer)["status"] == "Success"
+
+
 def test_the_instance_runs_on_its_target(cluster: Cluster, api: Api, instance: str) -> None:
     status, answer = api.request("GET", f"/1.0/instances/{instance}?project={PROJECT}")
     assert status == 200, answer
