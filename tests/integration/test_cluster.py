@@ -26,7 +26,7 @@ from gpushell.core.forward import member_masquerade_rule
 
 from .lab import Lab, Student, sh
 from .lxd_fixtures import IMAGE_ALIAS, cluster  # noqa: F401 - the session's cluster fixture
-from .lxdcluster import Cluster
+from .lxdcluster import PORT, Cluster
 from .test_login import login
 
 MEMORY = 512 * 2**20  # every student's memory limit here
@@ -215,6 +215,31 @@ def test_containers_on_one_member_cannot_reach_each_other(
     assert front.inside(first, probe.format(gateway, 53)).stdout.strip() == "open"  # its own address again
     assert front.admin("remove", second.name, "--purge").returncode == 0
     front.students.remove(second.name)
+
+
+def test_the_readmes_egress_acl_keeps_containers_off_a_network(
+    front: FrontDoor, placed: dict[str, Student]
+) -> None:
+    """`egress_deny` on a cluster is the engine's network ACL on the bridge: the README's commands."""
+    student, lxd = placed["m3"], front.cluster
+    assert front.ssh(student, "start").returncode == 0
+    probe = "timeout 3 bash -c '</dev/tcp/{}/{}' 2>/dev/null && echo open || echo closed"
+    denied, other = lxd.address("m1"), lxd.address("m2")  # each member's API, port 8443
+    assert front.inside(student, probe.format(denied, PORT)).stdout.strip() == "open"
+    acl = f"{lxd.prefix}egress"
+    try:
+        lxd.lxc("m1", "network", "acl", "create", acl)
+        lxd.lxc(
+            "m1", "network", "acl", "rule", "add", acl, "egress", "action=reject", f"destination={denied}/32"
+        )
+        lxd.lxc("m1", "network", "acl", "rule", "add", acl, "egress", "action=allow")
+        lxd.lxc("m1", "network", "set", lxd.network, f"security.acls={acl}")
+        assert front.inside(student, probe.format(denied, PORT)).stdout.strip() == "closed"
+        assert front.inside(student, probe.format(other, PORT)).stdout.strip() == "open"
+    finally:
+        lxd.lxc("m1", "network", "unset", lxd.network, "security.acls", check=False)
+        lxd.lxc("m1", "network", "acl", "delete", acl, check=False)
+    assert front.inside(student, probe.format(denied, PORT)).stdout.strip() == "open"
 
 
 def test_snapshots_on_each_member_restore_files(front: FrontDoor, placed: dict[str, Student]) -> None:
