@@ -134,6 +134,7 @@ class Client:
         body: bytes | BinaryIO | None = None,
         headers: dict[str, str] | None = None,
         timeout: float = REQUEST_TIMEOUT,
+        limit: int = MAX_ANSWER,
     ) -> tuple[int, bytes, dict[str, str]]:
         """One request; the status, the body and the headers of its answer.  One retry on a new connection.
 
@@ -153,15 +154,15 @@ class Client:
             try:
                 connection.request(method, path, body=body, headers=headers or {})
                 answer = connection.getresponse()
-                data = answer.read(MAX_ANSWER + 1)
+                data = answer.read(limit + 1)
             except (OSError, http.client.HTTPException) as exc:
                 self.close()
                 if attempt == 2 or isinstance(exc, TimeoutError):
                     raise Unreachable(f"{method} {path}: {exc}") from None
                 continue
-            if len(data) > MAX_ANSWER:
+            if len(data) > limit:
                 self.close()
-                raise ApiError(answer.status, f"answer to {method} {path} larger than {MAX_ANSWER} bytes")
+                raise ApiError(answer.status, f"answer to {method} {path} larger than {limit} bytes")
             return answer.status, data, {key.lower(): value for key, value in answer.getheaders()}
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -263,9 +264,11 @@ class Client:
             self.call("POST", "/images/aliases", {"name": alias, "target": fingerprint})
         return fingerprint
 
-    def pull_file(self, instance: str, path: str) -> bytes:
-        """A file's content from inside the instance (attacker input: the caller bounds its use)."""
-        status, answer, headers = self.raw("GET", self.url(f"/instances/{instance}/files", {"path": path}))
+    def pull_file(self, instance: str, path: str, limit: int = MAX_ANSWER) -> bytes:
+        """A file's content from inside the instance, at most limit bytes (attacker input: the caller
+        bounds its use)."""
+        url = self.url(f"/instances/{instance}/files", {"path": path})
+        status, answer, headers = self.raw("GET", url, limit=limit)
         if status != 200 or headers.get("content-type", "").startswith("application/json"):
             _document(status, answer)
             raise ApiError(status, f"{path} is not a file")

@@ -34,6 +34,12 @@ MAX_FIELD = 64
 NO_DRIVER = "no-driver"
 NO_DRIVER_TEXT = "no NVIDIA driver/GPU on this host"
 KINDS = ("you", "student", "other")
+# A cluster's answer (`seen_from=container`) is what nvidia-smi shows inside the student's container.
+SEEN_FROM_CONTAINER = "container"
+SEEN_FROM_CONTAINER_TEXT = (
+    "Seen from inside your container: other students' processes are not listed; "
+    "their memory is in the totals."
+)
 MIB = 1024 * 1024
 
 

@@ -26,6 +26,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from ..containers.lxd import LxdDriver
     from ..core.model import User
 
     Answer = dict[str, object]
@@ -87,20 +88,13 @@ def _owners(paths: Paths) -> dict[str, str]:
     )
 
 
-def on_this_host(ctx: services.Context) -> None:
-    """Refuse what reads this host's GPUs where the student's GPUs are on a cluster member."""
-    if ctx.registry.cluster is not None:
-        raise GpushellError(
-            "GPU readings from the cluster's servers are not available yet; "
-            "inside your container: nvidia-smi",
-            "GPU readings refused: backend lxd",
-        )
-
-
 def _gpus(ctx: services.Context, user: User) -> Answer:
+    if ctx.registry.cluster is not None:  # the GPUs are on a member: seen from inside the container
+        from ..containers import lxdgpus
+
+        return lxdgpus.answer(_cluster_driver(ctx), user)
     from ..gpu import gpucache  # NVML is asked here; the login banner's snapshot is refreshed too
 
-    on_this_host(ctx)
     answer = gpucache.gpus_answer(ctx.paths, user.name, lambda: _owners(ctx.paths))
     if ctx.registry.lending is not None:
         from . import loans
@@ -113,9 +107,19 @@ def _gpu_kill(ctx: services.Context, user: User) -> Answer:
     """SIGTERM one of the caller's GPU processes; its PID is the one line on stdin."""
     from ..gpu import gpustatus
 
-    on_this_host(ctx)
     pid = gpustatus.parse_pid(sys.stdin.readline(gpustatus.MAX_PID_TEXT + 2))
+    if ctx.registry.cluster is not None:  # a PID of the container's own, killed inside it
+        from ..containers import lxdgpus
+
+        return lxdgpus.kill(_cluster_driver(ctx), user, pid)
     return gpustatus.kill(pid, user.idmap, ctx.registry.idmap_size)
+
+
+def _cluster_driver(ctx: services.Context) -> LxdDriver:
+    from ..containers.lxd import LxdDriver
+
+    assert isinstance(ctx.driver, LxdDriver)
+    return ctx.driver
 
 
 # Arguments come as `key=value` lines on stdin (protocol.py), never in argv:

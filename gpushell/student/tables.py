@@ -25,8 +25,9 @@ def gpu_table(answer: dict[str, str], p: Palette) -> str:
     if answer.get("state") == gputable.NO_DRIVER:
         return gputable.NO_DRIVER_TEXT + "\n"
     rows = gputable.decode(answer)
+    inside = answer.get("seen_from") == gputable.SEEN_FROM_CONTAINER
     if not rows:
-        return "no GPUs found on this host\n"
+        return "no GPUs in your container\n" if inside else "no GPUs found on this host\n"
     pids = gputable.own_pids(rows)
     lines = [f"{p.bold}{'GPU':<4}{'Name':<24}{'Util':>6}{'Memory':>18}{'Temp':>6}  Processes{p.reset}"]
     for row in rows:
@@ -49,6 +50,8 @@ def gpu_table(answer: dict[str, str], p: Palette) -> str:
             f"{row.index:<4}{name[:23]:<24}{_or(util, ' %'):>6}{memory:>18}{_or(temp, ' C'):>6}  "
             + ("; ".join(shown) if shown else "-")
         )
+    if inside:
+        lines.append(f"{p.dim}{gputable.SEEN_FROM_CONTAINER_TEXT}{p.reset}")
     return "\n".join(lines) + "\n"
 
 
