@@ -225,11 +225,29 @@ def where_to(reg: Registry, args: Options) -> str | None:
                 "--on needs a cluster (backend: lxd in the registry)", status=ExitStatus.USAGE
             )
         return None
+    from ..containers.lxd import LxdDriver
+
     gpus = reg.gpus if args.gpus is None else args.gpus if isinstance(args.gpus, str) else tuple(args.gpus)
+    driver = LxdDriver(reg)
     if args.on is not None:
         placement.check_on(reg.cluster, reg.users.values(), args.on, gpus, reg.limits.memory)
+        why = driver.silent(args.on)
+        if why is not None:
+            raise GpushellError(
+                f"{args.on} is not answering ({why}); leave --on out to place the student elsewhere"
+            )
         return str(args.on)
-    return placement.place(reg.cluster, reg.users.values(), gpus, reg.limits.memory)
+    # The best member that answers: a server that is down takes no new student.
+    candidates = placement.ranked(reg.cluster, reg.users.values(), gpus, reg.limits.memory)
+    silent: list[str] = []
+    for member in candidates:
+        why = driver.silent(member)
+        if why is None:
+            if silent:
+                say(f"placed on {member}: " + "; ".join(silent))
+            return member
+        silent.append(f"{member} is not answering ({why})")
+    raise GpushellError("no member with room for this student answers: " + "; ".join(silent))
 
 
 def _isolation_after_change(reg: Registry) -> bool:

@@ -42,6 +42,9 @@ def cmd_move(paths: Paths, args: Options, say: Callable[[str], None]) -> int:
         new_reg = change.propose(edit_user(change.old_text, name, {"member": target}))
         driver = backend_for(reg)
         assert isinstance(driver, LxdDriver)
+        why = driver.silent(target)
+        if why is not None:
+            raise GpushellError(f"{target} is not answering ({why}); nothing moved")
         with locked(paths.user_lock(name), ADMIN_WAIT, admin_busy(name)):
             state = driver.state(user.container)
             if state in (RUNNING, FROZEN):

@@ -327,6 +327,20 @@ class LxdDriver(ContainerDriver):
             raise
         return True
 
+    def silent(self, member: str) -> str | None:
+        """Why the member's own API does not answer; None when it does."""
+        found = self.cluster.members[member]
+        client = lxdapi.Client(
+            [found.address], self.cluster.port, self.cluster.project, self.cluster.credentials
+        )
+        try:
+            client.get("")
+        except GpushellError as exc:
+            return exc.log_message
+        finally:
+            client.close()
+        return None
+
     def project_config(self) -> dict[str, str]:
         """The project's config: the restrictions that bound what gpushell's certificate may do."""
         answer = self.client().get(f"/projects/{self.cluster.project}") or {}

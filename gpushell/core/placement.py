@@ -69,7 +69,12 @@ def fits(room: Room, gpus: GpuSpec, memory: int) -> str | None:
 
 
 def place(cluster: Cluster, users: Iterable[User], gpus: GpuSpec, memory: int) -> str:
-    """The member for a new student: among those it fits, the most free GPUs, then the most free memory.
+    """The member for a new student: the first of ranked()."""
+    return ranked(cluster, users, gpus, memory)[0]
+
+
+def ranked(cluster: Cluster, users: Iterable[User], gpus: GpuSpec, memory: int) -> list[str]:
+    """The members a new student fits, best first: the most free GPUs, then the most free memory.
 
     Ties go to the member named first in sorted order, so the same registry
     always gives the same answer.  Raises GpushellError naming each
@@ -80,8 +85,8 @@ def place(cluster: Cluster, users: Iterable[User], gpus: GpuSpec, memory: int) -
     if not fitting:
         reasons = "; ".join(f"{name} {fits(room, gpus, memory)}" for name, room in sorted(found.items()))
         raise GpushellError(f"no member has room for this student: {reasons}")
-    best = min(fitting, key=lambda room: (-len(room.free_gpus), -room.free_memory, room.member.name))
-    return best.member.name
+    fitting.sort(key=lambda room: (-len(room.free_gpus), -room.free_memory, room.member.name))
+    return [room.member.name for room in fitting]
 
 
 def check_on(cluster: Cluster, users: Iterable[User], name: str, gpus: GpuSpec, memory: int) -> None:

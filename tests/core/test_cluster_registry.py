@@ -117,6 +117,14 @@ def test_placement_refuses_with_each_members_reason() -> None:
     assert "m3 has no GPU 0" in message
 
 
+def test_members_are_ranked_by_free_gpus_then_memory() -> None:
+    reg = registry()
+    users = reg.users.values()  # alice holds m2's GPUs 0 and 1, bob all of m1's
+    # m2 has two GPUs free; then m3's 240 GiB of unclaimed memory before m1's 48.
+    assert placement.ranked(reg.cluster, users, (), 2**30) == ["m2", "m3", "m1"]
+    assert placement.ranked(reg.cluster, users, (2,), 2**30) == ["m2"]  # only m2 has a GPU 2
+
+
 def test_on_member_checks_the_fit() -> None:
     reg = registry()
     assert reg.cluster is not None

@@ -434,6 +434,19 @@ def test_a_member_that_is_down_gives_one_clear_line(front: FrontDoor, placed: di
         assert any("m2" in line and "does not answer" in line for line in doctor.stdout.splitlines()), (
             doctor.stdout
         )
+        # With room on m2 above all, placement would pick it; a server that is down takes no one.
+        m2 = f"    m2: {{address: {front.cluster.address('m2')}, gpus: 1, memory: "
+        roomy = front.read_registry().replace(f"{m2}1G}}", f"{m2}64G}}")
+        assert roomy != front.read_registry()
+        name = f"{front.prefix}dp"
+        front.students.append(name)  # the lab's tear-down removes its account should this fail
+        with front.registry_replaced(roomy):
+            on_down = front.admin("add", name, "--on", "m2", check=False)
+            assert on_down.returncode != 0 and "m2 is not answering" in on_down.stderr, on_down.stderr
+            placed_now = front.admin("add", name)
+            assert "placed on m3: m2 is not answering" in placed_now.stdout, placed_now.stdout
+            assert registry.parse(front.read_registry(), front.registry).users[name].member == "m3"
+            front.admin("remove", name, "--purge")
     finally:
         sh(["ip", "-n", netns, "link", "set", "eth0", "up"])
     back = front.ssh(on_m2, "start")
