@@ -57,7 +57,7 @@ class Account(Value):
 class HostState(Value):
     __slots__ = ("accounts", "apparmor_profile", "bridge_ready", "cgroup", "configs",
                  "forwarding_on", "gpu", "isolation", "leftovers", "states", "student_ids",
-                 "table")  # fmt: skip
+                 "table", "unanswered")  # fmt: skip
 
     def __init__(
         self,
@@ -75,8 +75,11 @@ class HostState(Value):
         cgroup: cgroups.CgroupLayout = cgroups.CGROUP_V1,
         # what is wrong with the isolation tables (nftrun.problems); empty: they match
         isolation: tuple[str, ...] = (),
+        # a cluster's containers whose member did not answer the engine -> that member: not checked
+        unanswered: dict[str, str] | None = None,
     ) -> None:
         self.table, self.cgroup = table, cgroup
+        self.unanswered = {} if unanswered is None else unanswered
         self.isolation = isolation
         self.bridge_ready, self.forwarding_on = bridge_ready, forwarding_on
         self.configs, self.accounts, self.states = configs, accounts, states
@@ -169,8 +172,17 @@ def plan(reg: Registry, paths: Paths, state: HostState) -> Plan:
         names = ", ".join(f"{state.gpu.dev_dir.rstrip('/')}/{node.name}" for node in missing_nodes)
         changes.append(Change(GPU_NODES, state.gpu.dev_dir, f"create missing NVIDIA device nodes {names}"))
     users = sorted(reg.users.values(), key=lambda user: user.port)
+    silent: dict[str, list[str]] = {}
+    for container, member in state.unanswered.items():
+        silent.setdefault(member, []).append(container)
+    warnings += [
+        f"member {member} is not answering: {', '.join(sorted(names))} not checked (gpushell-admin doctor)"
+        for member, names in sorted(silent.items())
+    ]
     for user in users:
         current = state.configs.get(user.container)
+        if user.container in state.unanswered:
+            continue
         if current is None:
             warnings.append(
                 f"{user.name}: container {user.container} does not exist; "
@@ -215,6 +227,7 @@ def plan(reg: Registry, paths: Paths, state: HostState) -> Plan:
             user.autostart
             and not expiry.is_expired(user.expires, today)  # an expired account's container stays stopped
             and state.configs.get(user.container) is not None
+            and user.container not in state.unanswered
             and state.states.get(user.container) != RUNNING
         ):
             changes.append(Change(START, user.name, f"start container {user.container} (autostart)"))
@@ -404,6 +417,7 @@ def observe_front_door(reg: Registry, paths: Paths) -> HostState:
         configs={user.container: found.get(user.container) for user in reg.users.values()},
         accounts=host_accounts(reg.users, paths.group),
         states=states,
+        unanswered=driver.unanswered(listed),
     )
 
 

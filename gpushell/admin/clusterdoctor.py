@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from ..containers.backend import UNKNOWN
 from ..core.errors import GpushellError
 from ..core.model import Registry
 from .findings import Finding
@@ -157,7 +158,15 @@ def check_containers(reg: Registry, facts: ClusterFacts) -> list[Finding]:
             )
             continue
         state, member = facts.instances[user.container]
-        if member and member != user.member:
+        if state == UNKNOWN:
+            found.append(
+                Finding(
+                    False,
+                    f"{user.name}: container {user.container} not checked: member {member} did not answer",
+                    "see the member findings above",
+                )
+            )
+        elif member and member != user.member:
             found.append(
                 Finding(
                     False,

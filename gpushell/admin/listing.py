@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..containers import cgroups
-from ..containers.backend import ContainerDriver
+from ..containers.backend import MISSING, UNKNOWN, ContainerDriver
 from ..containers.factory import backend_for
 from ..core import chaincheck, expiry
 from ..core.errors import GpushellError
@@ -171,7 +171,7 @@ def gather(
         try:
             states[user.name], pid = driver.inspect(user.container)
         except Exception as exc:  # one broken container is a row with blanks
-            states[user.name], pid = "UNKNOWN", None
+            states[user.name], pid = UNKNOWN, None
             warnings.append(f"cannot read the state of {user.container}: {exc}")
         if pid is not None:
             pids[user.name] = pid
@@ -226,7 +226,7 @@ def gather_cluster(reg: Registry, driver: ContainerDriver) -> Inventory:
     rows = []
     today = expiry.today()
     for user in sorted(reg.users.values(), key=lambda user: user.port):
-        state, member = found.get(user.container, ("MISSING" if found else "UNKNOWN", ""))
+        state, member = found.get(user.container, (MISSING if found else UNKNOWN, ""))
         if member and member != user.member:
             warnings.append(f"{user.name}: the registry says member {user.member}, the cluster says {member}")
         row = Row(user.name, user.port, user.address, user.container, state, user.gpus, limits=user.limits,

@@ -301,6 +301,48 @@ def test_apply_compares_the_engines_instances_with_the_registry() -> None:
     assert [c for c in apply.plan(reg, paths, quiet).changes if c.kind == apply.CONFIG] == []
 
 
+def test_apply_leaves_the_containers_of_a_member_that_did_not_answer_alone() -> None:
+    from gpushell.admin import apply
+    from gpushell.admin.apply import Account, HostState
+    from gpushell.containers.backend import UNKNOWN
+    from gpushell.containers.lxd import LxdDriver
+    from gpushell.core.paths import Paths
+
+    # What LXD 5.0.2 lists for an instance on a member off the network (seen in the test cluster).
+    listed = [
+        {
+            "name": "alice",
+            "status": "Error",
+            "status_code": 112,
+            "location": "m2",
+            "config": {},
+            "devices": {},
+        }
+    ]
+    assert LxdDriver.unanswered(listed) == {"alice": "m2"}
+    reg, paths = (
+        registry(
+            CLUSTER.replace(
+                "users:",
+                "users:\n  carol: {port: 22003, ip: 10.9.0.4, idmap: 1131072, member: m2, autostart: true}",
+            )
+        ),
+        Paths(),
+    )
+    lines = rebuild_lines(NatTable(""), reg, reg.users.values())
+    table = NatTable("*nat\n:GPUSHELL - [0:0]\n" + "".join(f"{line}\n" for line in lines[1:]) + "COMMIT\n")
+    engine = {user.container: lxdinstance.wanted(reg, user) for user in reg.users.values()}
+    state = HostState(
+        table=table, bridge_ready=True, forwarding_on=True,
+        configs={**engine, "alice": LxdDriver.managed_texts(listed)["alice"], "carol": ""},
+        accounts={name: Account(paths.shell, True) for name in reg.users},
+        states={"alice": UNKNOWN, "carol": UNKNOWN}, unanswered={"alice": "m2", "carol": "m2"},
+    )  # fmt: skip
+    result = apply.plan(reg, paths, state)
+    assert [c for c in result.changes if c.kind != apply.FORWARDS] == []  # no regenerate, no autostart
+    assert result.warnings == ["member m2 is not answering: alice, carol not checked (gpushell-admin doctor)"]
+
+
 # --- doctor on a front door -------------------------------------------------------
 
 
@@ -337,6 +379,11 @@ def test_doctor_names_a_member_down_an_offline_one_and_a_misplaced_container() -
             f"image {reg.template} is not in project gpushell: adds will fail",
             "gpushell-admin template build",
         )
+    ]
+    silent = clusterdoctor.ClusterFacts({}, {}, {"alice": ("UNKNOWN", "m2"), "bob": ("STOPPED", "m1")})
+    assert [(f.ok, f.what) for f in clusterdoctor.check_containers(reg, silent)] == [
+        (False, "alice: container alice not checked: member m2 did not answer"),
+        (True, "bob: container bob on m1 (STOPPED)"),
     ]
     unknown = clusterdoctor.ClusterFacts({}, {}, None)
     assert [f.ok for f in clusterdoctor.check_containers(reg, unknown)] == [False]

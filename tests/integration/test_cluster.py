@@ -434,6 +434,13 @@ def test_a_member_that_is_down_gives_one_clear_line(front: FrontDoor, placed: di
         assert any("m2" in line and "does not answer" in line for line in doctor.stdout.splitlines()), (
             doctor.stdout
         )
+        listed = front.admin("list", check=False)  # the engine's listing: any member answers it
+        assert listed.returncode == 0 and on_m2.name in listed.stdout, listed.stderr
+        applied = front.admin("apply", check=False)  # everything but m2's containers, which it names
+        assert applied.returncode == 0, applied.stderr
+        silent = ", ".join(sorted([placed["gpu-on-m2"].container, on_m2.container]))
+        assert f"member m2 is not answering: {silent} not checked" in applied.stderr, applied.stderr
+        assert "UNKNOWN" in next(line for line in listed.stdout.splitlines() if on_m2.name in line)
         # With room on m2 above all, placement would pick it; a server that is down takes no one.
         m2 = f"    m2: {{address: {front.cluster.address('m2')}, gpus: 1, memory: "
         roomy = front.read_registry().replace(f"{m2}1G}}", f"{m2}64G}}")
