@@ -8,6 +8,7 @@ are pure functions of what it found.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 from ..containers.backend import UNKNOWN
@@ -29,24 +30,16 @@ class ClusterFacts:
 
 
 def gather(reg: Registry) -> ClusterFacts:
-    from ..containers import lxdapi
-    from ..containers.lxd import LxdDriver, gpu_cards
+    from ..containers.lxd import LxdDriver
 
     assert reg.cluster is not None
-    cluster = reg.cluster
-    reachable, gpus = {}, {}
-    for name, member in cluster.members.items():
-        client = lxdapi.Client([member.address], cluster.port, cluster.project, cluster.credentials)
-        try:
-            client.get("")
-            reachable[name] = ""
-            if member.gpus:  # what the registry's GPU numbers are on that server
-                gpus[name] = gpu_cards(client.get("/resources"))
-        except GpushellError as exc:
-            reachable[name] = reachable.get(name, exc.log_message)
-        finally:
-            client.close()
     driver = LxdDriver(reg)
+    reachable = {name: driver.silent(name) or "" for name in reg.cluster.members}
+    gpus = {}
+    for name, member in reg.cluster.members.items():
+        if member.gpus and not reachable[name]:  # what the registry's GPU numbers are on that server
+            with contextlib.suppress(GpushellError):
+                gpus[name] = driver.member_gpus(name)
     members: dict[str, tuple[str, str]] = {}
     instances, image, project = None, None, None
     if any(not why for why in reachable.values()):

@@ -62,7 +62,15 @@ class LxdDriver(ContainerDriver):
         """
         members = self.cluster.members
         own = members.get(self.member_of.get(name or "", ""))
-        addresses = [own.address] if own is not None else [member.address for member in members.values()]
+        return self._cached(
+            [own.address] if own is not None else [member.address for member in members.values()]
+        )
+
+    def member_client(self, member: str) -> lxdapi.Client:
+        """A client for that member's own API alone (whether it answers, what it has)."""
+        return self._cached([self.cluster.members[member].address])
+
+    def _cached(self, addresses: list[str]) -> lxdapi.Client:
         key = ",".join(addresses)
         if key not in self._clients:
             cluster = self.cluster
@@ -345,17 +353,15 @@ class LxdDriver(ContainerDriver):
 
     def silent(self, member: str) -> str | None:
         """Why the member's own API does not answer; None when it does."""
-        found = self.cluster.members[member]
-        client = lxdapi.Client(
-            [found.address], self.cluster.port, self.cluster.project, self.cluster.credentials
-        )
         try:
-            client.get("")
+            self.member_client(member).get("")
         except GpushellError as exc:
             return exc.log_message
-        finally:
-            client.close()
         return None
+
+    def member_gpus(self, member: str) -> dict[int, str]:
+        """The GPU cards the member's own engine lists (gpu_cards)."""
+        return gpu_cards(self.member_client(member).get("/resources"))
 
     def project_config(self) -> dict[str, str]:
         """The project's config: the restrictions that bound what gpushell's certificate may do."""
