@@ -15,7 +15,7 @@ import pwd
 from collections.abc import Callable, Iterable
 
 from ..containers import cgroups, confinement, lxcconfig
-from ..containers.backend import RUNNING, STOPPED, ContainerDriver
+from ..containers.backend import RUNNING, STOPPED, UNKNOWN, ContainerDriver
 from ..containers.factory import backend_for
 from ..core import chaincheck, expiry, forward
 from ..core.errors import GpushellError
@@ -33,7 +33,6 @@ from . import leftovers
 from .leftovers import Leftover
 
 Report = Callable[[str], None]
-UNKNOWN = "UNKNOWN"
 
 # Kinds of change, in the order they are made: the network first, so a
 # container started at the end finds its bridge and its forward.
@@ -180,9 +179,9 @@ def plan(reg: Registry, paths: Paths, state: HostState) -> Plan:
         for member, names in sorted(silent.items())
     ]
     for user in users:
-        current = state.configs.get(user.container)
         if user.container in state.unanswered:
             continue
+        current = state.configs.get(user.container)
         if current is None:
             warnings.append(
                 f"{user.name}: container {user.container} does not exist; "
@@ -409,15 +408,15 @@ def observe_front_door(reg: Registry, paths: Paths) -> HostState:
     assert isinstance(driver, LxdDriver)
     listed = driver.listing()  # one request for the configs and the states
     found = driver.managed_texts(listed)
-    states = {name: state for name, (state, _) in driver.states(listed).items()}
+    where = driver.states(listed)
     return HostState(
         table=iptables.read_nat(),
         bridge_ready=True,
         forwarding_on=forwarding_on(),
         configs={user.container: found.get(user.container) for user in reg.users.values()},
         accounts=host_accounts(reg.users, paths.group),
-        states=states,
-        unanswered=driver.unanswered(listed),
+        states={name: state for name, (state, _) in where.items()},
+        unanswered={name: member for name, (state, member) in where.items() if state == UNKNOWN},
     )
 
 

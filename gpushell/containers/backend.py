@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 
 RUNNING, STOPPED, MISSING, FROZEN = "RUNNING", "STOPPED", "MISSING", "FROZEN"
-UNKNOWN = "UNKNOWN"  # what no one could tell: a cluster member that did not answer
+UNKNOWN = "UNKNOWN"  # what no one could tell: a config LXC cannot load, a cluster member that did not answer
 ROOTFS, CONFIG = "rootfs", "config"  # in a container's directory
 
 

@@ -25,9 +25,8 @@ if TYPE_CHECKING:
     from ..gpu.gpudevices import Node
     from .backend import Closable
 
-STATES = {"Running": RUNNING, "Stopped": STOPPED, "Frozen": FROZEN}
-# What a listing says of an instance whose member did not answer it: no config, no devices.
-UNANSWERED = "Error"
+# "Error": what a listing says of an instance whose member did not answer it (no config, no devices).
+STATES = {"Running": RUNNING, "Stopped": STOPPED, "Frozen": FROZEN, "Error": UNKNOWN}
 STATE_WAIT = 120.0  # seconds a start, stop or freeze may take the engine
 
 
@@ -213,15 +212,6 @@ class LxdDriver(ContainerDriver):
         return list(self.client().get("/instances", recursion="1") or [])
 
     @staticmethod
-    def unanswered(listed: list[dict[str, Any]]) -> dict[str, str]:
-        """The listed instances whose member did not answer the engine: name -> member."""
-        return {
-            entry["name"]: entry.get("location") or "?"
-            for entry in listed
-            if entry.get("status") == UNANSWERED
-        }
-
-    @staticmethod
     def managed_texts(listed: list[dict[str, Any]]) -> dict[str, str]:
         """Each listed instance's lxdinstance.managed() text."""
         return {
@@ -271,12 +261,7 @@ class LxdDriver(ContainerDriver):
     def states(self, listed: list[dict[str, Any]] | None = None) -> dict[str, tuple[str, str]]:
         """Every instance of the project: name -> (state, member), from one request (or a listing)."""
         return {
-            entry["name"]: (
-                UNKNOWN
-                if entry.get("status") == UNANSWERED
-                else STATES.get(str(entry.get("status")), STOPPED),
-                entry.get("location") or "",
-            )
+            entry["name"]: (STATES.get(str(entry.get("status")), STOPPED), entry.get("location") or "")
             for entry in (self.listing() if listed is None else listed)
         }
 

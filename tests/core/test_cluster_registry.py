@@ -319,7 +319,7 @@ def test_apply_leaves_the_containers_of_a_member_that_did_not_answer_alone() -> 
             "devices": {},
         }
     ]
-    assert LxdDriver.unanswered(listed) == {"alice": "m2"}
+    assert LxdDriver(registry()).states(listed) == {"alice": (UNKNOWN, "m2")}
     reg, paths = (
         registry(
             CLUSTER.replace(
