@@ -12,7 +12,8 @@ APT_PACKAGES := lxc lxc-templates python3-lxc lxc-dev iptables nftables openssh-
                 python3-venv python3-pip python3-setuptools iproute2 groff-base man-db btrfs-progs
 # What `make deb` builds and checks the package with.
 DEB_PACKAGES := debhelper dh-python python3-all python3-setuptools pybuild-plugin-pyproject lintian
-# What the tests alone need: a headless browser for the status page's test.
+# What the tests alone need: a headless browser for the status page's test, the
+# cluster engines (Incus comes from backports on Debian 12: tests/integration/install-incus).
 TEST_PACKAGES := chromium chromium-driver lxd
 DEV_PACKAGES := pytest pexpect hypothesis ruff mypy types-PyYAML types-psutil selenium
 STAMP        := .make
@@ -43,6 +44,7 @@ deb-deps:
 
 test-deps:
 	$(call apt-ensure,$(TEST_PACKAGES))
+	tests/integration/install-incus
 
 # System-wide for Debian's python3, so the login shell runs as `python3 -I`
 # for every user; the entry points get that shebang.

@@ -21,7 +21,10 @@ def config(reg: Registry, user: User) -> dict[str, str]:
     limits = user.limits
     return {
         "limits.memory": str(limits.memory),
-        "limits.memory.swap": "false",  # the memory limit is the limit; no swap to spill into
+        # limits.memory.swap is left to the engine's default, which is the strictest:
+        # memory and swap together within limits.memory (v1: memsw = the limit; v2:
+        # swap.max = 0).  "false" would leave memsw unlimited at swappiness 0 on v1,
+        # and Incus forbids the key in a restricted project ("low-level").
         "limits.cpu.allowance": f"{round(limits.cpus * 100)}ms/100ms",
         "limits.processes": str(limits.pids),
         # Each container its own id range (65536 ids), which the engine picks and

@@ -1,6 +1,6 @@
-"""A real LXD cluster on this one machine, for the LXD backend's integration tests.
+"""A real LXD or Incus cluster on this one machine, for the `lxd` backend's integration tests.
 
-Each member is an LXD daemon in a network namespace of its own, with a veth
+Each member is an engine daemon in a network namespace of its own, with a veth
 into one bridge in the root namespace (the "front door" gpushell talks
 through) and a state directory of its own: how LXD's own test suite runs
 several members on one machine.  Everything carries the test prefix, and
@@ -10,6 +10,7 @@ several members on one machine.  Everything carries the test prefix, and
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import ipaddress
 import os
@@ -50,6 +51,27 @@ SYSFS_SWAP = (
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class Engine:
+    """One engine's programs and names: LXD (Debian 12's, in main) or Incus (Debian 13's,
+    and Debian 12's backports).  The two speak the same REST API; their tools differ."""
+
+    name: str
+    daemon: str  # the daemon's program
+    admin: tuple[str, ...]  # init, waitready, shutdown
+    client: str  # the command-line client
+    trust_add: str  # `config trust` subcommand that adds a client certificate
+    env_prefix: str  # DIR (state directory, unix socket) and CONF (client configuration)
+
+
+ENGINES = {
+    "lxd": Engine("lxd", "lxd", ("lxd",), "lxc", "add", "LXD"),
+    "incus": Engine(
+        "incus", "/usr/libexec/incus/incusd", ("incus", "admin"), "incus", "add-certificate", "INCUS"
+    ),
+}
+
+
 def template_tarball() -> str:
     """The cached Debian rootfs tarball (built once by debootstrap, reused after)."""
     return template.ensure_cached(TEMPLATE_CACHE)
@@ -67,7 +89,9 @@ class Cluster:
         subnet: ipaddress.IPv4Network,
         container_subnet: ipaddress.IPv4Network,
         members: int = 3,
+        engine: Engine = ENGINES["lxd"],
     ) -> None:
+        self.engine = engine
         self.prefix = prefix
         self.subnet = subnet
         self.container_subnet = container_subnet
@@ -106,19 +130,20 @@ class Cluster:
     # --- running LXD ------------------------------------------------------
 
     def env(self, member: str) -> dict[str, str]:
-        """LXD_DIR picks the member's daemon (its unix socket); LXD_CONF keeps the client off ~/.config."""
-        return {**ENV, "LXD_DIR": self.state_dir(member), "LXD_CONF": f"{self.root}/client"}
+        """..._DIR picks the member's daemon (its unix socket); ..._CONF keeps the client off ~/.config."""
+        prefix = self.engine.env_prefix
+        return {**ENV, f"{prefix}_DIR": self.state_dir(member), f"{prefix}_CONF": f"{self.root}/client"}
 
     def lxc(
         self, member: str, *args: str, timeout: float = 120, check: bool = True, stdin: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        """The LXD client against a member's unix socket: the admin's side, for set-up and assertions."""
-        return self._run(["lxc", *args], member, timeout, check, stdin)
+        """The engine's client against a member's unix socket: the admin's side, for set-up and assertions."""
+        return self._run([self.engine.client, *args], member, timeout, check, stdin)
 
     def _lxd(
         self, member: str, *args: str, timeout: float = 120, check: bool = True, stdin: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        return self._run(["lxd", *args], member, timeout, check, stdin)
+        return self._run([*self.engine.admin, *args], member, timeout, check, stdin)
 
     def _run(
         self, argv: list[str], member: str, timeout: float, check: bool, stdin: str | None
@@ -177,13 +202,13 @@ class Cluster:
             self.daemons[member] = subprocess.Popen(
                 ["nsenter", f"--net=/run/netns/{self.netns(member)}",
                  "unshare", "--mount", "--propagation", "slave", "sh", "-c", SYSFS_SWAP, "sh",
-                 "lxd", "--group", "root", "--logfile", log],
+                 self.engine.daemon, "--group", "root", "--logfile", log],
                 env=self.env(member), stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
                 start_new_session=True,  # only down() stops it, never a ^C meant for pytest
             )  # fmt: skip
         ready = self._lxd(member, "waitready", "--timeout", "60", timeout=70, check=False)
         if ready.returncode != 0:
-            raise RuntimeError(f"LXD {member} not ready: {ready.stderr.strip()}\n{tail(log)}")
+            raise RuntimeError(f"{self.engine.name} {member} not ready: {ready.stderr.strip()}\n{tail(log)}")
 
     def _bootstrap(self) -> None:
         address = f"{self.address('m1')}:{PORT}"
@@ -234,8 +259,8 @@ class Cluster:
              "-days", "3650", "-subj", "/CN=gpushell", "-keyout", self.key_path, "-out", self.cert_path],
             timeout=30,
         )  # fmt: skip
-        self.lxc("m1", "config", "trust", "add", self.cert_path, "--name", "gpushell", "--restricted",
-                 "--projects", PROJECT)  # fmt: skip
+        self.lxc("m1", "config", "trust", self.engine.trust_add, self.cert_path,
+                 "--name", "gpushell", "--restricted", "--projects", PROJECT)  # fmt: skip
 
     # --- images -----------------------------------------------------------
 
@@ -322,7 +347,7 @@ class Cluster:
     def _shut_down_daemons(self) -> None:
         """`lxd shutdown` on all members at once (one by one, each would wait for the database
         leader that just went); then SIGTERM, then SIGKILL, to the daemons we started only."""
-        command = ["lxd", "shutdown", "--timeout", str(SHUTDOWN_SECONDS)]
+        command = [*self.engine.admin, "shutdown", "--timeout", str(SHUTDOWN_SECONDS)]
         quiet = subprocess.DEVNULL
         asking = [
             subprocess.Popen(command, env=self.env(member), stdout=quiet, stderr=quiet)
