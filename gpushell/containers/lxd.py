@@ -124,14 +124,22 @@ class LxdDriver(ContainerDriver):
         except lxdapi.Unreachable as exc:
             raise MemberDown(user.member, exc.log_message) from None
         try:
-            self._give_identity(user, keys)
+            self.give_identity(user, keys)
         except BaseException:
             with contextlib.suppress(GpushellError):  # the first error is the one to report
                 self.destroy(reg, user.container)
             raise
         return ""
 
-    def _give_identity(self, user: User, keys: str) -> None:
+    def give_identity(
+        self, user: User, keys: str, host_keys: dict[str, tuple[bytes, bytes]] | None = None
+    ) -> None:
+        """Hostname, address, machine id, SSH host keys and the student's account, into a root disk
+        fresh from the image (its own files are read back: it never ran).
+
+        host_keys: kind -> (private, public) to keep (a rebuild keeps the old
+        ones, so the student's known_hosts stays valid); other kinds are new.
+        """
         import time
 
         from .provision import HOST_KEY_KINDS, SSHD_DROPIN, new_host_key, new_machine_id
@@ -144,7 +152,7 @@ class LxdDriver(ContainerDriver):
         client.push_file(name, "/etc/network/interfaces", lxdinstance.interfaces(self.reg, user).encode())
         client.push_file(name, f"/{SSHD_DROPIN}", CUSTOM_FILES[SSHD_DROPIN].encode())
         for kind in HOST_KEY_KINDS:
-            private, public = new_host_key(kind, name)
+            private, public = (host_keys or {}).get(kind) or new_host_key(kind, name)
             client.push_file(name, f"/etc/ssh/ssh_host_{kind}_key", private, mode=0o600)
             client.push_file(name, f"/etc/ssh/ssh_host_{kind}_key.pub", public)
         days = int(time.time() // 86400)
@@ -169,24 +177,34 @@ class LxdDriver(ContainerDriver):
         client.push_file(user.container, f"{home}/.ssh/authorized_keys", keys.encode(), uid, uid, 0o600)
 
     def destroy(self, reg: Registry, name: str) -> bool:
+        """The instance, and a home volume a rebuild that did not finish left (lxdrebuild.py)."""
         try:
             self.request("DELETE", name)
         except lxdapi.ApiError as exc:
             if _missing(exc):
                 return False
             raise
+        with contextlib.suppress(lxdapi.ApiError):  # 404 where there is none, the usual case
+            self.volume("DELETE", name, lxdinstance.home_volume(name))
         return True
+
+    def volume(self, method: str, name: str, volume: str, body: object = None) -> object:
+        """A request about a custom volume of the pool on container name's member (POST makes it)."""
+        where = f"/storage-pools/{self.cluster.pool}/volumes/custom"
+        endpoint = where if method == "POST" else f"{where}/{volume}"
+        return self.client(name).call(method, endpoint, body, {"target": self.member_of.get(name, "")})
 
     def move(self, name: str, member: str) -> None:
         """Move the stopped container to member (the engine copies it there and drops the old copy)."""
         self.request("POST", name, "", {"name": name, "migration": True}, {"target": member})
         self.member_of[name] = member
 
-    def reconfigure(self, user: User) -> None:
+    def reconfigure(self, user: User, extra_devices: dict[str, dict[str, str]] | None = None) -> None:
         """Make the instance's config and devices the registry's (limits, GPUs, mounts, port).
 
         The engine applies limits to a running container at once and plugs
         devices in and out; its own keys (volatile.*, image.*) stay as they are.
+        extra_devices: devices of gpushell's own work beside those (a rebuild's home volume).
         """
         current = self.request("GET", user.container)
         assert isinstance(current, dict)
@@ -195,12 +213,13 @@ class LxdDriver(ContainerDriver):
             for key, value in (current.get("config") or {}).items()
             if key.startswith(lxdinstance.ENGINE_KEYS)
         }
-        wanted = lxdinstance.body(self.reg, user)
+        assert self.reg.cluster is not None
+        devices = lxdinstance.devices(self.reg, user, self.reg.cluster)
         body = {
             "architecture": current.get("architecture"),
             "config": kept | lxdinstance.config(self.reg, user),
-            "devices": wanted["devices"],
-            "profiles": wanted["profiles"],
+            "devices": devices | (extra_devices or {}),
+            "profiles": list(lxdinstance.PROFILES),
             "ephemeral": False,
             "stateful": False,
             "description": current.get("description", ""),

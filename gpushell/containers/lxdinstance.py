@@ -14,6 +14,7 @@ from ..core.placement import gpu_numbers
 
 OWNER_KEY = "user.gpushell.owner"  # the registry user a container belongs to, for strays and listings
 SSH_DEVICE = "gpushell-ssh"
+PROFILES = ("default",)  # the project's own default profile: its root disk on the lab's pool
 
 
 def config(reg: Registry, user: User) -> dict[str, str]:
@@ -70,6 +71,11 @@ def devices(reg: Registry, user: User, cluster: Cluster) -> dict[str, dict[str, 
     return found
 
 
+def home_volume(container: str) -> str:
+    """The custom volume a rebuild keeps the student's home on meanwhile (lxdrebuild.py)."""
+    return f"{container}-home"
+
+
 def ssh_proxy(user: User) -> dict[str, str]:
     """The member listens on the student's port and carries each connection to the container's sshd."""
     return {
@@ -87,7 +93,7 @@ def body(reg: Registry, user: User) -> dict[str, object]:
         "name": user.container,
         "type": "container",
         "source": {"type": "image", "alias": reg.template},
-        "profiles": ["default"],
+        "profiles": list(PROFILES),
         "config": config(reg, user),
         "devices": devices(reg, user, reg.cluster),
     }

@@ -213,15 +213,14 @@ def _rebuild(ctx: services.Context, user: User) -> Answer:
 
     request = _request()
     _confirm(request, user)
-    if ctx.registry.cluster is not None:
-        # The engine (LXD 5.0) has no rebuild of an instance in place, and a new
-        # instance would take neither the home nor the snapshots along.
-        raise GpushellError(
-            "rebuild is not available on this lab's cluster yet; ask your administrator",
-            f"rebuild refused for {user.name}: backend lxd",
-        )
     keep_home = request.get("home", "keep") != "wipe"
-    rebuild.rebuild(ctx.registry, user, ctx.driver, accounts.existing_keys(user.name), keep_home)
+    keys = accounts.existing_keys(user.name)
+    if ctx.registry.cluster is not None:
+        from ..containers import lxdrebuild
+
+        lxdrebuild.rebuild(ctx.registry, user, _cluster_driver(ctx), keys, keep_home)
+    else:
+        rebuild.rebuild(ctx.registry, user, ctx.driver, keys, keep_home)
     return _login(ctx, user) | {"rebuilt": "kept-home" if keep_home else "wiped-home"}
 
 

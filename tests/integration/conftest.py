@@ -17,9 +17,19 @@ from .lab import Lab, Student
 REQUIRED = ("lxc-start", "iptables-save", "sshd", "ssh", "sudo", "debootstrap", "ip", "tmux")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test here is an integration test; one marked `engines(...)` runs only on clusters
+    of those engines (deselected on the others: it does not apply there, and is not skipped)."""
+    kept, dropped = [], []
     for item in items:
         item.add_marker(pytest.mark.integration)
+        engines = item.get_closest_marker("engines")
+        callspec = getattr(item, "callspec", None)
+        engine = callspec.params.get("cluster") if callspec is not None else None
+        (dropped if engines is not None and engine not in engines.args else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 @pytest.fixture(scope="session")

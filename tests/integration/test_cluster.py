@@ -369,10 +369,94 @@ def test_template_build_imports_the_image(front: FrontDoor) -> None:
         assert f"ok: member {member} ({address}) answers and is online" in doctor, doctor
 
 
-def test_rebuild_is_refused_with_one_line(front: FrontDoor, placed: dict[str, Student]) -> None:
+def volumes(front: FrontDoor) -> list[str]:
+    """The project's custom volumes (a rebuild's home volume while it works), asked as the admin."""
+    listed = front.cluster.lxc("m1", "storage", "volume", "list", "default", "--project", "gpushell",
+                               "--format", "json").stdout  # fmt: skip
+    return [entry["name"] for entry in json.loads(listed) if entry["type"] == "custom"]
+
+
+@pytest.mark.engines("lxd")
+def test_rebuild_on_an_engine_without_the_rebuild_api_is_refused_with_one_line(
+    front: FrontDoor, placed: dict[str, Student]
+) -> None:
     refused = front.ssh(placed["m3"], "rebuild --yes")
     assert refused.returncode != 0
-    assert "rebuild is not available on this lab's cluster yet" in refused.stderr
+    assert "rebuild is not available on this lab's cluster: its container engine cannot" in refused.stderr
+    assert volumes(front) == []
+
+
+@pytest.mark.engines("incus")
+def test_rebuild_gives_a_fresh_root_disk_and_keeps_home_host_keys_and_port(
+    front: FrontDoor, placed: dict[str, Student]
+) -> None:
+    """The engine's rebuild API (Incus 6.0): /etc from the image again, the home and host keys kept."""
+    student = placed["m2"]
+    assert front.ssh(student, "start").returncode == 0
+    made = front.inside(
+        student,
+        "echo mine > ~/kept.txt && sudo sh -c 'echo planted > /etc/planted' "
+        "&& cat /etc/ssh/ssh_host_ed25519_key.pub",
+    )
+    assert made.returncode == 0, made.stderr
+    host_key = made.stdout.split()[:2]
+    assert front.ssh(student, "snapshot before").returncode == 0
+    refused = front.ssh(student, "rebuild --yes")
+    assert refused.returncode != 0
+    assert (
+        "a rebuild cannot keep snapshots; delete yours first (delete-snapshot NAME for each of: before)"
+        in (refused.stderr)
+    )
+    assert front.inside(student, "cat /etc/planted").stdout.strip() == "planted"  # nothing changed
+    assert front.ssh(student, "delete-snapshot before --yes").returncode == 0
+
+    rebuilt = front.ssh(student, "rebuild --yes")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    inside = front.inside(
+        student,
+        "cat ~/kept.txt; stat -c %U ~/kept.txt; test -e /etc/planted && echo planted-stays; "
+        "cat /etc/ssh/ssh_host_ed25519_key.pub; hostname",
+    )
+    assert inside.returncode == 0, inside.stderr  # the port, the keys and sshd all work
+    assert inside.stdout.split()[:2] == ["mine", student.name]
+    assert "planted-stays" not in inside.stdout
+    assert inside.stdout.split()[2:4] == host_key
+    assert inside.stdout.split()[-1] == student.container
+    assert front.instance(student)["location"] == "m2" and volumes(front) == []
+
+    wiped = front.ssh(student, "rebuild --wipe-home --yes")
+    assert wiped.returncode == 0, wiped.stderr
+    after = front.inside(student, "test -e ~/kept.txt && echo still-there; ls -a ~/.ssh")
+    assert after.returncode == 0 and "still-there" not in after.stdout and "authorized_keys" in after.stdout
+    assert volumes(front) == []
+
+
+def test_remove_takes_a_home_volume_a_rebuild_left(front: FrontDoor) -> None:
+    """What a rebuild that did not finish leaves (the home aside on a volume) goes with its student."""
+    student = front.add_student("rv", "--on", "m3")
+    front.cluster.lxc("m1", "storage", "volume", "create", "default", f"{student.container}-home",
+                      "--target", "m3", "--project", "gpushell")  # fmt: skip
+    assert volumes(front) == [f"{student.container}-home"]
+    assert front.admin("remove", student.name, "--purge").returncode == 0
+    front.students.remove(student.name)
+    assert volumes(front) == []
+
+
+@pytest.mark.engines("incus")
+def test_rebuild_refuses_to_keep_a_home_that_is_a_link(front: FrontDoor, placed: dict[str, Student]) -> None:
+    student = placed["m3"]
+    assert front.ssh(student, "start").returncode == 0
+    home = f"/home/{student.name}"
+    planted = f"sudo sh -c 'echo planted > /etc/planted; mv {home} /srv/real && ln -s /srv/real {home}'"
+    assert front.inside(student, planted).returncode == 0
+    refused = front.ssh(student, "rebuild --yes")
+    assert refused.returncode != 0
+    assert "your home is not a real directory (a link?), so it cannot be kept" in refused.stderr
+    assert front.inside(student, "cat /etc/planted").stdout.strip() == "planted"  # the old root disk
+    assert volumes(front) == []
+    wiped = front.ssh(student, "rebuild --wipe-home --yes")
+    assert wiped.returncode == 0, wiped.stderr
+    assert front.inside(student, "test -L ~ || test -e /etc/planted || echo fresh").stdout.strip() == "fresh"
 
 
 # What nvidia-smi prints with the options smi.py passes; no machine here has an NVIDIA driver,

@@ -1,0 +1,192 @@
+"""`rebuild` on a cluster: the engine's own rebuild of the root disk, the home carried across.
+
+The engine wipes the instance's root disk and makes it anew from the lab's
+image (the `instances_rebuild` API: Incus, and LXD after 5.0; Debian 12's
+LXD 5.0.2 lacks it, and the student is told so).  The instance keeps its
+member, config, devices, address and port.  As on one host (rebuild.py)
+the SSH host keys are kept, so known_hosts stays valid, and so is the
+home unless the student wipes it.
+
+The home goes aside to a volume of the project's pool, on the container's
+member, while the old root disk is still there, and comes back into the
+new one.  Both moves run inside the container (the engine's exec, as the
+container's root, in its namespaces): nothing the container planted can
+lead them out of it, and an old container that cannot move its home only
+keeps its own home from being kept.  A rebuild that failed half way leaves
+the home on the volume; the next rebuild finds it there and brings it back.
+
+The engine refuses to wipe a root disk that has snapshots, so this refuses
+first, before anything changes, naming them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from ..core.errors import GpushellError
+from ..core.model import Registry, User
+from . import keyrescue, lxdapi, lxdinstance
+from .backend import MISSING, RUNNING
+from .lxd import LxdDriver
+from .provision import HOST_KEY_KINDS
+
+REBUILD_API = "instances_rebuild"  # the engine's API extension that rebuilds an instance in place
+HOME_DEVICE = "gpushell-home"
+HOME_MOUNT = "/mnt/gpushell-home"  # where the volume shows inside the container
+HOME_MOVE_SECONDS = 1200.0  # a large home is copied from one filesystem to the other
+REBUILD_SECONDS = 600.0
+NOT_A_DIRECTORY = 3  # SAVE_HOME's exit status when /home/NAME is something else
+
+# Inside the old container: the home onto the volume, unless an earlier
+# rebuild that did not finish left it there (that copy is the one to keep).
+# mv between filesystems removes the source only once the copy is whole.
+SAVE_HOME = (
+    'set -e; saved="$1/$2"; home="/home/$2"; [ -e "$saved" ] && exit 0; [ -e "$home" ] || exit 0; '
+    f'if [ -L "$home" ] || [ ! -d "$home" ]; then exit {NOT_A_DIRECTORY}; fi; mv "$home" "$saved"'
+)
+# Inside the new container: the template's fresh home makes way for the kept one.
+BRING_BACK_HOME = (
+    'set -e; saved="$1/$2"; [ -d "$saved" ] || exit 0; rm -rf "/home/$2"; mv "$saved" "/home/$2"'
+)
+
+
+def rebuild(reg: Registry, user: User, driver: LxdDriver, keys: str, keep_home: bool) -> None:
+    """Give the user's container a fresh root disk from the image; it is left running if the home
+    was carried across, stopped otherwise (the caller's login starts it)."""
+    name = user.container
+    check_possible(driver, user)
+    host_keys = read_host_keys(driver, name)
+    volume = lxdinstance.home_volume(name)
+    saved = volume_exists(driver, user, volume)
+    if keep_home:
+        saved = save_home(driver, user, volume, saved)
+    try:
+        driver.stop(name)
+        driver.request("POST", name, "/rebuild", {"source": {"type": "image", "alias": reg.template}},
+                       wait=REBUILD_SECONDS)  # fmt: skip
+        driver.give_identity(user, keys, host_keys)
+    except GpushellError as exc:
+        if saved and keep_home:
+            raise GpushellError(
+                "the rebuild did not finish; your home is kept aside and comes back with your next rebuild",
+                f"rebuild of {user.name}: {exc.log_message}; the home stays on volume {volume}",
+            ) from None
+        raise
+    if saved and keep_home:
+        bring_back_home(driver, user, keys, volume)
+    elif saved:  # --wipe-home: a home kept aside by an earlier rebuild goes too
+        _drop_volume(driver, user, volume)
+
+
+def check_possible(driver: LxdDriver, user: User) -> None:
+    """Refuse, before any change, what the engine would refuse half way."""
+    if driver.state(user.container) == MISSING:
+        raise GpushellError("your container does not exist; ask your administrator", f"no {user.container}")
+    extensions = driver.client(user.container).get("").get("api_extensions") or []
+    if REBUILD_API not in extensions:
+        raise GpushellError(
+            "rebuild is not available on this lab's cluster: its container engine cannot rebuild "
+            "a container; ask your administrator",
+            f"rebuild refused for {user.name}: the engine lacks the {REBUILD_API} API (LXD 5.0)",
+        )
+    found = driver.request("GET", user.container, "/snapshots") or []
+    assert isinstance(found, list)
+    names = sorted(str(url).rsplit("/", 1)[-1].split("?", 1)[0] for url in found)
+    if names:
+        raise GpushellError(
+            "on this lab's cluster a rebuild cannot keep snapshots; delete yours first "
+            f"(delete-snapshot NAME for each of: {', '.join(names)}), then rebuild",
+            f"rebuild refused for {user.name}: {len(names)} snapshots",
+        )
+
+
+def read_host_keys(driver: LxdDriver, name: str) -> dict[str, tuple[bytes, bytes]]:
+    """The container's SSH host keys that are real keys: kind -> (private, public).
+
+    Read through the engine, bounded, and checked by ssh-keygen running as
+    nobody (keyrescue.public_key); a key that is missing, unreadable or not
+    a key of its kind is made anew instead.
+    """
+    found = {}
+    for kind in HOST_KEY_KINDS:
+        try:
+            private = driver.client(name).pull_file(
+                name, f"/etc/ssh/ssh_host_{kind}_key", keyrescue.MAX_KEY_FILE
+            )
+        except (lxdapi.ApiError, lxdapi.Unreachable):
+            continue
+        public = keyrescue.public_key(private, kind)
+        if public is not None:
+            found[kind] = (private, f"{public} root@{name}\n".encode())
+    return found
+
+
+def volume_exists(driver: LxdDriver, user: User, volume: str) -> bool:
+    try:
+        driver.volume("GET", user.container, volume)
+    except lxdapi.ApiError as exc:
+        if exc.http_status == 404:
+            return False
+        raise
+    return True
+
+
+def _drop_volume(driver: LxdDriver, user: User, volume: str) -> None:
+    """Unplugged (the registry's devices alone), then deleted."""
+    driver.reconfigure(user)
+    driver.volume("DELETE", user.container, volume)
+
+
+def _inside(driver: LxdDriver, user: User, script: str) -> int:
+    """A move script run in the container with the volume's mount point and the student's name."""
+    command = ["sh", "-c", script, "sh", HOME_MOUNT, user.name]
+    return driver.run_inside(user.container, command, HOME_MOVE_SECONDS)
+
+
+def save_home(driver: LxdDriver, user: User, volume: str, saved: bool) -> bool:
+    """Move the running old container's home onto the volume; whether the volume holds one."""
+    if not saved:
+        body = {"name": volume, "type": "custom", "content_type": "filesystem", "config": {}}
+        driver.volume("POST", user.container, volume, body)
+    try:
+        device = {"type": "disk", "pool": driver.cluster.pool, "source": volume, "path": HOME_MOUNT}
+        driver.reconfigure(user, {HOME_DEVICE: device})
+        if driver.state(user.container) != RUNNING:
+            driver.start(user.container)
+        status = _inside(driver, user, SAVE_HOME)
+    except BaseException:
+        if not saved:  # nothing was moved yet: the volume goes again
+            with contextlib.suppress(GpushellError):
+                _drop_volume(driver, user, volume)
+        raise
+    if status == 0:
+        return True
+    if not saved:
+        with contextlib.suppress(GpushellError):
+            _drop_volume(driver, user, volume)
+    if status == NOT_A_DIRECTORY:
+        raise GpushellError(
+            "your home is not a real directory (a link?), so it cannot be kept; "
+            "to rebuild without it: rebuild --wipe-home --yes",
+            f"rebuild refused for {user.name}: /home/{user.name} is not a directory",
+        )
+    raise GpushellError(
+        "your container could not move its home aside, so it cannot be kept; nothing was changed; "
+        "to rebuild without it: rebuild --wipe-home --yes",
+        f"rebuild of {user.name}: moving the home aside inside the container ended with status {status}",
+    )
+
+
+def bring_back_home(driver: LxdDriver, user: User, keys: str, volume: str) -> None:
+    """Into the new root disk, inside the started container, with the student's keys; the volume goes."""
+    driver.start(user.container)
+    status = _inside(driver, user, BRING_BACK_HOME)
+    if status != 0:
+        raise GpushellError(
+            # No absolute path: the helper shows a student none (even one of their own).
+            f"your container was rebuilt, but your home is still in its {HOME_MOUNT[1:]}/{user.name}; "
+            "run rebuild again to bring it back, or copy it yourself",
+            f"rebuild of {user.name}: bringing the home back ended with {status}; it stays on {volume}",
+        )
+    driver.install_keys(user, keys)
+    _drop_volume(driver, user, volume)

@@ -1,0 +1,176 @@
+"""`rebuild` on a cluster, around a stand-in for the engine: what happens in which order, and
+what is left when a step fails.
+
+The engine's side (its rebuild API, volumes, exec) is exercised for real on
+Incus by tests/integration/test_cluster.py; here: the refusals before any
+change, and the home volume on each failure path.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from gpushell.containers import lxdapi, lxdrebuild
+from gpushell.containers.backend import RUNNING, STOPPED
+from gpushell.containers.lxd import LxdDriver
+from gpushell.core.errors import GpushellError
+from gpushell.core.model import User
+from gpushell.core.registry import parse
+
+REGISTRY = """\
+backend: lxd
+bridge: labnet
+subnet: 10.9.0.0/24
+template: lab-image
+lxd:
+  members:
+    m1: {address: 192.168.5.11, gpus: 0, memory: 64G}
+users:
+  alice: {port: 22001, ip: 10.9.0.2, idmap: 1000000, member: m1}
+"""
+VOLUME = "alice-home"
+
+
+class Engine(LxdDriver):
+    """The engine as gpushell sees it: its API extensions, snapshots, volumes, and what exec ends with."""
+
+    def __init__(self, *, state: str = RUNNING, snapshots: tuple[str, ...] = (), volume: bool = False,
+                 save: int = 0, bring_back: int = 0, rebuild_fails: bool = False,
+                 extensions: tuple[str, ...] = (lxdrebuild.REBUILD_API,)) -> None:  # fmt: skip
+        super().__init__(parse(REGISTRY, "/etc/gpushell.yaml"))
+        self.now, self.snapshots, self.extensions = state, snapshots, extensions
+        self.volumes = {VOLUME} if volume else set()
+        self.exits = {lxdrebuild.SAVE_HOME: save, lxdrebuild.BRING_BACK_HOME: bring_back}
+        self.rebuild_fails = rebuild_fails
+        self.done: list[str] = []
+        self.devices: set[str] = set()
+
+    def client(self, name: str | None = None) -> Engine:  # type: ignore[override]
+        return self
+
+    def get(self, endpoint: str, **query: str) -> dict[str, object]:
+        assert endpoint == ""
+        return {"api_extensions": list(self.extensions)}
+
+    def call(self, method: str, endpoint: str, body: object = None, query: object = None) -> None:
+        assert query == {"target": "m1"}
+        if method == "POST":
+            assert isinstance(body, dict)
+            self.volumes.add(body["name"])
+        elif method == "DELETE":
+            self.volumes.remove(endpoint.rsplit("/", 1)[-1])
+        elif endpoint.rsplit("/", 1)[-1] not in self.volumes:
+            raise lxdapi.ApiError(404, "not found")
+        self.done.append(f"{method} volume")
+
+    def pull_file(self, instance: str, path: str, limit: int = 0) -> bytes:
+        raise lxdapi.ApiError(404, "not found")  # no host keys: new ones are made
+
+    def request(self, method: str, name: str, path: str = "", body: object = None,
+                query: object = None, wait: float = 0) -> object:  # fmt: skip
+        if path == "/snapshots":
+            return [f"/1.0/instances/{name}/snapshots/{snap}?project=gpushell" for snap in self.snapshots]
+        assert (method, path) == ("POST", "/rebuild") and self.now == STOPPED
+        assert body == {"source": {"type": "image", "alias": "lab-image"}}
+        if self.rebuild_fails:
+            raise lxdapi.ApiError(500, "the pool is full")
+        self.done.append("rebuild")
+        return None
+
+    def state(self, name: str) -> str:
+        return self.now
+
+    def start(self, name: str) -> bool:
+        self.now = RUNNING
+        self.done.append("start")
+        return True
+
+    def stop(self, name: str) -> None:
+        self.now = STOPPED
+        self.done.append("stop")
+
+    def reconfigure(self, user: User, extra_devices: dict[str, dict[str, str]] | None = None) -> None:
+        self.devices = set(extra_devices or {})
+        self.done.append(f"devices {sorted(self.devices)}")
+
+    def run_inside(self, name: str, command: list[str], timeout: float = 90.0) -> int:
+        assert command[:2] == ["sh", "-c"] and command[3:] == ["sh", lxdrebuild.HOME_MOUNT, "alice"]
+        assert self.now == RUNNING and lxdrebuild.HOME_DEVICE in self.devices
+        self.done.append("save" if command[2] == lxdrebuild.SAVE_HOME else "bring back")
+        return self.exits[command[2]]
+
+    def give_identity(self, user: User, keys: str, host_keys: object = None) -> None:
+        self.done.append("identity")
+
+    def install_keys(self, user: User, keys: str) -> None:
+        self.done.append("keys")
+
+
+def rebuild(engine: Engine, keep_home: bool = True) -> None:
+    lxdrebuild.rebuild(engine.reg, engine.reg.users["alice"], engine, "ssh-ed25519 AAAA alice\n", keep_home)
+
+
+def test_the_home_goes_aside_and_comes_back_around_the_engines_rebuild() -> None:
+    engine = Engine(state=STOPPED)
+    rebuild(engine)
+    assert engine.done == [
+        "POST volume", "devices ['gpushell-home']", "start", "save", "stop", "rebuild", "identity",
+        "start", "bring back", "keys", "devices []", "DELETE volume",
+    ]  # fmt: skip
+    assert engine.volumes == set() and engine.now == RUNNING
+
+
+def test_wiping_the_home_makes_no_volume() -> None:
+    engine = Engine()
+    rebuild(engine, keep_home=False)
+    assert engine.done == ["stop", "rebuild", "identity"]
+
+
+@pytest.mark.parametrize(
+    ("engine", "message"),
+    [
+        (Engine(extensions=("clustering",)), "its container engine cannot rebuild a container"),
+        (Engine(snapshots=("b", "a")), "delete-snapshot NAME for each of: a, b"),
+    ],
+)
+def test_what_the_engine_cannot_do_is_refused_before_any_change(engine: Engine, message: str) -> None:
+    with pytest.raises(GpushellError, match=message):
+        rebuild(engine)
+    assert engine.done == [] and engine.now == RUNNING
+
+
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [(lxdrebuild.NOT_A_DIRECTORY, "not a real directory"), (1, "could not move its home aside")],
+)
+def test_a_home_that_cannot_go_aside_is_refused_and_its_volume_goes(status: int, message: str) -> None:
+    engine = Engine(save=status)
+    with pytest.raises(GpushellError, match=message):
+        rebuild(engine)
+    assert "rebuild" not in engine.done and engine.volumes == set() and engine.devices == set()
+
+
+def test_a_failed_rebuild_keeps_the_home_aside_and_the_next_one_brings_it_back() -> None:
+    engine = Engine(rebuild_fails=True)
+    with pytest.raises(GpushellError, match="your home is kept aside and comes back with your next rebuild"):
+        rebuild(engine)
+    assert engine.volumes == {VOLUME}  # the only copy of the home
+    engine.rebuild_fails, engine.done = False, []
+    rebuild(engine)
+    assert engine.done[:2] == ["GET volume", "devices ['gpushell-home']"]  # found, not made again
+    assert "save" in engine.done and engine.done[-3:] == ["keys", "devices []", "DELETE volume"]
+    assert engine.volumes == set()
+
+
+def test_a_home_that_does_not_come_back_stays_on_its_volume() -> None:
+    engine = Engine(bring_back=1)
+    with pytest.raises(GpushellError, match="your home is still in its mnt/gpushell-home/alice"):
+        rebuild(engine)
+    assert engine.volumes == {VOLUME} and "DELETE volume" not in engine.done
+
+
+def test_wiping_the_home_drops_one_an_earlier_rebuild_kept_aside() -> None:
+    engine = Engine(volume=True)
+    rebuild(engine, keep_home=False)
+    assert engine.done == ["GET volume", "stop", "rebuild", "identity", "devices []", "DELETE volume"]
+    assert engine.volumes == set()
