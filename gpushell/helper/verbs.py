@@ -51,16 +51,23 @@ def _login(ctx: services.Context, user: User) -> Answer:
         from . import loans
 
         answer.update(loans.shown_loans(ctx, user))
-    if user.gpus != "none" and ctx.registry.cluster is None:
-        # The banner's GPU lines, from the cached snapshot (a small file read);
-        # a stale one is refreshed in the background once this answer is out.
-        from ..gpu import gpucache
-
-        keys, stale = gpucache.for_login(ctx.paths)
-        answer.update(keys)
-        if stale:
-            after_answer.append(lambda: gpucache.refresh_in_background(ctx.paths, lambda: _owners(ctx.paths)))
+    if user.gpus != "none":
+        answer.update(banner_gpus(ctx))
     return answer
+
+
+def banner_gpus(ctx: services.Context) -> Answer:
+    """The banner's GPU keys: on one host from the cached snapshot (a small file read; a stale
+    one is refreshed in the background once this answer is out).  On a cluster the GPUs are on
+    a member, read from inside the container by `gpus` alone: the banner points there."""
+    from ..gpu import gpucache
+
+    if ctx.registry.cluster is not None:
+        return {"gpu_state": gpucache.NONE}
+    keys, stale = gpucache.for_login(ctx.paths)
+    if stale:
+        after_answer.append(lambda: gpucache.refresh_in_background(ctx.paths, lambda: _owners(ctx.paths)))
+    return keys
 
 
 def _status(ctx: services.Context, user: User) -> Answer:
