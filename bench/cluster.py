@@ -1,8 +1,9 @@
-"""gpushell on a three-member LXD cluster: each figure beside a baseline measured in the same run.
+"""gpushell on a three-member LXD and Incus cluster: each figure beside a baseline measured in the same run.
 
-Run as root with `make bench` (after bench/run.py) or alone.  It builds the
-integration tests' cluster (three LXD daemons in network namespaces) and a
-front door lab, measures, prints a table like run.py's, and removes both.
+Run as root with `make bench` (after bench/run.py) or alone.  For each
+engine it builds the integration tests' cluster (three daemons in network
+namespaces) and a front door lab, measures, prints a table like run.py's,
+and removes both.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.run import ROWS, login_to_prompt, report, samples, ssh_handshake
 from tests.integration.lab import Student
-from tests.integration.lxd_fixtures import IMAGE_ALIAS, running_cluster
+from tests.integration.lxd_fixtures import ENGINE_NAMES, IMAGE_ALIAS, running_cluster
 from tests.integration.test_cluster import FrontDoor
 
 REPEAT = int(os.environ.get("BENCH_REPEAT", "21"))
@@ -32,8 +33,8 @@ def bench_login(front: FrontDoor, student: Student) -> list[float]:
     booted(front, student)
     login = samples(lambda: login_to_prompt(front, student), REPEAT)
     handshake = samples(lambda: ssh_handshake(front, student), max(5, REPEAT // 2))
-    report("C1. login to menu, container on another member", login, "ssh key login into it", handshake,
-           "<= 0.3", lambda r: r <= 0.3)  # fmt: skip
+    report(f"C1. {front.cluster.engine.name}: login to menu, container on another member", login,
+           "ssh key login into it", handshake, "<= 0.3", lambda r: r <= 0.3)  # fmt: skip
     return login
 
 
@@ -53,8 +54,9 @@ def bench_add(front: FrontDoor) -> None:
         front.cluster.lxc("m1", "init", IMAGE_ALIAS, raw, "--target", "m3", "--project", "gpushell")
         theirs.append((time.perf_counter() - began) * 1000)
         front.cluster.lxc("m1", "delete", raw, "--project", "gpushell")
-    report("C2. add: place and create a student", ours, "lxc init of the image", theirs,
-           "(report)", lambda r: True)  # fmt: skip
+    engine = front.cluster.engine
+    report(f"C2. {engine.name}: add: place and create a student", ours, f"{engine.client} init of the image",
+           theirs, "(report)", lambda r: True)  # fmt: skip
 
 
 def bench_many(front: FrontDoor, student: Student, few: list[float]) -> None:
@@ -78,8 +80,8 @@ def bench_many(front: FrontDoor, student: Student, few: list[float]) -> None:
         many = samples(lambda: login_to_prompt(front, student), REPEAT)
     finally:
         front.write_registry(original)
-    report(f"C3. login with {STUDENTS} students on 3 members", many, "with 5", few,
-           "<= 1.2 (flat)", lambda r: r <= 1.2)  # fmt: skip
+    report(f"C3. {front.cluster.engine.name}: login with {STUDENTS} students on 3 members", many,
+           "with 5", few, "<= 1.2 (flat)", lambda r: r <= 1.2)  # fmt: skip
 
 
 def main() -> int:
@@ -87,15 +89,16 @@ def main() -> int:
         print("bench: run as root (make bench)", file=sys.stderr)
         return 2
     began = time.monotonic()
-    with running_cluster() as cluster, FrontDoor(cluster).made() as front:
-        student = front.add_student("bench", "--on", "m2")
-        for index in range(4):
-            front.add_student(f"o{index}")
-        print("| figure | median (min..max) | baseline | median (min..max) | ratio | target | |")
-        print("|---|---|---|---|---|---|---|")
-        few = bench_login(front, student)
-        bench_many(front, student, few)
-        bench_add(front)
+    print("| figure | median (min..max) | baseline | median (min..max) | ratio | target | |")
+    print("|---|---|---|---|---|---|---|")
+    for engine in ENGINE_NAMES:
+        with running_cluster(engine=engine) as cluster, FrontDoor(cluster).made() as front:
+            student = front.add_student("bench", "--on", "m2")
+            for index in range(4):
+                front.add_student(f"o{index}")
+            few = bench_login(front, student)
+            bench_many(front, student, few)
+            bench_add(front)
     print(f"\n{len(ROWS)} figures in {time.monotonic() - began:.0f} s, repeat={REPEAT}; cluster removed.")
     return 0
 

@@ -27,6 +27,7 @@ class ClusterFacts:
     image: bool | None = None  # the registry's template is an image alias of the project; None: not asked
     project: dict[str, str] | None = None  # the project's config (its restrictions); None: not read
     gpus: dict[str, dict[int, str]] = dataclasses.field(default_factory=dict)  # member -> its cards, asked
+    volumes: dict[str, str] | None = None  # the pool's custom volumes: name -> member; None: not listed
 
 
 def gather(reg: Registry) -> ClusterFacts:
@@ -41,7 +42,7 @@ def gather(reg: Registry) -> ClusterFacts:
             with contextlib.suppress(GpushellError):
                 gpus[name] = driver.member_gpus(name)
     members: dict[str, tuple[str, str]] = {}
-    instances, image, project = None, None, None
+    instances, image, project, volumes = None, None, None, None
     if any(not why for why in reachable.values()):
         try:
             for entry in driver.members():
@@ -49,9 +50,10 @@ def gather(reg: Registry) -> ClusterFacts:
             instances = driver.states()
             image = driver.has_image(reg.template)
             project = driver.project_config()
+            volumes = driver.custom_volumes()
         except GpushellError:
             pass
-    return ClusterFacts(reachable, members, instances, image, project, gpus)
+    return ClusterFacts(reachable, members, instances, image, project, gpus, volumes)
 
 
 def check_members(reg: Registry, facts: ClusterFacts) -> list[Finding]:
@@ -181,6 +183,31 @@ def check_containers(reg: Registry, facts: ClusterFacts) -> list[Finding]:
                 f"lxc delete --force {name} --project {project} once nothing in it is needed",
             )
         )
+    return found
+
+
+def check_volumes(reg: Registry, facts: ClusterFacts) -> list[Finding]:
+    """Home volumes a rebuild that did not finish left: the student's home is on one (lxdrebuild.py)."""
+    from ..containers.lxdinstance import home_volume
+
+    assert reg.cluster is not None
+    owners = {home_volume(user.container): user for user in reg.users.values()}
+    found = []
+    for volume, member in sorted((facts.volumes or {}).items()):
+        user = owners.get(volume)
+        if user is not None:
+            found.append(Finding(
+                False,
+                f"{user.name}: a rebuild that did not finish left their home on volume {volume} ({member})",
+                f"{user.name}'s next rebuild brings it back (the log has why the last one stopped)",
+            ))  # fmt: skip
+        elif volume.endswith(home_volume("")):
+            found.append(Finding(
+                False,
+                f"volume {volume} on {member} looks like a rebuild's home volume but belongs to no student",
+                f"lxc storage volume delete {reg.cluster.pool} {volume} --target {member} "
+                f"--project {reg.cluster.project} once nothing on it is needed",
+            ))  # fmt: skip
     return found
 
 

@@ -735,7 +735,8 @@ def check_cluster(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
     image = clusterdoctor.check_image(reg, facts.cluster)
     project = clusterdoctor.check_project(reg, facts.cluster.project)
     gpus = clusterdoctor.check_gpus(reg, facts.cluster)
-    return members + gpus + image + project + clusterdoctor.check_containers(reg, facts.cluster)
+    volumes = clusterdoctor.check_volumes(reg, facts.cluster)
+    return members + gpus + image + project + clusterdoctor.check_containers(reg, facts.cluster) + volumes
 
 
 # A cluster's front door holds no container, bridge or template: its

@@ -188,6 +188,11 @@ class LxdDriver(ContainerDriver):
             self.volume("DELETE", name, lxdinstance.home_volume(name))
         return True
 
+    def custom_volumes(self) -> dict[str, str]:
+        """The pool's custom volumes in the project: name -> member."""
+        listed = self.client().get(f"/storage-pools/{self.cluster.pool}/volumes/custom", recursion="1")
+        return {str(entry.get("name")): str(entry.get("location") or "") for entry in listed or []}
+
     def volume(self, method: str, name: str, volume: str, body: object = None) -> object:
         """A request about a custom volume of the pool on container name's member (POST makes it)."""
         where = f"/storage-pools/{self.cluster.pool}/volumes/custom"

@@ -389,6 +389,28 @@ def test_doctor_names_a_member_down_an_offline_one_and_a_misplaced_container() -
     assert [f.ok for f in clusterdoctor.check_containers(reg, unknown)] == [False]
 
 
+def test_doctor_finds_a_home_a_rebuild_left_on_a_volume() -> None:
+    from gpushell.admin import clusterdoctor
+
+    reg = registry()
+    volumes = {"alice-home": "m2", "gone-home": "m1", "datasets": "m1"}  # datasets: the admin's own
+    found = clusterdoctor.check_volumes(reg, clusterdoctor.ClusterFacts({}, {}, {}, volumes=volumes))
+    assert [(f.ok, f.what, f.fix) for f in found] == [
+        (
+            False,
+            "alice: a rebuild that did not finish left their home on volume alice-home (m2)",
+            "alice's next rebuild brings it back (the log has why the last one stopped)",
+        ),
+        (
+            False,
+            "volume gone-home on m1 looks like a rebuild's home volume but belongs to no student",
+            "lxc storage volume delete default gone-home --target m1 --project gpushell"
+            " once nothing on it is needed",
+        ),
+    ]
+    assert clusterdoctor.check_volumes(reg, clusterdoctor.ClusterFacts({}, {}, {})) == []  # not listed
+
+
 # What the lab's set-up gives the project (README: Several servers), with the NAS paths it mounts.
 NEEDED = {
     "restricted": "true",

@@ -437,6 +437,8 @@ def test_remove_takes_a_home_volume_a_rebuild_left(front: FrontDoor) -> None:
     front.cluster.lxc("m1", "storage", "volume", "create", "default", f"{student.container}-home",
                       "--target", "m3", "--project", "gpushell")  # fmt: skip
     assert volumes(front) == [f"{student.container}-home"]
+    doctor = front.admin("doctor", check=False).stdout
+    assert f"{student.name}: a rebuild that did not finish left their home on volume" in doctor, doctor
     assert front.admin("remove", student.name, "--purge").returncode == 0
     front.students.remove(student.name)
     assert volumes(front) == []
