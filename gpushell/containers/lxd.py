@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 # "Error": what a listing says of an instance whose member did not answer it (no config, no devices).
 STATES = {"Running": RUNNING, "Stopped": STOPPED, "Frozen": FROZEN, "Error": UNKNOWN}
 STATE_WAIT = 120.0  # seconds a start, stop or freeze may take the engine
+COMMAND_NOT_FOUND = "Command not found"  # LXD's and Incus's failure of an exec whose command exits 127
 
 
 class MemberDown(GpushellError):
@@ -327,7 +328,13 @@ class LxdDriver(ContainerDriver):
             "interactive": False,
             "record-output": False,
         }
-        done = self.request("POST", name, "/exec", body, wait=timeout)
+        try:
+            done = self.request("POST", name, "/exec", body, wait=timeout)
+        except lxdapi.ApiError as exc:
+            # The engine fails the whole exec with these words when the command exits 127.
+            if exc.log_message.endswith(f": {COMMAND_NOT_FOUND}"):
+                return 127
+            raise
         status = (done.get("metadata") or {}).get("return") if isinstance(done, dict) else None
         return status if isinstance(status, int) else -1
 

@@ -7,11 +7,11 @@ member, config, devices, address and port.  As on one host (rebuild.py)
 the SSH host keys are kept, so known_hosts stays valid, and so is the
 home unless the student wipes it.
 
-The home goes aside to a volume of the project's pool, on the container's
-member, while the old root disk is still there, and comes back into the
-new one.  Both moves run inside the container (the engine's exec, as the
+The home is copied aside to a volume of the project's pool, on the
+container's member, while the old root disk is still there, and back into
+the new one.  Both copies run inside the container (the engine's exec, as the
 container's root, in its namespaces): nothing the container planted can
-lead them out of it, and an old container that cannot move its home only
+lead them out of it, and an old container that cannot copy its home only
 keeps its own home from being kept.  A rebuild that failed half way leaves
 the home on the volume; the next rebuild finds it there and brings it back.
 
@@ -33,20 +33,27 @@ from .provision import HOST_KEY_KINDS
 REBUILD_API = "instances_rebuild"  # the engine's API extension that rebuilds an instance in place
 HOME_DEVICE = "gpushell-home"
 HOME_MOUNT = "/mnt/gpushell-home"  # where the volume shows inside the container
-HOME_MOVE_SECONDS = 1200.0  # a large home is copied from one filesystem to the other
+HOME_COPY_SECONDS = 1200.0  # a large home is copied from one filesystem to the other
 REBUILD_SECONDS = 600.0
 NOT_A_DIRECTORY = 3  # SAVE_HOME's exit status when /home/NAME is something else
 
-# Inside the old container: the home onto the volume, unless an earlier
-# rebuild that did not finish left it there (that copy is the one to keep).
-# mv between filesystems removes the source only once the copy is whole.
+# Both scripts copy and then rename a whole copy into place, and never
+# remove what they copied from: an interrupted copy (a deadline, a full
+# disk) leaves a `.partial-` directory behind and the one whole home where
+# it was.  The old root disk goes with the engine's rebuild, the volume
+# with the engine's delete.
+# Inside the old container: a copy of the home onto the volume, unless an
+# earlier rebuild that did not finish left a whole one there (that is the
+# one to keep: the root disk may be a fresh one since).
 SAVE_HOME = (
-    'set -e; saved="$1/$2"; home="/home/$2"; [ -e "$saved" ] && exit 0; [ -e "$home" ] || exit 0; '
-    f'if [ -L "$home" ] || [ ! -d "$home" ]; then exit {NOT_A_DIRECTORY}; fi; mv "$home" "$saved"'
+    'set -e; saved="$1/$2"; part="$1/.partial-$2"; home="/home/$2"; [ -e "$saved" ] && exit 0; '
+    f'[ -e "$home" ] || exit 0; if [ -L "$home" ] || [ ! -d "$home" ]; then exit {NOT_A_DIRECTORY}; fi; '
+    'rm -rf "$part"; cp -a "$home" "$part"; mv "$part" "$saved"'
 )
 # Inside the new container: the template's fresh home makes way for the kept one.
 BRING_BACK_HOME = (
-    'set -e; saved="$1/$2"; [ -d "$saved" ] || exit 0; rm -rf "/home/$2"; mv "$saved" "/home/$2"'
+    'set -e; saved="$1/$2"; part="/home/.partial-$2"; [ -d "$saved" ] || exit 0; '
+    'rm -rf "$part"; cp -a "$saved" "$part"; rm -rf "/home/$2"; mv "$part" "/home/$2"'
 )
 
 
@@ -138,13 +145,13 @@ def _drop_volume(driver: LxdDriver, user: User, volume: str) -> None:
 
 
 def _inside(driver: LxdDriver, user: User, script: str) -> int:
-    """A move script run in the container with the volume's mount point and the student's name."""
+    """A copy script run in the container with the volume's mount point and the student's name."""
     command = ["sh", "-c", script, "sh", HOME_MOUNT, user.name]
-    return driver.run_inside(user.container, command, HOME_MOVE_SECONDS)
+    return driver.run_inside(user.container, command, HOME_COPY_SECONDS)
 
 
 def save_home(driver: LxdDriver, user: User, volume: str, saved: bool) -> bool:
-    """Move the running old container's home onto the volume; whether the volume holds one."""
+    """Copy the running old container's home onto the volume; whether the volume holds one."""
     if not saved:
         body = {"name": volume, "type": "custom", "content_type": "filesystem", "config": {}}
         driver.volume("POST", user.container, volume, body)
@@ -171,9 +178,9 @@ def save_home(driver: LxdDriver, user: User, volume: str, saved: bool) -> bool:
             f"rebuild refused for {user.name}: /home/{user.name} is not a directory",
         )
     raise GpushellError(
-        "your container could not move its home aside, so it cannot be kept; nothing was changed; "
+        "your container could not copy its home aside, so it cannot be kept; nothing was changed; "
         "to rebuild without it: rebuild --wipe-home --yes",
-        f"rebuild of {user.name}: moving the home aside inside the container ended with status {status}",
+        f"rebuild of {user.name}: copying the home aside inside the container ended with status {status}",
     )
 
 

@@ -141,7 +141,7 @@ def test_what_the_engine_cannot_do_is_refused_before_any_change(engine: Engine, 
 
 @pytest.mark.parametrize(
     ("status", "message"),
-    [(lxdrebuild.NOT_A_DIRECTORY, "not a real directory"), (1, "could not move its home aside")],
+    [(lxdrebuild.NOT_A_DIRECTORY, "not a real directory"), (1, "could not copy its home aside")],
 )
 def test_a_home_that_cannot_go_aside_is_refused_and_its_volume_goes(status: int, message: str) -> None:
     engine = Engine(save=status)

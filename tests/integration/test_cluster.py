@@ -445,11 +445,26 @@ def test_remove_takes_a_home_volume_a_rebuild_left(front: FrontDoor) -> None:
 
 
 @pytest.mark.engines("incus")
-def test_rebuild_refuses_to_keep_a_home_that_is_a_link(front: FrontDoor, placed: dict[str, Student]) -> None:
+def test_rebuild_refuses_to_keep_a_home_it_cannot_copy_and_changes_nothing(
+    front: FrontDoor, placed: dict[str, Student]
+) -> None:
+    """A container that cannot copy its home (no cp), or whose home is a link: refused, the old
+    root disk and the home as they were, no volume left; --wipe-home still starts afresh."""
     student = placed["m3"]
     assert front.ssh(student, "start").returncode == 0
+    made = (
+        "echo mine > ~/kept.txt && sudo sh -c 'echo planted > /etc/planted; mv /usr/bin/cp /usr/bin/cp.away'"
+    )
+    assert front.inside(student, made).returncode == 0
+    refused = front.ssh(student, "rebuild --yes")
+    assert refused.returncode != 0
+    assert "your container could not copy its home aside, so it cannot be kept; nothing was changed" in (
+        refused.stderr
+    )
+    assert front.inside(student, "cat /etc/planted ~/kept.txt").stdout.split() == ["planted", "mine"]
+    assert volumes(front) == []
     home = f"/home/{student.name}"
-    planted = f"sudo sh -c 'echo planted > /etc/planted; mv {home} /srv/real && ln -s /srv/real {home}'"
+    planted = f"sudo sh -c 'mv /usr/bin/cp.x /usr/bin/cp; mv {home} /srv/real && ln -s /srv/real {home}'"
     assert front.inside(student, planted).returncode == 0
     refused = front.ssh(student, "rebuild --yes")
     assert refused.returncode != 0
