@@ -219,8 +219,7 @@ class LxdDriver(ContainerDriver):
             for key, value in (current.get("config") or {}).items()
             if key.startswith(lxdinstance.ENGINE_KEYS)
         }
-        assert self.reg.cluster is not None
-        devices = lxdinstance.devices(self.reg, user, self.reg.cluster)
+        devices = lxdinstance.devices(self.reg, user, self.cluster)
         body = {
             "architecture": current.get("architecture"),
             "config": kept | lxdinstance.config(self.reg, user),
