@@ -13,6 +13,20 @@ from gpushell.core.errors import GpushellError
 from gpushell.core.model import User
 from gpushell.gpu.gpudevices import Node
 
+# A cluster registry with one member and one student holding its one (stand-in) GPU:
+# the unit tests of the cluster backend's verbs build their stand-in engines on it.
+ONE_MEMBER_CLUSTER = """\
+backend: lxd
+bridge: labnet
+subnet: 10.9.0.0/24
+template: lab-image
+lxd:
+  members:
+    m1: {address: 192.168.5.11, gpus: 1, memory: 64G}
+users:
+  alice: {port: 22001, ip: 10.9.0.2, idmap: 1000000, member: m1, gpus: [0]}
+"""
+
 
 class FakeBackend(ContainerDriver):
     """The unit tests' container backend: states in a dict, files under lxcpath, every change recorded.

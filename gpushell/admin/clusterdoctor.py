@@ -188,7 +188,7 @@ def check_containers(reg: Registry, facts: ClusterFacts) -> list[Finding]:
 
 def check_volumes(reg: Registry, facts: ClusterFacts) -> list[Finding]:
     """Home volumes a rebuild that did not finish left: the student's home is on one (lxdrebuild.py)."""
-    from ..containers.lxdinstance import home_volume
+    from ..containers.lxdinstance import HOME_VOLUME_SUFFIX, home_volume
 
     assert reg.cluster is not None
     owners = {home_volume(user.container): user for user in reg.users.values()}
@@ -201,7 +201,7 @@ def check_volumes(reg: Registry, facts: ClusterFacts) -> list[Finding]:
                 f"{user.name}: a rebuild that did not finish left their home on volume {volume} ({member})",
                 f"{user.name}'s next rebuild brings it back (the log has why the last one stopped)",
             ))  # fmt: skip
-        elif volume.endswith(home_volume("")):
+        elif volume.endswith(HOME_VOLUME_SUFFIX):
             found.append(Finding(
                 False,
                 f"volume {volume} on {member} looks like a rebuild's home volume but belongs to no student",

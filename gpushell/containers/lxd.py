@@ -191,14 +191,26 @@ class LxdDriver(ContainerDriver):
 
     def custom_volumes(self) -> dict[str, str]:
         """The pool's custom volumes in the project: name -> member."""
-        listed = self.client().get(f"/storage-pools/{self.cluster.pool}/volumes/custom", recursion="1")
+        listed = self.client().get(self._volumes(), recursion="1")
         return {str(entry.get("name")): str(entry.get("location") or "") for entry in listed or []}
 
     def volume(self, method: str, name: str, volume: str, body: object = None) -> object:
         """A request about a custom volume of the pool on container name's member (POST makes it)."""
-        where = f"/storage-pools/{self.cluster.pool}/volumes/custom"
-        endpoint = where if method == "POST" else f"{where}/{volume}"
+        endpoint = self._volumes() if method == "POST" else f"{self._volumes()}/{volume}"
         return self.client(name).call(method, endpoint, body, {"target": self.member_of.get(name, "")})
+
+    def has_volume(self, name: str, volume: str) -> bool:
+        """Whether that custom volume is on container name's member."""
+        try:
+            self.volume("GET", name, volume)
+        except lxdapi.ApiError as exc:
+            if _missing(exc):
+                return False
+            raise
+        return True
+
+    def _volumes(self) -> str:
+        return f"/storage-pools/{self.cluster.pool}/volumes/custom"
 
     def move(self, name: str, member: str) -> None:
         """Move the stopped container to member (the engine copies it there and drops the old copy)."""
@@ -331,7 +343,7 @@ class LxdDriver(ContainerDriver):
             done = self.request("POST", name, "/exec", body, wait=timeout)
         except lxdapi.ApiError as exc:
             # The engine fails the whole exec with these words when the command exits 127.
-            if exc.log_message.endswith(f": {COMMAND_NOT_FOUND}"):
+            if exc.engine_message == COMMAND_NOT_FOUND:
                 return 127
             raise
         status = (done.get("metadata") or {}).get("return") if isinstance(done, dict) else None

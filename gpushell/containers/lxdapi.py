@@ -37,7 +37,7 @@ class ApiError(GpushellError):
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"the container engine says: {message}", f"LXD API {status}: {message}")
-        self.http_status = status
+        self.http_status, self.engine_message = status, message
 
 
 class Unreachable(GpushellError):

@@ -71,9 +71,12 @@ def devices(reg: Registry, user: User, cluster: Cluster) -> dict[str, dict[str, 
     return found
 
 
+HOME_VOLUME_SUFFIX = "-home"
+
+
 def home_volume(container: str) -> str:
     """The custom volume a rebuild keeps the student's home on meanwhile (lxdrebuild.py)."""
-    return f"{container}-home"
+    return container + HOME_VOLUME_SUFFIX
 
 
 def ssh_proxy(user: User) -> dict[str, str]:

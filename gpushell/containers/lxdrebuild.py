@@ -25,7 +25,7 @@ import contextlib
 
 from ..core.errors import GpushellError
 from ..core.model import Registry, User
-from . import keyrescue, lxdapi, lxdinstance
+from . import keyrescue, lxdapi, lxdinstance, lxdsnapshots
 from .backend import MISSING, RUNNING
 from .lxd import LxdDriver
 from .provision import HOST_KEY_KINDS
@@ -64,7 +64,7 @@ def rebuild(reg: Registry, user: User, driver: LxdDriver, keys: str, keep_home: 
     check_possible(driver, user)
     host_keys = read_host_keys(driver, name)
     volume = lxdinstance.home_volume(name)
-    saved = volume_exists(driver, user, volume)
+    saved = driver.has_volume(name, volume)
     if keep_home:
         saved = save_home(driver, user, volume, saved)
     try:
@@ -96,9 +96,7 @@ def check_possible(driver: LxdDriver, user: User) -> None:
             "a container; ask your administrator",
             f"rebuild refused for {user.name}: the engine lacks the {REBUILD_API} API (LXD 5.0)",
         )
-    found = driver.request("GET", user.container, "/snapshots") or []
-    assert isinstance(found, list)
-    names = sorted(str(url).rsplit("/", 1)[-1].split("?", 1)[0] for url in found)
+    names = sorted(snap.name for snap in lxdsnapshots.list_snapshots(driver.reg, user, driver))
     if names:
         raise GpushellError(
             "on this lab's cluster a rebuild cannot keep snapshots; delete yours first "
@@ -128,16 +126,6 @@ def read_host_keys(driver: LxdDriver, name: str) -> dict[str, tuple[bytes, bytes
     return found
 
 
-def volume_exists(driver: LxdDriver, user: User, volume: str) -> bool:
-    try:
-        driver.volume("GET", user.container, volume)
-    except lxdapi.ApiError as exc:
-        if exc.http_status == 404:
-            return False
-        raise
-    return True
-
-
 def _drop_volume(driver: LxdDriver, user: User, volume: str) -> None:
     """Unplugged (the registry's devices alone), then deleted."""
     driver.reconfigure(user)
@@ -161,23 +149,24 @@ def save_home(driver: LxdDriver, user: User, volume: str, saved: bool) -> bool:
         if driver.state(user.container) != RUNNING:
             driver.start(user.container)
         status = _inside(driver, user, SAVE_HOME)
+        if status != 0:
+            raise _not_saved(user, status)
     except BaseException:
-        if not saved:  # nothing was moved yet: the volume goes again
+        if not saved:  # a volume made for this copy holds no whole home: it goes again
             with contextlib.suppress(GpushellError):
                 _drop_volume(driver, user, volume)
         raise
-    if status == 0:
-        return True
-    if not saved:
-        with contextlib.suppress(GpushellError):
-            _drop_volume(driver, user, volume)
+    return True
+
+
+def _not_saved(user: User, status: int) -> GpushellError:
     if status == NOT_A_DIRECTORY:
-        raise GpushellError(
+        return GpushellError(
             "your home is not a real directory (a link?), so it cannot be kept; "
             "to rebuild without it: rebuild --wipe-home --yes",
             f"rebuild refused for {user.name}: /home/{user.name} is not a directory",
         )
-    raise GpushellError(
+    return GpushellError(
         "your container could not copy its home aside, so it cannot be kept; nothing was changed; "
         "to rebuild without it: rebuild --wipe-home --yes",
         f"rebuild of {user.name}: copying the home aside inside the container ended with status {status}",

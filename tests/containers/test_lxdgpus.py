@@ -16,17 +16,8 @@ from gpushell.core import gputable
 from gpushell.core.errors import GpushellError
 from gpushell.core.model import User
 from gpushell.core.registry import parse
+from tests.fakes import ONE_MEMBER_CLUSTER
 
-REGISTRY = """\
-backend: lxd
-bridge: labnet
-subnet: 10.9.0.0/24
-lxd:
-  members:
-    m1: {address: 192.168.5.11, gpus: 1, memory: 64G}
-users:
-  alice: {port: 22001, ip: 10.9.0.2, idmap: 1000000, member: m1, gpus: [0]}
-"""
 FIGURES = b"0, GPU-a, Stand-in GPU, 12, 300, 16000, 40\n--\nGPU-a, 4242, 300, /usr/bin/python3\n"
 
 
@@ -36,7 +27,7 @@ class Engine(LxdDriver):
     def __init__(
         self, state: str = RUNNING, statuses: tuple[int, ...] = (0, 0), figures: bytes = FIGURES
     ) -> None:
-        super().__init__(parse(REGISTRY, "/etc/gpushell.yaml"))
+        super().__init__(parse(ONE_MEMBER_CLUSTER, "/etc/gpushell.yaml"))
         self.state_now, self.statuses, self.figures = state, list(statuses), figures
         self.ran: list[list[str]] = []
         self.pulled: list[tuple[str, int]] = []

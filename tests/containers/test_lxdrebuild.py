@@ -16,18 +16,8 @@ from gpushell.containers.lxd import LxdDriver
 from gpushell.core.errors import GpushellError
 from gpushell.core.model import User
 from gpushell.core.registry import parse
+from tests.fakes import ONE_MEMBER_CLUSTER
 
-REGISTRY = """\
-backend: lxd
-bridge: labnet
-subnet: 10.9.0.0/24
-template: lab-image
-lxd:
-  members:
-    m1: {address: 192.168.5.11, gpus: 0, memory: 64G}
-users:
-  alice: {port: 22001, ip: 10.9.0.2, idmap: 1000000, member: m1}
-"""
 VOLUME = "alice-home"
 
 
@@ -37,7 +27,7 @@ class Engine(LxdDriver):
     def __init__(self, *, state: str = RUNNING, snapshots: tuple[str, ...] = (), volume: bool = False,
                  save: int = 0, bring_back: int = 0, rebuild_fails: bool = False,
                  extensions: tuple[str, ...] = (lxdrebuild.REBUILD_API,)) -> None:  # fmt: skip
-        super().__init__(parse(REGISTRY, "/etc/gpushell.yaml"))
+        super().__init__(parse(ONE_MEMBER_CLUSTER, "/etc/gpushell.yaml"))
         self.now, self.snapshots, self.extensions = state, snapshots, extensions
         self.volumes = {VOLUME} if volume else set()
         self.exits = {lxdrebuild.SAVE_HOME: save, lxdrebuild.BRING_BACK_HOME: bring_back}
@@ -69,7 +59,8 @@ class Engine(LxdDriver):
     def request(self, method: str, name: str, path: str = "", body: object = None,
                 query: object = None, wait: float = 0) -> object:  # fmt: skip
         if path == "/snapshots":
-            return [f"/1.0/instances/{name}/snapshots/{snap}?project=gpushell" for snap in self.snapshots]
+            assert query == {"recursion": "1"}
+            return [{"name": snap, "created_at": "2026-12-03T10:20:30Z"} for snap in self.snapshots]
         assert (method, path) == ("POST", "/rebuild") and self.now == STOPPED
         assert body == {"source": {"type": "image", "alias": "lab-image"}}
         if self.rebuild_fails:

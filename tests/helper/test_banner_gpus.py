@@ -8,21 +8,11 @@ from gpushell.core.paths import Paths
 from gpushell.core.registry import parse
 from gpushell.helper import services, verbs
 from gpushell.student.banner import gpu_lines
-from tests.fakes import FakeBackend
+from tests.fakes import ONE_MEMBER_CLUSTER, FakeBackend
 
 ONE_HOST = """
 users:
   alice: {port: 22001, ip: 10.0.3.2, idmap: 1000000, gpus: [0]}
-"""
-CLUSTER = """
-backend: lxd
-bridge: labnet
-subnet: 10.9.0.0/24
-lxd:
-  members:
-    m1: {address: 192.168.5.11, gpus: 1, memory: 64G}
-users:
-  alice: {port: 22001, ip: 10.9.0.2, idmap: 1000000, member: m1, gpus: [0]}
 """
 
 
@@ -38,7 +28,7 @@ def context(text: str, tmp_path) -> services.Context:
 
 
 def test_on_a_cluster_the_banner_points_to_gpus_and_nothing_is_read(tmp_path, queued) -> None:
-    keys = verbs.banner_gpus(context(CLUSTER, tmp_path))
+    keys = verbs.banner_gpus(context(ONE_MEMBER_CLUSTER, tmp_path))
     assert gpu_lines(keys) == "GPU status: run `gpus`\n"
     assert queued == []  # no snapshot of this host's GPUs: they are on a member
 
