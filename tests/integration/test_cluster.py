@@ -249,6 +249,7 @@ def test_the_readmes_egress_acl_keeps_containers_off_a_network(
 def test_snapshots_on_each_member_restore_files(front: FrontDoor, placed: dict[str, Student]) -> None:
     for where in ("m1", "m2", "m3"):
         student = placed[where]
+        assert front.ssh(student, "start").returncode == 0  # running, whichever tests ran before
         assert front.inside(student, "echo kept > ~/work.txt").returncode == 0
         made = front.ssh(student, "snapshot before")
         assert made.returncode == 0, made.stderr
