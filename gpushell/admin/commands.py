@@ -289,7 +289,7 @@ def cmd_list(paths: Paths, args: Options) -> int:
 
 def cmd_apply(paths: Paths, args: Options) -> int:
     from ..system import registry_store
-    from . import apply, statuspage
+    from . import apply
 
     if args.dry_run:
         reg = registry_store.load_all(paths)
@@ -312,8 +312,6 @@ def cmd_apply(paths: Paths, args: Options) -> int:
             say(apply.NOTHING_TO_DO)
         failures = apply.execute(plan, reg, paths, say, fail)
         failures += apply.restore_loans(reg, paths, say, fail)  # after the starts: their lent GPUs
-    # The page too: a lab without lending runs no tick, and gets one at each boot.
-    statuspage.for_apply(paths, reg, lambda line: warn([line]))
     if plan.changes:
         made = len(plan.changes) - failures
         say(f"{made} change(s) made" + (f", {failures} failed" if failures else ""))
@@ -639,8 +637,8 @@ COMMANDS = Command(
             "bring up the bridge and IP forwarding if needed, "
             "rebuild the nat chain in one iptables-restore if it differs from the "
             "registry, regenerate students' LXC configs that differ, fix students' "
-            "login shells and group, and start containers marked autostart; then write the "
-            "status page, as tick does.  Prints each change; a second run has nothing to do.",
+            "login shells and group, and start containers marked autostart (the status page "
+            "is the tick's).  Prints each change; a second run has nothing to do.",
             [
                 Arg(
                     "--dry-run",

@@ -6,15 +6,11 @@ minute (`status-history.json`, root's and private), and the page written
 into `Paths.status_dir` (`/var/lib/gpushell-status`): the directory root's
 and 0755, the files 0644, so the host's web server can read them and
 nobody but root can change them.  Each file is replaced at once: a reader
-sees the last page or the new one.  `for_apply` does the same for apply,
-with its own look at the GPUs (a lab without lending has no tick).
+sees the last page or the new one.  The tick is the page's one writer,
+so the history has one writer too.
 
 With `status_page: {enabled: false}` nothing is kept or written, and a
 page written before is removed: stale figures would mislead.
-
-Two writers (a tick and an apply in the same minute) each replace the
-history whole: the later one wins and a minute's figures may be lost,
-which a plot of 288 points does not show.
 """
 
 from __future__ import annotations
@@ -22,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import time
 
 from ..core import gpuhistory, statushtml, statusmodel
 from ..core.errors import ExitStatus, GpushellError
@@ -33,7 +28,6 @@ from ..system.ownership import check_owned_by_root
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
-    from typing import Any
 
     from ..containers.backend import ContainerDriver
     from ..core.lending import LoanBook
@@ -117,37 +111,8 @@ def remove(paths: Paths) -> None:
             os.unlink(f"{paths.status_dir}/{name}")
 
 
-def for_apply(
-    paths: Paths, reg: Registry, warn: Report, load_nvml: Callable[[], Any | None] | None = None
-) -> None:
-    """apply's page: its own look at the GPUs, the loans and the host; one warning if it cannot be written."""
-    from ..containers.factory import backend_for
-    from ..gpu import gpudevices, gpufigures, gpustatus
-    from ..system import loanstore
-
-    if not reg.status_page.enabled:
-        remove(paths)
-        return
-    try:
-        host_gpus = [node.gpu for node in gpudevices.scan(reg.gpu_devices) if node.gpu is not None]
-        # No GPU node, nothing NVML could read: a GPU-less host skips its import and init.
-        nvml = (load_nvml or gpustatus.load_nvml)() if host_gpus else None
-        readings = [] if nvml is None else _looked(nvml, gpufigures.read)
-        publish(paths, reg, loanstore.read(paths), backend_for(reg), readings, host_gpus, time.time(), warn)
-    except (OSError, GpushellError) as exc:
-        warn(not_written(exc))
-
-
-def _looked(nvml: Any, look: Callable[[Any], list[GpuReading]]) -> list[GpuReading]:
-    try:
-        return look(nvml)
-    finally:
-        with contextlib.suppress(nvml.NVMLError):
-            nvml.nvmlShutdown()
-
-
 def not_written(exc: Exception) -> str:
-    """The one line a tick or apply gives when the page could not be written."""
+    """The one line a tick gives when the page could not be written."""
     why = exc.log_message if isinstance(exc, GpushellError) else str(exc)
     return f"status page not written: {why}"
 

@@ -82,7 +82,7 @@ class Lending(Value):
 
 
 class StatusPage(Value):
-    """The registry's `status_page:`: whether tick and apply write the page, and whether it names students.
+    """The registry's `status_page:`: whether the tick writes the page, and whether it names students.
 
     Written unless turned off; without `names: true` the page says how many
     students hold a GPU, not who: anyone who can reach the page reads it.
@@ -280,7 +280,7 @@ class Registry(Value):
         # Seconds after an account's expiry day begins before `gpushell-admin expire` removes it.
         self.expire_grace = expire_grace
         self.contact = contact  # whom an expired student is told to ask (one printable line)
-        self.status_page = status_page  # the status page tick and apply write (statusmodel.py)
+        self.status_page = status_page  # the status page the tick writes (statusmodel.py)
         # What runs the containers: `lxc` on this host, or `lxd`, an LXD/Incus cluster (cluster: its members).
         self.backend, self.cluster = backend, cluster
 

@@ -305,6 +305,17 @@ def test_no_lending_no_book_and_no_gpus_writes_the_status_page_alone(lab: Lab) -
     assert os.listdir(lab.paths.status_dir) == []  # the page turned off: the old one removed
 
 
+def test_a_page_that_cannot_be_written_is_one_warning_and_the_tick_goes_on(lab: Lab) -> None:
+    lab.reg = registry(None, cal_gpus="none")
+    os.makedirs(lab.paths.status_dir, mode=0o775)
+    os.chmod(lab.paths.status_dir, 0o775)  # others may change it: refused
+    lab.book([loan("ann", 1, ends=NOW + HOUR)])
+    assert lab.tick() == 0
+    assert len(lab.warned) == 1 and lab.warned[0].startswith("status page not written: refusing ")
+    assert os.listdir(lab.paths.status_dir) == []
+    assert os.listdir(os.path.join(lab.paths.state_dir, "samples"))  # the minute's samples still written
+
+
 # --- tick: warnings, idle return, the line ---------------------------------------------------
 
 

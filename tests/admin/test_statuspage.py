@@ -21,8 +21,6 @@ from gpushell.core.errors import GpushellError
 from gpushell.core.lending import EMPTY, Loan, LoanBook
 from gpushell.core.paths import Paths
 from gpushell.core.registry import parse
-from gpushell.gpu import gpudevices
-from gpushell.gpu.gpudevices import Node
 from tests import statusday
 from tests.fakes import FakeBackend
 
@@ -117,45 +115,6 @@ def test_publish_reads_the_hosts_own_figures(paths: Paths) -> None:
     assert host["containers_running"] == 1 and host["students"] == 2
     assert host["memory_total"] > 0 and host["cpus"] == os.cpu_count()
     assert host["cpu_percent"] is None  # a first look: no earlier CPU seconds to compare with
-
-
-def test_apply_looks_at_the_gpus_itself_and_says_in_one_line_when_the_page_cannot_be_written(
-    paths: Paths, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    reg = parse(REGISTRY, "/r")
-    monkeypatch.setattr(gpudevices, "scan", lambda dev_dir: (Node("nvidia3", 195, 3),))
-    monkeypatch.setattr("gpushell.containers.factory.backend_for", lambda reg: FakeBackend())
-    nvml = statusday.DayNvml(0)
-    warned: list[str] = []
-    statuspage.for_apply(paths, reg, warned.append, lambda: nvml)
-    assert warned == [] and nvml.shut_down
-    document = json.loads(Path(paths.status_dir, "status.json").read_text())
-    assert [(gpu["gpu"], gpu["reading"]) for gpu in document["gpus"]] == [
-        (0, True),
-        (1, True),
-        (2, True),
-        (3, False),
-    ]
-    os.chmod(paths.status_dir, 0o775)
-    statuspage.for_apply(paths, reg, warned.append, lambda: None)
-    assert len(warned) == 1 and warned[0].startswith("status page not written: refusing ")
-
-
-def test_apply_on_a_host_without_gpu_nodes_never_loads_nvml(
-    paths: Paths, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    reg = parse(REGISTRY, "/r")
-    monkeypatch.setattr(gpudevices, "scan", lambda dev_dir: ())
-    monkeypatch.setattr("gpushell.containers.factory.backend_for", lambda reg: FakeBackend())
-
-    def load_nvml() -> None:
-        raise AssertionError("NVML loaded on a host with no GPU node")
-
-    warned: list[str] = []
-    statuspage.for_apply(paths, reg, warned.append, load_nvml)
-    gpus = json.loads(Path(paths.status_dir, "status.json").read_text())["gpus"]
-    assert warned == [] and gpus  # the registry's GPUs still listed, with no reading
-    assert not any(gpu["reading"] for gpu in gpus)
 
 
 def test_no_login_loads_the_status_page_or_what_it_needs() -> None:
