@@ -300,7 +300,7 @@ class Cluster:
         self.lxc_names.update(self._lxc_names())
         self._delete_instances()
         self._shut_down_daemons()
-        self._kill(self._our_processes())
+        self._kill_ours()
         self._unmount()
         remove_cgroups(sorted(self.lxc_names))
         self._remove_network()
@@ -376,6 +376,16 @@ class Cluster:
             if self.root.encode() in command or namespace in namespaces:
                 ours.add(pid)
         return sorted(descendants(ours, parents))
+
+    def _kill_ours(self) -> None:
+        """SIGKILL to ours until none is left, looked for again each round while the members'
+        namespaces still name them: one spawned as the last round was taken (a proxy device's
+        forkproxy) would, once the namespaces are gone, belong to no one we can tell."""
+        for _ in range(5):
+            pids = self._our_processes()
+            if not pids:
+                return
+            self._kill(pids)
 
     def _kill(self, pids: Sequence[int]) -> None:
         for pid in pids:
