@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 # The C core of `socket`, for the login path (loginproc.py).
@@ -49,38 +48,20 @@ def sshd_greets(ip: str, port: int, timeout: float = 1.0) -> bool:
 
 MIN_POLL, MAX_POLL = 0.003, 0.05  # seconds between two probes of a booting sshd
 QUICK_BOOT = 1.0  # seconds a container takes to boot on a host with cores to spare (~0.35)
-LOADAVG = "/proc/loadavg"
 
 
-def poll_interval(waited: float, crowding: float = 1.0) -> float:
+def poll_interval(waited: float) -> float:
     """Seconds to sleep before the next probe, after waiting `waited` seconds.
 
-    crowding: tasks ready to run per CPU now.  Every 3 ms on a host with a
-    CPU to spare, so a lone cold start is noticed at once.  Where every CPU
-    has work waiting (a class logging in at once), a probe takes CPU from
-    the boots and cannot see a boot finish sooner than its share of the CPU
-    lets it: the interval grows with the crowding.  Past a quick boot's
-    time, also a fraction of the wait so far, so twenty boots sharing two
-    cores do not spend them on thousands of probes, and none is noticed
-    more than about 3 % later than it could be.
+    Every 3 ms while a boot is still quick, so a lone cold start is noticed
+    at once.  Past that the host is busy (a class logging in at once): a
+    fraction of the wait so far, so twenty boots sharing two cores do not
+    spend them on thousands of probes, and none is noticed more than about
+    3 % later than it could be.
     """
-    interval = MIN_POLL * max(1.0, crowding)
-    if waited >= QUICK_BOOT:
-        interval = max(interval, waited / 32)
-    return min(MAX_POLL, interval)
-
-
-def crowding(loadavg: int) -> float:
-    """Tasks ready to run per CPU, from an open /proc/loadavg; 1 where it cannot be read.
-
-    Its fourth field is RUNNABLE/ALL now ("0.52 0.41 0.30 3/287 4242"): the
-    load averages themselves lag a crowd of ten seconds by a minute.
-    """
-    try:
-        runnable = int(os.pread(loadavg, 128, 0).split()[3].partition(b"/")[0])
-    except (OSError, ValueError, IndexError):
-        return 1.0
-    return runnable / (os.cpu_count() or 1)
+    if waited < QUICK_BOOT:
+        return MIN_POLL
+    return min(MAX_POLL, waited / 32)
 
 
 def wait_for_sshd(ip: str, timeout: float, port: int = 22, greeting: bool = False) -> float:
@@ -94,16 +75,12 @@ def wait_for_sshd(ip: str, timeout: float, port: int = 22, greeting: bool = Fals
     """
     began = time.monotonic()
     deadline = began + timeout
-    loadavg = os.open(LOADAVG, os.O_RDONLY | os.O_CLOEXEC)  # read again before each sleep
-    try:
-        while not (sshd_greets(ip, port) if greeting else sshd_answers(ip, port)):
-            if time.monotonic() >= deadline:
-                raise GpushellError(
-                    f"your container did not answer on port {port} within {timeout:.0f} s",
-                    f"sshd at {ip}:{port} not ready after {timeout} s",
-                    ExitStatus.TIMEOUT,
-                )
-            time.sleep(poll_interval(time.monotonic() - began, crowding(loadavg)))
-    finally:
-        os.close(loadavg)
+    while not (sshd_greets(ip, port) if greeting else sshd_answers(ip, port)):
+        if time.monotonic() >= deadline:
+            raise GpushellError(
+                f"your container did not answer on port {port} within {timeout:.0f} s",
+                f"sshd at {ip}:{port} not ready after {timeout} s",
+                ExitStatus.TIMEOUT,
+            )
+        time.sleep(poll_interval(time.monotonic() - began))
     return time.monotonic() - began
