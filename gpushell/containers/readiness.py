@@ -9,6 +9,10 @@ from _socket import AF_INET, SOCK_STREAM, socket
 
 from ..core.errors import ExitStatus, GpushellError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 
 def sshd_answers(ip: str, port: int = 22, timeout: float = 0.01) -> bool:
     """True when something accepts a TCP connection at ip:port (an IP literal: no DNS).
@@ -48,6 +52,7 @@ def sshd_greets(ip: str, port: int, timeout: float = 1.0) -> bool:
 
 MIN_POLL, MAX_POLL = 0.003, 0.05  # seconds between two probes of a booting sshd
 QUICK_BOOT = 1.0  # seconds a container takes to boot on a host with cores to spare (~0.35)
+LOOK_EVERY = 0.5  # seconds between two looks at whether a booting container still runs
 
 
 def poll_interval(waited: float) -> float:
@@ -64,7 +69,9 @@ def poll_interval(waited: float) -> float:
     return min(MAX_POLL, waited / 32)
 
 
-def wait_for_sshd(ip: str, timeout: float, port: int = 22, greeting: bool = False) -> float:
+def wait_for_sshd(
+    ip: str, timeout: float, port: int = 22, greeting: bool = False, running: Callable[[], bool] | None = None
+) -> float:
     """Wait until sshd accepts a TCP connection on ip:port; return the seconds it took.
 
     sshd listens only once its configuration and host keys are loaded, so an
@@ -72,15 +79,27 @@ def wait_for_sshd(ip: str, timeout: float, port: int = 22, greeting: bool = Fals
     greeting as well would add sshd's per-connection re-exec, ~9 ms, to
     every login, and log a dropped pre-auth connection in the container.)
     With greeting, wait for sshd's greeting instead (sshd_greets).
+
+    running (the backend's may_be_running) is asked every LOOK_EVERY s: a
+    container whose init died while booting ends the wait at once, where
+    probing it would wait out the whole timeout.
     """
-    began = time.monotonic()
+    began = looked = time.monotonic()
     deadline = began + timeout
     while not (sshd_greets(ip, port) if greeting else sshd_answers(ip, port)):
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        if now >= deadline:
             raise GpushellError(
                 f"your container did not answer on port {port} within {timeout:.0f} s",
                 f"sshd at {ip}:{port} not ready after {timeout} s",
                 ExitStatus.TIMEOUT,
             )
-        time.sleep(poll_interval(time.monotonic() - began))
+        if running is not None and now - looked >= LOOK_EVERY:
+            looked = now
+            if not running():
+                raise GpushellError(
+                    "your container stopped while it was starting",
+                    f"the container of sshd at {ip}:{port} stopped {now - began:.1f} s into its start",
+                )
+        time.sleep(poll_interval(now - began))
     return time.monotonic() - began

@@ -85,7 +85,13 @@ def ensure_running(ctx: Context, user: User) -> bool:
 def wait_until_ready(ctx: Context, user: User) -> None:
     """Until the container's sshd takes connections, where the student's forward leads."""
     address, port = forward.destination(user, ctx.registry.cluster)
-    wait_for_sshd(address, ctx.registry.start_timeout, port, greeting=ctx.registry.cluster is not None)
+    wait_for_sshd(
+        address,
+        ctx.registry.start_timeout,
+        port,
+        greeting=ctx.registry.cluster is not None,
+        running=lambda: ctx.driver.may_be_running(user.container),
+    )
 
 
 def start_unless_answering(ctx: Context, user: User) -> bool | None:

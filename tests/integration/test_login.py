@@ -124,6 +124,24 @@ def test_remote_actions_change_the_real_container(lab: Lab, student: Student) ->
     assert lab.state(student) == "STOPPED"  # help changes nothing
 
 
+def test_a_container_whose_init_dies_while_booting_is_said_at_once(lab: Lab) -> None:
+    """Its sshd never comes: the login says so when the container stops, not after start_timeout."""
+    student = lab.add_student("deadinit")
+    try:
+        init = f"{lab.lxcpath}/{student.container}/rootfs/sbin/init"
+        os.unlink(init)  # what container root may do to its own disk
+        with open(init, "w", encoding="utf-8") as script:
+            script.write("#!/bin/sh\nsleep 2\nexit 0\n")
+        os.chmod(init, 0o755)
+        result = lab.ssh(student, "start")
+        assert result.returncode == 1, result
+        assert "your container stopped while it was starting" in result.stderr
+        assert "did not answer" not in result.stderr
+        assert lab.state(student) == "STOPPED"
+    finally:
+        lab.admin("remove", student.name, "--purge")
+
+
 @pytest.mark.parametrize(
     "command",
     [
