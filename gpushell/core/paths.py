@@ -93,6 +93,11 @@ class Paths:
         """The ruleset generation at which the student's forward was last seen right."""
         return f"{self.run_dir}/forward-{user}.stamp"
 
+    @property
+    def forwards_stamp(self) -> str:
+        """The ruleset generation at which every student's forward was last seen right, and their rules."""
+        return f"{self.run_dir}/forwards.stamp"
+
     def freeze_marker(self, user: str) -> str:
         """There while a snapshot holds the student's container frozen."""
         return f"{self.run_dir}/frozen-{user}"

@@ -8,32 +8,34 @@ from __future__ import annotations
 
 from ..containers.readiness import sshd_answers, wait_for_sshd
 from ..core import forward, menu
-from ..system import iptables
-from ..system.files import read_private, write_private
+from ..system import forwardstamps, iptables
 from ..system.lock import locked
 from .context import Context as Context  # where everyone has found it
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ..core.model import User
+    from ..core.forward import NatTable
+    from ..core.model import Registry, User
 
 
 def ensure_forward(ctx: Context, user: User) -> bool:
     """Make the user's DNAT rule exist and be right; True when it had to change.
 
     The rules are read only when the ruleset changed since this user's rule
-    was last verified (nf_tables' generation counter, kept in a stamp):
+    was last seen right (nf_tables' generation counter, forwardstamps.py):
     a login then costs the same with ten students or a thousand.
     """
     wanted = " ".join(forward.user_rule(ctx.registry.chain, user, ctx.registry.cluster))
-    stamp = ctx.paths.forward_stamp(user.name)
     # One writer at a time: two users' first logins after a reboot would
     # otherwise both create the chain.
     with locked(ctx.paths.forward_lock):
         before = iptables.generation()
-        if before is not None and read_stamp(stamp) == f"{before} {wanted}":
+        if before is not None and forwardstamps.known_right(ctx.paths, user.name, before, wanted):
             return False
-        if ensure_isolation(ctx):
+        from ..system import registry_store  # off the fast path: the whole registry
+
+        lab = registry_store.load_all(ctx.paths)
+        if ensure_isolation(lab):
             before = iptables.generation()
         table = iptables.read_nat()
         changed = iptables.apply(
@@ -42,34 +44,42 @@ def ensure_forward(ctx: Context, user: User) -> bool:
         after = iptables.generation()
         # Stamp only if nobody else changed the ruleset between our read and now.
         if before is not None and after == before + int(changed):
-            write_private(stamp, f"{after} {wanted}")
+            forwardstamps.remember(ctx.paths, user.name, after, wanted)
+            if not changed:  # the table read is the ruleset now: vouch for the lab if it is all right
+                remember_lab_if_right(ctx, after, table, lab)
         else:
-            write_private(stamp, "")
+            forwardstamps.forget(ctx.paths, user.name)
         return changed
 
 
-def ensure_isolation(ctx: Context) -> bool:
+def ensure_isolation(lab: Registry) -> bool:
     """Rebuild the isolation tables from the whole registry if they are missing or changed.
 
     On the login's slow path only (the ruleset moved since this user's last
     check): so a host where `apply` did not run at boot still gets the
     tables before a container starts, and a failure fails the login closed.
     """
-    from ..system import nftrun, registry_store  # off the fast path: ipaddress, the whole registry
+    from ..system import nftrun  # off the fast path: ipaddress
 
-    return nftrun.ensure(registry_store.load_all(ctx.paths))
-
-
-MAX_STAMP = 4096  # a generation number and one rule
+    return nftrun.ensure(lab)
 
 
-def read_stamp(path: str) -> str:
-    return read_private(path, MAX_STAMP) or ""
+def remember_lab_if_right(ctx: Context, generation: int, table: NatTable, lab: Registry) -> None:
+    """Vouch for every student's forward at generation when the chain holds exactly the registry's.
+
+    The isolation tables were checked at that generation already; the
+    class logging in next finds their rules in the lab's stamp.
+    """
+    from ..core import chaincheck
+
+    if chaincheck.chain_matches(table, lab):
+        rules = (" ".join(forward.user_rule(lab.chain, user, lab.cluster)) for user in lab.users.values())
+        forwardstamps.remember_lab(ctx.paths, generation, rules)
 
 
 def remove_forward(ctx: Context, name: str) -> bool:
     with locked(ctx.paths.forward_lock):
-        write_private(ctx.paths.forward_stamp(name), "")
+        forwardstamps.forget(ctx.paths, name)
         table = iptables.read_nat()
         return iptables.apply(forward.remove_user_lines(table, ctx.registry.chain, name))
 

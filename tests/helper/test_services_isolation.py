@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
+from gpushell.core import forward
 from gpushell.core.forward import NatTable
 from gpushell.core.paths import Paths
 from gpushell.core.registry import parse
@@ -46,3 +49,75 @@ def test_a_moved_ruleset_checks_again(world):
     generation[0] += 5  # someone changed any rule: a flush, a reboot, an admin's nft
     services.ensure_forward(ctx, reg.users["alice"])
     assert len(ensured) == 2
+
+
+# --- the lab's stamp: the first login after a change vouches for the class ------------------
+
+TWO = TEXT + "  bob: {port: 22002, ip: 10.0.3.3, idmap: 1065536}\n"
+
+
+def nat_text(reg, users) -> str:
+    """The nat table as iptables-save prints it when the chain holds these users' rules."""
+    lines = ["*nat", f":{reg.chain} - [0:0]"]
+    lines += [" ".join(forward.jump_rule(parent, reg.chain)) for parent in forward.JUMP_CHAINS]
+    lines += [" ".join(forward.user_rule(reg.chain, reg.users[name])) for name in users]
+    lines += [" ".join(forward.masquerade_rule(reg)), "COMMIT", ""]
+    return "\n".join(lines)
+
+
+@pytest.fixture
+def lab_of_two(tmp_path, monkeypatch):
+    reg = parse(TWO, "/etc/gpushell.yaml")
+    state = {"generation": 7, "nat": nat_text(reg, ["alice", "bob"]), "reads": 0}
+
+    def read_nat():
+        state["reads"] += 1
+        return NatTable(state["nat"], state["generation"])
+
+    monkeypatch.setattr(iptables, "generation", lambda: state["generation"])
+    monkeypatch.setattr(iptables, "read_nat", read_nat)
+    monkeypatch.setattr(iptables, "apply", lambda lines: bool(lines) and pytest.fail(f"changed: {lines}"))
+    monkeypatch.setattr(registry_store, "load_all", lambda paths: reg)
+    monkeypatch.setattr(nftrun, "ensure", lambda whole: False)
+    ctx = services.Context(Paths(run_dir=str(tmp_path)), reg, None)  # type: ignore[arg-type]
+    return ctx, reg, state
+
+
+def test_after_a_change_the_first_login_vouches_for_the_whole_lab(lab_of_two):
+    ctx, reg, state = lab_of_two
+    services.ensure_forward(ctx, reg.users["alice"])
+    services.ensure_forward(ctx, reg.users["bob"])
+    assert state["reads"] == 1  # bob's rule was in alice's look at the whole chain
+    with open(ctx.paths.forwards_stamp) as stream:
+        assert stream.read().splitlines()[0] == "7"
+
+
+def test_the_labs_stamp_holds_for_its_generation_only(lab_of_two):
+    ctx, reg, state = lab_of_two
+    services.ensure_forward(ctx, reg.users["alice"])
+    state["generation"] = 9  # a fail2ban ban, an admin's rule
+    services.ensure_forward(ctx, reg.users["bob"])
+    assert state["reads"] == 2
+
+
+def test_a_chain_missing_a_rule_vouches_for_nobody(lab_of_two, monkeypatch):
+    ctx, reg, state = lab_of_two
+    state["nat"] = nat_text(reg, ["alice"])  # bob's rule gone: his login must put it back
+    services.ensure_forward(ctx, reg.users["alice"])
+    assert not os.path.exists(ctx.paths.forwards_stamp)
+    restored: list[list[str]] = []
+    monkeypatch.setattr(iptables, "apply", lambda lines: restored.append(list(lines)) or bool(lines))
+    monkeypatch.setattr(iptables, "generation", lambda: state["generation"] + len(restored))
+    assert services.ensure_forward(ctx, reg.users["bob"]) is True
+    assert restored == [[" ".join(forward.user_rule(reg.chain, reg.users["bob"]))]]
+
+
+def test_the_labs_stamp_vouches_only_for_the_rule_it_names(lab_of_two):
+    ctx, reg, state = lab_of_two
+    services.ensure_forward(ctx, reg.users["alice"])
+    moved = parse(TWO.replace("22002", "22005"), "/etc/gpushell.yaml").users["bob"]  # bob's port changed
+    state["nat"] = nat_text(reg, ["alice"]).replace(
+        "COMMIT", " ".join(forward.user_rule(reg.chain, moved)) + "\nCOMMIT"
+    )
+    services.ensure_forward(ctx, moved)
+    assert state["reads"] == 2  # his new rule is in no stamp: read and checked
