@@ -223,7 +223,9 @@ def cgroup_tree(top: str, visit: Callable[[str], None] | None = None) -> list[st
         if visit is not None:
             try:
                 visit(directory)
-            except FileNotFoundError:  # removed meanwhile
+            except OSError as exc:
+                if not removed(exc):
+                    raise
                 continue
         found.append(directory)
         if len(found) > MAX_CGROUPS:
@@ -239,6 +241,13 @@ def cgroup_tree(top: str, visit: Callable[[str], None] | None = None) -> list[st
         except FileNotFoundError:
             continue
     return found
+
+
+def removed(error: OSError) -> bool:
+    """Whether a cgroup file failed because its cgroup is gone or going: ENOENT once removed,
+    ENODEV from a file opened before the rmdir.  Either way no task is left in it (a cgroup
+    with tasks cannot be removed): a systemd unit inside that ended while its tree was walked."""
+    return isinstance(error, FileNotFoundError) or error.errno == errno.ENODEV
 
 
 def _write(directory: str, file: str, text: str) -> None:
@@ -267,9 +276,9 @@ def deny(lxcpath: str, name: str, container: Container, node: Node) -> None:
         return
     try:
         _write(container.cgroup, "devices.deny", node.rule())
-    except FileNotFoundError:
-        return  # the container stopped meanwhile: its cgroup and rules are gone
     except OSError as exc:
+        if removed(exc):
+            return  # the container stopped meanwhile: its cgroup and rules are gone
         raise GpushellError(
             "the GPU could not be taken from your container; ask your admin",
             f"devices.deny {node.rule()} in {container.cgroup}: {exc.strerror}",

@@ -5,6 +5,7 @@ The mount-namespace work needs a running container: tests/integration/test_gpu_l
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -141,6 +142,30 @@ def test_a_cgroup_gone_meanwhile_is_skipped(tmp_path: Path) -> None:
 
     found = lxcdevices.cgroup_tree(str(tmp_path), visit)
     assert not any(path.endswith("user.slice") for path in found) and len(found) == 5
+
+
+def test_a_cgroup_removed_while_written_is_skipped(tmp_path: Path) -> None:
+    """ENODEV: the kernel's answer to a write into a cgroup removed after the file was opened
+    (a unit of the booting container that ended meanwhile); it held no task any more."""
+    make_tree(tmp_path)
+
+    def visit(directory: str) -> None:
+        if directory.endswith("user.slice"):
+            raise OSError(errno.ENODEV, os.strerror(errno.ENODEV), directory)
+
+    found = lxcdevices.cgroup_tree(str(tmp_path), visit)
+    assert not any(path.endswith("user.slice") for path in found) and len(found) == 5
+
+
+def test_any_other_write_error_is_raised(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+
+    def visit(directory: str) -> None:
+        if directory.endswith("user.slice"):
+            raise PermissionError(errno.EPERM, "Operation not permitted", directory)
+
+    with pytest.raises(PermissionError):
+        lxcdevices.cgroup_tree(str(tmp_path), visit)
 
 
 def test_a_tree_without_end_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
