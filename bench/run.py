@@ -242,13 +242,6 @@ def registered(lab: Lab, text: str, count: int) -> int:
     return sum(line.startswith(f"-A {lab.chain} ") for line in save.splitlines())
 
 
-def bump_ruleset(lab: Lab) -> None:
-    """Move nf_tables' ruleset generation, as another program's rule change does (a fail2ban ban)."""
-    table = f"{lab.prefix}bump"
-    sh(["nft", "add", "table", "inet", table])
-    sh(["nft", "delete", "table", "inet", table])
-
-
 def bench_growth(lab: Lab, student: Student, small: list[float], original: str, neighbour: Student) -> None:
     """small: the login with 10 students (figure 1), measured here if not given.
     neighbour: a second real student, for the login after another's look at the rules."""
@@ -260,8 +253,8 @@ def bench_growth(lab: Lab, student: Student, small: list[float], original: str, 
         large = samples(lambda: login_to_prompt(lab, student))
         report(f"3. login with {rules} forwards", large, "with 10", small, "<= 1.2", lambda r: r <= 1.2)
         # After a ruleset change the first login checks the whole lab; the class after it does not.
-        first = samples(lambda: login_to_prompt(lab, student), setup=lambda: bump_ruleset(lab))
-        following = samples(lambda: login_to_prompt(lab, neighbour), setup=lambda: (bump_ruleset(lab),
+        first = samples(lambda: login_to_prompt(lab, student), setup=lambda: lab.bump_ruleset())
+        following = samples(lambda: login_to_prompt(lab, neighbour), setup=lambda: (lab.bump_ruleset(),
                             login_to_prompt(lab, student)))  # fmt: skip
         report(f"3. login with {rules} forwards, the first after a ruleset change", first,
                "no change", large, "(report)", lambda r: True)  # fmt: skip

@@ -25,7 +25,7 @@ def ensure_forward(ctx: Context, user: User) -> bool:
     was last seen right (nf_tables' generation counter, forwardstamps.py):
     a login then costs the same with ten students or a thousand.
     """
-    wanted = " ".join(forward.user_rule(ctx.registry.chain, user, ctx.registry.cluster))
+    wanted = stamped_rule(ctx.registry, user)
     # One writer at a time: two users' first logins after a reboot would
     # otherwise both create the chain.
     with locked(ctx.paths.forward_lock):
@@ -52,6 +52,11 @@ def ensure_forward(ctx: Context, user: User) -> bool:
         return changed
 
 
+def stamped_rule(reg: Registry, user: User) -> str:
+    """The user's rule as the stamps name it: both stamps and the login's check use this text."""
+    return " ".join(forward.user_rule(reg.chain, user, reg.cluster))
+
+
 def ensure_isolation(lab: Registry) -> bool:
     """Rebuild the isolation tables from the whole registry if they are missing or changed.
 
@@ -73,8 +78,9 @@ def remember_lab_if_right(ctx: Context, generation: int, table: NatTable, lab: R
     from ..core import chaincheck
 
     if chaincheck.chain_matches(table, lab):
-        rules = (" ".join(forward.user_rule(lab.chain, user, lab.cluster)) for user in lab.users.values())
-        forwardstamps.remember_lab(ctx.paths, generation, rules)
+        forwardstamps.remember_lab(
+            ctx.paths, generation, (stamped_rule(lab, user) for user in lab.users.values())
+        )
 
 
 def remove_forward(ctx: Context, name: str) -> bool:

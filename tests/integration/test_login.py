@@ -17,6 +17,7 @@ import pytest
 from gpushell.containers.lxc import LxcDriver
 from gpushell.core.paths import Paths
 from gpushell.system import nftgen
+from gpushell.system.files import read_text_or_none
 
 from .conftest import Syslog
 from .lab import Lab, Student
@@ -230,21 +231,6 @@ def test_login_restores_a_forward_removed_behind_its_back(lab: Lab, student: Stu
     assert inside.stdout.strip() == student.container
 
 
-def bump_ruleset(lab: Lab) -> None:
-    """Move nf_tables' ruleset generation, as any other program's rule change would (a fail2ban ban)."""
-    table = f"{lab.prefix}bump"
-    subprocess.run(["nft", "add", "table", "inet", table], check=True)
-    subprocess.run(["nft", "delete", "table", "inet", table], check=True)
-
-
-def stamp(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8") as stream:
-            return stream.read()
-    except FileNotFoundError:
-        return None
-
-
 def test_after_a_ruleset_change_one_login_checks_the_rules_for_the_whole_lab(
     lab: Lab, student: Student
 ) -> None:
@@ -252,23 +238,25 @@ def test_after_a_ruleset_change_one_login_checks_the_rules_for_the_whole_lab(
     other = lab.add_student("stamp")
     try:
         assert lab.ssh(other, "start").returncode == 0
-        bump_ruleset(lab)
+        lab.bump_ruleset()
         assert lab.ssh(student, "start").returncode == 0  # the first login since: reads the rules
         generation = nftgen.generation()
-        lab_stamp = stamp(paths.forwards_stamp) or ""
+        lab_stamp = read_text_or_none(paths.forwards_stamp) or ""
         assert lab_stamp.startswith(f"{generation}\n")
         assert f" gpushell:{other.name} " in lab_stamp and f" gpushell:{student.name} " in lab_stamp
-        own = stamp(paths.forward_stamp(other.name))
+        own = read_text_or_none(paths.forward_stamp(other.name))
         assert own is not None and not own.startswith(f"{generation} ")
         assert lab.ssh(other, "start").returncode == 0
-        assert stamp(paths.forward_stamp(other.name)) == own  # vouched for: no look at the rules of its own
+        assert (
+            read_text_or_none(paths.forward_stamp(other.name)) == own
+        )  # vouched for: no look at the rules of its own
         assert lab.ssh(other, "hostname", port=other.port).stdout.strip() == other.container
 
         # A chain missing a rule vouches for nobody: the rule's owner puts it back.
         rule = lab.rules_for(other.name)[0]
         subprocess.run(["iptables", "-t", "nat", "-D", *shlex.split(rule)[1:]], check=True)
         assert lab.ssh(student, "start").returncode == 0
-        assert not (stamp(paths.forwards_stamp) or "").startswith(f"{nftgen.generation()}\n")
+        assert not (read_text_or_none(paths.forwards_stamp) or "").startswith(f"{nftgen.generation()}\n")
         assert lab.ssh(other, "start").returncode == 0
         assert lab.rules_for(other.name) == [rule]
         assert lab.ssh(other, "hostname", port=other.port).stdout.strip() == other.container
