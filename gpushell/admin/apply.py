@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from ..containers import cgroups, confinement, lxcconfig
 from ..containers.backend import RUNNING, STOPPED, UNKNOWN, ContainerDriver
 from ..containers.factory import backend_for
-from ..core import chaincheck, expiry, forward
+from ..core import chaincheck, expiry, forward, kernelpools
 from ..core.errors import GpushellError
 from ..core.forward import NatTable
 from ..core.model import Registry, User
@@ -25,7 +25,7 @@ from ..core.paths import Paths
 from ..core.value import Value
 from ..gpu import gpudevices
 from ..helper import services
-from ..system import accounts, hostnet, ifaddr, iptables, nftrun, pool
+from ..system import accounts, hostnet, ifaddr, iptables, nftrun, pool, sysctl
 from ..system.files import read_text_or_none, write_atomically
 from ..system.lock import ADMIN_WAIT, admin_busy, locked
 from ..system.runner import run
@@ -41,6 +41,7 @@ BRIDGE, FORWARDING, FORWARDS, CONFIG, ACCOUNT, START = (
 )  # fmt: skip
 GPU_NODES = "gpu-nodes"  # before CONFIG: the configs bind the nodes it makes
 ISOLATION = "isolation"  # the nftables tables (isolation.py); before START: no container runs unguarded
+KERNEL_POOLS = "kernel-pools"  # the inotify pools every container shares (kernelpools.py); before START
 LEFTOVER = "leftover"  # last: what an interrupted add left (leftovers.py)
 # Reasons a chain rebuild names; after a reboot all of a lab's forwards are missing.
 SHOWN_PROBLEMS = 3
@@ -55,7 +56,7 @@ class Account(Value):
 
 class HostState(Value):
     __slots__ = ("accounts", "apparmor_profile", "bridge_ready", "cgroup", "configs",
-                 "forwarding_on", "gpu", "isolation", "leftovers", "states", "student_ids",
+                 "forwarding_on", "gpu", "isolation", "leftovers", "pools", "states", "student_ids",
                  "table", "unanswered")  # fmt: skip
 
     def __init__(
@@ -76,8 +77,11 @@ class HostState(Value):
         isolation: tuple[str, ...] = (),
         # a cluster's containers whose member did not answer the engine -> that member: not checked
         unanswered: dict[str, str] | None = None,
+        # the kernel pools smaller than the host needs: key -> (now, wanted) (kernelpools.shortfalls)
+        pools: dict[str, tuple[int, int]] | None = None,
     ) -> None:
         self.table, self.cgroup = table, cgroup
+        self.pools = {} if pools is None else pools
         self.unanswered = {} if unanswered is None else unanswered
         self.isolation = isolation
         self.bridge_ready, self.forwarding_on = bridge_ready, forwarding_on
@@ -166,6 +170,10 @@ def plan(reg: Registry, paths: Paths, state: HostState) -> Plan:
     if state.isolation:
         why = "; ".join(state.isolation)
         changes.append(Change(ISOLATION, reg.chain.lower(), f"rebuild the nftables isolation tables: {why}"))
+    if state.pools:
+        why = "; ".join(kernelpools.shortfall_text(key, *sizes) for key, sizes in sorted(state.pools.items()))
+        text = f"raise the inotify pools every container shares: {why}"
+        changes.append(Change(KERNEL_POOLS, "inotify", text))
     missing_nodes = gpudevices.missing(state.gpu)
     if missing_nodes:
         names = ", ".join(f"{state.gpu.dev_dir.rstrip('/')}/{node.name}" for node in missing_nodes)
@@ -394,6 +402,7 @@ def observe(reg: Registry, paths: Paths) -> HostState:
         leftovers=tuple(leftovers.find(reg, paths, leftovers.scan(reg, paths))),
         cgroup=cgroups.layout(),
         isolation=tuple(nftrun.problems(reg)),
+        pools=sysctl.pool_shortfalls(),
     )
 
 
@@ -440,6 +449,8 @@ def execute_change(change: Change, reg: Registry, paths: Paths) -> None:
             iptables.apply(forward.rebuild_lines(table, reg, reg.users.values()))
     elif change.kind == ISOLATION:
         nftrun.apply(reg)  # both tables in one nft transaction
+    elif change.kind == KERNEL_POOLS:
+        sysctl.raise_pools(_quiet)  # from a fresh look: raises only what is still short
     elif change.kind == GPU_NODES:
         # From a fresh look: make only what is still missing.
         host = gpudevices.read_host(change.subject)

@@ -15,14 +15,14 @@ from collections.abc import Callable, Iterable
 
 from ..containers import btrfs, cgroups, confinement, provision
 from ..containers.factory import backend_for
-from ..core import chaincheck, dropins, expiry, isolation, upgrade
+from ..core import chaincheck, dropins, expiry, isolation, kernelpools, upgrade
 from ..core.errors import GpushellError
 from ..core.forward import JUMP_CHAINS, TAG, NatTable, comment_of, destination, jump_rule, user_rule
 from ..core.model import User
 from ..core.paths import Paths
 from ..core.registry import Registry, size_text
 from ..gpu import driverfiles, gpudevices
-from ..system import ifaddr, iptables, nftrun, pool, registry_store, sshdcheck
+from ..system import ifaddr, iptables, nftrun, pool, registry_store, sshdcheck, sysctl
 from ..system.ownership import check_owned_by_root
 from . import apply, clusterdoctor, leftovers
 from .findings import Finding, finding
@@ -76,6 +76,8 @@ class Facts:
     storage: StorageFacts | None = None  # None: not examined
     now: float | None = None  # when doctor looked (epoch seconds), for expiries; None: not examined
     cluster: clusterdoctor.ClusterFacts | None = None  # the members and their containers (backend lxd)
+    pools: dict[str, int] | None = None  # the kernel pools every container shares, now; None: not examined
+    memory: int = 0  # the host's memory in bytes, which sizes those pools
 
 
 # --- checks (pure) -----------------------------------------------------------
@@ -172,6 +174,26 @@ def check_isolation(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
         return [Finding(False, problem, APPLY) for problem in facts.isolation]
     name = isolation.table_name(reg)
     return [Finding(True, f"nftables tables bridge {name} and inet {name} (isolation) match the registry")]
+
+
+def check_kernel_pools(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
+    if facts.pools is None:
+        return []
+    short = kernelpools.shortfalls(facts.pools, facts.memory)
+    if short:
+        return [
+            Finding(
+                False,
+                f"{kernelpools.shortfall_text(key, *sizes)}: every container's root draws on host root's "
+                "inotify pools, and one container can take them all",
+                APPLY,
+            )
+            for key, sizes in sorted(short.items())
+        ]
+    sizes = ", ".join(f"{key} {facts.pools[key]}" for key in sorted(facts.pools))
+    return [
+        Finding(True, f"the inotify pools every container shares are larger than memory could fill: {sizes}")
+    ]
 
 
 def _check_dropin(name: str, path: str, installed: InstalledFile, wanted: str, mode: int) -> Finding:
@@ -712,6 +734,7 @@ CHECKS: tuple[Check, ...] = (
     check_chain,
     check_forwards,
     check_isolation,
+    check_kernel_pools,
     check_dropins,
     check_sshd_settings,
     check_sshd_running,
@@ -888,6 +911,8 @@ def gather(reg: Registry, paths: Paths) -> Facts:
         isolation=tuple(nftrun.problems(reg)),
         storage=storage_facts(reg),
         now=time.time(),
+        pools=sysctl.read(kernelpools.BYTES_PER),
+        memory=sysctl.host_memory(),
     )
 
 

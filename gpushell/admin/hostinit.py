@@ -7,11 +7,11 @@ import os
 import tempfile
 from collections.abc import Callable
 
-from ..core import chaincheck, dropins, forward, isolation, registry, registry_edit
+from ..core import chaincheck, dropins, forward, isolation, kernelpools, registry, registry_edit
 from ..core.errors import ExitStatus, GpushellError
 from ..core.model import Registry
 from ..core.paths import Paths
-from ..system import hostnet, iptables, nftrun, pool, registry_store
+from ..system import hostnet, iptables, nftrun, pool, registry_store, sysctl
 from ..system.accounts import covers_subid
 from ..system.files import write_atomically
 from ..system.runner import run
@@ -43,6 +43,13 @@ def ensure_isolation(reg: Registry, report: Report) -> None:
     nftrun.ensure(reg)  # only when they differ: a rebuild moves nf_tables' generation
     name = isolation.table_name(reg)
     report(f"nftables tables bridge {name} and inet {name}: isolation for {len(reg.users)} student(s)")
+
+
+def ensure_kernel_pools(paths: Paths, report: Report) -> None:
+    """The inotify pools every container draws from, sized for the host now and from each boot on."""
+    os.makedirs(os.path.dirname(paths.sysctl_dropin), mode=0o755, exist_ok=True)
+    ensure_file(paths.sysctl_dropin, kernelpools.dropin_text(sysctl.host_memory()), 0o644, report)
+    sysctl.raise_pools(report)
 
 
 def ensure_group(paths: Paths, report: Report) -> None:
@@ -238,6 +245,7 @@ def init(paths: Paths, report: Report, storage: StorageRequest | None = None) ->
     if reg.cluster is None:
         ensure_isolation(reg, report)
         ensure_subordinate_ids(reg, report)
+        ensure_kernel_pools(paths, report)
     ensure_login_shell_listed(paths, report)
     ensure_dropins(paths, report)
     return reg

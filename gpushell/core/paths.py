@@ -34,6 +34,7 @@ class Paths:
         "status_dir",
         "sudo",
         "sudoers_dropin",
+        "sysctl_dropin",
         "syslog_ident",
         "template_cache",
     )  # fmt: skip
@@ -53,10 +54,11 @@ class Paths:
         syslog_ident: str = "gpushell",
         state_dir: str = "/var/lib/gpushell",  # root-only state that outlives a boot: the GPU loans
         status_dir: str = "",  # the status page, for a web server to read; "": STATE_DIR-status
+        sysctl_dropin: str = "/etc/sysctl.d/10-gpushell.conf",  # the kernel pools' sizes (kernelpools.py)
     ) -> None:
         self.registry, self.helper, self.shell, self.sudo = registry, helper, shell, sudo
         self.run_dir, self.template_cache = run_dir, template_cache
-        self.sudoers_dropin, self.sshd_dropin = sudoers_dropin, sshd_dropin
+        self.sudoers_dropin, self.sshd_dropin, self.sysctl_dropin = sudoers_dropin, sshd_dropin, sysctl_dropin
         self.sshd_config = sshd_config
         self.group, self.syslog_ident = group, syslog_ident
         self.state_dir = state_dir

@@ -81,6 +81,21 @@ def test_a_healthy_host_passes_every_check() -> None:
     assert f"{reloaded} last changed" in [item.line() for item in findings]
 
 
+def test_kernel_pools_too_small_for_the_host_fail_and_apply_fixes_them() -> None:
+    memory = 16 * 2**30
+    instances, watches = "fs.inotify.max_user_instances", "fs.inotify.max_user_watches"
+    roomy = dataclasses.replace(healthy(), pools={instances: 33554432, watches: 600000000}, memory=memory)
+    assert failures(roomy) == []
+    assert (
+        "ok: the inotify pools every container shares are larger than memory could fill: "
+        f"{instances} 33554432, {watches} 600000000"
+    ) in [item.line() for item in doctor.run_checks(REG, PATHS, roomy)]
+    assert failures(dataclasses.replace(roomy, pools={instances: 128, watches: 600000000})) == [
+        f"FAIL: {instances} is 128, below 33554432: every container's root draws on host root's inotify "
+        "pools, and one container can take them all — fix: gpushell-admin apply"
+    ]
+
+
 def test_finding_lines() -> None:
     assert Finding(True, "bridge up").line() == "ok: bridge up"
     assert Finding(False, "bridge down", "gpushell-admin init").line() == (

@@ -123,6 +123,7 @@ class Lab:
         self.sshd: subprocess.Popen[bytes] | None = None
         self.students: list[str] = []
         self.saved: dict[str, str | None] = {}
+        self.saved_pools: dict[str, int] = {}  # the kernel pools before init raised them
         self.paths = {
             "registry": f"{self.root}/gpushell.yaml",
             "helper": f"{self.root}/bin/gpushell-helper",
@@ -131,6 +132,7 @@ class Lab:
             "state_dir": f"{self.root}/state",
             "group": self.group,
             "sudoers_dropin": f"/etc/sudoers.d/{self.prefix}",
+            "sysctl_dropin": f"{self.root}/sysctl-gpushell.conf",
             "sshd_dropin": f"{self.root}/sshd-gpushell.conf",
             "sshd_config": f"{self.root}/sshd_config",
         }
@@ -149,6 +151,10 @@ class Lab:
             self.destroy()
 
     def create(self) -> None:
+        from gpushell.core import kernelpools
+        from gpushell.system import sysctl
+
+        self.saved_pools = sysctl.read(kernelpools.BYTES_PER)
         for path in SAVED_FILES:
             try:
                 with open(path, encoding="utf-8") as stream:
@@ -380,6 +386,12 @@ class Lab:
             for d in os.listdir("/run")
             if d.startswith("gpushell-test-") and d != os.path.basename(self.root)
         ]
+        if not others:  # the host's kernel pools as the first lab found them
+            from gpushell.system import sysctl
+
+            for key, size in self.saved_pools.items():
+                with open(sysctl.path_of(key), "w", encoding="ascii") as stream:
+                    stream.write(f"{size}\n")
         for path, text in self.saved.items():
             before = set((text or "").splitlines())
             with open(path, encoding="utf-8") as stream:

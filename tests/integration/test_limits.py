@@ -162,3 +162,52 @@ def test_a_cpu_quota_holds_a_busy_loop_to_its_share(lab: Lab, student: Student) 
         assert 0.3 < share < 0.65, share
     finally:
         runner.wait(30)
+
+
+INSTANCES = "fs.inotify.max_user_instances"
+
+
+def inotify_works(lab: Lab, student: Student) -> bool:
+    """Whether a new inotify instance can be made in the container: GNU `tail -f` says when it cannot
+    ("inotify cannot be used, reverting to polling")."""
+    result = attach(lab, student, "timeout", "1", "tail", "-f", "/etc/hostname")
+    assert result.returncode == 124, result.stderr  # tail ran until timeout ended it
+    return "reverting to polling" not in result.stderr
+
+
+def hold_inotify(lab: Lab, student: Student, count: int) -> int:
+    """count more `tail -f`s left running in the container, an inotify instance each; how many it holds."""
+    attach(
+        lab, student, "sh", "-c", f"for i in $(seq {count}); do tail -f /etc/hostname >/dev/null 2>&1 & done"
+    )
+    held = attach(lab, student, "sh", "-c", "sleep 1; ls -l /proc/[0-9]*/fd 2>/dev/null | grep -c inotify")
+    return int(held.stdout)
+
+
+def test_one_container_cannot_take_the_inotify_pool_every_container_shares(
+    lab: Lab, student: Student, neighbour: Student
+) -> None:
+    from gpushell.system import sysctl
+
+    (saved,) = sysctl.read([INSTANCES]).values()
+    try:
+        # As the kernel leaves it: 128 instances for every container's root together.
+        with open(sysctl.path_of(INSTANCES), "w", encoding="ascii") as stream:
+            stream.write("128\n")
+        doctor = lab.admin("doctor", check=False)
+        assert f"FAIL: {INSTANCES} is 128, below " in doctor.stdout, doctor.stdout
+        started(lab, student)
+        hold_inotify(lab, student, 150)
+        assert not inotify_works(lab, neighbour)  # the harm is real at the kernel's default
+        applied = lab.admin("apply")
+        assert f"done: raise the inotify pools every container shares: {INSTANCES} is 128" in applied.stdout
+        assert sysctl.read([INSTANCES])[INSTANCES] > 1000000
+        assert inotify_works(lab, neighbour)
+        assert hold_inotify(lab, student, 300) > 3 * 128  # far past the old pool, its own processes only
+        assert inotify_works(lab, neighbour)
+        healthy = lab.admin("doctor", check=False).stdout
+        assert "ok: the inotify pools every container shares are larger than memory could fill" in healthy
+    finally:
+        lab.ssh(student, "stop")  # its tails with it
+        with open(sysctl.path_of(INSTANCES), "w", encoding="ascii") as stream:
+            stream.write(f"{max(saved, sysctl.read([INSTANCES])[INSTANCES])}\n")

@@ -1,0 +1,55 @@
+"""The kernel's per-user pools that every student's container draws from, and how large they must be.
+
+Each container's user namespace is made by host root (lxc-start runs as
+root), and the kernel charges some per-user counts to a namespace's owner
+at every level up to the host's.  The inotify instances and watches made
+in every student's container therefore all count against host root's
+`fs.inotify.max_user_instances` (128 by default) and `max_user_watches`:
+a few containers reach 128 in ordinary use, and one container can take
+them all, so that inotify fails in its neighbours' containers (systemd's
+path units, an IDE's or a notebook's file watching, `tail -f`) and for
+host root.  The kernel offers no cap per container for these counts, so
+gpushell makes the shared pools larger than the host's memory could
+fill: an instance costs the kernel about 1 KiB and a watch about 90 bytes
+(measured on Linux 6.x), charged to the memory limit of the container
+that made it, which stops that container long before the pool runs out.
+"""
+
+from __future__ import annotations
+
+INSTANCES = "fs.inotify.max_user_instances"
+WATCHES = "fs.inotify.max_user_watches"
+# Bytes of host memory per unit of each pool: about half of what one costs
+# the kernel (988 bytes an instance, 88 a watch), so filling a pool would
+# take more than the host's whole memory, on top of every memory limit.
+BYTES_PER = {INSTANCES: 512, WATCHES: 32}
+LARGEST = 2**31 - 1  # the kernels before 5.x hold these in an int
+
+
+def wanted(memory: int) -> dict[str, int]:
+    """The size of each pool on a host with `memory` bytes."""
+    return {key: min(LARGEST, max(1, memory // size)) for key, size in BYTES_PER.items()}
+
+
+def shortfalls(current: dict[str, int], memory: int) -> dict[str, tuple[int, int]]:
+    """The pools smaller than wanted: key -> (now, wanted).  A larger pool is the admin's and stays."""
+    return {
+        key: (current[key], size)
+        for key, size in wanted(memory).items()
+        if key in current and current[key] < size
+    }
+
+
+def dropin_text(memory: int) -> str:
+    """The sysctl drop-in (Paths.sysctl_dropin): the pools as they must be from the next boot on."""
+    lines = "".join(f"{key} = {size}\n" for key, size in wanted(memory).items())
+    return (
+        "# Written by gpushell-admin init.  Every container's root counts against host\n"
+        "# root's inotify pools; these sizes are beyond what the host's memory could fill\n"
+        "# (gpushell-admin(8), KERNEL POOLS).  A file read later wins; doctor says if it\n"
+        "# makes a pool too small again.\n" + lines
+    )
+
+
+def shortfall_text(key: str, now: int, size: int) -> str:
+    return f"{key} is {now}, below {size}"

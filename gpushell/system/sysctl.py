@@ -1,0 +1,45 @@
+"""The kernel's tunables under /proc/sys, read and raised (init, apply, doctor)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+
+from ..core import kernelpools
+
+Report = Callable[[str], None]
+PROC_SYS = "/proc/sys"
+
+
+def path_of(key: str, proc_sys: str = PROC_SYS) -> str:
+    """fs.inotify.max_user_instances -> /proc/sys/fs/inotify/max_user_instances."""
+    return os.path.join(proc_sys, *key.split("."))
+
+
+def read(keys: Iterable[str], proc_sys: str = PROC_SYS) -> dict[str, int]:
+    """The current value of each key; a key this kernel lacks is left out."""
+    found = {}
+    for key in keys:
+        try:
+            with open(path_of(key, proc_sys), encoding="ascii") as stream:
+                found[key] = int(stream.read().split()[0])
+        except (FileNotFoundError, IndexError, ValueError):
+            continue
+    return found
+
+
+def host_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def pool_shortfalls(proc_sys: str = PROC_SYS) -> dict[str, tuple[int, int]]:
+    """The kernel pools shared by every container that are smaller than the host needs."""
+    return kernelpools.shortfalls(read(kernelpools.BYTES_PER, proc_sys), host_memory())
+
+
+def raise_pools(report: Report, proc_sys: str = PROC_SYS) -> None:
+    """Raise each pool that is too small, now; never lower one."""
+    for key, (now, size) in pool_shortfalls(proc_sys).items():
+        with open(path_of(key, proc_sys), "w", encoding="ascii") as stream:
+            stream.write(f"{size}\n")
+        report(f"raised {key} from {now} to {size}")
