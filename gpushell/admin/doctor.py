@@ -24,7 +24,7 @@ from ..core.registry import Registry, size_text
 from ..gpu import driverfiles, gpudevices
 from ..system import ifaddr, iptables, nftrun, pool, registry_store, sshdcheck, sysctl
 from ..system.ownership import check_owned_by_root
-from . import apply, clusterdoctor, leftovers
+from . import apply, clusterdoctor, leftovers, lendingops
 from .findings import Finding, finding
 
 APPLY = "gpushell-admin apply"
@@ -77,6 +77,7 @@ class Facts:
     now: float | None = None  # when doctor looked (epoch seconds), for expiries; None: not examined
     cluster: clusterdoctor.ClusterFacts | None = None  # the members and their containers (backend lxd)
     pools: dict[str, int] | None = None  # the kernel pools every container shares, now; None: not examined
+    last_tick: float | None = None  # when gpushell-admin tick last finished since boot (epoch seconds)
     memory: int = 0  # the host's memory in bytes, which sizes those pools
 
 
@@ -697,6 +698,23 @@ def check_leftovers(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
     return found
 
 
+TICK_LATE = 5 * 60  # seconds without a tick (it runs each minute) before doctor says it stopped
+TICK_FIX = "systemctl enable --now gpushell-tick.timer (without systemd: the cron line in gpushell-admin(8))"
+
+
+def check_tick(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
+    """With lending on, the tick must run: it ends loans, returns idle GPUs and serves the line."""
+    if reg.lending is None or facts.now is None:
+        return []
+    if facts.last_tick is None:
+        late = "gpushell-admin tick has not run since boot"
+    elif facts.now - facts.last_tick > TICK_LATE:
+        late = f"gpushell-admin tick last ran {(facts.now - facts.last_tick) / 60:.0f} minutes ago"
+    else:
+        return [Finding(True, f"gpushell-admin tick ran {facts.now - facts.last_tick:.0f} s ago")]
+    return [Finding(False, f"{late}: GPU loans do not end and the line is not served", TICK_FIX)]
+
+
 def check_expiries(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
     """Students whose account expires within 14 days, and those expired (their grace over or not)."""
     if facts.now is None or not any(user.expires is not None for user in reg.users.values()):
@@ -747,6 +765,7 @@ CHECKS: tuple[Check, ...] = (
     check_ports,
     check_accounts,
     check_expiries,
+    check_tick,
     check_leftovers,
 )
 
@@ -913,6 +932,7 @@ def gather(reg: Registry, paths: Paths) -> Facts:
         now=time.time(),
         pools=sysctl.read(kernelpools.BYTES_PER),
         memory=sysctl.host_memory(),
+        last_tick=lendingops.last_tick(paths),
     )
 
 

@@ -78,6 +78,20 @@ def tick_lock(paths: Paths) -> str:
     return f"{paths.run_dir}/tick.lock"
 
 
+def tick_stamp(paths: Paths) -> str:
+    """When a tick last finished, in epoch seconds: doctor's evidence that loans end (this boot only)."""
+    return f"{paths.run_dir}/tick.stamp"
+
+
+def last_tick(paths: Paths) -> float | None:
+    """When a tick last finished since boot; None when none has."""
+    text = read_private(tick_stamp(paths), 64)
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None
+
+
 def taking_path(paths: Paths) -> str:
     return f"{paths.state_dir}/taking.json"
 
@@ -123,6 +137,7 @@ def tick(
             statuspage.publish(paths, reg, book, driver, readings, host, now, warn)
         except (OSError, GpushellError) as exc:
             warn(statuspage.not_written(exc))
+        write_atomically(tick_stamp(paths), f"{now}\n", 0o644)
         return failures
 
 

@@ -9,6 +9,7 @@ from gpushell.admin.apply import Account
 from gpushell.admin.doctor import Facts, Finding, InstalledFile
 from gpushell.core import dropins
 from gpushell.core.forward import NatTable, jump_rule, member_masquerade_rule, user_rule
+from gpushell.core.model import Registry
 from gpushell.core.paths import Paths
 from gpushell.core.registry import parse
 from gpushell.system import sshdcheck
@@ -93,6 +94,28 @@ def test_kernel_pools_too_small_for_the_host_fail_and_apply_fixes_them() -> None
     assert failures(dataclasses.replace(roomy, pools={instances: 128, watches: 600000000})) == [
         f"FAIL: {instances} is 128, below 33554432: every container's root draws on host root's inotify "
         "pools, and one container can take them all — fix: gpushell-admin apply"
+    ]
+
+
+def test_with_lending_on_a_tick_that_stopped_fails_and_names_the_timer() -> None:
+    lending = REG.replace(lending=parse("lending: {gpus: all}\nusers: {}\n", "/etc/gpushell.yaml").lending)
+    now = 1795901000.0
+
+    def tick_lines(reg: Registry, last_tick: float | None) -> list[str]:
+        facts = dataclasses.replace(healthy(), now=now, last_tick=last_tick)
+        return [item.line() for item in doctor.check_tick(reg, PATHS, facts)]
+
+    assert tick_lines(REG, None) == []  # no lending: the tick is the admin's choice
+    assert tick_lines(lending, now - 70) == ["ok: gpushell-admin tick ran 70 s ago"]
+    fix = f"fix: {doctor.TICK_FIX}"
+    assert doctor.TICK_FIX.startswith("systemctl enable --now gpushell-tick.timer")
+    assert tick_lines(lending, None) == [
+        "FAIL: gpushell-admin tick has not run since boot: GPU loans do not end and the line is not served"
+        f" — {fix}"
+    ]
+    assert tick_lines(lending, now - 3600) == [
+        "FAIL: gpushell-admin tick last ran 60 minutes ago: GPU loans do not end and the line is not served"
+        f" — {fix}"
     ]
 
 

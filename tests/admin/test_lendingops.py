@@ -622,3 +622,14 @@ def test_loans_command_shows_the_book_and_revoke_ends_one(lab: Lab, capsys) -> N
     assert lab.read().loans == ()
     assert run_admin(lab, "loans", "--json") == 0
     assert json.loads(capsys.readouterr().out)["loans"] == []
+
+
+def test_each_finished_tick_leaves_its_time_for_doctor(lab: Lab) -> None:
+    assert lendingops.last_tick(lab.paths) is None  # none since boot
+    assert lab.tick(NOW) == 0
+    assert lendingops.last_tick(lab.paths) == NOW
+    assert lab.tick(NOW + 60) == 0
+    assert lendingops.last_tick(lab.paths) == NOW + 60
+    with open(lendingops.tick_stamp(lab.paths), "w", encoding="ascii") as stream:
+        stream.write("yesterday\n")
+    assert lendingops.last_tick(lab.paths) is None  # not a time: no evidence of a tick
