@@ -130,6 +130,19 @@ def test_tick_writes_the_status_page_counting_the_loan_and_naming_nobody(
     assert 'id="gpu-7"' in html and "lent to 1 student" in html and borrower.name not in html
 
 
+def test_doctor_fails_while_no_tick_runs_and_passes_after_one(
+    lab: Lab, borrower: Student, paths: Paths
+) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(f"{paths.run_dir}/tick.stamp")  # as after a boot with no tick timer enabled
+    stopped = lab.admin("doctor", check=False)
+    assert stopped.returncode != 0
+    assert "FAIL: gpushell-admin tick has not run since boot: GPU loans do not end" in stopped.stdout
+    lab.admin("tick")
+    ticked = lab.admin("doctor", check=False).stdout
+    assert "ok: gpushell-admin tick ran " in ticked and "tick has not run" not in ticked
+
+
 def test_the_page_is_the_ticks_alone_not_applys(lab: Lab, borrower: Student, paths: Paths) -> None:
     for name in ("index.html", "status.json"):
         with contextlib.suppress(FileNotFoundError):
