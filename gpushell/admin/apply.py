@@ -288,8 +288,7 @@ def bridge_ready(reg: Registry) -> bool:
 
 
 def forwarding_on() -> bool:
-    with open("/proc/sys/net/ipv4/ip_forward", encoding="ascii") as stream:
-        return stream.read().strip() == "1"
+    return sysctl.read([sysctl.IP_FORWARD]).get(sysctl.IP_FORWARD) == 1
 
 
 NSSWITCH = "/etc/nsswitch.conf"

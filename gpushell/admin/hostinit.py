@@ -24,8 +24,7 @@ def ensure_registry(paths: Paths, report: Report) -> None:
         return
     import socket  # for the host's name, once
 
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    text = dropins.starter_registry(socket.getfqdn(), memory, os.cpu_count() or 1)
+    text = dropins.starter_registry(socket.getfqdn(), sysctl.host_memory(), os.cpu_count() or 1)
     if registry_store.create(paths, text):
         report(f"wrote a starter registry to {paths.registry}")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from . import ifaddr
+from . import ifaddr, sysctl
 from .runner import run
 
 TYPE_CHECKING = False
@@ -27,10 +27,7 @@ def ensure_bridge(reg: Registry, report: Report) -> None:
 
 
 def ensure_ip_forwarding(report: Report) -> None:
-    path = "/proc/sys/net/ipv4/ip_forward"
-    with open(path, encoding="ascii") as stream:
-        if stream.read().strip() == "1":
-            return
-    with open(path, "w", encoding="ascii") as stream:
-        stream.write("1\n")
+    if sysctl.read([sysctl.IP_FORWARD]).get(sysctl.IP_FORWARD) == 1:
+        return
+    sysctl.write(sysctl.IP_FORWARD, 1)
     report("turned on IPv4 forwarding")

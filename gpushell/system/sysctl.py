@@ -9,6 +9,7 @@ from ..core import kernelpools
 
 Report = Callable[[str], None]
 PROC_SYS = "/proc/sys"
+IP_FORWARD = "net.ipv4.ip_forward"
 
 
 def path_of(key: str, proc_sys: str = PROC_SYS) -> str:
@@ -28,6 +29,11 @@ def read(keys: Iterable[str], proc_sys: str = PROC_SYS) -> dict[str, int]:
     return found
 
 
+def write(key: str, value: int, proc_sys: str = PROC_SYS) -> None:
+    with open(path_of(key, proc_sys), "w", encoding="ascii") as stream:
+        stream.write(f"{value}\n")
+
+
 def host_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
@@ -40,6 +46,5 @@ def pool_shortfalls(proc_sys: str = PROC_SYS) -> dict[str, tuple[int, int]]:
 def raise_pools(report: Report, proc_sys: str = PROC_SYS) -> None:
     """Raise each pool that is too small, now; never lower one."""
     for key, (now, size) in pool_shortfalls(proc_sys).items():
-        with open(path_of(key, proc_sys), "w", encoding="ascii") as stream:
-            stream.write(f"{size}\n")
+        write(key, size, proc_sys)
         report(f"raised {key} from {now} to {size}")

@@ -390,8 +390,7 @@ class Lab:
             from gpushell.system import sysctl
 
             for key, size in self.saved_pools.items():
-                with open(sysctl.path_of(key), "w", encoding="ascii") as stream:
-                    stream.write(f"{size}\n")
+                sysctl.write(key, size)
         for path, text in self.saved.items():
             before = set((text or "").splitlines())
             with open(path, encoding="utf-8") as stream:

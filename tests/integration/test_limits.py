@@ -192,8 +192,7 @@ def test_one_container_cannot_take_the_inotify_pool_every_container_shares(
     (saved,) = sysctl.read([INSTANCES]).values()
     try:
         # As the kernel leaves it: 128 instances for every container's root together.
-        with open(sysctl.path_of(INSTANCES), "w", encoding="ascii") as stream:
-            stream.write("128\n")
+        sysctl.write(INSTANCES, 128)
         doctor = lab.admin("doctor", check=False)
         assert f"FAIL: {INSTANCES} is 128, below " in doctor.stdout, doctor.stdout
         started(lab, student)
@@ -209,5 +208,4 @@ def test_one_container_cannot_take_the_inotify_pool_every_container_shares(
         assert "ok: the inotify pools every container shares are larger than memory could fill" in healthy
     finally:
         lab.ssh(student, "stop")  # its tails with it
-        with open(sysctl.path_of(INSTANCES), "w", encoding="ascii") as stream:
-            stream.write(f"{max(saved, sysctl.read([INSTANCES])[INSTANCES])}\n")
+        sysctl.write(INSTANCES, max(saved, sysctl.read([INSTANCES])[INSTANCES]))

@@ -30,6 +30,7 @@ def value(proc_sys: pathlib.Path, key: str) -> str:
 
 def test_a_key_names_its_file_under_proc_sys() -> None:
     assert sysctl.path_of(INSTANCES) == "/proc/sys/fs/inotify/max_user_instances"
+    assert sysctl.path_of(sysctl.IP_FORWARD) == "/proc/sys/net/ipv4/ip_forward"
 
 
 def test_read_leaves_out_what_is_missing_or_not_a_number(proc_sys: pathlib.Path) -> None:
