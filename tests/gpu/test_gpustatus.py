@@ -3,10 +3,12 @@
 There is no NVIDIA driver or GPU on the machines these tests run on, so
 pynvml cannot answer here.  `FakeNvml` stands in for the pynvml module:
 it has the same function names, constant and exception class, and
-replays the recorded readings in data/nvml_readings.json (two GPUs with
-processes of two students and one host process, a third GPU that raises
-an NVML error).  The gathering functions take the NVML object as an
-argument precisely so that this stand-in can be passed.
+replays the readings in data/nvml_readings.json (written by hand in
+pynvml's shape: two GPUs with processes of two students and one host
+process, a third GPU that raises an NVML error).  Readings recorded on a
+real GPU go through the same stand-in in test_real_gpu_replay.py.  The
+gathering functions take the NVML object as an argument precisely so that
+this stand-in can be passed.
 """
 
 from __future__ import annotations
@@ -74,6 +76,9 @@ class FakeNvml:
 
     def nvmlDeviceGetName(self, handle: dict[str, Any]) -> bytes:
         return handle["name"].encode()  # older pynvml returns bytes
+
+    def nvmlDeviceGetMinorNumber(self, handle: dict[str, Any]) -> int:
+        return int(handle["minor"]) if "minor" in handle else self.gpus.index(handle)
 
     def nvmlDeviceGetMemoryInfo(self, handle: dict[str, Any]) -> types.SimpleNamespace:
         return types.SimpleNamespace(**handle["memory"])
