@@ -32,6 +32,10 @@ from ..system.runner import run
 from . import leftovers
 from .leftovers import Leftover
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..containers.lxdinstance import Cards
+
 Report = Callable[[str], None]
 
 # Kinds of change, in the order they are made: the network first, so a
@@ -55,7 +59,7 @@ class Account(Value):
 
 
 class HostState(Value):
-    __slots__ = ("accounts", "apparmor_profile", "bridge_ready", "cgroup", "configs",
+    __slots__ = ("accounts", "apparmor_profile", "bridge_ready", "cards", "cgroup", "configs",
                  "forwarding_on", "gpu", "isolation", "leftovers", "pools", "states", "student_ids",
                  "table", "unanswered")  # fmt: skip
 
@@ -79,8 +83,11 @@ class HostState(Value):
         unanswered: dict[str, str] | None = None,
         # the kernel pools smaller than the host needs: key -> (now, wanted) (kernelpools.shortfalls)
         pools: dict[str, tuple[int, int]] | None = None,
+        # a cluster's members with GPU students -> their GPUs (lxdinstance.gpu_cards); absent: not read
+        cards: dict[str, Cards] | None = None,
     ) -> None:
         self.table, self.cgroup = table, cgroup
+        self.cards = {} if cards is None else cards
         self.pools = {} if pools is None else pools
         self.unanswered = {} if unanswered is None else unanswered
         self.isolation = isolation
@@ -138,15 +145,18 @@ def wanted_config(
     gpu_nodes: tuple[gpudevices.Node, ...] = (),
     student_ids: tuple[int, int] | None = None,
     cgroup: cgroups.CgroupLayout = cgroups.CGROUP_V1,
+    cards: Cards | None = None,
 ) -> str:
     """The config for user; gpu_nodes: every NVIDIA node on the host (the user's are picked here).
 
-    On a cluster: the engine's config and devices the registry decides (lxdinstance.wanted).
+    On a cluster: the engine's config and devices the registry decides
+    (lxdinstance.wanted), the GPUs by the addresses in cards, the user's
+    member's GPUs; a GpushellError when it does not list one of the user's.
     """
     if reg.cluster is not None:
         from ..containers import lxdinstance
 
-        return lxdinstance.wanted(reg, user)
+        return lxdinstance.wanted(reg, user, cards or {})
     rootfs = backend_for(reg).rootfs(user.container)
     nodes = gpudevices.select(gpu_nodes, user.gpus)
     return lxcconfig.container_config(reg, user, rootfs, apparmor_profile, nodes, student_ids, cgroup)
@@ -196,14 +206,19 @@ def plan(reg: Registry, paths: Paths, state: HostState) -> Plan:
                 f"recreate it with: gpushell-admin remove {user.name} && gpushell-admin add {user.name}"
             )
             continue
-        config = wanted_config(
-            reg,
-            user,
-            state.apparmor_profile,
-            gpudevices.after_repair(state.gpu),
-            state.student_ids.get(user.name),
-            state.cgroup,
-        )
+        try:
+            config = wanted_config(
+                reg,
+                user,
+                state.apparmor_profile,
+                gpudevices.after_repair(state.gpu),
+                state.student_ids.get(user.name),
+                state.cgroup,
+                state.cards.get(user.member),
+            )
+        except GpushellError as exc:
+            warnings.append(f"{user.name}: container {user.container} not checked: {exc.log_message}")
+            continue
         if current != config:
             running = state.states.get(user.container) == RUNNING
             # The engine applies a cluster container's new limits and devices at once.
@@ -417,6 +432,11 @@ def observe_front_door(reg: Registry, paths: Paths) -> HostState:
     listed = driver.listing()  # one request for the configs and the states
     found = driver.managed_texts(listed)
     where = driver.states(listed)
+    silent = {member for state, member in where.values() if state == UNKNOWN}
+    cards = {}
+    for member in sorted({user.member for user in reg.users.values() if user.gpus != "none"} - silent):
+        with contextlib.suppress(GpushellError):  # unread: plan says its GPU students were not checked
+            cards[member] = driver.member_gpus(member)
     return HostState(
         table=iptables.read_nat(),
         bridge_ready=True,
@@ -425,6 +445,7 @@ def observe_front_door(reg: Registry, paths: Paths) -> HostState:
         accounts=host_accounts(reg.users, paths.group),
         states={name: state for name, (state, _) in where.items()},
         unanswered={name: member for name, (state, member) in where.items() if state == UNKNOWN},
+        cards=cards,
     )
 
 

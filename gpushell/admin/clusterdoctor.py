@@ -16,6 +16,10 @@ from ..core.errors import GpushellError
 from ..core.model import Registry
 from .findings import Finding
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..containers.lxdinstance import Cards
+
 MOVE_OR_EDIT = "gpushell-admin move USER MEMBER, or correct the student's member: in the registry"
 
 
@@ -26,7 +30,7 @@ class ClusterFacts:
     instances: dict[str, tuple[str, str]] | None  # container -> (state, member); None: not listed
     image: bool | None = None  # the registry's template is an image alias of the project; None: not asked
     project: dict[str, str] | None = None  # the project's config (its restrictions); None: not read
-    gpus: dict[str, dict[int, str]] = dataclasses.field(default_factory=dict)  # member -> its cards, asked
+    gpus: dict[str, Cards] = dataclasses.field(default_factory=dict)  # member -> its GPUs, where asked
     volumes: dict[str, str] | None = None  # the pool's custom volumes: name -> member; None: not listed
 
 
@@ -96,27 +100,29 @@ def check_members(reg: Registry, facts: ClusterFacts) -> list[Finding]:
 
 
 def check_gpus(reg: Registry, facts: ClusterFacts) -> list[Finding]:
-    """The registry's GPU numbers of each member are GPUs its engine has (a `gpu` device's id)."""
+    """The registry's GPU numbers of each member are GPUs its engine lists (as /dev/nvidiaN)."""
     assert reg.cluster is not None
     found = []
     for name, member in reg.cluster.members.items():
         cards = facts.gpus.get(name)
         if cards is None or not member.gpus:
             continue  # not asked: no GPU in the registry, or the member did not answer
-        seen = ", ".join(f"{number}: {what}" for number, what in sorted(cards.items())) or "none"
+        seen = ", ".join(f"{number}: {card.what}" for number, card in sorted(cards.items())) or "none"
         missing = [number for number in member.gpus if number not in cards]
         if missing:
             found.append(
                 Finding(
                     False,
                     f"member {name}: the registry gives GPU {', '.join(map(str, missing))}, "
-                    f"which its engine does not have (its GPUs: {seen}); containers with it will not start",
-                    f"correct lxd.members.{name}.gpus to the ids `lxc info --resources --target {name}` "
-                    "shows (a card's DRM number, not always its /dev/nvidiaN)",
+                    f"which its engine does not list (its NVIDIA GPUs: {seen}); containers with it "
+                    "cannot be made or started",
+                    f"correct lxd.members.{name}.gpus to the numbers of its /dev/nvidiaN "
+                    f"(`lxc info --resources --target {name}` shows each card's nvidiaN), "
+                    "or load the NVIDIA driver there",
                 )
             )
-        else:
-            found.append(Finding(True, f"member {name}: GPUs {seen}"))
+            continue
+        found.append(Finding(True, f"member {name}: GPUs {seen}"))
     return found
 
 

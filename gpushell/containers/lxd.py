@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 
 from ..core.errors import ExitStatus, GpushellError
+from ..core.placement import gpu_numbers
 from . import lxdapi, lxdinstance
 from .backend import FROZEN, MISSING, RUNNING, STOPPED, UNKNOWN, ContainerDriver
 from .lxcconfig import STUDENT_ID, hosts_file  # the student's uid and /etc/hosts, as on one host
@@ -120,7 +121,11 @@ class LxdDriver(ContainerDriver):
         client = self.client(user.container)
         try:
             client.call(
-                "POST", "/instances", lxdinstance.body(reg, user), {"target": user.member}, STATE_WAIT
+                "POST",
+                "/instances",
+                lxdinstance.body(reg, user, self.cards_for(user)),
+                {"target": user.member},
+                STATE_WAIT,
             )
         except lxdapi.Unreachable as exc:
             raise MemberDown(user.member, exc.log_message) from None
@@ -231,7 +236,7 @@ class LxdDriver(ContainerDriver):
             for key, value in (current.get("config") or {}).items()
             if key.startswith(lxdinstance.ENGINE_KEYS)
         }
-        devices = lxdinstance.devices(self.reg, user, self.cluster)
+        devices = lxdinstance.devices(self.reg, user, self.cluster, self.cards_for(user))
         body = {
             "architecture": current.get("architecture"),
             "config": kept | lxdinstance.config(self.reg, user),
@@ -386,9 +391,15 @@ class LxdDriver(ContainerDriver):
             return exc.log_message
         return None
 
-    def member_gpus(self, member: str) -> dict[int, str]:
-        """The GPU cards the member's own engine lists (gpu_cards)."""
-        return gpu_cards(self.member_client(member).get("/resources"))
+    def member_gpus(self, member: str) -> lxdinstance.Cards:
+        """The NVIDIA GPUs the member's own engine lists, by /dev/nvidiaN number."""
+        return lxdinstance.gpu_cards(self.member_client(member).get("/resources"))
+
+    def cards_for(self, user: User) -> lxdinstance.Cards:
+        """The GPUs of the user's member when the user has any (one request), else none."""
+        if not gpu_numbers(user.gpus, self.cluster.members[user.member]):
+            return {}
+        return self.member_gpus(user.member)
 
     def project_config(self) -> dict[str, str]:
         """The project's config: the restrictions that bound what gpushell's certificate may do."""
@@ -399,23 +410,6 @@ class LxdDriver(ContainerDriver):
     def members(self) -> list[dict[str, object]]:
         """The engine's word on each member: server_name, status (Online, Offline, ...), message."""
         return list(self.client().get("/cluster/members", recursion="1") or [])
-
-
-def gpu_cards(resources: object) -> dict[int, str]:
-    """The GPUs a member's /1.0/resources lists: the id a `gpu` device names (the DRM card number)
-    -> what the card is, for a person (vendor, model, PCI address)."""
-    gpu = resources.get("gpu") if isinstance(resources, dict) else None
-    cards = gpu.get("cards") if isinstance(gpu, dict) else None
-    found = {}
-    for card in cards if isinstance(cards, list) else []:
-        drm = card.get("drm") if isinstance(card, dict) else None
-        if not isinstance(drm, dict) or not isinstance(drm.get("id"), int):
-            continue  # a card without a DRM node cannot be given by id
-        nvidia = card.get("nvidia")
-        model = nvidia.get("model") if isinstance(nvidia, dict) else None
-        name = model or f"{card.get('vendor', '?')} {card.get('product', '?')}"
-        found[drm["id"]] = f"{name} at {card.get('pci_address', '?')}"
-    return found
 
 
 def _missing(error: lxdapi.ApiError) -> bool:

@@ -5,12 +5,24 @@ written behind its back: the kernel limits as `limits.*`, the isolated id
 range as `security.idmap.*`, the address and anti-spoofing filters on the
 NIC, the student's port as a proxy device on the member, the GPUs as
 `gpu` devices and the NAS as disk devices.
+
+A GPU is numbered by its /dev/nvidiaN on its member, as on one host, and
+given by its PCI address (`pci`), which the member's /1.0/resources lists
+beside it.  Never by `id`: that is the DRM card number, which is not the
+/dev/nvidiaN (a server's on-board graphics is often card 0) and which a
+compute GPU without the nvidia-drm module does not have at all (seen on a
+real H200: tests/data/real_gpu); LXD 5.0.2 and Incus give such a card by
+`pci` all the same.
 """
 
 from __future__ import annotations
 
+import re
+
+from ..core.errors import GpushellError
 from ..core.model import Cluster, Registry, User
 from ..core.placement import gpu_numbers
+from ..core.value import Value
 
 OWNER_KEY = "user.gpushell.owner"  # the registry user a container belongs to, for strays and listings
 SSH_DEVICE = "gpushell-ssh"
@@ -40,8 +52,63 @@ def config(reg: Registry, user: User) -> dict[str, str]:
     }
 
 
-def devices(reg: Registry, user: User, cluster: Cluster) -> dict[str, dict[str, str]]:
-    """The instance's devices: root disk with its quota, NIC, the student's port, GPUs, mounts."""
+class GpuCard(Value):
+    """A member's NVIDIA GPU as its engine lists it: its PCI address, and what it is for a person."""
+
+    __slots__ = ("pci", "what")
+
+    def __init__(self, pci: str, what: str) -> None:
+        self.pci, self.what = pci, what
+
+
+Cards = dict[int, GpuCard]  # a member's GPUs by /dev/nvidiaN number
+NVIDIA_NODE = re.compile(r"nvidia([0-9]+)")  # the card's node, /dev/nvidiaN
+
+
+def gpu_cards(resources: object) -> Cards:
+    """The NVIDIA GPUs a member's /1.0/resources lists, by their /dev/nvidiaN number.
+
+    The engine reads the number from the driver (its `nvidia.card_name`);
+    a card without it (another vendor's, or no NVIDIA driver bound) is no
+    GPU gpushell can give.
+    """
+    gpu = resources.get("gpu") if isinstance(resources, dict) else None
+    listed = gpu.get("cards") if isinstance(gpu, dict) else None
+    found: Cards = {}
+    for card in listed if isinstance(listed, list) else []:
+        nvidia = card.get("nvidia") if isinstance(card, dict) else None
+        if not isinstance(nvidia, dict):
+            continue
+        node = NVIDIA_NODE.fullmatch(str(nvidia.get("card_name") or ""))
+        pci = card.get("pci_address")
+        if node is None or not isinstance(pci, str):
+            continue
+        model = nvidia.get("model") or f"{card.get('vendor', '?')} {card.get('product', '?')}"
+        found[int(node[1])] = GpuCard(pci, f"{model} at {pci}")
+    return found
+
+
+def gpu_devices(user: User, cluster: Cluster, cards: Cards) -> dict[str, dict[str, str]]:
+    """One `gpu` device per GPU of the student's, by the PCI address its member lists for it."""
+    found = {}
+    for number in gpu_numbers(user.gpus, cluster.members[user.member]):
+        card = cards.get(number)
+        if card is None:
+            listed = ", ".join(f"{n}: {c.what}" for n, c in sorted(cards.items())) or "none"
+            raise GpushellError(
+                "your container's GPU is missing on its server; ask your administrator",
+                f"member {user.member} lists no GPU {number} (/dev/nvidia{number}) for {user.name}; "
+                f"its GPUs: {listed}",
+            )
+        found[f"gpu{number}"] = {"type": "gpu", "gputype": "physical", "pci": card.pci}
+    return found
+
+
+def devices(reg: Registry, user: User, cluster: Cluster, cards: Cards) -> dict[str, dict[str, str]]:
+    """The instance's devices: root disk with its quota, NIC, the student's port, GPUs, mounts.
+
+    cards: the GPUs of the student's member (gpu_cards), when the student has any.
+    """
     found: dict[str, dict[str, str]] = {
         "root": {"type": "disk", "path": "/", "pool": cluster.pool, "size": str(user.limits.disk)},
         "eth0": {
@@ -58,9 +125,8 @@ def devices(reg: Registry, user: User, cluster: Cluster) -> dict[str, dict[str, 
             "security.port_isolation": "false" if reg.allow_container_traffic else "true",
         },
         SSH_DEVICE: ssh_proxy(user),
+        **gpu_devices(user, cluster, cards),
     }
-    for number in gpu_numbers(user.gpus, cluster.members[user.member]):
-        found[f"gpu{number}"] = {"type": "gpu", "gputype": "physical", "id": str(number)}
     for index, mount in enumerate(user.mounts):
         found[f"mount{index}"] = {
             "type": "disk",
@@ -89,7 +155,7 @@ def ssh_proxy(user: User) -> dict[str, str]:
     }
 
 
-def body(reg: Registry, user: User) -> dict[str, object]:
+def body(reg: Registry, user: User, cards: Cards) -> dict[str, object]:
     """The POST /1.0/instances body making the student's container from the registry's image."""
     assert reg.cluster is not None
     return {
@@ -98,7 +164,7 @@ def body(reg: Registry, user: User) -> dict[str, object]:
         "source": {"type": "image", "alias": reg.template},
         "profiles": list(PROFILES),
         "config": config(reg, user),
-        "devices": devices(reg, user, reg.cluster),
+        "devices": devices(reg, user, reg.cluster, cards),
     }
 
 
@@ -116,10 +182,10 @@ def managed(config_: dict[str, str], devices_: dict[str, dict[str, str]]) -> str
     return json.dumps({"config": ours, "devices": devices_}, sort_keys=True)
 
 
-def wanted(reg: Registry, user: User) -> str:
-    """managed() of what the registry asks for the user's container."""
+def wanted(reg: Registry, user: User, cards: Cards) -> str:
+    """managed() of what the registry asks for the user's container (cards: its member's GPUs)."""
     assert reg.cluster is not None
-    return managed(config(reg, user), devices(reg, user, reg.cluster))
+    return managed(config(reg, user), devices(reg, user, reg.cluster, cards))
 
 
 def interfaces(reg: Registry, user: User) -> str:

@@ -212,7 +212,7 @@ def test_a_member_that_left_the_registry_loses_its_masquerade_rule() -> None:
 
 def test_the_instance_carries_limits_ids_filters_port_gpus_and_mounts() -> None:
     reg = registry(CLUSTER.replace("users:", "mounts:\n  - {source: /nas/data, target: /data}\nusers:"))
-    body = lxdinstance.body(reg, reg.users["alice"])
+    body = lxdinstance.body(reg, reg.users["alice"], CARDS)
     config, devices = body["config"], body["devices"]
     assert isinstance(config, dict) and isinstance(devices, dict)
     assert config["limits.memory"] == str(16 * 2**30)
@@ -224,7 +224,7 @@ def test_the_instance_carries_limits_ids_filters_port_gpus_and_mounts() -> None:
     assert devices["eth0"]["security.port_isolation"] == "true"
     open_lab = registry(CLUSTER.replace("users:", "allow_container_traffic: true\nusers:"))
     assert (
-        lxdinstance.devices(open_lab, open_lab.users["alice"], open_lab.cluster)["eth0"][
+        lxdinstance.devices(open_lab, open_lab.users["alice"], open_lab.cluster, CARDS)["eth0"][
             "security.port_isolation"
         ]
         == "false"
@@ -232,9 +232,10 @@ def test_the_instance_carries_limits_ids_filters_port_gpus_and_mounts() -> None:
     assert devices[lxdinstance.SSH_DEVICE] == {
         "type": "proxy", "listen": "tcp:0.0.0.0:22001", "connect": "tcp:127.0.0.1:22", "bind": "host",
     }  # fmt: skip
-    assert {name: device["id"] for name, device in devices.items() if device["type"] == "gpu"} == {
-        "gpu0": "0",
-        "gpu1": "1",
+    # Each GPU by the PCI address its member lists for its /dev/nvidiaN, never by the DRM `id`.
+    assert {name: device for name, device in devices.items() if device["type"] == "gpu"} == {
+        "gpu0": {"type": "gpu", "gputype": "physical", "pci": "0000:41:00.0"},
+        "gpu1": {"type": "gpu", "gputype": "physical", "pci": "0000:00:06.0"},
     }
     assert devices["mount0"] == {"type": "disk", "source": "/nas/data", "path": "/data", "readonly": "true"}
     assert body["source"] == {"type": "image", "alias": reg.template}
@@ -274,10 +275,11 @@ def test_apply_compares_the_engines_instances_with_the_registry() -> None:
     reg, paths = registry(), Paths()
     lines = rebuild_lines(NatTable(""), reg, reg.users.values())
     table = NatTable("*nat\n:GPUSHELL - [0:0]\n" + "".join(f"{line}\n" for line in lines[1:]) + "COMMIT\n")
-    engine = {user.container: lxdinstance.wanted(reg, user) for user in reg.users.values()}
+    engine = {user.container: lxdinstance.wanted(reg, user, CARDS) for user in reg.users.values()}
     healthy = HostState(
         table=table, bridge_ready=True, forwarding_on=True, configs=engine,
         accounts={name: Account(paths.shell, True) for name in reg.users}, states={"alice": "RUNNING"},
+        cards={"m1": CARDS, "m2": CARDS},
     )  # fmt: skip
     assert [c.text for c in apply.plan(reg, paths, healthy).changes if c.kind != apply.FORWARDS] == []
     # An instance whose limit was changed behind gpushell's back, one the engine lost.
@@ -331,12 +333,13 @@ def test_apply_leaves_the_containers_of_a_member_that_did_not_answer_alone() -> 
     )
     lines = rebuild_lines(NatTable(""), reg, reg.users.values())
     table = NatTable("*nat\n:GPUSHELL - [0:0]\n" + "".join(f"{line}\n" for line in lines[1:]) + "COMMIT\n")
-    engine = {user.container: lxdinstance.wanted(reg, user) for user in reg.users.values()}
+    engine = {user.container: lxdinstance.wanted(reg, user, CARDS) for user in reg.users.values()}
     state = HostState(
         table=table, bridge_ready=True, forwarding_on=True,
         configs={**engine, "alice": LxdDriver.managed_texts(listed)["alice"], "carol": ""},
         accounts={name: Account(paths.shell, True) for name in reg.users},
         states={"alice": UNKNOWN, "carol": UNKNOWN}, unanswered={"alice": "m2", "carol": "m2"},
+        cards={"m1": CARDS},  # m2 did not answer: its GPUs were not asked for
     )  # fmt: skip
     result = apply.plan(reg, paths, state)
     assert [c for c in result.changes if c.kind != apply.FORWARDS] == []  # no regenerate, no autostart
@@ -493,7 +496,10 @@ def test_doctor_names_what_the_project_blocks_that_gpushell_needs() -> None:
 
 
 # A member's GPUs as /1.0/resources lists them (the fields of LXD 5.0's api.ResourcesGPUCard,
-# written by hand: no machine here has an NVIDIA card): on-board graphics is DRM card 0.
+# written by hand): on-board graphics is DRM card 0; an H100 with the nvidia-drm module's DRM
+# node; an H200 as the engine lists a card without one (the real H200 of tests/data/real_gpu had
+# no DRM node: the engine's `nvidia` fields come from /proc/driver/nvidia, its minor made 1 here);
+# a card bound to vfio-pci, which no container can use.
 RESOURCES = {
     "gpu": {
         "cards": [
@@ -501,46 +507,85 @@ RESOURCES = {
              "pci_address": "0000:03:00.0", "drm": {"id": 0, "card_name": "card0"}},
             {"driver": "nvidia", "vendor": "NVIDIA Corporation", "product": "GH100 [H100 PCIe]",
              "pci_address": "0000:41:00.0", "drm": {"id": 1, "card_name": "card1"},
-             "nvidia": {"model": "NVIDIA H100 PCIe", "card_name": "nvidia0", "uuid": "GPU-5a1c"}},
-            {"driver": "vfio-pci", "vendor": "NVIDIA Corporation", "pci_address": "0000:42:00.0"},  # no DRM
+             "nvidia": {"model": "NVIDIA H100 PCIe", "card_name": "nvidia0", "card_device": "195:0"}},
+            {"driver": "nvidia", "vendor_id": "10de", "pci_address": "0000:00:06.0",
+             "nvidia": {"model": "NVIDIA H200", "brand": "NVIDIA", "card_name": "nvidia1",
+                        "card_device": "195:1"}},
+            {"driver": "vfio-pci", "vendor": "NVIDIA Corporation", "pci_address": "0000:42:00.0"},
         ],
-        "total": 3,
+        "total": 4,
     }
 }  # fmt: skip
+CARDS = lxdinstance.gpu_cards(RESOURCES)
 
 
-def test_a_members_gpus_are_the_cards_its_engine_lists_by_drm_number() -> None:
-    from gpushell.containers.lxd import gpu_cards
+def test_a_members_gpus_are_its_nvidia_cards_by_their_dev_nvidia_number() -> None:
+    assert {
+        0: lxdinstance.GpuCard("0000:41:00.0", "NVIDIA H100 PCIe at 0000:41:00.0"),
+        1: lxdinstance.GpuCard("0000:00:06.0", "NVIDIA H200 at 0000:00:06.0"),
+    } == CARDS
+    for nothing in (
+        {},
+        {"gpu": {"cards": None}},
+        [],
+        {"gpu": {"cards": [{"nvidia": {"card_name": "card0"}}]}},
+    ):
+        assert lxdinstance.gpu_cards(nothing) == {}
 
-    assert gpu_cards(RESOURCES) == {
-        0: "ASPEED Technology, Inc. ASPEED Graphics Family at 0000:03:00.0",
-        1: "NVIDIA H100 PCIe at 0000:41:00.0",
-    }
-    assert gpu_cards({}) == {} and gpu_cards({"gpu": {"cards": None}}) == {} and gpu_cards([]) == {}
+
+def test_a_gpu_its_member_does_not_list_stops_the_container_being_made() -> None:
+    reg = registry()
+    with pytest.raises(GpushellError) as caught:
+        lxdinstance.body(reg, reg.users["alice"], {0: CARDS[0]})
+    assert (
+        caught.value.user_message == "your container's GPU is missing on its server; ask your administrator"
+    )
+    assert caught.value.log_message == (
+        "member m2 lists no GPU 1 (/dev/nvidia1) for alice; its GPUs: 0: NVIDIA H100 PCIe at 0000:41:00.0"
+    )
+    devices = lxdinstance.body(reg, reg.users["alice"].replace(gpus="none"), {})["devices"]
+    assert isinstance(devices, dict) and "gpu0" not in devices  # no GPU, no card asked for
+
+
+def test_apply_says_which_students_it_could_not_check_for_want_of_their_members_gpus() -> None:
+    from gpushell.admin import apply
+    from gpushell.admin.apply import Account, HostState
+    from gpushell.core.paths import Paths
+
+    reg, paths = registry(), Paths()
+    engine = {user.container: lxdinstance.wanted(reg, user, CARDS) for user in reg.users.values()}
+    state = HostState(
+        table=NatTable(""), bridge_ready=True, forwarding_on=True, configs=engine,
+        accounts={name: Account(paths.shell, True) for name in reg.users}, states={},
+        cards={"m1": CARDS},  # m2's could not be read
+    )  # fmt: skip
+    result = apply.plan(reg, paths, state)
+    assert [c for c in result.changes if c.kind == apply.CONFIG] == []
+    assert result.warnings == [
+        "alice: container alice not checked: "
+        "member m2 lists no GPU 0 (/dev/nvidia0) for alice; its GPUs: none"
+    ]
 
 
 def test_doctor_names_a_registry_gpu_the_member_does_not_have() -> None:
     from gpushell.admin import clusterdoctor
-    from gpushell.containers.lxd import gpu_cards
 
     reg = registry(CLUSTER.replace("gpus: 2, memory: 64G", "gpus: [1], memory: 64G"))
-    facts = clusterdoctor.ClusterFacts(
-        {}, {}, {}, gpus={"m1": gpu_cards(RESOURCES), "m2": gpu_cards(RESOURCES)}
-    )
+    facts = clusterdoctor.ClusterFacts({}, {}, {}, gpus={"m1": CARDS, "m2": CARDS})
     found = [(f.ok, f.what, f.fix) for f in clusterdoctor.check_gpus(reg, facts)]
-    seen = (
-        "0: ASPEED Technology, Inc. ASPEED Graphics Family at 0000:03:00.0, "
-        "1: NVIDIA H100 PCIe at 0000:41:00.0"
-    )
+    seen = "0: NVIDIA H100 PCIe at 0000:41:00.0, 1: NVIDIA H200 at 0000:00:06.0"
     assert found == [
         (True, f"member m1: GPUs {seen}", ""),
         (
             False,
-            f"member m2: the registry gives GPU 2, 3, which its engine does not have (its GPUs: {seen}); "
-            "containers with it will not start",
-            "correct lxd.members.m2.gpus to the ids `lxc info --resources --target m2` shows "
-            "(a card's DRM number, not always its /dev/nvidiaN)",
+            f"member m2: the registry gives GPU 2, 3, which its engine does not list (its NVIDIA GPUs: "
+            f"{seen}); containers with it cannot be made or started",
+            "correct lxd.members.m2.gpus to the numbers of its /dev/nvidiaN (`lxc info --resources "
+            "--target m2` shows each card's nvidiaN), or load the NVIDIA driver there",
         ),
     ]  # m3 has no GPU in the registry: not asked
     bare = clusterdoctor.ClusterFacts({}, {}, {}, gpus={"m1": {}})
-    assert "which its engine does not have (its GPUs: none)" in clusterdoctor.check_gpus(reg, bare)[0].what
+    assert (
+        "which its engine does not list (its NVIDIA GPUs: none)"
+        in clusterdoctor.check_gpus(reg, bare)[0].what
+    )

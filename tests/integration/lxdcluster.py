@@ -27,6 +27,7 @@ import yaml
 from gpushell.containers import lxdimage, template
 
 from .lab import ENV, sh
+from .standin_gpus import StandinGpu, script
 
 STATE_ROOT = "/var/lib/gpushell-test-lxd"  # short: unix socket paths must stay under 108 bytes
 TEMPLATE_CACHE = "/var/cache/gpushell/templates"
@@ -44,11 +45,17 @@ ROOT_DISK = {"type": "disk", "path": "/", "pool": "default"}
 DELETE_SECONDS = 60
 SHUTDOWN_SECONDS = 30
 # In the daemon's own mount namespace: keep the host's cgroup mounts aside,
-# mount a sysfs of the member's network namespace, put the cgroups back.
+# mount a sysfs of the member's network namespace, put the cgroups back;
+# then the member's stand-in GPUs (standin_gpus.py), before the daemon starts.
 SYSFS_SWAP = (
     'set -e; keep=$(mktemp -d); mount --rbind /sys/fs/cgroup "$keep"; mount -t sysfs sysfs /sys; '
-    'mount --move "$keep" /sys/fs/cgroup; rmdir "$keep" 2>/dev/null || true; exec "$@"'
+    'mount --move "$keep" /sys/fs/cgroup; rmdir "$keep" 2>/dev/null || true; {gpus}exec "$@"'
 )
+# m1's GPU 0 has a DRM node (nvidia-drm loaded), m2's has none, like the real H200 recorded.
+STANDIN_GPUS = {
+    "m1": (StandinGpu(0, "0000:00:06.0", drm=1),),
+    "m2": (StandinGpu(0, "0000:00:06.0", drm=None),),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,14 +201,17 @@ class Cluster:
     def _start_daemon(self, member: str) -> None:
         """In the member's network namespace, with a /sys of that namespace (LXD looks for its
         bridge in /sys/class/net) that still holds the host's cgroups (`ip netns exec`'s fresh
-        /sys hides them, and unprivileged containers then cannot start): SYSFS_SWAP below."""
+        /sys hides them, and unprivileged containers then cannot start), and the member's stand-in
+        GPUs: SYSFS_SWAP below."""
         state = self.state_dir(member)
         os.makedirs(state, mode=0o711)
         log = f"{state}/daemon.log"
+        gpus = script(STANDIN_GPUS.get(member, ()), f"{state}/gpus")
         with open(f"{state}/daemon.out", "wb") as output:
             self.daemons[member] = subprocess.Popen(
                 ["nsenter", f"--net=/run/netns/{self.netns(member)}",
-                 "unshare", "--mount", "--propagation", "slave", "sh", "-c", SYSFS_SWAP, "sh",
+                 "unshare", "--mount", "--propagation", "slave",
+                 "sh", "-c", SYSFS_SWAP.format(gpus=gpus), "sh",
                  self.engine.daemon, "--group", "root", "--logfile", log],
                 env=self.env(member), stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
                 start_new_session=True,  # only down() stops it, never a ^C meant for pytest

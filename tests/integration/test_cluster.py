@@ -121,8 +121,13 @@ def test_add_places_students_by_free_gpus_then_memory(front: FrontDoor, placed: 
         engine = front.instance(student)
         assert engine["location"] == member, engine
         assert engine["status"] == "Stopped"  # add makes the container; the first login starts it
+    # By the PCI address the member's engine lists for its /dev/nvidia0 (its stand-in, standin_gpus.py).
     gpu = front.instance(placed["gpu-on-m2"])["devices"]
-    assert isinstance(gpu, dict) and gpu["gpu0"] == {"type": "gpu", "gputype": "physical", "id": "0"}
+    assert isinstance(gpu, dict) and gpu["gpu0"] == {
+        "type": "gpu",
+        "gputype": "physical",
+        "pci": "0000:00:06.0",
+    }
     listed = front.admin("list").stdout
     assert "MEMBER" in listed.splitlines()[0]
     assert any(placed["m3"].name in line and line.rstrip().endswith("m3") for line in listed.splitlines())
@@ -132,6 +137,30 @@ def test_add_places_students_by_free_gpus_then_memory(front: FrontDoor, placed: 
     assert "no member has room for this student" in refused.stderr
     assert "m1 GPU 0 already assigned" in refused.stderr and "m3 has no GPU 0" in refused.stderr
     assert f"{front.prefix}nx" not in front.read_registry()
+
+
+@pytest.mark.parametrize(("where", "drm"), [("m1", ["card1", "renderD129"]), ("m2", [])])
+def test_a_gpu_student_gets_their_gpus_nodes_and_no_one_else_does(
+    front: FrontDoor, placed: dict[str, Student], where: str, drm: list[str]
+) -> None:
+    """m1's stand-in GPU has DRM nodes, as with nvidia-drm loaded; m2's has none, like the real H200
+    recorded.  The engine gives both by their PCI address."""
+    student, neighbour = placed[f"gpu-on-{where}"], placed[where]
+    started = front.ssh(student, "start")
+    assert started.returncode == 0, started.stderr
+    nodes = "stat -c '%n %F %t:%T' /dev/nvidia0 /dev/nvidiactl /dev/nvidia-uvm; ls /dev/dri"
+    seen = front.inside(student, nodes)
+    assert seen.stdout.splitlines() == [
+        "/dev/nvidia0 character special file c3:0",  # 195:0, in hex
+        "/dev/nvidiactl character special file c3:ff",
+        "/dev/nvidia-uvm character special file ee:0",  # the recorded driver's 238:0
+        *drm,
+    ], seen.stderr
+    # The devices cgroup lets the open through to the kernel, which has no driver behind 195:0.
+    opened = front.inside(student, "head -c1 /dev/nvidia0")
+    assert "No such device or address" in opened.stderr, opened.stderr
+    assert front.ssh(neighbour, "start").returncode == 0
+    assert front.inside(neighbour, "ls /dev/nvidia0 /dev/nvidiactl").returncode != 0
 
 
 @pytest.mark.parametrize("where", ["m1", "m2", "m3"])
@@ -360,12 +389,13 @@ def test_template_build_imports_the_image(front: FrontDoor) -> None:
     doctor = front.admin("doctor", check=False).stdout
     assert f"ok: image {IMAGE_ALIAS} is in project gpushell" in doctor
     assert "ok: project gpushell is restricted to what gpushell needs" in doctor, doctor
-    # The registry's stand-in GPUs: each member's engine lists the cards it has, and this machine has none.
+    # Each member's engine lists its stand-in GPU, an H200 as recorded (standin_gpus.py).
     for member in ("m1", "m2"):
-        assert (
-            f"member {member}: the registry gives GPU 0, which its engine does not have (its GPUs: none)"
-            in doctor
-        )
+        assert f"ok: member {member}: GPUs 0: NVIDIA H200 at 0000:00:06.0" in doctor, doctor
+    no_drm = (
+        "member m2: GPU 0 has no DRM node, and lxd 5.0.2 gives a container a GPU only through its DRM node"
+    )
+    assert (no_drm in doctor) == (front.cluster.engine.name == "lxd"), doctor  # m1's has one
     for member, address in front.cluster.members:
         assert f"ok: member {member} ({address}) answers and is online" in doctor, doctor
 
