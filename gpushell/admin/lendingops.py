@@ -100,6 +100,13 @@ def host_gpus(nodes: Iterable[Node]) -> tuple[int, ...]:
     return tuple(sorted(node.gpu for node in nodes if node.gpu is not None))
 
 
+def server_gpus(reg: Registry, host: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """Each server's GPUs by lending.members' names: one host's own, or each member's in the registry."""
+    if reg.cluster is None:
+        return {"": host}
+    return {name: member.gpus for name, member in reg.cluster.members.items()}
+
+
 # --- the tick --------------------------------------------------------------------------
 
 
@@ -163,7 +170,8 @@ def _decide(
 
     def change(book: LoanBook) -> tuple[LoanBook, lending.Tick]:
         found.append(book)
-        decided = lending.tick(reg, _since_boot(book, boot), now, host, None if use is None else use.busy)
+        busy = None if use is None else use.busy
+        decided = lending.tick_members(reg, _since_boot(book, boot), now, server_gpus(reg, host), busy)
         if decided.ended:
             _note_taking(paths, [(loan.user, loan.gpu) for loan in decided.ended], warn)
         return decided.book, decided
@@ -245,7 +253,7 @@ def _notify(reg: Registry, warned: Iterable[Loan], warn: Report) -> None:
 def _to_give(decided: lending.Tick, now: float) -> list[Loan]:
     """Loans from the line, and loans young enough that a killed helper may not have given them yet."""
     young = [loan for loan in decided.book.loans if loan.started >= now - REGIVE]
-    return list({loan.gpu: loan for loan in (*decided.granted, *young)}.values())
+    return list({(loan.user, loan.gpu): loan for loan in (*decided.granted, *young)}.values())
 
 
 # --- moving devices ----------------------------------------------------------------

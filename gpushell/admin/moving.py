@@ -14,7 +14,7 @@ from ..containers.lxd import LxdDriver
 from ..core import placement
 from ..core.errors import ExitStatus, GpushellError
 from ..helper import services
-from ..system import registry_store
+from ..system import loanstore, registry_store
 from ..system.lock import ADMIN_WAIT, admin_busy, locked
 from .editing import edit_user
 
@@ -37,6 +37,14 @@ def cmd_move(paths: Paths, args: Options, say: Callable[[str], None]) -> int:
             )
         if user.member == target:
             raise GpushellError(f"{name} is on {target} already", status=ExitStatus.USAGE)
+        held = loanstore.read(paths).of(name)
+        if held:  # numbered on this member: the same numbers elsewhere are other cards
+            gpus = ", ".join(str(loan.gpu) for loan in held)
+            raise GpushellError(
+                f"{name} borrowed GPU {gpus} of {user.member}; end the loan first "
+                f"(their `return`, or gpushell-admin loans revoke {name} GPU); nothing moved",
+                status=ExitStatus.USAGE,
+            )
         others = [other for other in reg.users.values() if other.name != name]
         placement.check_on(reg.cluster, others, target, user.gpus, user.limits.memory)
         new_reg = change.propose(edit_user(change.old_text, name, {"member": target}))

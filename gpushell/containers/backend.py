@@ -134,6 +134,17 @@ class ContainerDriver:
         """Host PIDs of the container's processes that have node open (or mapped), sorted."""
         raise NotImplementedError
 
+    # Lent GPUs where the engine keeps devices in the instance (a cluster): the node calls
+    # above are LXC's, whose config the lab writes and whose processes the host sees.
+
+    def lend_gpus(self, user: User, gpus: tuple[int, ...]) -> None:
+        """The GPUs (numbered on the user's server) as devices of the container, running or not."""
+        raise NotImplementedError
+
+    def end_loans(self, user: User, gpus: tuple[int, ...]) -> bool:
+        """Take the lent GPUs' devices out, and end whatever holds them; whether that restarted it."""
+        raise NotImplementedError
+
 
 KILL_WAIT = 10.0  # seconds a SIGKILLed holder may take to let go (a driver call to finish)
 

@@ -222,12 +222,18 @@ class LxdDriver(ContainerDriver):
         self.request("POST", name, "", {"name": name, "migration": True}, {"target": member})
         self.member_of[name] = member
 
-    def reconfigure(self, user: User, extra_devices: dict[str, dict[str, str]] | None = None) -> None:
+    def reconfigure(
+        self,
+        user: User,
+        extra_devices: dict[str, dict[str, str]] | None = None,
+        loans: dict[str, dict[str, str]] | None = None,
+    ) -> None:
         """Make the instance's config and devices the registry's (limits, GPUs, mounts, port).
 
         The engine applies limits to a running container at once and plugs
         devices in and out; its own keys (volatile.*, image.*) stay as they are.
         extra_devices: devices of gpushell's own work beside those (a rebuild's home volume).
+        loans: the lent GPUs' devices it is to have; None keeps those it has.
         """
         current = self.request("GET", user.container)
         assert isinstance(current, dict)
@@ -236,7 +242,9 @@ class LxdDriver(ContainerDriver):
             for key, value in (current.get("config") or {}).items()
             if key.startswith(lxdinstance.ENGINE_KEYS)
         }
-        devices = lxdinstance.devices(self.reg, user, self.cluster, self.cards_for(user))
+        if loans is None:
+            loans = lent_devices(current)
+        devices = lxdinstance.devices(self.reg, user, self.cluster, self.cards_for(user)) | loans
         body = {
             "architecture": current.get("architecture"),
             "config": kept | lxdinstance.config(self.reg, user),
@@ -360,13 +368,40 @@ class LxdDriver(ContainerDriver):
     def block_start(self, name: str) -> Closable:
         raise GpushellError(f"container {name} is on a cluster member: the engine keeps its snapshots")
 
-    # --- GPUs ---------------------------------------------------------------
+    # --- lent GPUs ----------------------------------------------------------
+
+    def lend_gpus(self, user: User, gpus: tuple[int, ...]) -> None:
+        """Add the lent GPUs' devices; the engine plugs them into a running container at once."""
+        current = self.request("GET", user.container)
+        assert isinstance(current, dict)
+        added = lxdinstance.loan_devices(user, gpus, self.member_gpus(user.member))
+        self.reconfigure(user, loans=lent_devices(current) | added)
+
+    def end_loans(self, user: User, gpus: tuple[int, ...]) -> bool:
+        """Take the lent GPUs' devices out and, if the container runs, restart it.
+
+        A process keeps a GPU it opened after the device is gone, and the
+        engine shows no process table (nor would container root's word
+        do): the restart is what ends them.  Returns whether it restarted.
+        """
+        current = self.request("GET", user.container)
+        assert isinstance(current, dict)
+        held = lent_devices(current)
+        ending = {f"{lxdinstance.LOAN_DEVICE}{gpu}" for gpu in gpus} & set(held)
+        if not ending:
+            return False
+        self.reconfigure(user, loans={name: device for name, device in held.items() if name not in ending})
+        if self.state(user.container) != RUNNING:
+            return False
+        self.stop(user.container)
+        self.start(user.container)
+        return True
 
     def add_device(self, name: str, source: str, node: Node) -> None:
-        raise GpushellError("GPU lending is not available on a cluster yet")
+        raise GpushellError(f"container {name} is on a cluster member: its GPUs are the engine's devices")
 
     def remove_device(self, name: str, node: Node) -> None:
-        raise GpushellError("GPU lending is not available on a cluster yet")
+        raise GpushellError(f"container {name} is on a cluster member: its GPUs are the engine's devices")
 
     def device_holders(self, name: str, node: Node) -> list[int]:
         return []
@@ -410,6 +445,12 @@ class LxdDriver(ContainerDriver):
     def members(self) -> list[dict[str, object]]:
         """The engine's word on each member: server_name, status (Online, Offline, ...), message."""
         return list(self.client().get("/cluster/members", recursion="1") or [])
+
+
+def lent_devices(instance: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """The instance's lent GPUs' devices (lxdinstance.LOAN_DEVICE)."""
+    devices = instance.get("devices") or {}
+    return {name: device for name, device in devices.items() if name.startswith(lxdinstance.LOAN_DEVICE)}
 
 
 def _missing(error: lxdapi.ApiError) -> bool:

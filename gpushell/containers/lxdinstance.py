@@ -90,18 +90,31 @@ def gpu_cards(resources: object) -> Cards:
 
 def gpu_devices(user: User, cluster: Cluster, cards: Cards) -> dict[str, dict[str, str]]:
     """One `gpu` device per GPU of the student's, by the PCI address its member lists for it."""
-    found = {}
-    for number in gpu_numbers(user.gpus, cluster.members[user.member]):
-        card = cards.get(number)
-        if card is None:
-            listed = ", ".join(f"{n}: {c.what}" for n, c in sorted(cards.items())) or "none"
-            raise GpushellError(
-                "your container's GPU is missing on its server; ask your administrator",
-                f"member {user.member} lists no GPU {number} (/dev/nvidia{number}) for {user.name}; "
-                f"its GPUs: {listed}",
-            )
-        found[f"gpu{number}"] = {"type": "gpu", "gputype": "physical", "pci": card.pci}
-    return found
+    return {
+        f"gpu{number}": gpu_device(user, number, cards)
+        for number in gpu_numbers(user.gpus, cluster.members[user.member])
+    }
+
+
+LOAN_DEVICE = "loan-gpu"  # a lent GPU's device: gpushell's lending adds and removes it, apply leaves it
+
+
+def loan_devices(user: User, gpus: tuple[int, ...], cards: Cards) -> dict[str, dict[str, str]]:
+    """The devices of GPUs lent to the student, on their member."""
+    return {f"{LOAN_DEVICE}{number}": gpu_device(user, number, cards) for number in gpus}
+
+
+def gpu_device(user: User, number: int, cards: Cards) -> dict[str, str]:
+    """GPU number (its /dev/nvidiaN) of the student's member, by the PCI address the member lists."""
+    card = cards.get(number)
+    if card is None:
+        listed = ", ".join(f"{n}: {c.what}" for n, c in sorted(cards.items())) or "none"
+        raise GpushellError(
+            "your container's GPU is missing on its server; ask your administrator",
+            f"member {user.member} lists no GPU {number} (/dev/nvidia{number}) for {user.name}; "
+            f"its GPUs: {listed}",
+        )
+    return {"type": "gpu", "gputype": "physical", "pci": card.pci}
 
 
 def devices(reg: Registry, user: User, cluster: Cluster, cards: Cards) -> dict[str, dict[str, str]]:
@@ -174,12 +187,14 @@ ENGINE_KEYS = ("volatile.", "image.")  # config the engine keeps for itself; nev
 def managed(config_: dict[str, str], devices_: dict[str, dict[str, str]]) -> str:
     """The part of an instance the registry decides, as canonical text (apply compares these).
 
-    The engine's own keys (volatile.*, image.*) are left out: it sets them.
+    The engine's own keys (volatile.*, image.*) are left out: it sets them;
+    so are lent GPUs' devices, which the loans decide.
     """
     import json
 
     ours = {key: value for key, value in config_.items() if not key.startswith(ENGINE_KEYS)}
-    return json.dumps({"config": ours, "devices": devices_}, sort_keys=True)
+    kept = {name: device for name, device in devices_.items() if not name.startswith(LOAN_DEVICE)}
+    return json.dumps({"config": ours, "devices": kept}, sort_keys=True)
 
 
 def wanted(reg: Registry, user: User, cards: Cards) -> str:

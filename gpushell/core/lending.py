@@ -353,6 +353,71 @@ def expired_on_boot(book: LoanBook, now: float) -> tuple[LoanBook, tuple[Loan, .
     return LoanBook(kept, book.queue), ended
 
 
+# --- a cluster: each member lends its own GPUs ---------------------------------
+
+
+def members(reg: Registry) -> dict[str, frozenset[str]]:
+    """Each member's students: a GPU is lent to students on its own member alone, numbered there.
+
+    One host is one group of every student, under the name "".
+    """
+    if reg.cluster is None:
+        return {"": frozenset(reg.users)}
+    found: dict[str, set[str]] = {name: set() for name in reg.cluster.members}
+    for user in reg.users.values():
+        found.setdefault(user.member, set()).add(user.name)
+    return {name: frozenset(users) for name, users in found.items()}
+
+
+def on_member(reg: Registry, book: LoanBook, users: frozenset[str]) -> tuple[Registry, LoanBook]:
+    """The registry and the book as one member sees them: its students, their loans and the line."""
+    return (
+        reg.replace(users={name: user for name, user in reg.users.items() if name in users}),
+        LoanBook(
+            [loan for loan in book.loans if loan.user in users],
+            [waiter for waiter in book.queue if waiter.user in users],
+        ),
+    )
+
+
+def with_member(book: LoanBook, users: frozenset[str], part: LoanBook) -> LoanBook:
+    """The whole book with one member's part put back (the other members' loans and lines unchanged)."""
+    return LoanBook(
+        [loan for loan in book.loans if loan.user not in users] + list(part.loans),
+        [waiter for waiter in book.queue if waiter.user not in users] + list(part.queue),
+    )
+
+
+def tick_members(
+    reg: Registry,
+    book: LoanBook,
+    now: float,
+    gpus: dict[str, tuple[int, ...]],
+    busy: frozenset[int] | set[int] | None,
+) -> Tick:
+    """`tick` for every member's part of the book (one host: `tick` itself); gpus: each member's.
+
+    The loans and places of students no longer registered are a part of
+    their own, which `tick` revokes and drops.
+    """
+    if reg.cluster is None:
+        return tick(reg, book, now, gpus.get("", ()), busy)
+    groups = members(reg)
+    known = frozenset().union(*groups.values())
+    gone = frozenset(loan.user for loan in book.loans) | frozenset(waiter.user for waiter in book.queue)
+    decided = Tick(book)
+    for member, users in [*sorted(groups.items()), ("", gone - known)]:
+        part = tick(*on_member(reg, book, users), now, gpus.get(member, ()), busy)
+        decided = Tick(
+            with_member(decided.book, users, part.book),
+            *(getattr(decided, key) + getattr(part, key) for key in PARTS),
+        )
+    return decided
+
+
+PARTS = ("expired", "idle", "revoked", "warned", "granted", "dropped")  # Tick's fields after the book
+
+
 # --- words for the student and the lab ---------------------------------------
 
 

@@ -501,8 +501,6 @@ class _Validator:
                 nodes["egress_deny"], "egress_deny",
                 "with backend: lxd, deny those networks with a network ACL on the cluster's bridge (README)",
             )  # fmt: skip
-        if settings["backend"] == "lxd" and "lending" in nodes:
-            p.problem(nodes["lending"], "lending", "GPU lending is not available with backend: lxd yet")
         if settings["backend"] == "lxd" and settings["storage"] != "dir":
             p.problem(nodes["storage"], "storage", "with backend: lxd the cluster's storage pool keeps trees")
         defaults = Registry(

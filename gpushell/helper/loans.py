@@ -20,11 +20,15 @@ from ..system import audit, loanstore
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import TypeVar
+
     from ..core.model import Registry, User
     from ..gpu.gpudevices import Node
     from .context import Context
 
     Answer = dict[str, object]
+    Result = TypeVar("Result")
 
 GRACE = 5.0  # seconds a returned GPU's processes get between SIGTERM and SIGKILL
 
@@ -43,6 +47,33 @@ def busy_gpus(reg: Registry) -> frozenset[int] | None:
 
     use = gpuuse.from_host(reg)
     return None if use is None else use.busy
+
+
+def server_gpus(
+    reg: Registry, user: User, nodes: tuple[Node, ...]
+) -> tuple[tuple[int, ...], frozenset[int] | None]:
+    """The GPUs of the student's server and those busy there (None: NVML cannot tell).
+
+    On a cluster: their member's, as the registry numbers them; the front
+    door has no NVML of the members, so none counts as idle there.
+    """
+    if reg.cluster is not None:
+        return reg.cluster.members[user.member].gpus, None
+    return host_gpus(nodes), busy_gpus(reg)
+
+
+def on_members(
+    reg: Registry, user: User, decide: Callable[[Registry, lending.LoanBook], tuple[lending.LoanBook, Result]]
+) -> Callable[[lending.LoanBook], tuple[lending.LoanBook, Result]]:
+    """A change of the book made on the part of it of the student's member (one host: all of it)."""
+
+    def change(book: lending.LoanBook) -> tuple[lending.LoanBook, Result]:
+        users = lending.members(reg)[user.member]
+        part_reg, part = lending.on_member(reg, book, users)
+        new, result = decide(part_reg, part)
+        return lending.with_member(book, users, new), result
+
+    return change
 
 
 def _duration(request: dict[str, str], default: int | None = None) -> int:
@@ -67,9 +98,9 @@ def borrow(ctx: Context, user: User, request: dict[str, str]) -> Answer:
     duration = _duration(request, lending.allowance(reg, user.name).max_duration)
     queue = request.get("wait") == "1"
     nodes = host_nodes(reg)
-    gpus, busy, now = host_gpus(nodes), busy_gpus(reg), time.time()
+    (gpus, busy), now = server_gpus(reg, user, nodes), time.time()
 
-    def change(book: lending.LoanBook) -> tuple[lending.LoanBook, tuple[tuple[int, ...], int]]:
+    def change(reg: Registry, book: lending.LoanBook) -> tuple[lending.LoanBook, tuple[tuple[int, ...], int]]:
         free = lending.free_gpus(reg, book, gpus, busy)
         if queue:
             new, lent, place = lending.wait(reg, user.name, book, count, duration, now, free)
@@ -77,7 +108,7 @@ def borrow(ctx: Context, user: User, request: dict[str, str]) -> Answer:
         new, lent = lending.borrow(reg, user.name, book, count, duration, now, free)
         return new, (lent, 0)
 
-    lent, _place = loanstore.update(ctx.paths, change)  # a waiter's place: in loan_keys, from the book
+    lent, _place = loanstore.update(ctx.paths, on_members(reg, user, change))  # a place: in loan_keys
     if lent:
         give(ctx, user, lent, nodes)
     return answer(ctx, user, lent=",".join(map(str, lent)))
@@ -86,9 +117,10 @@ def borrow(ctx: Context, user: User, request: dict[str, str]) -> Answer:
 def extend(ctx: Context, user: User, request: dict[str, str]) -> Answer:
     gpu = _whole(request.get("gpu", ""), menu.LENDING_USAGE["extend"])
     duration, now = _duration(request), time.time()
-    loanstore.update(
-        ctx.paths, lambda book: lending.extend(ctx.registry, user.name, book, gpu, duration, now)
+    extended = on_members(
+        ctx.registry, user, lambda reg, book: lending.extend(reg, user.name, book, gpu, duration, now)
     )
+    loanstore.update(ctx.paths, extended)
     return answer(ctx, user, extended=gpu)
 
 
@@ -98,8 +130,9 @@ def give_back(ctx: Context, user: User, request: dict[str, str]) -> Answer:
         lending.ALL if which_text == menu.ALL_GPUS else _whole(which_text, menu.LENDING_USAGE["return"])
     )
     ended = loanstore.update(ctx.paths, lambda book: lending.give_back(book, user.name, which))
-    take(ctx, user, tuple(loan.gpu for loan in ended), host_nodes(ctx.registry))
-    return answer(ctx, user, returned=",".join(str(loan.gpu) for loan in ended))
+    restarted = take(ctx, user, tuple(loan.gpu for loan in ended), host_nodes(ctx.registry))
+    returned = ",".join(str(loan.gpu) for loan in ended)
+    return answer(ctx, user, returned=returned, restarted="1" if restarted else "")
 
 
 # --- the devices ------------------------------------------------------------
@@ -110,6 +143,9 @@ def give(ctx: Context, user: User, gpus: tuple[int, ...], nodes: tuple[Node, ...
 
     A stopped container gets them at its next start (services.start).
     """
+    if gpus and ctx.registry.cluster is not None:  # the engine keeps them, and plugs them in
+        ctx.driver.lend_gpus(user, gpus)
+        return
     if not gpus or ctx.driver.state(user.container) != RUNNING:
         return
     for node in gpudevices.select(nodes, gpus):
@@ -118,15 +154,23 @@ def give(ctx: Context, user: User, gpus: tuple[int, ...], nodes: tuple[Node, ...
 
 def take(
     ctx: Context, user: User, gpus: tuple[int, ...], nodes: tuple[Node, ...], grace: float = GRACE
-) -> None:
+) -> bool:
     """Take the GPUs' nodes out of the container and end the processes that hold them.
 
     The devices-cgroup rule goes first (no new open), then the processes
     with the node open are ended: an open descriptor outlives the rule.
-    The shared nodes go too when the student keeps no GPU at all.
+    The shared nodes go too when the student keeps no GPU at all.  On a
+    cluster the engine's devices go, and a running container restarts
+    (LxdDriver.end_loans: the front door sees no process to end).
+    Returns whether the container restarted.
     """
+    if gpus and ctx.registry.cluster is not None:
+        restarted = ctx.driver.end_loans(user, gpus)
+        if restarted:
+            audit.record(user.name, "loans", "ok", f"GPU {_listed(gpus)} taken back: container restarted")
+        return restarted
     if not gpus or ctx.driver.state(user.container) != RUNNING:
-        return
+        return False
     keeps = user.gpus != "none" or loanstore.read(ctx.paths).of(user.name)
     for node in gpudevices.select(nodes, gpus):
         if node.gpu is None and keeps:
@@ -135,6 +179,7 @@ def take(
             ctx.driver.remove_device(user.container, node)
         finally:  # a failure past the deny (container root broke its /dev) still ends the holders
             end_holders(ctx.driver, user.container, node, grace)
+    return False
 
 
 def give_lent(ctx: Context, user: User) -> None:
@@ -154,7 +199,10 @@ def loan_keys(ctx: Context, user: User, now: float | None = None) -> dict[str, o
     mine = book.of(user.name)
     if mine:
         keys["loans"] = ",".join(f"{loan.gpu}:{int(loan.ends)}:{int(loan.warned)}" for loan in mine)
-    place = book.place(user.name)
+    _, line = lending.on_member(
+        ctx.registry, book, lending.members(ctx.registry).get(user.member, frozenset())
+    )
+    place = line.place(user.name)  # in their member's line
     if place is not None:
         keys["queue_place"] = place
     return keys
@@ -179,6 +227,10 @@ def give_lent_after_start(ctx: Context, user: User) -> None:
         audit.record(
             user.name, "loans", "failed", f"loans not given at start: {exc.log_message}", warning=True
         )
+
+
+def _listed(gpus: tuple[int, ...]) -> str:
+    return ",".join(map(str, gpus))
 
 
 def answer(ctx: Context, user: User, **extra: object) -> Answer:

@@ -57,4 +57,6 @@ def outcome(action: str, info: Answer, p: Palette) -> str:
     else:
         returned = info.get("returned", "")
         done = f"Returned GPU {returned.replace(',', ', ')}.\n" if returned else "Nothing to return.\n"
+        if info.get("restarted") == "1":  # on a cluster: the only way to end what held it
+            done += "Your container restarted to end the processes on it.\n"
     return done + (lines(info, p) or "You have no borrowed GPUs.\n")

@@ -74,7 +74,6 @@ def test_one_host_registries_have_no_cluster_and_no_member() -> None:
         (CLUSTER.replace("member: m2", "member: m9"), "'m9' is not in lxd.members (m1, m2, m3)"),
         (CLUSTER.replace(", member: m2", ""), "users.alice.member: needs member"),
         ("users:\n  a: {port: 22001, ip: 10.0.3.2, idmap: 1000000, member: m1}\n", "only with backend: lxd"),
-        (CLUSTER.replace("users:", "lending: {gpus: all}\nusers:"), "lending: GPU lending is not available"),
         (CLUSTER.replace("users:", "egress_deny: [10.1.0.0/16]\nusers:"), "egress_deny: with backend: lxd"),
     ],
 )
@@ -589,3 +588,17 @@ def test_doctor_names_a_registry_gpu_the_member_does_not_have() -> None:
         "which its engine does not list (its NVIDIA GPUs: none)"
         in clusterdoctor.check_gpus(reg, bare)[0].what
     )
+
+
+def test_a_loan_is_a_device_of_its_members_card_that_apply_does_not_compare() -> None:
+    reg = registry()
+    bob = reg.users["bob"]  # on m1
+    assert lxdinstance.loan_devices(bob, (1,), CARDS) == {
+        "loan-gpu1": {"type": "gpu", "gputype": "physical", "pci": "0000:00:06.0"}
+    }
+    with pytest.raises(GpushellError) as caught:
+        lxdinstance.loan_devices(bob, (7,), CARDS)
+    assert caught.value.log_message.startswith("member m1 lists no GPU 7 (/dev/nvidia7) for bob")
+    wanted = json.loads(lxdinstance.wanted(reg, bob, CARDS))
+    lent = wanted["devices"] | lxdinstance.loan_devices(bob, (1,), CARDS)
+    assert lxdinstance.managed(wanted["config"], lent) == lxdinstance.wanted(reg, bob, CARDS)

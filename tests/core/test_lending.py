@@ -429,3 +429,64 @@ def test_a_damaged_or_forged_book_is_refused_in_one_line(text: str, why: str) ->
     assert why in error.log_message
     assert "\n" not in error.log_message
     assert error.status == ExitStatus.CONFIG
+
+
+# --- a cluster: each member lends its own GPUs -------------------------------------
+
+CLUSTER = """\
+backend: lxd
+bridge: labnet
+subnet: 10.9.0.0/24
+lending: {gpus: all, max_per_student: 2}
+lxd:
+  members:
+    m1: {address: 192.168.5.11, gpus: 2, memory: 64G}
+    m2: {address: 192.168.5.12, gpus: 2, memory: 64G}
+users:
+  alice: {port: 22001, ip: 10.9.0.2, idmap: 1000000, member: m1, gpus: [0]}
+  bob: {port: 22002, ip: 10.9.0.3, idmap: 1065536, member: m1}
+  carol: {port: 22003, ip: 10.9.0.4, idmap: 1131072, member: m2}
+  dave: {port: 22004, ip: 10.9.0.5, idmap: 1196608, member: m2}
+"""
+GPUS = {"m1": (0, 1), "m2": (0, 1)}
+
+
+def test_each_member_lends_its_own_gpus_numbered_there() -> None:
+    reg = parse(CLUSTER, "/etc/gpushell.yaml")
+    assert lending.members(reg) == {"m1": frozenset({"alice", "bob"}), "m2": frozenset({"carol", "dave"})}
+    # bob and carol both hold a GPU 1: m1's and m2's.
+    book = LoanBook([Loan("bob", 1, 0, 3600), Loan("carol", 1, 0, 3600)])
+    m1_reg, m1 = lending.on_member(reg, book, lending.members(reg)["m1"])
+    assert set(m1_reg.users) == {"alice", "bob"} and m1.loans == (Loan("bob", 1, 0, 3600),)
+    assert lending.free_gpus(m1_reg, m1, GPUS["m1"], None) == ()  # GPU 0 is alice's, 1 lent to bob
+    m2_reg, m2 = lending.on_member(reg, book, lending.members(reg)["m2"])
+    assert lending.free_gpus(m2_reg, m2, GPUS["m2"], None) == (0,)
+    new, lent = lending.borrow(m2_reg, "dave", m2, 1, 600, 100, (0,))
+    whole = lending.with_member(book, lending.members(reg)["m2"], new)
+    assert lent == (0,) and sorted((loan.user, loan.gpu) for loan in whole.loans) == [
+        ("bob", 1), ("carol", 1), ("dave", 0),
+    ]  # fmt: skip
+
+
+def test_one_host_is_one_member_of_everyone() -> None:
+    reg = registry(alice="gpus: [0]", bob="")
+    assert lending.members(reg) == {"": frozenset({"alice", "bob"})}
+    book = LoanBook([Loan("bob", 1, 0, 3600)], [Waiter("alice", 1, 60, 5)])
+    assert lending.with_member(book, frozenset(reg.users), book) == book
+
+
+def test_a_tick_ends_and_serves_each_members_loans_on_that_member() -> None:
+    reg = parse(CLUSTER, "/etc/gpushell.yaml")
+    book = LoanBook(
+        [Loan("bob", 1, 0, 100), Loan("carol", 1, 0, 10_000), Loan("gone", 0, 0, 10_000)],
+        [Waiter("dave", 1, 600, 50), Waiter("alice", 1, 600, 60)],
+    )
+    decided = lending.tick_members(reg, book, 200, GPUS, None)
+    assert decided.expired == (Loan("bob", 1, 0, 100),)
+    assert [loan.user for loan in decided.revoked] == ["gone"]  # no longer registered
+    # m1: bob's GPU 1 ended this tick, so alice waits for the next; m2: dave gets GPU 0, carol keeps 1.
+    assert [(loan.user, loan.gpu) for loan in decided.granted] == [("dave", 0)]
+    assert sorted((loan.user, loan.gpu) for loan in decided.book.loans) == [("carol", 1), ("dave", 0)]
+    assert decided.book.queue == (Waiter("alice", 1, 600, 60),)
+    later = lending.tick_members(reg, decided.book, 260, GPUS, None)
+    assert [(loan.user, loan.gpu) for loan in later.granted] == [("alice", 1)]

@@ -51,9 +51,9 @@ SYSFS_SWAP = (
     'set -e; keep=$(mktemp -d); mount --rbind /sys/fs/cgroup "$keep"; mount -t sysfs sysfs /sys; '
     'mount --move "$keep" /sys/fs/cgroup; rmdir "$keep" 2>/dev/null || true; {gpus}exec "$@"'
 )
-# m1's GPU 0 has a DRM node (nvidia-drm loaded), m2's has none, like the real H200 recorded.
+# m1's GPUs have DRM nodes (nvidia-drm loaded), m2's has none, like the real H200 recorded.
 STANDIN_GPUS = {
-    "m1": (StandinGpu(0, "0000:00:06.0", drm=1),),
+    "m1": (StandinGpu(0, "0000:00:06.0", drm=1), StandinGpu(1, "0000:00:07.0", drm=2)),
     "m2": (StandinGpu(0, "0000:00:06.0", drm=None),),
 }
 

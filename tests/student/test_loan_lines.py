@@ -34,3 +34,10 @@ def test_outcomes() -> None:
     )
     assert outcome("return", {"returned": "1"}, PLAIN) == "Returned GPU 1.\nYou have no borrowed GPUs.\n"
     assert outcome("borrow", {"queue_place": "1"}, PLAIN) == "Waiting for a GPU: place 1 in line\n"
+
+
+def test_a_return_that_restarted_the_container_says_so() -> None:
+    said = outcome("return", {"returned": "1", "restarted": "1"}, PLAIN)
+    assert said == (
+        "Returned GPU 1.\nYour container restarted to end the processes on it.\nYou have no borrowed GPUs.\n"
+    )

@@ -1,0 +1,125 @@
+"""GPU lending on a real cluster: each member lends its own GPUs, as the engine's devices.
+
+The members' stand-in GPUs (standin_gpus.py): m1 has GPU 0 and 1, m2 GPU 0.
+A student owns m1's GPU 0, so m1 lends GPU 1 and m2 its GPU 0: two loans of
+different members' GPUs sit in one book without touching each other.  A
+loan is a `gpu` device the engine plugs into the running container; its
+end takes the device out and restarts the container, since the front door
+sees no process that holds the GPU (README: Several servers).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import ClassVar
+
+import pytest
+
+from .lab import Student
+from .lxd_fixtures import cluster  # noqa: F401 - the session's cluster fixture
+from .lxdcluster import Cluster
+from .test_cluster import FrontDoor
+
+NODE = "stat -c '%n %t:%T' /dev/nvidia0 /dev/nvidia1"
+INIT_START = "cut -d' ' -f22 /proc/1/stat"  # the container's init's start, in ticks since the member booted
+
+
+class LendingFrontDoor(FrontDoor):
+    MEMBERS: ClassVar[dict[str, str]] = {
+        "m1": "gpus: 2, memory: 2G",
+        "m2": "gpus: 1, memory: 2G",
+        "m3": "gpus: 0, memory: 1G",
+    }
+    LENDING = "lending: {gpus: all, max_per_student: 1, max_duration: 4h}\n"
+
+
+@pytest.fixture(scope="module")
+def front(cluster: Cluster) -> Iterator[LendingFrontDoor]:  # noqa: F811 - the fixture of that name
+    with LendingFrontDoor(cluster).made() as lab:
+        yield lab
+
+
+@pytest.fixture(scope="module")
+def students(front: LendingFrontDoor) -> dict[str, Student]:
+    return {
+        "owner": front.add_student("own", "--gpus", "0", "--on", "m1"),
+        "m1": front.add_student("b1", "--gpus", "none", "--on", "m1"),
+        "m2": front.add_student("b2", "--gpus", "none", "--on", "m2"),
+    }
+
+
+def inside_once_up(
+    front: LendingFrontDoor, student: Student, command: str
+) -> subprocess.CompletedProcess[str]:
+    """command in the container once its sshd answers again (a restart takes a few seconds)."""
+    deadline = time.monotonic() + 90
+    while True:
+        result = front.inside(student, command)
+        if result.returncode != 255 or time.monotonic() > deadline:  # 255: ssh could not connect
+            return result
+        time.sleep(1)
+
+
+def lent(front: LendingFrontDoor, student: Student) -> dict[str, object]:
+    devices = front.instance(student)["devices"]
+    assert isinstance(devices, dict)
+    return {name: device for name, device in devices.items() if name.startswith("loan-")}
+
+
+def test_each_member_lends_its_own_gpu_into_the_running_container(
+    front: LendingFrontDoor, students: dict[str, Student]
+) -> None:
+    for where in ("m1", "m2"):
+        assert front.ssh(students[where], "start").returncode == 0
+    on_m1 = front.ssh(students["m1"], "borrow 1 1h")
+    assert on_m1.returncode == 0, on_m1.stderr
+    assert "You have GPU 1 now." in on_m1.stdout  # m1's GPU 0 is the owner's
+    on_m2 = front.ssh(students["m2"], "borrow 1 1h")
+    assert on_m2.returncode == 0, on_m2.stderr
+    assert "You have GPU 0 now." in on_m2.stdout  # m2's GPU 0: another card than the owner's
+    assert lent(front, students["m1"]) == {
+        "loan-gpu1": {"type": "gpu", "gputype": "physical", "pci": "0000:00:07.0"}
+    }
+    assert lent(front, students["m2"]) == {
+        "loan-gpu0": {"type": "gpu", "gputype": "physical", "pci": "0000:00:06.0"}
+    }
+    # Plugged into the running containers: each sees its own member's card, nothing else.
+    assert front.inside(students["m1"], NODE).stdout.splitlines() == ["/dev/nvidia1 c3:1"]
+    assert front.inside(students["m2"], NODE).stdout.splitlines() == ["/dev/nvidia0 c3:0"]
+    # Nothing more is free on m1: its other GPU is the owner's.
+    more = front.ssh(students["owner"], "borrow 1")
+    assert more.returncode != 0 and "none free" in more.stderr, more.stderr
+    # A loan is of its member's card: the student stays there while it lasts.
+    moved = front.admin("move", students["m2"].name, "m3", "--stop", check=False)
+    assert moved.returncode != 0 and "borrowed GPU 0 of m2; end the loan first" in moved.stderr, moved.stderr
+    # apply leaves the loans' devices alone: they are not the registry's to compare.
+    applied = front.admin("apply")
+    assert "regenerate" not in applied.stdout, applied.stdout
+    assert set(lent(front, students["m1"])) == {"loan-gpu1"}
+
+
+def test_a_return_takes_the_device_out_and_restarts_the_container(
+    front: LendingFrontDoor, students: dict[str, Student]
+) -> None:
+    student = students["m1"]
+    before = front.inside(student, INIT_START).stdout.strip()
+    returned = front.ssh(student, "return 1")
+    assert returned.returncode == 0 and "Returned GPU 1." in returned.stdout, returned.stderr
+    assert "Your container restarted to end the processes on it." in returned.stdout
+    assert lent(front, student) == {}
+    assert front.instance(student)["status"] == "Running"
+    after = inside_once_up(front, student, INIT_START)
+    assert after.returncode == 0 and after.stdout.strip() != before  # a new init: its processes ended
+    assert front.inside(student, NODE).stdout == ""
+
+
+def test_a_revoked_loan_goes_the_same_way(front: LendingFrontDoor, students: dict[str, Student]) -> None:
+    student = students["m2"]
+    revoked = front.admin("loans", "revoke", student.name, "0")
+    assert f"revoked: {student.name}'s loan of GPU 0" in revoked.stdout, revoked.stderr
+    assert lent(front, student) == {}
+    assert inside_once_up(front, student, NODE).stdout == ""
+    again = front.ssh(student, "borrow 1 1h")  # free again on m2
+    assert again.returncode == 0 and "You have GPU 0 now." in again.stdout, again.stderr
