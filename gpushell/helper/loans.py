@@ -49,6 +49,14 @@ def busy_gpus(reg: Registry) -> frozenset[int] | None:
     return None if use is None else use.busy
 
 
+def whole_registry(ctx: Context) -> Registry:
+    """Every student's entry: a helper's context holds the caller's alone (registry_store.load_user),
+    and which GPUs are free, and where, depends on every student's own GPUs and member."""
+    from ..system import registry_store
+
+    return registry_store.load_all(ctx.paths)
+
+
 def server_gpus(
     reg: Registry, user: User, nodes: tuple[Node, ...]
 ) -> tuple[tuple[int, ...], frozenset[int] | None]:
@@ -93,7 +101,7 @@ def _whole(text: str, usage: str) -> int:
 
 
 def borrow(ctx: Context, user: User, request: dict[str, str]) -> Answer:
-    reg = ctx.registry
+    reg = whole_registry(ctx)
     count = _whole(request.get("count", ""), menu.LENDING_USAGE["borrow"])
     duration = _duration(request, lending.allowance(reg, user.name).max_duration)
     queue = request.get("wait") == "1"
@@ -117,10 +125,10 @@ def borrow(ctx: Context, user: User, request: dict[str, str]) -> Answer:
 def extend(ctx: Context, user: User, request: dict[str, str]) -> Answer:
     gpu = _whole(request.get("gpu", ""), menu.LENDING_USAGE["extend"])
     duration, now = _duration(request), time.time()
-    extended = on_members(
-        ctx.registry, user, lambda reg, book: lending.extend(reg, user.name, book, gpu, duration, now)
+    decide = on_members(
+        whole_registry(ctx), user, lambda reg, book: lending.extend(reg, user.name, book, gpu, duration, now)
     )
-    loanstore.update(ctx.paths, extended)
+    loanstore.update(ctx.paths, decide)
     return answer(ctx, user, extended=gpu)
 
 
@@ -199,10 +207,10 @@ def loan_keys(ctx: Context, user: User, now: float | None = None) -> dict[str, o
     mine = book.of(user.name)
     if mine:
         keys["loans"] = ",".join(f"{loan.gpu}:{int(loan.ends)}:{int(loan.warned)}" for loan in mine)
-    _, line = lending.on_member(
-        ctx.registry, book, lending.members(ctx.registry).get(user.member, frozenset())
-    )
-    place = line.place(user.name)  # in their member's line
+    place = book.place(user.name)
+    if place is not None and ctx.registry.cluster is not None:  # their place in their member's line
+        reg = whole_registry(ctx)  # only while they wait: off a login's usual path
+        place = lending.on_member(reg, book, lending.members(reg)[user.member])[1].place(user.name)
     if place is not None:
         keys["queue_place"] = place
     return keys

@@ -17,7 +17,7 @@ from gpushell.core.paths import Paths
 from gpushell.core.registry import parse
 from gpushell.gpu.gpudevices import Node
 from gpushell.helper import loans, services
-from gpushell.system import loanstore
+from gpushell.system import loanstore, registry_store
 from tests.fakes import FakeBackend
 
 NODES = (
@@ -43,10 +43,14 @@ def registry(lending: str = "lending: {gpus: all, max_per_student: 2}\n", ann_gp
 def lab(tmp_path, monkeypatch):
     monkeypatch.setattr(loans, "host_nodes", lambda reg: NODES)
     monkeypatch.setattr(loans, "busy_gpus", lambda reg: None)  # no NVML here
+    monkeypatch.setattr(loans, "whole_registry", lambda ctx: ctx.registry)  # no registry file: the ctx's
     paths = Paths(run_dir=str(tmp_path / "run"), state_dir=str(tmp_path / "state"))
     (tmp_path / "run").mkdir()
     driver = FakeBackend({"ann": RUNNING, "ben": RUNNING})
     return paths, driver
+
+
+WHOLE_REGISTRY = loans.whole_registry
 
 
 def context(lab, reg=None) -> services.Context:
@@ -174,3 +178,25 @@ def test_a_damaged_loan_book_costs_the_banner_its_loan_lines_not_the_login(lab, 
     assert [entry[1:3] for entry in warned] == [("loans", "failed"), ("loans", "failed")]
     with pytest.raises(GpushellError, match="unavailable"):
         loans.borrow(ctx, ctx.registry.users["ann"], {"count": "1"})  # a change is refused, never a guess
+
+
+def test_a_gpu_of_anothers_own_is_never_lent_though_the_helper_was_given_the_caller_alone(
+    lab, tmp_path, monkeypatch
+) -> None:
+    """A helper's context is registry_store.load_user's: the caller's entry, the others not built.
+    The free GPUs are decided on the whole registry, from the real file and its compiled copy."""
+    paths = Paths(
+        registry=str(tmp_path / "gpushell.yaml"), run_dir=lab[0].run_dir, state_dir=lab[0].state_dir
+    )
+    (tmp_path / "gpushell.yaml").write_text(
+        "lending: {gpus: all}\nusers:\n"
+        "  ann: {port: 22001, ip: 10.0.3.2, idmap: 1000000, gpus: [0]}\n"
+        "  ben: {port: 22002, ip: 10.0.3.3, idmap: 1065536}\n"
+    )
+    monkeypatch.setattr(registry_store, "check_owned_by_root", lambda path: None)  # tmp is ours
+    monkeypatch.setattr(loans, "whole_registry", WHOLE_REGISTRY)
+    registry_store.load_all(paths)  # writes the compiled copy, as any admin command does
+    reg, ben = registry_store.load_user(paths, "ben")
+    assert set(reg.users) == {"ben"}  # what the helper holds
+    answer = loans.borrow(services.Context(paths, reg, lab[1]), ben, {"count": "1"})
+    assert answer["lent"] == "1"  # GPU 0 is ann's own
