@@ -365,7 +365,8 @@ def cmd_loans(paths: Paths, args: Options) -> int:
     if args.json:
         say(loansview.to_json(book, now))
         return ExitStatus.OK
-    sys.stdout.write(loansview.render(book, now))
+    members = None if reg.cluster is None else {user.name: user.member for user in reg.users.values()}
+    sys.stdout.write(loansview.render(book, now, members))
     if reg.lending is None:
         warn(["this registry lends no GPUs (no lending:); loans still in the book end at the next tick"])
     return ExitStatus.OK

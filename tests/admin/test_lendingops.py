@@ -570,6 +570,23 @@ def test_the_loans_table_and_json(lab: Lab) -> None:
     ]
 
 
+def test_a_clusters_loans_table_names_each_loans_member_and_places_in_its_line() -> None:
+    book = LoanBook(
+        [loan("ann", 1, ends=NOW + 3600), loan("bea", 1, ends=NOW + 3600)],  # GPU 1 of m1 and of m2
+        [Waiter("cal", 1, 600, NOW - 60), Waiter("dan", 1, 600, NOW - 30), Waiter("eve", 1, 600, NOW)],
+    )
+    members = {"ann": "m1", "bea": "m2", "cal": "m2", "dan": "m1", "eve": "m2"}
+    lines = loansview.render(book, NOW, members).splitlines()
+    assert lines[0].split() == ["USER", "MEMBER", "GPU", "STARTED", "ENDS", "LEFT", "WARNED"]
+    assert [line.split()[:3] for line in lines[1:3]] == [["ann", "m1", "1"], ["bea", "m2", "1"]]
+    assert lines[4].split()[:3] == ["PLACE", "USER", "MEMBER"]
+    assert [line.split()[:3] for line in lines[5:]] == [
+        ["1", "cal", "m2"],
+        ["1", "dan", "m1"],
+        ["2", "eve", "m2"],
+    ]
+
+
 # --- the commands ----------------------------------------------------------------------------------
 
 
