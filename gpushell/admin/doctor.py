@@ -793,6 +793,7 @@ CLUSTER_CHECKS: tuple[Check, ...] = (
     check_ports,
     check_accounts,
     check_expiries,
+    check_tick,
     check_cluster,
 )
 
@@ -892,6 +893,7 @@ def gather_front_door(reg: Registry, paths: Paths) -> Facts:
         sshd_effect=sshdcheck.gather(paths.sshd_config, paths.sshd_dropin, sshd_users(accounts, ())),
         now=time.time(),
         cluster=clusterdoctor.gather(reg),
+        last_tick=lendingops.last_tick(paths),
     )
 
 

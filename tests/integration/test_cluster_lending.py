@@ -17,6 +17,10 @@ from typing import ClassVar
 
 import pytest
 
+from gpushell.core.lending import LoanBook
+from gpushell.core.paths import Paths
+from gpushell.system import loanstore
+
 from .lab import Student
 from .lxd_fixtures import cluster  # noqa: F401 - the session's cluster fixture
 from .lxdcluster import Cluster
@@ -123,3 +127,25 @@ def test_a_revoked_loan_goes_the_same_way(front: LendingFrontDoor, students: dic
     assert inside_once_up(front, student, NODE).stdout == ""
     again = front.ssh(student, "borrow 1 1h")  # free again on m2
     assert again.returncode == 0 and "You have GPU 0 now." in again.stdout, again.stderr
+
+
+def test_a_tick_on_the_front_door_ends_an_expired_loan_on_its_member(
+    front: LendingFrontDoor, students: dict[str, Student]
+) -> None:
+    student, paths = students["m2"], Paths(**front.paths)
+    assert set(lent(front, student)) == {"loan-gpu0"}  # borrowed again by the test before
+    doctor = front.admin("doctor", check=False).stdout
+    assert "FAIL: gpushell-admin tick has not run since boot: GPU loans do not end" in doctor, doctor
+
+    def expire(book: LoanBook) -> tuple[LoanBook, None]:
+        ended = [
+            loan.replace(ends=time.time() - 1) if loan.user == student.name else loan for loan in book.loans
+        ]
+        return LoanBook(ended, book.queue), None
+
+    loanstore.update(paths, expire)
+    ticked = front.admin("tick")
+    assert f"expired: {student.name}'s loan of GPU 0" in ticked.stdout, ticked.stdout + ticked.stderr
+    assert lent(front, student) == {} and loanstore.read(paths).of(student.name) == ()
+    assert inside_once_up(front, student, NODE).stdout == ""
+    assert "ok: gpushell-admin tick ran" in front.admin("doctor", check=False).stdout
