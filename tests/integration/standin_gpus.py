@@ -41,8 +41,8 @@ class StandinGpu:
 
 def information(gpu: StandinGpu) -> str:
     """The recorded H200's information file, at this card's address and minor."""
-    (text,) = RECORDED["host"]["gpus_information"].values()
-    text = text.replace("Bus Location: \t 0000:00:06.0", f"Bus Location: \t {gpu.pci}")
+    (recorded,) = RECORDED["host"]["gpus_information"].values()
+    text = str(recorded).replace("Bus Location: \t 0000:00:06.0", f"Bus Location: \t {gpu.pci}")
     return text.replace("Device Minor: \t 0", f"Device Minor: \t {gpu.minor}")
 
 

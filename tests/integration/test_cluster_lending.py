@@ -138,9 +138,9 @@ def test_a_tick_on_the_front_door_ends_an_expired_loan_on_its_member(
     assert "FAIL: gpushell-admin tick has not run since boot: GPU loans do not end" in doctor, doctor
 
     def expire(book: LoanBook) -> tuple[LoanBook, None]:
-        ended = [
-            loan.replace(ends=time.time() - 1) if loan.user == student.name else loan for loan in book.loans
-        ]
+        now = time.time()  # a loan that began two minutes ago and has just ended
+        mine = {"started": now - 120, "ends": now - 1, "last_used": now - 120}
+        ended = [loan.replace(**mine) if loan.user == student.name else loan for loan in book.loans]
         return LoanBook(ended, book.queue), None
 
     loanstore.update(paths, expire)
