@@ -391,7 +391,7 @@ class LxdDriver(ContainerDriver):
         if not ending:
             return False
         self.reconfigure(user, loans={name: device for name, device in held.items() if name not in ending})
-        if self.state(user.container) != RUNNING:
+        if self.state(user.container) not in (RUNNING, FROZEN):  # a frozen one's processes wake up
             return False
         self.stop(user.container)
         self.start(user.container)
