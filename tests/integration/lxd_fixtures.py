@@ -1,8 +1,11 @@
 """Fixtures for the LXD backend's tests: a real three-member cluster with gpushell's image.
 
-A test module takes `cluster` with `from .lxd_fixtures import cluster`; the
-session then shares one cluster per engine, LXD and Incus (about 10 s each to
-build, image included).
+A test module takes `cluster` with `from .lxd_fixtures import cluster`; it
+gets one cluster per engine, LXD and Incus (about 10 s each to build, image
+included), taken down when the module ends: the engines' daemons, which run
+as host root, would otherwise stay up through the modules after it and share
+host root's kernel pools with their containers (test_limits.py measures
+those).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ def running_cluster(members: int = 3, engine: str = "lxd") -> Iterator[Cluster]:
 ENGINE_NAMES = sorted(ENGINES)
 
 
-@pytest.fixture(scope="session", params=ENGINE_NAMES)
+@pytest.fixture(scope="module", params=ENGINE_NAMES)
 def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     with running_cluster(engine=request.param) as running:
         yield running
