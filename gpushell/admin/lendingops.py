@@ -100,13 +100,6 @@ def host_gpus(nodes: Iterable[Node]) -> tuple[int, ...]:
     return tuple(sorted(node.gpu for node in nodes if node.gpu is not None))
 
 
-def server_gpus(reg: Registry, host: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
-    """Each server's GPUs by lending.members' names: one host's own, or each member's in the registry."""
-    if reg.cluster is None:
-        return {"": host}
-    return {name: member.gpus for name, member in reg.cluster.members.items()}
-
-
 # --- the tick --------------------------------------------------------------------------
 
 
@@ -171,7 +164,9 @@ def _decide(
     def change(book: LoanBook) -> tuple[LoanBook, lending.Tick]:
         found.append(book)
         busy = None if use is None else use.busy
-        decided = lending.tick_members(reg, _since_boot(book, boot), now, server_gpus(reg, host), busy)
+        decided = lending.tick_members(
+            reg, _since_boot(book, boot), now, lending.server_gpus(reg, host), busy
+        )
         if decided.ended:
             _note_taking(paths, [(loan.user, loan.gpu) for loan in decided.ended], warn)
         return decided.book, decided

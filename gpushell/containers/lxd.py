@@ -222,33 +222,32 @@ class LxdDriver(ContainerDriver):
         self.request("POST", name, "", {"name": name, "migration": True}, {"target": member})
         self.member_of[name] = member
 
-    def reconfigure(
-        self,
-        user: User,
-        extra_devices: dict[str, dict[str, str]] | None = None,
-        loans: dict[str, dict[str, str]] | None = None,
-    ) -> None:
+    def reconfigure(self, user: User, extra_devices: dict[str, dict[str, str]] | None = None) -> None:
         """Make the instance's config and devices the registry's (limits, GPUs, mounts, port).
 
         The engine applies limits to a running container at once and plugs
-        devices in and out; its own keys (volatile.*, image.*) stay as they are.
+        devices in and out; its own keys (volatile.*, image.*) and its lent
+        GPUs' devices stay as they are.
         extra_devices: devices of gpushell's own work beside those (a rebuild's home volume).
-        loans: the lent GPUs' devices it is to have; None keeps those it has.
         """
         current = self.request("GET", user.container)
         assert isinstance(current, dict)
+        self._put(user, current, lent_devices(current) | (extra_devices or {}), self.cards_for(user))
+
+    def _put(
+        self, user: User, current: dict[str, Any], beside: dict[str, dict[str, str]], cards: lxdinstance.Cards
+    ) -> None:
+        """The instance as the registry has it (its GPUs from cards), with the devices beside; current: as
+        the engine had it (its own keys are kept)."""
         kept = {
             key: value
             for key, value in (current.get("config") or {}).items()
             if key.startswith(lxdinstance.ENGINE_KEYS)
         }
-        if loans is None:
-            loans = lent_devices(current)
-        devices = lxdinstance.devices(self.reg, user, self.cluster, self.cards_for(user)) | loans
         body = {
             "architecture": current.get("architecture"),
             "config": kept | lxdinstance.config(self.reg, user),
-            "devices": devices | (extra_devices or {}),
+            "devices": lxdinstance.devices(self.reg, user, self.cluster, cards) | beside,
             "profiles": list(lxdinstance.PROFILES),
             "ephemeral": False,
             "stateful": False,
@@ -374,8 +373,8 @@ class LxdDriver(ContainerDriver):
         """Add the lent GPUs' devices; the engine plugs them into a running container at once."""
         current = self.request("GET", user.container)
         assert isinstance(current, dict)
-        added = lxdinstance.loan_devices(user, gpus, self.member_gpus(user.member))
-        self.reconfigure(user, loans=lent_devices(current) | added)
+        cards = self.member_gpus(user.member)  # the student's own GPUs and the lent ones, one request
+        self._put(user, current, lent_devices(current) | lxdinstance.loan_devices(user, gpus, cards), cards)
 
     def end_loans(self, user: User, gpus: tuple[int, ...]) -> bool:
         """Take the lent GPUs' devices out and, if the container runs, restart it.
@@ -390,7 +389,8 @@ class LxdDriver(ContainerDriver):
         ending = {f"{lxdinstance.LOAN_DEVICE}{gpu}" for gpu in gpus} & set(held)
         if not ending:
             return False
-        self.reconfigure(user, loans={name: device for name, device in held.items() if name not in ending})
+        kept = {name: device for name, device in held.items() if name not in ending}
+        self._put(user, current, kept, self.cards_for(user))
         if self.state(user.container) not in (RUNNING, FROZEN):  # a frozen one's processes wake up
             return False
         self.stop(user.container)

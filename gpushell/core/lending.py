@@ -369,6 +369,13 @@ def members(reg: Registry) -> dict[str, frozenset[str]]:
     return {name: frozenset(users) for name, users in found.items()}
 
 
+def server_gpus(reg: Registry, host: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """Each server's GPUs by `members`' names: one host's own (host), or each member's in the registry."""
+    if reg.cluster is None:
+        return {"": host}
+    return {name: member.gpus for name, member in reg.cluster.members.items()}
+
+
 def on_member(reg: Registry, book: LoanBook, users: frozenset[str]) -> tuple[Registry, LoanBook]:
     """The registry and the book as one member sees them: its students, their loans and the line."""
     return (

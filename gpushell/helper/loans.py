@@ -57,19 +57,6 @@ def whole_registry(ctx: Context) -> Registry:
     return registry_store.load_all(ctx.paths)
 
 
-def server_gpus(
-    reg: Registry, user: User, nodes: tuple[Node, ...]
-) -> tuple[tuple[int, ...], frozenset[int] | None]:
-    """The GPUs of the student's server and those busy there (None: NVML cannot tell).
-
-    On a cluster: their member's, as the registry numbers them; the front
-    door has no NVML of the members, so none counts as idle there.
-    """
-    if reg.cluster is not None:
-        return reg.cluster.members[user.member].gpus, None
-    return host_gpus(nodes), busy_gpus(reg)
-
-
 def on_members(
     reg: Registry, user: User, decide: Callable[[Registry, lending.LoanBook], tuple[lending.LoanBook, Result]]
 ) -> Callable[[lending.LoanBook], tuple[lending.LoanBook, Result]]:
@@ -106,7 +93,8 @@ def borrow(ctx: Context, user: User, request: dict[str, str]) -> Answer:
     duration = _duration(request, lending.allowance(reg, user.name).max_duration)
     queue = request.get("wait") == "1"
     nodes = host_nodes(reg)
-    (gpus, busy), now = server_gpus(reg, user, nodes), time.time()
+    gpus, now = lending.server_gpus(reg, host_gpus(nodes))[user.member], time.time()
+    busy = None if reg.cluster is not None else busy_gpus(reg)  # the front door has no NVML of the members
 
     def change(reg: Registry, book: lending.LoanBook) -> tuple[lending.LoanBook, tuple[tuple[int, ...], int]]:
         free = lending.free_gpus(reg, book, gpus, busy)
