@@ -63,6 +63,8 @@ install: deps
 	install -D -m 0644 etc/gpushell-apply.service /etc/systemd/system/gpushell-apply.service
 	install -D -m 0644 etc/gpushell-tick.service /etc/systemd/system/gpushell-tick.service
 	install -D -m 0644 etc/gpushell-tick.timer /etc/systemd/system/gpushell-tick.timer
+	install -D -m 0644 etc/gpushell-publish-gpus.service /etc/systemd/system/gpushell-publish-gpus.service
+	install -D -m 0644 etc/gpushell-publish-gpus.timer /etc/systemd/system/gpushell-publish-gpus.timer
 	rm -rf build/lib build/bdist.* gpushell.egg-info  # pip's; build/deb is make deb's
 
 uninstall:
@@ -71,6 +73,7 @@ uninstall:
 	rm -f $(MANDIR)/man8/gpushell-helper.8 $(MANDIR)/man8/gpushell-driver-hook.8
 	rm -f /etc/systemd/system/gpushell-apply.service
 	rm -f /etc/systemd/system/gpushell-tick.service /etc/systemd/system/gpushell-tick.timer
+	rm -f /etc/systemd/system/gpushell-publish-gpus.service /etc/systemd/system/gpushell-publish-gpus.timer
 
 # The Debian package, for installing on a server (README: Install on a server).
 # Version 0.1.0+git<commits>, so a package from a later commit upgrades one

@@ -111,4 +111,4 @@ def last_minute() -> tuple[list[statusmodel.GpuReading], HostFigures]:
 
 def replay(reg: Registry, book: LoanBook) -> tuple[gpuhistory.History, dict[str, object]]:
     readings, host = last_minute()
-    return statusmodel.page(reg, book, day_history(), readings, host, GPUS, LAST)
+    return statusmodel.page(reg, book, day_history(), {"": readings}, host, {"": GPUS}, LAST)

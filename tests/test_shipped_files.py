@@ -53,8 +53,8 @@ def test_admin_man_page_has_a_section_per_command() -> None:
     sections = re.findall(rf"^\.SS (\S+{second_words})", page, flags=re.MULTILINE)
     assert sections == [
         "init", "template build", "template list", "template use", "add", "remove", "move", "set", "list",
-        "apply", "doctor", "storage migrate", "driver sync", "tick", "loans", "loans revoke", "report",
-        "expire",
+        "apply", "doctor", "storage migrate", "driver sync", "tick", "publish\\-gpus", "loans",
+        "loans revoke", "report", "expire",
     ]  # fmt: skip
 
 
@@ -93,7 +93,13 @@ SYSTEMD_UNITS = sorted(path.name for path in (TOP / "etc").iterdir() if path.suf
 
 
 def test_make_install_installs_and_uninstall_removes_every_systemd_unit() -> None:
-    assert SYSTEMD_UNITS == ["gpushell-apply.service", "gpushell-tick.service", "gpushell-tick.timer"]
+    assert SYSTEMD_UNITS == [
+        "gpushell-apply.service",
+        "gpushell-publish-gpus.service",
+        "gpushell-publish-gpus.timer",
+        "gpushell-tick.service",
+        "gpushell-tick.timer",
+    ]
     makefile = (TOP / "Makefile").read_text()
     install, _, uninstall = makefile.partition("\nuninstall:")
     for name in SYSTEMD_UNITS:
@@ -110,3 +116,15 @@ def test_the_tick_timer_runs_gpushell_admin_tick_every_minute() -> None:
     assert "Install" not in service  # the timer starts it
     args = commands.build_parser().parse_args(["tick"], namespace=commands.Options())
     assert args.run is commands.cmd_tick
+
+
+def test_a_members_timer_publishes_its_gpus_every_20_seconds() -> None:
+    service, timer = unit("gpushell-publish-gpus.service"), unit("gpushell-publish-gpus.timer")
+    assert service["Service"] == {
+        "Type": "oneshot",
+        "ExecStart": "/usr/local/bin/gpushell-admin publish-gpus",
+    }
+    assert timer["Timer"]["OnCalendar"] == "*:*:0/20" and timer["Install"]["WantedBy"] == "timers.target"
+    assert "Install" not in service
+    args = commands.build_parser().parse_args(["publish-gpus"], namespace=commands.Options())
+    assert (args.socket, args.project, args.verbose) == (None, "gpushell", False)

@@ -665,6 +665,32 @@ COMMANDS = Command(
             run=cmd_tick,
         ),
         Command(
+            "publish-gpus",
+            "on a cluster member: publish its GPU figures for the front door (run by a timer)",
+            "Run on each member of gpushell's LXD or Incus cluster by "
+            "gpushell-publish-gpus.timer, every 20 seconds; needs no registry.  Reads the member's "
+            "GPUs with NVML (use, memory, temperature, and which container each process belongs "
+            "to, by its host ids), and writes them into the member's own entry in the cluster "
+            "(the member config key user.gpushell.gpus) through the engine's unix socket.  The "
+            "front door's tick reads every member's entry for the students' banners and the "
+            "status page.  Without an NVIDIA driver it publishes that there is none.",
+            [
+                Arg(
+                    "--socket",
+                    metavar="PATH",
+                    help="the engine's unix socket (default: Incus's, Debian's LXD's or the LXD snap's, "
+                    "whichever exists)",
+                ),
+                Arg(
+                    "--project",
+                    default="gpushell",
+                    help="the engine project of gpushell's containers (default: %(default)s)",
+                ),
+                Arg("--verbose", action="store_true", help="say what was published"),
+            ],
+            extra_command("cmd_publish_gpus", "gpupublish"),
+        ),
+        Command(
             "loans",
             "show the GPU loans and the line, or revoke a loan",
             "Without an action: one row per lent GPU (student, GPU, start, end, time left, "

@@ -37,11 +37,11 @@ import json
 import time
 
 from ..containers.factory import backend_for
-from ..core import lending
+from ..core import gpureport, lending
 from ..core.durations import duration_text
 from ..core.errors import ExitStatus, GpushellError
 from ..core.lending import Loan, LoanBook
-from ..gpu import gpudevices, gpufigures, gpustatus, gpuuse
+from ..gpu import gpucache, gpudevices, gpufigures, gpustatus, gpuuse
 from ..helper import loans, services
 from ..system import audit, loanstore, registry_store
 from ..system.files import read_private, write_atomically
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ..containers.backend import ContainerDriver
+    from ..core.gpureport import GpuReport
     from ..core.model import Registry
     from ..core.paths import Paths
     from ..core.statusmodel import GpuReading
@@ -119,6 +120,7 @@ def tick(
         nodes = gpudevices.scan(reg.gpu_devices)
         host = host_gpus(nodes)
         use, readings = look(reg, load_nvml)
+        reports = member_reports(paths, reg, driver, warn)  # a cluster's GPUs: each member's own report
         held = book = loanstore.read(paths)  # no loans and no lending: the book is not touched
         given: list[Loan] = []
         if reg.lending is not None or held.loans or held.queue:
@@ -134,11 +136,36 @@ def tick(
         except (OSError, GpushellError) as exc:
             warn(f"usage samples not written: {_why(exc)}")
         try:  # the page shows the book after this tick's changes
-            statuspage.publish(paths, reg, book, driver, readings, host, now, warn)
+            by_server = {"": readings} | {
+                member: gpureport.readings(report, now) for member, report in reports.items()
+            }
+            statuspage.publish(paths, reg, book, driver, by_server, lending.server_gpus(reg, host), now, warn)
         except (OSError, GpushellError) as exc:
             warn(statuspage.not_written(exc))
         write_atomically(tick_stamp(paths), f"{now}\n", 0o644)
         return failures
+
+
+def member_reports(
+    paths: Paths, reg: Registry, driver: ContainerDriver, warn: Report
+) -> dict[str, GpuReport | None]:
+    """On a cluster, every member's GPU report (gpureport.py), and the banners' snapshots made from
+    them; nothing on one host.  Members that cannot be read leave the banners' last snapshots."""
+    if reg.cluster is None:
+        return {}
+    from ..containers.lxd import LxdDriver
+
+    assert isinstance(driver, LxdDriver)
+    try:
+        reports = driver.gpu_reports()
+    except GpushellError as exc:
+        warn(f"the members' GPU reports could not be read: {_why(exc)}")
+        return {}
+    try:
+        gpucache.write_members(paths, reg, reports)
+    except OSError as exc:
+        warn(f"the banners' GPU lines not written: {_why(exc)}")
+    return reports
 
 
 def look(reg: Registry, load_nvml: Callable[[], Any | None]) -> tuple[gpuuse.GpuUse | None, list[GpuReading]]:

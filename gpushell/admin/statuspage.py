@@ -27,7 +27,7 @@ from ..system.ownership import check_owned_by_root
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Mapping
 
     from ..containers.backend import ContainerDriver
     from ..core.lending import LoanBook
@@ -50,12 +50,14 @@ def publish(
     reg: Registry,
     book: LoanBook,
     driver: ContainerDriver,
-    readings: Iterable[GpuReading],
-    host_gpus: Iterable[int],
+    readings: Mapping[str, Iterable[GpuReading]],
+    host_gpus: Mapping[str, Iterable[int]],
     now: float,
     warn: Report,
 ) -> None:
-    """This minute's page; OSError or GpushellError when it cannot be written."""
+    """This minute's page; OSError or GpushellError when it cannot be written.
+
+    readings and host_gpus by server, as statusmodel.page takes them."""
     if not reg.status_page.enabled:
         remove(paths)
         return
@@ -66,9 +68,9 @@ def write(
     paths: Paths,
     reg: Registry,
     book: LoanBook,
-    readings: Iterable[GpuReading],
+    readings: Mapping[str, Iterable[GpuReading]],
     host: HostFigures,
-    host_gpus: Iterable[int],
+    host_gpus: Mapping[str, Iterable[int]],
     now: float,
     warn: Report,
 ) -> None:

@@ -22,6 +22,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from ..core.gpureport import GpuReport
     from ..core.model import Registry, User
     from ..gpu.gpudevices import Node
     from .backend import Closable
@@ -445,6 +446,17 @@ class LxdDriver(ContainerDriver):
     def members(self) -> list[dict[str, object]]:
         """The engine's word on each member: server_name, status (Online, Offline, ...), message."""
         return list(self.client().get("/cluster/members", recursion="1") or [])
+
+    def gpu_reports(self) -> dict[str, GpuReport | None]:
+        """Each member's GPU report (`publish-gpus` writes it), None where it has none that parses."""
+        from ..core import gpureport  # the tick's and doctor's, never a login's
+
+        found: dict[str, GpuReport | None] = {}
+        for entry in self.members():
+            config = entry.get("config")
+            text = config.get(gpureport.REPORT_KEY) if isinstance(config, dict) else None
+            found[str(entry.get("server_name"))] = gpureport.decode(text)
+        return found
 
 
 def lent_devices(instance: dict[str, Any]) -> dict[str, dict[str, str]]:

@@ -70,7 +70,7 @@ class Client:
 
     def __init__(self, addresses: list[str], port: int, project: str, credentials: str) -> None:
         self.addresses, self.port, self.project, self.credentials = addresses, port, project, credentials
-        self._connection: http.client.HTTPSConnection | None = None
+        self._connection: http.client.HTTPConnection | None = None
 
     # --- the wire ---------------------------------------------------------
 
@@ -87,7 +87,7 @@ class Client:
         )
         return context
 
-    def _connect(self) -> http.client.HTTPSConnection:
+    def _connect(self) -> http.client.HTTPConnection:
         import hashlib
         import http.client
 
@@ -273,6 +273,39 @@ class Client:
             _document(status, answer)
             raise ApiError(status, f"{path} is not a file")
         return answer
+
+
+class LocalClient(Client):
+    """Requests to the engine on this machine through its unix socket: a cluster member's own root.
+
+    Whoever may open the socket is the engine's administrator (it is
+    root's, 0660); no certificate is presented or pinned.  gpushell uses
+    it on a member for one thing: publishing that member's GPU report.
+    """
+
+    def __init__(self, socket_path: str, project: str) -> None:
+        super().__init__([], 0, project, "")
+        self.socket_path = socket_path
+
+    def _connect(self) -> http.client.HTTPConnection:
+        import http.client
+        import socket
+
+        if self._connection is not None and self._connection.sock is not None:
+            return self._connection
+        self.close()
+        connection = http.client.HTTPConnection("localhost", timeout=CONNECT_TIMEOUT)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(CONNECT_TIMEOUT)
+        try:
+            sock.connect(self.socket_path)
+        except OSError as exc:
+            sock.close()
+            raise Unreachable(f"{self.socket_path}: {exc}") from None
+        connection.sock = sock
+        connection.auto_open = 0
+        self._connection = connection
+        return connection
 
 
 def _document(status: int, answer: bytes) -> dict[str, Any]:

@@ -232,3 +232,25 @@ def with_line(text: str, line: str) -> str:
     if any(existing.startswith(name) for existing in text.splitlines()):
         return text
     return text + ("" if text.endswith("\n") or not text else "\n") + line
+
+
+def host_uids(instance: dict[str, object]) -> tuple[int, int] | None:
+    """The host uid range (first, count) the engine maps a running instance's uids to, or None.
+
+    `volatile.idmap.current` is the engine's own record (a JSON list of
+    maps); the container's root cannot write it.
+    """
+    import json
+
+    config = instance.get("config")
+    text = config.get("volatile.idmap.current") if isinstance(config, dict) else None
+    try:
+        maps = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
+    for entry in maps if isinstance(maps, list) else []:
+        if isinstance(entry, dict) and entry.get("Isuid") is True:
+            first, count = entry.get("Hostid"), entry.get("Maprange")
+            if isinstance(first, int) and isinstance(count, int) and first > 0 and count > 0:
+                return first, count
+    return None

@@ -31,9 +31,20 @@ HOST_CPU, HOST_MEMORY = "host.cpu", "host.memory"
 Figure = int | None  # a percentage, or None: no reading that minute
 
 
-def gpu_key(gpu: int, what: str) -> str:
-    """The track of one GPU's figure: what is "util" or "memory"."""
-    return f"gpu{gpu}.{what}"
+def gpu_key(gpu: int, what: str, server: str = "") -> str:
+    """The track of one GPU's figure: what is "util" or "memory"; a cluster member's GPU
+    carries the member's name first (`m1:gpu0.util`), one host's none (`gpu0.util`)."""
+    return f"{server}:gpu{gpu}.{what}" if server else f"gpu{gpu}.{what}"
+
+
+def gpu_of(key: str) -> tuple[str, int | None, str]:
+    """A track key's server, GPU number and figure; None for the number when it is not a GPU's."""
+    server, _, rest = key.rpartition(":")
+    name, _, what = rest.partition(".")
+    number = name[3:]
+    if not name.startswith("gpu") or not (number.isascii() and number.isdigit()):
+        return server, None, what
+    return server, int(number), what
 
 
 class Track(Value):

@@ -109,6 +109,10 @@ class Paths:
         """The login banner's GPU lines (gpucache.py)."""
         return f"{self.run_dir}/gpus.snapshot"
 
+    def member_gpu_snapshot(self, member: str) -> str:
+        """The banner's GPU lines for the students on a cluster member (the tick writes them)."""
+        return f"{self.run_dir}/gpus-{member}.snapshot"
+
     @property
     def gpu_lock(self) -> str:
         """One refresh of the GPU snapshot at a time."""

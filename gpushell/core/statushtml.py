@@ -73,7 +73,9 @@ def render(doc: dict[str, Any]) -> str:
 
 
 def _gpu_card(gpu: dict[str, Any], names_shown: bool) -> str:
-    number = int(gpu["gpu"])
+    number, member = int(gpu["gpu"]), gpu.get("member")  # a cluster's GPUs are numbered on their member
+    label = f"GPU {number} on {member}" if member else f"GPU {number}"
+    anchor = f"gpu-{escape(str(member))}-{number}" if member else f"gpu-{number}"
     name = f" <small>{escape(str(gpu['name']))}</small>" if gpu["name"] else ""
     if gpu["reading"]:
         util = _percent_text(gpu["util"])
@@ -81,12 +83,12 @@ def _gpu_card(gpu: dict[str, Any], names_shown: bool) -> str:
     else:
         util = memory = '<em class="unknown">no reading</em>'
     return (
-        f'<article class="card gpu" id="gpu-{number}"><h3>GPU {number}{name}</h3>'
+        f'<article class="card gpu" id="{anchor}"><h3>{escape(label)}{name}</h3>'
         f"{_state_line(gpu, names_shown)}"
         f'<div class="figure"><span>Utilization: {util}</span>'
-        f"{plot(gpu['util_plot'], f'GPU {number} utilization, last 24 hours')}</div>"
+        f"{plot(gpu['util_plot'], f'{label} utilization, last 24 hours')}</div>"
         f'<div class="figure"><span>Memory: {memory}</span>'
-        f"{plot(gpu['memory_plot'], f'GPU {number} memory used, last 24 hours')}</div>"
+        f"{plot(gpu['memory_plot'], f'{label} memory used, last 24 hours')}</div>"
         "</article>"
     )
 

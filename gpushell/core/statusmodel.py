@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import time
 
-from . import gpuhistory
+from . import gpuhistory, lending
 from .gpuhistory import HOST_CPU, HOST_MEMORY, History, gpu_key
 from .lending import lendable
 from .value import Value
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping
 
     from .lending import LoanBook
     from .model import Registry
@@ -91,12 +91,14 @@ def cpu_use(before: tuple[float, float] | None, now: tuple[float, float] | None)
     return percent(now[0] - before[0], now[1] - before[1])
 
 
-def figures(readings: Iterable[GpuReading], host: HostFigures, cpu: int | None) -> dict[str, int | None]:
-    """This minute's percentages for the history."""
+def figures(
+    readings: Iterable[GpuReading], host: HostFigures, cpu: int | None, server: str = ""
+) -> dict[str, int | None]:
+    """This minute's percentages for the history (one server's GPUs; the host's own figures)."""
     found = {HOST_CPU: cpu, HOST_MEMORY: percent(host.memory_used, host.memory_total)}
     for reading in readings:
-        found[gpu_key(reading.gpu, "util")] = reading.util
-        found[gpu_key(reading.gpu, "memory")] = percent(reading.memory_used, reading.memory_total)
+        found[gpu_key(reading.gpu, "util", server)] = reading.util
+        found[gpu_key(reading.gpu, "memory", server)] = percent(reading.memory_used, reading.memory_total)
     return found
 
 
@@ -104,19 +106,28 @@ def page(
     reg: Registry,
     book: LoanBook,
     history: History,
-    readings: Iterable[GpuReading],
+    readings: Mapping[str, Iterable[GpuReading]],
     host: HostFigures,
-    host_gpus: Iterable[int],
+    host_gpus: Mapping[str, Iterable[int]],
     now: float,
 ) -> tuple[History, dict[str, object]]:
-    """The history with this minute's figures, and the status document."""
+    """The history with this minute's figures, and the status document.
+
+    readings and host_gpus are by server, as lending.members names them:
+    "" on one host, each member on a cluster (its GPUs numbered on it).
+    """
     minute = int(now // 60)
-    read = {reading.gpu: reading for reading in readings}
     cpu = cpu_use(history.cpu, host.cpu_times)
-    history = gpuhistory.record(history, minute, figures(read.values(), host, cpu), host.cpu_times)
-    host_set = frozenset(host_gpus)
-    numbers = sorted(host_set | set(read) | book.lent | _registry_gpus(reg) | _tracked_gpus(history))
-    holders = _holders(reg, book, numbers, lendable(reg, host_set))
+    found: dict[str, int | None] = {}
+    for server in lending.members(reg):
+        found.update(figures(readings.get(server, ()), host, cpu, server))
+    history = gpuhistory.record(history, minute, found, host.cpu_times)
+    gpus: list[dict[str, object]] = []
+    for server, users in sorted(lending.members(reg).items()):
+        part, part_book = lending.on_member(reg, book, users) if reg.cluster is not None else (reg, book)
+        gpus += _server_gpus(
+            part, part_book, history, readings.get(server, ()), host_gpus.get(server, ()), server, minute
+        )
     document: dict[str, object] = {
         "format": FORMAT,
         "host": reg.hostname,
@@ -126,9 +137,28 @@ def page(
         "host_figures": _host(reg, history, host, cpu, minute),
         "lending": {"on": reg.lending is not None, "waiting": len(book.queue)},
         "names_shown": reg.status_page.names,
-        "gpus": [_gpu(reg, history, read.get(gpu), gpu, holders[gpu], minute) for gpu in numbers],
+        "gpus": gpus,
     }
     return history, document
+
+
+def _server_gpus(
+    reg: Registry,
+    book: LoanBook,
+    history: History,
+    readings: Iterable[GpuReading],
+    host_gpus: Iterable[int],
+    server: str,
+    minute: int,
+) -> list[dict[str, object]]:
+    """One server's GPU entries (reg and book: its students alone), lowest number first."""
+    read = {reading.gpu: reading for reading in readings}
+    host_set = frozenset(host_gpus)
+    # A member's GPUs are the registry's own count of them; one host's may lack nodes (no driver).
+    named = _registry_gpus(reg) if not server else set()
+    numbers = sorted(host_set | set(read) | book.lent | named | _tracked_gpus(history, server))
+    holders = _holders(reg, book, numbers, lendable(reg, host_set))
+    return [_gpu(reg, history, read.get(gpu), gpu, holders[gpu], server, minute) for gpu in numbers]
 
 
 def _host(
@@ -154,18 +184,25 @@ Holders = tuple[str, list[str], int | None]  # the state, the students by name, 
 
 
 def _gpu(
-    reg: Registry, history: History, reading: GpuReading | None, gpu: int, holders: Holders, minute: int
+    reg: Registry,
+    history: History,
+    reading: GpuReading | None,
+    gpu: int,
+    holders: Holders,
+    server: str,
+    minute: int,
 ) -> dict[str, object]:
     state, names, until = holders
     found: dict[str, object] = {
         "gpu": gpu,
+        "member": server or None,
         "name": None if reading is None else reading.name,
         "reading": reading is not None,
         "util": None if reading is None else reading.util,
         "memory_used": None if reading is None else reading.memory_used,
         "memory_total": None if reading is None else reading.memory_total,
-        "util_plot": gpuhistory.buckets(history.tracks.get(gpu_key(gpu, "util")), minute, STEP),
-        "memory_plot": gpuhistory.buckets(history.tracks.get(gpu_key(gpu, "memory")), minute, STEP),
+        "util_plot": gpuhistory.buckets(history.tracks.get(gpu_key(gpu, "util", server)), minute, STEP),
+        "memory_plot": gpuhistory.buckets(history.tracks.get(gpu_key(gpu, "memory", server)), minute, STEP),
         "state": state,
         "students": len(names),
         "until": until,
@@ -204,11 +241,11 @@ def _registry_gpus(reg: Registry) -> set[int]:
     return named
 
 
-def _tracked_gpus(history: History) -> set[int]:
-    """GPUs with figures in the last day (one NVML no longer sees stays listed, its plots ending)."""
+def _tracked_gpus(history: History, server: str) -> set[int]:
+    """The server's GPUs with figures in the last day (one NVML no longer sees stays listed)."""
     found = set()
     for key in history.tracks:
-        name, _, _ = key.partition(".")
-        if name.startswith("gpu") and name[3:].isdigit():
-            found.add(int(name[3:]))
+        owner, gpu, _what = gpuhistory.gpu_of(key)
+        if gpu is not None and owner == server:
+            found.add(gpu)
     return found

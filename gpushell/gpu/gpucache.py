@@ -27,6 +27,7 @@ non-blocking flock keeps that to one refresh at a time.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
+    from ..core.gpureport import GpuReport
+    from ..core.model import Registry
     from ..core.paths import Paths
 
     Owners = Callable[[], dict[str, str]]
@@ -128,6 +131,29 @@ def read(path: str) -> dict[str, str] | None:
 def write(path: str, lines: dict[str, object]) -> None:
     """Replace the snapshot at once (rename): root's, 0600."""
     files.write_private(path, protocol.encode(lines))
+
+
+def write_members(paths: Paths, reg: Registry, reports: dict[str, GpuReport | None]) -> None:
+    """Each cluster member's banner snapshot from its report (the tick's step); none without a report."""
+    from ..core.gpureport import banner_table
+
+    assert reg.cluster is not None
+    for member in reg.cluster.members:
+        path, report = paths.member_gpu_snapshot(member), reports.get(member)
+        if report is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+        elif report.state != OK:
+            write(path, state_snapshot(report.state, report.taken))
+        else:
+            students = {user.container: user.name for user in reg.users.values() if user.member == member}
+            write(path, snapshot(banner_table(report, students), report.taken))
+
+
+def for_member_login(paths: Paths, member: str) -> dict[str, object]:
+    """A cluster login's GPU keys, from its member's snapshot: the tick keeps it, the login only reads."""
+    keys, _stale = login_keys(read(paths.member_gpu_snapshot(member)), time.time())
+    return {**keys, "gpu_member": member}
 
 
 # --- asking NVML (never on a login's own time) --------------------------------------

@@ -52,18 +52,18 @@ def _login(ctx: services.Context, user: User) -> Answer:
 
         answer.update(loans.shown_loans(ctx, user))
     if user.gpus != "none":
-        answer.update(banner_gpus(ctx))
+        answer.update(banner_gpus(ctx, user))
     return answer
 
 
-def banner_gpus(ctx: services.Context) -> Answer:
-    """The banner's GPU keys: on one host from the cached snapshot (a small file read; a stale
-    one is refreshed in the background once this answer is out).  On a cluster the GPUs are on
-    a member, read from inside the container by `gpus` alone: the banner points there."""
+def banner_gpus(ctx: services.Context, user: User) -> Answer:
+    """The banner's GPU keys, from a cached snapshot (a small file read).  On one host a stale
+    one is refreshed in the background once this answer is out; on a cluster the front door's
+    tick keeps one per member, from the report the member publishes (gpureport.py)."""
     from ..gpu import gpucache
 
     if ctx.registry.cluster is not None:
-        return {"gpu_state": gpucache.NONE}
+        return gpucache.for_member_login(ctx.paths, user.member)
     keys, stale = gpucache.for_login(ctx.paths)
     if stale:
         after_answer.append(lambda: gpucache.refresh_in_background(ctx.paths, lambda: _owners(ctx.paths)))

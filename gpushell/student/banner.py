@@ -146,8 +146,10 @@ def gpu_lines(info: Answer, p: Palette = PLAIN) -> str:
         return ""
     if state == "none":
         return f"GPU status: {p.dim}run `gpus`{p.reset}\n"
+    server = info.get("gpu_member", "")  # a cluster's: the member holding the container
+    where = f"on {server}" if server.isascii() and server.replace("-", "").isalnum() else "on this host"
     if state == "no-driver":
-        return "GPUs: none on this host (no NVIDIA driver)\n"
+        return f"GPUs: none {where} (no NVIDIA driver)\n"
     age = _whole(info.get("gpu_age", "")) or 0
     note = f"  {p.dim}(as of {_age_text(age)} ago){p.reset}" if age > GPU_FRESH_FOR else ""
     if state == "error":
@@ -156,7 +158,7 @@ def gpu_lines(info: Answer, p: Palette = PLAIN) -> str:
         return ""  # a state this shell does not know: say nothing rather than something wrong
     count = min(_whole(info.get("gpu_count", "")) or 0, MAX_BANNER_GPUS)
     if count == 0:
-        return f"GPUs: none found on this host{note}\n"
+        return f"GPUs: none found {where}{note}\n"
     rows = [gpu_row(row, info, p) for row in range(count)]
     return rows[0] + note + "\n" + "".join(f"{line}\n" for line in rows[1:])
 

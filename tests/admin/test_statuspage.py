@@ -44,7 +44,9 @@ def mode(path: str) -> int:
 def write_day(paths: Paths, warned: list[str], book: LoanBook = EMPTY, text: str = REGISTRY) -> None:
     readings, host = statusday.last_minute()
     reg = parse(text, "/etc/gpushell.yaml")
-    statuspage.write(paths, reg, book, readings, host, statusday.GPUS, statusday.LAST, warned.append)
+    statuspage.write(
+        paths, reg, book, {"": readings}, host, {"": statusday.GPUS}, statusday.LAST, warned.append
+    )
 
 
 def test_the_default_status_directory_lies_beside_the_state_directory() -> None:
@@ -75,7 +77,7 @@ def test_each_minute_adds_to_the_history(paths: Paths) -> None:
     first = statuspage.read_history(paths, print)
     readings, host = statusday.last_minute()
     reg = parse(REGISTRY, "/r")
-    statuspage.write(paths, reg, EMPTY, readings, host, [0], statusday.LAST + 60, print)
+    statuspage.write(paths, reg, EMPTY, {"": readings}, host, {"": [0]}, statusday.LAST + 60, print)
     later = statuspage.read_history(paths, print)
     track = later.tracks["gpu0.util"]
     assert track.start == first.tracks["gpu0.util"].start and len(track.values) == 2
@@ -103,14 +105,14 @@ def test_a_page_turned_off_removes_the_last_one_and_keeps_no_history(paths: Path
     write_day(paths, [])
     os.unlink(statuspage.history_path(paths))
     reg = parse(REGISTRY + "status_page: {enabled: false}\n", "/r")
-    statuspage.publish(paths, reg, EMPTY, FakeBackend(), [], [0], statusday.LAST, print)
+    statuspage.publish(paths, reg, EMPTY, FakeBackend(), {}, {"": [0]}, statusday.LAST, print)
     assert os.listdir(paths.status_dir) == [] and os.listdir(paths.state_dir) == []
 
 
 def test_publish_reads_the_hosts_own_figures(paths: Paths) -> None:
     reg = parse(REGISTRY, "/r")
     driver = FakeBackend({"ann": RUNNING, "ben": STOPPED})
-    statuspage.publish(paths, reg, EMPTY, driver, [], [0], statusday.LAST, print)
+    statuspage.publish(paths, reg, EMPTY, driver, {}, {"": [0]}, statusday.LAST, print)
     host = json.loads(Path(paths.status_dir, "status.json").read_text())["host_figures"]
     assert host["containers_running"] == 1 and host["students"] == 2
     assert host["memory_total"] > 0 and host["cpus"] == os.cpu_count()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from gpushell.core import gpuhistory, statusmodel
+from gpushell.core import gpuhistory, lending, statushtml, statusmodel
 from gpushell.core.lending import EMPTY, Loan, LoanBook, Waiter
 from gpushell.core.model import StatusPage
 from gpushell.core.registry import parse
@@ -85,7 +85,7 @@ def test_at_most_names_shown_are_listed_the_count_is_whole() -> None:
         for n in range(30)
     )
     reg = parse("status_page: {names: true}\nusers:\n" + users, "/r")
-    _, document = statusmodel.page(reg, EMPTY, gpuhistory.EMPTY, [], HostFigures(), [0], NOW)
+    _, document = statusmodel.page(reg, EMPTY, gpuhistory.EMPTY, {}, HostFigures(), {"": [0]}, NOW)
     only = gpu(document, 0)
     assert only["students"] == 30 and len(only["names"]) == statusmodel.NAMES_SHOWN  # type: ignore[arg-type]
 
@@ -94,7 +94,7 @@ def test_gpus_come_from_the_devices_the_registry_the_loans_and_the_history_even_
     reg = registry(ben_gpus="[5]")
     history = gpuhistory.record(gpuhistory.EMPTY, NOW // 60 - 30, {"gpu7.util": 50}, None)
     book = LoanBook([Loan("ann", 9, NOW - 60, NOW + 60)])
-    _, document = statusmodel.page(reg, book, history, [], HostFigures(), [0], NOW)
+    _, document = statusmodel.page(reg, book, history, {}, HostFigures(), {"": [0]}, NOW)
     assert [item["gpu"] for item in document["gpus"]] == [0, 1, 2, 5, 7, 9]  # type: ignore[attr-defined]
     assert all(item["reading"] is False for item in document["gpus"])  # type: ignore[attr-defined]
     # NOW's minute M closes the last bucket; M-30 lies in the 7th from the end (M-34 .. M-30).
@@ -105,7 +105,7 @@ def test_the_history_comes_back_with_this_minute_added() -> None:
     reading = GpuReading(0, "A100", 40, 10 * 2**30, 40 * 2**30)
     host = HostFigures(cpu_times=(150.0, 400.0), memory_used=1, memory_total=4)
     before = gpuhistory.History({}, (100.0, 300.0))
-    history, document = statusmodel.page(registry(), EMPTY, before, [reading], host, [0], NOW)
+    history, document = statusmodel.page(registry(), EMPTY, before, {"": [reading]}, host, {"": [0]}, NOW)
     minute = int(NOW // 60)
     assert history.cpu == (150.0, 400.0)
     assert gpuhistory.latest(history.tracks["gpu0.util"], minute) == 40
@@ -124,3 +124,41 @@ def test_cpu_use_needs_two_looks_in_order() -> None:
 
 def test_a_page_turned_off_is_a_registry_setting() -> None:
     assert registry("status_page: {enabled: false}\n").status_page == StatusPage(enabled=False)  # type: ignore[attr-defined]
+
+
+CLUSTER = """\
+backend: lxd
+hostname: gpu.lab
+bridge: labnet
+subnet: 10.9.0.0/24
+template: lab-image
+lending: {gpus: all, max_duration: 8h}
+lxd:
+  members:
+    m1: {address: 192.168.5.11, gpus: 2, memory: 64G}
+    m2: {address: 192.168.5.12, gpus: 1, memory: 64G}
+users:
+  ann: {port: 22001, ip: 10.9.0.2, idmap: 1000000, member: m1, gpus: [0]}
+  ben: {port: 22002, ip: 10.9.0.3, idmap: 1065536, member: m2}
+"""
+
+
+def test_on_a_cluster_each_members_gpus_are_their_own_cards_with_their_own_plots() -> None:
+    reg = parse(CLUSTER, "/etc/gpushell.yaml")
+    book = LoanBook([Loan("ben", 0, NOW - 60, NOW + 600)])  # m2's GPU 0, not m1's
+    readings = {"m1": [GpuReading(0, "H200", 90, 1, 4)], "m2": [GpuReading(0, "H200", 10, 3, 4)]}
+    servers = lending.server_gpus(reg, ())  # as the tick numbers them: the registry's count per member
+    history, document = statusmodel.page(reg, book, gpuhistory.EMPTY, readings, HostFigures(), servers, NOW)
+    cards = [(item["member"], item["gpu"], item["state"], item["util"]) for item in document["gpus"]]  # type: ignore[attr-defined]
+    assert cards == [("m1", 0, "assigned", 90), ("m1", 1, "free", None), ("m2", 0, "lent", 10)]
+    minute = int(NOW // 60)
+    assert gpuhistory.latest(history.tracks["m1:gpu0.util"], minute) == 90
+    assert gpuhistory.latest(history.tracks["m2:gpu0.memory"], minute) == 75
+    assert "gpu0.util" not in history.tracks  # no GPU of the front door's own
+    # A GPU with figures earlier in the day stays listed under its member alone (m2's GPU 0 here).
+    _, later = statusmodel.page(reg, EMPTY, history, {}, HostFigures(), {"m1": [0]}, NOW + 60)
+    assert [(item["member"], item["gpu"], item["reading"]) for item in later["gpus"]] == [  # type: ignore[attr-defined]
+        ("m1", 0, False), ("m2", 0, False)
+    ]  # fmt: skip
+    page = statushtml.render(document)
+    assert "<h3>GPU 0 on m2 <small>H200</small></h3>" in page and 'id="gpu-m1-1"' in page

@@ -57,7 +57,9 @@ def write_page(paths: Paths, names: bool) -> None:
     reg = parse((NAMES if names else "") + REGISTRY, "/etc/gpushell.yaml")
     readings, host = statusday.last_minute()
     warned: list[str] = []
-    statuspage.write(paths, reg, BOOK, readings, host, statusday.GPUS, statusday.LAST, warned.append)
+    statuspage.write(
+        paths, reg, BOOK, {"": readings}, host, {"": statusday.GPUS}, statusday.LAST, warned.append
+    )
     assert warned == []
 
 

@@ -1,0 +1,192 @@
+"""A cluster member's GPU report (pure): what its NVML showed, as the front door reads it.
+
+The front door has no GPU and no view of a member's processes; the engine's
+API has no GPU figures.  So each member publishes its own: root on the
+member runs `gpushell-admin publish-gpus` (its timer, every 20 seconds),
+which reads NVML there and writes this report into the member's own entry
+in the cluster's database, the member config key REPORT_KEY.  The front
+door reads every member's report in one request (`/1.0/cluster/members`,
+which its restricted certificate may read but not write), and its tick
+turns them into the banner's GPU lines and the status page.
+
+Only a member's root can write the key (through its engine's unix socket);
+a container cannot reach it.  The front door still parses it strictly and
+bounded: a report that does not parse is no report.
+
+A process is named by its container (the engine's instance whose host id
+range holds its uids, as on one host), never by PID; "" is a host process
+or one no instance owns.  GPUs are numbered by their /dev/nvidiaN on the
+member, as the registry numbers a member's GPUs.
+"""
+
+from __future__ import annotations
+
+import json
+
+from .statusmodel import GpuReading
+from .value import Value
+
+REPORT_KEY = "user.gpushell.gpus"
+FORMAT = 1
+OK, NO_DRIVER, ERROR = "ok", "no-driver", "error"
+STATES = (OK, NO_DRIVER, ERROR)
+MAX_TEXT = 256 * 1024  # bytes of one report: 64 GPUs with 64 processes each fit in a quarter of it
+MAX_GPUS = 64
+MAX_PROCS = 64  # per GPU; more are left out (their memory still counts in the GPU's used)
+MAX_NAME = 128
+MAX_FIGURE = 2**60  # bytes, percent, degrees: anything larger is not a reading
+STALE_AFTER = 180  # seconds: an older report's figures are not the GPUs' use now (its timer stopped)
+
+
+class ReportedGpu(Value):
+    """One GPU of a member: None where NVML gave no figure; error set when the GPU did not answer."""
+
+    __slots__ = ("error", "gpu", "memory_total", "memory_used", "name", "procs", "temp", "util")
+
+    def __init__(
+        self,
+        gpu: int,
+        name: str | None = None,
+        util: int | None = None,
+        memory_used: int | None = None,
+        memory_total: int | None = None,
+        temp: int | None = None,
+        procs: tuple[tuple[str, int | None], ...] = (),  # (container or "", memory in bytes)
+        error: str | None = None,
+    ) -> None:
+        self.gpu, self.name, self.util, self.temp = gpu, name, util, temp
+        self.memory_used, self.memory_total = memory_used, memory_total
+        self.procs, self.error = procs, error
+
+
+class GpuReport(Value):
+    """A member's GPUs when NVML was asked (taken, epoch seconds); state ok, no-driver or error."""
+
+    __slots__ = ("gpus", "state", "taken")
+
+    def __init__(self, taken: int, state: str, gpus: tuple[ReportedGpu, ...] = ()) -> None:
+        self.taken, self.state, self.gpus = taken, state, gpus
+
+    def fresh(self, now: float) -> bool:
+        """Whether its figures are the GPUs' use now (a clock a little ahead is fine)."""
+        return -STALE_AFTER <= now - self.taken <= STALE_AFTER
+
+
+# --- the member's side -------------------------------------------------------------
+
+
+def encode(report: GpuReport) -> str:
+    """The report as the member config value: compact JSON, bounded as decode bounds it."""
+    gpus = []
+    for gpu in report.gpus[:MAX_GPUS]:
+        procs = [[container[:MAX_NAME], memory] for container, memory in gpu.procs[:MAX_PROCS]]
+        gpus.append(
+            {
+                "gpu": gpu.gpu,
+                "name": None if gpu.name is None else gpu.name[:MAX_NAME],
+                "util": gpu.util,
+                "memory_used": gpu.memory_used,
+                "memory_total": gpu.memory_total,
+                "temp": gpu.temp,
+                "procs": procs,
+                "error": None if gpu.error is None else gpu.error[:MAX_NAME],
+            }
+        )
+    body = {"format": FORMAT, "taken": report.taken, "state": report.state, "gpus": gpus}
+    return json.dumps(body, separators=(",", ":"))
+
+
+# --- the front door's side ---------------------------------------------------------
+
+
+def decode(text: object) -> GpuReport | None:
+    """A report from its member config value; None for anything that is not one."""
+    if not isinstance(text, str) or len(text) > MAX_TEXT:
+        return None
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or body.get("format") != FORMAT or body.get("state") not in STATES:
+        return None
+    taken, listed = _figure(body.get("taken")), body.get("gpus")
+    if taken is None or not isinstance(listed, list) or len(listed) > MAX_GPUS:
+        return None
+    gpus = [_gpu(item) for item in listed]
+    if any(gpu is None for gpu in gpus):
+        return None
+    return GpuReport(taken, body["state"], tuple(gpu for gpu in gpus if gpu is not None))
+
+
+def _gpu(item: object) -> ReportedGpu | None:
+    if not isinstance(item, dict):
+        return None
+    number, procs = _figure(item.get("gpu")), item.get("procs")
+    if number is None or not isinstance(procs, list) or len(procs) > MAX_PROCS:
+        return None
+    pairs = []
+    for proc in procs:
+        if not (isinstance(proc, list) and len(proc) == 2 and _text(proc[0]) is not None):
+            return None
+        pairs.append((str(proc[0]), _figure(proc[1])))
+    return ReportedGpu(
+        number,
+        _text(item.get("name")),
+        _figure(item.get("util")),
+        _figure(item.get("memory_used")),
+        _figure(item.get("memory_total")),
+        _figure(item.get("temp")),
+        tuple(pairs),
+        _text(item.get("error")),
+    )
+
+
+def _figure(value: object) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_FIGURE:
+        return None
+    return value
+
+
+def _text(value: object) -> str | None:
+    if not isinstance(value, str) or len(value) > MAX_NAME or not value.isprintable():
+        return None
+    return value
+
+
+def banner_table(report: GpuReport, students: dict[str, str]) -> list[dict[str, object]]:
+    """The report's GPUs as gpucache.snapshot takes them: each process a student's (by the
+    registry's container -> user) or "other"; counts only reach the banner."""
+    table: list[dict[str, object]] = []
+    for gpu in report.gpus:
+        if gpu.error is not None:
+            table.append({"index": gpu.gpu, "error": gpu.error})
+            continue
+        procs = [
+            ("student", None, students[container], memory)
+            if container in students
+            else ("other", None, "", memory)
+            for container, memory in gpu.procs
+        ]
+        table.append(
+            {
+                "index": gpu.gpu,
+                "name": gpu.name,
+                "util": gpu.util,
+                "mem_used": gpu.memory_used,
+                "mem_total": gpu.memory_total,
+                "temp": gpu.temp,
+                "procs": procs,
+            }
+        )
+    return table
+
+
+def readings(report: GpuReport | None, now: float) -> list[GpuReading]:
+    """The status page's figures of a member's GPUs; none from a stale report (its plots pause)."""
+    if report is None or not report.fresh(now):
+        return []
+    return [
+        GpuReading(gpu.gpu, gpu.name, gpu.util, gpu.memory_used, gpu.memory_total)
+        for gpu in report.gpus
+        if gpu.error is None
+    ]

@@ -1,0 +1,54 @@
+"""A cluster member's GPUs as its NVML shows them: the report `publish-gpus` writes (member side, root).
+
+The same NVML readings as on one host (gpustatus.read_gpu), numbered by
+/dev/nvidiaN (NVML's minor number), each process named by the container
+whose host id range holds its uids (`owner`), or "" when none does.  The
+NVML object is an argument: the tests pass a stand-in or a recording.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from ..core.gpureport import ERROR, NO_DRIVER, OK, GpuReport, ReportedGpu
+from . import gpustatus
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+
+def read(nvml: Any | None, owner: Callable[[int], str | None], taken: int) -> GpuReport:
+    """Every GPU's figures and processes now; NVML shut down after."""
+    if nvml is None:
+        return GpuReport(taken, NO_DRIVER)
+    try:
+        try:
+            count = int(nvml.nvmlDeviceGetCount())
+        except nvml.NVMLError:
+            return GpuReport(taken, ERROR)
+        return GpuReport(taken, OK, tuple(_gpu(nvml, index, owner) for index in range(count)))
+    finally:
+        with contextlib.suppress(nvml.NVMLError):
+            nvml.nvmlShutdown()
+
+
+def _gpu(nvml: Any, index: int, owner: Callable[[int], str | None]) -> ReportedGpu:
+    reading = gpustatus.read_gpu(nvml, index)
+    try:
+        number = int(nvml.nvmlDeviceGetMinorNumber(nvml.nvmlDeviceGetHandleByIndex(index)))
+    except nvml.NVMLError:
+        number = index  # the GPU did not answer: its place in NVML's order is all there is
+    if reading.get("error") is not None:
+        return ReportedGpu(number, error=str(reading["error"]))
+    procs: list[tuple[int, int | None]] = reading["procs"]  # type: ignore[assignment]
+    return ReportedGpu(
+        number,
+        str(reading["name"]),
+        reading["util"],  # type: ignore[arg-type]
+        reading["mem_used"],  # type: ignore[arg-type]
+        reading["mem_total"],  # type: ignore[arg-type]
+        reading["temp"],  # type: ignore[arg-type]
+        tuple((owner(pid) or "", memory) for pid, memory in procs),
+    )
