@@ -1,4 +1,5 @@
-"""GPU lending on a real cluster: each member lends its own GPUs, as the engine's devices.
+"""GPU lending and GPU figures on a real cluster: each member lends its own GPUs, as the engine's
+devices, and publishes its own GPUs' figures for the front door.
 
 The members' stand-in GPUs (standin_gpus.py): m1 has GPU 0 and 1, m2 GPU 0.
 A student owns m1's GPU 0, so m1 lends GPU 1 and m2 its GPU 0: two loans of
@@ -6,10 +7,21 @@ different members' GPUs sit in one book without touching each other.  A
 loan is a `gpu` device the engine plugs into the running container; its
 end takes the device out and restarts the container, since the front door
 sees no process that holds the GPU (README: Several servers).
+
+The figures: no member has an NVIDIA driver here, so NVML's answers are the
+real H200's recorded ones (tests/data/real_gpu), carrying the host PIDs of
+real processes; the rest is real: the member's engine names the container
+whose id range holds a process, the report goes into the member's entry in
+the cluster, the front door's tick reads it, and a real login shows it.
 """
 
 from __future__ import annotations
 
+import copy
+import json
+import os
+import re
+import secrets
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,14 +29,20 @@ from typing import ClassVar
 
 import pytest
 
+from gpushell.admin import gpupublish
+from gpushell.containers.lxdapi import LocalClient
+from gpushell.core import gpureport
 from gpushell.core.lending import LoanBook
 from gpushell.core.paths import Paths
 from gpushell.system import loanstore
+from tests.gpu.test_gpustatus import FakeNvml
+from tests.gpu.test_real_gpu_replay import RECORDED
 
 from .lab import Student
 from .lxd_fixtures import cluster  # noqa: F401 - the session's cluster fixture
 from .lxdcluster import Cluster
 from .test_cluster import FrontDoor
+from .test_login import login
 
 NODE = "stat -c '%n %t:%T' /dev/nvidia0 /dev/nvidia1"
 INIT_START = "cut -d' ' -f22 /proc/1/stat"  # the container's init's start, in ticks since the member booted
@@ -149,3 +167,76 @@ def test_a_tick_on_the_front_door_ends_an_expired_loan_on_its_member(
     assert lent(front, student) == {} and loanstore.read(paths).of(student.name) == ()
     assert inside_once_up(front, student, NODE).stdout == ""
     assert "ok: gpushell-admin tick ran" in front.admin("doctor", check=False).stdout
+
+
+def recorded_h200s(pids_by_gpu: list[list[int]]) -> FakeNvml:
+    """The recorded H200 once per GPU (numbered 0, 1, ...), with these host PIDs on each."""
+    gpus = []
+    for minor, pids in enumerate(pids_by_gpu):
+        gpu = copy.deepcopy(RECORDED["nvml"][0])
+        gpu["minor"] = minor
+        gpu["compute_processes"] = [{"pid": pid, "usedGpuMemory": 2**30} for pid in pids]
+        gpus.append(gpu)
+    return FakeNvml({"gpus": gpus})
+
+
+def host_pid(argv: list[str]) -> int:
+    """The one host process with exactly this command line."""
+    wanted = "\0".join(argv).encode() + b"\0"
+    found = []
+    for name in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as stream:
+                if name.isdigit() and stream.read() == wanted:
+                    found.append(int(name))
+        except OSError:
+            continue
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_members_gpu_reports_reach_the_banner_and_the_status_page(
+    front: LendingFrontDoor,
+    students: dict[str, Student],
+    cluster: Cluster,  # noqa: F811
+) -> None:
+    owner = students["owner"]  # m1's GPU 0 is theirs
+    assert front.ssh(owner, "start").returncode == 0
+    argv = ["sleep", f"{86000 + secrets.randbelow(400)}.{secrets.randbelow(10**6)}"]
+    started = inside_once_up(front, owner, f"setsid -f {' '.join(argv)} </dev/null >/dev/null 2>&1")
+    assert started.returncode == 0, started.stderr
+    on_gpu = [host_pid(argv), os.getpid()]  # the owner's process, and a host process (this test)
+
+    def publish(member: str, nvml: FakeNvml) -> gpureport.GpuReport:
+        client = LocalClient(f"{cluster.state_dir(member)}/unix.socket", cluster.project)
+        try:
+            return gpupublish.publish(client, lambda: nvml, time.time())[1]
+        finally:
+            client.close()
+
+    m1 = publish("m1", recorded_h200s([on_gpu, []]))
+    assert [sorted(gpu.procs) for gpu in m1.gpus] == [[("", 2**30), (owner.container, 2**30)], []]
+    publish("m2", recorded_h200s([[]]))
+    # m3 through the command itself: no NVIDIA driver on this machine.
+    m3_socket = f"{cluster.state_dir('m3')}/unix.socket"
+    published = front.admin("publish-gpus", "--socket", m3_socket, "--verbose")
+    assert "m3: no-driver, 0 GPU(s) published" in published.stdout, published.stderr
+    entry = json.loads(cluster.lxc("m1", "query", "/1.0/cluster/members/m3").stdout)
+    assert gpureport.decode(entry["config"][gpureport.REPORT_KEY]).state == gpureport.NO_DRIVER  # type: ignore[union-attr]
+
+    front.admin("tick")
+    # The owner's banner, through a real login at the front door: m1's GPUs, counts only.
+    child = login(front, owner)
+    banner = re.sub(r"\x1b\[[0-9;]*m", "", child.before)
+    child.sendline("quit")
+    child.close()
+    assert re.search(r"^GPU 0 +100% +7\.0/140\.4 GiB +60 C +1 student\b", banner, re.MULTILINE), banner
+    assert re.search(r"^GPU 1 +100% +7\.0/140\.4 GiB +60 C +0 students\b", banner, re.MULTILINE), banner
+    assert str(on_gpu[0]) not in banner
+    # The status page: each member's cards with their readings.
+    page = os.path.join(Paths(**front.paths).status_dir, "status.json")
+    with open(page, encoding="utf-8") as stream:
+        cards = {(card["member"], card["gpu"]): card for card in json.load(stream)["gpus"]}
+    assert sorted(cards) == [("m1", 0), ("m1", 1), ("m2", 0)]
+    assert all(card["reading"] and card["util"] == 100 for card in cards.values())
+    assert cards[("m1", 0)]["state"] == "assigned" and cards[("m1", 1)]["state"] == "free"
