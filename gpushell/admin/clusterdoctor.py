@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 
 from ..containers.backend import UNKNOWN
+from ..core import gpureport
 from ..core.errors import GpushellError
 from ..core.model import Registry
 from .findings import Finding
@@ -19,6 +20,7 @@ from .findings import Finding
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..containers.lxdinstance import Cards
+    from ..core.gpureport import GpuReport
 
 MOVE_OR_EDIT = "gpushell-admin move USER MEMBER, or correct the student's member: in the registry"
 
@@ -32,6 +34,7 @@ class ClusterFacts:
     project: dict[str, str] | None = None  # the project's config (its restrictions); None: not read
     gpus: dict[str, Cards] = dataclasses.field(default_factory=dict)  # member -> its GPUs, where asked
     volumes: dict[str, str] | None = None  # the pool's custom volumes: name -> member; None: not listed
+    reports: dict[str, GpuReport | None] = dataclasses.field(default_factory=dict)  # member -> its GPU report
 
 
 def gather(reg: Registry) -> ClusterFacts:
@@ -46,18 +49,21 @@ def gather(reg: Registry) -> ClusterFacts:
             with contextlib.suppress(GpushellError):
                 gpus[name] = driver.member_gpus(name)
     members: dict[str, tuple[str, str]] = {}
+    reports: dict[str, GpuReport | None] = {}
     instances, image, project, volumes = None, None, None, None
     if any(not why for why in reachable.values()):
         try:
             for entry in driver.members():
-                members[str(entry.get("server_name"))] = (str(entry.get("status")), str(entry.get("message")))
+                name = str(entry.get("server_name"))
+                members[name] = (str(entry.get("status")), str(entry.get("message")))
+                reports[name] = gpureport.of_member(entry)
             instances = driver.states()
             image = driver.has_image(reg.template)
             project = driver.project_config()
             volumes = driver.custom_volumes()
         except GpushellError:
             pass
-    return ClusterFacts(reachable, members, instances, image, project, gpus, volumes)
+    return ClusterFacts(reachable, members, instances, image, project, gpus, volumes, reports)
 
 
 def check_members(reg: Registry, facts: ClusterFacts) -> list[Finding]:
@@ -124,6 +130,36 @@ def check_gpus(reg: Registry, facts: ClusterFacts) -> list[Finding]:
             continue
         found.append(Finding(True, f"member {name}: GPUs {seen}"))
     return found
+
+
+PUBLISH_FIX = "on {member}: install gpushell and run systemctl enable --now gpushell-publish-gpus.timer"
+DRIVER_FIX = "on {member}: load the NVIDIA driver and install NVML's bindings (pip install nvidia-ml-py)"
+
+
+def check_reports(reg: Registry, facts: ClusterFacts, now: float) -> list[Finding]:
+    """Each member with GPUs publishes their figures (publish-gpus): the banners and the status page."""
+    assert reg.cluster is not None
+    return [
+        _report_finding(name, facts.reports.get(name), now)
+        for name, member in reg.cluster.members.items()
+        if member.gpus and name in facts.members  # not asked: no GPU, or the member did not answer
+    ]
+
+
+def _report_finding(member: str, report: GpuReport | None, now: float) -> Finding:
+    publish = PUBLISH_FIX.format(member=member)
+    if report is None:
+        what = "publishes no GPU figures: its students' banners and the status page show none"
+        return Finding(False, f"member {member} {what}", publish)
+    if not report.fresh(now):
+        age = f"{abs(now - report.taken) / 60:.0f} minutes old"
+        return Finding(
+            False, f"member {member}'s GPU figures are {age}: its publish-gpus timer stopped", publish
+        )
+    if report.state != gpureport.OK:
+        said = "no NVIDIA driver" if report.state == gpureport.NO_DRIVER else "that NVML failed"
+        return Finding(False, f"member {member} publishes {said}", DRIVER_FIX.format(member=member))
+    return Finding(True, f"member {member} published its GPU figures {now - report.taken:.0f} s ago")
 
 
 def check_image(reg: Registry, facts: ClusterFacts) -> list[Finding]:

@@ -53,7 +53,7 @@ def publish(
             "this engine is not a cluster member: publish-gpus runs on the members of gpushell's cluster",
             status=ExitStatus.USAGE,
         )
-    owners = gpustatus.Owners({}, _ranges(client.get("/instances", recursion="1") or []))
+    owners = gpustatus.Owners({}, _ranges(client.get("/instances", recursion="1") or [], member))
     report = memberreading.read(load_nvml(), lambda pid: gpustatus.pid_owner(pid, owners, proc), int(now))
     entry = client.get(f"/cluster/members/{member}") or {}
     config = {**(entry.get("config") or {}), gpureport.REPORT_KEY: gpureport.encode(report)}
@@ -63,12 +63,16 @@ def publish(
     return member, report
 
 
-def _ranges(instances: list[dict[str, Any]]) -> list[tuple[int, int, str]]:
-    """(first host uid, count, container) of each running instance of the project."""
+def _ranges(instances: list[dict[str, Any]], member: str) -> list[tuple[int, int, str]]:
+    """(first host uid, count, container) of each running instance of the project on this member.
+
+    The listing is the whole cluster's, and each member picks its own
+    containers' id ranges: another member's may be the same numbers.
+    """
     found = []
     for instance in instances:
         uids = lxdinstance.host_uids(instance)
-        if uids is not None and isinstance(instance.get("name"), str):
+        if uids is not None and instance.get("location") == member and isinstance(instance.get("name"), str):
             found.append((*uids, instance["name"]))
     return found
 

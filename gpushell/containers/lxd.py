@@ -449,14 +449,9 @@ class LxdDriver(ContainerDriver):
 
     def gpu_reports(self) -> dict[str, GpuReport | None]:
         """Each member's GPU report (`publish-gpus` writes it), None where it has none that parses."""
-        from ..core import gpureport  # the tick's and doctor's, never a login's
+        from ..core import gpureport  # the tick's, never a login's
 
-        found: dict[str, GpuReport | None] = {}
-        for entry in self.members():
-            config = entry.get("config")
-            text = config.get(gpureport.REPORT_KEY) if isinstance(config, dict) else None
-            found[str(entry.get("server_name"))] = gpureport.decode(text)
-        return found
+        return {str(entry.get("server_name")): gpureport.of_member(entry) for entry in self.members()}
 
 
 def lent_devices(instance: dict[str, Any]) -> dict[str, dict[str, str]]:

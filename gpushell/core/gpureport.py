@@ -118,6 +118,12 @@ def decode(text: object) -> GpuReport | None:
     return GpuReport(taken, body["state"], tuple(gpu for gpu in gpus if gpu is not None))
 
 
+def of_member(entry: dict[str, object]) -> GpuReport | None:
+    """The report in one of the engine's `/1.0/cluster/members` entries; None where it has none."""
+    config = entry.get("config")
+    return decode(config.get(REPORT_KEY) if isinstance(config, dict) else None)
+
+
 def _gpu(item: object) -> ReportedGpu | None:
     if not isinstance(item, dict):
         return None

@@ -22,8 +22,10 @@ from tests.gpu.test_real_gpu_replay import ALICE_PID, HOST_PID, RECORDED, record
 
 ALICE_IDS = [{"Isuid": True, "Isgid": False, "Hostid": 1_000_000, "Nsid": 0, "Maprange": 65536}]
 INSTANCES = [
-    {"name": "gpushell-alice", "config": {"volatile.idmap.current": json.dumps(ALICE_IDS)}},
-    {"name": "gpushell-bob", "config": {}},  # stopped: no current map
+    {"name": "gpushell-alice", "location": "m1", "config": {"volatile.idmap.current": json.dumps(ALICE_IDS)}},
+    {"name": "gpushell-bob", "location": "m1", "config": {}},  # stopped: no current map
+    # On m2, which picked the same ids for abe: numbers of another machine, never m1's.
+    {"name": "gpushell-abe", "location": "m2", "config": {"volatile.idmap.current": json.dumps(ALICE_IDS)}},
 ]
 MEMBER = {
     "server_name": "m1",
@@ -151,3 +153,29 @@ def test_the_tick_writes_each_members_banner_lines_and_a_login_reads_its_own(
     m2 = gpucache.for_member_login(paths, "m2")
     assert gpu_lines(m2, PLAIN) == "GPUs: none on m2 (no NVIDIA driver)\n"
     assert gpu_lines(gpucache.for_member_login(paths, "m3"), PLAIN) == "GPU status: run `gpus`\n"
+
+
+def test_doctor_wants_each_gpu_member_to_publish_fresh_figures_of_a_driver() -> None:
+    from gpushell.admin import clusterdoctor
+
+    reg, now = parse(CLUSTER, "/etc/gpushell.yaml"), 1_700_000_000
+    online = {name: ("Online", "") for name in ("m1", "m2", "m3")}
+    driverless = gpureport.GpuReport(now - 20, gpureport.NO_DRIVER)
+
+    def findings(reports: dict[str, gpureport.GpuReport | None]) -> list[tuple[bool, str]]:
+        facts = clusterdoctor.ClusterFacts({}, online, {}, reports=reports)
+        return [(found.ok, found.what) for found in clusterdoctor.check_reports(reg, facts, now)]
+
+    fresh = gpureport.GpuReport(now - 20, gpureport.OK)
+    assert findings({"m1": fresh, "m2": driverless}) == [
+        (True, "member m1 published its GPU figures 20 s ago"),
+        (False, "member m2 publishes no NVIDIA driver"),
+    ]  # m3 has no GPU: nothing to publish
+    stale = gpureport.GpuReport(now - 600, gpureport.OK)
+    assert findings({"m1": stale}) == [
+        (False, "member m1's GPU figures are 10 minutes old: its publish-gpus timer stopped"),
+        (False, "member m2 publishes no GPU figures: its students' banners and the status page show none"),
+    ]
+    facts = clusterdoctor.ClusterFacts({}, {"m1": ("Online", "")}, {}, reports={})
+    (only,) = clusterdoctor.check_reports(reg, facts, now)  # m2 did not answer: its own finding says so
+    assert only.fix == "on m1: install gpushell and run systemctl enable --now gpushell-publish-gpus.timer"

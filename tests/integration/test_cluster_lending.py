@@ -240,3 +240,8 @@ def test_members_gpu_reports_reach_the_banner_and_the_status_page(
     assert sorted(cards) == [("m1", 0), ("m1", 1), ("m2", 0)]
     assert all(card["reading"] and card["util"] == 100 for card in cards.values())
     assert cards[("m1", 0)]["state"] == "assigned" and cards[("m1", 1)]["state"] == "free"
+    # doctor: both GPU members publish; m3 has no GPU to publish.
+    doctor = front.admin("doctor", check=False).stdout
+    for member in ("m1", "m2"):
+        assert re.search(rf"^ok: member {member} published its GPU figures \d+ s ago$", doctor, re.M), doctor
+    assert "member m3 publish" not in doctor
