@@ -118,10 +118,20 @@ class LxdDriver(ContainerDriver):
         Everything is written through the engine's file API into a
         container that has never run: nothing in it is the student's yet.
         """
-        self.member_of[user.container] = user.member
-        client = self.client(user.container)
+        self.make(reg, user)
         try:
-            client.call(
+            self.give_identity(user, keys)
+        except BaseException:
+            with contextlib.suppress(GpushellError):  # the first error is the one to report
+                self.destroy(reg, user.container)
+            raise
+        return ""
+
+    def make(self, reg: Registry, user: User) -> None:
+        """The instance on the user's member, from the image, never started: no identity yet."""
+        self.member_of[user.container] = user.member
+        try:
+            self.client(user.container).call(
                 "POST",
                 "/instances",
                 lxdinstance.body(reg, user, self.cards_for(user)),
@@ -130,13 +140,6 @@ class LxdDriver(ContainerDriver):
             )
         except lxdapi.Unreachable as exc:
             raise MemberDown(user.member, exc.log_message) from None
-        try:
-            self.give_identity(user, keys)
-        except BaseException:
-            with contextlib.suppress(GpushellError):  # the first error is the one to report
-                self.destroy(reg, user.container)
-            raise
-        return ""
 
     def give_identity(
         self, user: User, keys: str, host_keys: dict[str, tuple[bytes, bytes]] | None = None

@@ -1,11 +1,15 @@
-"""`rebuild` on a cluster: the engine's own rebuild of the root disk, the home carried across.
+"""`rebuild` on a cluster: a root disk fresh from the lab's image, the home carried across.
 
-The engine wipes the instance's root disk and makes it anew from the lab's
-image (the `instances_rebuild` API: Incus, and LXD after 5.0; Debian 12's
-LXD 5.0.2 lacks it, and the student is told so).  The instance keeps its
-member, config, devices, address and port.  As on one host (rebuild.py)
-the SSH host keys are kept, so known_hosts stays valid, and so is the
-home unless the student wipes it.
+Where the engine can rebuild an instance in place (the `instances_rebuild`
+API: Incus, and LXD after 5.0) it wipes the root disk and makes it anew
+from the image.  Debian 12's LXD 5.0.2 lacks that API: there the instance
+is deleted and made again from the image under the same name, on the same
+member, from the registry as `add` makes it (config, devices, address and
+port are the registry's, not copied from the old one).  Either way the
+SSH host keys are kept, as on one host (rebuild.py), so known_hosts stays
+valid, and so is the home unless the student wipes it.  A re-creation that
+stopped between the delete and the make leaves no container but the home
+on its volume; the next rebuild makes the container and brings it back.
 
 The home is copied aside to a volume of the project's pool, on the
 container's member, while the old root disk is still there, and back into
@@ -57,20 +61,31 @@ BRING_BACK_HOME = (
 )
 
 
+IN_PLACE, RECREATE, MAKE = "in place", "recreate", "make"  # how: the engine's rebuild, delete + make, make
+
+
 def rebuild(reg: Registry, user: User, driver: LxdDriver, keys: str, keep_home: bool) -> None:
     """Give the user's container a fresh root disk from the image; it is left running if the home
     was carried across, stopped otherwise (the caller's login starts it)."""
     name = user.container
-    check_possible(driver, user)
-    host_keys = read_host_keys(driver, name)
     volume = lxdinstance.home_volume(name)
     saved = driver.has_volume(name, volume)
-    if keep_home:
+    how = check_possible(driver, user, saved)
+    host_keys = read_host_keys(driver, name) if how != MAKE else {}
+    if keep_home and how != MAKE:
         saved = save_home(driver, user, volume, saved)
     try:
-        driver.stop(name)
-        driver.request("POST", name, "/rebuild", {"source": {"type": "image", "alias": reg.template}},
-                       wait=REBUILD_SECONDS)  # fmt: skip
+        if how == IN_PLACE:
+            driver.stop(name)
+            driver.request("POST", name, "/rebuild", {"source": {"type": "image", "alias": reg.template}},
+                           wait=REBUILD_SECONDS)  # fmt: skip
+        else:
+            if how == RECREATE:
+                driver.stop(name)
+                driver.request("DELETE", name, wait=REBUILD_SECONDS)  # the home volume stays
+            driver.make(reg, user)
+            if saved and keep_home:  # the new instance has the registry's devices: the volume again
+                attach_home(driver, user, volume)
         driver.give_identity(user, keys, host_keys)
     except GpushellError as exc:
         if saved and keep_home:
@@ -85,24 +100,26 @@ def rebuild(reg: Registry, user: User, driver: LxdDriver, keys: str, keep_home: 
         _drop_volume(driver, user, volume)
 
 
-def check_possible(driver: LxdDriver, user: User) -> None:
-    """Refuse, before any change, what the engine would refuse half way."""
+def check_possible(driver: LxdDriver, user: User, saved: bool) -> str:
+    """How to rebuild (IN_PLACE, RECREATE or MAKE); refused, before any change, what cannot be done.
+
+    A container that is missing is made only where its home waits on the
+    volume (a re-creation that stopped half way); otherwise it is the
+    administrator's to look into.
+    """
     if driver.state(user.container) == MISSING:
+        if saved:
+            return MAKE
         raise GpushellError("your container does not exist; ask your administrator", f"no {user.container}")
-    extensions = driver.client(user.container).get("").get("api_extensions") or []
-    if REBUILD_API not in extensions:
-        raise GpushellError(
-            "rebuild is not available on this lab's cluster: its container engine cannot rebuild "
-            "a container; ask your administrator",
-            f"rebuild refused for {user.name}: the engine lacks the {REBUILD_API} API (LXD 5.0)",
-        )
     names = sorted(snap.name for snap in lxdsnapshots.list_snapshots(driver.reg, user, driver))
-    if names:
+    if names:  # the engine's rebuild refuses them, and a delete would take them
         raise GpushellError(
             "on this lab's cluster a rebuild cannot keep snapshots; delete yours first "
             f"(delete-snapshot NAME for each of: {', '.join(names)}), then rebuild",
             f"rebuild refused for {user.name}: {len(names)} snapshots",
         )
+    extensions = driver.client(user.container).get("").get("api_extensions") or []
+    return IN_PLACE if REBUILD_API in extensions else RECREATE
 
 
 def read_host_keys(driver: LxdDriver, name: str) -> dict[str, tuple[bytes, bytes]]:
@@ -144,8 +161,7 @@ def save_home(driver: LxdDriver, user: User, volume: str, saved: bool) -> bool:
         body = {"name": volume, "type": "custom", "content_type": "filesystem", "config": {}}
         driver.volume("POST", user.container, volume, body)
     try:
-        device = {"type": "disk", "pool": driver.cluster.pool, "source": volume, "path": HOME_MOUNT}
-        driver.reconfigure(user, {HOME_DEVICE: device})
+        attach_home(driver, user, volume)
         if driver.state(user.container) != RUNNING:
             driver.start(user.container)
         status = _inside(driver, user, SAVE_HOME)
@@ -157,6 +173,24 @@ def save_home(driver: LxdDriver, user: User, volume: str, saved: bool) -> bool:
                 _drop_volume(driver, user, volume)
         raise
     return True
+
+
+def attach_home(driver: LxdDriver, user: User, volume: str) -> None:
+    """The home volume into the container at HOME_MOUNT.
+
+    LXD 5.0.2 checks a volume's name against the project's
+    restricted.devices.disk.paths (the NAS) and refuses it; Incus does
+    not.  The student is told how to rebuild all the same.
+    """
+    device = {"type": "disk", "pool": driver.cluster.pool, "source": volume, "path": HOME_MOUNT}
+    try:
+        driver.reconfigure(user, {HOME_DEVICE: device})
+    except lxdapi.ApiError as exc:
+        raise GpushellError(
+            "your home cannot be kept on this lab's cluster: its container engine refuses the volume "
+            "that would hold it; to rebuild without it: rebuild --wipe-home --yes",
+            f"rebuild of {user.name}: the engine refused home volume {volume}: {exc.engine_message}",
+        ) from None
 
 
 def _not_saved(user: User, status: int) -> GpushellError:

@@ -1,9 +1,10 @@
 """`rebuild` on a cluster, around a stand-in for the engine: what happens in which order, and
 what is left when a step fails.
 
-The engine's side (its rebuild API, volumes, exec) is exercised for real on
-Incus by tests/integration/test_cluster.py; here: the refusals before any
-change, and the home volume on each failure path.
+The engine's side (its rebuild API or a delete and a make, volumes, exec)
+is exercised for real on Incus and LXD 5.0.2 by
+tests/integration/test_cluster.py; here: the refusals before any change,
+and the home volume on each failure path.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from gpushell.containers import lxdapi, lxdrebuild
-from gpushell.containers.backend import RUNNING, STOPPED
+from gpushell.containers.backend import MISSING, RUNNING, STOPPED
 from gpushell.containers.lxd import LxdDriver
 from gpushell.core.errors import GpushellError
 from gpushell.core.model import User
@@ -25,13 +26,14 @@ class Engine(LxdDriver):
     """The engine as gpushell sees it: its API extensions, snapshots, volumes, and what exec ends with."""
 
     def __init__(self, *, state: str = RUNNING, snapshots: tuple[str, ...] = (), volume: bool = False,
-                 save: int = 0, bring_back: int = 0, rebuild_fails: bool = False,
+                 save: int = 0, bring_back: int = 0, rebuild_fails: bool = False, make_fails: bool = False,
+                 refuse_volume: bool = False,
                  extensions: tuple[str, ...] = (lxdrebuild.REBUILD_API,)) -> None:  # fmt: skip
         super().__init__(parse(ONE_MEMBER_CLUSTER, "/etc/gpushell.yaml"))
         self.now, self.snapshots, self.extensions = state, snapshots, extensions
         self.volumes = {VOLUME} if volume else set()
         self.exits = {lxdrebuild.SAVE_HOME: save, lxdrebuild.BRING_BACK_HOME: bring_back}
-        self.rebuild_fails = rebuild_fails
+        self.rebuild_fails, self.make_fails, self.refuse_volume = rebuild_fails, make_fails, refuse_volume
         self.done: list[str] = []
         self.devices: set[str] = set()
 
@@ -61,6 +63,11 @@ class Engine(LxdDriver):
         if path == "/snapshots":
             assert query == {"recursion": "1"}
             return [{"name": snap, "created_at": "2026-12-03T10:20:30Z"} for snap in self.snapshots]
+        if (method, path) == ("DELETE", ""):
+            assert self.now == STOPPED
+            self.now = MISSING
+            self.done.append("delete")
+            return None
         assert (method, path) == ("POST", "/rebuild") and self.now == STOPPED
         assert body == {"source": {"type": "image", "alias": "lab-image"}}
         if self.rebuild_fails:
@@ -70,6 +77,14 @@ class Engine(LxdDriver):
 
     def state(self, name: str) -> str:
         return self.now
+
+    def make(self, reg: object, user: User) -> None:
+        assert (self.now == MISSING and lxdrebuild.REBUILD_API not in self.extensions) or self.volumes
+        if self.make_fails:
+            raise lxdapi.ApiError(500, "the pool is full")
+        self.now = STOPPED
+        self.devices = set()  # the registry's devices alone
+        self.done.append("make")
 
     def start(self, name: str) -> bool:
         self.now = RUNNING
@@ -81,6 +96,10 @@ class Engine(LxdDriver):
         self.done.append("stop")
 
     def reconfigure(self, user: User, extra_devices: dict[str, dict[str, str]] | None = None) -> None:
+        if extra_devices and self.refuse_volume:  # LXD 5.0.2 in a project that allows the NAS's path
+            raise lxdapi.ApiError(
+                400, 'Invalid device "gpushell-home": Disk source path "alice-home" not allowed'
+            )
         self.devices = set(extra_devices or {})
         self.done.append(f"devices {sorted(self.devices)}")
 
@@ -120,14 +139,43 @@ def test_wiping_the_home_makes_no_volume() -> None:
 @pytest.mark.parametrize(
     ("engine", "message"),
     [
-        (Engine(extensions=("clustering",)), "its container engine cannot rebuild a container"),
         (Engine(snapshots=("b", "a")), "delete-snapshot NAME for each of: a, b"),
+        (
+            Engine(snapshots=("a",), extensions=()),
+            "delete-snapshot NAME for each of: a",
+        ),  # a delete takes them
+        (Engine(state=MISSING), "your container does not exist; ask your administrator"),  # no home aside
     ],
 )
-def test_what_the_engine_cannot_do_is_refused_before_any_change(engine: Engine, message: str) -> None:
+def test_what_cannot_be_done_is_refused_before_any_change(engine: Engine, message: str) -> None:
+    before = engine.now
     with pytest.raises(GpushellError, match=message):
         rebuild(engine)
-    assert engine.done == [] and engine.now == RUNNING
+    assert engine.done == [] and engine.now == before
+
+
+def test_without_the_rebuild_api_the_instance_is_made_again_and_the_home_carried_across() -> None:
+    engine = Engine(state=STOPPED, extensions=("clustering",))  # LXD 5.0.2
+    rebuild(engine)
+    assert engine.done == [
+        "POST volume", "devices ['gpushell-home']", "start", "save", "stop", "delete", "make",
+        "devices ['gpushell-home']", "identity", "start", "bring back", "keys", "devices []", "DELETE volume",
+    ]  # fmt: skip
+    assert engine.volumes == set() and engine.now == RUNNING
+
+
+def test_a_make_that_failed_after_the_delete_is_finished_by_the_next_rebuild() -> None:
+    engine = Engine(extensions=(), make_fails=True)
+    with pytest.raises(GpushellError, match="your home is kept aside and comes back with your next rebuild"):
+        rebuild(engine)
+    assert engine.now == MISSING and engine.volumes == {VOLUME}
+    engine.make_fails, engine.done = False, []
+    rebuild(engine)
+    assert engine.done == [
+        "GET volume", "make", "devices ['gpushell-home']", "identity", "start", "bring back", "keys",
+        "devices []", "DELETE volume",
+    ]  # fmt: skip
+    assert engine.volumes == set() and engine.now == RUNNING
 
 
 @pytest.mark.parametrize(
@@ -165,3 +213,15 @@ def test_wiping_the_home_drops_one_an_earlier_rebuild_kept_aside() -> None:
     rebuild(engine, keep_home=False)
     assert engine.done == ["GET volume", "stop", "rebuild", "identity", "devices []", "DELETE volume"]
     assert engine.volumes == set()
+
+
+def test_an_engine_that_refuses_the_home_volume_changes_nothing_and_says_how_to_rebuild() -> None:
+    engine = Engine(extensions=(), refuse_volume=True)
+    with pytest.raises(
+        GpushellError, match=r"your home cannot be kept .* rebuild --wipe-home --yes"
+    ) as caught:
+        rebuild(engine)
+    assert "Disk source path" in caught.value.log_message
+    assert engine.done == ["POST volume", "devices []", "DELETE volume"] and engine.now == RUNNING
+    rebuild(engine, keep_home=False)  # no volume needed: made again from the image
+    assert engine.done[3:] == ["stop", "delete", "make", "identity"]
