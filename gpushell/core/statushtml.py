@@ -118,15 +118,21 @@ def _host_card(host: dict[str, Any]) -> str:
     online = (
         f"{_number(logged_in)} logged in, {_number(running)} of {int(host['students'])} containers running"
     )
+    front_door = bool(host.get("front_door"))  # a cluster's containers and their disks are on the members
+    disk = (
+        ""
+        if front_door
+        else f'<div class="figure" id="host-disk"><span>Containers\' disk: '
+        f"{_bytes_pair(host['disk_used'], host['disk_total'])}</span></div>"
+    )
     return (
-        '<article class="card" id="host-figures"><h3>This host</h3>'
+        f'<article class="card" id="host-figures"><h3>{"The front door" if front_door else "This host"}</h3>'
         f'<div class="figure" id="host-cpu"><span>CPU: {cpu}</span>'
         f"{plot(host['cpu_plot'], 'CPU use, last 24 hours')}</div>"
         f'<div class="figure" id="host-memory"><span>Memory: '
         f"{_bytes_pair(host['memory_used'], host['memory_total'])}</span>"
         f"{plot(host['memory_plot'], 'memory used, last 24 hours')}</div>"
-        f'<div class="figure" id="host-disk"><span>Containers\' disk: '
-        f"{_bytes_pair(host['disk_used'], host['disk_total'])}</span></div>"
+        f"{disk}"
         f'<div class="figure" id="host-students"><span>Students: {online}</span></div>'
         "</article>"
     )

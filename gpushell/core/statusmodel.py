@@ -175,6 +175,7 @@ def _host(
         "disk_used": host.disk_used,
         "disk_total": host.disk_total,
         "students": len(reg.users),
+        "front_door": reg.cluster is not None,  # a cluster's: its CPU and memory, not the members'
         "containers_running": host.running,
         "logged_in": host.logged_in,
     }

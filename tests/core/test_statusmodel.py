@@ -162,3 +162,5 @@ def test_on_a_cluster_each_members_gpus_are_their_own_cards_with_their_own_plots
     ]  # fmt: skip
     page = statushtml.render(document)
     assert "<h3>GPU 0 on m2 <small>H200</small></h3>" in page and 'id="gpu-m1-1"' in page
+    # The host's card is the front door's: its CPU and memory; the containers' disks are the members'.
+    assert "<h3>The front door</h3>" in page and "Containers' disk" not in page
