@@ -9,7 +9,8 @@ It starts two CUDA processes that hold GPU 0's memory: one as root (a host
 process) and one as a uid of a stand-in container id range (alice's, as
 the registry would give it), the second kept busy with matrix products.
 Then gpushell's own code reads them: the `gpus` answer (NVML), the tick's
-GPU use, the status page's figures, the device nodes and driver version,
+GPU use, the status page's figures, a cluster member's report
+(publish-gpus), the device nodes and driver version,
 which processes hold /dev/nvidia0 (by fd and mapping, and by cgroup tree),
 nvidia-smi's CSV as `gpus` reads it on a cluster, and `kill-gpu-process`
 (refused for the host process, done for alice's).  One line per check;
@@ -33,9 +34,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from gpushell.containers import lxcdevices
-from gpushell.core import gputable
+from gpushell.core import gpureport, gputable
 from gpushell.core.errors import GpushellError
-from gpushell.gpu import driverfiles, gpudevices, gpufigures, gpustatus, gpuuse, smi
+from gpushell.gpu import driverfiles, gpudevices, gpufigures, gpustatus, gpuuse, memberreading, smi
 from gpushell.student.banner import PLAIN
 from gpushell.student.tables import gpu_table
 
@@ -265,6 +266,20 @@ def main(out: str) -> int:
                 f"gpufigures: {figures[0]}",
             )
             record["figures"] = [repr(figure) for figure in figures]
+
+            # A cluster member's report (publish-gpus): processes by container, through the wire format.
+            in_range = gpustatus.Owners({}, [(ALICE, SIZE, "gpushell-alice"), (BOB, SIZE, "gpushell-bob")])
+            report = memberreading.read(nvml_now(), lambda pid: gpustatus.pid_owner(pid, in_range), 1)
+            by_container = dict(report.gpus[0].procs) if report.gpus else {}
+            check(
+                report.state == gpureport.OK and report.gpus[0].gpu == minor
+                and (by_container.get("gpushell-alice") or 0) >= 4 * GIB and "" in by_container,
+                f"member report: GPU {minor}, alice's container and a host process {report.gpus[0].procs}",
+            )  # fmt: skip
+            check(
+                gpureport.decode(gpureport.encode(report)) == report,
+                "member report: read back from its member config value as written",
+            )
 
         with section("device nodes and driver"):
             gpu_host = gpudevices.read_host("/dev", "/")

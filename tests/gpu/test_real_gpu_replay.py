@@ -55,6 +55,13 @@ def test_the_recording_is_of_a_real_h200_with_both_processes_on_it() -> None:
     assert "28 passed, 0 failed" in (pathlib.Path(__file__).parents[1] / "data/real_gpu/h200.log").read_text()
 
 
+def test_a_later_run_on_the_h200_read_a_members_report_by_container() -> None:
+    """2026-12-04: the same script with the member report's checks (publish-gpus' reader), all passed."""
+    log = (pathlib.Path(__file__).parents[1] / "data/real_gpu/h200-member-report.log").read_text()
+    assert "30 passed, 0 failed" in log
+    assert "PASS member report: GPU 0, alice's container and a host process" in log
+
+
 def test_gather_reads_the_real_answers() -> None:
     (reading,) = gpustatus.gather(nvml())
     assert reading["name"] == "NVIDIA H200" and reading["util"] == 100 and reading["temp"] == 60
