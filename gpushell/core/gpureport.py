@@ -13,10 +13,11 @@ Only a member's root can write the key (through its engine's unix socket);
 a container cannot reach it.  The front door still parses it strictly and
 bounded: a report that does not parse is no report.
 
-A process is named by its container (the engine's instance whose host id
-range holds its uids, as on one host), never by PID; "" is a host process
-or one no instance owns.  GPUs are numbered by their /dev/nvidiaN on the
-member, as the registry numbers a member's GPUs.
+Processes are named by their container (the engine's instance whose host
+id range holds their uids, as on one host) and summed per container, never
+by PID; "" stands for the host's processes and those no instance owns.
+GPUs are numbered by their /dev/nvidiaN on the member, as the registry
+numbers a member's GPUs.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ OK, NO_DRIVER, ERROR = "ok", "no-driver", "error"
 STATES = (OK, NO_DRIVER, ERROR)
 MAX_TEXT = 256 * 1024  # bytes of one report: 64 GPUs with 64 processes each fit in a quarter of it
 MAX_GPUS = 64
-MAX_PROCS = 64  # per GPU; more are left out (their memory still counts in the GPU's used)
+MAX_PROCS = 64  # containers per GPU (the member sums each one's processes); more are left out
 MAX_NAME = 128
 MAX_FIGURE = 2**60  # bytes, percent, degrees: anything larger is not a reading
 STALE_AFTER = 180  # seconds: an older report's figures are not the GPUs' use now (its timer stopped)
@@ -51,7 +52,7 @@ class ReportedGpu(Value):
         memory_used: int | None = None,
         memory_total: int | None = None,
         temp: int | None = None,
-        procs: tuple[tuple[str, int | None], ...] = (),  # (container or "", memory in bytes)
+        procs: tuple[tuple[str, int | None], ...] = (),  # (container or "", its processes' memory)
         error: str | None = None,
     ) -> None:
         self.gpu, self.name, self.util, self.temp = gpu, name, util, temp

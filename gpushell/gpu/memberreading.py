@@ -1,8 +1,8 @@
 """A cluster member's GPUs as its NVML shows them: the report `publish-gpus` writes (member side, root).
 
 The same NVML readings as on one host (gpustatus.read_gpu), numbered by
-/dev/nvidiaN (NVML's minor number), each process named by the container
-whose host id range holds its uids (`owner`), or "" when none does.  The
+/dev/nvidiaN (NVML's minor number), the processes summed by the container
+whose host id range holds their uids (`owner`), or "" when none does.  The
 NVML object is an argument: the tests pass a stand-in or a recording.
 """
 
@@ -50,5 +50,18 @@ def _gpu(nvml: Any, index: int, owner: Callable[[int], str | None]) -> ReportedG
         reading["mem_used"],  # type: ignore[arg-type]
         reading["mem_total"],  # type: ignore[arg-type]
         reading["temp"],  # type: ignore[arg-type]
-        tuple((owner(pid) or "", memory) for pid, memory in procs),
+        by_container([(owner(pid) or "", memory) for pid, memory in procs]),
     )
+
+
+def by_container(procs: list[tuple[str, int | None]]) -> tuple[tuple[str, int | None], ...]:
+    """One entry per container (and one for the host): what the front door counts.
+
+    A container that starts a thousand processes on a GPU is still one
+    entry, so the report's bound on entries never hides a neighbour.
+    """
+    found: dict[str, int | None] = {}
+    for container, memory in procs:
+        before = found.get(container)
+        found[container] = memory if before is None else before + (memory or 0)
+    return tuple(sorted(found.items()))

@@ -179,3 +179,12 @@ def test_doctor_wants_each_gpu_member_to_publish_fresh_figures_of_a_driver() -> 
     facts = clusterdoctor.ClusterFacts({}, {"m1": ("Online", "")}, {}, reports={})
     (only,) = clusterdoctor.check_reports(reg, facts, now)  # m2 did not answer: its own finding says so
     assert only.fix == "on m1: install gpushell and run systemctl enable --now gpushell-publish-gpus.timer"
+
+
+def test_processes_are_summed_per_container_so_a_crowd_of_them_hides_no_neighbour() -> None:
+    crowd = [("gpushell-mallory", 10)] * 5000 + [("gpushell-alice", 7), ("", None), ("", 3)]
+    summed = memberreading.by_container(crowd)
+    assert summed == (("", 3), ("gpushell-alice", 7), ("gpushell-mallory", 50_000))
+    report = gpureport.GpuReport(1, gpureport.OK, (gpureport.ReportedGpu(0, procs=summed),))
+    table = gpureport.banner_table(gpureport.decode(gpureport.encode(report)), {"gpushell-alice": "alice"})  # type: ignore[arg-type]
+    assert ("student", None, "alice", 7) in table[0]["procs"]  # type: ignore[operator]
