@@ -6,7 +6,7 @@ member runs `gpushell-admin publish-gpus` (its timer, every 20 seconds),
 which reads NVML there and writes this report into the member's own entry
 in the cluster's database, the member config key REPORT_KEY.  The front
 door reads every member's report in one request (`/1.0/cluster/members`,
-which its restricted certificate may read but not write), and its tick
+which its restricted certificate may read), and its tick
 turns them into the banner's GPU lines and the status page.
 
 Only a member's root can write the key (through its engine's unix socket);

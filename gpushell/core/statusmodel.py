@@ -118,12 +118,13 @@ def page(
     """
     minute = int(now // 60)
     cpu = cpu_use(history.cpu, host.cpu_times)
+    servers = lending.members(reg)  # one host: "" with every student
     found: dict[str, int | None] = {}
-    for server in lending.members(reg):
+    for server in servers:
         found.update(figures(readings.get(server, ()), host, cpu, server))
     history = gpuhistory.record(history, minute, found, host.cpu_times)
     gpus: list[dict[str, object]] = []
-    for server, users in sorted(lending.members(reg).items()):
+    for server, users in sorted(servers.items()):
         part, part_book = lending.on_member(reg, book, users) if reg.cluster is not None else (reg, book)
         gpus += _server_gpus(
             part, part_book, history, readings.get(server, ()), host_gpus.get(server, ()), server, minute
