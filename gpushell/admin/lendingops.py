@@ -44,20 +44,20 @@ from ..core.lending import Loan, LoanBook
 from ..gpu import gpucache, gpudevices, gpufigures, gpustatus, gpuuse
 from ..helper import loans, services
 from ..system import audit, loanstore, registry_store
-from ..system.files import read_private, write_atomically
+from ..system.files import read_format, read_private, write_atomically
 from ..system.lock import admin_busy, locked
 from ..system.runner import MESSAGE_OUTPUT, run
-from . import samples, statuspage
+from . import loanwatch, samples, statuspage
 from .loansview import clock
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Mapping
     from typing import Any
 
     from ..containers.backend import ContainerDriver
     from ..core.gpureport import GpuReport
-    from ..core.model import Registry
+    from ..core.model import Registry, User
     from ..core.paths import Paths
     from ..core.statusmodel import GpuReading
     from ..gpu.gpudevices import Node
@@ -124,12 +124,14 @@ def tick(
         held = book = loanstore.read(paths)  # no loans and no lending: the book is not touched
         given: list[Loan] = []
         if reg.lending is not None or held.loans or held.queue:
-            held, decided = _decide(paths, reg, now, host, use, warn)
+            held, decided = _decide(paths, reg, now, host, busy(reg, use, reports, now), warn)
             book = decided.book
             _tell(decided, now, report)
             _notify(reg, decided.warned, warn)
             given = _to_give(decided, now)
-        failures = finish_taking(paths, reg, driver, nodes, warn)  # this tick's ends, and any left before
+        failures = finish_taking(paths, reg, driver, nodes, warn, reports, now)  # this tick's, any before
+        if reg.cluster is not None:
+            loanwatch.check(paths, reg, reports, now, _restarter(paths, driver), report, warn)
         failures += _give(paths, reg, driver, nodes, given, warn)
         try:  # the minute's samples: what was held during it, the book as the tick found it
             samples.append(paths, samples.gather(reg, held, driver, use, host, now))
@@ -168,6 +170,16 @@ def member_reports(
     return reports
 
 
+def busy(
+    reg: Registry, use: gpuuse.GpuUse | None, reports: Mapping[str, GpuReport | None], now: float
+) -> dict[str, frozenset[int] | None]:
+    """The GPUs lending counts as in use, by server: one host's from NVML, each member's from its report."""
+    found = {"": None if use is None else use.busy}
+    for name, member in reg.cluster.members.items() if reg.cluster is not None else ():
+        found[name] = gpureport.busy(reports.get(name), now, member.gpus)
+    return found
+
+
 def look(reg: Registry, load_nvml: Callable[[], Any | None]) -> tuple[gpuuse.GpuUse | None, list[GpuReading]]:
     """The tick's one look at the GPUs: who uses them (lending, samples), what they show (the status page)."""
     nvml = load_nvml()
@@ -182,7 +194,12 @@ def look(reg: Registry, load_nvml: Callable[[], Any | None]) -> tuple[gpuuse.Gpu
 
 
 def _decide(
-    paths: Paths, reg: Registry, now: float, host: tuple[int, ...], use: gpuuse.GpuUse | None, warn: Report
+    paths: Paths,
+    reg: Registry,
+    now: float,
+    host: tuple[int, ...],
+    busy: dict[str, frozenset[int] | None],
+    warn: Report,
 ) -> tuple[LoanBook, lending.Tick]:
     """The book as found and the tick's decisions; the new book written, the ended loans noted first."""
     found: list[LoanBook] = []
@@ -190,7 +207,6 @@ def _decide(
 
     def change(book: LoanBook) -> tuple[LoanBook, lending.Tick]:
         found.append(book)
-        busy = None if use is None else use.busy
         decided = lending.tick_members(
             reg, _since_boot(book, boot), now, lending.server_gpus(reg, host), busy
         )
@@ -308,40 +324,64 @@ def _give(
 
 
 def finish_taking(
-    paths: Paths, reg: Registry, driver: ContainerDriver, nodes: tuple[Node, ...], warn: Report
+    paths: Paths,
+    reg: Registry,
+    driver: ContainerDriver,
+    nodes: tuple[Node, ...],
+    warn: Report,
+    reports: Mapping[str, GpuReport | None] | None = None,
+    now: float | None = None,
 ) -> int:
-    """Take every ended loan's device out of its container (taking.json); returns how many must wait."""
+    """Take every ended loan's device out of its container (taking.json); returns how many must wait.
+
+    On a cluster, reports (each member's) spare the restart where they show none of the
+    container's processes on the GPU; the GPU is watched instead (loanwatch.py)."""
     pending = read_taking(paths, warn)
     if not pending:
         return 0
-    book = loanstore.read(paths)
-    left = []
+    book, now = loanstore.read(paths), time.time() if now is None else now
+    left, watched = [], []
     for name, gpu in pending:
         user = reg.users.get(name)
-        if user is None or any(loan.gpu == gpu for loan in book.of(name)):
-            continue  # no container of theirs to take it from, or lent to them again since
-        if user.gpus == "all" or (not isinstance(user.gpus, str) and gpu in user.gpus):
-            continue  # their own GPU now: the config gives it
+        if user is None or lending.holds(user, book, gpu):
+            continue  # no container of theirs to take it from; or theirs again: lent since, or their own
+        quiet = loanwatch.quiet(reg, reports or {}, now, user, gpu)
         try:
             with locked(paths.user_lock(name), USER_WAIT, admin_busy(name)):
-                loans.take(services.Context(paths, reg, driver), user, (gpu,), nodes, GRACE)
+                loans.take(
+                    services.Context(paths, reg, driver), user, (gpu,), nodes, GRACE, restart=not quiet
+                )
         except GpushellError as exc:
             left.append((name, gpu))
             warn(f"GPU {gpu} not taken from {name}'s container yet (next tick tries again): {_why(exc)}")
+            continue
+        if quiet:
+            watched.append(loanwatch.taken(user, gpu))
+    loanwatch.add(paths, watched, warn)  # before taking.json forgets them: a kill between never loses one
     if left != pending:
         write_taking(paths, left)
     return len(left)
 
 
+def _restarter(paths: Paths, driver: ContainerDriver) -> Callable[[User], bool]:
+    """A watched container's restart, under its student's lock (a login may hold it: next tick)."""
+    from ..containers.lxd import LxdDriver
+
+    assert isinstance(driver, LxdDriver)
+
+    def restart(user: User) -> bool:
+        with locked(paths.user_lock(user.name), USER_WAIT, admin_busy(user.name)):
+            return driver.restart_running(user.container)
+
+    return restart
+
+
 def read_taking(paths: Paths, warn: Report) -> list[tuple[str, int]]:
     """The (user, GPU) pairs whose devices are still to be taken; a damaged file is warned about and empty."""
-    text = read_private(taking_path(paths), MAX_TAKING)
-    if text is None:
-        return []
     try:
-        data = json.loads(text)
-        if not isinstance(data, dict) or data.get("format") != TAKING_FORMAT:
-            raise ValueError("not format 1")
+        data = read_format(taking_path(paths), MAX_TAKING, TAKING_FORMAT)
+        if data is None:
+            return []
         pairs = [(item["user"], item["gpu"]) for item in data["taking"]]
         if not all(isinstance(user, str) and type(gpu) is int for user, gpu in pairs):
             raise ValueError("a user or GPU of the wrong kind")
@@ -381,7 +421,8 @@ def revoke(paths: Paths, name: str, gpu: int, report: Report, warn: Report) -> i
         loan = loanstore.update(paths, change)
         audit.record(name, "loan-revoked", "ok", f"gpu={gpu} by the administrator")
         report(f"revoked: {name}'s loan of GPU {gpu} (it was to end at {clock(loan.ends)})")
-        return finish_taking(paths, reg, driver, gpudevices.scan(reg.gpu_devices), warn)
+        reports = member_reports(paths, reg, driver, warn)
+        return finish_taking(paths, reg, driver, gpudevices.scan(reg.gpu_devices), warn, reports)
 
 
 def restore(paths: Paths, reg: Registry, report: Report, warn: Report, now: float | None = None) -> int:

@@ -141,8 +141,8 @@ class ContainerDriver:
         """The GPUs (numbered on the user's server) as devices of the container, running or not."""
         raise NotImplementedError
 
-    def end_loans(self, user: User, gpus: tuple[int, ...]) -> bool:
-        """Take the lent GPUs' devices out, and end whatever holds them; whether that restarted it."""
+    def end_loans(self, user: User, gpus: tuple[int, ...], restart: bool = True) -> bool:
+        """Take the lent GPUs' devices out and (restart) end whatever holds them; whether it restarted."""
         raise NotImplementedError
 
 

@@ -380,12 +380,14 @@ class LxdDriver(ContainerDriver):
         cards = self.member_gpus(user.member)  # the student's own GPUs and the lent ones, one request
         self._put(user, current, lent_devices(current) | lxdinstance.loan_devices(user, gpus, cards), cards)
 
-    def end_loans(self, user: User, gpus: tuple[int, ...]) -> bool:
-        """Take the lent GPUs' devices out and, if the container runs, restart it.
+    def end_loans(self, user: User, gpus: tuple[int, ...], restart: bool = True) -> bool:
+        """Take the lent GPUs' devices out and, if the container runs, restart it (unless not restart).
 
         A process keeps a GPU it opened after the device is gone, and the
         engine shows no process table (nor would container root's word
-        do): the restart is what ends them.  Returns whether it restarted.
+        do): the restart is what ends them.  The tick skips it when the
+        member's report shows none of the container's processes on them
+        (admin/loanwatch.py).  Returns whether it restarted.
         """
         current = self.request("GET", user.container)
         assert isinstance(current, dict)
@@ -395,10 +397,14 @@ class LxdDriver(ContainerDriver):
             return False
         kept = {name: device for name, device in held.items() if name not in ending}
         self._put(user, current, kept, self.cards_for(user))
-        if self.state(user.container) not in (RUNNING, FROZEN):  # a frozen one's processes wake up
+        return restart and self.restart_running(user.container)
+
+    def restart_running(self, name: str) -> bool:
+        """Restart the container if it runs or is frozen (its processes wake up); whether it did."""
+        if self.state(name) not in (RUNNING, FROZEN):
             return False
-        self.stop(user.container)
-        self.start(user.container)
+        self.stop(name)
+        self.start(name)
         return True
 
     def add_device(self, name: str, source: str, node: Node) -> None:

@@ -27,6 +27,11 @@ import json
 from .statusmodel import GpuReading
 from .value import Value
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import TypeGuard
+
 REPORT_KEY = "user.gpushell.gpus"
 FORMAT = 1
 OK, NO_DRIVER, ERROR = "ok", "no-driver", "error"
@@ -197,3 +202,51 @@ def readings(report: GpuReport | None, now: float) -> list[GpuReading]:
         for gpu in report.gpus
         if gpu.error is None
     ]
+
+
+# --- lending on the front door: a member's GPUs in use, a container's processes on them ----------
+
+
+def busy(report: GpuReport | None, now: float, gpus: Iterable[int]) -> frozenset[int] | None:
+    """Which of the member's GPUs lending counts as in use: all but those a fresh report shows
+    quiet (no process, and an answer); None without a fresh report that read NVML (unknown counts
+    as used, as on one host without NVML)."""
+    if not _current(report, now):
+        return None
+    quiet = {gpu.gpu for gpu in report.gpus if not gpu.procs and gpu.error is None}
+    return frozenset(gpus) - quiet
+
+
+def shows(
+    report: GpuReport | None, now: float, container: str, gpus: Iterable[int], since: float = 0.0
+) -> bool | None:
+    """Whether a fresh report taken after `since` shows the container's processes on one of the GPUs.
+
+    None where it cannot tell: no such report, or a GPU it does not list,
+    that did not answer, or whose containers were cut at MAX_PROCS.
+    """
+    if not _current(report, now) or report.taken <= since:
+        return None
+    listed = {gpu.gpu: gpu for gpu in report.gpus}
+    seen = False
+    for number in gpus:
+        gpu = listed.get(number)
+        if gpu is None or gpu.error is not None or len(gpu.procs) >= MAX_PROCS:
+            return None
+        seen = seen or any(name == container for name, _memory in gpu.procs)
+    return seen
+
+
+def outlived(report: GpuReport | None, now: float, container: str, gpu: int, since: float) -> bool | None:
+    """After the GPU left the container without a restart (at `since`): whether a process of the
+    container kept it.  True where a report taken after `since` shows one there, or where none can
+    tell within STALE_AFTER seconds (unknown counts as used); False where one shows none; None:
+    wait for the member's next report."""
+    shown = shows(report, now, container, (gpu,), since)
+    if shown is None and now - since <= STALE_AFTER:
+        return None
+    return shown is not False
+
+
+def _current(report: GpuReport | None, now: float) -> TypeGuard[GpuReport]:
+    return report is not None and report.state == OK and report.fresh(now)

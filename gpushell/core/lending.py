@@ -35,7 +35,7 @@ from __future__ import annotations
 from . import expiry
 from .durations import duration_text
 from .errors import ExitStatus, GpushellError
-from .model import LoanLimits, Registry
+from .model import LoanLimits, Registry, User
 from .value import Value
 
 TYPE_CHECKING = False  # `typing` stays off the login path
@@ -308,6 +308,12 @@ def tick(
     return Tick(served, tuple(expired), tuple(idle), tuple(revoked), tuple(warned), granted, dropped)
 
 
+def holds(user: User, book: LoanBook, gpu: int) -> bool:
+    """Whether the GPU is the student's now: one of their own in the registry, or lent to them."""
+    own = user.gpus == "all" or (not isinstance(user.gpus, str) and gpu in user.gpus)
+    return own or any(loan.gpu == gpu for loan in book.of(user.name))
+
+
 def account_expired(reg: Registry, user: str, now: float) -> bool:
     """Whether the student's account has expired at `now` (their helper verbs are refused, expiry.py)."""
     entry = reg.users.get(user)
@@ -400,21 +406,22 @@ def tick_members(
     book: LoanBook,
     now: float,
     gpus: dict[str, tuple[int, ...]],
-    busy: frozenset[int] | set[int] | None,
+    busy: dict[str, frozenset[int] | None],
 ) -> Tick:
-    """`tick` for every member's part of the book (one host: `tick` itself); gpus: each member's.
+    """`tick` for every member's part of the book (one host: `tick` itself); gpus and busy: each
+    member's (one host's under ""), a member missing from busy has no figures.
 
     The loans and places of students no longer registered are a part of
     their own, which `tick` revokes and drops.
     """
     if reg.cluster is None:
-        return tick(reg, book, now, gpus.get("", ()), busy)
+        return tick(reg, book, now, gpus.get("", ()), busy.get(""))
     groups = members(reg)
     known = frozenset().union(*groups.values())
     gone = frozenset(loan.user for loan in book.loans) | frozenset(waiter.user for waiter in book.queue)
     decided = Tick(book)
     for member, users in [*sorted(groups.items()), ("", gone - known)]:
-        part = tick(*on_member(reg, book, users), now, gpus.get(member, ()), busy)
+        part = tick(*on_member(reg, book, users), now, gpus.get(member, ()), busy.get(member))
         decided = Tick(
             with_member(decided.book, users, part.book),
             *(getattr(decided, key) + getattr(part, key) for key in PARTS),

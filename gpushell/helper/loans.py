@@ -149,7 +149,12 @@ def give(ctx: Context, user: User, gpus: tuple[int, ...], nodes: tuple[Node, ...
 
 
 def take(
-    ctx: Context, user: User, gpus: tuple[int, ...], nodes: tuple[Node, ...], grace: float = GRACE
+    ctx: Context,
+    user: User,
+    gpus: tuple[int, ...],
+    nodes: tuple[Node, ...],
+    grace: float = GRACE,
+    restart: bool = True,
 ) -> bool:
     """Take the GPUs' nodes out of the container and end the processes that hold them.
 
@@ -157,11 +162,12 @@ def take(
     with the node open are ended: an open descriptor outlives the rule.
     The shared nodes go too when the student keeps no GPU at all.  On a
     cluster the engine's devices go, and a running container restarts
-    (LxdDriver.end_loans: the front door sees no process to end).
+    (LxdDriver.end_loans: the front door sees no process to end) unless
+    not restart: the member's report showed none of its processes there.
     Returns whether the container restarted.
     """
     if gpus and ctx.registry.cluster is not None:
-        restarted = ctx.driver.end_loans(user, gpus)
+        restarted = ctx.driver.end_loans(user, gpus, restart)
         if restarted:
             audit.record(user.name, "loans", "ok", f"GPU {_listed(gpus)} taken back: container restarted")
         return restarted

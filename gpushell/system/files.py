@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 
 def read_text_or_none(path: str) -> str | None:
     """The file's text (undecodable bytes replaced), or None if it cannot be read."""
@@ -29,6 +33,22 @@ def read_private(path: str, limit: int) -> str | None:
             return stream.read(limit).decode("utf-8", "replace")
     except OSError:
         return None
+
+
+def read_format(path: str, limit: int, version: int) -> dict[str, Any] | None:
+    """One of gpushell's own small JSON files, an object {"format": version, ...}; None when missing.
+
+    ValueError when it is not one (callers warn and start afresh).
+    """
+    import json  # the admin side's: logins import this module and stay off json
+
+    text = read_private(path, limit)
+    if text is None:
+        return None
+    data = json.loads(text)
+    if not isinstance(data, dict) or data.get("format") != version:
+        raise ValueError(f"not format {version}")
+    return data
 
 
 def write_atomically(path: str, data: str | bytes, mode: int = 0o644, durable: bool = True) -> None:

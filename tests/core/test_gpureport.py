@@ -83,3 +83,30 @@ def test_the_status_page_reads_a_fresh_report_and_nothing_from_a_stale_one() -> 
     assert gpureport.readings(REPORT, now) == [GpuReading(0, "NVIDIA H200", 100, 7 * GIB, 140 * GIB)]
     assert gpureport.readings(REPORT, REPORT.taken + gpureport.STALE_AFTER + 60) == []
     assert gpureport.readings(None, now) == []
+
+
+QUIET = GpuReport(
+    1_700_000_000, gpureport.OK, (H200, ReportedGpu(1, "NVIDIA H200"), ReportedGpu(2, error="lost"))
+)
+TAKEN = QUIET.taken
+
+
+def test_lending_counts_every_gpu_busy_but_those_a_fresh_report_shows_quiet() -> None:
+    assert gpureport.busy(QUIET, TAKEN + 60, (0, 1, 2, 3)) == {0, 2, 3}  # 2 did not answer; 3 not listed
+    assert gpureport.busy(QUIET, TAKEN + gpureport.STALE_AFTER + 1, (0, 1)) is None
+    assert gpureport.busy(QUIET.replace(state=gpureport.NO_DRIVER), TAKEN, (0, 1)) is None
+    assert gpureport.busy(None, TAKEN, (0, 1)) is None
+
+
+def test_a_report_tells_whether_a_container_still_runs_on_a_gpu_only_when_it_can() -> None:
+    assert gpureport.shows(QUIET, TAKEN, "gpushell-alice", (0,)) is True
+    assert gpureport.shows(QUIET, TAKEN, "gpushell-alice", (1,)) is False
+    assert gpureport.shows(QUIET, TAKEN, "gpushell-bob", (0, 1)) is False
+    assert gpureport.shows(QUIET, TAKEN, "gpushell-bob", (1, 2)) is None  # GPU 2 did not answer
+    assert gpureport.shows(QUIET, TAKEN, "gpushell-bob", (3,)) is None  # not in the report
+    assert gpureport.shows(QUIET, TAKEN, "gpushell-bob", (1,), since=TAKEN) is None  # not taken after
+    assert gpureport.shows(QUIET, TAKEN, "gpushell-bob", (1,), since=TAKEN - 1) is False
+    assert gpureport.shows(QUIET, TAKEN + gpureport.STALE_AFTER + 1, "gpushell-bob", (1,)) is None
+    crowded = ReportedGpu(1, procs=tuple((f"c{n}", 1) for n in range(gpureport.MAX_PROCS)))
+    full = QUIET.replace(gpus=(crowded,))
+    assert gpureport.shows(full, TAKEN, "gpushell-bob", (1,)) is None  # others may have been cut

@@ -481,12 +481,26 @@ def test_a_tick_ends_and_serves_each_members_loans_on_that_member() -> None:
         [Loan("bob", 1, 0, 100), Loan("carol", 1, 0, 10_000), Loan("gone", 0, 0, 10_000)],
         [Waiter("dave", 1, 600, 50), Waiter("alice", 1, 600, 60)],
     )
-    decided = lending.tick_members(reg, book, 200, GPUS, None)
+    decided = lending.tick_members(reg, book, 200, GPUS, {})
     assert decided.expired == (Loan("bob", 1, 0, 100),)
     assert [loan.user for loan in decided.revoked] == ["gone"]  # no longer registered
     # m1: bob's GPU 1 ended this tick, so alice waits for the next; m2: dave gets GPU 0, carol keeps 1.
     assert [(loan.user, loan.gpu) for loan in decided.granted] == [("dave", 0)]
     assert sorted((loan.user, loan.gpu) for loan in decided.book.loans) == [("carol", 1), ("dave", 0)]
     assert decided.book.queue == (Waiter("alice", 1, 600, 60),)
-    later = lending.tick_members(reg, decided.book, 260, GPUS, None)
+    later = lending.tick_members(reg, decided.book, 260, GPUS, {})
     assert [(loan.user, loan.gpu) for loan in later.granted] == [("alice", 1)]
+
+
+def test_each_member_counts_idle_time_on_its_own_figures() -> None:
+    reg = parse(CLUSTER, "/etc/gpushell.yaml")  # idle_return: the default two hours
+    book = LoanBook([Loan("bob", 1, 0, 10 * HOUR), Loan("carol", 1, 0, 10 * HOUR)])
+    later = 3 * HOUR
+    # m1's report shows GPU 1 quiet; m2 has no fresh report: unknown counts as used.
+    decided = lending.tick_members(reg, book, later, GPUS, {"m1": frozenset({0})})
+    assert [(loan.user, loan.gpu) for loan in decided.idle] == [("bob", 1)]
+    assert [(loan.user, loan.last_used) for loan in decided.book.loans] == [("carol", later)]
+    # The other way round: bob's GPU busy on m1 keeps his loan, m2's quiet GPU ends carol's.
+    turned = lending.tick_members(reg, book, later, GPUS, {"m1": frozenset({1}), "m2": frozenset()})
+    assert [(loan.user, loan.gpu) for loan in turned.idle] == [("carol", 1)]
+    assert [(loan.user, loan.last_used) for loan in turned.book.loans] == [("bob", later)]

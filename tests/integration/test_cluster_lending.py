@@ -6,7 +6,9 @@ A student owns m1's GPU 0, so m1 lends GPU 1 and m2 its GPU 0: two loans of
 different members' GPUs sit in one book without touching each other.  A
 loan is a `gpu` device the engine plugs into the running container; its
 end takes the device out and restarts the container, since the front door
-sees no process that holds the GPU (README: Several servers).
+sees no process that holds the GPU (README: Several servers), unless the
+member's fresh report shows none of the container's processes on it: then
+the first report after the take decides (admin/loanwatch.py).
 
 The figures: no member has an NVIDIA driver here, so NVML's answers are the
 real H200's recorded ones (tests/data/real_gpu), carrying the host PIDs of
@@ -29,7 +31,7 @@ from typing import ClassVar
 
 import pytest
 
-from gpushell.admin import gpupublish
+from gpushell.admin import gpupublish, loanwatch
 from gpushell.containers.lxdapi import LocalClient
 from gpushell.core import gpureport
 from gpushell.core.lending import LoanBook
@@ -155,18 +157,23 @@ def test_a_tick_on_the_front_door_ends_an_expired_loan_on_its_member(
     doctor = front.admin("doctor", check=False).stdout
     assert "FAIL: gpushell-admin tick has not run since boot: GPU loans do not end" in doctor, doctor
 
-    def expire(book: LoanBook) -> tuple[LoanBook, None]:
-        now = time.time()  # a loan that began two minutes ago and has just ended
-        mine = {"started": now - 120, "ends": now - 1, "last_used": now - 120}
-        ended = [loan.replace(**mine) if loan.user == student.name else loan for loan in book.loans]
-        return LoanBook(ended, book.queue), None
-
-    loanstore.update(paths, expire)
+    now = time.time()  # a loan that began two minutes ago and has just ended
+    change_loans(paths, student, started=now - 120, ends=now - 1, last_used=now - 120)
     ticked = front.admin("tick")
     assert f"expired: {student.name}'s loan of GPU 0" in ticked.stdout, ticked.stdout + ticked.stderr
     assert lent(front, student) == {} and loanstore.read(paths).of(student.name) == ()
     assert inside_once_up(front, student, NODE).stdout == ""
     assert "ok: gpushell-admin tick ran" in front.admin("doctor", check=False).stdout
+
+
+def change_loans(paths: Paths, student: Student, **fields: float) -> None:
+    """The student's loans in the book with these fields changed (as time passing would)."""
+
+    def change(book: LoanBook) -> tuple[LoanBook, None]:
+        changed = [loan.replace(**fields) if loan.user == student.name else loan for loan in book.loans]
+        return LoanBook(changed, book.queue), None
+
+    loanstore.update(paths, change)
 
 
 def recorded_h200s(pids_by_gpu: list[list[int]]) -> FakeNvml:
@@ -195,6 +202,23 @@ def host_pid(argv: list[str]) -> int:
     return found[0]
 
 
+def publish(cluster: Cluster, member: str, nvml: FakeNvml) -> gpureport.GpuReport:  # noqa: F811
+    """What the member's publish-gpus does, with this NVML: the report in its cluster entry."""
+    client = LocalClient(f"{cluster.state_dir(member)}/unix.socket", cluster.project)
+    try:
+        return gpupublish.publish(client, lambda: nvml, time.time())[1]
+    finally:
+        client.close()
+
+
+def start_sleeper(front: LendingFrontDoor, student: Student) -> int:
+    """A process in the student's container, standing in for a program on a GPU; its host PID."""
+    argv = ["sleep", f"{86000 + secrets.randbelow(400)}.{secrets.randbelow(10**6)}"]
+    started = inside_once_up(front, student, f"setsid -f {' '.join(argv)} </dev/null >/dev/null 2>&1")
+    assert started.returncode == 0, started.stderr
+    return host_pid(argv)
+
+
 def test_members_gpu_reports_reach_the_banner_and_the_status_page(
     front: LendingFrontDoor,
     students: dict[str, Student],
@@ -202,21 +226,11 @@ def test_members_gpu_reports_reach_the_banner_and_the_status_page(
 ) -> None:
     owner = students["owner"]  # m1's GPU 0 is theirs
     assert front.ssh(owner, "start").returncode == 0
-    argv = ["sleep", f"{86000 + secrets.randbelow(400)}.{secrets.randbelow(10**6)}"]
-    started = inside_once_up(front, owner, f"setsid -f {' '.join(argv)} </dev/null >/dev/null 2>&1")
-    assert started.returncode == 0, started.stderr
-    on_gpu = [host_pid(argv), os.getpid()]  # the owner's process, and a host process (this test)
+    on_gpu = [start_sleeper(front, owner), os.getpid()]  # the owner's process, and a host process (this test)
 
-    def publish(member: str, nvml: FakeNvml) -> gpureport.GpuReport:
-        client = LocalClient(f"{cluster.state_dir(member)}/unix.socket", cluster.project)
-        try:
-            return gpupublish.publish(client, lambda: nvml, time.time())[1]
-        finally:
-            client.close()
-
-    m1 = publish("m1", recorded_h200s([on_gpu, []]))
+    m1 = publish(cluster, "m1", recorded_h200s([on_gpu, []]))
     assert [sorted(gpu.procs) for gpu in m1.gpus] == [[("", 2**30), (owner.container, 2**30)], []]
-    publish("m2", recorded_h200s([[]]))
+    publish(cluster, "m2", recorded_h200s([[]]))
     # m3 through the command itself: no NVIDIA driver on this machine.
     m3_socket = f"{cluster.state_dir('m3')}/unix.socket"
     published = front.admin("publish-gpus", "--socket", m3_socket, "--verbose")
@@ -245,3 +259,34 @@ def test_members_gpu_reports_reach_the_banner_and_the_status_page(
     for member in ("m1", "m2"):
         assert re.search(rf"^ok: member {member} published its GPU figures \d+ s ago$", doctor, re.M), doctor
     assert "member m3 publish" not in doctor
+
+
+def test_an_idle_loan_ends_without_a_restart_and_one_kept_by_a_process_restarts_it(
+    front: LendingFrontDoor,
+    students: dict[str, Student],
+    cluster: Cluster,  # noqa: F811
+) -> None:
+    student, paths = students["m1"], Paths(**front.paths)
+    borrowed = front.ssh(student, "borrow 1 1h")
+    assert borrowed.returncode == 0 and "You have GPU 1 now." in borrowed.stdout, borrowed.stderr
+
+    long_ago = time.time() - 3 * 3600  # unused for three hours: past the default idle_return of two
+    change_loans(paths, student, started=long_ago, last_used=long_ago)
+    before = front.inside(student, INIT_START).stdout.strip()
+    publish(cluster, "m1", recorded_h200s([[], []]))  # m1's fresh report: GPU 1 quiet
+    ticked = front.admin("tick")
+    assert f"returned idle: {student.name}'s GPU 1, no process for 3h" in ticked.stdout, ticked.stdout
+    assert lent(front, student) == {} and loanstore.read(paths).of(student.name) == ()
+    assert front.inside(student, NODE).stdout == ""  # the device went out of the running container
+    assert front.inside(student, INIT_START).stdout.strip() == before  # and it did not restart
+    # A program opened GPU 1 between the report and the take: the member's next report shows it there.
+    [watch] = loanwatch.read(paths, pytest.fail)
+    holder = start_sleeper(front, student)
+    time.sleep(max(0.0, watch.since + 1 - time.time()))  # a report taken after the take, to the second
+    publish(cluster, "m1", recorded_h200s([[], [holder]]))
+    ticked = front.admin("tick")
+    restarted = f"restarted: {student.name}'s container, whose processes may still hold GPU 1"
+    assert restarted in ticked.stdout, ticked.stdout + ticked.stderr
+    after = inside_once_up(front, student, INIT_START)
+    assert after.returncode == 0 and after.stdout.strip() != before
+    assert loanwatch.read(paths, pytest.fail) == []
