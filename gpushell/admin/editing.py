@@ -254,10 +254,43 @@ def is_built(reg: registry.Registry, name: str) -> bool:
     return os.path.isdir(backend_for(reg).rootfs(name))
 
 
+def images_and_origins(
+    images: list[dict[str, Any]], instances: list[dict[str, Any]], containers: dict[str, str]
+) -> tuple[dict[str, tuple[str | None, int]], dict[str, str | None]]:
+    """On a cluster (pure): the project's images by alias -> (Debian suite, bytes), as built_templates
+    gives templates, and each student's image (containers: container -> user) by the fingerprint the
+    engine noted when it made the container (volatile.base_image)."""
+    built: dict[str, tuple[str | None, int]] = {}
+    alias_of: dict[object, str] = {}
+    for image in images:
+        properties, size = image.get("properties") or {}, image.get("size")
+        for alias in image.get("aliases") or []:
+            name = str(alias.get("name"))
+            built[name] = (properties.get("release"), size if isinstance(size, int) else 0)
+            alias_of.setdefault(image.get("fingerprint"), name)
+    origins: dict[str, str | None] = dict.fromkeys(containers.values())
+    for instance in instances:
+        user = containers.get(instance.get("name", ""))
+        if user is not None:
+            origins[user] = alias_of.get((instance.get("config") or {}).get("volatile.base_image"))
+    return built, origins
+
+
+def _templates(reg: registry.Registry) -> tuple[dict[str, tuple[str | None, int]], dict[str, str | None]]:
+    """What `template list` lists: LXC templates in the lxcpath, or a cluster's images."""
+    if reg.cluster is None:
+        origins = {name: provision.origin(reg, user.container) for name, user in reg.users.items()}
+        return built_templates(reg), origins
+    from ..containers.lxd import LxdDriver
+
+    driver = LxdDriver(reg)
+    containers = {user.container: name for name, user in reg.users.items()}
+    return images_and_origins(driver.images(), driver.listing(), containers)
+
+
 def cmd_template_list(paths: Paths, args: Options, say: Say) -> int:
     reg = registry_store.load(paths)
-    origins = {name: provision.origin(reg, user.container) for name, user in reg.users.items()}
-    rows = template_rows(reg, built_templates(reg), origins)
+    rows = template_rows(reg, *_templates(reg))
     say(templates_to_json(rows) if args.json else render_templates(rows).rstrip("\n"))
     return ExitStatus.OK
 
@@ -268,7 +301,15 @@ def cmd_template_use(paths: Paths, args: Options, say: Say) -> int:
         raise GpushellError(f"{name!r} is not a valid template name", status=ExitStatus.USAGE)
 
     def use(text: str, reg: registry.Registry) -> str:
-        if not is_built(reg, name) or name not in template_configs(reg):
+        if reg.cluster is not None:
+            from ..containers.lxd import LxdDriver
+
+            if not LxdDriver(reg).has_image(name):
+                raise GpushellError(
+                    f"image {name} is not in project {reg.cluster.project}; "
+                    f"run: gpushell-admin template build --name {name}"
+                )
+        elif not is_built(reg, name) or name not in template_configs(reg):
             raise GpushellError(
                 f"template {name} is not built in {reg.lxcpath}; "
                 f"run: gpushell-admin template build --name {name}"

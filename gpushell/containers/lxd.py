@@ -259,6 +259,10 @@ class LxdDriver(ContainerDriver):
         }
         self.request("PUT", user.container, "", body)
 
+    def images(self) -> list[dict[str, Any]]:
+        """Every image of the project with its aliases, size and properties: one request."""
+        return list(self.client().get("/images", recursion="1") or [])
+
     def listing(self) -> list[dict[str, Any]]:
         """Every instance of the project with its status, member, config and devices: one request."""
         return list(self.client().get("/instances", recursion="1") or [])

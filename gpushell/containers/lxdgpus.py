@@ -1,5 +1,8 @@
 """`gpus` and `kill-gpu-process` on a cluster: nvidia-smi and kill run in the student's own container.
 
+`gpus` adds the other students' processes on those GPUs from the member's
+GPU report (gpureport.py), as one host shows them: names and memory only.
+
 The engine runs both inside the container, as its root, in its own
 namespaces (LxdDriver.run_inside): they can reach nothing but that
 container, whatever it made of its files.  The figures come back as a
@@ -10,7 +13,9 @@ reaches the helper, nor a member's disk.
 
 from __future__ import annotations
 
-from ..core import gputable
+import time
+
+from ..core import gpureport, gputable
 from ..core.errors import GpushellError
 from ..core.model import User
 from ..gpu import smi
@@ -36,12 +41,24 @@ def readings(driver: LxdDriver, user: User) -> list[dict[str, object]] | None:
     return smi.parse(text.decode("utf-8", errors="replace"))
 
 
-def answer(driver: LxdDriver, user: User) -> dict[str, object]:
-    """The helper's answer to `gpus`, in the one-host table's form."""
+def answer(driver: LxdDriver, user: User, students: dict[str, str]) -> dict[str, object]:
+    """The helper's answer to `gpus`, in the one-host table's form.
+
+    Numbered as the member numbers its GPUs, with the other students' processes
+    on them, where the member's fresh report names every GPU the container sees
+    (students: container -> user on that member); else the container's view alone.
+    """
     found = readings(driver, user)
     if found is None:
         return {"state": gputable.NO_DRIVER}
-    return gputable.encode(found) | {"seen_from": gputable.SEEN_FROM_CONTAINER}
+    try:
+        report = driver.gpu_reports().get(user.member)
+    except GpushellError:
+        report = None  # the figures from inside stand alone
+    completed = gpureport.with_neighbours(found, report, time.time(), user.container, students)
+    if completed is None:
+        return gputable.encode(found) | {"seen_from": gputable.SEEN_FROM_CONTAINER}
+    return gputable.encode(completed) | {"seen_from": gputable.SEEN_FROM_MEMBER}
 
 
 def kill(driver: LxdDriver, user: User, pid: int) -> dict[str, object]:

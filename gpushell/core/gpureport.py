@@ -47,7 +47,7 @@ STALE_AFTER = 180  # seconds: an older report's figures are not the GPUs' use no
 class ReportedGpu(Value):
     """One GPU of a member: None where NVML gave no figure; error set when the GPU did not answer."""
 
-    __slots__ = ("error", "gpu", "memory_total", "memory_used", "name", "procs", "temp", "util")
+    __slots__ = ("error", "gpu", "memory_total", "memory_used", "name", "procs", "temp", "util", "uuid")
 
     def __init__(
         self,
@@ -59,10 +59,11 @@ class ReportedGpu(Value):
         temp: int | None = None,
         procs: tuple[tuple[str, int | None], ...] = (),  # (container or "", its processes' memory)
         error: str | None = None,
+        uuid: str | None = None,  # NVML's, as nvidia-smi inside a container names the GPU
     ) -> None:
         self.gpu, self.name, self.util, self.temp = gpu, name, util, temp
         self.memory_used, self.memory_total = memory_used, memory_total
-        self.procs, self.error = procs, error
+        self.procs, self.error, self.uuid = procs, error, uuid
 
 
 class GpuReport(Value):
@@ -96,6 +97,7 @@ def encode(report: GpuReport) -> str:
                 "temp": gpu.temp,
                 "procs": procs,
                 "error": None if gpu.error is None else gpu.error[:MAX_NAME],
+                "uuid": None if gpu.uuid is None else gpu.uuid[:MAX_NAME],
             }
         )
     body = {"format": FORMAT, "taken": report.taken, "state": report.state, "gpus": gpus}
@@ -150,6 +152,7 @@ def _gpu(item: object) -> ReportedGpu | None:
         _figure(item.get("temp")),
         tuple(pairs),
         _text(item.get("error")),
+        _text(item.get("uuid")),  # absent from an older member's report: None
     )
 
 
@@ -250,3 +253,35 @@ def outlived(report: GpuReport | None, now: float, container: str, gpu: int, sin
 
 def _current(report: GpuReport | None, now: float) -> TypeGuard[GpuReport]:
     return report is not None and report.state == OK and report.fresh(now)
+
+
+# --- `gpus` on a cluster: the container's own view, numbered and completed by the report --------
+
+
+def with_neighbours(
+    rows: list[dict[str, object]],
+    report: GpuReport | None,
+    now: float,
+    container: str,
+    students: dict[str, str],
+) -> list[dict[str, object]] | None:
+    """nvidia-smi's rows from inside the container (smi.parse) numbered as the member numbers its GPUs,
+    with the other containers' processes on them from a fresh report: a student's by name (the
+    registry's container -> user), anyone else's as other.  None unless the report names every
+    row's GPU (by its UUID): then the container's own view stands alone."""
+    if not _current(report, now):
+        return None
+    by_uuid = {gpu.uuid: gpu for gpu in report.gpus if gpu.uuid is not None and gpu.error is None}
+    matched = [by_uuid.get(str(row.get("uuid"))) for row in rows]
+    if None in matched:
+        return None
+    completed = []
+    for row, gpu in zip(rows, matched, strict=True):
+        assert gpu is not None
+        others = [
+            ("student", None, students[name], memory) if name in students else ("other", None, "", memory)
+            for name, memory in gpu.procs
+            if name != container
+        ]
+        completed.append(row | {"index": gpu.gpu, "procs": [*row["procs"], *others]})  # type: ignore[misc]
+    return completed

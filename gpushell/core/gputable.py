@@ -40,6 +40,11 @@ SEEN_FROM_CONTAINER_TEXT = (
     "Seen from inside your container: other students' processes are not listed; "
     "their memory is in the totals."
 )
+# ... completed by the member's report (`seen_from=member`): numbered as the server numbers them.
+SEEN_FROM_MEMBER = "member"
+SEEN_FROM_MEMBER_TEXT = (
+    "Yours seen from inside your container; other students' from your server's last report."
+)
 MIB = 1024 * 1024
 
 

@@ -128,12 +128,17 @@ def load_nvml() -> Any | None:
     return pynvml
 
 
-def _optional(nvml: Any, call: Callable[[], Any]) -> Any:
+def optional(nvml: Any, call: Callable[[], Any]) -> Any:
     """A reading some GPUs do not support (utilisation, temperature): None then."""
     try:
         return call()
     except nvml.NVMLError:
         return None
+
+
+def text(value: object) -> str:
+    """One of NVML's strings: older pynvml gives bytes."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def _processes(nvml: Any, handle: Any) -> list[tuple[int, int | None]]:
@@ -158,11 +163,11 @@ def read_gpu(nvml: Any, index: int) -> Reading:
         procs = _processes(nvml, handle)
     except nvml.NVMLError as exc:
         return {"index": index, "error": str(exc) or type(exc).__name__}
-    util = _optional(nvml, lambda: nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
-    temp = _optional(nvml, lambda: nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU))
+    util = optional(nvml, lambda: nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+    temp = optional(nvml, lambda: nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU))
     return {
         "index": index,
-        "name": name.decode(errors="replace") if isinstance(name, bytes) else str(name),
+        "name": text(name),
         "util": util,
         "mem_used": int(memory.used),
         "mem_total": int(memory.total),

@@ -35,13 +35,15 @@ def read(nvml: Any | None, owner: Callable[[int], str | None], taken: int) -> Gp
 
 
 def _gpu(nvml: Any, index: int, owner: Callable[[int], str | None]) -> ReportedGpu:
-    reading = gpustatus.read_gpu(nvml, index)
+    reading, handle = gpustatus.read_gpu(nvml, index), None
     try:
-        number = int(nvml.nvmlDeviceGetMinorNumber(nvml.nvmlDeviceGetHandleByIndex(index)))
+        handle = nvml.nvmlDeviceGetHandleByIndex(index)
+        number = int(nvml.nvmlDeviceGetMinorNumber(handle))
     except nvml.NVMLError:
         number = index  # the GPU did not answer: its place in NVML's order is all there is
-    if reading.get("error") is not None:
-        return ReportedGpu(number, error=str(reading["error"]))
+    if reading.get("error") is not None or handle is None:
+        return ReportedGpu(number, error=str(reading.get("error") or "no handle"))
+    uuid = gpustatus.optional(nvml, lambda: nvml.nvmlDeviceGetUUID(handle))
     procs: list[tuple[int, int | None]] = reading["procs"]  # type: ignore[assignment]
     return ReportedGpu(
         number,
@@ -51,6 +53,7 @@ def _gpu(nvml: Any, index: int, owner: Callable[[int], str | None]) -> ReportedG
         reading["mem_total"],  # type: ignore[arg-type]
         reading["temp"],  # type: ignore[arg-type]
         by_container([(owner(pid) or "", memory) for pid, memory in procs]),
+        uuid=None if uuid is None else gpustatus.text(uuid),
     )
 
 

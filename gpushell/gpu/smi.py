@@ -42,6 +42,7 @@ def parse(text: str) -> list[dict[str, object]]:
             continue
         index, uuid, name, util, used, total, temp = fields
         gpus[uuid] = {
+            "uuid": uuid,  # how the member's report names it (gpureport.with_neighbours)
             "index": _whole(index),
             "name": name,
             "util": _whole(util),

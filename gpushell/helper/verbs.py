@@ -99,10 +99,16 @@ def _gpus(ctx: services.Context, user: User) -> Answer:
     if ctx.registry.cluster is not None:  # the GPUs are on a member: seen from inside the container
         from ..containers import lxdgpus
 
-        return lxdgpus.answer(_cluster_driver(ctx), user)
-    from ..gpu import gpucache  # NVML is asked here; the login banner's snapshot is refreshed too
+        neighbours = {
+            entry.container: entry.name
+            for entry in registry_store.load_all(ctx.paths).users.values()
+            if entry.member == user.member
+        }
+        answer = lxdgpus.answer(_cluster_driver(ctx), user, neighbours)
+    else:
+        from ..gpu import gpucache  # NVML is asked here; the login banner's snapshot is refreshed too
 
-    answer = gpucache.gpus_answer(ctx.paths, user.name, lambda: _owners(ctx.paths))
+        answer = gpucache.gpus_answer(ctx.paths, user.name, lambda: _owners(ctx.paths))
     if ctx.registry.lending is not None:
         from . import loans
 

@@ -25,7 +25,8 @@ def gpu_table(answer: dict[str, str], p: Palette) -> str:
     if answer.get("state") == gputable.NO_DRIVER:
         return gputable.NO_DRIVER_TEXT + "\n"
     rows = gputable.decode(answer)
-    inside = answer.get("seen_from") == gputable.SEEN_FROM_CONTAINER
+    seen_from = answer.get("seen_from")
+    inside = seen_from in (gputable.SEEN_FROM_CONTAINER, gputable.SEEN_FROM_MEMBER)
     if not rows:
         return "no GPUs in your container\n" if inside else "no GPUs found on this host\n"
     pids = gputable.own_pids(rows)
@@ -51,7 +52,8 @@ def gpu_table(answer: dict[str, str], p: Palette) -> str:
             + ("; ".join(shown) if shown else "-")
         )
     if inside:
-        lines.append(f"{p.dim}{gputable.SEEN_FROM_CONTAINER_TEXT}{p.reset}")
+        told = gputable.SEEN_FROM_MEMBER_TEXT if seen_from == gputable.SEEN_FROM_MEMBER else None
+        lines.append(f"{p.dim}{told or gputable.SEEN_FROM_CONTAINER_TEXT}{p.reset}")
     return "\n".join(lines) + "\n"
 
 

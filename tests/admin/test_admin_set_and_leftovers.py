@@ -147,6 +147,25 @@ def test_template_rows() -> None:
     assert table[2].split() == ["tpl", "?", "not", "built", "bob", "yes"]
 
 
+def test_a_clusters_templates_are_its_images_by_alias_and_each_container_names_its_own() -> None:
+    images = [  # as the engine's /1.0/images?recursion=1 lists them (the fields read)
+        {"fingerprint": "f1", "size": 90_000_000, "properties": {"release": "bookworm"},
+         "aliases": [{"name": "lab-image"}, {"name": "lab-2025"}]},
+        {"fingerprint": "f2", "size": 95_000_000, "properties": {}, "aliases": [{"name": "lab-new"}]},
+        {"fingerprint": "f3", "size": 1, "aliases": []},  # no alias: no template of gpushell's
+    ]  # fmt: skip
+    instances = [
+        {"name": "gpushell-alice", "config": {"volatile.base_image": "f1"}},
+        {"name": "gpushell-bob", "config": {"volatile.base_image": "f9"}},  # its image deleted since
+        {"name": "someone-elses", "config": {"volatile.base_image": "f2"}},
+    ]
+    containers = {"gpushell-alice": "alice", "gpushell-bob": "bob", "gpushell-carol": "carol"}
+    built, origins = editing.images_and_origins(images, instances, containers)
+    bookworm = ("bookworm", 90_000_000)
+    assert built == {"lab-image": bookworm, "lab-2025": bookworm, "lab-new": (None, 95_000_000)}
+    assert origins == {"alice": "lab-image", "bob": None, "carol": None}  # carol's container is missing
+
+
 # --- leftovers -------------------------------------------------------------------
 
 PATHS = Paths(shell="/usr/local/bin/gpushell", group="gpushell")

@@ -67,6 +67,7 @@ def test_the_report_names_alices_process_by_her_container_and_roots_by_nobody(tm
     assert member == "m1" and report.taken == 1_700_000_000 and report.state == gpureport.OK
     (gpu,) = report.gpus
     assert (gpu.gpu, gpu.name, gpu.util, gpu.temp) == (0, "NVIDIA H200", 100, 60)
+    assert gpu.uuid == RECORDED["nvml"][0]["uuid"]  # how nvidia-smi inside a container names it
     assert sorted(gpu.procs) == [("", 1_686_110_208), ("gpushell-alice", 5_171_576_832)]
     assert nvml.shut_down
     # Into the member's own entry, everything else in it as it was.

@@ -7,13 +7,16 @@ the request, and that nothing is signalled that the reading did not list.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from gpushell.containers import lxdgpus
 from gpushell.containers.backend import RUNNING, STOPPED
 from gpushell.containers.lxd import LxdDriver
-from gpushell.core import gputable
+from gpushell.core import gpureport, gputable
 from gpushell.core.errors import GpushellError
+from gpushell.core.gpureport import GpuReport, ReportedGpu
 from gpushell.core.model import User
 from gpushell.core.registry import parse
 from tests.fakes import ONE_MEMBER_CLUSTER
@@ -31,6 +34,7 @@ class Engine(LxdDriver):
         self.state_now, self.statuses, self.figures = state, list(statuses), figures
         self.ran: list[list[str]] = []
         self.pulled: list[tuple[str, int]] = []
+        self.reports: dict[str, GpuReport | None] | GpushellError = {}
 
     def state(self, name: str) -> str:
         return self.state_now
@@ -46,6 +50,11 @@ class Engine(LxdDriver):
         self.pulled.append((path, limit))
         return self.figures
 
+    def gpu_reports(self) -> dict[str, GpuReport | None]:
+        if isinstance(self.reports, GpushellError):
+            raise self.reports
+        return self.reports
+
 
 def alice(engine: Engine) -> User:
     return engine.reg.users["alice"]
@@ -53,7 +62,7 @@ def alice(engine: Engine) -> User:
 
 def test_the_answer_is_the_one_host_table_seen_from_the_container() -> None:
     engine = Engine()
-    answer = lxdgpus.answer(engine, alice(engine))
+    answer = lxdgpus.answer(engine, alice(engine), {})
     assert answer["seen_from"] == gputable.SEEN_FROM_CONTAINER
     assert (
         answer["gpu0"] == "0|Stand-in GPU|12|300|16000|40" and answer["gpu0.proc0"] == "you|4242|python3|300"
@@ -61,13 +70,53 @@ def test_the_answer_is_the_one_host_table_seen_from_the_container() -> None:
     assert engine.pulled == [(lxdgpus.FIGURES, lxdgpus.MAX_FIGURES)]
 
 
+MIB = 1024 * 1024
+# m1's report: GPU-a is its GPU 1, with alice's processes, bob's and the host's on it.
+ON_GPU_1 = (("alice", 300 * MIB), ("gpushell-bob", 2048 * MIB), ("", 1024 * MIB))
+SHARED = ReportedGpu(1, "Stand-in GPU", 12, 3372 * MIB, 16000 * MIB, 40, ON_GPU_1, uuid="GPU-a")
+
+
+def report(*gpus: ReportedGpu, taken: float | None = None) -> dict[str, GpuReport | None]:
+    return {"m1": GpuReport(int(time.time() if taken is None else taken), gpureport.OK, gpus)}
+
+
+def test_a_fresh_report_numbers_the_gpus_as_the_member_does_and_names_the_neighbours() -> None:
+    engine = Engine()
+    engine.reports = report(ReportedGpu(0, uuid="GPU-z"), SHARED)
+    answer = lxdgpus.answer(engine, alice(engine), {"alice": "alice", "gpushell-bob": "bob"})
+    assert answer["seen_from"] == gputable.SEEN_FROM_MEMBER
+    assert answer["gpu0"] == "1|Stand-in GPU|12|300|16000|40"  # the container's own figures, m1's number
+    procs = [answer[f"gpu0.proc{n}"] for n in range(int(answer["gpu0.procs"]))]  # type: ignore[call-overload]
+    assert procs == ["you|4242|python3|300", "student||bob|2048", "other|||1024"]  # alice's own: from inside
+
+
+@pytest.mark.parametrize(
+    "reports",
+    [
+        pytest.param(report(ReportedGpu(1, uuid="GPU-b")), id="a-gpu-the-report-does-not-name"),
+        pytest.param(report(SHARED.replace(uuid=None)), id="an-older-report-without-uuids"),
+        pytest.param(report(SHARED, taken=time.time() - 600), id="a-stale-report"),
+        pytest.param({}, id="no-report"),
+        pytest.param(GpushellError("the cluster did not answer"), id="the-engine-failing"),
+    ],
+)
+def test_otherwise_the_container_view_stands_alone(
+    reports: dict[str, GpuReport | None] | GpushellError,
+) -> None:
+    engine = Engine()
+    engine.reports = reports
+    answer = lxdgpus.answer(engine, alice(engine), {"gpushell-bob": "bob"})
+    assert answer["seen_from"] == gputable.SEEN_FROM_CONTAINER
+    assert answer["gpu0"].startswith("0|") and answer["gpu0.procs"] == 1  # type: ignore[union-attr]
+
+
 def test_no_nvidia_smi_is_no_driver_and_a_stopped_container_is_one_line() -> None:
     engine = Engine(statuses=(1,))
-    assert lxdgpus.answer(engine, alice(engine)) == {"state": gputable.NO_DRIVER}
+    assert lxdgpus.answer(engine, alice(engine), {}) == {"state": gputable.NO_DRIVER}
     assert engine.pulled == []  # nothing read back from a run that failed
     stopped = Engine(state=STOPPED)
     with pytest.raises(GpushellError, match="your container is stopped"):
-        lxdgpus.answer(stopped, alice(stopped))
+        lxdgpus.answer(stopped, alice(stopped), {})
     assert stopped.ran == []
 
 

@@ -12,7 +12,14 @@ from gpushell.core.statusmodel import GpuReading
 
 GIB = 2**30
 H200 = ReportedGpu(
-    0, "NVIDIA H200", 100, 7 * GIB, 140 * GIB, 60, (("gpushell-alice", 5 * GIB), ("", 2 * GIB))
+    0,
+    "NVIDIA H200",
+    100,
+    7 * GIB,
+    140 * GIB,
+    60,
+    (("gpushell-alice", 5 * GIB), ("", 2 * GIB)),
+    uuid="GPU-6dd5",
 )
 REPORT = GpuReport(1_700_000_000, gpureport.OK, (H200, ReportedGpu(1, error="GPU is lost")))
 
@@ -110,3 +117,11 @@ def test_a_report_tells_whether_a_container_still_runs_on_a_gpu_only_when_it_can
     crowded = ReportedGpu(1, procs=tuple((f"c{n}", 1) for n in range(gpureport.MAX_PROCS)))
     full = QUIET.replace(gpus=(crowded,))
     assert gpureport.shows(full, TAKEN, "gpushell-bob", (1,)) is None  # others may have been cut
+
+
+def test_a_report_from_an_older_member_without_uuids_still_reads() -> None:
+    body = json.loads(gpureport.encode(REPORT))
+    for gpu in body["gpus"]:
+        del gpu["uuid"]
+    decoded = gpureport.decode(json.dumps(body))
+    assert decoded is not None and [gpu.uuid for gpu in decoded.gpus] == [None, None]

@@ -80,6 +80,11 @@ class FakeNvml:
     def nvmlDeviceGetMinorNumber(self, handle: dict[str, Any]) -> int:
         return int(handle["minor"]) if "minor" in handle else self.gpus.index(handle)
 
+    def nvmlDeviceGetUUID(self, handle: dict[str, Any]) -> str:
+        if "uuid" not in handle:
+            raise self.NVMLError("Not Supported")
+        return str(handle["uuid"])
+
     def nvmlDeviceGetMemoryInfo(self, handle: dict[str, Any]) -> types.SimpleNamespace:
         return types.SimpleNamespace(**handle["memory"])
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import pathlib
 import re
+import time
 from typing import Any
 
 from gpushell.core import gputable, protocol
@@ -144,3 +145,20 @@ def test_the_nodes_the_driver_calls_for_are_the_ones_it_made(tmp_path: pathlib.P
     assert {node.name: node.major for node in nodes} == {
         "nvidia0": 195, "nvidiactl": 195, "nvidia-uvm": 238, "nvidia-uvm-tools": 238,
     }  # fmt: skip
+
+
+def test_the_gpu_nvidia_smi_shows_inside_is_the_one_the_members_report_names(tmp_path: pathlib.Path) -> None:
+    """`gpus` on a cluster joins the two by UUID: nvidia-smi's and NVML's, the same on the real H200."""
+    from gpushell.core import gpureport
+    from gpushell.gpu import memberreading
+
+    owner = {ALICE_PID: "gpushell-alice"}.get
+    report = memberreading.read(nvml(), owner, int(time.time()))
+    rows = smi.parse(RECORDED["smi_csv"])
+    students = {"gpushell-alice": "alice"}
+    (gpu,) = gpureport.with_neighbours(rows, report, time.time(), "gpushell-bob", students) or [{}]
+    assert gpu["index"] == 0
+    assert [proc for proc in gpu["procs"] if proc[0] != "you"] == [  # type: ignore[attr-defined]
+        ("other", None, "", 1_686_110_208),
+        ("student", None, "alice", 5_171_576_832),
+    ]

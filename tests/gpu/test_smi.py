@@ -25,6 +25,7 @@ GPU-5a1c0000-1111-2222-3333-444455556666, 4343, [N/A], train, with a comma
 def test_both_listings_become_the_one_host_readings() -> None:
     first, second = smi.parse(LISTED)
     assert first == {
+        "uuid": "GPU-5a1c0000-1111-2222-3333-444455556666",
         "index": 0, "name": "NVIDIA H100 PCIe", "util": 37, "mem_used": 1024 * MIB, "mem_total": 81559 * MIB,
         "temp": 45,
         "procs": [("you", 4242, "python3", 1000 * MIB), ("you", 4343, "train, with a comma", None)],

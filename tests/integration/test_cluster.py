@@ -25,6 +25,7 @@ import pytest
 
 from gpushell.core import registry
 from gpushell.core.forward import member_masquerade_rule
+from gpushell.core.registry import parse
 
 from .lab import Lab, Student, sh
 from .lxd_fixtures import IMAGE_ALIAS, cluster  # noqa: F401 - the session's cluster fixture
@@ -400,6 +401,26 @@ def test_template_build_imports_the_image(front: FrontDoor) -> None:
     assert name in [alias["name"] for alias in aliases]
     again = front.admin("template", "build", "--name", name)
     assert "already in project gpushell" in again.stdout
+    # template list and use: the project's images by alias, each student's by what made its container.
+    listed = json.loads(front.admin("template", "list", "--json").stdout)
+    rows = {row["name"]: row for row in listed}
+    assert rows[IMAGE_ALIAS]["default"] and not rows[name]["default"], listed
+    assert rows[IMAGE_ALIAS]["suite"] == rows[name]["suite"] == "bookworm" and rows[name]["size"] > 0
+    made = {entry["name"] for entry in front.instances()}
+    users = parse(front.read_registry(), front.registry).users
+    assert rows[IMAGE_ALIAS]["users"] == sorted(
+        user for user, entry in users.items() if entry.container in made
+    )
+    assert rows[name]["users"] == [], listed  # every container so far was made from the lab's image
+    missing = front.admin("template", "use", "no-such-image", check=False)
+    assert missing.returncode != 0 and missing.stderr.strip() == (
+        "gpushell-admin: image no-such-image is not in project gpushell; "
+        "run: gpushell-admin template build --name no-such-image"
+    ), missing.stderr
+    used = front.admin("template", "use", name)
+    assert f"new students get template {name} (was {IMAGE_ALIAS})" in used.stdout, used.stdout
+    assert f"template: {name}\n" in front.read_registry()
+    front.admin("template", "use", IMAGE_ALIAS)  # back, for the tests after this one
     doctor = front.admin("doctor", check=False).stdout
     assert f"ok: image {IMAGE_ALIAS} is in project gpushell" in doctor
     assert "ok: project gpushell is restricted to what gpushell needs" in doctor, doctor

@@ -43,7 +43,7 @@ from tests.gpu.test_real_gpu_replay import RECORDED
 from .lab import Student
 from .lxd_fixtures import cluster  # noqa: F401 - the session's cluster fixture
 from .lxdcluster import Cluster
-from .test_cluster import FrontDoor
+from .test_cluster import STAND_IN_SMI, FrontDoor
 from .test_login import login
 
 NODE = "stat -c '%n %t:%T' /dev/nvidia0 /dev/nvidia1"
@@ -181,7 +181,7 @@ def recorded_h200s(pids_by_gpu: list[list[int]]) -> FakeNvml:
     gpus = []
     for minor, pids in enumerate(pids_by_gpu):
         gpu = copy.deepcopy(RECORDED["nvml"][0])
-        gpu["minor"] = minor
+        gpu["minor"], gpu["uuid"] = minor, f"GPU-standin-{minor}"  # as nvidia-smi inside names it
         gpu["compute_processes"] = [{"pid": pid, "usedGpuMemory": 2**30} for pid in pids]
         gpus.append(gpu)
     return FakeNvml({"gpus": gpus})
@@ -267,6 +267,7 @@ def test_an_idle_loan_ends_without_a_restart_and_one_kept_by_a_process_restarts_
     cluster: Cluster,  # noqa: F811
 ) -> None:
     student, paths = students["m1"], Paths(**front.paths)
+    assert front.ssh(student, "start").returncode == 0
     borrowed = front.ssh(student, "borrow 1 1h")
     assert borrowed.returncode == 0 and "You have GPU 1 now." in borrowed.stdout, borrowed.stderr
 
@@ -290,3 +291,44 @@ def test_an_idle_loan_ends_without_a_restart_and_one_kept_by_a_process_restarts_
     after = inside_once_up(front, student, INIT_START)
     assert after.returncode == 0 and after.stdout.strip() != before
     assert loanwatch.read(paths, pytest.fail) == []
+
+
+def put_smi(front: LendingFrontDoor, student: Student, uuid: str) -> None:
+    """The stand-in nvidia-smi (test_cluster.py's) in the container, showing the member GPU of that UUID
+    as the container's GPU 0, with one process of the container's, PID 4242."""
+    smi = STAND_IN_SMI.replace("GPU-standin", uuid).replace("$(cat /run/standin.pid)", "4242")
+    front.inside(student, f"sudo tee /usr/bin/nvidia-smi >/dev/null <<'EOF'\n{smi}EOF")
+    assert front.inside(student, "sudo chmod 755 /usr/bin/nvidia-smi").returncode == 0
+
+
+def test_gpus_numbers_the_members_gpus_and_names_the_students_sharing_them(
+    front: LendingFrontDoor,
+    students: dict[str, Student],
+    cluster: Cluster,  # noqa: F811
+) -> None:
+    owner, borrower = students["owner"], students["m1"]
+    sharer = front.add_student("sh", "--gpus", "none", "--on", "m1")
+    front.admin("set", sharer.name, "gpus=0")  # m1's GPU 0, with its owner (add places none on it)
+    for student in (sharer, owner, borrower):
+        assert front.ssh(student, "start").returncode == 0
+    borrowed = front.ssh(borrower, "borrow 1 1h")
+    assert borrowed.returncode == 0 and "You have GPU 1 now." in borrowed.stdout, borrowed.stderr
+    put_smi(front, sharer, "GPU-standin-0")
+    put_smi(front, borrower, "GPU-standin-1")  # m1's GPU 1 is the only one, so GPU 0, in its container
+    on_gpu0 = [start_sleeper(front, owner), start_sleeper(front, sharer), os.getpid()]
+    publish(cluster, "m1", recorded_h200s([on_gpu0, []]))
+
+    shared = front.ssh(sharer, "gpus")
+    assert shared.returncode == 0, shared.stderr
+    (row,) = [line for line in shared.stdout.splitlines() if "Stand-in GPU" in line]
+    assert row.startswith("0 ") and "[1] you: pid 4242 sleep 300 MiB" in row, shared.stdout
+    assert f"{owner.name} 1024 MiB" in row and "other 1024 MiB" in row, row  # the owner's, the host's
+    assert row.count("1024 MiB") == 2  # the sharer's own is nvidia-smi's line from inside, not twice
+    assert "other students' from your server's last report" in shared.stdout
+
+    lent_view = front.ssh(borrower, "gpus")
+    assert lent_view.returncode == 0, lent_view.stderr
+    (row,) = [line for line in lent_view.stdout.splitlines() if "Stand-in GPU" in line]
+    assert row.startswith("1 "), lent_view.stdout  # m1's number, as the loan names it
+    assert "[1] you: pid 4242 sleep 300 MiB" in row and "MiB;" not in row, row  # no one else on GPU 1
+    assert re.search(r"^Borrowed GPU 1: (59m|1h) left$", lent_view.stdout, re.M), lent_view.stdout
