@@ -42,12 +42,12 @@ from ..core.durations import duration_text
 from ..core.errors import ExitStatus, GpushellError
 from ..core.lending import Loan, LoanBook
 from ..gpu import gpucache, gpudevices, gpufigures, gpustatus, gpuuse
-from ..helper import loans, services
+from ..helper import loans, loanwatch, services
 from ..system import audit, loanstore, registry_store
 from ..system.files import read_format, read_private, write_atomically
 from ..system.lock import admin_busy, locked
 from ..system.runner import MESSAGE_OUTPUT, run
-from . import loanwatch, samples, statuspage
+from . import samples, statuspage
 from .loansview import clock
 
 TYPE_CHECKING = False

@@ -391,7 +391,7 @@ class LxdDriver(ContainerDriver):
         engine shows no process table (nor would container root's word
         do): the restart is what ends them.  The tick skips it when the
         member's report shows none of the container's processes on them
-        (admin/loanwatch.py).  Returns whether it restarted.
+        (helper/loanwatch.py).  Returns whether it restarted.
         """
         current = self.request("GET", user.container)
         assert isinstance(current, dict)

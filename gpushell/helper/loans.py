@@ -17,6 +17,7 @@ from ..core.durations import parse_duration
 from ..core.errors import ExitStatus, GpushellError
 from ..gpu import gpudevices
 from ..system import audit, loanstore
+from . import loanwatch
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -126,9 +127,35 @@ def give_back(ctx: Context, user: User, request: dict[str, str]) -> Answer:
         lending.ALL if which_text == menu.ALL_GPUS else _whole(which_text, menu.LENDING_USAGE["return"])
     )
     ended = loanstore.update(ctx.paths, lambda book: lending.give_back(book, user.name, which))
-    restarted = take(ctx, user, tuple(loan.gpu for loan in ended), host_nodes(ctx.registry))
+    gpus = tuple(loan.gpu for loan in ended)
+    quiet = _quiet(ctx, user, gpus)
+    restarted = take(ctx, user, gpus, host_nodes(ctx.registry), restart=not quiet)
+    if quiet:
+        loanwatch.add(ctx.paths, [loanwatch.taken(user, gpu) for gpu in gpus], _warn)
     returned = ",".join(str(loan.gpu) for loan in ended)
-    return answer(ctx, user, returned=returned, restarted="1" if restarted else "")
+    return answer(
+        ctx, user, returned=returned, restarted="1" if restarted else "", watched="1" if quiet else ""
+    )
+
+
+def _quiet(ctx: Context, user: User, gpus: tuple[int, ...]) -> bool:
+    """On a cluster: whether the member's fresh report shows none of the container's processes on
+    any of the GPUs, so they may leave it without a restart (loanwatch.py); one request."""
+    if not gpus or ctx.registry.cluster is None:
+        return False
+    from ..containers.lxd import LxdDriver
+
+    assert isinstance(ctx.driver, LxdDriver)
+    try:
+        reports = ctx.driver.gpu_reports()
+    except GpushellError:
+        return False  # no report: the restart, as before reports
+    now = time.time()
+    return all(loanwatch.quiet(ctx.registry, reports, now, user, gpu) for gpu in gpus)
+
+
+def _warn(line: str) -> None:
+    audit.record("root", "loan-watch", "failed", line, warning=True)
 
 
 # --- the devices ------------------------------------------------------------
@@ -163,7 +190,8 @@ def take(
     The shared nodes go too when the student keeps no GPU at all.  On a
     cluster the engine's devices go, and a running container restarts
     (LxdDriver.end_loans: the front door sees no process to end) unless
-    not restart: the member's report showed none of its processes there.
+    not restart: the member's report showed none of its processes there
+    (then the caller watches the GPUs, loanwatch.py).
     Returns whether the container restarted.
     """
     if gpus and ctx.registry.cluster is not None:

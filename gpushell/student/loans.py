@@ -59,4 +59,6 @@ def outcome(action: str, info: Answer, p: Palette) -> str:
         done = f"Returned GPU {returned.replace(',', ', ')}.\n" if returned else "Nothing to return.\n"
         if info.get("restarted") == "1":  # on a cluster: the only way to end what held it
             done += "Your container restarted to end the processes on it.\n"
+        elif info.get("watched") == "1":  # on a cluster: its server showed none of them on it
+            done += "No process of yours was on it: your container keeps running (it restarts if one was).\n"
     return done + (lines(info, p) or "You have no borrowed GPUs.\n")

@@ -8,7 +8,7 @@ loan is a `gpu` device the engine plugs into the running container; its
 end takes the device out and restarts the container, since the front door
 sees no process that holds the GPU (README: Several servers), unless the
 member's fresh report shows none of the container's processes on it: then
-the first report after the take decides (admin/loanwatch.py).
+the first report after the take decides (helper/loanwatch.py).
 
 The figures: no member has an NVIDIA driver here, so NVML's answers are the
 real H200's recorded ones (tests/data/real_gpu), carrying the host PIDs of
@@ -31,11 +31,12 @@ from typing import ClassVar
 
 import pytest
 
-from gpushell.admin import gpupublish, loanwatch
+from gpushell.admin import gpupublish
 from gpushell.containers.lxdapi import LocalClient
 from gpushell.core import gpureport
 from gpushell.core.lending import LoanBook
 from gpushell.core.paths import Paths
+from gpushell.helper import loanwatch
 from gpushell.system import loanstore
 from tests.gpu.test_gpustatus import FakeNvml
 from tests.gpu.test_real_gpu_replay import RECORDED
@@ -332,3 +333,28 @@ def test_gpus_numbers_the_members_gpus_and_names_the_students_sharing_them(
     assert row.startswith("1 "), lent_view.stdout  # m1's number, as the loan names it
     assert "[1] you: pid 4242 sleep 300 MiB" in row and "MiB;" not in row, row  # no one else on GPU 1
     assert re.search(r"^Borrowed GPU 1: (59m|1h) left$", lent_view.stdout, re.M), lent_view.stdout
+
+
+def test_a_return_its_member_saw_unused_keeps_the_container_running(
+    front: LendingFrontDoor,
+    students: dict[str, Student],
+    cluster: Cluster,  # noqa: F811
+) -> None:
+    student, paths = students["m1"], Paths(**front.paths)
+    assert set(lent(front, student)) == {"loan-gpu1"}  # borrowed by the test before
+    before = front.inside(student, INIT_START).stdout.strip()
+    publish(cluster, "m1", recorded_h200s([[], []]))  # GPU 1 quiet
+    returned = front.ssh(student, "return 1")
+    assert returned.returncode == 0 and "Returned GPU 1." in returned.stdout, returned.stderr
+    assert "No process of yours was on it: your container keeps running" in returned.stdout
+    assert lent(front, student) == {} and front.inside(student, NODE).stdout == ""
+    assert front.inside(student, INIT_START).stdout.strip() == before
+    # The member's next report still shows none of its processes there: the watch ends, no restart.
+    [watch] = loanwatch.read(paths, pytest.fail)
+    assert (watch.user, watch.gpu) == (student.name, 1)
+    time.sleep(max(0.0, watch.since + 1 - time.time()))
+    publish(cluster, "m1", recorded_h200s([[], []]))
+    ticked = front.admin("tick")
+    assert "restarted" not in ticked.stdout, ticked.stdout
+    assert loanwatch.read(paths, pytest.fail) == []
+    assert front.inside(student, INIT_START).stdout.strip() == before

@@ -41,3 +41,12 @@ def test_a_return_that_restarted_the_container_says_so() -> None:
     assert said == (
         "Returned GPU 1.\nYour container restarted to end the processes on it.\nYou have no borrowed GPUs.\n"
     )
+
+
+def test_a_return_its_server_saw_unused_keeps_the_container_running_and_says_so() -> None:
+    said = outcome("return", {"returned": "1", "watched": "1"}, PLAIN)
+    assert said == (
+        "Returned GPU 1.\n"
+        "No process of yours was on it: your container keeps running (it restarts if one was).\n"
+        "You have no borrowed GPUs.\n"
+    )

@@ -12,7 +12,9 @@ the container on the GPU, and the container restarts; it shows none, and
 the watch ends; no report can tell within gpureport.STALE_AFTER seconds
 (the member's timer stopped), and the container restarts.
 
-Only the tick, revoke and apply write the file (under the tick lock).
+The tick's ends and `loans revoke` add watches, and so does a student's
+own `return`; only the tick checks them.  Each change of the file is made
+under its own lock (watching.lock), never while a container restarts.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..core.errors import GpushellError
 from ..core.value import Value
 from ..system import audit, loanstore
 from ..system.files import read_format, write_atomically
+from ..system.lock import locked
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -39,6 +42,8 @@ if TYPE_CHECKING:
 
 FORMAT = 1
 MAX_FILE = 1024 * 1024
+LOCK_WAIT = 30.0  # seconds: each holder reads, changes and writes a small file
+BUSY = "the watch of GPUs taken back is busy; try again in a moment"
 
 
 class Watch(Value):
@@ -54,6 +59,10 @@ def path(paths: Paths) -> str:
     return f"{paths.state_dir}/watching.json"
 
 
+def lock_path(paths: Paths) -> str:
+    return f"{paths.run_dir}/watching.lock"
+
+
 def quiet(reg: Registry, reports: Reports, now: float, user: User, gpu: int) -> bool:
     """Whether the GPU may leave the student's container without a restart: on a cluster, where
     the member's fresh report shows none of the container's processes on it."""
@@ -64,7 +73,15 @@ def quiet(reg: Registry, reports: Reports, now: float, user: User, gpu: int) -> 
 
 def add(paths: Paths, watches: list[Watch], warn: Report) -> None:
     if watches:
-        write(paths, read(paths, warn) + watches)
+        _update(paths, lambda found: found + watches, warn)
+
+
+def _update(paths: Paths, change: Callable[[list[Watch]], list[Watch]], warn: Report) -> None:
+    with locked(lock_path(paths), LOCK_WAIT, BUSY):
+        found = read(paths, warn)
+        changed = change(found)
+        if changed != found:
+            write(paths, changed)
 
 
 def check(
@@ -78,32 +95,27 @@ def check(
 ) -> None:
     """Each watched GPU against its member's report: restart (restart: under the student's lock,
     whether it ran), let go, or wait; a restart that fails is tried at the next tick."""
-    watches = read(paths, warn)
-    if not watches:
-        return
-    book, left = loanstore.read(paths), list[Watch]()
-    for watch in watches:
+    book, done = loanstore.read(paths), list[Watch]()
+    for watch in read(paths, warn):  # outside the lock: a restart takes seconds
         user = reg.users.get(watch.user)
         if user is None or lending.holds(user, book, watch.gpu):
-            continue  # no longer registered, or the GPU is theirs again
+            done.append(watch)  # no longer registered, or the GPU is theirs again
+            continue
         verdict = gpureport.outlived(reports.get(user.member), now, user.container, watch.gpu, watch.since)
         if verdict is None:
-            left.append(watch)
-            continue
-        if not verdict:
-            continue
-        try:
-            restarted = restart(user)
-        except GpushellError as exc:
-            left.append(watch)
-            warn(f"{user.name}'s container not restarted yet (GPU {watch.gpu}): {exc.log_message}")
-            continue
-        if restarted:
-            text = f"restarted: {user.name}'s container, whose processes may still hold GPU {watch.gpu}"
-            audit.record(user.name, "loans", "ok", f"GPU {watch.gpu} taken back: container restarted")
-            report(text)
-    if left != watches:
-        write(paths, left)
+            continue  # the next report decides
+        if verdict:
+            try:
+                restarted = restart(user)
+            except GpushellError as exc:
+                warn(f"{user.name}'s container not restarted yet (GPU {watch.gpu}): {exc.log_message}")
+                continue
+            if restarted:
+                audit.record(user.name, "loans", "ok", f"GPU {watch.gpu} taken back: container restarted")
+                report(f"restarted: {user.name}'s container, whose processes may still hold GPU {watch.gpu}")
+        done.append(watch)
+    if done:
+        _update(paths, lambda found: [watch for watch in found if watch not in done], warn)
 
 
 def read(paths: Paths, warn: Report) -> list[Watch]:

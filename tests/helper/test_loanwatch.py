@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gpushell.admin import lendingops, loanwatch
-from gpushell.admin.loanwatch import Watch
+from gpushell.admin import lendingops
 from gpushell.containers.backend import RUNNING, STOPPED
 from gpushell.core import gpureport
 from gpushell.core.errors import GpushellError
@@ -22,6 +21,8 @@ from gpushell.core.gpureport import GpuReport, ReportedGpu
 from gpushell.core.lending import Loan, LoanBook
 from gpushell.core.model import User
 from gpushell.core.paths import Paths
+from gpushell.helper import loans, loanwatch, services
+from gpushell.helper.loanwatch import Watch
 from gpushell.system import loanstore
 from tests.containers.test_lxdloans import Engine, engine_with_loans
 
@@ -175,3 +176,31 @@ def test_the_tick_counts_each_members_gpus_busy_by_its_own_report() -> None:
     assert lendingops.busy(reg, None, report(now), now) == {"": None, "m1": {0}}  # 0: a neighbour's
     assert lendingops.busy(reg, None, report(now, "alice"), now) == {"": None, "m1": {0, 1}}
     assert lendingops.busy(reg, None, {}, now) == {"": None, "m1": None}  # no report: unknown
+
+
+class ReportingEngine(Engine):
+    """The stand-in engine, with the members' GPU reports."""
+
+    def __init__(self, state: str, reports: dict[str, GpuReport | None]) -> None:
+        super().__init__(state, {})
+        self.reports = reports
+
+    def gpu_reports(self) -> dict[str, GpuReport | None]:
+        return self.reports
+
+
+@pytest.mark.parametrize(("on_gpu1", "restarted"), [((), False), (("alice",), True)])
+def test_a_students_return_spares_the_restart_only_where_the_report_shows_none_of_theirs(
+    paths: Paths, on_gpu1: tuple[str, ...], restarted: bool
+) -> None:
+    engine = ReportingEngine(RUNNING, report(time.time(), *on_gpu1))
+    engine.lend_gpus(alice(engine), (1,))
+    lent = LoanBook([Loan("alice", 1, time.time(), time.time() + 3600)])
+    loanstore.update(paths, lambda book: (lent, None))
+    answer = loans.give_back(services.Context(paths, engine.reg, engine), alice(engine), {"gpu": "1"})
+    assert answer["returned"] == "1" and "loan-gpu1" not in engine.instance["devices"]
+    assert engine.actions == (["stop", "start"] if restarted else [])
+    assert answer.get("restarted") == ("1" if restarted else None)
+    assert answer.get("watched") == (None if restarted else "1")
+    watched = loanwatch.read(paths, pytest.fail)
+    assert [(watch.user, watch.gpu) for watch in watched] == ([] if restarted else [("alice", 1)])
