@@ -199,7 +199,7 @@ def main(out: str) -> int:
     alice = worker(4, busy=True, uid=ALICE_UID)
     bystander = subprocess.Popen(["sleep", "600"])
     time.sleep(4)  # NVML's utilization is a mean over the last second or so
-    minor = 0
+    minor, report = 0, None
     try:
         with section("NVML"):
             nvml = nvml_now()
@@ -336,6 +336,19 @@ def main(out: str) -> int:
                 and parsed[0]["mem_total"] is not None,
                 f"smi: name {parsed and parsed[0]['name']}, total {parsed and parsed[0]['mem_total']}",
             )
+            # `gpus` on a cluster: nvidia-smi's rows found in the member's report by UUID.
+            now = time.time()
+            fresh = None if report is None else report.replace(taken=int(now))
+            joined = gpureport.with_neighbours(
+                parsed, fresh, now, "gpushell-bob", {"gpushell-alice": "alice"}
+            )
+            others = [proc for proc in joined[0]["procs"] if proc[0] != "you"] if joined else []  # type: ignore[attr-defined]
+            check(
+                joined is not None and joined[0]["index"] == minor
+                and any(proc[:3] == ("student", None, "alice") for proc in others),
+                f"smi: its GPU found in the member report by UUID {parsed and parsed[0].get('uuid')}: "
+                f"GPU {joined and joined[0]['index']}, others {others}",
+            )  # fmt: skip
 
         with section("kill"):
             try:
