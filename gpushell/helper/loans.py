@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 from ..containers.backend import RUNNING, end_holders
-from ..core import lending, menu
+from ..core import gpureport, lending, menu
 from ..core.durations import parse_duration
 from ..core.errors import ExitStatus, GpushellError
 from ..gpu import gpudevices
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import TypeVar
 
+    from ..core.gpureport import GpuReport
     from ..core.model import Registry, User
     from ..gpu.gpudevices import Node
     from .context import Context
@@ -95,7 +96,7 @@ def borrow(ctx: Context, user: User, request: dict[str, str]) -> Answer:
     queue = request.get("wait") == "1"
     nodes = host_nodes(reg)
     gpus, now = lending.server_gpus(reg, host_gpus(nodes))[user.member], time.time()
-    busy = None if reg.cluster is not None else busy_gpus(reg)  # the front door has no NVML of the members
+    busy = busy_gpus(reg) if reg.cluster is None else _member_busy(ctx, user, gpus, now)
 
     def change(reg: Registry, book: lending.LoanBook) -> tuple[lending.LoanBook, tuple[tuple[int, ...], int]]:
         free = lending.free_gpus(reg, book, gpus, busy)
@@ -143,15 +144,25 @@ def _quiet(ctx: Context, user: User, gpus: tuple[int, ...]) -> bool:
     any of the GPUs, so they may leave it without a restart (loanwatch.py); one request."""
     if not gpus or ctx.registry.cluster is None:
         return False
+    reports, now = _reports(ctx), time.time()
+    return all(loanwatch.quiet(ctx.registry, reports, now, user, gpu) for gpu in gpus)
+
+
+def _member_busy(ctx: Context, user: User, gpus: tuple[int, ...], now: float) -> frozenset[int] | None:
+    """The member's GPUs with a process on them, from its fresh report (the front door has no NVML
+    of the members); None without one, as one host without NVML."""
+    return gpureport.busy(_reports(ctx).get(user.member), now, gpus)
+
+
+def _reports(ctx: Context) -> dict[str, GpuReport | None]:
+    """The members' GPU reports (one request); none when the engine does not answer."""
     from ..containers.lxd import LxdDriver
 
     assert isinstance(ctx.driver, LxdDriver)
     try:
-        reports = ctx.driver.gpu_reports()
+        return ctx.driver.gpu_reports()
     except GpushellError:
-        return False  # no report: the restart, as before reports
-    now = time.time()
-    return all(loanwatch.quiet(ctx.registry, reports, now, user, gpu) for gpu in gpus)
+        return {}
 
 
 def _warn(line: str) -> None:

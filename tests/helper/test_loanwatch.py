@@ -21,10 +21,11 @@ from gpushell.core.gpureport import GpuReport, ReportedGpu
 from gpushell.core.lending import Loan, LoanBook
 from gpushell.core.model import User
 from gpushell.core.paths import Paths
+from gpushell.core.registry import parse
 from gpushell.helper import loans, loanwatch, services
 from gpushell.helper.loanwatch import Watch
 from gpushell.system import loanstore
-from tests.containers.test_lxdloans import Engine, engine_with_loans
+from tests.containers.test_lxdloans import TWO_GPUS, Engine, engine_with_loans
 
 
 @pytest.fixture
@@ -204,3 +205,22 @@ def test_a_students_return_spares_the_restart_only_where_the_report_shows_none_o
     assert answer.get("watched") == (None if restarted else "1")
     watched = loanwatch.read(paths, pytest.fail)
     assert [(watch.user, watch.gpu) for watch in watched] == ([] if restarted else [("alice", 1)])
+
+
+@pytest.mark.parametrize(("on_gpu1", "lent"), [((), True), (("",), False)])
+def test_a_borrow_on_a_cluster_lends_only_a_gpu_the_members_report_shows_unused(
+    tmp_path: Path, paths: Paths, on_gpu1: tuple[str, ...], lent: bool
+) -> None:
+    text = TWO_GPUS + "lending: {gpus: all}\n"
+    (tmp_path / "gpushell.yaml").write_text(text)
+    paths = paths.replace(registry=str(tmp_path / "gpushell.yaml"))
+    engine = ReportingEngine(RUNNING, report(time.time(), *on_gpu1))  # GPU 0: alice's own
+    engine.reg = parse(text, paths.registry)
+    ctx = services.Context(paths, engine.reg, engine)
+    if lent:
+        assert loans.borrow(ctx, alice(engine), {"count": "1"})["lent"] == "1"
+        assert "loan-gpu1" in engine.instance["devices"]
+    else:  # a host process on it: not free, as on one host
+        with pytest.raises(GpushellError, match="none free"):
+            loans.borrow(ctx, alice(engine), {"count": "1"})
+        assert loanstore.read(paths).loans == ()

@@ -312,6 +312,10 @@ def test_gpus_numbers_the_members_gpus_and_names_the_students_sharing_them(
     front.admin("set", sharer.name, "gpus=0")  # m1's GPU 0, with its owner (add places none on it)
     for student in (sharer, owner, borrower):
         assert front.ssh(student, "start").returncode == 0
+    publish(cluster, "m1", recorded_h200s([[], [os.getpid()]]))  # a host process on m1's GPU 1
+    refused = front.ssh(borrower, "borrow 1 1h")
+    assert refused.returncode != 0 and "none free" in refused.stderr, refused.stderr
+    publish(cluster, "m1", recorded_h200s([[], []]))  # GPU 1 unused again
     borrowed = front.ssh(borrower, "borrow 1 1h")
     assert borrowed.returncode == 0 and "You have GPU 1 now." in borrowed.stdout, borrowed.stderr
     put_smi(front, sharer, "GPU-standin-0")
