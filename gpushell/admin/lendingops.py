@@ -345,7 +345,7 @@ def finish_taking(
         user = reg.users.get(name)
         if user is None or lending.holds(user, book, gpu):
             continue  # no container of theirs to take it from; or theirs again: lent since, or their own
-        quiet = loanwatch.quiet(reg, reports or {}, now, user, gpu)
+        quiet = loanwatch.quiet(reg, reports or {}, now, user, (gpu,))
         try:
             with locked(paths.user_lock(name), USER_WAIT, admin_busy(name)):
                 loans.take(

@@ -142,10 +142,9 @@ def give_back(ctx: Context, user: User, request: dict[str, str]) -> Answer:
 def _quiet(ctx: Context, user: User, gpus: tuple[int, ...]) -> bool:
     """On a cluster: whether the member's fresh report shows none of the container's processes on
     any of the GPUs, so they may leave it without a restart (loanwatch.py); one request."""
-    if not gpus or ctx.registry.cluster is None:
+    if not gpus or ctx.registry.cluster is None:  # no request to make
         return False
-    reports, now = _reports(ctx), time.time()
-    return all(loanwatch.quiet(ctx.registry, reports, now, user, gpu) for gpu in gpus)
+    return loanwatch.quiet(ctx.registry, _reports(ctx), time.time(), user, gpus)
 
 
 def _member_busy(ctx: Context, user: User, gpus: tuple[int, ...], now: float) -> frozenset[int] | None:

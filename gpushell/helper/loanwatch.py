@@ -63,12 +63,12 @@ def lock_path(paths: Paths) -> str:
     return f"{paths.run_dir}/watching.lock"
 
 
-def quiet(reg: Registry, reports: Reports, now: float, user: User, gpu: int) -> bool:
-    """Whether the GPU may leave the student's container without a restart: on a cluster, where
-    the member's fresh report shows none of the container's processes on it."""
+def quiet(reg: Registry, reports: Reports, now: float, user: User, gpus: tuple[int, ...]) -> bool:
+    """Whether the GPUs may leave the student's container without a restart: on a cluster, where
+    the member's fresh report shows none of the container's processes on any of them."""
     if reg.cluster is None:
         return False
-    return gpureport.shows(reports.get(user.member), now, user.container, (gpu,)) is False
+    return gpureport.shows(reports.get(user.member), now, user.container, gpus) is False
 
 
 def add(paths: Paths, watches: list[Watch], warn: Report) -> None:

@@ -52,8 +52,9 @@ def gpu_table(answer: dict[str, str], p: Palette) -> str:
             + ("; ".join(shown) if shown else "-")
         )
     if inside:
-        told = gputable.SEEN_FROM_MEMBER_TEXT if seen_from == gputable.SEEN_FROM_MEMBER else None
-        lines.append(f"{p.dim}{told or gputable.SEEN_FROM_CONTAINER_TEXT}{p.reset}")
+        member = seen_from == gputable.SEEN_FROM_MEMBER
+        told = gputable.SEEN_FROM_MEMBER_TEXT if member else gputable.SEEN_FROM_CONTAINER_TEXT
+        lines.append(f"{p.dim}{told}{p.reset}")
     return "\n".join(lines) + "\n"
 
 

@@ -169,7 +169,7 @@ def test_one_host_never_spares_a_restart(paths: Paths) -> None:
     from tests.admin.test_lendingops import registry
 
     reg = registry()
-    assert loanwatch.quiet(reg, report(time.time()), time.time(), reg.users["ann"], 1) is False
+    assert loanwatch.quiet(reg, report(time.time()), time.time(), reg.users["ann"], (1,)) is False
 
 
 def test_the_tick_counts_each_members_gpus_busy_by_its_own_report() -> None:
