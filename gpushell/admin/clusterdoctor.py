@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 
+from ..containers import lxdbackup
 from ..containers.backend import UNKNOWN
 from ..core import gpureport
 from ..core.errors import GpushellError
@@ -309,6 +310,12 @@ def check_project(reg: Registry, config: dict[str, str] | None) -> list[Finding]
     found += _check_disks(reg, config)
     if not found:
         found.append(Finding(True, f"project {project} is restricted to what gpushell needs"))
+    if lxdbackup.blocked(config):
+        found.append(Finding(
+            True, f"project {project} blocks backups: remove --archive and expire --archive cannot keep "
+            "a container", f"lxc project set {project} restricted.backups=allow (README: Several servers)",
+            warning=True,
+        ))  # fmt: skip
     return found
 
 

@@ -269,7 +269,7 @@ def cmd_remove(paths: Paths, args: Options) -> int:
     loans = f", {done.loans} GPU loan(s) dropped" if done.loans else ""
     say(f"removed {args.user}: container {user.container} destroyed, port {user.port} freed{account}{loans}")
     if done.kept:
-        say(f"rootfs kept in {done.kept}")
+        say(f"{done.kept_as} kept in {done.kept}")
     return ExitStatus.OK if done.isolated else ExitStatus.ERROR
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+from ..containers.factory import archived_as
 from ..core import expiry
 from ..core.durations import duration_text
 from ..core.errors import ExitStatus, GpushellError
@@ -91,7 +92,7 @@ def dry_run_line(item: Expired, reg: Registry, loans: int | None, archive_dir: s
         what.append("any GPU loans (the loan book could not be read)")
     elif loans:
         what.append(f"{loans} GPU loan{'' if loans == 1 else 's'}")
-    archived = f"; its rootfs archived to {archive_dir} first" if archive_dir else ""
+    archived = f"; its {archived_as(reg)} archived to {archive_dir} first" if archive_dir else ""
     return (
         f"would remove {item.name} (expired on {expiry.day_text(item.expires)}, grace ended "
         f"{when(item.removable)}): {', '.join(what)}{archived}"
@@ -145,7 +146,7 @@ def removed_line(item: Expired, done: Removed) -> str:
     parts.append("host account deleted" if done.account_deleted else "no host account to delete")
     if done.loans:
         parts.append(f"{done.loans} GPU loan{'' if done.loans == 1 else 's'} dropped")
-    kept = f"; rootfs kept in {done.kept}" if done.kept else ""
+    kept = f"; {done.kept_as} kept in {done.kept}" if done.kept else ""
     return f"removed {item.name} (expired on {expiry.day_text(item.expires)}): {', '.join(parts)}{kept}"
 
 

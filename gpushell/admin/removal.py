@@ -1,7 +1,7 @@
 """Removing a student: `gpushell-admin remove`, and `expire` for each student whose grace has passed.
 
 One way for both, in this order, under the registry lock and the student's lock:
-stop the container; archive its rootfs when asked (a failure there removes
+stop the container; archive its files when asked (a failure there removes
 nothing); drop the student's GPU loans and place in line from the book
 (the stopped container holds no device any more); remove the forward; destroy
 the container with its snapshots; write the registry without the entry.  Then
@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime
 import pwd
 
-from ..containers import archive
 from ..containers.factory import backend_for
 from ..core import lending, registry_edit
 from ..core.errors import ExitStatus, GpushellError
@@ -29,12 +28,21 @@ if TYPE_CHECKING:
 
 
 class Removed:
-    """What a removal did: the entry it removed, the tarball kept, loans dropped, the account, isolation."""
+    """What a removal did: the entry it removed, the tarball kept (and of what), loans dropped, the
+    account, isolation."""
 
-    __slots__ = ("account_deleted", "isolated", "kept", "loans", "user")
+    __slots__ = ("account_deleted", "isolated", "kept", "kept_as", "loans", "user")
 
-    def __init__(self, user: User, kept: str, loans: int, account_deleted: bool, isolated: bool) -> None:
-        self.user, self.kept, self.loans = user, kept, loans
+    def __init__(
+        self,
+        user: User,
+        kept: str,
+        loans: int,
+        account_deleted: bool,
+        isolated: bool,
+        kept_as: str,
+    ) -> None:
+        self.user, self.kept, self.kept_as, self.loans = user, kept, kept_as, loans
         self.account_deleted, self.isolated = account_deleted, isolated
 
 
@@ -88,8 +96,8 @@ def remove_student(
             kept = ""
             if archive_dir:
                 # Before anything is destroyed; a failure here aborts the remove.
-                rootfs = ctx.driver.rootfs(user.container)
-                kept = archive.archive_rootfs(rootfs, archive_dir, name, datetime.datetime.now(datetime.UTC))
+                now = datetime.datetime.now(datetime.UTC)
+                kept = ctx.driver.archive(user.container, archive_dir, name, now)
             loans = drop_loans(paths, name)
             services.remove_forward(ctx, name)
             ctx.driver.destroy(reg, user.container)
@@ -99,7 +107,7 @@ def remove_student(
     if purge and _has_account(name):
         accounts.remove_account(name)
         deleted = True
-    return Removed(user, kept, loans, deleted, isolated)
+    return Removed(user, kept, loans, deleted, isolated, ctx.driver.ARCHIVED)
 
 
 def _has_account(name: str) -> bool:

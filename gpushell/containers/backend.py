@@ -12,6 +12,7 @@ import os
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import datetime
     from typing import Protocol
 
     from ..core.model import Registry, User
@@ -56,6 +57,17 @@ class ContainerDriver:
     def destroy(self, reg: Registry, name: str) -> bool:
         """Remove a stopped container with everything in it; False if there was none."""
         raise NotImplementedError
+
+    ARCHIVED = "rootfs"  # what archive keeps, in the admin's words
+
+    def archive(self, name: str, directory: str, user: str, when: datetime.datetime) -> str:
+        """Keep the stopped container's files as DIRECTORY/USER-<time>.tar before it is destroyed; its path.
+
+        Raises, leaving no file, when it cannot: the caller then destroys nothing.
+        """
+        from . import archive
+
+        return archive.archive_rootfs(self.rootfs(name), directory, user, when)
 
     def names(self) -> list[str]:
         """Every container this backend holds (students', the template, strays), sorted."""

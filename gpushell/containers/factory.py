@@ -20,3 +20,12 @@ def backend_for(reg: Registry) -> ContainerDriver:
 
         return LxdDriver(reg)
     return LxcDriver(reg.lxcpath)
+
+
+def archived_as(reg: Registry) -> str:
+    """What `remove --archive` keeps with this backend, in the admin's words (without making a driver)."""
+    if reg.backend == "lxd":
+        from .lxd import LxdDriver
+
+        return LxdDriver.ARCHIVED
+    return LxcDriver.ARCHIVED

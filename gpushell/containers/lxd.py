@@ -20,6 +20,7 @@ from .lxcconfig import STUDENT_ID, hosts_file  # the student's uid and /etc/host
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import datetime
     from typing import Any
 
     from ..core.gpureport import GpuReport
@@ -47,6 +48,8 @@ class MemberDown(GpushellError):
 
 
 class LxdDriver(ContainerDriver):
+    ARCHIVED = "container"  # the engine's backup: config, devices and root disk
+
     def __init__(self, reg: Registry) -> None:
         assert reg.cluster is not None
         self.reg, self.cluster = reg, reg.cluster
@@ -197,6 +200,13 @@ class LxdDriver(ContainerDriver):
         with contextlib.suppress(lxdapi.ApiError):  # 404 where there is none, the usual case
             self.volume("DELETE", name, lxdinstance.home_volume(name))
         return True
+
+    def archive(self, name: str, directory: str, user: str, when: datetime.datetime) -> str:
+        """The engine's backup of the stopped instance, fetched to the front door (lxdbackup.py)."""
+        from . import lxdbackup
+
+        config = self.project_config()
+        return lxdbackup.keep(self.client(name), self.cluster.project, config, name, directory, user, when)
 
     def custom_volumes(self) -> dict[str, str]:
         """The pool's custom volumes in the project: name -> member."""

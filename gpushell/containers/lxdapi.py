@@ -30,6 +30,7 @@ CLIENT_CERT, CLIENT_KEY, CLUSTER_CERT = "client.crt", "client.key", "cluster.crt
 CONNECT_TIMEOUT = 3.0  # seconds to reach a member's API before the next member is tried
 REQUEST_TIMEOUT = 30.0  # seconds for one answer; a frozen member must not hang a login
 MAX_ANSWER = 64 * 2**20  # bytes of one answer read at most (a file pulled back, a listing)
+DOWNLOAD_CHUNK = 2**20  # bytes read and written at a time from a download (a backup)
 
 
 class ApiError(GpushellError):
@@ -263,6 +264,36 @@ class Client:
                 raise
             self.call("POST", "/images/aliases", {"name": alias, "target": fingerprint})
         return fingerprint
+
+    def download(self, endpoint: str, output: BinaryIO, timeout: float = REQUEST_TIMEOUT) -> int:
+        """Stream a binary answer (an export: as large as a container) into output; the bytes written.
+
+        One attempt: a half-written output cannot be taken back by a retry.
+        """
+        import http.client
+
+        connection = self._connect()
+        assert connection.sock is not None
+        connection.sock.settimeout(timeout)
+        written, writing = 0, False
+        try:
+            connection.request("GET", self.url(endpoint))
+            answer = connection.getresponse()
+            kind = answer.getheader("content-type") or ""
+            if answer.status != 200 or kind.startswith("application/json"):
+                _document(answer.status, answer.read(MAX_ANSWER))
+                raise ApiError(answer.status, f"{endpoint} is not a download")
+            while chunk := answer.read(DOWNLOAD_CHUNK):
+                writing = True
+                output.write(chunk)
+                writing = False
+                written += len(chunk)
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            if writing:
+                raise  # the output's own failure (a full disk): the caller's to word
+            raise Unreachable(f"GET {endpoint}: {exc}") from None
+        return written
 
     def pull_file(self, instance: str, path: str, limit: int = MAX_ANSWER) -> bytes:
         """A file's content from inside the instance, at most limit bytes (attacker input: the caller

@@ -159,7 +159,7 @@ def admin(monkeypatch, tmp_path):
             still_wanted(REG, REG.users[name])
         removed.append((name, archive_dir, purge))
         return removal.Removed(
-            REG.users[name], f"{archive_dir}/{name}-x.tar" if archive_dir else "", 1, True, True
+            REG.users[name], f"{archive_dir}/{name}-x.tar" if archive_dir else "", 1, True, True, "rootfs"
         )
 
     monkeypatch.setattr(removal, "remove_student", remove)
@@ -238,7 +238,7 @@ def test_drop_loans_takes_the_students_loans_and_place_in_line(tmp_path) -> None
 def test_remove_command_prints_as_before(monkeypatch, capsys) -> None:
     user = REG.users["alice"]
     monkeypatch.setattr(
-        removal, "remove_student", lambda *args, **kwargs: removal.Removed(user, "", 0, False, True)
+        removal, "remove_student", lambda *args, **kwargs: removal.Removed(user, "", 0, False, True, "rootfs")
     )
     args = SimpleNamespace(user="alice", archive=None, purge=False)
     assert commands.cmd_remove(Paths(), args) == ExitStatus.OK

@@ -7,7 +7,9 @@ envelope.  The certificates are real (openssl), made per test.
 
 from __future__ import annotations
 
+import errno
 import http.server
+import io
 import json
 import shutil
 import ssl
@@ -34,6 +36,9 @@ def certificate(directory: Path, name: str) -> tuple[Path, Path]:
     return cert, key
 
 
+EXPORT = bytes(range(256)) * (3 * 2**12 + 7)  # a backup's bytes: three chunks and a bit
+
+
 class Member(http.server.BaseHTTPRequestHandler):
     """Answers like the engine: sync JSON for GETs, an operation for POSTs, errors as the envelope."""
 
@@ -57,6 +62,12 @@ class Member(http.server.BaseHTTPRequestHandler):
             time.sleep(self.wait_seconds)
             self._answer(200, {"type": "sync", "metadata": {"status": "Success", "status_code": 200,
                                                             "metadata": {"return": 0}}})  # fmt: skip
+        elif self.path.startswith("/1.0/instances/alice/backups/b/export"):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(EXPORT)))
+            self.end_headers()
+            self.wfile.write(EXPORT)
         elif self.path.startswith("/1.0/instances/missing"):
             self._answer(404, {"type": "error", "error_code": 404, "error": "Instance not found"})
         else:
@@ -127,6 +138,34 @@ def test_an_error_answer_is_an_api_error_with_the_engines_words(member: tuple[Pa
     with pytest.raises(lxdapi.ApiError) as caught:
         client.get("/instances/missing")
     assert caught.value.http_status == 404 and "Instance not found" in caught.value.log_message
+
+
+def test_a_download_streams_the_whole_answer_and_the_connection_serves_on(
+    member: tuple[Path, int], tmp_path: Path
+) -> None:
+    credentials, port = member
+    client = lxdapi.Client(["127.0.0.1"], port, "gpushell", str(credentials))
+    with open(tmp_path / "backup.tar", "wb") as output:
+        assert client.download("/instances/alice/backups/b/export", output) == len(EXPORT)
+    assert (tmp_path / "backup.tar").read_bytes() == EXPORT
+    assert client.get("/instances/alice/state") == {"status": "Running"}
+    with pytest.raises(lxdapi.ApiError) as caught, open(tmp_path / "no.tar", "wb") as output:
+        client.download("/instances/missing/backups/b/export", output)
+    assert caught.value.http_status == 404 and (tmp_path / "no.tar").read_bytes() == b""
+
+
+def test_a_download_whose_output_fails_raises_the_outputs_error(member: tuple[Path, int]) -> None:
+    """A full disk on the front door is the disk's error, for the caller to word, not "does not answer"."""
+    credentials, port = member
+    client = lxdapi.Client(["127.0.0.1"], port, "gpushell", str(credentials))
+
+    class FullDisk(io.BytesIO):
+        def write(self, data: object) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError) as caught:
+        client.download("/instances/alice/backups/b/export", FullDisk())
+    assert caught.value.errno == errno.ENOSPC
 
 
 def test_a_server_with_another_certificate_gets_no_request(member: tuple[Path, int], tmp_path: Path) -> None:

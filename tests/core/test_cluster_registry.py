@@ -420,6 +420,7 @@ NEEDED = {
     "restricted.devices.proxy": "allow",
     "restricted.snapshots": "allow",
     "restricted.devices.gpu": "allow",
+    "restricted.backups": "allow",
 }
 
 
@@ -470,6 +471,20 @@ def test_doctor_fails_a_project_that_lets_the_certificate_reach_the_host() -> No
             "lxc project set gpushell restricted.devices.disk=managed",
         )
     ]
+
+
+def test_doctor_warns_that_a_project_blocking_backups_keeps_archive_from_working() -> None:
+    from gpushell.admin import clusterdoctor
+
+    reg = registry(CLUSTER)
+    without = {key: value for key, value in NEEDED.items() if key != "restricted.backups"}
+    ok, warning = clusterdoctor.check_project(reg, without)
+    assert ok.line() == "ok: project gpushell is restricted to what gpushell needs"
+    assert warning.line() == (
+        "warning: project gpushell blocks backups: remove --archive and expire --archive cannot keep a "
+        "container — lxc project set gpushell restricted.backups=allow (README: Several servers)"
+    )
+    assert len(clusterdoctor.check_project(reg, {**without, "restricted.backups": "block"})) == 2
 
 
 def test_doctor_names_what_the_project_blocks_that_gpushell_needs() -> None:

@@ -39,6 +39,7 @@ PORT = 8443
 RESTRICTIONS = (
     "restricted=true", "restricted.cluster.target=allow", "restricted.devices.proxy=allow",
     "restricted.devices.gpu=allow", "restricted.devices.disk=allow", "restricted.snapshots=allow",
+    "restricted.backups=allow",
 )  # fmt: skip
 # ... and host paths from the NAS alone (Cluster.nas, each cluster's own): restricted.devices.disk.paths.
 ROOT_DISK = {"type": "disk", "path": "/", "pool": "default"}

@@ -13,15 +13,18 @@ counts them, and a container given one is made but never started.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
 import subprocess
+import tarfile
 from collections.abc import Iterator
 from typing import ClassVar
 
 import pexpect
 import pytest
+import yaml
 
 from gpushell.core import registry
 from gpushell.core.forward import member_masquerade_rule
@@ -524,6 +527,48 @@ def test_remove_takes_a_home_volume_a_rebuild_left(front: FrontDoor) -> None:
     assert front.admin("remove", student.name, "--purge").returncode == 0
     front.students.remove(student.name)
     assert volumes(front) == []
+
+
+def test_remove_archive_keeps_the_engines_backup_and_refuses_when_the_project_blocks_it(
+    front: FrontDoor,
+) -> None:
+    student = front.add_student("ar", "--on", "m2")
+    out = f"{front.root}/archives"
+    assert front.ssh(student, "start").returncode == 0
+    assert front.inside(student, "echo kept-for-later > ~/work.txt").returncode == 0
+    front.cluster.lxc("m1", "project", "set", "gpushell", "restricted.backups=block")
+    try:
+        blocked = front.admin("remove", student.name, "--archive", out, check=False)
+    finally:
+        front.cluster.lxc("m1", "project", "set", "gpushell", "restricted.backups=allow")
+    assert blocked.returncode != 0 and blocked.stderr.count("\n") == 1, blocked.stderr
+    assert "blocks backups; run: lxc project set gpushell restricted.backups=allow" in blocked.stderr
+    assert student.name in front.read_registry() and front.instance(student)["location"] == "m2"
+    assert not os.path.exists(out) or os.listdir(out) == []
+
+    removed = front.admin("remove", student.name, "--archive", out)
+    front.students.remove(student.name)
+    tarballs = glob.glob(f"{out}/{student.name}-*Z.tar")
+    assert len(tarballs) == 1 and f"container kept in {tarballs[0]}" in removed.stdout, removed.stdout
+    assert os.listdir(out) == [os.path.basename(tarballs[0])]  # no temporary left
+    assert os.stat(tarballs[0]).st_mode & 0o777 == 0o600
+    with tarfile.open(tarballs[0]) as archive:
+        index = yaml.safe_load(archive.extractfile("backup/index.yaml").read())  # type: ignore[union-attr]
+        assert index["name"] == student.container and not index.get("snapshots")
+        work = archive.extractfile(f"backup/container/rootfs/home/{student.name}/work.txt")
+        assert work is not None and work.read() == b"kept-for-later\n"
+    assert student.container not in [entry["name"] for entry in front.instances()]
+    assert student.name not in front.read_registry()
+    # The engine's own import brings the container back from the file, on the member it runs on, into
+    # the admin's unrestricted project: a restricted one refuses the backup's volatile.idmap keys.
+    admins = ("--project", "default")
+    front.cluster.lxc("m3", "import", tarballs[0], *admins)
+    try:
+        back = front.cluster.lxc("m1", "file", "pull", f"{student.container}/home/{student.name}/work.txt",
+                                 "-", *admins)  # fmt: skip
+        assert back.stdout == "kept-for-later\n"
+    finally:
+        front.cluster.lxc("m1", "delete", "--force", student.container, *admins, check=False)
 
 
 def test_rebuild_refuses_to_keep_a_home_it_cannot_copy_and_changes_nothing(
