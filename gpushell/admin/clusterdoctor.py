@@ -36,6 +36,7 @@ class ClusterFacts:
     gpus: dict[str, Cards] = dataclasses.field(default_factory=dict)  # member -> its GPUs, where asked
     volumes: dict[str, str] | None = None  # the pool's custom volumes: name -> member; None: not listed
     reports: dict[str, GpuReport | None] = dataclasses.field(default_factory=dict)  # member -> its GPU report
+    pools: dict[str, str] = dataclasses.field(default_factory=dict)  # container -> its root disk's pool
 
 
 def gather(reg: Registry) -> ClusterFacts:
@@ -51,20 +52,21 @@ def gather(reg: Registry) -> ClusterFacts:
                 gpus[name] = driver.member_gpus(name)
     members: dict[str, tuple[str, str]] = {}
     reports: dict[str, GpuReport | None] = {}
-    instances, image, project, volumes = None, None, None, None
+    instances, image, project, volumes, pools = None, None, None, None, {}
     if any(not why for why in reachable.values()):
         try:
             for entry in driver.members():
                 name = str(entry.get("server_name"))
                 members[name] = (str(entry.get("status")), str(entry.get("message")))
                 reports[name] = gpureport.of_member(entry)
-            instances = driver.states()
+            listed = driver.listing()
+            instances, pools = driver.states(listed), driver.root_pools(listed)
             image = driver.has_image(reg.template)
             project = driver.project_config()
             volumes = driver.custom_volumes()
         except GpushellError:
             pass
-    return ClusterFacts(reachable, members, instances, image, project, gpus, volumes, reports)
+    return ClusterFacts(reachable, members, instances, image, project, gpus, volumes, reports, pools)
 
 
 def check_members(reg: Registry, facts: ClusterFacts) -> list[Finding]:
@@ -180,6 +182,7 @@ def check_image(reg: Registry, facts: ClusterFacts) -> list[Finding]:
 
 
 def check_containers(reg: Registry, facts: ClusterFacts) -> list[Finding]:
+    assert reg.cluster is not None
     if facts.instances is None:
         return [
             Finding(False, "the cluster's containers could not be listed", "see the member findings above")
@@ -214,7 +217,12 @@ def check_containers(reg: Registry, facts: ClusterFacts) -> list[Finding]:
             )
         else:
             found.append(Finding(True, f"{user.name}: container {user.container} on {user.member} ({state})"))
-    assert reg.cluster is not None
+        pool = facts.pools.get(user.container)
+        if pool and pool != reg.cluster.pool:
+            found.append(Finding(
+                True, f"{user.name}: container {user.container} is on pool {pool}, not lxd.pool "
+                f"{reg.cluster.pool}", f"gpushell-admin storage migrate {user.name}", warning=True,
+            ))  # fmt: skip
     project, known = reg.cluster.project, {user.container for user in reg.users.values()}
     for name in sorted(set(facts.instances) - known):
         state, member = facts.instances[name]

@@ -331,19 +331,20 @@ def cmd_doctor(paths: Paths, args: Options) -> int:
 
 def cmd_driver_sync(paths: Paths, args: Options) -> int:
     from ..system import registry_store
-    from . import driversync
+    from . import clusterdriver, driversync
 
     reg = registry_store.load(paths)
-    failures = driversync.sync(reg, paths, args.users, args.installer, say)
+    sync = driversync.sync if reg.cluster is None else clusterdriver.sync
+    failures = sync(reg, paths, args.users, args.installer, say)
     return ExitStatus.ERROR if failures else ExitStatus.OK
 
 
 def cmd_storage_migrate(paths: Paths, args: Options) -> int:
-    from . import migrate
+    from ..system import registry_store
+    from . import migrate, poolmove
 
-    failures = migrate.migrate(
-        paths, args.users, say, lambda line: print(f"gpushell-admin: {line}", file=sys.stderr)
-    )
+    move = poolmove.migrate if registry_store.load(paths).cluster is not None else migrate.migrate
+    failures = move(paths, args.users, say, lambda line: print(f"gpushell-admin: {line}", file=sys.stderr))
     return ExitStatus.ERROR if failures else ExitStatus.OK
 
 
@@ -763,13 +764,13 @@ COMMANDS = Command(
         ),
         Command(
             "storage",
-            "move a dir lab onto btrfs (subvolumes, snapshots, disk quotas)",
+            "move a dir lab onto btrfs (subvolumes, snapshots, quotas); a cluster's disks to lxd.pool",
             "How the students' containers are stored (the registry's storage:).",
             dest="storage_command",
             subcommands=[
                 Command(
                     "migrate",
-                    "move students' containers from dir storage into btrfs subvolumes",
+                    "move students' containers from dir into btrfs subvolumes (a cluster: to lxd.pool)",
                     "For a lab on storage: dir whose lxcpath is already on btrfs (to move to a new "
                     "disk, first move the lxcpath onto it).  One student at a time: their container "
                     "directory is copied into a subvolume with its own quota group, their snapshots "
@@ -777,7 +778,10 @@ COMMANDS = Command(
                     "container stopped (it is started again if it ran); the new directory takes the old "
                     "one's place by rename, then the old copy goes and the disk quota (limits.disk) "
                     "is set.  A failure leaves that student as they were and goes on to the next.  "
-                    "The registry says storage: btrfs once every student has moved.  Safe to run again.",
+                    "The registry says storage: btrfs once every student has moved.  Safe to run again.  "
+                    "On a cluster (backend: lxd): move each student's root disk and snapshots onto the "
+                    "pool the registry's lxd.pool names, on the same member, by the engine; a running "
+                    "container is stopped for it and started again.",
                     [Arg("users", nargs="*", metavar="USER", help="only these students (default: all)")],
                     cmd_storage_migrate,
                 )
@@ -795,7 +799,9 @@ COMMANDS = Command(
                     "For each GPU student's container (or each one named) whose libcuda or "
                     "libnvidia-ml version differs from the loaded kernel module's, copy the installer "
                     "into it and run it there with --no-kernel-module --silent --no-questions, "
-                    "starting the container for it if needed; one line per container.",
+                    "starting the container for it if needed; one line per container.  On a cluster "
+                    "(backend: lxd) the version to match is the container's member's, from its GPU "
+                    "report (publish-gpus), and the engine copies and runs the installer.",
                     [
                         Arg(
                             "--installer",

@@ -31,28 +31,33 @@ INSTALLER_OPTIONS = ("--no-kernel-module", "--silent", "--no-questions")
 INSTALL_TIMEOUT = 1800
 
 
-def select(
-    reg: Registry, host_version: str | None, versions: dict[str, frozenset[str]], names: Sequence[str]
-) -> list[User]:
-    """The named (or every) GPU student whose container's driver differs from the host's."""
+def chosen_students(reg: Registry, names: Sequence[str]) -> list[User]:
+    """The named (or every) GPU student, by name; `driver: container` only."""
     if reg.driver != "container":
         raise GpushellError(
             "driver sync is for `driver: container`; with `driver: host` containers get the host's files",
             status=ExitStatus.USAGE,
         )
-    if host_version is None:
-        raise GpushellError("no NVIDIA driver is loaded on the host: nothing to match")
     unknown = [name for name in names if name not in reg.users]
     if unknown:
         raise GpushellError(f"not registered: {', '.join(unknown)}", status=ExitStatus.NOT_REGISTERED)
     chosen = (
         [reg.users[name] for name in names] if names else sorted(reg.users.values(), key=lambda u: u.name)
     )
+    return [user for user in chosen if user.gpus != "none"]
+
+
+def select(
+    reg: Registry, host_version: str | None, versions: dict[str, frozenset[str]], names: Sequence[str]
+) -> list[User]:
+    """The named (or every) GPU student whose container's driver differs from the host's."""
+    students = chosen_students(reg, names)
+    if host_version is None:
+        raise GpushellError("no NVIDIA driver is loaded on the host: nothing to match")
     return [
         user
-        for user in chosen
-        if user.gpus != "none"
-        and driverfiles.mismatch(host_version, versions.get(user.container, frozenset())) is not None
+        for user in students
+        if driverfiles.mismatch(host_version, versions.get(user.container, frozenset())) is not None
     ]
 
 

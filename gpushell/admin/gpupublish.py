@@ -16,7 +16,7 @@ import time
 from ..containers import lxdapi, lxdinstance
 from ..core import gpureport
 from ..core.errors import ExitStatus, GpushellError
-from ..gpu import gpustatus, memberreading
+from ..gpu import driverfiles, gpustatus, memberreading
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -42,9 +42,17 @@ def engine_socket(given: str | None) -> str:
 
 
 def publish(
-    client: lxdapi.Client, load_nvml: Callable[[], Any | None], now: float, proc: str = "/proc"
+    client: lxdapi.Client,
+    load_nvml: Callable[[], Any | None],
+    now: float,
+    proc: str = "/proc",
+    driver_root: str = "/",
 ) -> tuple[str, GpuReport]:
-    """Read this member's GPUs and write the report into its member entry; the member and the report."""
+    """Read this member's GPUs and write the report into its member entry; the member and the report.
+
+    driver_root: where proc/driver/nvidia/version is (the loaded module's version, which `driver
+    sync` matches containers to); tests pass a stand-in tree.
+    """
     server = client.get("") or {}
     environment = server.get("environment") or {}
     member = str(environment.get("server_name") or "")
@@ -55,6 +63,7 @@ def publish(
         )
     owners = gpustatus.Owners({}, _ranges(client.get("/instances", recursion="1") or [], member))
     report = memberreading.read(load_nvml(), lambda pid: gpustatus.pid_owner(pid, owners, proc), int(now))
+    report = report.replace(driver=driverfiles.read_version(driver_root))
     entry = client.get(f"/cluster/members/{member}") or {}
     config = {**(entry.get("config") or {}), gpureport.REPORT_KEY: gpureport.encode(report)}
     # PUT takes the whole entry: everything but our key goes back as it came.

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 # "Error": what a listing says of an instance whose member did not answer it (no config, no devices).
 STATES = {"Running": RUNNING, "Stopped": STOPPED, "Frozen": FROZEN, "Error": UNKNOWN}
 STATE_WAIT = 120.0  # seconds a start, stop or freeze may take the engine
+MOVE_WAIT = 3600.0  # seconds a copy of a whole disk to another pool may take
 COMMAND_NOT_FOUND = "Command not found"  # LXD's and Incus's failure of an exec whose command exits 127
 
 
@@ -208,6 +209,24 @@ class LxdDriver(ContainerDriver):
         config = self.project_config()
         return lxdbackup.keep(self.client(name), self.cluster.project, config, name, directory, user, when)
 
+    # --- files, for `driver sync` ---------------------------------------------
+
+    def driver_versions(self, name: str) -> frozenset[str]:
+        """The NVIDIA driver versions the container's library names carry (driverfiles.LIB_DIRS)."""
+        from ..gpu import driverfiles
+
+        client = self.client(name)
+        names = [entry for path in driverfiles.LIB_DIRS for entry in client.list_directory(name, path)]
+        return driverfiles.container_versions(names)
+
+    def put_file(self, name: str, path: str, source: str, mode: int) -> None:
+        """Stream the host file source into the container at path, root's; the engine writes it inside."""
+        with open(source, "rb") as stream:
+            self.client(name).push_file(name, path, stream, mode=mode)
+
+    def delete_file(self, name: str, path: str) -> None:
+        self.client(name).delete_file(name, path)
+
     def custom_volumes(self) -> dict[str, str]:
         """The pool's custom volumes in the project: name -> member."""
         listed = self.client().get(self._volumes(), recursion="1")
@@ -236,6 +255,10 @@ class LxdDriver(ContainerDriver):
         self.request("POST", name, "", {"name": name, "migration": True}, {"target": member})
         self.member_of[name] = member
 
+    def move_pool(self, name: str, pool: str) -> None:
+        """Move the stopped container's root disk, snapshots and all, to pool on its own member."""
+        self.request("POST", name, "", {"name": name, "migration": True, "pool": pool}, wait=MOVE_WAIT)
+
     def reconfigure(self, user: User, extra_devices: dict[str, dict[str, str]] | None = None) -> None:
         """Make the instance's config and devices the registry's (limits, GPUs, mounts, port).
 
@@ -258,10 +281,13 @@ class LxdDriver(ContainerDriver):
             for key, value in (current.get("config") or {}).items()
             if key.startswith(lxdinstance.ENGINE_KEYS)
         }
+        devices = lxdinstance.devices(self.reg, user, self.cluster, cards)
+        # The disk stays on the pool it is on: only `storage migrate` moves it (move_pool).
+        devices["root"]["pool"] = lxdinstance.root_pool(current) or self.cluster.pool
         body = {
             "architecture": current.get("architecture"),
             "config": kept | lxdinstance.config(self.reg, user),
-            "devices": lxdinstance.devices(self.reg, user, self.cluster, cards) | beside,
+            "devices": devices | beside,
             "profiles": list(lxdinstance.PROFILES),
             "ephemeral": False,
             "stateful": False,
@@ -284,6 +310,11 @@ class LxdDriver(ContainerDriver):
             entry["name"]: lxdinstance.managed(entry.get("config") or {}, entry.get("devices") or {})
             for entry in listed
         }
+
+    @staticmethod
+    def root_pools(listed: list[dict[str, Any]]) -> dict[str, str]:
+        """Each listed instance's root disk pool."""
+        return {entry["name"]: lxdinstance.root_pool(entry) for entry in listed}
 
     # --- state --------------------------------------------------------------
 

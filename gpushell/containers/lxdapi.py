@@ -216,25 +216,51 @@ class Client:
         return metadata
 
     def push_file(
-        self, instance: str, path: str, content: bytes, uid: int = 0, gid: int = 0, mode: int = 0o644
+        self,
+        instance: str,
+        path: str,
+        content: bytes | BinaryIO,
+        uid: int = 0,
+        gid: int = 0,
+        mode: int = 0o644,
     ) -> None:
         """Write a file inside the instance (ids as its root sees them); the engine does the writing.
 
         The engine opens the path inside the container's own mount
         namespace (or its storage, stopped), so no link the container made
-        leads a write of root's out of it.
+        leads a write of root's out of it.  content: bytes, or a file
+        streamed from where it stands (an installer of hundreds of MB).
         """
         self._file(instance, path, content, "file", uid, gid, mode)
+
+    def delete_file(self, instance: str, path: str) -> None:
+        """Remove a file inside the instance (the engine does it, inside); none there is no error."""
+        status, answer, _ = self.raw("DELETE", self.url(f"/instances/{instance}/files", {"path": path}))
+        if status != 404:
+            _document(status, answer)
+
+    def list_directory(self, instance: str, path: str) -> list[str]:
+        """The names in a directory inside the instance; [] where there is none (attacker input: names
+        only, the answer bounded by MAX_ANSWER)."""
+        status, answer, _ = self.raw("GET", self.url(f"/instances/{instance}/files", {"path": path}))
+        if status == 404:
+            return []
+        names = _document(status, answer).get("metadata")
+        if not isinstance(names, list):
+            return []  # a file, not a directory
+        return [name for name in names if isinstance(name, str)]
 
     def make_directory(self, instance: str, path: str, uid: int = 0, gid: int = 0, mode: int = 0o755) -> None:
         self._file(instance, path, b"", "directory", uid, gid, mode)
 
     def _file(
-        self, instance: str, path: str, content: bytes, kind: str, uid: int, gid: int, mode: int
+        self, instance: str, path: str, content: bytes | BinaryIO, kind: str, uid: int, gid: int, mode: int
     ) -> None:
         fields = {"type": kind, "uid": str(uid), "gid": str(gid), "mode": f"{mode:04o}", "write": "overwrite"}
         # LXD reads X-LXD-*, Incus X-Incus-* (newer releases only those): both go, each ignores the other's.
         headers = {"Content-Type": "application/octet-stream"}
+        if not isinstance(content, bytes):
+            headers["Content-Length"] = str(os.fstat(content.fileno()).st_size - content.tell())
         for prefix in ("X-LXD-", "X-Incus-"):
             headers.update({prefix + key: value for key, value in fields.items()})
         url = self.url(f"/instances/{instance}/files", {"path": path})

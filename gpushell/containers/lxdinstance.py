@@ -24,6 +24,10 @@ from ..core.model import Cluster, Registry, User
 from ..core.placement import gpu_numbers
 from ..core.value import Value
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 OWNER_KEY = "user.gpushell.owner"  # the registry user a container belongs to, for strays and listings
 SSH_DEVICE = "gpushell-ssh"
 PROFILES = ("default",)  # the project's own default profile: its root disk on the lab's pool
@@ -188,13 +192,22 @@ def managed(config_: dict[str, str], devices_: dict[str, dict[str, str]]) -> str
     """The part of an instance the registry decides, as canonical text (apply compares these).
 
     The engine's own keys (volatile.*, image.*) are left out: it sets them;
-    so are lent GPUs' devices, which the loans decide.
+    so are lent GPUs' devices, which the loans decide, and the root disk's
+    pool, which only `storage migrate` changes (the engine moves the disk).
     """
     import json
 
     ours = {key: value for key, value in config_.items() if not key.startswith(ENGINE_KEYS)}
     kept = {name: device for name, device in devices_.items() if not name.startswith(LOAN_DEVICE)}
+    if "root" in kept:
+        kept["root"] = {key: value for key, value in kept["root"].items() if key != "pool"}
     return json.dumps({"config": ours, "devices": kept}, sort_keys=True)
+
+
+def root_pool(instance: dict[str, Any]) -> str:
+    """The storage pool the instance's root disk is on ("" when the engine's answer names none)."""
+    devices_ = instance.get("expanded_devices") or instance.get("devices") or {}
+    return str((devices_.get("root") or {}).get("pool") or "")
 
 
 def wanted(reg: Registry, user: User, cards: Cards) -> str:

@@ -67,12 +67,15 @@ class ReportedGpu(Value):
 
 
 class GpuReport(Value):
-    """A member's GPUs when NVML was asked (taken, epoch seconds); state ok, no-driver or error."""
+    """A member's GPUs when NVML was asked (taken, epoch seconds); state ok, no-driver or error; the
+    loaded kernel module's version (driver), for `driver sync`."""
 
-    __slots__ = ("gpus", "state", "taken")
+    __slots__ = ("driver", "gpus", "state", "taken")
 
-    def __init__(self, taken: int, state: str, gpus: tuple[ReportedGpu, ...] = ()) -> None:
-        self.taken, self.state, self.gpus = taken, state, gpus
+    def __init__(
+        self, taken: int, state: str, gpus: tuple[ReportedGpu, ...] = (), driver: str | None = None
+    ) -> None:
+        self.taken, self.state, self.gpus, self.driver = taken, state, gpus, driver
 
     def fresh(self, now: float) -> bool:
         """Whether its figures are the GPUs' use now (a clock a little ahead is fine)."""
@@ -101,6 +104,8 @@ def encode(report: GpuReport) -> str:
             }
         )
     body = {"format": FORMAT, "taken": report.taken, "state": report.state, "gpus": gpus}
+    if report.driver is not None:
+        body["driver"] = report.driver
     return json.dumps(body, separators=(",", ":"))
 
 
@@ -121,9 +126,10 @@ def decode(text: object) -> GpuReport | None:
     if taken is None or not isinstance(listed, list) or len(listed) > MAX_GPUS:
         return None
     gpus = [_gpu(item) for item in listed]
-    if any(gpu is None for gpu in gpus):
+    driver = body.get("driver")  # absent from an older member's report, and where no module is loaded
+    if any(gpu is None for gpu in gpus) or not (driver is None or _version(driver)):
         return None
-    return GpuReport(taken, body["state"], tuple(gpu for gpu in gpus if gpu is not None))
+    return GpuReport(taken, body["state"], tuple(gpu for gpu in gpus if gpu is not None), driver)
 
 
 def of_member(entry: dict[str, object]) -> GpuReport | None:
@@ -160,6 +166,12 @@ def _figure(value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_FIGURE:
         return None
     return value
+
+
+def _version(value: object) -> TypeGuard[str]:
+    """A kernel module version as driverfiles parses one: 550.54.14."""
+    parts = value.split(".") if isinstance(value, str) and len(value) <= 32 else []
+    return bool(parts) and all(part.isascii() and part.isdigit() for part in parts)
 
 
 def _text(value: object) -> str | None:

@@ -389,6 +389,18 @@ def test_doctor_names_a_member_down_an_offline_one_and_a_misplaced_container() -
     ]
     unknown = clusterdoctor.ClusterFacts({}, {}, None)
     assert [f.ok for f in clusterdoctor.check_containers(reg, unknown)] == [False]
+    elsewhere = clusterdoctor.ClusterFacts(
+        {},
+        {},
+        {"alice": ("RUNNING", "m2"), "bob": ("STOPPED", "m1")},
+        pools={"alice": "old", "bob": "default"},
+    )
+    assert [f.line() for f in clusterdoctor.check_containers(reg, elsewhere)] == [
+        "ok: alice: container alice on m2 (RUNNING)",
+        "warning: alice: container alice is on pool old, not lxd.pool default — "
+        "gpushell-admin storage migrate alice",
+        "ok: bob: container bob on m1 (STOPPED)",
+    ]
 
 
 def test_doctor_finds_a_home_a_rebuild_left_on_a_volume() -> None:
@@ -617,3 +629,20 @@ def test_a_loan_is_a_device_of_its_members_card_that_apply_does_not_compare() ->
     wanted = json.loads(lxdinstance.wanted(reg, bob, CARDS))
     lent = wanted["devices"] | lxdinstance.loan_devices(bob, (1,), CARDS)
     assert lxdinstance.managed(wanted["config"], lent) == lxdinstance.wanted(reg, bob, CARDS)
+
+
+def test_the_root_disks_pool_is_storage_migrates_to_change_not_applys() -> None:
+    reg = registry()
+    bob = reg.users["bob"]
+    engine = {
+        "config": lxdinstance.config(reg, bob),
+        "devices": lxdinstance.devices(reg, bob, reg.cluster, CARDS),
+    }
+    assert engine["devices"]["root"]["pool"] == "default"
+    engine["devices"]["root"]["pool"] = "old"  # the registry's lxd.pool changed; the disk has not moved yet
+    assert lxdinstance.managed(engine["config"], engine["devices"]) == lxdinstance.wanted(reg, bob, CARDS)
+    assert lxdinstance.root_pool(engine) == "old"
+    assert lxdinstance.root_pool({"devices": {}, "expanded_devices": {"root": {"pool": "fast"}}}) == "fast"
+    assert lxdinstance.root_pool({}) == ""
+    smaller = {**engine["devices"], "root": {**engine["devices"]["root"], "size": "1GB"}}
+    assert lxdinstance.managed(engine["config"], smaller) != lxdinstance.wanted(reg, bob, CARDS)

@@ -28,6 +28,9 @@ def test_a_report_comes_back_as_it_was_written() -> None:
     text = gpureport.encode(REPORT)
     assert gpureport.decode(text) == REPORT
     assert json.loads(text)["format"] == gpureport.FORMAT
+    assert "driver" not in json.loads(text)  # no module loaded, or an older member: no key at all
+    with_driver = REPORT.replace(driver="570.86.15")
+    assert gpureport.decode(gpureport.encode(with_driver)) == with_driver
 
 
 @pytest.mark.parametrize(
@@ -44,6 +47,11 @@ def test_a_report_comes_back_as_it_was_written() -> None:
         lambda body: body["gpus"][0].update(procs=[["gpushell-alice\n", 100]]),  # not printable
         lambda body: body["gpus"][0].update(procs=[["x", 1]] * (gpureport.MAX_PROCS + 1)),
         lambda body: body.update(gpus=body["gpus"] * (gpureport.MAX_GPUS + 1)),
+        lambda body: body.update(driver=""),
+        lambda body: body.update(driver="570.86.15; rm -rf /"),
+        lambda body: body.update(driver="570.²"),  # a digit to str.isdigit, not to a version
+        lambda body: body.update(driver=570),
+        lambda body: body.update(driver="1." * 20 + "1"),
     ],
 )
 def test_anything_else_is_no_report(change) -> None:

@@ -334,6 +334,65 @@ def test_move_keeps_the_students_port(front: FrontDoor, placed: dict[str, Studen
     assert front.admin("move", student.name, "m1", "--stop").returncode == 0  # back, for the tests after
 
 
+def root_pool(front: FrontDoor, student: Student) -> str:
+    devices = front.instance(student)["expanded_devices"]
+    assert isinstance(devices, dict)
+    return str(devices["root"]["pool"])
+
+
+def test_storage_migrate_moves_disks_onto_the_registrys_pool_and_back(
+    front: FrontDoor, placed: dict[str, Student]
+) -> None:
+    student, other = placed["m2"], placed["m1"]
+    assert front.ssh(student, "start").returncode == 0
+    assert front.inside(student, "echo on-the-old-pool > ~/pool.txt").returncode == 0
+    assert front.ssh(student, "snapshot before-pool").returncode == 0
+    for member, _ in front.cluster.members:  # a second pool, made on every member as an admin would
+        front.cluster.lxc("m1", "storage", "create", "fast", "dir", "--target", member)
+    front.cluster.lxc("m1", "storage", "create", "fast", "dir")
+    text = front.read_registry()
+    try:
+        with front.registry_replaced(text.replace("lxd:\n", "lxd:\n  pool: fast\n", 1)):
+            applied = front.admin("apply")  # the disks stay where they are until they are moved
+            assert applied.returncode == 0 and root_pool(front, student) == "default", applied.stderr
+            doctor = front.admin("doctor", check=False).stdout
+            expected = (f"warning: {student.name}: container {student.container} is on pool default, not "
+                        f"lxd.pool fast — gpushell-admin storage migrate {student.name}")  # fmt: skip
+            assert expected in doctor, doctor
+            moved = front.admin("storage", "migrate", student.name)
+            container = student.container
+            assert moved.stdout.strip() == (
+                f"moved {student.name}: container {container} is on pool fast now (on m2), running again"
+            )
+            assert root_pool(front, student) == "fast" and front.instance(student)["location"] == "m2"
+            assert front.instance(student)["status"] == "Running"
+            assert front.inside(student, "cat ~/pool.txt").stdout == "on-the-old-pool\n"
+            assert "before-pool" in front.ssh(student, "snapshots").stdout
+            again = front.admin("storage", "migrate", student.name)
+            assert again.stdout.strip() == f"{student.name}: already on pool fast"
+            assert root_pool(front, other) == "default"  # only the student named
+            doctor = front.admin("doctor", check=False).stdout
+            assert f"{student.name}: container {container} is on pool" not in doctor
+            assert (
+                f"{other.name}: container {other.container} is on pool default, not lxd.pool fast" in doctor
+            )
+            assert front.admin("apply").returncode == 0 and root_pool(front, student) == "fast"
+        front.ssh(student, "stop")
+        back = front.admin("storage", "migrate")  # every student; one is off the registry's pool
+        assert f"moved {student.name}: container {student.container} is on pool default now (on m2)\n" in (
+            back.stdout
+        )
+        assert f"{other.name}: already on pool default" in back.stdout
+        assert root_pool(front, student) == "default" and front.instance(student)["status"] == "Stopped"
+        restored = front.ssh(student, "restore before-pool --yes")
+        assert restored.returncode == 0, restored.stderr
+        assert front.ssh(student, "start").returncode == 0
+        assert front.inside(student, "cat ~/pool.txt").stdout == "on-the-old-pool\n"
+    finally:
+        front.ssh(student, "delete-snapshot before-pool --yes")
+        front.cluster.lxc("m1", "storage", "delete", "fast", check=False)
+
+
 def test_keys_lets_a_locked_out_student_back_in(front: FrontDoor, placed: dict[str, Student]) -> None:
     student = placed["m2"]
     assert front.ssh(student, "start").returncode == 0
@@ -532,7 +591,7 @@ def test_remove_takes_a_home_volume_a_rebuild_left(front: FrontDoor) -> None:
 def test_remove_archive_keeps_the_engines_backup_and_refuses_when_the_project_blocks_it(
     front: FrontDoor,
 ) -> None:
-    student = front.add_student("ar", "--on", "m2")
+    student = front.add_student("ar", "--on", "m3")
     out = f"{front.root}/archives"
     assert front.ssh(student, "start").returncode == 0
     assert front.inside(student, "echo kept-for-later > ~/work.txt").returncode == 0
@@ -543,7 +602,7 @@ def test_remove_archive_keeps_the_engines_backup_and_refuses_when_the_project_bl
         front.cluster.lxc("m1", "project", "set", "gpushell", "restricted.backups=allow")
     assert blocked.returncode != 0 and blocked.stderr.count("\n") == 1, blocked.stderr
     assert "blocks backups; run: lxc project set gpushell restricted.backups=allow" in blocked.stderr
-    assert student.name in front.read_registry() and front.instance(student)["location"] == "m2"
+    assert student.name in front.read_registry() and front.instance(student)["location"] == "m3"
     assert not os.path.exists(out) or os.listdir(out) == []
 
     removed = front.admin("remove", student.name, "--archive", out)

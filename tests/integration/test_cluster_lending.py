@@ -31,7 +31,7 @@ from typing import ClassVar
 
 import pytest
 
-from gpushell.admin import gpupublish
+from gpushell.admin import driversync, gpupublish
 from gpushell.containers.lxdapi import LocalClient
 from gpushell.core import gpureport
 from gpushell.core.lending import LoanBook
@@ -203,11 +203,17 @@ def host_pid(argv: list[str]) -> int:
     return found[0]
 
 
-def publish(cluster: Cluster, member: str, nvml: FakeNvml) -> gpureport.GpuReport:  # noqa: F811
-    """What the member's publish-gpus does, with this NVML: the report in its cluster entry."""
+def publish(
+    cluster: Cluster,  # noqa: F811
+    member: str,
+    nvml: FakeNvml,
+    driver_root: str = "/",
+) -> gpureport.GpuReport:
+    """What the member's publish-gpus does, with this NVML (and this stand-in driver tree): the report
+    in its cluster entry."""
     client = LocalClient(f"{cluster.state_dir(member)}/unix.socket", cluster.project)
     try:
-        return gpupublish.publish(client, lambda: nvml, time.time())[1]
+        return gpupublish.publish(client, lambda: nvml, time.time(), driver_root=driver_root)[1]
     finally:
         client.close()
 
@@ -362,3 +368,47 @@ def test_a_return_its_member_saw_unused_keeps_the_container_running(
     assert "restarted" not in ticked.stdout, ticked.stdout
     assert loanwatch.read(paths, pytest.fail) == []
     assert front.inside(student, INIT_START).stdout.strip() == before
+
+
+MODULE = "570.86.15"  # the stand-in kernel module's version on m1
+LIB = "usr/lib/x86_64-linux-gnu"
+
+
+def test_driver_sync_brings_a_container_to_its_members_driver_through_the_engine(
+    front: LendingFrontDoor,
+    students: dict[str, Student],
+    cluster: Cluster,  # noqa: F811
+) -> None:
+    """driver: container on a cluster: m1's version from its report, the installer run by the engine."""
+    owner = students["owner"]  # a GPU student on m1
+    tree = f"{front.root}/m1-driver"
+    os.makedirs(f"{tree}/proc/driver/nvidia", exist_ok=True)
+    with open(f"{tree}/proc/driver/nvidia/version", "w", encoding="ascii") as stream:
+        stream.write(
+            f"NVRM version: NVIDIA UNIX x86_64 Kernel Module  {MODULE}  Thu Jan  9 00:00:00 UTC 2025\n"
+        )
+    assert publish(cluster, "m1", recorded_h200s([[], []]), driver_root=tree).driver == MODULE
+    installer = f"{front.root}/NVIDIA-stand-in.run"
+    with open(installer, "w", encoding="ascii") as stream:
+        stream.write(
+            "#!/bin/sh\n"
+            '[ "$1 $2 $3" = "--no-kernel-module --silent --no-questions" ] || exit 3\n'
+            f"echo stand-in > /{LIB}/libcuda.so.{MODULE}\n"
+            "echo ran >> /root/installer-ran\n"
+        )
+    assert front.ssh(owner, "stop").returncode == 0
+    project = ("--project", "gpushell")
+    text = front.read_registry()
+    with front.registry_replaced(text.replace("backend: lxd\n", "backend: lxd\ndriver: container\n", 1)):
+        synced = front.admin("driver", "sync", "--installer", installer, owner.name, check=False)
+        assert synced.returncode == 0, synced.stdout + synced.stderr
+        assert synced.stdout.strip() == f"{owner.name}: installed NVIDIA driver {MODULE}"
+        assert front.instance(owner)["status"] == "Stopped"  # started for the installer, stopped again
+        ran = cluster.lxc("m1", "file", "pull", f"{owner.container}/root/installer-ran", "-", *project)
+        assert ran.stdout == "ran\n"
+        inside = f"{owner.container}{driversync.INSIDE}"
+        copy = cluster.lxc("m1", "file", "pull", inside, "-", *project, check=False)
+        assert copy.returncode != 0  # the installer's copy is gone
+        again = front.admin("driver", "sync", "--installer", installer, owner.name)
+        assert again.stdout.strip() == "every GPU container has its member's NVIDIA driver"
+    os.unlink(installer)
