@@ -16,6 +16,7 @@ from ..containers.backend import UNKNOWN
 from ..core import gpureport
 from ..core.errors import GpushellError
 from ..core.model import Registry
+from ..gpu import driverfiles
 from .findings import Finding
 
 TYPE_CHECKING = False
@@ -37,6 +38,8 @@ class ClusterFacts:
     volumes: dict[str, str] | None = None  # the pool's custom volumes: name -> member; None: not listed
     reports: dict[str, GpuReport | None] = dataclasses.field(default_factory=dict)  # member -> its GPU report
     pools: dict[str, str] = dataclasses.field(default_factory=dict)  # container -> its root disk's pool
+    # container -> the driver versions its libraries carry (driver: container, GPU students only)
+    driver_versions: dict[str, frozenset[str]] = dataclasses.field(default_factory=dict)
 
 
 def gather(reg: Registry) -> ClusterFacts:
@@ -53,6 +56,7 @@ def gather(reg: Registry) -> ClusterFacts:
     members: dict[str, tuple[str, str]] = {}
     reports: dict[str, GpuReport | None] = {}
     instances, image, project, volumes, pools = None, None, None, None, {}
+    versions: dict[str, frozenset[str]] = {}
     if any(not why for why in reachable.values()):
         try:
             for entry in driver.members():
@@ -66,7 +70,13 @@ def gather(reg: Registry) -> ClusterFacts:
             volumes = driver.custom_volumes()
         except GpushellError:
             pass
-    return ClusterFacts(reachable, members, instances, image, project, gpus, volumes, reports, pools)
+    for user in reg.users.values() if reg.driver == "container" else ():
+        if user.gpus != "none" and not reachable.get(user.member):
+            with contextlib.suppress(GpushellError):  # its container is a finding of its own
+                versions[user.container] = driver.driver_versions(user.container)
+    return ClusterFacts(
+        reachable, members, instances, image, project, gpus, volumes, reports, pools, versions
+    )
 
 
 def check_members(reg: Registry, facts: ClusterFacts) -> list[Finding]:
@@ -163,6 +173,26 @@ def _report_finding(member: str, report: GpuReport | None, now: float) -> Findin
         said = "no NVIDIA driver" if report.state == gpureport.NO_DRIVER else "that NVML failed"
         return Finding(False, f"member {member} publishes {said}", DRIVER_FIX.format(member=member))
     return Finding(True, f"member {member} published its GPU figures {now - report.taken:.0f} s ago")
+
+
+def check_drivers(reg: Registry, facts: ClusterFacts, now: float) -> list[Finding]:
+    """driver: container: each GPU container's libraries at its own member's module version."""
+    if reg.driver != "container":
+        return []
+    found = []
+    for user in sorted(reg.users.values(), key=lambda u: u.name):
+        report = facts.reports.get(user.member)
+        module = report.driver if report is not None and report.fresh(now) else None
+        if user.gpus == "none" or module is None or user.container not in facts.driver_versions:
+            continue  # no module to match (the report's own finding says why), or not read
+        mine = f"{user.name}: container {user.container} "
+        problem = driverfiles.mismatch(
+            module, facts.driver_versions[user.container], f"its member {user.member}"
+        )
+        good = f"has its member's NVIDIA driver {module}"
+        fix = f"gpushell-admin driver sync {user.name} (NVIDIA's {module} installer)"
+        found.append(Finding(problem is None, mine + (problem or good), fix))
+    return found
 
 
 def check_image(reg: Registry, facts: ClusterFacts) -> list[Finding]:

@@ -81,7 +81,7 @@ def sync_one(driver: LxdDriver, paths: Paths, user: User, installer: str, versio
                 driver.stop(name)
     if status != 0:
         raise GpushellError(f"installer exited {status}")
-    problem = driverfiles.mismatch(version, driver.driver_versions(name))
+    problem = driverfiles.mismatch(version, driver.driver_versions(name), f"its member {user.member}")
     if problem:
         raise GpushellError(f"installer ran, but the container still {problem}")
     return f"installed NVIDIA driver {version}"

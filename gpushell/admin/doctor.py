@@ -779,6 +779,7 @@ def check_cluster(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
     gpus = clusterdoctor.check_gpus(reg, facts.cluster)
     if facts.now is not None:
         gpus += clusterdoctor.check_reports(reg, facts.cluster, facts.now)
+        gpus += clusterdoctor.check_drivers(reg, facts.cluster, facts.now)
     volumes = clusterdoctor.check_volumes(reg, facts.cluster)
     return members + gpus + image + project + clusterdoctor.check_containers(reg, facts.cluster) + volumes
 

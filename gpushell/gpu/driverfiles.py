@@ -97,14 +97,17 @@ def container_versions(names: list[str]) -> frozenset[str]:
     return frozenset(match[2] for name in names if (match := VERSIONED.fullmatch(name)))
 
 
-def mismatch(host_version: str | None, versions: frozenset[str]) -> str | None:
-    """What is wrong with a container's driver files, or None when they match the host."""
+def mismatch(host_version: str | None, versions: frozenset[str], host: str = "the host") -> str | None:
+    """What is wrong with a container's driver files, or None when they match the host's module.
+
+    host: whose module it is, in the words of the line (a cluster: "its member m1").
+    """
     if host_version is None:
         return None  # no driver on the host: nothing to match
     if not versions:
-        return f"has no NVIDIA user-space driver (host: {host_version})"
+        return f"has no NVIDIA user-space driver ({host.removeprefix('the ')}: {host_version})"
     if versions != {host_version}:
-        return f"has driver {', '.join(sorted(versions))}, the host {host_version}"
+        return f"has driver {', '.join(sorted(versions))}, {host} {host_version}"
     return None
 
 

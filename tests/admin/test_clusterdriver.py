@@ -131,3 +131,26 @@ def test_driver_host_and_unknown_names_are_refused(tmp_path, monkeypatch) -> Non
     reg = parse(CLUSTER.replace("driver: container\n", ""), "/etc/gpushell.yaml")
     with pytest.raises(GpushellError, match="driver sync is for `driver: container`"):
         clusterdriver.sync(reg, Paths(run_dir=str(tmp_path)), [], None, print)
+
+
+def test_doctor_matches_each_gpu_container_to_its_members_module() -> None:
+    from gpushell.admin import clusterdoctor
+
+    reg = parse(CLUSTER, "/etc/gpushell.yaml")
+    facts = clusterdoctor.ClusterFacts(
+        {}, {}, {},
+        reports={"m1": report("570.86.15"), "m2": report("550.54.14", NOW - 600)},
+        driver_versions={"ann": frozenset({"570.86.15"}), "bob": frozenset({"550.54.14"}),
+                         "cid": frozenset()},
+    )  # fmt: skip
+    assert [finding.line() for finding in clusterdoctor.check_drivers(reg, facts, NOW)] == [
+        "ok: ann: container ann has its member's NVIDIA driver 570.86.15",
+        "FAIL: bob: container bob has driver 550.54.14, its member m1 570.86.15 — fix: "
+        "gpushell-admin driver sync bob (NVIDIA's 570.86.15 installer)",
+        # cid: m2's report is stale, so there is no module to match; dan has no GPU.
+    ]
+    assert clusterdoctor.check_drivers(reg.replace(driver="host"), facts, NOW) == []
+    empty = facts.__class__({}, {}, {}, reports=facts.reports, driver_versions={"bob": frozenset()})
+    assert [finding.what for finding in clusterdoctor.check_drivers(reg, empty, NOW)] == [
+        "bob: container bob has no NVIDIA user-space driver (its member m1: 570.86.15)"
+    ]

@@ -400,6 +400,11 @@ def test_driver_sync_brings_a_container_to_its_members_driver_through_the_engine
     project = ("--project", "gpushell")
     text = front.read_registry()
     with front.registry_replaced(text.replace("backend: lxd\n", "backend: lxd\ndriver: container\n", 1)):
+        before = front.admin("doctor", check=False).stdout
+        lagging = (
+            f"FAIL: {owner.name}: container {owner.container} has no NVIDIA user-space driver (its member m1"
+        )
+        assert lagging in before, before
         synced = front.admin("driver", "sync", "--installer", installer, owner.name, check=False)
         assert synced.returncode == 0, synced.stdout + synced.stderr
         assert synced.stdout.strip() == f"{owner.name}: installed NVIDIA driver {MODULE}"
@@ -411,4 +416,8 @@ def test_driver_sync_brings_a_container_to_its_members_driver_through_the_engine
         assert copy.returncode != 0  # the installer's copy is gone
         again = front.admin("driver", "sync", "--installer", installer, owner.name)
         assert again.stdout.strip() == "every GPU container has its member's NVIDIA driver"
+        after = front.admin("doctor", check=False).stdout
+        assert (
+            f"ok: {owner.name}: container {owner.container} has its member's NVIDIA driver {MODULE}" in after
+        )
     os.unlink(installer)
