@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 # "Error": what a listing says of an instance whose member did not answer it (no config, no devices).
 STATES = {"Running": RUNNING, "Stopped": STOPPED, "Frozen": FROZEN, "Error": UNKNOWN}
 STATE_WAIT = 120.0  # seconds a start, stop or freeze may take the engine
-MOVE_WAIT = 3600.0  # seconds a copy of a whole disk to another pool may take
+MOVE_WAIT = 3600.0  # seconds a copy of a whole disk (to another member, another pool) may take
 COMMAND_NOT_FOUND = "Command not found"  # LXD's and Incus's failure of an exec whose command exits 127
 
 
@@ -252,7 +252,7 @@ class LxdDriver(ContainerDriver):
 
     def move(self, name: str, member: str) -> None:
         """Move the stopped container to member (the engine copies it there and drops the old copy)."""
-        self.request("POST", name, "", {"name": name, "migration": True}, {"target": member})
+        self.request("POST", name, "", {"name": name, "migration": True}, {"target": member}, MOVE_WAIT)
         self.member_of[name] = member
 
     def move_pool(self, name: str, pool: str) -> None:
