@@ -40,6 +40,7 @@ class ClusterFacts:
     pools: dict[str, str] = dataclasses.field(default_factory=dict)  # container -> its root disk's pool
     # container -> the driver versions its libraries carry (driver: container, GPU students only)
     driver_versions: dict[str, frozenset[str]] = dataclasses.field(default_factory=dict)
+    engine: str = ""  # "lxd" or "incus", as the cluster says; "" when not asked
 
 
 def gather(reg: Registry) -> ClusterFacts:
@@ -57,6 +58,7 @@ def gather(reg: Registry) -> ClusterFacts:
     reports: dict[str, GpuReport | None] = {}
     instances, image, project, volumes, pools = None, None, None, None, {}
     versions: dict[str, frozenset[str]] = {}
+    engine = ""
     if any(not why for why in reachable.values()):
         try:
             for entry in driver.members():
@@ -66,7 +68,7 @@ def gather(reg: Registry) -> ClusterFacts:
             listed = driver.listing()
             instances, pools = driver.states(listed), driver.root_pools(listed)
             image = driver.has_image(reg.template)
-            project = driver.project_config()
+            project, engine = driver.project_config(), driver.engine()
             volumes = driver.custom_volumes()
         except GpushellError:
             pass
@@ -75,7 +77,7 @@ def gather(reg: Registry) -> ClusterFacts:
             with contextlib.suppress(GpushellError):  # its container is a finding of its own
                 versions[user.container] = driver.driver_versions(user.container)
     return ClusterFacts(
-        reachable, members, instances, image, project, gpus, volumes, reports, pools, versions
+        reachable, members, instances, image, project, gpus, volumes, reports, pools, versions, engine
     )
 
 
@@ -303,7 +305,7 @@ RISKY = (
 RANGES = ("restricted.idmap.uid", "restricted.idmap.gid")  # host ids a container may map as its own
 
 
-def check_project(reg: Registry, config: dict[str, str] | None) -> list[Finding]:
+def check_project(reg: Registry, config: dict[str, str] | None, engine: str = "") -> list[Finding]:
     """The project's restrictions: what gpushell needs (targets, proxies, snapshots, GPUs, the NAS
     paths) allowed, and nothing more (no privileged container, no host path outside the NAS)."""
     assert reg.cluster is not None
@@ -346,9 +348,16 @@ def check_project(reg: Registry, config: dict[str, str] | None) -> list[Finding]
         if config.get(key) != "allow"
     ]
     found += _check_disks(reg, config)
+    unchecked = bool(engine) and lxdbackup.import_unchecked(engine)
+    if unchecked and not lxdbackup.blocked(config):
+        found.append(Finding(
+            False, f"project {project} allows backups, and LXD imports a backup without the project's "
+            "restrictions: gpushell's certificate could import a privileged container",
+            f"lxc project unset {project} restricted.backups (README: Several servers)",
+        ))  # fmt: skip
     if not found:
         found.append(Finding(True, f"project {project} is restricted to what gpushell needs"))
-    if lxdbackup.blocked(config):
+    if engine and not unchecked and lxdbackup.blocked(config):
         found.append(Finding(
             True, f"project {project} blocks backups: remove --archive and expire --archive cannot keep "
             "a container", f"lxc project set {project} restricted.backups=allow (README: Several servers)",

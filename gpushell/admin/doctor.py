@@ -775,7 +775,7 @@ def check_cluster(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
         return []
     members = clusterdoctor.check_members(reg, facts.cluster)
     image = clusterdoctor.check_image(reg, facts.cluster)
-    project = clusterdoctor.check_project(reg, facts.cluster.project)
+    project = clusterdoctor.check_project(reg, facts.cluster.project, facts.cluster.engine)
     gpus = clusterdoctor.check_gpus(reg, facts.cluster)
     if facts.now is not None:
         gpus += clusterdoctor.check_reports(reg, facts.cluster, facts.now)

@@ -206,8 +206,9 @@ class LxdDriver(ContainerDriver):
         """The engine's backup of the stopped instance, fetched to the front door (lxdbackup.py)."""
         from . import lxdbackup
 
-        config = self.project_config()
-        return lxdbackup.keep(self.client(name), self.cluster.project, config, name, directory, user, when)
+        config, engine = self.project_config(), self.engine()
+        client = self.client(name)
+        return lxdbackup.keep(client, self.cluster.project, config, engine, name, directory, user, when)
 
     # --- files, for `driver sync` ---------------------------------------------
 
@@ -472,6 +473,11 @@ class LxdDriver(ContainerDriver):
                 return False
             raise
         return True
+
+    def engine(self) -> str:
+        """Which engine the cluster runs: "lxd" or "incus" (its own word; "" where it gives none)."""
+        answer = self.client().get("") or {}
+        return str((answer.get("environment") or {}).get("server") or "")
 
     def silent(self, member: str) -> str | None:
         """Why the member's own API does not answer; None when it does."""

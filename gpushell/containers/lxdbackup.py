@@ -44,16 +44,33 @@ def blocked(project_config: dict[str, str]) -> bool:
     return project_config.get("restricted") == "true" and project_config.get("restricted.backups") != "allow"
 
 
+def import_unchecked(engine: str) -> bool:
+    """Whether the engine's backup import skips the project's restrictions: any LXD (5.0.2 tested;
+    Incus 6.0 refuses a privileged or raw.lxc backup in a restricted project)."""
+    return engine != "incus"
+
+
+def refusal(project: str, engine: str, name: str) -> str:
+    """Why a blocked project gets no archive, and what the admin does instead."""
+    if import_unchecked(engine):
+        return (
+            f"cannot archive {name}: project {project} blocks backups, as it should on LXD, whose backup "
+            f"import skips the project's restrictions; keep it as the cluster's admin on a member "
+            f"(lxc export {name} --project {project}), then remove without --archive"
+        )
+    return (
+        f"cannot archive {name}: project {project} blocks backups; "
+        f"run: lxc project set {project} restricted.backups=allow"
+    )
+
+
 def keep(
-    client: Client, project: str, project_config: dict[str, str], name: str, directory: str, user: str,
-    when: datetime.datetime,
+    client: Client, project: str, project_config: dict[str, str], engine: str, name: str, directory: str,
+    user: str, when: datetime.datetime,
 ) -> str:  # fmt: skip
     """The stopped instance's backup as DIRECTORY/USER-<time>.tar (archive.keep_whole); its path."""
     if blocked(project_config):
-        raise GpushellError(
-            f"cannot archive {name}: project {project} blocks backups; "
-            f"run: lxc project set {project} restricted.backups=allow"
-        )
+        raise GpushellError(refusal(project, engine, name))
     backups = f"/instances/{name}/backups"
 
     def fetch(temporary: str) -> None:

@@ -45,8 +45,8 @@ class Engine:
         return len(self.content)
 
 
-def keep(engine: Engine, directory: Path, config: dict[str, str] = ALLOWED) -> str:
-    return lxdbackup.keep(engine, "gpushell", config, "c-alice", str(directory), "alice", WHEN)  # type: ignore[arg-type]
+def keep(engine: Engine, directory: Path, config: dict[str, str] = ALLOWED, kind: str = "incus") -> str:
+    return lxdbackup.keep(engine, "gpushell", config, kind, "c-alice", str(directory), "alice", WHEN)  # type: ignore[arg-type]
 
 
 def test_the_backup_is_the_instance_alone_uncompressed_and_expires_on_the_member() -> None:
@@ -92,9 +92,22 @@ def test_a_project_that_blocks_backups_is_refused_before_any_request(tmp_path: P
             "cannot archive c-alice: project gpushell blocks backups; "
             "run: lxc project set gpushell restricted.backups=allow"
         )
+        # On LXD the project should block them: the line says what the admin does instead.
+        with pytest.raises(GpushellError) as caught:
+            keep(engine, tmp_path, config, "lxd")
+        assert str(caught.value) == (
+            "cannot archive c-alice: project gpushell blocks backups, as it should on LXD, whose backup "
+            "import skips the project's restrictions; keep it as the cluster's admin on a member "
+            "(lxc export c-alice --project gpushell), then remove without --archive"
+        )
     assert engine.requests == [] and os.listdir(tmp_path) == []
     assert not lxdbackup.blocked({})  # an unrestricted project allows everything
     assert keep(engine, tmp_path / "open", {})
+    assert (
+        lxdbackup.import_unchecked("lxd")
+        and lxdbackup.import_unchecked("")
+        and not lxdbackup.import_unchecked("incus")
+    )
 
 
 def test_an_archive_of_that_name_already_there_is_not_overwritten(tmp_path: Path) -> None:

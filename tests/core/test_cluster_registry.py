@@ -485,18 +485,28 @@ def test_doctor_fails_a_project_that_lets_the_certificate_reach_the_host() -> No
     ]
 
 
-def test_doctor_warns_that_a_project_blocking_backups_keeps_archive_from_working() -> None:
+def test_doctor_wants_backups_allowed_on_incus_and_blocked_on_lxd() -> None:
+    """LXD (5.0.2 tested) imports a backup without the project's restrictions: the permission would let
+    gpushell's certificate make a privileged container.  Incus checks them: there it is remove --archive's."""
     from gpushell.admin import clusterdoctor
 
     reg = registry(CLUSTER)
-    without = {key: value for key, value in NEEDED.items() if key != "restricted.backups"}
-    ok, warning = clusterdoctor.check_project(reg, without)
-    assert ok.line() == "ok: project gpushell is restricted to what gpushell needs"
-    assert warning.line() == (
+    blocked = {key: value for key, value in NEEDED.items() if key != "restricted.backups"}
+    ok = "ok: project gpushell is restricted to what gpushell needs"
+    lines = [finding.line() for finding in clusterdoctor.check_project(reg, blocked, "incus")]
+    assert lines == [
+        ok,
         "warning: project gpushell blocks backups: remove --archive and expire --archive cannot keep a "
-        "container — lxc project set gpushell restricted.backups=allow (README: Several servers)"
-    )
-    assert len(clusterdoctor.check_project(reg, {**without, "restricted.backups": "block"})) == 2
+        "container — lxc project set gpushell restricted.backups=allow (README: Several servers)",
+    ]
+    assert [finding.line() for finding in clusterdoctor.check_project(reg, NEEDED, "incus")] == [ok]
+    assert [finding.line() for finding in clusterdoctor.check_project(reg, blocked, "lxd")] == [ok]
+    assert [finding.line() for finding in clusterdoctor.check_project(reg, NEEDED, "lxd")] == [
+        "FAIL: project gpushell allows backups, and LXD imports a backup without the project's restrictions: "
+        "gpushell's certificate could import a privileged container — fix: lxc project unset gpushell "
+        "restricted.backups (README: Several servers)"
+    ]
+    assert [finding.line() for finding in clusterdoctor.check_project(reg, blocked)] == [ok]  # engine unknown
 
 
 def test_doctor_names_what_the_project_blocks_that_gpushell_needs() -> None:

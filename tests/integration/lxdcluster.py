@@ -39,8 +39,9 @@ PORT = 8443
 RESTRICTIONS = (
     "restricted=true", "restricted.cluster.target=allow", "restricted.devices.proxy=allow",
     "restricted.devices.gpu=allow", "restricted.devices.disk=allow", "restricted.snapshots=allow",
-    "restricted.backups=allow",
 )  # fmt: skip
+# Backups only where the engine checks an import against the project (Incus): README, Several servers.
+BACKUPS = {"incus": ("restricted.backups=allow",), "lxd": ()}
 # ... and host paths from the NAS alone (Cluster.nas, each cluster's own): restricted.devices.disk.paths.
 ROOT_DISK = {"type": "disk", "path": "/", "pool": "default"}
 DELETE_SECONDS = 60
@@ -261,7 +262,8 @@ class Cluster:
         )
         self.lxc("m1", "profile", "device", "add", "default", "root", "disk", "path=/", "pool=default",
                  "--project", PROJECT)  # fmt: skip
-        self.lxc("m1", "project", "set", PROJECT, *RESTRICTIONS, f"restricted.devices.disk.paths={self.nas}")
+        restrictions = (*RESTRICTIONS, *BACKUPS[self.engine.name])
+        self.lxc("m1", "project", "set", PROJECT, *restrictions, f"restricted.devices.disk.paths={self.nas}")
 
     def _trust_gpushell(self) -> None:
         """gpushell's client certificate, trusted for its project alone."""
