@@ -579,8 +579,8 @@ COMMANDS = Command(
                 Arg(
                     "--archive",
                     metavar="DIR",
-                    help="first keep the container's rootfs as DIR/USER-TIME.tar (numeric owners); "
-                    "if that fails, nothing is removed",
+                    help="first keep the container's rootfs as DIR/USER-TIME.tar (numeric owners; on a "
+                    "cluster, the engine's backup of the container); if that fails, nothing is removed",
                 ),
             ],
             cmd_remove,
@@ -744,8 +744,8 @@ COMMANDS = Command(
                 Arg(
                     "--archive",
                     metavar="DIR",
-                    help="first keep each container's rootfs as DIR/USER-TIME.tar (numeric owners); "
-                    "a student whose archive fails is not removed",
+                    help="first keep each container's rootfs as DIR/USER-TIME.tar (numeric owners; on a "
+                    "cluster, the engine's backup); a student whose archive fails is not removed",
                 ),
             ],
             extra_command("cmd_expire", "expiring"),
