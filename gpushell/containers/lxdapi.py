@@ -242,12 +242,14 @@ class Client:
     def list_directory(self, instance: str, path: str) -> list[str]:
         """The names in a directory inside the instance; [] where there is none (attacker input: names
         only, the answer bounded by MAX_ANSWER)."""
-        status, answer, _ = self.raw("GET", self.url(f"/instances/{instance}/files", {"path": path}))
-        if status == 404:
-            return []
+        status, answer, headers = self.raw("GET", self.url(f"/instances/{instance}/files", {"path": path}))
+        if status == 404 or (
+            status == 200 and not headers.get("content-type", "").startswith("application/json")
+        ):
+            return []  # none there, or a file or link (its content comes back, not a listing)
         names = _document(status, answer).get("metadata")
         if not isinstance(names, list):
-            return []  # a file, not a directory
+            return []
         return [name for name in names if isinstance(name, str)]
 
     def make_directory(self, instance: str, path: str, uid: int = 0, gid: int = 0, mode: int = 0o755) -> None:

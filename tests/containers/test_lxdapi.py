@@ -68,7 +68,15 @@ class Member(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(EXPORT)))
             self.end_headers()
             self.wfile.write(EXPORT)
-        elif self.path.startswith("/1.0/instances/missing"):
+        elif self.path.startswith("/1.0/instances/alice/files") and "path=%2Fdir" in self.path:
+            self._answer(200, {"type": "sync", "metadata": ["libcuda.so.570.86.15", 7, "libc.so.6"]})
+        elif self.path.startswith("/1.0/instances/alice/files") and "path=%2Flink" in self.path:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", "4")
+            self.end_headers()
+            self.wfile.write(b"/etc")
+        elif self.path.startswith("/1.0/instances/missing") or "path=%2Fnone" in self.path:
             self._answer(404, {"type": "error", "error_code": 404, "error": "Instance not found"})
         else:
             self._answer(200, {"type": "sync", "metadata": {"status": "Running"}})
@@ -152,6 +160,15 @@ def test_a_download_streams_the_whole_answer_and_the_connection_serves_on(
     with pytest.raises(lxdapi.ApiError) as caught, open(tmp_path / "no.tar", "wb") as output:
         client.download("/instances/missing/backups/b/export", output)
     assert caught.value.http_status == 404 and (tmp_path / "no.tar").read_bytes() == b""
+
+
+def test_a_directory_listing_is_its_names_and_anything_else_is_none(member: tuple[Path, int]) -> None:
+    credentials, port = member
+    client = lxdapi.Client(["127.0.0.1"], port, "gpushell", str(credentials))
+    assert client.list_directory("alice", "/dir") == ["libcuda.so.570.86.15", "libc.so.6"]  # names only
+    assert client.list_directory("alice", "/link") == []  # a link's or a file's content, not a listing
+    assert client.list_directory("alice", "/none") == []
+    assert client.get("/instances/alice/state") == {"status": "Running"}  # the connection serves on
 
 
 def test_a_download_whose_output_fails_raises_the_outputs_error(member: tuple[Path, int]) -> None:
