@@ -183,8 +183,7 @@ def check_drivers(reg: Registry, facts: ClusterFacts, now: float) -> list[Findin
         return []
     found = []
     for user in sorted(reg.users.values(), key=lambda u: u.name):
-        report = facts.reports.get(user.member)
-        module = report.driver if report is not None and report.fresh(now) else None
+        module = gpureport.module(facts.reports.get(user.member), now)
         if user.gpus == "none" or module is None or user.container not in facts.driver_versions:
             continue  # no module to match (the report's own finding says why), or not read
         mine = f"{user.name}: container {user.container} "

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 
 from ..containers.backend import RUNNING
 from ..containers.lxd import LxdDriver
+from ..core import gpureport
 from ..core.errors import GpushellError
 from ..core.model import Registry, User
 from ..core.paths import Paths
@@ -29,11 +30,8 @@ from .driversync import INSIDE, INSTALL_TIMEOUT, INSTALLER_OPTIONS, chosen_stude
 
 def member_versions(driver: LxdDriver, now: float) -> dict[str, str]:
     """Each member's loaded module version, from its fresh GPU report; members without one left out."""
-    return {
-        member: report.driver
-        for member, report in driver.gpu_reports().items()
-        if report is not None and report.fresh(now) and report.driver is not None
-    }
+    found = {member: gpureport.module(report, now) for member, report in driver.gpu_reports().items()}
+    return {member: version for member, version in found.items() if version is not None}
 
 
 def sync(

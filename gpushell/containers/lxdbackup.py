@@ -3,10 +3,18 @@
 The container's files are on a member and reached only through the
 engine.  Its backup API packs the instance (config, devices and root disk;
 no snapshots) into one tarball on the member, which is streamed to the
-front door and then deleted there.  `lxc import FILE --target MEMBER
---project PROJECT` (Incus: `incus import`) brings the container back.  A
-restricted project blocks backups unless `restricted.backups=allow`
-(README: Several servers): that is checked first, for one clear line.
+front door and then deleted there.  `lxc import FILE` on a member
+(Incus: `incus import`), into the admin's unrestricted project, brings the
+container back.
+
+A restricted project blocks backups unless `restricted.backups=allow`
+(README: Several servers), and that is checked first, for one clear line.
+Only Incus should allow them: LXD (5.0.2 tested) imports a backup into a
+restricted project without checking the project's restrictions (a backup
+saying `security.privileged: "true"` came in as such), so there the
+permission would give gpushell's certificate root on the members.  On LXD
+the refusal says how the admin keeps the container instead, and doctor
+fails a project that allows backups.
 """
 
 from __future__ import annotations

@@ -82,6 +82,11 @@ class GpuReport(Value):
         return -STALE_AFTER <= now - self.taken <= STALE_AFTER
 
 
+def module(report: GpuReport | None, now: float) -> str | None:
+    """The member's loaded driver module version, from a fresh report; None when there is none to match."""
+    return report.driver if report is not None and report.fresh(now) else None
+
+
 # --- the member's side -------------------------------------------------------------
 
 
