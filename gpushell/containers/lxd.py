@@ -525,7 +525,13 @@ def _missing(error: lxdapi.ApiError) -> bool:
     return error.http_status == 404
 
 
+# The engine's words (LXD 5.0 and Incus) when the instance's member is away, or is back on the network
+# but not yet in touch with the cluster's database (dqlite in LXD, cowsql in Incus): either way the
+# student's line is the same, and trying again later is the answer.
+AWAY = ("offline", "unreachable", "no route", "connection refused", "leader server", "begin transaction")
+
+
 def _offline(error: lxdapi.ApiError) -> bool:
-    """Whether the engine refused because the instance's member is away (its words in 5.0 and Incus)."""
+    """Whether the engine refused because the instance's member is away from the cluster."""
     text = error.log_message.lower()
-    return any(words in text for words in ("offline", "unreachable", "no route", "connection refused"))
+    return any(words in text for words in AWAY)
