@@ -61,17 +61,20 @@ install: deps
 	install -m 0644 man/gpushell.yaml.5 $(MANDIR)/man5/
 	install -m 0644 man/gpushell-admin.8 man/gpushell-helper.8 man/gpushell-driver-hook.8 $(MANDIR)/man8/
 	install -D -m 0644 etc/gpushell-apply.service /etc/systemd/system/gpushell-apply.service
+	install -D -m 0644 etc/gpushell-helper.service /etc/systemd/system/gpushell-helper.service
 	install -D -m 0644 etc/gpushell-tick.service /etc/systemd/system/gpushell-tick.service
 	install -D -m 0644 etc/gpushell-tick.timer /etc/systemd/system/gpushell-tick.timer
 	install -D -m 0644 etc/gpushell-publish-gpus.service /etc/systemd/system/gpushell-publish-gpus.service
 	install -D -m 0644 etc/gpushell-publish-gpus.timer /etc/systemd/system/gpushell-publish-gpus.timer
 	rm -rf build/lib build/bdist.* gpushell.egg-info  # pip's; build/deb is make deb's
+	# A running resident helper would go on answering with the code it started with.
+	if [ -d /run/systemd/system ]; then systemctl daemon-reload; systemctl try-restart gpushell-helper.service; fi
 
 uninstall:
 	$(PYTHON) -m pip uninstall --yes --break-system-packages --root-user-action=ignore gpushell
 	rm -f $(MANDIR)/man1/gpushell.1 $(MANDIR)/man5/gpushell.yaml.5 $(MANDIR)/man8/gpushell-admin.8
 	rm -f $(MANDIR)/man8/gpushell-helper.8 $(MANDIR)/man8/gpushell-driver-hook.8
-	rm -f /etc/systemd/system/gpushell-apply.service
+	rm -f /etc/systemd/system/gpushell-apply.service /etc/systemd/system/gpushell-helper.service
 	rm -f /etc/systemd/system/gpushell-tick.service /etc/systemd/system/gpushell-tick.timer
 	rm -f /etc/systemd/system/gpushell-publish-gpus.service /etc/systemd/system/gpushell-publish-gpus.timer
 

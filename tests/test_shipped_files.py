@@ -12,6 +12,7 @@ import pytest
 
 from gpushell.admin import commands
 from gpushell.core import dropins, paths, registry
+from gpushell.helper.verbs import SERVE
 
 TOP = pathlib.Path(__file__).resolve().parents[1]
 
@@ -95,6 +96,7 @@ SYSTEMD_UNITS = sorted(path.name for path in (TOP / "etc").iterdir() if path.suf
 def test_make_install_installs_and_uninstall_removes_every_systemd_unit() -> None:
     assert SYSTEMD_UNITS == [
         "gpushell-apply.service",
+        "gpushell-helper.service",
         "gpushell-publish-gpus.service",
         "gpushell-publish-gpus.timer",
         "gpushell-tick.service",
@@ -116,6 +118,15 @@ def test_the_tick_timer_runs_gpushell_admin_tick_every_minute() -> None:
     assert "Install" not in service  # the timer starts it
     args = commands.build_parser().parse_args(["tick"], namespace=commands.Options())
     assert args.run is commands.cmd_tick
+
+
+def test_the_helper_service_runs_the_server_and_stops_only_it() -> None:
+    service = unit("gpushell-helper.service")
+    assert service["Service"]["ExecStart"] == "/usr/local/bin/gpushell-helper --serve"
+    assert service["Service"]["Restart"] == "always"
+    assert service["Service"]["KillMode"] == "process"  # a login's work in flight finishes
+    assert service["Install"]["WantedBy"] == "multi-user.target"
+    assert service["Service"]["ExecStart"].split()[1:] == [SERVE]
 
 
 def test_a_members_timer_publishes_its_gpus_every_20_seconds() -> None:

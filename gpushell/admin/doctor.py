@@ -24,7 +24,7 @@ from ..core.registry import Registry, size_text
 from ..gpu import driverfiles, gpudevices
 from ..system import ifaddr, iptables, nftrun, pool, registry_store, sshdcheck, sysctl
 from ..system.ownership import check_owned_by_root
-from . import apply, clusterdoctor, leftovers, lendingops
+from . import apply, clusterdoctor, helpercheck, leftovers, lendingops
 from .findings import Finding, finding
 
 APPLY = "gpushell-admin apply"
@@ -79,6 +79,7 @@ class Facts:
     pools: dict[str, int] | None = None  # the kernel pools every container shares, now; None: not examined
     last_tick: float | None = None  # when gpushell-admin tick last finished since boot (epoch seconds)
     memory: int = 0  # the host's memory in bytes, which sizes those pools
+    helper_server: helpercheck.ServerFacts | None = None  # the resident helper; None: none answers
 
 
 # --- checks (pure) -----------------------------------------------------------
@@ -715,6 +716,10 @@ def check_tick(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
     return [Finding(False, f"{late}: GPU loans do not end and the line is not served", TICK_FIX)]
 
 
+def check_helper_server(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
+    return helpercheck.check(paths.helper_socket, facts.helper_server)
+
+
 def check_expiries(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
     """Students whose account expires within 14 days, and those expired (their grace over or not)."""
     if facts.now is None or not any(user.expires is not None for user in reg.users.values()):
@@ -756,6 +761,7 @@ CHECKS: tuple[Check, ...] = (
     check_dropins,
     check_sshd_settings,
     check_sshd_running,
+    check_helper_server,
     check_subids,
     check_template,
     check_storage,
@@ -793,6 +799,7 @@ CLUSTER_CHECKS: tuple[Check, ...] = (
     check_dropins,
     check_sshd_settings,
     check_sshd_running,
+    check_helper_server,
     check_ports,
     check_accounts,
     check_expiries,
@@ -897,6 +904,7 @@ def gather_front_door(reg: Registry, paths: Paths) -> Facts:
         now=time.time(),
         cluster=clusterdoctor.gather(reg),
         last_tick=lendingops.last_tick(paths),
+        helper_server=helpercheck.gather(paths.helper_socket),
     )
 
 
@@ -938,6 +946,7 @@ def gather(reg: Registry, paths: Paths) -> Facts:
         pools=sysctl.read(kernelpools.BYTES_PER),
         memory=sysctl.host_memory(),
         last_tick=lendingops.last_tick(paths),
+        helper_server=helpercheck.gather(paths.helper_socket),
     )
 
 

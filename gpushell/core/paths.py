@@ -25,6 +25,7 @@ class Paths:
     __slots__ = (
         "group",
         "helper",
+        "helper_socket",
         "registry",
         "run_dir",
         "shell",
@@ -43,6 +44,9 @@ class Paths:
         self,
         registry: str = "/etc/gpushell.yaml",
         helper: str = f"{BIN_DIR}/gpushell-helper",
+        # The resident helper's socket (helper/server.py); root's, group `group`, beside run_dir: that
+        # one is root's alone.
+        helper_socket: str = "/run/gpushell-helper.sock",
         shell: str = f"{BIN_DIR}/gpushell",
         sudo: str = "/usr/bin/sudo",
         run_dir: str = "/run/gpushell",  # per-user, forward and registry locks; the registry cache
@@ -57,6 +61,7 @@ class Paths:
         sysctl_dropin: str = "/etc/sysctl.d/10-gpushell.conf",  # the kernel pools' sizes (kernelpools.py)
     ) -> None:
         self.registry, self.helper, self.shell, self.sudo = registry, helper, shell, sudo
+        self.helper_socket = helper_socket
         self.run_dir, self.template_cache = run_dir, template_cache
         self.sudoers_dropin, self.sshd_dropin, self.sysctl_dropin = sudoers_dropin, sshd_dropin, sysctl_dropin
         self.sshd_config = sshd_config

@@ -28,3 +28,20 @@ def decode(text: str) -> Answer:
         if equals:
             answer[key] = value
     return answer
+
+
+# A request to the resident helper (helper/server.py): the verb on the first
+# line, then what `sudo gpushell-helper VERB` would read on its stdin.
+MAX_REQUEST = 1024  # bytes: a verb and its few `key=value` lines (verbs.MAX_REQUEST of them)
+
+
+def request(verb: str, stdin: bytes = b"") -> bytes:
+    return verb.encode() + b"\n" + stdin
+
+
+def split_request(data: bytes) -> tuple[str, str]:
+    """The verb and the rest of a request; ValueError for one that is not (attacker input)."""
+    verb, newline, rest = data.partition(b"\n")
+    if not newline or len(data) > MAX_REQUEST:
+        raise ValueError("not a request")
+    return verb.decode("ascii"), rest.decode("utf-8")

@@ -332,6 +332,13 @@ def caller_name(environ: dict[str, str]) -> str:
         raise GpushellError(CONTACT_ADMIN, f"SUDO_UID {uid_text} has no account") from None
 
 
+def _named_or_real(caller: Callable[[], str]) -> str:
+    try:
+        return caller()
+    except GpushellError:
+        return _real_user()
+
+
 def _real_user() -> str:
     """Who ran the helper when SUDO_UID could not say: the real uid."""
     try:
@@ -454,23 +461,57 @@ def _recover(ctx: services.Context, user: User, verb: str) -> None:
 
 def main(paths: Paths = DEFAULT, argv: list[str] | None = None) -> int:
     argv = sys.argv if argv is None else argv
+    if argv[1:] == [SERVE]:  # root starts it (gpushell-helper.service); sudo's list has no such verb
+        from . import server
+
+        return server.serve(paths, _served, _after_answer)
     # Finish what was begun even if the student hangs up or presses Ctrl-C.
+    ignore_interruptions()
+    audit.open_log(f"{paths.syslog_ident}-helper")
+    status = answer(paths, argv[1:], lambda: caller_name(dict(os.environ)))
+    _after_answer()
+    return status
+
+
+def _served(paths: Paths, words: list[str], stdin: str, caller: Callable[[], str]) -> int:
+    """One request the resident helper's child answers, as main() answers one through sudo."""
+    import io
+
+    ignore_interruptions()
+    sys.stdin = io.StringIO(stdin)
+    return answer(paths, words, caller)
+
+
+def _after_answer() -> None:
+    for work in after_answer:
+        work()
+
+
+SERVE = "--serve"
+
+
+def ignore_interruptions() -> None:
     for signum in (loginproc.SIGINT, loginproc.SIGHUP, loginproc.SIGQUIT, loginproc.SIGTSTP):
         loginproc.handle(signum, loginproc.SIG_IGN)
-    audit.open_log(f"{paths.syslog_ident}-helper")
+
+
+def answer(paths: Paths, words: list[str], caller: Callable[[], str]) -> int:
+    """Do what words ask (one verb) for the user caller names; the answer on stdout, its exit status.
+
+    caller: who asked, as the kernel vouches for it (sudo's SUDO_UID, the
+    server's peer credentials); never a word of the request.
+    """
     name = "?"
-    verb = argv[1] if len(argv) == 2 else " ".join(argv[1:])
+    verb = " ".join(words)
     try:
-        if len(argv) != 2 or verb not in ACTIONS:
-            raise GpushellError(
-                "unknown helper request", f"refused helper argv {argv[1:]!r}", ExitStatus.USAGE
-            )
-        name = caller_name(dict(os.environ))
+        if len(words) != 1 or verb not in ACTIONS:
+            raise GpushellError("unknown helper request", f"refused helper argv {words!r}", ExitStatus.USAGE)
+        name = caller()
         runner.for_students()  # a tool's stderr goes to the log, never into the answer
-        answer = run_action(paths, name, verb)
+        done = run_action(paths, name, verb)
     except GpushellError as exc:
-        if name == "?":  # refused before SUDO_UID named anyone: log who really ran it
-            name = _real_user()
+        if name == "?":  # refused before the caller was named: log who asked, as far as it can be told
+            name = _named_or_real(caller)
         audit.record(name, verb, "failed", exc.log_message, warning=True)
         # A refusal of what the student asked (ERROR, USAGE) or a deadline is theirs to read.
         shown = (ExitStatus.ERROR, ExitStatus.USAGE, ExitStatus.TIMEOUT)
@@ -483,12 +524,10 @@ def main(paths: Paths = DEFAULT, argv: list[str] | None = None) -> int:
         print(protocol.encode({"error": CONTACT_ADMIN, "status": int(ExitStatus.HELPER)}), end="")
         return int(ExitStatus.HELPER)
     detail = " ".join(
-        f"{key}={answer[key]}"
+        f"{key}={done[key]}"
         for key in ("state", "port", "started", "gpus", "killed", "made", "restored", "deleted", "rebuilt")
-        if key in answer
+        if key in done
     )
     audit.record(name, verb, "ok", detail)
-    print(protocol.encode(answer), end="")
-    for work in after_answer:
-        work()
+    print(protocol.encode(done), end="")
     return 0

@@ -15,7 +15,7 @@ from ..core import gputable, menu, protocol, snapshotlist
 from ..core.errors import CONTACT_ADMIN, ExitStatus, GpushellError
 from ..core.paths import DEFAULT, Paths
 from ..core.protocol import Answer
-from ..system import audit, loginproc, spawn
+from ..system import audit, helperlink, loginproc, spawn
 from ..system.environment import SAFE_ENV
 from ..system.ownership import check_owned_by_root, check_tree_owned_by_root
 from . import banner, loans, tables
@@ -92,15 +92,24 @@ class Session:
         self.idle = 0  # the idle timeout, from the login answer
 
     def helper(self, verb: str, progress: str = "", stdin: str | None = None) -> Answer:
-        """Ask the root helper for verb; show a spinner on a terminal while it works."""
+        """Ask the root helper for verb; show a spinner on a terminal while it works.
+
+        The resident helper answers when it runs; otherwise the helper runs
+        through sudo.  Either way a Ctrl-C ends the shell, never the
+        helper's work (a restart half done).
+        """
         argv = [self.paths.sudo, "-n", self.paths.helper, verb]
         spinner = Spinner(self.term, progress)
+        data = None if stdin is None else stdin.encode()
+        tick = spinner.tick
         try:
-            data = None if stdin is None else stdin.encode()
-            # A Ctrl-C ends the shell, never the helper's work (a restart half done).
-            status, out, err = spawn.run(argv, SAFE_ENV, spinner.tick, stdin=data, finish_on_interrupt=True)
+            served = helperlink.ask(self.paths.helper_socket, protocol.request(verb, data or b""), tick)
+            if served is None:
+                status, out, err = spawn.run(argv, SAFE_ENV, tick, stdin=data, finish_on_interrupt=True)
+            else:
+                status, out, err = 0, served, "(the resident helper's answer)"
         except OSError as exc:
-            raise GpushellError(CONTACT_ADMIN, f"cannot run {argv}: {exc}", ExitStatus.HELPER) from None
+            raise GpushellError(CONTACT_ADMIN, f"cannot ask the helper: {exc}", ExitStatus.HELPER) from None
         finally:
             spinner.clear()
         answer = protocol.decode(out)

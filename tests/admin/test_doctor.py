@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from gpushell.admin import apply, doctor
+from gpushell.admin import apply, doctor, helpercheck
 from gpushell.admin.apply import Account
 from gpushell.admin.doctor import Facts, Finding, InstalledFile
 from gpushell.core import dropins
@@ -66,6 +66,7 @@ def healthy() -> Facts:
         listeners={22: "sshd, pid 1"},
         accounts={name: Account(PATHS.shell, True) for name in REG.users},
         sshd_effect=SSHD,
+        helper_server=helpercheck.ServerFacts(pid=77, started=2000.0, code_changed=1000.0),
     )
 
 
@@ -77,9 +78,28 @@ def test_a_healthy_host_passes_every_check() -> None:
     findings = doctor.run_checks(REG, PATHS, healthy())
     assert doctor.all_ok(findings)
     assert "ok: alice: one forward, port 22001 -> 10.0.3.2:22" in [item.line() for item in findings]
-    assert len(findings) == 22  # 18 + "no leftovers of interrupted adds" + 3 for sshd
+    assert len(findings) == 23  # 18 + "no leftovers of interrupted adds" + 3 for sshd + the resident helper
     reloaded = "ok: sshd PID 4242 has read its configuration since /etc/ssh/sshd_config.d/gpushell.conf"
     assert f"{reloaded} last changed" in [item.line() for item in findings]
+
+
+def test_the_resident_helper_is_a_warning_when_missing_and_a_failure_when_older_than_the_code() -> None:
+    def lines(server: helpercheck.ServerFacts | None) -> list[str]:
+        facts = dataclasses.replace(healthy(), helper_server=server)
+        return [item.line() for item in doctor.check_helper_server(REG, PATHS, facts)]
+
+    assert lines(healthy().helper_server) == [
+        "ok: the resident helper (PID 77) answers on /run/gpushell-helper.sock with the installed code"
+    ]
+    assert lines(None) == [
+        "warning: no resident helper answers on /run/gpushell-helper.sock: students' logins use sudo "
+        f"(slower) — {helpercheck.FIX}"
+    ]
+    stale = helpercheck.ServerFacts(pid=77, started=1000.0, code_changed=2000.0)
+    assert lines(stale) == [
+        "FAIL: the resident helper (PID 77) started before gpushell was last installed: it answers "
+        "students with the old code — fix: systemctl restart gpushell-helper.service"
+    ]
 
 
 def test_kernel_pools_too_small_for_the_host_fail_and_apply_fixes_them() -> None:

@@ -121,12 +121,14 @@ class Lab:
         base = random.randrange(30000, 60000, 1000)
         self.ports = (base + 1, base + 999)
         self.sshd: subprocess.Popen[bytes] | None = None
+        self.helper_server: subprocess.Popen[bytes] | None = None
         self.students: list[str] = []
         self.saved: dict[str, str | None] = {}
         self.saved_pools: dict[str, int] = {}  # the kernel pools before init raised them
         self.paths = {
             "registry": f"{self.root}/gpushell.yaml",
             "helper": f"{self.root}/bin/gpushell-helper",
+            "helper_socket": f"{self.root}/helper.sock",
             "shell": f"{self.root}/bin/gpushell",
             "run_dir": f"{self.root}/run",
             "state_dir": f"{self.root}/state",
@@ -174,6 +176,7 @@ class Lab:
             os.chmod(f"{self.root}/bin/{name}", 0o755)
         self.write_registry(self.registry_text())
         self.admin("init")
+        self.start_helper_server()
         self.create_template()
         self.start_client_namespace()
         self.start_sshd()
@@ -246,6 +249,32 @@ class Lab:
                 return
             time.sleep(0.05)
         raise RuntimeError("test sshd did not start; see " + f"{self.root}/sshd.log")
+
+    def start_helper_server(self) -> None:
+        """The resident helper, as gpushell-helper.service runs it on a host (the group exists: init)."""
+        self.helper_server = subprocess.Popen(
+            [self.paths["helper"], "--serve"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=ENV,
+            stderr=open(f"{self.root}/helper-server.log", "ab"),  # noqa: SIM115 - lives as long as it
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as probe:
+                probe.connect(self.paths["helper_socket"])
+                return
+            time.sleep(0.02)
+        raise RuntimeError("the resident helper did not start; see " + f"{self.root}/helper-server.log")
+
+    def stop_helper_server(self) -> None:
+        """SIGTERM, as systemd stops it: requests being answered finish on their own."""
+        if self.helper_server is not None:
+            self.helper_server.terminate()
+            try:
+                self.helper_server.wait(10)
+            except subprocess.TimeoutExpired:
+                self.helper_server.kill()
+                self.helper_server.wait()
+            self.helper_server = None
 
     # --- acting -----------------------------------------------------------
 
@@ -331,6 +360,7 @@ class Lab:
             if result.returncode != 0 and "does not exist" not in result.stderr:
                 errors.append(f"{' '.join(argv)}: {result.stderr.strip()}")
 
+        self.stop_helper_server()
         if self.sshd is not None:
             self.sshd.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
