@@ -50,12 +50,19 @@ REQUEST_SECONDS = 10.0  # to send the request whole: a login's shell sends it at
 MAX_CHILDREN = 128  # requests worked on at once, all callers together
 MAX_PER_CALLER = 8  # and from one uid: a student's few logins, not a flood
 BUSY = "busy: too many of your actions are running at once; try again in a minute"
-# What a login's child uses, imported once here rather than in every child.
+# What the verbs import when they run (beyond verbs' own imports), imported once here rather than in
+# every child: the registry's slow path after a change (PyYAML), the ruleset checks, both backends, GPUs.
 PRELOADED = (
+    "gpushell.core.registry",
+    "gpushell.core.chaincheck",
+    "gpushell.system.nftrun",
     "gpushell.containers.lxc",
+    "gpushell.containers.lxcdevices",
+    "gpushell.containers.storage",
+    "gpushell.containers.lxd",
     "gpushell.helper.loans",
     "gpushell.gpu.gpucache",
-    "gpushell.system.forwardstamps",
+    "lxc",
 )
 
 
@@ -92,7 +99,7 @@ def serve(paths: Paths, respond: Respond, after_answer: Callable[[], None]) -> i
                 uid = peer_uid(connection)
                 if not admitted(list(children.values()), uid):
                     audit.record(f"uid {uid}", "request", "refused", "busy", warning=True)
-                    _send(connection, protocol.encode({"error": BUSY, "status": int(ExitStatus.ERROR)}))
+                    _busy(connection)
                     continue
                 sys.stdout.flush()  # nothing of the server's own goes out on a child's answer
                 pid = os.fork()
@@ -225,6 +232,15 @@ def _read_request(connection: socket.socket) -> tuple[list[str], str]:
         data += chunk
     verb, stdin = protocol.split_request(data)
     return [verb], stdin
+
+
+def _busy(connection: socket.socket) -> None:
+    """Tell a caller past its bound so, without waiting for it: what it sent so far is read first,
+    since closing on unread bytes would reset the connection before the caller reads the line."""
+    connection.setblocking(False)
+    with contextlib.suppress(OSError):
+        connection.recv(protocol.MAX_REQUEST + 1)
+    _send(connection, protocol.encode({"error": BUSY, "status": int(ExitStatus.ERROR)}))
 
 
 def _send(connection: socket.socket, text: str) -> None:
