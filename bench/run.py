@@ -196,6 +196,14 @@ def bench_login(lab: Lab, student: Student) -> list[float]:
     report("1. login to menu, container running", login, "ssh key login", handshake,
            "<= 0.25", lambda r: r <= 0.25)  # fmt: skip
     report("1. login to menu, container running", login, "bash seed login", seed, "(report)", lambda r: True)
+    lab.stop_helper_server()  # the same login through sudo and a fresh helper, as without the service
+    try:
+        through_sudo = samples(lambda: login_to_prompt(lab, student))
+    finally:
+        lab.start_helper_server()
+    report(
+        "1b. login to menu, resident helper", login, "through sudo", through_sudo, "(report)", lambda r: True
+    )
     return login
 
 
