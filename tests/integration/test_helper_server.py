@@ -82,7 +82,7 @@ def test_logins_are_answered_by_the_server_and_by_sudo_without_it(lab: Lab, stud
     with sudo_rule_taken_away(lab):
         served = lab.ssh(student, "status")
         assert served.returncode == 0, served.stderr
-        assert f"ssh -p {student.port}" in served.stdout
+        assert f"Container {student.container}: stopped, IP {student.ip}, port {student.port}" in served.stdout
         with server_stopped(lab):
             neither = lab.ssh(student, "status")
             assert neither.returncode != 0
@@ -91,7 +91,7 @@ def test_logins_are_answered_by_the_server_and_by_sudo_without_it(lab: Lab, stud
         assert not os.path.exists(lab.paths["helper_socket"])  # the server took its socket with it
         through_sudo = lab.ssh(student, "start")
         assert through_sudo.returncode == 0, through_sudo.stderr
-        assert f"ssh -p {student.port}" in through_sudo.stdout
+        assert f"Container {student.container}: running, IP {student.ip}" in through_sudo.stdout
     assert lab.ssh(student, "stop").returncode == 0
 
 
@@ -175,11 +175,14 @@ def test_a_server_stopped_mid_restart_lets_the_restart_finish(lab: Lab, student:
         env=ENV,
     )
     try:
-        time.sleep(0.5)  # the request is with the server's child by now
+        deadline = time.monotonic() + 30  # the server's child has stopped the container: half way
+        while lab.state(student) == "RUNNING" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert lab.state(student) != "RUNNING", "the restart never stopped the container"
         with server_stopped(lab):
             out, err = restart.communicate(timeout=120)
             assert restart.returncode == 0, err
-            assert f"ssh -p {student.port}" in out
+            assert f"Container {student.container}: running, IP {student.ip}" in out
             assert lab.state(student) == "RUNNING"
     finally:
         if restart.poll() is None:
