@@ -23,7 +23,7 @@ RESTART = "systemctl restart gpushell-helper.service"
 class ServerFacts:
     pid: int
     started: float  # epoch seconds
-    code_changed: float  # epoch seconds: the newest file of the installed package
+    code_changed: float  # epoch seconds: when the installed package's newest file was put there
 
 
 def gather(path: str) -> ServerFacts | None:
@@ -46,13 +46,17 @@ def gather(path: str) -> ServerFacts | None:
 
 
 def newest_code() -> float:
-    """When the installed package last changed: its newest .py file's mtime."""
+    """When the installed package last changed: its newest .py file's ctime.
+
+    Not the mtime: dpkg gives each file the time the package was built, and
+    pip the source's; the ctime is when the file was put in place.
+    """
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     newest = 0.0
     for directory, _, files in os.walk(package):
         for name in files:
             if name.endswith(".py"):
-                newest = max(newest, os.stat(os.path.join(directory, name)).st_mtime)
+                newest = max(newest, os.stat(os.path.join(directory, name)).st_ctime)
     return newest
 
 

@@ -82,7 +82,9 @@ def test_logins_are_answered_by_the_server_and_by_sudo_without_it(lab: Lab, stud
     with sudo_rule_taken_away(lab):
         served = lab.ssh(student, "status")
         assert served.returncode == 0, served.stderr
-        assert f"Container {student.container}: stopped, IP {student.ip}, port {student.port}" in served.stdout
+        assert (
+            f"Container {student.container}: stopped, IP {student.ip}, port {student.port}" in served.stdout
+        )
         with server_stopped(lab):
             neither = lab.ssh(student, "status")
             assert neither.returncode != 0

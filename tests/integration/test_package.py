@@ -324,6 +324,17 @@ def test_the_upgraded_package_serves_the_lab(packaged_lab: Lab, tenant: Student,
         assert f"sys.path.extend([{SITE!r}])" in stream.read()
     # The lab's own drop-ins, refreshed as the postinst refreshes the host's.
     lab.admin("init", "--drop-ins")
+    # The lab's resident helper still runs the previous package's code: doctor says so, and it is
+    # restarted as the package restarts the host's gpushell-helper.service.
+    stale = lab.admin("doctor", check=False)
+    assert stale.returncode != 0, stale.stdout
+    assert [line for line in stale.stdout.splitlines() if line.startswith("FAIL")] == [
+        f"FAIL: the resident helper (PID {lab.helper_server.pid if lab.helper_server else 0}) started before "
+        "gpushell was last installed: it answers students with the old code — fix: "
+        "systemctl restart gpushell-helper.service"
+    ], stale.stdout
+    lab.stop_helper_server()
+    lab.start_helper_server()
     doctor = lab.admin("doctor", check=False)
     assert doctor.returncode == 0 and "FAIL" not in doctor.stdout, doctor.stdout
     status = lab.ssh(tenant, "status")
