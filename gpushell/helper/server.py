@@ -23,6 +23,7 @@ an upgrade restarts it without breaking a login half way.
 from __future__ import annotations
 
 import contextlib
+import gc
 import grp
 import os
 import pwd
@@ -82,6 +83,9 @@ def serve(paths: Paths, respond: Respond, after_answer: Callable[[], None]) -> i
     os.chdir("/")
     audit.open_log(f"{paths.syslog_ident}-helper")
     _preload()
+    # Everything imported so far is the children's to share: out of the collector's sight, a child's
+    # collection never touches (and so never copies) the server's pages.
+    gc.freeze()
     listener = listen(paths.helper_socket, paths.group)
     made = os.stat(paths.helper_socket)
     signal.signal(signal.SIGTERM, _stop)
