@@ -2,9 +2,10 @@
 
 One connection per request: the request (protocol.request) goes out, the
 write side is shut, and the answer is read to its end, a tick at a time
-for the shell's spinner.  No server there (no socket, or nobody listening
-on it) is None: the shell then runs the helper through sudo, as it did
-before the server existed.  Anything after the connect is the server's
+for the shell's spinner.  No server there for the caller (no socket,
+nobody listening on it, a socket the caller may not use) is None: the
+shell then runs the helper through sudo, as it did before the server
+existed, and sudo's rule decides.  Anything after the connect is the server's
 answer, whole or not: a request is never sent twice, since the first may
 have done its work.
 
@@ -34,7 +35,7 @@ def ask(path: str, request: bytes, tick: Callable[[float], None], interval: floa
     try:
         try:
             connection.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError):
+        except (FileNotFoundError, ConnectionRefusedError, PermissionError):
             return None
         connection.sendall(request)
         connection.shutdown(_socket.SHUT_WR)

@@ -167,6 +167,23 @@ def test_no_server_is_none_so_the_shell_takes_sudo(tmp_path: str) -> None:
     dead.bind(stale)  # a socket file nobody listens on: a server that died
     dead.close()
     assert helperlink.ask(stale, protocol.request("login"), lambda _s: None) is None
+    if os.getuid() != 0:  # root passes any mode
+        return
+    closed = f"{tmp_path}/closed.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(closed)
+        listener.listen(1)
+        os.chmod(closed, 0o600)
+        pid = os.fork()
+        if pid == 0:  # not the socket's owner: sudo decides for this caller
+            code = 2
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                code = 0 if helperlink.ask(closed, protocol.request("login"), lambda _s: None) is None else 1
+            finally:
+                os._exit(code)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
 
 
 def test_a_flooding_answer_is_kept_to_its_cap(tmp_path: str) -> None:
