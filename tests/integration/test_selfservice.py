@@ -284,10 +284,15 @@ def test_status_shows_what_the_container_uses(lab: Lab, student: Student) -> Non
 
 
 def helper_pids(lab: Lab, verb: str) -> list[int]:
-    """The lab's root helpers running `verb` (found by their exact argv; sudo itself left out)."""
+    """The lab's root helpers running `verb`: the resident helper's children (each answers one
+    request; the callers here have one in flight), or helpers run through sudo, by their exact
+    argv (sudo itself left out)."""
     import psutil
 
     found = []
+    if lab.helper_server is not None:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            found = [child.pid for child in psutil.Process(lab.helper_server.pid).children()]
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = proc.info["cmdline"] or []
         if cmdline[-2:] == [lab.paths["helper"], verb] and "sudo" not in cmdline[0]:
