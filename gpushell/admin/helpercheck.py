@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
-import struct
 
+from ..helper.server import peer_credentials
 from .findings import Finding
 
 FIX = "systemctl enable --now gpushell-helper.service (without systemd: gpushell-helper(8))"
@@ -35,9 +35,7 @@ def gather(path: str) -> ServerFacts | None:
             probe.connect(path)
         except OSError:
             return None
-        # A connected client's peer is the process that listens: the server, not a child.
-        credentials = probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid = struct.unpack("3i", credentials)[0]
+        pid = peer_credentials(probe)[0]  # a client's peer is the process that listens, not a child
     try:
         started = psutil.Process(pid).create_time()
     except psutil.Error:

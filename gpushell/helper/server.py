@@ -164,11 +164,16 @@ def _unlink_own(path: str, made: os.stat_result) -> None:
             os.unlink(path)
 
 
-def peer_uid(connection: socket.socket) -> int:
-    """The connecting process's uid, as the kernel recorded it at connect."""
+def peer_credentials(connection: socket.socket) -> tuple[int, int, int]:
+    """The other end's pid, uid and gid, as the kernel recorded them at connect (or at listen)."""
     credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", credentials)
-    return int(uid)
+    pid, uid, gid = struct.unpack("3i", credentials)
+    return int(pid), int(uid), int(gid)
+
+
+def peer_uid(connection: socket.socket) -> int:
+    """The connecting process's uid."""
+    return peer_credentials(connection)[1]
 
 
 def admitted(busy_uids: list[int], uid: int) -> bool:

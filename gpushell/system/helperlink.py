@@ -19,6 +19,8 @@ import _socket
 import select
 import time
 
+from .spawn import Capped
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -39,8 +41,7 @@ def ask(path: str, request: bytes, tick: Callable[[float], None], interval: floa
             return None
         connection.sendall(request)
         connection.shutdown(_socket.SHUT_WR)
-        chunks: list[bytes] = []
-        kept, began = 0, time.monotonic()
+        answer, began = Capped(MAX_ANSWER), time.monotonic()  # more is read and dropped
         while True:
             ready, _, _ = select.select([connection], [], [], interval)
             if not ready:
@@ -48,9 +49,7 @@ def ask(path: str, request: bytes, tick: Callable[[float], None], interval: floa
                 continue
             data = connection.recv(65536)
             if not data:
-                return b"".join(chunks).decode(errors="replace")
-            if kept < MAX_ANSWER:  # more is read and dropped: the server never blocks on it
-                chunks.append(data[: MAX_ANSWER - kept])
-                kept += len(chunks[-1])
+                return answer.text()
+            answer.add(data)
     finally:
         connection.close()
