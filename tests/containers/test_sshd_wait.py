@@ -4,7 +4,7 @@ import socket
 
 import pytest
 
-from gpushell.containers.readiness import MAX_POLL, MIN_POLL, QUICK_BOOT, poll_interval, wait_for_sshd
+from gpushell.containers.readiness import LATE, MAX_POLL, MIN_POLL, poll_interval, wait_for_sshd
 from gpushell.core.errors import ExitStatus, GpushellError
 
 
@@ -18,19 +18,27 @@ def probes_until(ready_at: float) -> tuple[int, float]:
 
 
 def test_a_lone_cold_start_is_noticed_within_a_few_milliseconds() -> None:
-    _, late = probes_until(0.35)  # a container's sshd on an idle host
-    assert late <= MIN_POLL
+    _, late = probes_until(0.30)  # a container's sshd on an idle host
+    assert late <= 0.30 * LATE + 1e-9  # ~9 ms
 
 
-def test_a_crowded_boot_costs_a_few_hundred_probes_not_thousands() -> None:
-    probes, late = probes_until(10.0)  # twenty boots sharing two cores
-    assert probes < 600  # at a fixed 3 ms: over 3000
+def test_a_crowded_boot_costs_a_couple_of_hundred_probes() -> None:
+    probes, late = probes_until(4.0)  # twenty boots sharing two cores
+    assert probes < 200  # every 3 ms for the first second alone: over 300
     assert late <= MAX_POLL
+    first_second, _ = probes_until(1.0)
+    assert first_second < 130
+
+
+def test_no_sshd_is_noticed_more_than_a_share_of_the_wait_late() -> None:
+    for ready_at in (0.001, 0.05, 0.2, 0.5, 1.0, 1.6, 3.0, 10.0):
+        _, late = probes_until(ready_at)
+        assert late <= max(MIN_POLL, min(MAX_POLL, ready_at * LATE)) + 1e-9, ready_at
 
 
 def test_the_interval_stays_between_its_bounds() -> None:
     assert poll_interval(0.0) == MIN_POLL
-    assert MIN_POLL < poll_interval(QUICK_BOOT) <= MAX_POLL
+    assert MIN_POLL < poll_interval(1.0) < MAX_POLL
     assert poll_interval(3600.0) == MAX_POLL
 
 
