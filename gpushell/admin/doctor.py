@@ -22,7 +22,7 @@ from ..core.model import User
 from ..core.paths import Paths
 from ..core.registry import Registry, size_text
 from ..gpu import driverfiles, gpudevices
-from ..system import ifaddr, iptables, nftrun, pool, registry_store, sshdcheck, sysctl
+from ..system import ifaddr, iptables, nftrun, pool, registry_store, signalpool, sshdcheck, sysctl
 from ..system.ownership import check_owned_by_root
 from . import apply, clusterdoctor, helpercheck, leftovers, lendingops
 from .findings import Finding, finding
@@ -77,6 +77,8 @@ class Facts:
     now: float | None = None  # when doctor looked (epoch seconds), for expiries; None: not examined
     cluster: clusterdoctor.ClusterFacts | None = None  # the members and their containers (backend lxd)
     pools: dict[str, int] | None = None  # the kernel pools every container shares, now; None: not examined
+    # (the queued-signal pool a container started now gets, the pool wanted); None: not examined
+    signal_pool: tuple[int, int] | None = None
     last_tick: float | None = None  # when gpushell-admin tick last finished since boot (epoch seconds)
     memory: int = 0  # the host's memory in bytes, which sizes those pools
     helper_server: helpercheck.ServerFacts | None = None  # the resident helper; None: none answers
@@ -176,6 +178,26 @@ def check_isolation(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
         return [Finding(False, problem, APPLY) for problem in facts.isolation]
     name = isolation.table_name(reg)
     return [Finding(True, f"nftables tables bridge {name} and inet {name} (isolation) match the registry")]
+
+
+def check_signal_pool(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
+    if facts.signal_pool is None:
+        return []
+    pool, wanted = facts.signal_pool
+    if pool >= wanted:
+        return [
+            Finding(True, f"each container gets a pool of {pool} queued signals, more than memory could fill")
+        ]
+    return [
+        Finding(
+            True,
+            f"each container gets a pool of {pool} queued signals (root's RLIMIT_SIGPENDING), below "
+            f"{wanted}: one container can queue them all and leave its neighbours none",
+            f"give root CAP_SYS_RESOURCE (a stock host's root has it), or a hard RLIMIT_SIGPENDING of at "
+            f"least {wanted} where gpushell starts containers",
+            warning=True,
+        )
+    ]
 
 
 def check_kernel_pools(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
@@ -758,6 +780,7 @@ CHECKS: tuple[Check, ...] = (
     check_forwards,
     check_isolation,
     check_kernel_pools,
+    check_signal_pool,
     check_dropins,
     check_sshd_settings,
     check_sshd_running,
@@ -944,6 +967,8 @@ def gather(reg: Registry, paths: Paths) -> Facts:
         storage=storage_facts(reg),
         now=time.time(),
         pools=sysctl.read(kernelpools.BYTES_PER),
+        # What a start gets, found the way a start finds it: by widening doctor's own limit.
+        signal_pool=None if reg.cluster is not None else signalpool.widen(),
         memory=sysctl.host_memory(),
         last_tick=lendingops.last_tick(paths),
         helper_server=helpercheck.gather(paths.helper_socket),

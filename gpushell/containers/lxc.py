@@ -9,6 +9,7 @@ import time
 from _socket import AF_UNIX, SOCK_STREAM, socket
 
 from ..core.errors import GpushellError
+from ..system import signalpool
 from ..system.runner import LARGE_OUTPUT, run
 from .backend import MISSING, RUNNING, ContainerDriver
 
@@ -120,6 +121,7 @@ class LxcDriver(ContainerDriver):
         # streams on /dev/null, so the student's session never waits on it.
         # No lxc-info first: that was one more process on every cold login.
         # lxc-start leaves a running container alone, exits 0 and says so.
+        signalpool.widen()  # the container's own pool of queued signals, not its neighbours'
         result = run(["lxc-start", *self._args(name), "-o", log, "-l", "WARN"], check=False)
         if result.returncode == 0:
             return ALREADY_RUNNING not in result.stderr

@@ -26,6 +26,19 @@ BYTES_PER = {INSTANCES: 512, WATCHES: 32}
 LARGEST = 2**31 - 1  # the kernels before 5.x hold these in an int
 
 
+# Queued real-time signals are counted the same way, against a pool that is
+# no sysctl: the RLIMIT_SIGPENDING of the process that made the container's
+# user namespace (lxc-start), counted together with every other container's
+# and host root's own.  A queued signal costs the kernel about 90 bytes,
+# charged to the memory limit of the container that queued it.
+SIGNAL_BYTES = 48
+
+
+def signals_wanted(memory: int) -> int:
+    """The queued-signal pool each container should get on a host with `memory` bytes."""
+    return max(1, memory // SIGNAL_BYTES)
+
+
 def wanted(memory: int) -> dict[str, int]:
     """The size of each pool on a host with `memory` bytes."""
     return {key: min(LARGEST, max(1, memory // size)) for key, size in BYTES_PER.items()}

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
 
 from ..core import kernelpools
 
-Report = Callable[[str], None]
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # collections off the login path: a cold start reads host_memory (signalpool.py)
+    from collections.abc import Callable, Iterable
+
+    Report = Callable[[str], None]
 PROC_SYS = "/proc/sys"
 IP_FORWARD = "net.ipv4.ip_forward"
 

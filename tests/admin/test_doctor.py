@@ -117,6 +117,24 @@ def test_kernel_pools_too_small_for_the_host_fail_and_apply_fixes_them() -> None
     ]
 
 
+def test_a_queued_signal_pool_below_what_memory_could_fill_is_a_warning() -> None:
+    def lines(pool: tuple[int, int] | None) -> list[str]:
+        facts = dataclasses.replace(healthy(), signal_pool=pool)
+        return [item.line() for item in doctor.check_signal_pool(REG, PATHS, facts)]
+
+    assert lines(None) == []  # not examined: a cluster, whose engine starts the containers
+    assert lines((357913941, 357913941)) == [
+        "ok: each container gets a pool of 357913941 queued signals, more than memory could fill"
+    ]
+    assert lines((96369, 357913941)) == [
+        "warning: each container gets a pool of 96369 queued signals (root's RLIMIT_SIGPENDING), below "
+        "357913941: one container can queue them all and leave its neighbours none — give root "
+        "CAP_SYS_RESOURCE (a stock host's root has it), or a hard RLIMIT_SIGPENDING of at least 357913941 "
+        "where gpushell starts containers"
+    ]
+    assert failures(dataclasses.replace(healthy(), signal_pool=(96369, 357913941))) == []  # doctor passes
+
+
 def test_with_lending_on_a_tick_that_stopped_fails_and_names_the_timer() -> None:
     lending = REG.replace(lending=parse("lending: {gpus: all}\nusers: {}\n", "/etc/gpushell.yaml").lending)
     now = 1795901000.0

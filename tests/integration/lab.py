@@ -250,10 +250,11 @@ class Lab:
             time.sleep(0.05)
         raise RuntimeError("test sshd did not start; see " + f"{self.root}/sshd.log")
 
-    def start_helper_server(self) -> None:
-        """The resident helper, as gpushell-helper.service runs it on a host (the group exists: init)."""
+    def start_helper_server(self, prefix: Sequence[str] = ()) -> None:
+        """The resident helper, as gpushell-helper.service runs it on a host (the group exists: init);
+        prefix: a command it runs under (`prlimit ...`)."""
         self.helper_server = subprocess.Popen(
-            [self.paths["helper"], "--serve"],
+            [*prefix, self.paths["helper"], "--serve"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=ENV,
             stderr=open(f"{self.root}/helper-server.log", "ab"),  # noqa: SIM115 - lives as long as it
         )  # fmt: skip

@@ -7,7 +7,10 @@ cannot raise its own limits; a CPU quota holds a busy loop to its share.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import platform
+import resource
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,6 +18,8 @@ from collections.abc import Iterator
 import pytest
 
 from gpushell.containers import cgroups
+from gpushell.core import kernelpools
+from gpushell.system import sysctl
 
 from .lab import Lab, Student, sh
 
@@ -209,3 +214,103 @@ def test_one_container_cannot_take_the_inotify_pool_every_container_shares(
     finally:
         lab.ssh(student, "stop")  # its tails with it
         sysctl.write(INSTANCES, max(saved, sysctl.read([INSTANCES])[INSTANCES]))
+
+
+# rt_sigqueueinfo(2) by number: perl-base, in the template, has no syscall.ph.  (`0 +`: perl's
+# syscall passes a scalar as an int only where it holds a number.)
+RT_SIGQUEUEINFO = {"x86_64": 129, "aarch64": 138}[platform.machine()]
+# Queue up to $ARGV[0] real-time signals to itself, blocked so they stay queued;
+# print how many the kernel took, then, with $ARGV[1], hold them until stdin closes.
+QUEUE_SIGNALS = f"""
+use POSIX;
+$| = 1;
+my ($count, $hold) = @ARGV;
+my $sig = 40;
+sigprocmask(SIG_BLOCK, POSIX::SigSet->new($sig)) or die "sigprocmask: $!";
+my $queued = 0;
+while ($queued < $count) {{
+    last if syscall({RT_SIGQUEUEINFO}, 0 + $$, 0 + $sig, pack("iii", $sig, 0, -1) . ("\\0" x 116)) != 0;
+    $queued++;
+}}
+print "$queued\\n";
+<STDIN> if $hold;
+"""
+
+
+def queue_signals(lab: Lab, student: Student, count: int) -> int:
+    """How many of count queued signals one process in the container gets queued (none left after)."""
+    result = attach(lab, student, "perl", "-e", QUEUE_SIGNALS, str(count), "")
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout)
+
+
+@contextlib.contextmanager
+def holding_signals(lab: Lab, student: Student, count: int) -> Iterator[int]:
+    """A process in the container holding up to count queued signals while the block runs; how many."""
+    argv = ["lxc-attach", "-P", lab.lxcpath, "-n", student.container, "--clear-env", "--"]
+    holder = subprocess.Popen(
+        [*argv, "perl", "-e", QUEUE_SIGNALS, str(count), "hold"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdin is not None and holder.stdout is not None
+    try:
+        yield int(holder.stdout.readline())
+    finally:
+        holder.stdin.close()  # perl's end, and its signals' with it
+        holder.wait(30)
+
+
+def may_raise_hard_limits() -> bool:
+    """Whether this process has CAP_SYS_RESOURCE (bit 24 of its effective set): root on a stock host."""
+    with open("/proc/self/status", encoding="ascii") as stream:
+        effective = next(line for line in stream if line.startswith("CapEff:"))
+    return bool(int(effective.split()[1], 16) >> 24 & 1)
+
+
+def started_raw(lab: Lab, student: Student, sigpending: int) -> None:
+    """The container stopped, then started by lxc-start itself, with that soft RLIMIT_SIGPENDING."""
+    lab.ssh(student, "stop")
+    sh(["prlimit", f"--sigpending={sigpending}:", "lxc-start", "-P", lab.lxcpath, "-n", student.container])
+    sh(["lxc-wait", "-P", lab.lxcpath, "-n", student.container, "-s", "RUNNING", "-t", "30"])
+
+
+def test_a_container_gets_its_own_pool_of_queued_signals(
+    lab: Lab, student: Student, neighbour: Student
+) -> None:
+    """A container's user namespace takes its queued-signal pool from the process that starts it,
+    and every container's queued signals count against host root's one count.  gpushell starts
+    containers with that pool widened as far as root may: beyond what memory could fill with
+    CAP_SYS_RESOURCE, up to root's hard limit without it (this machine).  Here the helper is made to
+    run with a small soft limit, so the difference shows on a few hundred signals."""
+    small = 200
+    try:
+        # The harm at a small pool: two containers started with it, one takes it all.
+        started_raw(lab, student, small)
+        started_raw(lab, neighbour, small)
+        with holding_signals(lab, student, 1000) as held:
+            assert 0 < held <= small
+            assert queue_signals(lab, neighbour, 10) < 10
+        # The same two started by gpushell's helper, which runs with that small soft limit.
+        lab.stop_helper_server()
+        lab.start_helper_server(prefix=("prlimit", f"--sigpending={small}:"))
+        for each in (student, neighbour):
+            lab.ssh(each, "stop")
+            started(lab, each)
+        with holding_signals(lab, student, 1000) as held:
+            assert held == 1000
+            assert queue_signals(lab, neighbour, 100) == 100
+        # What doctor says of the pool: the one a start gets here (doctor runs with the test's limits).
+        wanted = kernelpools.signals_wanted(sysctl.host_memory())
+        if may_raise_hard_limits():
+            expected = (
+                f"ok: each container gets a pool of {wanted} queued signals, more than memory could fill"
+            )
+        else:
+            hard = resource.getrlimit(resource.RLIMIT_SIGPENDING)[1]
+            expected = (
+                f"warning: each container gets a pool of {hard} queued signals (root's RLIMIT_SIGPENDING)"
+            )
+        assert expected in lab.admin("doctor", check=False).stdout
+    finally:
+        lab.stop_helper_server()
+        lab.start_helper_server()
