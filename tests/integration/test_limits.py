@@ -20,6 +20,7 @@ import pytest
 from gpushell.containers import cgroups
 from gpushell.core import kernelpools
 from gpushell.system import sysctl
+from tests.system.test_signalpool import may_raise_hard_limits
 
 from .lab import Lab, Student, sh
 
@@ -258,13 +259,6 @@ def holding_signals(lab: Lab, student: Student, count: int) -> Iterator[int]:
     finally:
         holder.stdin.close()  # perl's end, and its signals' with it
         holder.wait(30)
-
-
-def may_raise_hard_limits() -> bool:
-    """Whether this process has CAP_SYS_RESOURCE (bit 24 of its effective set): root on a stock host."""
-    with open("/proc/self/status", encoding="ascii") as stream:
-        effective = next(line for line in stream if line.startswith("CapEff:"))
-    return bool(int(effective.split()[1], 16) >> 24 & 1)
 
 
 def started_raw(lab: Lab, student: Student, sigpending: int) -> None:
