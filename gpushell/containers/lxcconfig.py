@@ -27,10 +27,19 @@ def hook_line(hook: str, root: str) -> str:
 
 
 CPU_PERIOD_US = 100_000
+# A container's CPU weight is an eighth of the host's own: of a host
+# process's 1024 shares (v1), of a top-level slice's weight 100 (v2, where
+# system.slice and user.slice compete as one group each).  Containers still
+# share the CPUs evenly among themselves, and an idle host takes nothing from
+# them; but when every container is busy, a login (sshd, the login shell, the
+# helper) and the host's services go first: one student's busy or booting
+# container does not slow another's login.
+CPU_SHARES = 1024 // 8
+CPU_WEIGHT = 100 // 8
 
 
 def limit_lines(limits: Limits, layout: CgroupLayout) -> list[str]:
-    """The container's memory, CPU and pids limits, in the keys of the host's cgroup layout.
+    """The container's memory, CPU and pids limits and CPU weight, in the keys of the host's cgroup layout.
 
     Only that layout's keys: LXC refuses to start a container whose config
     names a controller file the host does not have.  Swap is capped at as
@@ -44,6 +53,7 @@ def limit_lines(limits: Limits, layout: CgroupLayout) -> list[str]:
         return [
             *lines,
             f"lxc.cgroup2.cpu.max = {quota} {CPU_PERIOD_US}",
+            f"lxc.cgroup2.cpu.weight = {CPU_WEIGHT}",
             f"lxc.cgroup2.pids.max = {limits.pids}",
         ]
     lines = [f"lxc.cgroup.memory.limit_in_bytes = {limits.memory}"]
@@ -53,6 +63,7 @@ def limit_lines(limits: Limits, layout: CgroupLayout) -> list[str]:
         *lines,
         f"lxc.cgroup.cpu.cfs_period_us = {CPU_PERIOD_US}",
         f"lxc.cgroup.cpu.cfs_quota_us = {quota}",
+        f"lxc.cgroup.cpu.shares = {CPU_SHARES}",
         f"lxc.cgroup.pids.max = {limits.pids}",
     ]
 

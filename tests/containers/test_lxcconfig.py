@@ -60,6 +60,7 @@ def test_container_config_exact():
         "lxc.cgroup.memory.memsw.limit_in_bytes = 17179869184\n"
         "lxc.cgroup.cpu.cfs_period_us = 100000\n"
         "lxc.cgroup.cpu.cfs_quota_us = 400000\n"
+        "lxc.cgroup.cpu.shares = 128\n"
         "lxc.cgroup.pids.max = 4096\n"
         "lxc.cgroup.devices.deny = a\n"
         "lxc.cgroup.devices.allow = c *:* m\n"

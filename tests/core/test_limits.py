@@ -82,6 +82,7 @@ def test_v1_lines_cap_memory_swap_cpu_and_pids():
         "lxc.cgroup.memory.memsw.limit_in_bytes = 2147483648",
         "lxc.cgroup.cpu.cfs_period_us = 100000",
         "lxc.cgroup.cpu.cfs_quota_us = 150000",
+        "lxc.cgroup.cpu.shares = 128",
         "lxc.cgroup.pids.max = 256",
     ]
 
@@ -92,6 +93,7 @@ def test_v2_lines_are_the_unified_keys():
         "lxc.cgroup2.memory.max = 1073741824",
         "lxc.cgroup2.memory.swap.max = 1073741824",
         "lxc.cgroup2.cpu.max = 50000 100000",
+        "lxc.cgroup2.cpu.weight = 12",
         "lxc.cgroup2.pids.max = 256",
     ]
 

@@ -2,13 +2,15 @@
 
 A memory hog and a fork bomb in one student's container are stopped there
 while a neighbour keeps running and the host still forks; container root
-cannot raise its own limits; a CPU quota holds a busy loop to its share.
+cannot raise its own limits; a CPU quota holds a busy loop to its share;
+busy containers leave a host process its CPU (their weight).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -68,6 +70,7 @@ def test_a_new_container_has_the_finite_default_limits(lab: Lab, student: Studen
     assert cgroup_file(lab, student, "pids", "pids.max") == "4096"
     assert cgroup_file(lab, student, "cpu", "cpu.cfs_quota_us") == "400000"
     assert cgroup_file(lab, student, "cpu", "cpu.cfs_period_us") == "100000"
+    assert cgroup_file(lab, student, "cpu", "cpu.shares") == "128"
     listed = {row["user"]: row for row in json.loads(lab.admin("list", "--json").stdout)["users"]}
     assert listed[student.name]["limits"] == {
         "memory_bytes": 8 * GIB,
@@ -168,6 +171,35 @@ def test_a_cpu_quota_holds_a_busy_loop_to_its_share(lab: Lab, student: Student) 
         assert 0.3 < share < 0.65, share
     finally:
         runner.wait(30)
+
+
+def spin_everywhere(lab: Lab, student: Student, seconds: int) -> subprocess.Popen[bytes]:
+    """As many busy loops in the container as the host has CPUs, for `seconds`."""
+    spin = f"for i in $(seq {os.cpu_count()}); do timeout {seconds} sh -c 'while :; do :; done' & done; wait"
+    return subprocess.Popen(
+        ["lxc-attach", "-P", lab.lxcpath, "-n", student.container, "--clear-env", "--", "sh", "-c", spin]
+    )
+
+
+def test_busy_containers_leave_a_host_process_its_cpu(lab: Lab, student: Student, neighbour: Student) -> None:
+    # Two containers spin on every CPU.  At a host process's own weight, a
+    # spinning host process gets about two thirds of a CPU here (0.68 measured);
+    # at an eighth of it, all of one (1.01).
+    started(lab, student)
+    assert cgroup_file(lab, neighbour, "cpu", "cpu.shares") == "128"
+    spinners = [spin_everywhere(lab, who, 8) for who in (student, neighbour)]
+    try:
+        time.sleep(1.5)
+        host = subprocess.run(
+            ["python3", "-c", "import time\nend = time.monotonic() + 4\nwhile time.monotonic() < end: pass\n"
+             "print(time.process_time())"],
+            capture_output=True, text=True, check=True, timeout=30,
+        )  # fmt: skip
+        share = float(host.stdout) / 4
+        assert share > 0.85, f"the host process got {share:.2f} of a CPU"
+    finally:
+        for spinner in spinners:
+            spinner.wait(30)
 
 
 INSTANCES = "fs.inotify.max_user_instances"
