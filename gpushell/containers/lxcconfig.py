@@ -32,8 +32,8 @@ CPU_PERIOD_US = 100_000
 # system.slice and user.slice compete as one group each).  Containers still
 # share the CPUs evenly among themselves, and an idle host takes nothing from
 # them; but when every container is busy, a login (sshd, the login shell, the
-# helper) and the host's services go first: one student's busy or booting
-# container does not slow another's login.
+# helper) and the host's services go first: students' busy containers do not
+# take the CPU another student's login needs.
 CPU_SHARES = 1024 // 8
 CPU_WEIGHT = 100 // 8
 

@@ -154,14 +154,18 @@ def test_a_fork_bomb_stays_inside_its_pids_limit(lab: Lab, student: Student, nei
         sh(["lxc-stop", "-P", lab.lxcpath, "-n", student.container, "-k"], check=False, timeout=60)
 
 
+def spinning(lab: Lab, student: Student, loops: int, seconds: int) -> subprocess.Popen[bytes]:
+    """`loops` busy loops in the container, each ending after `seconds`; the whole runs on meanwhile."""
+    spin = f"for i in $(seq {loops}); do timeout {seconds} sh -c 'while :; do :; done' & done; wait"
+    return subprocess.Popen(
+        ["lxc-attach", "-P", lab.lxcpath, "-n", student.container, "--clear-env", "--", "sh", "-c", spin]
+    )
+
+
 def test_a_cpu_quota_holds_a_busy_loop_to_its_share(lab: Lab, student: Student) -> None:
     lab.admin("set", student.name, "cpus=0.5")
     started(lab, student)
-    # Two spinning processes could take both of this host's CPUs.
-    spin = "for i in 1 2; do timeout 6 sh -c 'while :; do :; done' & done; wait"
-    runner = subprocess.Popen(
-        ["lxc-attach", "-P", lab.lxcpath, "-n", student.container, "--clear-env", "--", "sh", "-c", spin]
-    )
+    runner = spinning(lab, student, 2, 6)  # two could take both of this host's CPUs
     try:
         time.sleep(1)
         before, began = int(cgroup_file(lab, student, "cpuacct", "cpuacct.usage")), time.monotonic()
@@ -173,21 +177,13 @@ def test_a_cpu_quota_holds_a_busy_loop_to_its_share(lab: Lab, student: Student) 
         runner.wait(30)
 
 
-def spin_everywhere(lab: Lab, student: Student, seconds: int) -> subprocess.Popen[bytes]:
-    """As many busy loops in the container as the host has CPUs, for `seconds`."""
-    spin = f"for i in $(seq {os.cpu_count()}); do timeout {seconds} sh -c 'while :; do :; done' & done; wait"
-    return subprocess.Popen(
-        ["lxc-attach", "-P", lab.lxcpath, "-n", student.container, "--clear-env", "--", "sh", "-c", spin]
-    )
-
-
 def test_busy_containers_leave_a_host_process_its_cpu(lab: Lab, student: Student, neighbour: Student) -> None:
     # Two containers spin on every CPU.  At a host process's own weight, a
     # spinning host process gets about two thirds of a CPU here (0.68 measured);
     # at an eighth of it, all of one (1.01).
     started(lab, student)
     assert cgroup_file(lab, neighbour, "cpu", "cpu.shares") == "128"
-    spinners = [spin_everywhere(lab, who, 8) for who in (student, neighbour)]
+    spinners = [spinning(lab, who, os.cpu_count() or 1, 8) for who in (student, neighbour)]
     try:
         time.sleep(1.5)
         host = subprocess.run(
