@@ -70,7 +70,12 @@ def poll_interval(waited: float) -> float:
 
 
 def wait_for_sshd(
-    ip: str, timeout: float, port: int = 22, greeting: bool = False, running: Callable[[], bool] | None = None
+    ip: str,
+    timeout: float,
+    port: int = 22,
+    greeting: bool = False,
+    running: Callable[[], bool] | None = None,
+    listens: Callable[[], bool] | None = None,
 ) -> float:
     """Wait until sshd accepts a TCP connection on ip:port; return the seconds it took.
 
@@ -78,7 +83,10 @@ def wait_for_sshd(
     accepted connection means a client can log in now.  (Waiting for the
     greeting as well would add sshd's per-connection re-exec, ~9 ms, to
     every login, and log a dropped pre-auth connection in the container.)
-    With greeting, wait for sshd's greeting instead (sshd_greets).
+    With greeting, wait for sshd's greeting instead (sshd_greets).  With
+    listens (the kernel's word that ip:port has a listener, system/listeners.py),
+    ask that instead of connecting: the same answer, and no connection for
+    the container's sshd to serve.
 
     running (the backend's may_be_running) is asked every LOOK_EVERY s: a
     container whose init died while booting ends the wait at once, where
@@ -86,7 +94,9 @@ def wait_for_sshd(
     """
     began = looked = time.monotonic()
     deadline = began + timeout
-    while not (sshd_greets(ip, port) if greeting else sshd_answers(ip, port)):
+    if listens is None:
+        listens = (lambda: sshd_greets(ip, port)) if greeting else (lambda: sshd_answers(ip, port))
+    while not listens():
         now = time.monotonic()
         if now >= deadline:
             raise GpushellError(

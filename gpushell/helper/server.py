@@ -52,12 +52,15 @@ MAX_CHILDREN = 128  # requests worked on at once, all callers together
 MAX_PER_CALLER = 8  # and from one uid: a student's few logins, not a flood
 BUSY = "busy: too many of your actions are running at once; try again in a minute"
 # What the verbs import when they run (beyond verbs' own imports), imported once here rather than in
-# every child: the registry's slow path after a change (PyYAML), the ruleset checks, both backends, GPUs.
+# every child: the registry's slow path after a change (PyYAML), the ruleset checks, both backends, GPUs,
+# a cold start's wait (ctypes for setns).
 PRELOADED = (
     "gpushell.core.registry",
     "gpushell.core.chaincheck",
     "gpushell.system.nftrun",
     "gpushell.containers.lxc",
+    "gpushell.system.listeners",
+    "ctypes",
     "gpushell.containers.lxcdevices",
     "gpushell.containers.storage",
     "gpushell.containers.lxd",

@@ -16,6 +16,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..core.forward import NatTable
     from ..core.model import Registry, User
+    from ..system.listeners import ListenerProbe
 
 
 def ensure_forward(ctx: Context, user: User) -> bool:
@@ -99,15 +100,46 @@ def ensure_running(ctx: Context, user: User) -> bool:
 
 
 def wait_until_ready(ctx: Context, user: User) -> None:
-    """Until the container's sshd takes connections, where the student's forward leads."""
+    """Until the container's sshd takes connections, where the student's forward leads.
+
+    On one host the kernel is asked whether sshd listens (listeners.py),
+    where a connect would cost the booting container an sshd re-exec and a
+    journal line; on a cluster, or when the container's namespace cannot be
+    reached, the probe connects.
+    """
     address, port = forward.destination(user, ctx.registry.cluster)
-    wait_for_sshd(
-        address,
-        ctx.registry.start_timeout,
-        port,
-        greeting=ctx.registry.cluster is not None,
-        running=lambda: ctx.driver.may_be_running(user.container),
-    )
+    probe = None if ctx.registry.cluster is not None else listener_probe(ctx, user, address, port)
+    try:
+        wait_for_sshd(
+            address,
+            ctx.registry.start_timeout,
+            port,
+            greeting=ctx.registry.cluster is not None,
+            running=lambda: ctx.driver.may_be_running(user.container),
+            listens=None if probe is None else lambda: probe.listens(port, address),
+        )
+    finally:
+        if probe is not None:
+            probe.close()
+
+
+def listener_probe(ctx: Context, user: User, address: str, port: int) -> ListenerProbe | None:
+    """A sock_diag probe in the container's network namespace, or None to connect instead."""
+    from ..system.listeners import ListenerProbe  # the cold path only
+
+    _state, init_pid = ctx.driver.info(user.container)
+    if init_pid is None:
+        return None
+    try:
+        probe = ListenerProbe(init_pid)
+    except OSError:
+        return None
+    try:
+        probe.listens(port, address)  # a kernel without sock_diag for TCP says so here, not mid-wait
+    except OSError:
+        probe.close()
+        return None
+    return probe
 
 
 def start_unless_answering(ctx: Context, user: User) -> bool | None:

@@ -56,18 +56,23 @@ def ask(protocol: int, message: bytes, dump: bool = False) -> list[tuple[int, by
     """
     sock = socket(AF_NETLINK, SOCK_RAW, protocol)
     try:
-        sock.settimeout(1.0)
-        sock.send(message)
-        replies: list[tuple[int, bytes]] = []
-        while True:
-            received = list(messages(sock.recv(_BUFFER)))
-            if not received:
-                raise OSError("netlink: empty or malformed reply")
-            for kind, payload in received:
-                if kind == NLMSG_DONE:
-                    return replies
-                replies.append((kind, payload))
-            if not dump or any(kind == NLMSG_ERROR for kind, _ in received):
-                return replies
+        return exchange(sock, message, dump)
     finally:
         sock.close()
+
+
+def exchange(sock: socket, message: bytes, dump: bool = False) -> list[tuple[int, bytes]]:
+    """ask() on a netlink socket the caller made (and may ask again)."""
+    sock.settimeout(1.0)
+    sock.send(message)
+    replies: list[tuple[int, bytes]] = []
+    while True:
+        received = list(messages(sock.recv(_BUFFER)))
+        if not received:
+            raise OSError("netlink: empty or malformed reply")
+        for kind, payload in received:
+            if kind == NLMSG_DONE:
+                return replies
+            replies.append((kind, payload))
+        if not dump or any(kind == NLMSG_ERROR for kind, _ in received):
+            return replies

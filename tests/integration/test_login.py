@@ -20,7 +20,7 @@ from gpushell.system import nftgen
 from gpushell.system.files import read_text_or_none
 
 from .conftest import Syslog
-from .lab import Lab, Student
+from .lab import Lab, Student, sh
 
 PROMPT = "gpushell>"
 
@@ -80,6 +80,19 @@ def test_login_starts_container_and_shows_banner_and_menu(lab: Lab, student: Stu
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
+
+
+def test_a_cold_start_waits_for_sshd_without_connecting_to_it(lab: Lab, student: Student) -> None:
+    """The wait asks the host's kernel whether sshd listens: the booting container's
+    sshd serves no connection of gpushell's (each cost it a re-exec and a journal line)."""
+    assert lab.state(student) == "STOPPED"
+    assert lab.ssh(student, "start").returncode == 0
+    inside = lab.ssh(student, "true", port=student.port)  # ready means ready: the student's own connection
+    assert inside.returncode == 0, inside.stderr
+    journal = sh(["lxc-attach", "-P", lab.lxcpath, "-n", student.container, "--clear-env", "--",
+                  "journalctl", "--no-pager", "-o", "cat", "_COMM=sshd"]).stdout  # fmt: skip
+    assert f"Accepted publickey for {student.name}" in journal  # its log is there to be read
+    assert "kex_exchange_identification" not in journal, journal
 
 
 def test_forwarded_port_lands_in_own_container_as_own_user(lab: Lab, student: Student) -> None:

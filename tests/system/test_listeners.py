@@ -1,0 +1,93 @@
+"""listeners: whether a port listens inside another network namespace, from the kernel's sock_diag."""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from gpushell.system import listeners, netlink
+
+
+def listener_message(port: int, address: bytes, state: int = listeners.TCP_LISTEN) -> tuple[int, bytes]:
+    """(type, payload) of one inet_diag_msg reply, as netlink.messages yields it."""
+    sockid = struct.pack("!HH", port, 0) + address + bytes(12) + bytes(16) + struct.pack("=III", 0, 0, 0)
+    return listeners.SOCK_DIAG_BY_FAMILY, struct.pack("=BBBB", 2, state, 0, 0) + sockid + bytes(20)
+
+
+def test_the_request_asks_for_ipv4_tcp_listeners_on_the_port() -> None:
+    [(kind, body)] = list(netlink.messages(listeners.listen_request(22)))
+    assert kind == listeners.SOCK_DIAG_BY_FAMILY
+    family, protocol, _ext, _pad, states = struct.unpack_from("=BBBBI", body)
+    assert (family, protocol, states) == (2, 6, 1 << 10)  # AF_INET, TCP, listeners only
+    assert struct.unpack_from("!HH", body, 8) == (22, 0)  # source port 22, any destination
+    header = netlink.HEADER.unpack_from(listeners.listen_request(22))
+    assert header[2] & netlink.NLM_F_DUMP == netlink.NLM_F_DUMP
+
+
+def test_a_listener_on_any_address_or_the_containers_counts() -> None:
+    any_address = [listener_message(22, bytes(4))]
+    its_own = [listener_message(22, bytes([10, 0, 3, 7]))]
+    assert listeners.any_listens(any_address, 22, "10.0.3.7")
+    assert listeners.any_listens(its_own, 22, "10.0.3.7")
+
+
+def test_loopback_another_address_or_another_port_does_not() -> None:
+    assert not listeners.any_listens([], 22, "10.0.3.7")
+    assert not listeners.any_listens([listener_message(22, bytes([127, 0, 0, 1]))], 22, "10.0.3.7")
+    assert not listeners.any_listens([listener_message(22, bytes([10, 0, 3, 8]))], 22, "10.0.3.7")
+    assert not listeners.any_listens([listener_message(2222, bytes(4))], 22, "10.0.3.7")
+    assert not listeners.any_listens([(listeners.SOCK_DIAG_BY_FAMILY, b"\x02\x0a")], 22, "10.0.3.7")
+
+
+def test_a_refused_request_is_an_error_not_a_no() -> None:
+    with pytest.raises(OSError):
+        listeners.any_listens([(netlink.NLMSG_ERROR, struct.pack("=i", -2) + bytes(16))], 22, "10.0.3.7")
+
+
+def test_the_hosts_own_namespace_is_refused() -> None:
+    # A PID that was a container's init and is now a host process's must not probe the host.
+    with pytest.raises(OSError, match="host's own"):
+        listeners.ListenerProbe(os.getpid())
+
+
+LISTENER = """
+import socket, sys
+server = socket.socket()
+server.bind((sys.argv[1], int(sys.argv[2])))
+server.listen()
+print("up", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture
+def namespaced() -> Iterator[subprocess.Popen[str]]:
+    """A process in a network namespace of its own, listening on 0.0.0.0:2222 until its stdin closes."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: a network namespace")
+    proc = subprocess.Popen(
+        ["unshare", "--net", "--", sys.executable, "-I", "-c", LISTENER, "0.0.0.0", "2222"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "up\n"
+        yield proc
+    finally:
+        proc.communicate("", timeout=10)
+
+
+def test_a_real_namespace_is_asked_and_the_caller_stays_home(namespaced: subprocess.Popen[str]) -> None:
+    home = os.stat("/proc/thread-self/ns/net")
+    probe = listeners.ListenerProbe(namespaced.pid)
+    try:
+        assert os.path.samestat(os.stat("/proc/thread-self/ns/net"), home)
+        assert probe.listens(2222, "10.0.3.7")
+        assert not probe.listens(22, "10.0.3.7")  # the host's own sshd, if any, is not in there
+        assert probe.listens(2222, "10.0.3.7")  # the same socket asks again
+    finally:
+        probe.close()
