@@ -75,18 +75,17 @@ def wait_for_sshd(
     port: int = 22,
     greeting: bool = False,
     running: Callable[[], bool] | None = None,
-    listens: Callable[[], bool] | None = None,
+    listens: Callable[[], bool | None] | None = None,
 ) -> float:
     """Wait until sshd accepts a TCP connection on ip:port; return the seconds it took.
 
     sshd listens only once its configuration and host keys are loaded, so an
-    accepted connection means a client can log in now.  (Waiting for the
-    greeting as well would add sshd's per-connection re-exec, ~9 ms, to
-    every login, and log a dropped pre-auth connection in the container.)
-    With greeting, wait for sshd's greeting instead (sshd_greets).  With
-    listens (the kernel's word that ip:port has a listener, system/listeners.py),
-    ask that instead of connecting: the same answer, and no connection for
-    the container's sshd to serve.
+    accepted connection means a client can log in now.  A connection that
+    finds sshd up costs the container an sshd re-exec (~10 ms of CPU) and a
+    journal line; with listens (the kernel's word that ip:port has a
+    listener, system/listeners.py), ask that instead: the same answer, and
+    no connection for sshd to serve.  Where it cannot tell (None), connect.
+    With greeting, wait for sshd's greeting instead (sshd_greets).
 
     running (the backend's may_be_running) is asked every LOOK_EVERY s: a
     container whose init died while booting ends the wait at once, where
@@ -94,9 +93,14 @@ def wait_for_sshd(
     """
     began = looked = time.monotonic()
     deadline = began + timeout
-    if listens is None:
-        listens = (lambda: sshd_greets(ip, port)) if greeting else (lambda: sshd_answers(ip, port))
-    while not listens():
+
+    def ready() -> bool:
+        answer = None if listens is None else listens()
+        if answer is not None:
+            return answer
+        return sshd_greets(ip, port) if greeting else sshd_answers(ip, port)
+
+    while not ready():
         now = time.monotonic()
         if now >= deadline:
             raise GpushellError(

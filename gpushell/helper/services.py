@@ -108,7 +108,7 @@ def wait_until_ready(ctx: Context, user: User) -> None:
     reached, the probe connects.
     """
     address, port = forward.destination(user, ctx.registry.cluster)
-    probe = None if ctx.registry.cluster is not None else listener_probe(ctx, user, address, port)
+    probe = None if ctx.registry.cluster is not None else listener_probe(ctx, user)
     try:
         wait_for_sshd(
             address,
@@ -123,7 +123,7 @@ def wait_until_ready(ctx: Context, user: User) -> None:
             probe.close()
 
 
-def listener_probe(ctx: Context, user: User, address: str, port: int) -> ListenerProbe | None:
+def listener_probe(ctx: Context, user: User) -> ListenerProbe | None:
     """A sock_diag probe in the container's network namespace, or None to connect instead."""
     from ..system.listeners import ListenerProbe  # the cold path only
 
@@ -131,15 +131,9 @@ def listener_probe(ctx: Context, user: User, address: str, port: int) -> Listene
     if init_pid is None:
         return None
     try:
-        probe = ListenerProbe(init_pid)
+        return ListenerProbe(init_pid)
     except OSError:
         return None
-    try:
-        probe.listens(port, address)  # a kernel without sock_diag for TCP says so here, not mid-wait
-    except OSError:
-        probe.close()
-        return None
-    return probe
 
 
 def start_unless_answering(ctx: Context, user: User) -> bool | None:

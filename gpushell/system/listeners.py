@@ -34,6 +34,7 @@ _REQUEST = struct.Struct("=BBBBI")  # inet_diag_req_v2: family, protocol, extens
 _PORTS = struct.Struct("!HH")  # inet_diag_sockid: source and destination port, network order
 _SOCKID_REST = struct.Struct("=16s16sIII")  # addresses, interface, cookie (none: all ones)
 _NO_COOKIE = 0xFFFFFFFF
+MOST_LISTENERS = 64  # sshd listens once per address family; a container with more is asked by connecting
 
 
 def listen_request(port: int) -> bytes:
@@ -67,13 +68,29 @@ class ListenerProbe:
     """A sock_diag socket in one container's network namespace, asked as often as needed."""
 
     def __init__(self, init_pid: int) -> None:
-        self._socket = _socket_in(f"/proc/{init_pid}/ns/net")
+        self._socket: socket | None = _socket_in(f"/proc/{init_pid}/ns/net")
 
-    def listens(self, port: int, address: str) -> bool:
-        return any_listens(netlink.exchange(self._socket, listen_request(port), dump=True), port, address)
+    def listens(self, port: int, address: str) -> bool | None:
+        """Whether port listens at address (or any address); None once the kernel's answer cannot be had.
+
+        Container root decides how many sockets listen on the port, at
+        addresses of its own: a dump of more than MOST_LISTENERS ends this
+        probe (the caller connects instead), so no container makes each
+        look cost the helper more than that.
+        """
+        if self._socket is None:
+            return None
+        try:
+            replies = netlink.exchange(self._socket, listen_request(port), dump=True, most=MOST_LISTENERS)
+            return any_listens(replies, port, address)
+        except OSError:
+            self.close()  # a dump cut short leaves its rest in the socket: never read it as an answer
+            return None
 
     def close(self) -> None:
-        self._socket.close()
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
 
 
 def _socket_in(namespace: str) -> socket:

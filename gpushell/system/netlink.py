@@ -61,8 +61,10 @@ def ask(protocol: int, message: bytes, dump: bool = False) -> list[tuple[int, by
         sock.close()
 
 
-def exchange(sock: socket, message: bytes, dump: bool = False) -> list[tuple[int, bytes]]:
-    """ask() on a netlink socket the caller made (and may ask again)."""
+def exchange(
+    sock: socket, message: bytes, dump: bool = False, most: int | None = None
+) -> list[tuple[int, bytes]]:
+    """ask() on a netlink socket the caller made (and may ask again); OSError past `most` replies."""
     sock.settimeout(1.0)
     sock.send(message)
     replies: list[tuple[int, bytes]] = []
@@ -74,5 +76,7 @@ def exchange(sock: socket, message: bytes, dump: bool = False) -> list[tuple[int
             if kind == NLMSG_DONE:
                 return replies
             replies.append((kind, payload))
+        if most is not None and len(replies) > most:
+            raise OSError(f"netlink: more than {most} replies")
         if not dump or any(kind == NLMSG_ERROR for kind, _ in received):
             return replies

@@ -70,3 +70,24 @@ def test_a_container_still_running_waits_out_the_timeout() -> None:
         wait_for_sshd("127.0.0.1", 1.0, port, running=lambda: True)
     assert caught.value.status == ExitStatus.TIMEOUT
     assert caught.value.user_message == f"your container did not answer on port {port} within 1 s"
+
+
+def test_the_kernels_word_is_taken_without_a_connection() -> None:
+    held, port = closed_port()  # a connect would say no: only the kernel's yes can end the wait
+    answers = iter([False, False, True])
+    with held:
+        assert wait_for_sshd("127.0.0.1", 5.0, port, listens=lambda: next(answers)) < 1.0
+
+
+def test_where_the_kernel_cannot_tell_the_wait_connects() -> None:
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+    asked: list[None] = []
+
+    def cannot_tell() -> None:
+        asked.append(None)
+
+    with listening:
+        wait_for_sshd("127.0.0.1", 5.0, listening.getsockname()[1], listens=cannot_tell)
+    assert asked == [None]  # the connect that followed found the listener

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import subprocess
@@ -55,39 +56,58 @@ def test_the_hosts_own_namespace_is_refused() -> None:
         listeners.ListenerProbe(os.getpid())
 
 
-LISTENER = """
+LISTENERS = """
 import socket, sys
-server = socket.socket()
-server.bind((sys.argv[1], int(sys.argv[2])))
-server.listen()
+held = []
+for address in sys.argv[2:]:
+    server = socket.socket()
+    server.setsockopt(socket.IPPROTO_IP, 15, 1)  # IP_FREEBIND: addresses this namespace does not have
+    server.bind((address, int(sys.argv[1])))
+    server.listen()
+    held.append(server)
 print("up", flush=True)
 sys.stdin.read()
 """
 
 
-@pytest.fixture
-def namespaced() -> Iterator[subprocess.Popen[str]]:
-    """A process in a network namespace of its own, listening on 0.0.0.0:2222 until its stdin closes."""
+@contextlib.contextmanager
+def listening_in_a_namespace(port: int, *addresses: str) -> Iterator[int]:
+    """The PID of a process in a network namespace of its own, listening on port at each address."""
     if os.geteuid() != 0:
         pytest.skip("needs root: a network namespace")
     proc = subprocess.Popen(
-        ["unshare", "--net", "--", sys.executable, "-I", "-c", LISTENER, "0.0.0.0", "2222"],
+        ["unshare", "--net", "--", sys.executable, "-I", "-c", LISTENERS, str(port), *addresses],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         assert proc.stdout is not None and proc.stdout.readline() == "up\n"
-        yield proc
+        yield proc.pid
     finally:
         proc.communicate("", timeout=10)
 
 
-def test_a_real_namespace_is_asked_and_the_caller_stays_home(namespaced: subprocess.Popen[str]) -> None:
+def test_a_real_namespace_is_asked_and_the_caller_stays_home() -> None:
     home = os.stat("/proc/thread-self/ns/net")
-    probe = listeners.ListenerProbe(namespaced.pid)
-    try:
-        assert os.path.samestat(os.stat("/proc/thread-self/ns/net"), home)
-        assert probe.listens(2222, "10.0.3.7")
-        assert not probe.listens(22, "10.0.3.7")  # the host's own sshd, if any, is not in there
-        assert probe.listens(2222, "10.0.3.7")  # the same socket asks again
-    finally:
+    with listening_in_a_namespace(2222, "0.0.0.0") as pid:
+        probe = listeners.ListenerProbe(pid)
+        try:
+            assert os.path.samestat(os.stat("/proc/thread-self/ns/net"), home)
+            assert probe.listens(2222, "10.0.3.7")
+            assert not probe.listens(22, "10.0.3.7")  # the host's own sshd, if any, is not in there
+            assert probe.listens(2222, "10.0.3.7")  # the same socket asks again
+        finally:
+            probe.close()
+
+
+def test_a_container_with_a_flood_of_listeners_is_left_to_connects() -> None:
+    few = [f"10.9.0.{n}" for n in range(1, 4)]
+    many = [f"10.9.{n // 250}.{n % 250 + 1}" for n in range(listeners.MOST_LISTENERS + 1)]
+    with listening_in_a_namespace(2222, *few) as pid:
+        probe = listeners.ListenerProbe(pid)
+        assert probe.listens(2222, "10.9.0.2") is True
+        assert probe.listens(2222, "10.0.3.7") is False  # listeners, but none where the forward leads
         probe.close()
+    with listening_in_a_namespace(2222, *many) as pid:
+        probe = listeners.ListenerProbe(pid)
+        assert probe.listens(2222, "10.0.3.7") is None  # more than MOST_LISTENERS: cannot tell
+        assert probe.listens(22, "10.0.3.7") is None  # and the probe is done: no half-read dump is an answer
