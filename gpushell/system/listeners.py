@@ -118,7 +118,7 @@ def _socket_in(namespace: str) -> socket:
 
 
 def _setns(fd: int) -> None:
-    import ctypes  # the resident helper has it loaded (server._preload); only a cold start asks
+    import ctypes  # the resident helper has it loaded (server.PRELOADED); only a cold start asks
 
     if _libc().setns(fd, CLONE_NEWNET) != 0:
         error = ctypes.get_errno()

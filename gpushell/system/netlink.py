@@ -76,7 +76,7 @@ def exchange(
             if kind == NLMSG_DONE:
                 return replies
             replies.append((kind, payload))
-        if most is not None and len(replies) > most:
-            raise OSError(f"netlink: more than {most} replies")
+            if most is not None and len(replies) > most:  # counted as they come: a last batch too
+                raise OSError(f"netlink: more than {most} replies")
         if not dump or any(kind == NLMSG_ERROR for kind, _ in received):
             return replies

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import struct
 import subprocess
 import sys
@@ -111,3 +112,22 @@ def test_a_container_with_a_flood_of_listeners_is_left_to_connects() -> None:
         probe = listeners.ListenerProbe(pid)
         assert probe.listens(2222, "10.0.3.7") is None  # more than MOST_LISTENERS: cannot tell
         assert probe.listens(22, "10.0.3.7") is None  # and the probe is done: no half-read dump is an answer
+
+
+def test_the_bound_on_replies_holds_when_the_end_comes_in_the_same_batch() -> None:
+    """A dump whose last batch carries NLMSG_DONE is counted too (a datagram pair plays the kernel)."""
+
+    def batch(count: int) -> bytes:
+        one = netlink.HEADER.pack(netlink.HEADER.size + 4, listeners.SOCK_DIAG_BY_FAMILY, 2, 1, 0) + bytes(4)
+        done = netlink.HEADER.pack(netlink.HEADER.size + 4, netlink.NLMSG_DONE, 2, 1, 0) + bytes(4)
+        return one * count + done
+
+    for count, raises in ((64, False), (65, True)):
+        ours, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        with ours, kernel:
+            kernel.send(batch(count))
+            if raises:
+                with pytest.raises(OSError, match="more than 64"):
+                    netlink.exchange(ours, b"request", dump=True, most=64)
+            else:
+                assert len(netlink.exchange(ours, b"request", dump=True, most=64)) == 64
