@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import pwd
 
+from ..containers import diskcount
 from ..containers.factory import backend_for
 from ..core import lending, registry_edit
 from ..core.errors import ExitStatus, GpushellError
@@ -101,6 +102,7 @@ def remove_student(
             loans = drop_loans(paths, name)
             services.remove_forward(ctx, name)
             ctx.driver.destroy(reg, user.container)
+            diskcount.forget(paths.disk_count(name))
             change.write()
         isolated = nftrun.after_change(new_reg, warn)
     deleted = False

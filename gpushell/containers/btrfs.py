@@ -409,7 +409,7 @@ class BtrfsStorage(Storage):
     def disk_used(self, directory: str) -> int | None:
         """The container's exclusive bytes: its rootfs and snapshots, less what the template shares."""
         if not is_subvolume(directory):
-            return super().disk_used(directory)
+            return None
         try:
             group = self._groups(directory).get(quota_group(subvolume_id(directory)))
         except (GpushellError, ValueError):

@@ -14,7 +14,6 @@ import shutil
 import tempfile
 
 from ..core.errors import GpushellError
-from ..system import rootfs
 from ..system.runner import run
 from . import treecopy
 
@@ -98,11 +97,9 @@ class Storage:
         """Hold the container in directory (its rootfs and snapshots together) to limit bytes."""
 
     def disk_used(self, directory: str) -> int | None:
-        """Bytes the container in directory uses on disk (its rootfs); None when unknown."""
-        try:
-            return rootfs.tree_size(os.path.join(directory, "rootfs"))
-        except OSError:
-            return None
+        """Bytes the storage holds against the container in directory; None where it keeps no such
+        figure (then only a walk can tell: diskcount.py)."""
+        return None
 
     def snapshot_sizes(self, directory: str, roots: dict[str, str]) -> dict[str, int]:
         """name -> bytes each snapshot root holds that nothing else does; {} where the kind cannot tell."""

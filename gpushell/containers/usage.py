@@ -2,22 +2,28 @@
 
 For `status`.  CPU and memory come from the container's cgroup (found
 from its init process, as for `gpushell-admin list`), so they exist only
-while it runs; disk is the storage's word (storage.disk_used): on `dir`
-the rootfs's size on disk, counted without following a link (the helper
-runs as root, the rootfs is the container's), with no limit; on btrfs
-what the container's quota group holds against its limit.
-A number that cannot be read is left out rather than guessed.
+while it runs; disk is the storage's word where it keeps one (on btrfs
+what the container's quota group holds against its limit), and otherwise
+the rootfs counted on disk (diskcount.py: bounded, remembered, without
+following a link: the helper runs as root, the rootfs is the container's),
+with no limit.  A number that cannot be read is left out rather than guessed.
 """
 
 from __future__ import annotations
 
+import os
+import time
+
 from ..core.model import Registry, User
-from . import cgroups, storage
+from . import cgroups, diskcount, storage
 from .backend import RUNNING, ContainerDriver
 
 
-def container_usage(reg: Registry, user: User, driver: ContainerDriver) -> dict[str, int]:
-    """cgroups.read_usage's keys (while it runs) and disk_bytes; each left out when unknown."""
+def container_usage(reg: Registry, user: User, driver: ContainerDriver, record: str) -> dict[str, int]:
+    """cgroups.read_usage's keys (while it runs) and the disk's; each left out when unknown.
+
+    record: where the rootfs's last count is kept (paths.disk_count).
+    """
     if reg.cluster is not None:
         from .lxd import LxdDriver
 
@@ -28,9 +34,20 @@ def container_usage(reg: Registry, user: User, driver: ContainerDriver) -> dict[
     if state == RUNNING and pid is not None:
         found.update(cgroups.read_usage(pid))
     copies = storage.for_registry(reg)
-    disk = copies.disk_used(driver.directory(user.container))
-    if disk is not None:
-        found["disk_bytes"] = disk
-        if copies.has_quota:  # on `dir` the disk is counted, never held: no limit to show
-            found["disk_limit_bytes"] = user.limits.disk
+    directory = driver.directory(user.container)
+    held = copies.disk_used(directory)
+    if held is not None:
+        found.update(disk_bytes=held, disk_limit_bytes=user.limits.disk)
+        return found
+    count = diskcount.counted(record, os.path.join(directory, "rootfs"))
+    if count is not None:  # counted, never held: no limit to show
+        found["disk_bytes"] = count.bytes
+        if not count.complete:
+            found["disk_partial"] = 1
+        age = int(time.time() - count.counted_at)
+        if age >= SHOWN_AGE:
+            found["disk_age_seconds"] = age
     return found
+
+
+SHOWN_AGE = 60  # seconds: a count older than this says how old it is

@@ -105,6 +105,10 @@ class Paths:
         """The ruleset generation at which every student's forward was last seen right, and their rules."""
         return f"{self.run_dir}/forwards.stamp"
 
+    def disk_count(self, user: str) -> str:
+        """The last count of the student's rootfs on `dir` storage (containers/diskcount.py)."""
+        return f"{self.run_dir}/disk-{user}.count"
+
     def freeze_marker(self, user: str) -> str:
         """There while a snapshot holds the student's container frozen."""
         return f"{self.run_dir}/frozen-{user}"

@@ -272,7 +272,7 @@ def _return(ctx: services.Context, user: User) -> Answer:
 def _status_with_usage(ctx: services.Context, user: User) -> Answer:
     from ..containers import usage
 
-    measured = usage.container_usage(ctx.registry, user, ctx.driver)
+    measured = usage.container_usage(ctx.registry, user, ctx.driver, ctx.paths.disk_count(user.name))
     return services.describe(ctx, user, **measured)
 
 

@@ -68,6 +68,21 @@ def _memory_text(used: int, limit: int | None) -> str:
     return f"memory {used / 2**20:.0f} MiB{of}"
 
 
+def _disk_text(used: int, quota: int | None, info: Answer) -> str:
+    """`disk 1.50 of 50 GiB`, `disk 1.50 GiB (no quota)`, `disk at least 9.31 GiB (no quota; too many
+    files to count them all)`, `... (no quota; counted 4 min ago)`."""
+    if quota:
+        return f"disk {used / 2**30:.2f} of {quota / 2**30:.3g} GiB"
+    notes = ["no quota"]
+    if _count(info, "disk_partial"):
+        notes.append("too many files to count them all")
+    age = _count(info, "disk_age_seconds")
+    if age:
+        notes.append(f"counted {age // 60} min ago")
+    floor = "at least " if _count(info, "disk_partial") else ""
+    return f"disk {floor}{used / 2**30:.2f} GiB ({'; '.join(notes)})"
+
+
 def usage(info: Answer) -> str:
     """The container's CPU, memory, processes and disk against its limits, where the helper measured them."""
     parts = []
@@ -82,9 +97,7 @@ def usage(info: Answer) -> str:
         parts.append(f"processes {processes}" + (f" of {most}" if most is not None else ""))
     disk = _count(info, "disk_bytes")
     if disk is not None:
-        quota = _count(info, "disk_limit_bytes")
-        of = f" of {quota / 2**30:.3g} GiB" if quota else " GiB (no quota)"
-        parts.append(f"disk {disk / 2**30:.2f}{of}")
+        parts.append(_disk_text(disk, _count(info, "disk_limit_bytes"), info))
     if not parts:
         return ""
     text = f"Using:           {', '.join(parts)}\n"

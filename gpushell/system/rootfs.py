@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import stat
+import time
 from collections.abc import Iterator
 
 from ..core.errors import GpushellError
@@ -172,6 +173,7 @@ ASIDE_SUFFIX = ".gpushell-old"
 # Each directory level of tree_size holds one file descriptor open; a tree
 # deeper than this (only ever built on purpose) is counted down to it.
 MAX_TREE_DEPTH = 256
+CHECK_EVERY = 1024  # names a bounded walk counts between two looks at the clock
 
 
 def _split(path: str) -> tuple[str, str]:
@@ -339,20 +341,51 @@ def tree_size(top: str) -> int:
     descriptor with O_NOFOLLOW, so a running container swapping a directory
     for a link can never send the walk outside its rootfs.
     """
+    return count_tree(top).bytes
+
+
+class TreeCount:
+    """What a walk of tree_size's found: bytes so far, and whether it saw every name."""
+
+    def __init__(self, most_names: int | None, until: float | None) -> None:
+        self.bytes, self.names, self.complete = 0, 0, True
+        self.most_names, self.until = most_names, until
+
+    def spent(self) -> bool:
+        """Whether the walk must stop here: past its names, or (checked every CHECK_EVERY names) its time."""
+        past_names = self.most_names is not None and self.names >= self.most_names
+        late = self.until is not None and self.names % CHECK_EVERY == 0 and time.monotonic() >= self.until
+        if past_names or late:
+            self.complete = False
+        return not self.complete
+
+
+def count_tree(top: str, most_names: int | None = None, seconds: float | None = None) -> TreeCount:
+    """tree_size's walk, stopped after most_names names or seconds of time (complete=False then):
+    for a count whose length the container decides (a million empty files cost it nothing)."""
+    count = TreeCount(most_names, None if seconds is None else time.monotonic() + seconds)
     fd = os.open(top, _DIR_FLAGS)
     try:
         info = os.fstat(fd)
-        return info.st_blocks * 512 + _directory_size(fd, info.st_dev, set(), 1)
+        count.bytes = info.st_blocks * 512
+        _count_directory(fd, info.st_dev, set(), 1, count)
     finally:
         os.close(fd)
+    return count
 
 
-def _directory_size(dir_fd: int, device: int, seen: set[tuple[int, int]], depth: int) -> int:
-    total = 0
+def _count_directory(
+    dir_fd: int, device: int, seen: set[tuple[int, int]], depth: int, count: TreeCount
+) -> None:
     # Names only: a DirEntry's stat() would use scandir's own copy of the
     # descriptor, closed (and its number reused) once the listing ends.
+    names = []
     with os.scandir(dir_fd) as listing:
-        names = [entry.name for entry in listing]
+        for entry in listing:
+            if count.spent():
+                break
+            names.append(entry.name)
+            count.names += 1
     for name in names:
         try:
             info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
@@ -362,14 +395,13 @@ def _directory_size(dir_fd: int, device: int, seen: set[tuple[int, int]], depth:
             if (info.st_dev, info.st_ino) in seen:
                 continue
             seen.add((info.st_dev, info.st_ino))
-        total += info.st_blocks * 512
-        if stat.S_ISDIR(info.st_mode) and info.st_dev == device and depth < MAX_TREE_DEPTH:
+        count.bytes += info.st_blocks * 512
+        if stat.S_ISDIR(info.st_mode) and info.st_dev == device and depth < MAX_TREE_DEPTH and count.complete:
             try:
                 child = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
             except OSError:
                 continue  # replaced by a link or removed meanwhile
             try:
-                total += _directory_size(child, device, seen, depth + 1)
+                _count_directory(child, device, seen, depth + 1, count)
             finally:
                 os.close(child)
-    return total

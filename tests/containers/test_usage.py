@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from gpushell.containers import cgroups, usage
+from gpushell.containers import cgroups, diskcount, usage
 from gpushell.core.model import Registry, User
 from gpushell.system import rootfs
 from tests.fakes import INIT_PID, FakeBackend
@@ -32,6 +32,11 @@ def root(tmp_path, reg):
 
 
 @pytest.fixture
+def record(tmp_path):
+    return str(tmp_path / "disk-ann.count")
+
+
+@pytest.fixture
 def big_host_file(tmp_path):
     path = tmp_path / "host-big"
     path.write_bytes(os.urandom(4 * 1024 * 1024))
@@ -43,42 +48,44 @@ def backend(reg: Registry, state: str) -> FakeBackend:
     return FakeBackend(default=state, lxcpath=reg.lxcpath)
 
 
-def test_a_stopped_container_has_only_its_disk(reg, root, monkeypatch):
+def test_a_stopped_container_has_only_its_disk(reg, record, root, monkeypatch):
     driver = backend(reg, "STOPPED")
     monkeypatch.setattr(cgroups, "read_usage", lambda pid: pytest.fail("a stopped container has no cgroup"))
-    found = usage.container_usage(reg, USER, driver)
+    found = usage.container_usage(reg, USER, driver, record)
     assert list(found) == ["disk_bytes"]
     assert found["disk_bytes"] == rootfs.tree_size(str(root))
     assert 256 * 1024 <= found["disk_bytes"] < 256 * 1024 + 64 * 4096
 
 
-def test_disk_never_counts_a_linked_host_tree_and_hard_links_once(reg, root, big_host_file, monkeypatch):
-    before = usage.container_usage(reg, USER, backend(reg, "STOPPED"))["disk_bytes"]
+def test_disk_never_counts_a_linked_host_tree_and_hard_links_once(reg, record, root, big_host_file):
+    before = usage.container_usage(reg, USER, backend(reg, "STOPPED"), record)["disk_bytes"]
     os.symlink(big_host_file, root / "home" / "ann" / "host-file")
     os.symlink(big_host_file.parent, root / "home" / "ann" / "host-dir")
     os.symlink("/", root / "root-link")
     os.link(root / "home" / "ann" / "data", root / "home" / "ann" / "data-again")
-    after = usage.container_usage(reg, USER, backend(reg, "STOPPED"))["disk_bytes"]
+    diskcount.forget(record)  # counted afresh, not the count remembered a moment ago
+    after = usage.container_usage(reg, USER, backend(reg, "STOPPED"), record)["disk_bytes"]
+    assert after == rootfs.tree_size(str(root))
     assert after - before < 64 * 1024  # a few link inodes, not 4 MiB, not another 256 KiB
 
 
-def test_a_running_container_has_its_cgroup_numbers_from_its_init(reg, root, monkeypatch):
+def test_a_running_container_has_its_cgroup_numbers_from_its_init(reg, record, root, monkeypatch):
     asked: list[int] = []
     measured = {"cpu_ns": 7_000_000_000, "memory_bytes": 512 * 1024 * 1024, "oom_kills": 2}
     monkeypatch.setattr(cgroups, "read_usage", lambda pid: asked.append(pid) or measured)
-    found = usage.container_usage(reg, USER, backend(reg, "RUNNING"))
+    found = usage.container_usage(reg, USER, backend(reg, "RUNNING"), record)
     assert asked == [INIT_PID]
     assert found == {**measured, "disk_bytes": rootfs.tree_size(str(root))}
 
 
-def test_no_init_pid_means_no_cgroup_numbers(reg, root, monkeypatch):
+def test_no_init_pid_means_no_cgroup_numbers(reg, record, root, monkeypatch):
     driver = backend(reg, "RUNNING")
     monkeypatch.setattr(driver, "info", lambda name: ("RUNNING", None))  # LXC could not say (parse_info)
-    assert list(usage.container_usage(reg, USER, driver)) == ["disk_bytes"]
+    assert list(usage.container_usage(reg, USER, driver, record)) == ["disk_bytes"]
 
 
-def test_a_missing_rootfs_has_no_disk_number(reg, monkeypatch):
-    assert usage.container_usage(reg, USER, backend(reg, "MISSING")) == {}
+def test_a_missing_rootfs_has_no_disk_number(reg, record, monkeypatch):
+    assert usage.container_usage(reg, USER, backend(reg, "MISSING"), record) == {}
 
 
 def test_tree_size_stops_at_its_depth_bound(tmp_path):

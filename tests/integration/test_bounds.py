@@ -148,3 +148,49 @@ def test_a_fifo_at_the_host_accounts_authorized_keys_hangs_nothing(lab: Lab, stu
     finally:
         os.unlink(keys)
         os.rename(saved, keys)
+
+
+def disk_figure(status: str) -> float:
+    """GiB from the status line's `disk 1.23 GiB (no quota...)`."""
+    for part in status.split(", "):
+        if part.startswith("disk "):
+            return float(part.split()[1])
+    raise AssertionError(f"no disk figure in {status!r}")
+
+
+def test_a_rootfs_full_of_files_keeps_root_counting_it_a_small_share_of_the_time(
+    lab: Lab, student: Student
+) -> None:
+    from gpushell.containers import diskcount
+
+    started(lab, student)
+    # 200 000 empty files cost the container nothing, and root's count of its disk 200 000 names.
+    planted = attach(lab, student, "mkdir /many && cd /many && seq 200000 | xargs touch")
+    assert planted.returncode == 0, planted.stderr
+    record = f"{lab.paths['run_dir']}/disk-{student.name}.count"
+    first = lab.ssh(student, "status")
+    assert first.returncode == 0, first.stdout + first.stderr
+    with open(record) as stream:
+        count = diskcount.from_record(stream.read())
+    assert count is not None and count.complete
+    assert os.stat(record).st_mode & 0o777 == 0o600 and os.stat(record).st_uid == 0
+    written = os.stat(record).st_mtime_ns
+    stands_until = count.counted_at + diskcount.SPACING * count.took
+    print(f"root's count of 200 000 planted files took {count.took:.3f} s")
+    # A 64 MiB file, then status again at once: the last count stands in; root walked once.
+    assert attach(lab, student, "head -c 67108864 /dev/urandom > /big && sync").returncode == 0
+    second = lab.ssh(student, "status")
+    assert time.time() < stands_until, f"the walk took {count.took:.3f} s: too short a window for this test"
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert os.stat(record).st_mtime_ns == written
+    assert disk_figure(second.stdout) == disk_figure(first.stdout)
+    # Once its window has passed, the next look counts again and sees the file.
+    assert stands_until - time.time() < 60
+    time.sleep(max(0.0, stands_until - time.time()) + 0.5)
+    third = lab.ssh(student, "status")
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert os.stat(record).st_mtime_ns != written
+    assert disk_figure(third.stdout) >= disk_figure(first.stdout) + 0.06
+    # Removing the student forgets the count.
+    lab.admin("remove", student.name)
+    assert not os.path.exists(record)

@@ -161,6 +161,20 @@ def test_status_shows_what_the_helper_measured():
     assert "Using" not in status({**INFO, "cpu_ns": "-1", "memory_bytes": "12x"})
 
 
+def test_status_says_when_a_disk_count_is_a_floor_or_old():
+    stopped = {**INFO, "state": "STOPPED", "disk_bytes": str(10 * 2**30)}
+    partial = {**stopped, "disk_partial": "1"}
+    assert status(partial).endswith(
+        "Using:           disk at least 10.00 GiB (no quota; too many files to count them all)\n"
+    )
+    old = {**stopped, "disk_age_seconds": "250"}
+    assert status(old).endswith("Using:           disk 10.00 GiB (no quota; counted 4 min ago)\n")
+    both = {**partial, "disk_age_seconds": "3600"}
+    assert status(both).endswith(
+        "disk at least 10.00 GiB (no quota; too many files to count them all; counted 60 min ago)\n"
+    )
+
+
 def test_status_shows_use_against_the_limits_and_oom_kills():
     measured = {
         **INFO,
