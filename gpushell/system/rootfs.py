@@ -374,34 +374,36 @@ def count_tree(top: str, most_names: int | None = None, seconds: float | None = 
     return count
 
 
-def _count_directory(
-    dir_fd: int, device: int, seen: set[tuple[int, int]], depth: int, count: TreeCount
-) -> None:
-    # Names only: a DirEntry's stat() would use scandir's own copy of the
-    # descriptor, closed (and its number reused) once the listing ends.
-    names = []
+def _count_directory(dir_fd: int, device: int, seen: set[int], depth: int, count: TreeCount) -> None:
+    # Each name is looked at as it is listed, from this walk's own descriptor
+    # (a DirEntry's stat() would use scandir's copy, closed once the listing
+    # ends); only the subdirectories wait for the listing to end.
+    subdirectories = []
     with os.scandir(dir_fd) as listing:
         for entry in listing:
             if count.spent():
                 break
-            names.append(entry.name)
             count.names += 1
-    for name in names:
-        try:
-            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        except OSError:
-            continue  # removed meanwhile
-        if info.st_nlink > 1 and not stat.S_ISDIR(info.st_mode):
-            if (info.st_dev, info.st_ino) in seen:
-                continue
-            seen.add((info.st_dev, info.st_ino))
-        count.bytes += info.st_blocks * 512
-        if stat.S_ISDIR(info.st_mode) and info.st_dev == device and depth < MAX_TREE_DEPTH and count.complete:
             try:
-                child = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+                info = os.stat(entry.name, dir_fd=dir_fd, follow_symlinks=False)
             except OSError:
-                continue  # replaced by a link or removed meanwhile
-            try:
-                _count_directory(child, device, seen, depth + 1, count)
-            finally:
-                os.close(child)
+                continue  # removed meanwhile
+            if stat.S_ISDIR(info.st_mode):
+                if info.st_dev == device and depth < MAX_TREE_DEPTH:
+                    subdirectories.append(entry.name)
+            elif info.st_nlink > 1 and info.st_dev == device:  # on one filesystem, its inode number
+                if info.st_ino in seen:
+                    continue
+                seen.add(info.st_ino)
+            count.bytes += info.st_blocks * 512
+    for name in subdirectories:
+        if not count.complete:
+            return
+        try:
+            child = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        except OSError:
+            continue  # replaced by a link or removed meanwhile
+        try:
+            _count_directory(child, device, seen, depth + 1, count)
+        finally:
+            os.close(child)
