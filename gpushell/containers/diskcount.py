@@ -73,7 +73,8 @@ def counted(record: str, top: str, now: float | None = None) -> DiskCount | None
         return None
     took = time.monotonic() - began
     count = DiskCount(walk.bytes, walk.complete, now + took, took)
-    write_private(record, count.record())
+    with contextlib.suppress(OSError):  # unremembered, the next look counts again: still bounded
+        write_private(record, count.record())
     return count
 
 

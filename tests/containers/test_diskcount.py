@@ -144,3 +144,10 @@ def test_forget_removes_the_record(tree, record):
     diskcount.forget(record)
     assert not os.path.exists(record)
     diskcount.forget(record)  # twice is fine
+
+
+def test_a_count_that_cannot_be_remembered_is_still_shown(tree, tmp_path):
+    record = str(tmp_path / "no-such-directory" / "disk-ann.count")
+    count = diskcount.counted(record, str(tree))
+    assert count is not None and count.bytes == rootfs.tree_size(str(tree))
+    assert not os.path.exists(record)
