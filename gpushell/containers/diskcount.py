@@ -1,6 +1,6 @@
 """A container's disk use where the storage cannot tell it: counted, bounded, remembered.
 
-On `dir` storage the only measure is a walk of the rootfs (rootfs.tree_size),
+On `dir` storage the only measure is a walk of the rootfs (rootfs.count_tree),
 and its length is the container's to decide: a million empty files cost
 container root nothing.  The walk runs as root, outside the container's CPU
 limit, on the disk every student shares.  So a student's `status` cannot
