@@ -31,7 +31,7 @@ from typing import ClassVar
 
 import pytest
 
-from gpushell.admin import driversync, gpupublish
+from gpushell.admin import driversync, gpupublish, lendingops
 from gpushell.containers.lxdapi import LocalClient
 from gpushell.core import gpureport
 from gpushell.core.lending import LoanBook
@@ -278,12 +278,20 @@ def test_an_idle_loan_ends_without_a_restart_and_one_kept_by_a_process_restarts_
     borrowed = front.ssh(student, "borrow 1 1h")
     assert borrowed.returncode == 0 and "You have GPU 1 now." in borrowed.stdout, borrowed.stderr
 
-    long_ago = time.time() - 3 * 3600  # unused for three hours: past the default idle_return of two
+    # Idle time counts from the host's boot at the earliest (nobody used a GPU while it was down):
+    # on a host up for less than the default idle_return of 2h no loan could be idle that long, so
+    # this tick runs with an idle_return of 2m, and the loan unused for five minutes.
+    long_ago = time.time() - 5 * 60
+    assert lendingops.boot_time() < long_ago, "this host booted under five minutes ago"
     change_loans(paths, student, started=long_ago, last_used=long_ago)
     before = front.inside(student, INIT_START).stdout.strip()
     publish(cluster, "m1", recorded_h200s([[], []]))  # m1's fresh report: GPU 1 quiet
-    ticked = front.admin("tick")
-    assert f"returned idle: {student.name}'s GPU 1, no process for 3h" in ticked.stdout, ticked.stdout
+    text = front.read_registry()
+    quick = LendingFrontDoor.LENDING.replace("}", ", idle_return: 2m}")
+    assert LendingFrontDoor.LENDING in text
+    with front.registry_replaced(text.replace(LendingFrontDoor.LENDING, quick)):
+        ticked = front.admin("tick")
+    assert f"returned idle: {student.name}'s GPU 1, no process for 5m" in ticked.stdout, ticked.stdout
     assert lent(front, student) == {} and loanstore.read(paths).of(student.name) == ()
     assert front.inside(student, NODE).stdout == ""  # the device went out of the running container
     assert front.inside(student, INIT_START).stdout.strip() == before  # and it did not restart
