@@ -18,6 +18,8 @@ from ..core.model import Registry, User
 from . import cgroups, diskcount, storage
 from .backend import RUNNING, ContainerDriver
 
+SHOWN_AGE = 60  # seconds: a count older than this says how old it is
+
 
 def container_usage(reg: Registry, user: User, driver: ContainerDriver, record: str) -> dict[str, int]:
     """cgroups.read_usage's keys (while it runs) and the disk's; each left out when unknown.
@@ -48,6 +50,3 @@ def container_usage(reg: Registry, user: User, driver: ContainerDriver, record: 
         if age >= SHOWN_AGE:
             found["disk_age_seconds"] = age
     return found
-
-
-SHOWN_AGE = 60  # seconds: a count older than this says how old it is

@@ -73,14 +73,13 @@ def _disk_text(used: int, quota: int | None, info: Answer) -> str:
     files to count them all)`, `... (no quota; counted 4 min ago)`."""
     if quota:
         return f"disk {used / 2**30:.2f} of {quota / 2**30:.3g} GiB"
+    partial, age = _count(info, "disk_partial"), _count(info, "disk_age_seconds")
     notes = ["no quota"]
-    if _count(info, "disk_partial"):
+    if partial:
         notes.append("too many files to count them all")
-    age = _count(info, "disk_age_seconds")
     if age:
         notes.append(f"counted {age // 60} min ago")
-    floor = "at least " if _count(info, "disk_partial") else ""
-    return f"disk {floor}{used / 2**30:.2f} GiB ({'; '.join(notes)})"
+    return f"disk {'at least ' if partial else ''}{used / 2**30:.2f} GiB ({'; '.join(notes)})"
 
 
 def usage(info: Answer) -> str:
