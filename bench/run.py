@@ -679,6 +679,9 @@ def bench_crowd(lab: Lab) -> None:
         report(f"2b. the same {CROWD} cold logins (report)", ours,
                f"{CROWD} x lxc-start + poll, {CROWD} plain ssh logins", floor, "report", lambda r: True,
                paired=True)  # fmt: skip
+        # The floor against the raw starts: what ssh alone costs the crowd, with no tool behind it.
+        report(f"2c. {CROWD} x lxc-start + poll, {CROWD} plain ssh logins (report)", floor,
+               f"{CROWD} x lxc-start + poll :22", raw, "report", lambda r: True, paired=True)  # fmt: skip
     finally:
         for student in crowd:
             lab.admin("remove", student.name, "--purge", check=False)
