@@ -21,7 +21,14 @@ Two tables, named after the registry's chain in lower case (GPUSHELL ->
   the bridge is a reply, or a new connection that leaves the lab (to
   another container only when `allow_container_traffic`), and never to an
   `egress_deny` network.  Replies pass first, so a client in a denied
-  network still reaches a container through its forward.
+  network still reaches a container through its forward.  Every flow a
+  container starts through the host takes an entry in the host's one
+  connection-tracking table (262144 entries on a 23 GiB host), which the
+  host's own traffic needs too: when it is full, new connections fail for
+  everyone, students' ssh logins included.  A UDP datagram to each of many
+  ports fills it in seconds, with no one answering.  So a container holds
+  at most TRACKED_FLOWS entries at once; its next new flow is dropped
+  until some end.
 
 Sets keep each rule one hash lookup, whatever the number of students.
 Every rule names the lab's bridge or its students' ports, MACs or IPs:
@@ -45,6 +52,10 @@ if TYPE_CHECKING:
 
 BRIDGE, INET = "bridge", "inet"
 FAMILIES = (BRIDGE, INET)
+# A container's flows in the host's connection tracking at once: far more than a
+# crawler's or a data loader's thousands of connections, 1/32 of a 262144-entry table.
+TRACKED_FLOWS = 8192
+FLOW_KEYS = 65535  # sources the count can follow: more than any lab subnet holds
 
 
 def table_name(reg: Registry) -> str:
@@ -60,8 +71,10 @@ def _students(reg: Registry) -> list[User]:
     return sorted(reg.users.values(), key=lambda user: _numeric(user.address))
 
 
-def _set(name: str, kind: str, elements: list[str], flags: str = "") -> str:
+def _set(name: str, kind: str, elements: list[str], flags: str = "", size: int = 0) -> str:
     lines = [f"\tset {name} {{", f"\t\ttype {kind}"]
+    if size:
+        lines.append(f"\t\tsize {size}")
     if flags:
         lines.append(f"\t\tflags {flags}")
     if elements:
@@ -140,6 +153,11 @@ def inet_table(reg: Registry) -> str:
     forward.append("ip daddr @deny drop")
     parts = [
         _set("deny", "ipv4_addr", deny_networks(reg), flags="interval"),
+        # After conntrack (priority -200) and before input and forward: pings of the host count too.
+        _set("flows", "ipv4_addr", [], flags="dynamic", size=FLOW_KEYS),
+        _chain("prerouting", [
+            f"iifname {bridge} ct state new add @flows {{ ip saddr ct count over {TRACKED_FLOWS} }} drop",
+        ], hook="prerouting"),
         _chain("input", [
             f"iifname != {bridge} return",
             "ct state established,related accept",

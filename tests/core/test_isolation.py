@@ -84,6 +84,17 @@ table inet gptab-x {
 		elements = { 10.9.9.9, 11.0.0.0/8, 192.168.10.0/24 }
 	}
 
+	set flows {
+		type ipv4_addr
+		size 65535
+		flags dynamic
+	}
+
+	chain prerouting {
+		type filter hook prerouting priority filter; policy accept;
+		iifname "gptabbr" ct state new add @flows { ip saddr ct count over 8192 } drop
+	}
+
 	chain input {
 		type filter hook input priority filter; policy accept;
 		iifname != "gptabbr" return

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 from gpushell.core.allocate import host_interface, mac_address
+from gpushell.core.isolation import TRACKED_FLOWS
 
 from .lab import Lab, Student, free_port, sh
 
@@ -242,6 +243,39 @@ def test_egress_deny_keeps_containers_off_an_address_but_not_its_replies(
             result = lab.ssh(victim, "hostname", port=victim.port)
             assert result.returncode == 0, result.stderr
         assert connects(lab, attacker, lab.client_ip, port)
+
+
+def tracked_from(ip: str) -> int:
+    """The entries of the host's connection tracking for flows that ip started (its first src=)."""
+    with open("/proc/net/nf_conntrack", encoding="ascii") as stream:
+        return sum(
+            1 for line in stream if next(w for w in line.split() if w.startswith("src=")) == f"src={ip}"
+        )
+
+
+def test_a_container_cannot_fill_the_hosts_connection_tracking(
+    lab: Lab, pair: tuple[Student, Student]
+) -> None:
+    victim, attacker = pair
+    flows = TRACKED_FLOWS + 1000
+    # One datagram to each of that many ports in the client namespace: nobody answers,
+    # and each is a flow the host tracks for 30 s (nf_conntrack_udp_timeout).
+    spray = (
+        f"for p in $(seq 20000 {20000 + flows - 1}); do echo > /dev/udp/{lab.client_ip}/$p; done 2>/dev/null"
+    )
+    try:
+        attach(lab, attacker, spray, timeout=120)
+        held = tracked_from(attacker.ip)
+        # At the bound, not under it (the spray was real), and not over (a few earlier
+        # connections of this module may still be in TIME_WAIT, which the count skips).
+        assert TRACKED_FLOWS - 100 <= held <= TRACKED_FLOWS + 50, held
+        with client_listener(lab) as port:
+            assert not connects(lab, attacker, lab.client_ip, port)  # its own next flow waits
+            assert connects(lab, victim, lab.client_ip, port)  # a neighbour's goes through
+    finally:
+        deadline = time.monotonic() + 90  # the spray's entries time out; the next test needs its flows
+        while tracked_from(attacker.ip) > 50 and time.monotonic() < deadline:
+            time.sleep(1)
 
 
 APPLY = "gpushell-admin apply"
