@@ -45,7 +45,7 @@ BRIDGE, FORWARDING, FORWARDS, CONFIG, ACCOUNT, START = (
 )  # fmt: skip
 GPU_NODES = "gpu-nodes"  # before CONFIG: the configs bind the nodes it makes
 ISOLATION = "isolation"  # the nftables tables (isolation.py); before START: no container runs unguarded
-KERNEL_POOLS = "kernel-pools"  # the inotify pools every container shares (kernelpools.py); before START
+KERNEL_POOLS = "kernel-pools"  # the kernel pools every container shares (kernelpools.py); before START
 LEFTOVER = "leftover"  # last: what an interrupted add left (leftovers.py)
 # Reasons a chain rebuild names; after a reboot all of a lab's forwards are missing.
 SHOWN_PROBLEMS = 3
@@ -182,8 +182,8 @@ def plan(reg: Registry, paths: Paths, state: HostState) -> Plan:
         changes.append(Change(ISOLATION, reg.chain.lower(), f"rebuild the nftables isolation tables: {why}"))
     if state.pools:
         why = "; ".join(kernelpools.shortfall_text(key, *sizes) for key, sizes in sorted(state.pools.items()))
-        text = f"raise the inotify pools every container shares: {why}"
-        changes.append(Change(KERNEL_POOLS, "inotify", text))
+        text = f"raise the kernel pools every container shares: {why}"
+        changes.append(Change(KERNEL_POOLS, "sysctl", text))
     missing_nodes = gpudevices.missing(state.gpu)
     if missing_nodes:
         names = ", ".join(f"{state.gpu.dev_dir.rstrip('/')}/{node.name}" for node in missing_nodes)

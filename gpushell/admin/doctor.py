@@ -208,16 +208,14 @@ def check_kernel_pools(reg: Registry, paths: Paths, facts: Facts) -> list[Findin
         return [
             Finding(
                 False,
-                f"{kernelpools.shortfall_text(key, *sizes)}: every container's root draws on host root's "
-                "inotify pools, and one container can take them all",
+                f"{kernelpools.shortfall_text(key, *sizes)}: every container draws on this host-wide pool, "
+                "and one container can take it all",
                 APPLY,
             )
             for key, sizes in sorted(short.items())
         ]
     sizes = ", ".join(f"{key} {facts.pools[key]}" for key in sorted(facts.pools))
-    return [
-        Finding(True, f"the inotify pools every container shares are larger than memory could fill: {sizes}")
-    ]
+    return [Finding(True, f"the kernel pools every container shares are as large as the host needs: {sizes}")]
 
 
 def _check_dropin(name: str, path: str, installed: InstalledFile, wanted: str, mode: int) -> Finding:

@@ -45,7 +45,7 @@ def ensure_isolation(reg: Registry, report: Report) -> None:
 
 
 def ensure_kernel_pools(paths: Paths, report: Report) -> None:
-    """The inotify pools every container draws from, sized for the host now and from each boot on."""
+    """The kernel pools every container draws from, sized for the host now and from each boot on."""
     os.makedirs(os.path.dirname(paths.sysctl_dropin), mode=0o755, exist_ok=True)
     ensure_file(paths.sysctl_dropin, kernelpools.dropin_text(sysctl.host_memory()), 0o644, report)
     sysctl.raise_pools(report)

@@ -13,17 +13,33 @@ gpushell makes the shared pools larger than the host's memory could
 fill: an instance costs the kernel about 1 KiB and a watch about 90 bytes
 (measured on Linux 6.x), charged to the memory limit of the container
 that made it, which stops that container long before the pool runs out.
+
+Pseudo-terminals are one more such pool: every devpts instance but the
+host's own draws on `kernel.pty.max` less `kernel.pty.reserve` (3072 of
+4096 by default).  The `max` LXC gives a container's /dev/pts does not
+hold container root, which may mount a devpts instance of its own: one
+container took all 3072 for ~9 MB of its memory, and its neighbours'
+interactive ssh sessions, tmux and notebook terminals got none ("No space
+left on device").  A pty costs the kernel ~3 KiB, charged to the container
+(measured), and the kernel numbers them below 2**20; so the pool is that
+large, and filling it takes a container ~3 GiB of its memory limit and a
+million open files.  That is a bound, not a cap: a container allowed that
+much memory can still fill it, since the kernel counts ptys per host only.
 """
 
 from __future__ import annotations
 
 INSTANCES = "fs.inotify.max_user_instances"
 WATCHES = "fs.inotify.max_user_watches"
+PTYS = "kernel.pty.max"
 # Bytes of host memory per unit of each pool: about half of what one costs
-# the kernel (988 bytes an instance, 88 a watch), so filling a pool would
-# take more than the host's whole memory, on top of every memory limit.
-BYTES_PER = {INSTANCES: 512, WATCHES: 32}
-LARGEST = 2**31 - 1  # the kernels before 5.x hold these in an int
+# the kernel (988 bytes an instance, 88 a watch, ~3000 a pty), so filling a
+# pool would take more than the host's whole memory, on top of every memory
+# limit, wherever the kernel lets the pool be that large (CEILING).
+BYTES_PER = {INSTANCES: 512, WATCHES: 32, PTYS: 1536}
+# The largest each pool can be: the kernels before 5.x hold the inotify
+# counts in an int; pty numbers stay below NR_UNIX98_PTY_MAX.
+CEILING = {INSTANCES: 2**31 - 1, WATCHES: 2**31 - 1, PTYS: 1 << 20}
 
 
 # Queued real-time signals are counted the same way, against a pool that is
@@ -41,7 +57,7 @@ def signals_wanted(memory: int) -> int:
 
 def wanted(memory: int) -> dict[str, int]:
     """The size of each pool on a host with `memory` bytes."""
-    return {key: min(LARGEST, max(1, memory // size)) for key, size in BYTES_PER.items()}
+    return {key: min(CEILING[key], max(1, memory // size)) for key, size in BYTES_PER.items()}
 
 
 def shortfalls(current: dict[str, int], memory: int) -> dict[str, tuple[int, int]]:
@@ -57,10 +73,10 @@ def dropin_text(memory: int) -> str:
     """The sysctl drop-in (Paths.sysctl_dropin): the pools as they must be from the next boot on."""
     lines = "".join(f"{key} = {size}\n" for key, size in wanted(memory).items())
     return (
-        "# Written by gpushell-admin init.  Every container's root counts against host\n"
-        "# root's inotify pools; these sizes are beyond what the host's memory could fill\n"
-        "# (gpushell-admin(8), KERNEL POOLS).  A file read later wins; doctor says if it\n"
-        "# makes a pool too small again.\n" + lines
+        "# Written by gpushell-admin init.  Every container draws on these host-wide\n"
+        "# pools (host root's inotify counts, the ptys); each is as large as the host's\n"
+        "# memory could fill, or as the kernel allows (gpushell-admin(8), KERNEL POOLS).\n"
+        "# A file read later wins; doctor says if it makes a pool too small again.\n" + lines
     )
 
 

@@ -108,12 +108,12 @@ def test_kernel_pools_too_small_for_the_host_fail_and_apply_fixes_them() -> None
     roomy = dataclasses.replace(healthy(), pools={instances: 33554432, watches: 600000000}, memory=memory)
     assert failures(roomy) == []
     assert (
-        "ok: the inotify pools every container shares are larger than memory could fill: "
+        "ok: the kernel pools every container shares are as large as the host needs: "
         f"{instances} 33554432, {watches} 600000000"
     ) in [item.line() for item in doctor.run_checks(REG, PATHS, roomy)]
     assert failures(dataclasses.replace(roomy, pools={instances: 128, watches: 600000000})) == [
-        f"FAIL: {instances} is 128, below 33554432: every container's root draws on host root's inotify "
-        "pools, and one container can take them all — fix: gpushell-admin apply"
+        f"FAIL: {instances} is 128, below 33554432: every container draws on this host-wide pool, "
+        "and one container can take it all — fix: gpushell-admin apply"
     ]
 
 

@@ -84,13 +84,13 @@ def test_network_changes_come_first() -> None:
     assert texts(state)[0] == "set up bridge lxcbr0 with 10.0.3.1/24"
 
 
-def test_short_inotify_pools_are_raised_before_any_container_starts() -> None:
+def test_short_kernel_pools_are_raised_before_any_container_starts() -> None:
     short = {"fs.inotify.max_user_instances": (128, 33554432)}
     state = healthy().replace(pools=short, states={"alice": "STOPPED", "bob": "STOPPED"})
     changes = apply.plan(REG, PATHS, state).changes
     assert [change.kind for change in changes] == [apply.KERNEL_POOLS, apply.START]  # bob's autostart after
     assert changes[0].text == (
-        "raise the inotify pools every container shares: fs.inotify.max_user_instances is 128, below 33554432"
+        "raise the kernel pools every container shares: fs.inotify.max_user_instances is 128, below 33554432"
     )
 
 

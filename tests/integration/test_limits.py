@@ -233,16 +233,82 @@ def test_one_container_cannot_take_the_inotify_pool_every_container_shares(
         hold_inotify(lab, student, 150)
         assert not inotify_works(lab, neighbour)  # the harm is real at the kernel's default
         applied = lab.admin("apply")
-        assert f"done: raise the inotify pools every container shares: {INSTANCES} is 128" in applied.stdout
+        assert f"done: raise the kernel pools every container shares: {INSTANCES} is 128" in applied.stdout
         assert sysctl.read([INSTANCES])[INSTANCES] > 1000000
         assert inotify_works(lab, neighbour)
         assert hold_inotify(lab, student, 300) > 3 * 128  # far past the old pool, its own processes only
         assert inotify_works(lab, neighbour)
         healthy = lab.admin("doctor", check=False).stdout
-        assert "ok: the inotify pools every container shares are larger than memory could fill" in healthy
+        assert "ok: the kernel pools every container shares are as large as the host needs" in healthy
     finally:
         lab.ssh(student, "stop")  # its tails with it
         sysctl.write(INSTANCES, max(saved, sysctl.read([INSTANCES])[INSTANCES]))
+
+
+def pty_works(lab: Lab, student: Student) -> bool:
+    """Whether a pseudo-terminal can be had in the container (what an ssh session with a terminal,
+    tmux or a notebook's terminal needs): `script` makes one, or says it failed to."""
+    result = attach(lab, student, "script", "-qc", "true", "/dev/null")
+    assert result.returncode == 0 or "failed to create pseudo-terminal" in result.stderr, result.stderr
+    return result.returncode == 0
+
+
+@contextlib.contextmanager
+def held_in(lab: Lab, student: Student, *argv: str) -> Iterator[int]:
+    """A process in the container that prints how many of something it got, then holds them until
+    its stdin closes (the end of the block); how many."""
+    command = ["lxc-attach", "-P", lab.lxcpath, "-n", student.container, "--clear-env", "--", *argv]
+    holder = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdin is not None and holder.stdout is not None
+    try:
+        yield int(holder.stdout.readline())
+    finally:
+        holder.stdin.close()  # its end, and what it held with it
+        holder.wait(30)
+
+
+@contextlib.contextmanager
+def holding_ptys(lab: Lab, student: Student, count: int) -> Iterator[int]:
+    """Up to count ptys held in the container while the block runs, from a devpts instance its root
+    mounted itself (none of the `max` LXC gives /dev/pts); how many it got."""
+    script = (
+        f"ulimit -n {count + 64} && mkdir -p /tmp/ptys && "
+        "mount -t devpts -o newinstance,ptmxmode=0666 devpts /tmp/ptys && "
+        f"for i in $(seq {count}); do exec {{fd}}<>/tmp/ptys/ptmx || break; done 2>/dev/null; "
+        "ls /tmp/ptys | grep -c '^[0-9]'; read -r _"
+    )
+    try:
+        with held_in(lab, student, "bash", "-c", script) as held:
+            yield held
+    finally:
+        attach(lab, student, "umount", "/tmp/ptys")
+
+
+def test_one_container_cannot_take_the_pty_pool_every_container_shares(
+    lab: Lab, student: Student, neighbour: Student
+) -> None:
+    (saved,) = sysctl.read([kernelpools.PTYS]).values()
+    try:
+        # As the kernel leaves it: 4096, less 1024 kept for the host's own terminals.
+        sysctl.write(kernelpools.PTYS, 4096)
+        doctor = lab.admin("doctor", check=False)
+        assert f"FAIL: {kernelpools.PTYS} is 4096, below " in doctor.stdout, doctor.stdout
+        started(lab, student)
+        with holding_ptys(lab, student, 3500) as held:
+            assert held < 3072
+            assert not pty_works(lab, neighbour)  # the harm is real at the kernel's default
+        applied = lab.admin("apply")
+        assert (
+            f"done: raise the kernel pools every container shares: {kernelpools.PTYS} is 4096"
+            in applied.stdout
+        )
+        assert sysctl.read([kernelpools.PTYS])[kernelpools.PTYS] == 2**20
+        with holding_ptys(lab, student, 3500) as held:
+            assert held == 3500  # far past the old pool
+            assert pty_works(lab, neighbour)
+    finally:
+        lab.ssh(student, "stop")
+        sysctl.write(kernelpools.PTYS, max(saved, sysctl.read([kernelpools.PTYS])[kernelpools.PTYS]))
 
 
 # rt_sigqueueinfo(2) by number: perl-base, in the template, has no syscall.ph.  (`0 +`: perl's
@@ -273,20 +339,9 @@ def queue_signals(lab: Lab, student: Student, count: int) -> int:
     return int(result.stdout)
 
 
-@contextlib.contextmanager
-def holding_signals(lab: Lab, student: Student, count: int) -> Iterator[int]:
+def holding_signals(lab: Lab, student: Student, count: int) -> contextlib.AbstractContextManager[int]:
     """A process in the container holding up to count queued signals while the block runs; how many."""
-    argv = ["lxc-attach", "-P", lab.lxcpath, "-n", student.container, "--clear-env", "--"]
-    holder = subprocess.Popen(
-        [*argv, "perl", "-e", QUEUE_SIGNALS, str(count), "hold"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert holder.stdin is not None and holder.stdout is not None
-    try:
-        yield int(holder.stdout.readline())
-    finally:
-        holder.stdin.close()  # perl's end, and its signals' with it
-        holder.wait(30)
+    return held_in(lab, student, "perl", "-e", QUEUE_SIGNALS, str(count), "hold")
 
 
 def started_raw(lab: Lab, student: Student, sigpending: int) -> None:
