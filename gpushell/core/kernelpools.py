@@ -25,6 +25,13 @@ left on device").  A pty costs the kernel ~3 KiB, charged to the container
 large, and filling it takes a container ~3 GiB of its memory limit and a
 million open files.  That is a bound, not a cap: a container allowed that
 much memory can still fill it, since the kernel counts ptys per host only.
+
+Asynchronous I/O contexts (io_setup(2), as libaio uses them: databases,
+fio, NVMe offload of training state) draw on `fs.aio-max-nr`, one count
+for the whole host (65536 by default): one container took it all for 4 MB
+and its neighbours' io_setup failed (EAGAIN).  An event costs 64 bytes of
+ring, charged to the container (measured), so that pool too is made larger
+than the host's memory could fill.
 """
 
 from __future__ import annotations
@@ -32,14 +39,15 @@ from __future__ import annotations
 INSTANCES = "fs.inotify.max_user_instances"
 WATCHES = "fs.inotify.max_user_watches"
 PTYS = "kernel.pty.max"
+AIO = "fs.aio-max-nr"
 # Bytes of host memory per unit of each pool: about half of what one costs
-# the kernel (988 bytes an instance, 88 a watch, ~3000 a pty), so filling a
-# pool would take more than the host's whole memory, on top of every memory
-# limit, wherever the kernel lets the pool be that large (CEILING).
-BYTES_PER = {INSTANCES: 512, WATCHES: 32, PTYS: 1536}
+# the kernel (988 bytes an instance, 88 a watch, ~3000 a pty, 64 an aio
+# event), so filling a pool would take more than the host's whole memory, on
+# top of every memory limit, wherever the kernel lets the pool be that large.
+BYTES_PER = {INSTANCES: 512, WATCHES: 32, PTYS: 1536, AIO: 32}
 # The largest each pool can be: the kernels before 5.x hold the inotify
-# counts in an int; pty numbers stay below NR_UNIX98_PTY_MAX.
-CEILING = {INSTANCES: 2**31 - 1, WATCHES: 2**31 - 1, PTYS: 1 << 20}
+# counts in an int; pty numbers stay below NR_UNIX98_PTY_MAX; aio's is a long.
+CEILING = {INSTANCES: 2**31 - 1, WATCHES: 2**31 - 1, PTYS: 1 << 20, AIO: 2**63 - 1}
 
 
 # Queued real-time signals are counted the same way, against a pool that is
@@ -74,7 +82,7 @@ def dropin_text(memory: int) -> str:
     lines = "".join(f"{key} = {size}\n" for key, size in wanted(memory).items())
     return (
         "# Written by gpushell-admin init.  Every container draws on these host-wide\n"
-        "# pools (host root's inotify counts, the ptys); each is as large as the host's\n"
+        "# pools (host root's inotify counts, the ptys, aio); each is as large as the host's\n"
         "# memory could fill, or as the kernel allows (gpushell-admin(8), KERNEL POOLS).\n"
         "# A file read later wins; doctor says if it makes a pool too small again.\n" + lines
     )

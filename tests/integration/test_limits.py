@@ -311,6 +311,55 @@ def test_one_container_cannot_take_the_pty_pool_every_container_shares(
         sysctl.write(kernelpools.PTYS, max(saved, sysctl.read([kernelpools.PTYS])[kernelpools.PTYS]))
 
 
+# io_setup(2) by number (perl-base has no syscall.ph either).
+IO_SETUP = {"x86_64": 206, "aarch64": 0}[platform.machine()]
+AIO_CONTEXT = 4096  # events asked of each io_setup
+# Take up to $ARGV[0] events of the host's aio pool in contexts of AIO_CONTEXT; print how many
+# it got, then, with $ARGV[1], hold them until stdin closes.
+TAKE_AIO = f"""
+$| = 1;
+my ($count, $hold) = @ARGV;
+my $taken = 0;
+while ($taken < $count) {{
+    my $context = pack("Q", 0);
+    last if syscall({IO_SETUP}, 0 + {AIO_CONTEXT}, $context) != 0;
+    $taken += {AIO_CONTEXT};
+}}
+print "$taken\\n";
+<STDIN> if $hold;
+"""
+
+
+def aio_works(lab: Lab, student: Student) -> bool:
+    """Whether one io_setup of AIO_CONTEXT events succeeds in the container."""
+    result = attach(lab, student, "perl", "-e", TAKE_AIO, "1", "")
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout) > 0
+
+
+def test_one_container_cannot_take_the_aio_pool_every_container_shares(
+    lab: Lab, student: Student, neighbour: Student
+) -> None:
+    (saved,) = sysctl.read([kernelpools.AIO]).values()
+    try:
+        sysctl.write(kernelpools.AIO, 65536)  # the kernel's default, for the whole host
+        doctor = lab.admin("doctor", check=False)
+        assert f"FAIL: {kernelpools.AIO} is 65536, below " in doctor.stdout, doctor.stdout
+        started(lab, student)
+        with held_in(lab, student, "perl", "-e", TAKE_AIO, "70000", "hold") as held:
+            assert 65536 - 2 * AIO_CONTEXT <= held <= 65536
+            assert not aio_works(lab, neighbour)  # the harm is real at the kernel's default
+        applied = lab.admin("apply")
+        raised = f"done: raise the kernel pools every container shares: {kernelpools.AIO} is 65536"
+        assert raised in applied.stdout, applied.stdout
+        with held_in(lab, student, "perl", "-e", TAKE_AIO, "200000", "hold") as held:
+            assert held >= 200000  # three times the old pool
+            assert aio_works(lab, neighbour)
+    finally:
+        lab.ssh(student, "stop")
+        sysctl.write(kernelpools.AIO, max(saved, sysctl.read([kernelpools.AIO])[kernelpools.AIO]))
+
+
 # rt_sigqueueinfo(2) by number: perl-base, in the template, has no syscall.ph.  (`0 +`: perl's
 # syscall passes a scalar as an int only where it holds a number.)
 RT_SIGQUEUEINFO = {"x86_64": 129, "aarch64": 138}[platform.machine()]
