@@ -1,4 +1,4 @@
-"""The kernel's per-user pools that every student's container draws from, and how large they must be.
+"""The kernel's host-wide pools that every student's container draws from, and how large they must be.
 
 Each container's user namespace is made by host root (lxc-start runs as
 root), and the kernel charges some per-user counts to a namespace's owner
