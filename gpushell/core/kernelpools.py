@@ -32,6 +32,14 @@ for the whole host (65536 by default): one container took it all for 4 MB
 and its neighbours' io_setup failed (EAGAIN).  An event costs 64 bytes of
 ring, charged to the container (measured), so that pool too is made larger
 than the host's memory could fill.
+
+Open files draw on `fs.file-max`, one count for the whole host (a tenth of
+memory in KiB by default, 2466290 on a 23 GiB host); past it only root of
+the host may open a file.  An open file costs ~260 bytes, charged to the
+container, so one container allowed ~650 MB could leave every other
+container unable to open anything ("Too many open files in system").
+systemd raises it to the largest value at boot; elsewhere it is made larger
+than the host's memory could fill here too.
 """
 
 from __future__ import annotations
@@ -40,14 +48,17 @@ INSTANCES = "fs.inotify.max_user_instances"
 WATCHES = "fs.inotify.max_user_watches"
 PTYS = "kernel.pty.max"
 AIO = "fs.aio-max-nr"
+FILES = "fs.file-max"
 # Bytes of host memory per unit of each pool: about half of what one costs
 # the kernel (988 bytes an instance, 88 a watch, ~3000 a pty, 64 an aio
-# event), so filling a pool would take more than the host's whole memory, on
-# top of every memory limit, wherever the kernel lets the pool be that large.
-BYTES_PER = {INSTANCES: 512, WATCHES: 32, PTYS: 1536, AIO: 32}
+# event, 262 an open file), so filling a pool would take more than the host's
+# whole memory, on top of every memory limit, wherever the kernel lets the
+# pool be that large.
+BYTES_PER = {INSTANCES: 512, WATCHES: 32, PTYS: 1536, AIO: 32, FILES: 128}
 # The largest each pool can be: the kernels before 5.x hold the inotify
-# counts in an int; pty numbers stay below NR_UNIX98_PTY_MAX; aio's is a long.
-CEILING = {INSTANCES: 2**31 - 1, WATCHES: 2**31 - 1, PTYS: 1 << 20, AIO: 2**63 - 1}
+# counts in an int; pty numbers stay below NR_UNIX98_PTY_MAX; aio's and the
+# files' are longs.
+CEILING = {INSTANCES: 2**31 - 1, WATCHES: 2**31 - 1, PTYS: 1 << 20, AIO: 2**63 - 1, FILES: 2**63 - 1}
 
 
 # Queued real-time signals are counted the same way, against a pool that is
@@ -82,7 +93,7 @@ def dropin_text(memory: int) -> str:
     lines = "".join(f"{key} = {size}\n" for key, size in wanted(memory).items())
     return (
         "# Written by gpushell-admin init.  Every container draws on these host-wide\n"
-        "# pools (host root's inotify counts, the ptys, aio); each is as large as the host's\n"
+        "# pools (host root's inotify counts, ptys, aio, open files); each is as large as the host's\n"
         "# memory could fill, or as the kernel allows (gpushell-admin(8), KERNEL POOLS).\n"
         "# A file read later wins; doctor says if it makes a pool too small again.\n" + lines
     )

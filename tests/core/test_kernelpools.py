@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 from gpushell.core import kernelpools
-from gpushell.core.kernelpools import AIO, INSTANCES, PTYS, WATCHES
+from gpushell.core.kernelpools import AIO, FILES, INSTANCES, PTYS, WATCHES
 
 GIB = 2**30
 # What one costs the kernel, measured on Linux 6.18 (20 000 instances, 5 000 watches,
-# 2 000 ptys and 16 384 aio events made in a memory cgroup of its own, the cgroup's use
-# before and after).
-MEASURED = {INSTANCES: 988, WATCHES: 88, PTYS: 3111, AIO: 64}
-KERNEL_DEFAULTS = {INSTANCES: 128, WATCHES: 1048576, PTYS: 4096, AIO: 65536}
+# 2 000 ptys, 16 384 aio events and 18 000 open files made in a memory cgroup of its own,
+# the cgroup's use before and after).
+MEASURED = {INSTANCES: 988, WATCHES: 88, PTYS: 3111, AIO: 64, FILES: 262}
+# FILES: a tenth of memory in KiB, for a 16 GiB host.
+KERNEL_DEFAULTS = {INSTANCES: 128, WATCHES: 1048576, PTYS: 4096, AIO: 65536, FILES: 1677721}
 
 
 def test_a_16_gib_host_gets_pools_its_memory_could_not_fill() -> None:
     sizes = kernelpools.wanted(16 * GIB)
-    assert sizes == {INSTANCES: 33554432, WATCHES: 536870912, PTYS: 2**20, AIO: 536870912}
-    for key in (INSTANCES, WATCHES, AIO):
+    assert sizes == {INSTANCES: 33554432, WATCHES: 536870912, PTYS: 2**20, AIO: 536870912, FILES: 134217728}
+    for key in (INSTANCES, WATCHES, AIO, FILES):
         assert sizes[key] * MEASURED[key] > 16 * GIB  # filling it would take more than the whole host
     for key, size in sizes.items():
         assert size > KERNEL_DEFAULTS[key]  # far beyond the kernel's defaults
@@ -34,6 +35,7 @@ def test_a_huge_host_stays_within_what_every_kernel_holds() -> None:
         WATCHES: 2**31 - 1,
         PTYS: 2**20,
         AIO: 4096 * GIB // 32,
+        FILES: 4096 * GIB // 128,
     }
 
 
@@ -54,5 +56,6 @@ def test_the_dropin_sets_every_pool_in_sysctl_syntax() -> None:
         f"{WATCHES} = 536870912",
         f"{PTYS} = 1048576",
         f"{AIO} = 536870912",
+        f"{FILES} = 134217728",
     ]
     assert kernelpools.shortfall_text(INSTANCES, 128, 33554432) == f"{INSTANCES} is 128, below 33554432"

@@ -311,6 +311,66 @@ def test_one_container_cannot_take_the_pty_pool_every_container_shares(
         sysctl.write(kernelpools.PTYS, max(saved, sysctl.read([kernelpools.PTYS])[kernelpools.PTYS]))
 
 
+# Open files until the kernel refuses (the process's limit, or the host's pool); print how many,
+# then hold them until stdin closes.
+HOLD_FILES = """
+$| = 1;
+my @held;
+while (open(my $file, "<", "/etc/hostname")) { push @held, $file; }
+print scalar(@held), "\\n";
+<STDIN>;
+"""
+
+
+@contextlib.contextmanager
+def holding_files(lab: Lab, student: Student, processes: int) -> Iterator[int]:
+    """That many processes in the container, each holding all the open files its limit allows, while
+    the block runs; how many in all."""
+    # A background job's stdin is /dev/null unless given: each holder gets the pipe, to wait on.
+    spawn = 'exec 3<&0; for i in $(seq "$1"); do perl -e "$0" <&3 & done; wait'
+    command = ["lxc-attach", "-P", lab.lxcpath, "-n", student.container, "--clear-env", "--",
+               "bash", "-c", spawn, HOLD_FILES, str(processes)]  # fmt: skip
+    holder = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdin is not None and holder.stdout is not None
+    try:
+        yield sum(int(holder.stdout.readline() or 0) for _ in range(processes))
+    finally:
+        holder.stdin.close()  # every holder's end, and its files' with it
+        holder.wait(60)
+
+
+def files_open(lab: Lab, student: Student) -> bool:
+    """Whether a process in the container can open a file."""
+    result = attach(lab, student, "cat", "/etc/hostname")
+    return result.returncode == 0 and result.stdout.strip() != ""
+
+
+def test_one_container_cannot_take_the_open_files_every_container_shares(
+    lab: Lab, student: Student, neighbour: Student
+) -> None:
+    (saved,) = sysctl.read([kernelpools.FILES]).values()
+    kernels = sysctl.host_memory() // 1024 // 10  # the kernel's own size: a tenth of memory in KiB
+    try:
+        sysctl.write(kernelpools.FILES, kernels)
+        doctor = lab.admin("doctor", check=False)
+        assert f"FAIL: {kernelpools.FILES} is {kernels}, below " in doctor.stdout, doctor.stdout
+        started(lab, student)
+        per_process = int(attach(lab, student, "bash", "-c", "ulimit -Sn").stdout)
+        processes = kernels // per_process + 10
+        with holding_files(lab, student, processes) as held:
+            assert kernels - 100000 < held <= kernels
+            assert not files_open(lab, neighbour)  # the harm is real at the kernel's size
+        applied = lab.admin("apply")
+        raised = f"done: raise the kernel pools every container shares: {kernelpools.FILES} is {kernels}"
+        assert raised in applied.stdout, applied.stdout
+        with holding_files(lab, student, processes) as held:
+            assert held > kernels  # past the old pool, each process at its own limit
+            assert files_open(lab, neighbour)
+    finally:
+        lab.ssh(student, "stop")
+        sysctl.write(kernelpools.FILES, max(saved, sysctl.read([kernelpools.FILES])[kernelpools.FILES]))
+
+
 # io_setup(2) by number (perl-base has no syscall.ph either).
 IO_SETUP = {"x86_64": 206, "aarch64": 0}[platform.machine()]
 AIO_CONTEXT = 4096  # events asked of each io_setup
