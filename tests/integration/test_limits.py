@@ -218,31 +218,43 @@ def hold_inotify(lab: Lab, student: Student, count: int) -> int:
     return int(held.stdout)
 
 
+@contextlib.contextmanager
+def pool_at(lab: Lab, student: Student, key: str, size: int) -> Iterator[None]:
+    """The host's pool `key` at the kernel's size (doctor fails it) and the student's container
+    running while the block runs; after it, the container stopped (what it held with it) and
+    the pool as large as it was or as apply made it."""
+    (saved,) = sysctl.read([key]).values()
+    try:
+        sysctl.write(key, size)
+        doctor = lab.admin("doctor", check=False)
+        assert f"FAIL: {key} is {size}, below " in doctor.stdout, doctor.stdout
+        started(lab, student)
+        yield
+    finally:
+        lab.ssh(student, "stop")
+        sysctl.write(key, max(saved, sysctl.read([key])[key]))
+
+
+def apply_raises(lab: Lab, key: str, size: int) -> None:
+    applied = lab.admin("apply")
+    raised = f"done: raise the kernel pools every container shares: {key} is {size}"
+    assert raised in applied.stdout, applied.stdout
+
+
 def test_one_container_cannot_take_the_inotify_pool_every_container_shares(
     lab: Lab, student: Student, neighbour: Student
 ) -> None:
-    from gpushell.system import sysctl
-
-    (saved,) = sysctl.read([INSTANCES]).values()
-    try:
-        # As the kernel leaves it: 128 instances for every container's root together.
-        sysctl.write(INSTANCES, 128)
-        doctor = lab.admin("doctor", check=False)
-        assert f"FAIL: {INSTANCES} is 128, below " in doctor.stdout, doctor.stdout
-        started(lab, student)
+    # As the kernel leaves it: 128 instances for every container's root together.
+    with pool_at(lab, student, INSTANCES, 128):
         hold_inotify(lab, student, 150)
         assert not inotify_works(lab, neighbour)  # the harm is real at the kernel's default
-        applied = lab.admin("apply")
-        assert f"done: raise the kernel pools every container shares: {INSTANCES} is 128" in applied.stdout
+        apply_raises(lab, INSTANCES, 128)
         assert sysctl.read([INSTANCES])[INSTANCES] > 1000000
         assert inotify_works(lab, neighbour)
         assert hold_inotify(lab, student, 300) > 3 * 128  # far past the old pool, its own processes only
         assert inotify_works(lab, neighbour)
         healthy = lab.admin("doctor", check=False).stdout
         assert "ok: the kernel pools every container shares are as large as the host needs" in healthy
-    finally:
-        lab.ssh(student, "stop")  # its tails with it
-        sysctl.write(INSTANCES, max(saved, sysctl.read([INSTANCES])[INSTANCES]))
 
 
 def pty_works(lab: Lab, student: Student) -> bool:
@@ -254,17 +266,17 @@ def pty_works(lab: Lab, student: Student) -> bool:
 
 
 @contextlib.contextmanager
-def held_in(lab: Lab, student: Student, *argv: str) -> Iterator[int]:
-    """A process in the container that prints how many of something it got, then holds them until
-    its stdin closes (the end of the block); how many."""
+def held_in(lab: Lab, student: Student, *argv: str, holders: int = 1) -> Iterator[int]:
+    """argv in the container, whose holders each print how many of something they got, then hold
+    them until stdin closes (the end of the block); how many in all."""
     command = ["lxc-attach", "-P", lab.lxcpath, "-n", student.container, "--clear-env", "--", *argv]
     holder = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdin is not None and holder.stdout is not None
     try:
-        yield int(holder.stdout.readline())
+        yield sum(int(holder.stdout.readline()) for _ in range(holders))
     finally:
-        holder.stdin.close()  # its end, and what it held with it
-        holder.wait(30)
+        holder.stdin.close()  # their end, and what they held with it
+        holder.wait(60)
 
 
 @contextlib.contextmanager
@@ -287,28 +299,16 @@ def holding_ptys(lab: Lab, student: Student, count: int) -> Iterator[int]:
 def test_one_container_cannot_take_the_pty_pool_every_container_shares(
     lab: Lab, student: Student, neighbour: Student
 ) -> None:
-    (saved,) = sysctl.read([kernelpools.PTYS]).values()
-    try:
-        # As the kernel leaves it: 4096, less 1024 kept for the host's own terminals.
-        sysctl.write(kernelpools.PTYS, 4096)
-        doctor = lab.admin("doctor", check=False)
-        assert f"FAIL: {kernelpools.PTYS} is 4096, below " in doctor.stdout, doctor.stdout
-        started(lab, student)
+    # As the kernel leaves it: 4096, less 1024 kept for the host's own terminals.
+    with pool_at(lab, student, kernelpools.PTYS, 4096):
         with holding_ptys(lab, student, 3500) as held:
             assert held < 3072
             assert not pty_works(lab, neighbour)  # the harm is real at the kernel's default
-        applied = lab.admin("apply")
-        assert (
-            f"done: raise the kernel pools every container shares: {kernelpools.PTYS} is 4096"
-            in applied.stdout
-        )
+        apply_raises(lab, kernelpools.PTYS, 4096)
         assert sysctl.read([kernelpools.PTYS])[kernelpools.PTYS] == 2**20
         with holding_ptys(lab, student, 3500) as held:
             assert held == 3500  # far past the old pool
             assert pty_works(lab, neighbour)
-    finally:
-        lab.ssh(student, "stop")
-        sysctl.write(kernelpools.PTYS, max(saved, sysctl.read([kernelpools.PTYS])[kernelpools.PTYS]))
 
 
 # Open files until the kernel refuses (the process's limit, or the host's pool); print how many,
@@ -322,21 +322,12 @@ print scalar(@held), "\\n";
 """
 
 
-@contextlib.contextmanager
-def holding_files(lab: Lab, student: Student, processes: int) -> Iterator[int]:
+def holding_files(lab: Lab, student: Student, processes: int) -> contextlib.AbstractContextManager[int]:
     """That many processes in the container, each holding all the open files its limit allows, while
     the block runs; how many in all."""
     # A background job's stdin is /dev/null unless given: each holder gets the pipe, to wait on.
     spawn = 'exec 3<&0; for i in $(seq "$1"); do perl -e "$0" <&3 & done; wait'
-    command = ["lxc-attach", "-P", lab.lxcpath, "-n", student.container, "--clear-env", "--",
-               "bash", "-c", spawn, HOLD_FILES, str(processes)]  # fmt: skip
-    holder = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert holder.stdin is not None and holder.stdout is not None
-    try:
-        yield sum(int(holder.stdout.readline() or 0) for _ in range(processes))
-    finally:
-        holder.stdin.close()  # every holder's end, and its files' with it
-        holder.wait(60)
+    return held_in(lab, student, "bash", "-c", spawn, HOLD_FILES, str(processes), holders=processes)
 
 
 def files_open(lab: Lab, student: Student) -> bool:
@@ -348,27 +339,17 @@ def files_open(lab: Lab, student: Student) -> bool:
 def test_one_container_cannot_take_the_open_files_every_container_shares(
     lab: Lab, student: Student, neighbour: Student
 ) -> None:
-    (saved,) = sysctl.read([kernelpools.FILES]).values()
     kernels = sysctl.host_memory() // 1024 // 10  # the kernel's own size: a tenth of memory in KiB
-    try:
-        sysctl.write(kernelpools.FILES, kernels)
-        doctor = lab.admin("doctor", check=False)
-        assert f"FAIL: {kernelpools.FILES} is {kernels}, below " in doctor.stdout, doctor.stdout
-        started(lab, student)
+    with pool_at(lab, student, kernelpools.FILES, kernels):
         per_process = int(attach(lab, student, "bash", "-c", "ulimit -Sn").stdout)
         processes = kernels // per_process + 10
         with holding_files(lab, student, processes) as held:
             assert kernels - 100000 < held <= kernels
             assert not files_open(lab, neighbour)  # the harm is real at the kernel's size
-        applied = lab.admin("apply")
-        raised = f"done: raise the kernel pools every container shares: {kernelpools.FILES} is {kernels}"
-        assert raised in applied.stdout, applied.stdout
+        apply_raises(lab, kernelpools.FILES, kernels)
         with holding_files(lab, student, processes) as held:
             assert held > kernels  # past the old pool, each process at its own limit
             assert files_open(lab, neighbour)
-    finally:
-        lab.ssh(student, "stop")
-        sysctl.write(kernelpools.FILES, max(saved, sysctl.read([kernelpools.FILES])[kernelpools.FILES]))
 
 
 # io_setup(2) by number (perl-base has no syscall.ph either).
@@ -400,24 +381,14 @@ def aio_works(lab: Lab, student: Student) -> bool:
 def test_one_container_cannot_take_the_aio_pool_every_container_shares(
     lab: Lab, student: Student, neighbour: Student
 ) -> None:
-    (saved,) = sysctl.read([kernelpools.AIO]).values()
-    try:
-        sysctl.write(kernelpools.AIO, 65536)  # the kernel's default, for the whole host
-        doctor = lab.admin("doctor", check=False)
-        assert f"FAIL: {kernelpools.AIO} is 65536, below " in doctor.stdout, doctor.stdout
-        started(lab, student)
+    with pool_at(lab, student, kernelpools.AIO, 65536):  # the kernel's default, for the whole host
         with held_in(lab, student, "perl", "-e", TAKE_AIO, "70000", "hold") as held:
             assert 65536 - 2 * AIO_CONTEXT <= held <= 65536
             assert not aio_works(lab, neighbour)  # the harm is real at the kernel's default
-        applied = lab.admin("apply")
-        raised = f"done: raise the kernel pools every container shares: {kernelpools.AIO} is 65536"
-        assert raised in applied.stdout, applied.stdout
+        apply_raises(lab, kernelpools.AIO, 65536)
         with held_in(lab, student, "perl", "-e", TAKE_AIO, "200000", "hold") as held:
             assert held >= 200000  # three times the old pool
             assert aio_works(lab, neighbour)
-    finally:
-        lab.ssh(student, "stop")
-        sysctl.write(kernelpools.AIO, max(saved, sysctl.read([kernelpools.AIO])[kernelpools.AIO]))
 
 
 # rt_sigqueueinfo(2) by number: perl-base, in the template, has no syscall.ph.  (`0 +`: perl's
