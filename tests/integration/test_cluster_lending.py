@@ -188,17 +188,23 @@ def recorded_h200s(pids_by_gpu: list[list[int]]) -> FakeNvml:
     return FakeNvml({"gpus": gpus})
 
 
-def host_pid(argv: list[str]) -> int:
-    """The one host process with exactly this command line."""
+def host_pid(argv: list[str], seconds: float = 10) -> int:
+    """The one host process with exactly this command line.  It is waited for: `setsid -f` returns
+    once it has forked, and the child may not have exec'd the command yet."""
     wanted = "\0".join(argv).encode() + b"\0"
-    found = []
-    for name in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as stream:
-                if name.isdigit() and stream.read() == wanted:
-                    found.append(int(name))
-        except OSError:
-            continue
+    deadline = time.monotonic() + seconds
+    while True:
+        found = []
+        for name in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as stream:
+                    if name.isdigit() and stream.read() == wanted:
+                        found.append(int(name))
+            except OSError:
+                continue
+        if found or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert len(found) == 1, found
     return found[0]
 
