@@ -66,7 +66,7 @@ class HostState(Value):
     def __init__(
         self,
         table: NatTable,
-        bridge_ready: bool,  # exists and has the gateway address
+        bridge_ready: bool,  # exists, has the gateway address and a MAC of its own (hostnet.mac_fixed)
         forwarding_on: bool,
         configs: dict[str, str | None],  # container -> its config text; None: no container
         accounts: dict[str, Account | None],  # user -> host account; None: no account
@@ -167,7 +167,8 @@ def plan(reg: Registry, paths: Paths, state: HostState) -> Plan:
     warnings: list[str] = []
     if not state.bridge_ready:
         address = f"{reg.gateway}/{reg.subnet.prefixlen}"
-        changes.append(Change(BRIDGE, reg.bridge, f"set up bridge {reg.bridge} with {address}"))
+        what = f"set up bridge {reg.bridge} with {address} and a fixed MAC address"
+        changes.append(Change(BRIDGE, reg.bridge, what))
     if not state.forwarding_on:
         changes.append(Change(FORWARDING, "ipv4", "turn on IPv4 forwarding"))
     found = chaincheck.problems(state.table, reg)
@@ -299,7 +300,8 @@ def render_dry_run(result: Plan) -> list[str]:
 
 
 def bridge_ready(reg: Registry) -> bool:
-    return f"{reg.gateway}/{reg.subnet.prefixlen}" in ifaddr.ipv4_addresses(reg.bridge)
+    has_gateway = f"{reg.gateway}/{reg.subnet.prefixlen}" in ifaddr.ipv4_addresses(reg.bridge)
+    return has_gateway and hostnet.mac_fixed(reg.bridge)
 
 
 def forwarding_on() -> bool:

@@ -22,7 +22,7 @@ from ..core.model import User
 from ..core.paths import Paths
 from ..core.registry import Registry, size_text
 from ..gpu import driverfiles, gpudevices
-from ..system import ifaddr, iptables, nftrun, pool, registry_store, signalpool, sshdcheck, sysctl
+from ..system import hostnet, ifaddr, iptables, nftrun, pool, registry_store, signalpool, sshdcheck, sysctl
 from ..system.ownership import check_owned_by_root
 from . import apply, clusterdoctor, helpercheck, leftovers, lendingops
 from .findings import Finding, finding
@@ -53,6 +53,7 @@ class StorageFacts:
 class Facts:
     bridge_exists: bool
     bridge_addresses: list[str]  # "10.0.3.1/24", ...
+    bridge_mac_fixed: bool  # the bridge keeps a MAC of its own (hostnet.mac_fixed)
     forwarding_on: bool
     table: NatTable
     sudoers: InstalledFile
@@ -97,7 +98,14 @@ def check_bridge(reg: Registry, paths: Paths, facts: Facts) -> list[Finding]:
             f"bridge {reg.bridge} has {address}",
             f"bridge {reg.bridge} lacks the gateway address {address}",
             INIT,
-        )
+        ),
+        finding(
+            facts.bridge_mac_fixed,
+            f"bridge {reg.bridge} keeps a MAC address of its own",
+            f"bridge {reg.bridge} takes its MAC address from its ports: each container's start or stop "
+            "may change it and cut the running containers off from the host for ~30 s",
+            "gpushell-admin apply",
+        ),
     ]
 
 
@@ -912,6 +920,7 @@ def gather_front_door(reg: Registry, paths: Paths) -> Facts:
     return Facts(
         bridge_exists=False,
         bridge_addresses=[],
+        bridge_mac_fixed=False,
         forwarding_on=apply.forwarding_on(),
         table=iptables.read_nat(),
         sudoers=installed_file(paths.sudoers_dropin),
@@ -939,6 +948,7 @@ def gather(reg: Registry, paths: Paths) -> Facts:
     return Facts(
         bridge_exists=exists,
         bridge_addresses=ifaddr.ipv4_addresses(reg.bridge),
+        bridge_mac_fixed=hostnet.mac_fixed(reg.bridge),
         forwarding_on=apply.forwarding_on(),
         table=iptables.read_nat(),
         sudoers=installed_file(paths.sudoers_dropin),

@@ -49,7 +49,7 @@ class Paths:
         helper_socket: str = "/run/gpushell-helper.sock",
         shell: str = f"{BIN_DIR}/gpushell",
         sudo: str = "/usr/bin/sudo",
-        run_dir: str = "/run/gpushell",  # per-user, forward and registry locks; the registry cache
+        run_dir: str = "/run/gpushell",  # per-user, forward, registry locks, boot turns; the registry cache
         template_cache: str = "/var/cache/gpushell/templates",
         sudoers_dropin: str = "/etc/sudoers.d/gpushell",
         sshd_dropin: str = "/etc/ssh/sshd_config.d/gpushell.conf",
@@ -90,6 +90,10 @@ class Paths:
     def user_lock(self, user: str) -> str:
         """One action per student at a time."""
         return f"{self.run_dir}/user-{user}.lock"
+
+    def boot_slot(self, number: int) -> str:
+        """One of the host's boot slots (system/bootslots.py)."""
+        return f"{self.run_dir}/boot-{number}.lock"
 
     @property
     def forward_lock(self) -> str:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from ..containers.readiness import sshd_answers, wait_for_sshd
 from ..core import forward, menu
-from ..system import forwardstamps, iptables
+from ..system import bootslots, forwardstamps, iptables
+from ..system.bootslots import BootSlot
 from ..system.lock import locked
 from .context import Context as Context  # where everyone has found it
 
@@ -93,32 +94,51 @@ def remove_forward(ctx: Context, name: str) -> bool:
 
 def ensure_running(ctx: Context, user: User) -> bool:
     """Start the container if needed and wait for its sshd; True when it was started."""
-    started = start_unless_answering(ctx, user)
-    if started is not None:
-        wait_until_ready(ctx, user)
+    with boot_slot(ctx) as slot:
+        started = start_unless_answering(ctx, user, slot)
+        if started is not None:
+            wait_until_ready(ctx, user, slot)
     return bool(started)
 
 
-def wait_until_ready(ctx: Context, user: User) -> None:
+def boot_slot(ctx: Context) -> BootSlot:
+    """One of the host's boot slots, for start_unless_answering to take if the container must boot.
+
+    No slots on a cluster: its members boot on CPUs of their own.
+    """
+    count = 0 if ctx.registry.cluster is not None else bootslots.host_cpus()
+    return BootSlot([ctx.paths.boot_slot(number) for number in range(count)])
+
+
+def wait_until_ready(ctx: Context, user: User, slot: BootSlot | None = None) -> None:
     """Until the container's sshd takes connections, where the student's forward leads.
 
     On one host the kernel is asked whether sshd listens (listeners.py),
     where a connect would cost the booting container an sshd re-exec and a
     journal line; on a cluster, or when the container's namespace cannot be
-    reached, the probe connects.
+    reached, the probe connects.  The boot's slot goes back once sshd
+    answers, or earlier if the boot holds it too long (bootslots.HOLD).
     """
     address, port = forward.destination(user, ctx.registry.cluster)
     probe = None if ctx.registry.cluster is not None else listener_probe(ctx, user)
+
+    def still_booting() -> bool:  # asked every half second of the wait
+        if slot is not None:
+            slot.give_back_when_held()
+        return ctx.driver.may_be_running(user.container)
+
     try:
         wait_for_sshd(
             address,
             ctx.registry.start_timeout,
             port,
             greeting=ctx.registry.cluster is not None,
-            running=lambda: ctx.driver.may_be_running(user.container),
+            running=still_booting,
             listens=None if probe is None else lambda: probe.listens(port, address),
         )
     finally:
+        if slot is not None:
+            slot.give_back()
         if probe is not None:
             probe.close()
 
@@ -136,8 +156,11 @@ def listener_probe(ctx: Context, user: User) -> ListenerProbe | None:
         return None
 
 
-def start_unless_answering(ctx: Context, user: User) -> bool | None:
+def start_unless_answering(ctx: Context, user: User, slot: BootSlot | None = None) -> bool | None:
     """None when the container's sshd answers already; else start it if stopped (True) and return.
+
+    With slot, the start waits its turn for one of the host's boot slots
+    (bootslots.py) and holds it; wait_until_ready gives it back.
 
     The common case, a running container, is settled by one connect to its
     sshd, without asking LXC.  A surely stopped one (no LXC monitor) is
@@ -151,6 +174,8 @@ def start_unless_answering(ctx: Context, user: User) -> bool | None:
     timeout = 0.003 if ctx.registry.cluster is None else 0.05
     if ctx.driver.may_be_running(user.container) and sshd_answers(address, port, timeout):
         return None
+    if slot is not None:
+        slot.take()
     return start(ctx, user)
 
 

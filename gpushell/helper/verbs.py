@@ -39,10 +39,11 @@ after_answer: list[Callable[[], None]] = []
 
 def _login(ctx: services.Context, user: User) -> Answer:
     thaw_if_left_frozen(ctx, user)
-    started = services.start_unless_answering(ctx, user)
-    forward_changed = services.ensure_forward(ctx, user)  # while the container boots
-    if started is not None:
-        services.wait_until_ready(ctx, user)
+    with services.boot_slot(ctx) as slot:  # taken only when the container must boot
+        started = services.start_unless_answering(ctx, user, slot)
+        forward_changed = services.ensure_forward(ctx, user)  # while the container boots
+        if started is not None:
+            services.wait_until_ready(ctx, user, slot)
     answer = services.describe(ctx, user, RUNNING, started=bool(started), forward_changed=forward_changed)
     today = expiry.today()
     if user.expires is not None and expiry.shown_soon(user.expires, today):  # the banner's last 14 days

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+from ..core.allocate import mac_address
 from . import ifaddr, sysctl
 from .runner import run
 
@@ -23,7 +24,36 @@ def ensure_bridge(reg: Registry, report: Report) -> None:
     if address not in ifaddr.ipv4_addresses(reg.bridge):
         run(["ip", "addr", "add", address, "dev", reg.bridge])
         report(f"gave {reg.bridge} the address {address}")
+    if not mac_fixed(reg.bridge):
+        fix_mac(reg)
+        report(f"gave {reg.bridge} the MAC address {mac_address(str(reg.gateway))}")
     run(["ip", "link", "set", reg.bridge, "up"])
+
+
+# A bridge given no MAC of its own takes the lowest of its ports', so a
+# container's start or stop (its veth joining or leaving) may change it.
+# The running containers' ARP caches keep the old one: each of them then
+# reaches the host, and its forwarded ssh, no more for ~30 s, until the
+# entry runs out.  LXC gives its veths high MACs (fe:...), so in a lab
+# the bridge's MAC moved with nearly every start.
+NET_ADDR_SET = "3"  # addr_assign_type of an address set by hand (include/uapi/linux/netdevice.h)
+
+
+def mac_fixed(bridge: str) -> bool:
+    """Whether the bridge keeps a MAC of its own (set by us, lxc-net or the admin's network config)."""
+    try:
+        with open(f"/sys/class/net/{bridge}/addr_assign_type", encoding="ascii") as stream:
+            return stream.read().strip() == NET_ADDR_SET
+    except FileNotFoundError:
+        return False
+
+
+def fix_mac(reg: Registry) -> None:
+    """The bridge's MAC, fixed: a locally administered one from the gateway address (allocate.py)."""
+    # Announced by a gratuitous ARP (arp_notify), so that running containers learn it at once.
+    with open(f"/proc/sys/net/ipv4/conf/{reg.bridge}/arp_notify", "w", encoding="ascii") as stream:
+        stream.write("1\n")
+    run(["ip", "link", "set", reg.bridge, "address", mac_address(str(reg.gateway))])
 
 
 def ensure_ip_forwarding(report: Report) -> None:

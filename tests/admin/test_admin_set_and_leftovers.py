@@ -293,7 +293,8 @@ def test_doctor_and_apply_report_leftovers() -> None:
 
 def _facts() -> doctor.Facts:
     return doctor.Facts(
-        bridge_exists=True, bridge_addresses=[], forwarding_on=True, table=doctor.NatTable(""),
+        bridge_exists=True, bridge_addresses=[], bridge_mac_fixed=True, forwarding_on=True,
+        table=doctor.NatTable(""),
         sudoers=doctor.InstalledFile(None), sshd=doctor.InstalledFile(None), subids={},
         template_exists=True, configs={}, listeners={}, accounts={},
     )  # fmt: skip

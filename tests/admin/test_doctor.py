@@ -56,6 +56,7 @@ def healthy() -> Facts:
     return Facts(
         bridge_exists=True,
         bridge_addresses=["10.0.3.1/24"],
+        bridge_mac_fixed=True,
         forwarding_on=True,
         table=nat(ALICE, BOB),
         sudoers=InstalledFile(dropins.sudoers(PATHS), 0o440, 0),
@@ -78,7 +79,7 @@ def test_a_healthy_host_passes_every_check() -> None:
     findings = doctor.run_checks(REG, PATHS, healthy())
     assert doctor.all_ok(findings)
     assert "ok: alice: one forward, port 22001 -> 10.0.3.2:22" in [item.line() for item in findings]
-    assert len(findings) == 23  # 18 + "no leftovers of interrupted adds" + 3 for sshd + the resident helper
+    assert len(findings) == 24  # 19 + "no leftovers of interrupted adds" + 3 for sshd + the resident helper
     reloaded = "ok: sshd PID 4242 has read its configuration since /etc/ssh/sshd_config.d/gpushell.conf"
     assert f"{reloaded} last changed" in [item.line() for item in findings]
 
@@ -171,6 +172,16 @@ def test_bridge_missing_or_without_gateway() -> None:
     ]
     assert failures(dataclasses.replace(healthy(), bridge_addresses=["10.0.3.7/24"])) == [
         "FAIL: bridge lxcbr0 lacks the gateway address 10.0.3.1/24 — fix: gpushell-admin init"
+    ]
+
+
+def test_a_bridge_whose_mac_follows_its_ports_fails() -> None:
+    assert failures(dataclasses.replace(healthy(), bridge_mac_fixed=False)) == [
+        "FAIL: bridge lxcbr0 takes its MAC address from its ports: each container's start or stop may change "
+        "it and cut the running containers off from the host for ~30 s — fix: gpushell-admin apply"
+    ]
+    assert "ok: bridge lxcbr0 keeps a MAC address of its own" in [
+        f.line() for f in doctor.run_checks(REG, PATHS, healthy())
     ]
 
 

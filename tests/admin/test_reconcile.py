@@ -81,7 +81,7 @@ def test_network_changes_come_first() -> None:
     state = healthy().replace(bridge_ready=False, forwarding_on=False, table=nat("alice"))
     kinds = [change.kind for change in apply.plan(REG, PATHS, state).changes]
     assert kinds == [apply.BRIDGE, apply.FORWARDING, apply.FORWARDS]
-    assert texts(state)[0] == "set up bridge lxcbr0 with 10.0.3.1/24"
+    assert texts(state)[0] == "set up bridge lxcbr0 with 10.0.3.1/24 and a fixed MAC address"
 
 
 def test_short_kernel_pools_are_raised_before_any_container_starts() -> None:
@@ -165,7 +165,7 @@ def test_execute_goes_on_after_a_failure(monkeypatch: pytest.MonkeyPatch) -> Non
     count = apply.execute(apply.plan(REG, PATHS, state), REG, PATHS, reported.append, failed.append)
     assert count == 1 and made == [apply.BRIDGE, apply.FORWARDS]
     assert failed == ["failed to turn on IPv4 forwarding: permission denied"]
-    assert reported[0] == "done: set up bridge lxcbr0 with 10.0.3.1/24"
+    assert reported[0] == "done: set up bridge lxcbr0 with 10.0.3.1/24 and a fixed MAC address"
 
 
 def test_shipped_apply_unit_runs_apply_at_boot_before_sshd() -> None:

@@ -10,8 +10,11 @@ import pytest
 from gpushell.containers import lxc
 from gpushell.containers.backend import ContainerDriver
 from gpushell.containers.lxc import LxcDriver
-from gpushell.core.model import Registry, User
+from gpushell.core.model import Cluster, Registry, User
+from gpushell.core.paths import Paths
 from gpushell.helper import services
+from gpushell.system import bootslots
+from gpushell.system.bootslots import BootSlot
 from tests.fakes import FakeBackend
 
 
@@ -73,3 +76,27 @@ def test_a_maybe_running_container_whose_sshd_is_silent_goes_to_lxc_start(monkey
     ctx, user = context(FakeBackend(maybe_running=True))
     assert services.start_unless_answering(ctx, user) is True
     assert ctx.driver.calls == ["start alice"]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("running", "answers", "turn_taken"), [(True, True, False), (False, False, True)])
+def test_a_start_takes_a_boot_turn_and_an_answering_container_none(
+    monkeypatch, tmp_path, running: bool, answers: bool, turn_taken: bool
+) -> None:
+    monkeypatch.setattr(services, "sshd_answers", lambda ip, port, timeout: answers)
+    ctx, user = context(FakeBackend(maybe_running=running))
+    held_at_start: list[bool] = []
+    slot = BootSlot([str(tmp_path / f"boot-{number}.lock") for number in range(2)])
+    monkeypatch.setattr(ctx.driver, "start", lambda name: held_at_start.append(slot.fd >= 0) or True)
+    services.start_unless_answering(ctx, user, slot)
+    assert (slot.fd >= 0) is turn_taken
+    assert held_at_start == ([True] if turn_taken else [])  # taken before the boot, held through it
+    slot.give_back()
+
+
+def test_boot_turns_are_one_per_cpu_on_one_host_and_none_on_a_cluster(monkeypatch) -> None:
+    monkeypatch.setattr(bootslots, "host_cpus", lambda: 3)
+    ctx, _ = context(FakeBackend(maybe_running=False))
+    ctx = services.Context(Paths(run_dir="/run/x"), ctx.registry, ctx.driver)
+    assert services.boot_slot(ctx).paths == ["/run/x/boot-0.lock", "/run/x/boot-1.lock", "/run/x/boot-2.lock"]
+    clustered = ctx.registry.replace(cluster=Cluster({}))
+    assert services.boot_slot(services.Context(ctx.paths, clustered, ctx.driver)).paths == []

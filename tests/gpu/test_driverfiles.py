@@ -185,7 +185,8 @@ def test_container_versions_and_mismatch(names, versions, problem):
 def test_doctor_reports_a_container_driver_mismatch_with_a_fix():
     reg, _ = registry("container")
     facts = doctor.Facts(
-        bridge_exists=True, bridge_addresses=[], forwarding_on=True, table=None, sudoers=None,  # type: ignore[arg-type]
+        bridge_exists=True, bridge_addresses=[], bridge_mac_fixed=True, forwarding_on=True,
+        table=None, sudoers=None,  # type: ignore[arg-type]
         sshd=None, subids={}, template_exists=True, configs={}, listeners={}, accounts={},  # type: ignore[arg-type]
         gpu=gpudevices.GpuHost(driver_version="550.54.14"),
         driver_versions={"alice": frozenset({"535.183.01"})},

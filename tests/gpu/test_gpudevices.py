@@ -167,7 +167,8 @@ REG = registry.parse(
 
 def doctor_facts(gpu: GpuHost) -> doctor.Facts:
     return doctor.Facts(
-        bridge_exists=True, bridge_addresses=[], forwarding_on=True, table=apply.NatTable(""),
+        bridge_exists=True, bridge_addresses=[], bridge_mac_fixed=True, forwarding_on=True,
+        table=apply.NatTable(""),
         sudoers=doctor.InstalledFile(None), sshd=doctor.InstalledFile(None), subids={},
         template_exists=True, configs={}, listeners={}, accounts={}, gpu=gpu,
     )  # fmt: skip

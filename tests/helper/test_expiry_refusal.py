@@ -89,7 +89,7 @@ def test_main_answers_the_student_with_the_day_and_whom_to_ask(paths, driver, re
 
 def test_the_day_before_the_login_works_and_names_the_day(paths, driver, monkeypatch) -> None:
     monkeypatch.setattr(expiry, "today", lambda now=None: (2025, 6, 27))
-    monkeypatch.setattr(services, "start_unless_answering", lambda ctx, user: None)
+    monkeypatch.setattr(services, "start_unless_answering", lambda ctx, user, slot: None)
     monkeypatch.setattr(services, "ensure_forward", lambda ctx, user: False)
     answer = verbs.run_action(paths, "alice", "login")
     assert (answer["expires"], answer["expires_in"]) == ("2025-06-30", 3)
@@ -98,7 +98,7 @@ def test_the_day_before_the_login_works_and_names_the_day(paths, driver, monkeyp
 
 def test_far_from_the_day_the_login_says_nothing_of_it(paths, driver, monkeypatch) -> None:
     monkeypatch.setattr(expiry, "today", lambda now=None: (2025, 6, 15))
-    monkeypatch.setattr(services, "start_unless_answering", lambda ctx, user: None)
+    monkeypatch.setattr(services, "start_unless_answering", lambda ctx, user, slot: None)
     monkeypatch.setattr(services, "ensure_forward", lambda ctx, user: False)
     answer = verbs.run_action(paths, "alice", "login")
     assert "expires" not in answer and "expires_in" not in answer

@@ -7,13 +7,16 @@ flood, nor hang, nor queue a second action behind a stuck first one.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
+
+from gpushell.system import bootslots
 
 from .lab import Lab, Student, sh
 
@@ -194,3 +197,77 @@ def test_a_rootfs_full_of_files_keeps_root_counting_it_a_small_share_of_the_time
     # Removing the student forgets the count.
     lab.admin("remove", student.name)
     assert not os.path.exists(record)
+
+
+def boot_turns(lab: Lab) -> list[str]:
+    """The lock files of the host's boot turns (bootslots.py): one per CPU the helper may use."""
+    return [f"{lab.paths['run_dir']}/boot-{number}.lock" for number in range(len(os.sched_getaffinity(0)))]
+
+
+def turns_held(lab: Lab) -> int:
+    held = 0
+    for path in boot_turns(lab):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held += 1
+        finally:
+            os.close(fd)
+    return held
+
+
+def in_background(
+    work: Callable[[], subprocess.CompletedProcess[str]],
+) -> tuple[threading.Thread, list[subprocess.CompletedProcess[str]]]:
+    done: list[subprocess.CompletedProcess[str]] = []
+    thread = threading.Thread(target=lambda: done.append(work()))
+    thread.start()
+    return thread, done
+
+
+def test_a_start_waits_for_a_boot_turn_and_boots_when_one_comes_back(lab: Lab, student: Student) -> None:
+    assert lab.ssh(student, "stop").returncode == 0
+    holders = []
+    try:
+        for path in boot_turns(lab):  # every turn taken, as by as many boots
+            holders.append(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            fcntl.flock(holders[-1], fcntl.LOCK_EX)
+        login, done = in_background(lambda: lab.ssh(student, "start", timeout=120))
+        time.sleep(2)
+        assert lab.state(student) == "STOPPED"  # waiting its turn
+        os.close(holders.pop())  # one boot is over
+        login.join(60)
+        assert done and done[0].returncode == 0, done
+        assert lab.state(student) == "RUNNING"
+    finally:
+        for fd in holders:
+            os.close(fd)
+    assert turns_held(lab) == 0  # given back once its sshd answered
+
+
+def test_a_boot_whose_sshd_never_answers_gives_its_turn_back(lab: Lab, student: Student) -> None:
+    started(lab, student)
+    assert attach(lab, student, "systemctl mask ssh.service ssh.socket").returncode == 0
+    login, done = None, []
+    try:
+        assert lab.ssh(student, "stop").returncode == 0
+        login, done = in_background(lambda: lab.ssh(student, "start", timeout=120))
+        deadline = time.monotonic() + 10
+        while turns_held(lab) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert turns_held(lab) == 1  # its boot holds a turn
+        time.sleep(bootslots.HOLD + 1)  # the half-second looks at the boot give it back
+        assert login.is_alive()  # still waiting for an sshd that never comes
+        assert turns_held(lab) == 0
+    finally:
+        sh(["lxc-stop", "-P", lab.lxcpath, "-n", student.container, "-k"], check=False)
+        if login is not None:
+            login.join(60)  # "your container stopped while it was starting"
+        sh(
+            ["lxc-start", "-P", lab.lxcpath, "-n", student.container]
+        )  # unmasked by hand: its systemd is booting
+        attach(lab, student, "rm -f /etc/systemd/system/ssh.service /etc/systemd/system/ssh.socket")
+        sh(["lxc-stop", "-P", lab.lxcpath, "-n", student.container, "-k"])
+    assert done and "your container stopped while it was starting" in done[0].stdout + done[0].stderr
+    started(lab, student)  # its sshd answers again

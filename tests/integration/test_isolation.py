@@ -278,6 +278,43 @@ def test_a_container_cannot_fill_the_hosts_connection_tracking(
             time.sleep(1)
 
 
+def host_reaches_sshd(ip: str) -> bool:
+    """Whether the host gets the greeting of sshd at ip:22 within 2 s (a lost reply: no)."""
+    try:
+        with socket.create_connection((ip, 22), timeout=2) as conn:
+            conn.settimeout(2)
+            return conn.recv(4) == b"SSH-"
+    except OSError:
+        return False
+
+
+def bridge_mac(lab: Lab) -> str:
+    with open(f"/sys/class/net/{lab.bridge}/address", encoding="ascii") as stream:
+        return stream.read().strip()
+
+
+def test_a_neighbours_veth_leaving_the_bridge_leaves_running_containers_their_gateway(
+    lab: Lab, pair: tuple[Student, Student]
+) -> None:
+    """A bridge with no MAC of its own takes the lowest of its ports'.  A container
+    that learned the gateway's MAC while a neighbour's veth lent it kept that MAC
+    in its ARP cache after the neighbour stopped: the host's packets reached it,
+    its replies went to a MAC no port had any more, for ~30 s.  Here a port with
+    a MAC lower than any joins, the victim learns the gateway's MAC, the port leaves."""
+    victim, _ = pair
+    assert bridge_mac(lab) == mac_address(gateway(lab))  # init gave the bridge one
+    low, peer = f"{lab.prefix}lo", f"{lab.prefix}lp"
+    try:
+        sh(["ip", "link", "add", low, "address", "02:00:00:00:00:01", "type", "veth", "peer", "name", peer])
+        sh(["ip", "link", "set", low, "master", lab.bridge, "up"])
+        assert bridge_mac(lab) == mac_address(gateway(lab))
+        assert attach(lab, victim, "ip neigh flush dev eth0").returncode == 0
+        assert host_reaches_sshd(victim.ip)  # the victim asks for the gateway's MAC and keeps it
+    finally:
+        sh(["ip", "link", "del", low], check=False)
+    assert host_reaches_sshd(victim.ip)
+
+
 APPLY = "gpushell-admin apply"
 
 

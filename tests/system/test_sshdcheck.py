@@ -305,7 +305,8 @@ def facts(
 
 def lines(sshd: SshdFacts) -> list[str]:
     host = doctor.Facts(
-        bridge_exists=True, bridge_addresses=[], forwarding_on=True, table=doctor.NatTable(""),
+        bridge_exists=True, bridge_addresses=[], bridge_mac_fixed=True, forwarding_on=True,
+        table=doctor.NatTable(""),
         sudoers=doctor.InstalledFile(None), sshd=doctor.InstalledFile(None), subids={},
         template_exists=True, configs={}, listeners={}, accounts={}, sshd_effect=sshd,
     )  # fmt: skip
