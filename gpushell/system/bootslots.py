@@ -8,11 +8,12 @@ In turn, every student but the last gets in sooner, and the last no later.
 A slot is an flock on one of as many files in the run directory, so the
 helper's forked children share them and a dead holder's slot comes back
 by itself.  The descriptors are close-on-exec: lxc-start's monitor, which
-outlives the login, must not carry a slot away.  A start takes one before it boots the container and gives it
-back once the container answers.  Neither side can be held up for long
-by a container root controls: a boot that does not answer gives its slot
-back after HOLD seconds anyway, and a start that finds no slot free
-within WAIT seconds boots without one, as it would have without slots.
+outlives the login, must not carry a slot away.  A start takes one before
+it boots the container and gives it back once the container answers.
+Neither side can be held up for long by a container root controls: a
+boot that does not answer gives its slot back after HOLD seconds anyway,
+and a start that finds no slot free within WAIT seconds boots without
+one, as it would have without slots.
 """
 
 from __future__ import annotations

@@ -32,10 +32,11 @@ def ensure_bridge(reg: Registry, report: Report) -> None:
 
 # A bridge given no MAC of its own takes the lowest of its ports', so a
 # container's start or stop (its veth joining or leaving) may change it.
-# The running containers' ARP caches keep the old one: each of them then
-# reaches the host, and its forwarded ssh, no more for ~30 s, until the
-# entry runs out.  LXC gives its veths high MACs (fe:...), so in a lab
-# the bridge's MAC moved with nearly every start.
+# A running container's ARP cache may keep the old one after its port is
+# gone, and the container's replies to the host then go nowhere: in a
+# crowd of starts and stops, containers lost the host, and their students
+# the forwarded ssh, for 30-50 s.  LXC gives its veths random MACs, so the
+# bridge's moved with many a start or stop.
 NET_ADDR_SET = "3"  # addr_assign_type of an address set by hand (include/uapi/linux/netdevice.h)
 
 
