@@ -18,9 +18,10 @@ one, as it would have without slots.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import time
+
+from . import lock
 
 HOLD = 5.0  # seconds a boot keeps its slot at most: a container whose sshd never comes up
 WAIT = 15.0  # seconds a start waits for a slot at most, then boots beside the others
@@ -43,20 +44,14 @@ class BootSlot:
         """Hold a free slot, waiting up to `wait` seconds for one; False when none came free (or none is)."""
         if not self.paths:
             return False
-        os.makedirs(os.path.dirname(self.paths[0]), mode=0o755, exist_ok=True)
-        fds = [
-            os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600) for path in self.paths
-        ]
-        deadline = time.monotonic() + wait
-        pause = FIRST_POLL
+        fds = [lock.open_lock_file(path) for path in self.paths]
+
+        def one_free() -> bool:
+            self.fd = next((fd for fd in fds if lock.try_lock(fd)), -1)
+            return self.fd >= 0
+
         try:
-            while True:
-                self.fd = next((fd for fd in fds if _locked(fd)), -1)
-                left = deadline - time.monotonic()
-                if self.fd >= 0 or left <= 0:
-                    break
-                time.sleep(min(pause, left))
-                pause = min(pause * 2, LONGEST_POLL)
+            lock.poll(one_free, wait, FIRST_POLL, LONGEST_POLL)
         finally:
             for fd in fds:
                 if fd != self.fd:
@@ -79,11 +74,3 @@ class BootSlot:
 
     def __exit__(self, *_exc: object) -> None:
         self.give_back()
-
-
-def _locked(fd: int) -> bool:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True

@@ -52,6 +52,7 @@ def mac_fixed(bridge: str) -> bool:
 def fix_mac(reg: Registry) -> None:
     """The bridge's MAC, fixed: a locally administered one from the gateway address (allocate.py)."""
     # Announced by a gratuitous ARP (arp_notify), so that running containers learn it at once.
+    # Not sysctl.write: its dotted keys cannot name a bridge whose name holds a dot.
     with open(f"/proc/sys/net/ipv4/conf/{reg.bridge}/arp_notify", "w", encoding="ascii") as stream:
         stream.write("1\n")
     run(["ip", "link", "set", reg.bridge, "address", mac_address(str(reg.gateway))])

@@ -13,6 +13,10 @@ import time
 
 from ..core.errors import GpushellError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 # Polling a held flock: start fast (most holders finish in milliseconds),
 # back off to a few checks a second for a long holder.
 FIRST_POLL = 0.005
@@ -47,8 +51,7 @@ class locked:  # lower case: used like a function, `with locked(path):`
         self.timeout, self.busy = timeout, busy
 
     def __enter__(self) -> None:
-        os.makedirs(os.path.dirname(self.path), mode=0o755, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        self.fd = open_lock_file(self.path)
         try:
             if self.timeout is None:
                 fcntl.flock(self.fd, fcntl.LOCK_EX)
@@ -62,18 +65,38 @@ class locked:  # lower case: used like a function, `with locked(path):`
         os.close(self.fd)
 
 
+def open_lock_file(path: str) -> int:
+    """A descriptor to flock path by (created 0600, its directory too, if missing): never through
+    a link, and never inherited by a program the holder runs."""
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+
+
+def try_lock(fd: int) -> bool:
+    """Take the flock on fd if it is free; False when someone holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 def wait_for(fd: int, timeout: float) -> bool:
     """Take the flock on fd within timeout seconds; False when it stayed held."""
+    return poll(lambda: try_lock(fd), timeout)
+
+
+def poll(
+    attempt: Callable[[], bool], timeout: float, first: float = FIRST_POLL, longest: float = LONGEST_POLL
+) -> bool:
+    """attempt() until it is True (True) or timeout seconds have passed (False), backing off
+    from `first` to `longest` seconds between two tries."""
     deadline = time.monotonic() + timeout
-    pause = FIRST_POLL
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            pass
+    pause = first
+    while not attempt():
         left = deadline - time.monotonic()
         if left <= 0:
             return False
         time.sleep(min(pause, left))
-        pause = min(pause * 2, LONGEST_POLL)
+        pause = min(pause * 2, longest)
+    return True
