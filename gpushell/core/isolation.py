@@ -191,16 +191,24 @@ def delete_script(reg: Registry) -> str:
 
 
 def normalized(text: str) -> str:
-    """The ruleset text with nft's layout taken out: blanks collapsed, set elements sorted."""
+    """The ruleset text with nft's layout taken out: blanks collapsed, set elements sorted.
+
+    A dynamic set's elements are left out: they are the kernel's running
+    state, not the registry's (the flows set lists each container that has a
+    flow open through the host), and a table that differed by them would be
+    rebuilt, its counts with it, whenever a container had a connection open.
+    """
     words = " ".join(text.split())
-    out = []
+    out: list[str] = []
     while True:
         before, found, rest = words.partition("elements = { ")
-        out.append(before)
         if not found:
-            return "".join(out)
+            return "".join([*out, before])
         elements, _, words = rest.partition(" }")
-        out.append(found + ", ".join(sorted(elements.split(", "))) + " }")
+        if before.endswith("flags dynamic "):
+            out.append(before.rstrip())
+        else:
+            out.append(before + found + ", ".join(sorted(elements.split(", "))) + " }")
 
 
 def problems(reg: Registry, listed: dict[str, str | None]) -> list[str]:

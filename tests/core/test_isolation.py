@@ -198,6 +198,21 @@ def test_normalized_ignores_layout_and_element_order_only() -> None:
     assert isolation.normalized("x  y\n") != isolation.normalized("x z")
 
 
+def test_the_flows_sets_live_elements_are_no_difference() -> None:
+    """Each container with a flow open through the host is an element of the dynamic flows set."""
+    live = listed()
+    flows = "\t\tflags dynamic\n"
+    assert flows in (live["inet"] or "")
+    live["inet"] = (live["inet"] or "").replace(
+        flows, flows + "\t\telements = { 10.0.3.3 ct count over 8192, 10.0.3.2 ct count over 8192 }\n"
+    )
+    assert isolation.problems(REG, live) == []
+    # A static set's elements still count: a student more or less is a difference.
+    assert isolation.problems(REG.with_users({"bob": REG.users["bob"]}), live) == [
+        "nftables table bridge gptab-x differs from what the registry wants",
+    ]
+
+
 # --- the side-effect part, with nft faked -------------------------------------------
 
 
